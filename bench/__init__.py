@@ -1,0 +1,1 @@
+"""Benchmarks: floors, load generation and reports under docs/benchmarks/."""

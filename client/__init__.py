@@ -1,0 +1,1 @@
+"""Python client for rnnserve (and any Open Inference Protocol server): numpy in, numpy out."""

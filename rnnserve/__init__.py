@@ -1,0 +1,1 @@
+"""The `rnnserve` command: one CLI over export, service, client and bench."""

@@ -1,0 +1,44 @@
+"""Typed server settings. Environment variables `RNNSERVE_<FIELD>` override the
+defaults; command-line flags of `rnnserve serve` override both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RNNSERVE_", protected_namespaces=())
+
+    # Where and how to listen.
+    model_repository: Path = Path("models")
+    host: str = "0.0.0.0"
+    grpc_port: int = 8001
+    metrics_port: int = 8002  # 0 disables the /metrics endpoint
+    workers: int = Field(1, ge=1, description="server processes sharing the port")
+    grace_period_s: float = Field(30.0, ge=0, description="SIGTERM: time to finish in flight")
+
+    # ONNX Runtime.
+    providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    intra_op_threads: int = Field(1, ge=0, description="0 lets ORT choose")
+    inter_op_threads: int = Field(1, ge=0, description="0 lets ORT choose")
+    compute_threads: int = Field(4, ge=1, description="threads running models off the event loop")
+
+    # Input limits, checked before ONNX Runtime sees a tensor.
+    max_batch_size: int = Field(1024, ge=1)
+    max_sequence_length: int = Field(100_000, ge=1)
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+    # Sequences (stateful sessions).
+    session_idle_timeout_s: float = Field(60.0, gt=0)
+    max_sessions: int = Field(100_000, ge=1)
+    state_store: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://localhost:6379/0"
+
+    # Batching steps of different sessions into one ORT run.
+    batching: bool = True
+    batch_max_size: int = Field(64, ge=1)
+    batch_max_queue_delay_us: int = Field(500, ge=0)

@@ -1,0 +1,117 @@
+"""Protocol-neutral request and response types: the data plane speaks only these.
+
+Tensors hold numpy arrays; BYTES tensors hold a 1-D-or-more object array of `bytes`.
+Datatype names are the Open Inference Protocol's ("FP32", "INT64", "BYTES", "BOOL", ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Parameter = bool | int | float | str
+
+
+@dataclass
+class Tensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+    parameters: dict[str, Parameter] = field(default_factory=dict)
+
+
+@dataclass
+class InferRequest:
+    model_name: str
+    model_version: str = ""  # "" selects the newest loaded version
+    id: str = ""
+    inputs: list[Tensor] = field(default_factory=list)
+    # Names the client asked for; empty means the model's default outputs.
+    outputs: list[str] = field(default_factory=list)
+    parameters: dict[str, Parameter] = field(default_factory=dict)
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str = ""
+    outputs: list[Tensor] = field(default_factory=list)
+    parameters: dict[str, Parameter] = field(default_factory=dict)
+
+
+@dataclass
+class TensorMetadata:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 for a dynamic dimension
+    optional: bool = False
+
+
+@dataclass
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Parameter] = field(default_factory=dict)
+
+
+@dataclass
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: list[str]
+
+
+@dataclass
+class RepositoryEntry:
+    name: str
+    version: str
+    state: str  # "READY", "LOADING", "UNAVAILABLE"
+    reason: str = ""
+
+
+@dataclass
+class InferStatistics:
+    """Cumulative counts and nanoseconds, as Triton's ModelStatistics reports them."""
+
+    count: int = 0
+    ns: int = 0
+
+
+@dataclass
+class ModelStatistics:
+    name: str
+    version: str
+    last_inference_ms: int = 0
+    inference_count: int = 0  # rows (batch items) inferred
+    execution_count: int = 0  # ORT runs
+    success: InferStatistics = field(default_factory=InferStatistics)
+    fail: InferStatistics = field(default_factory=InferStatistics)
+    queue: InferStatistics = field(default_factory=InferStatistics)
+    compute_input: InferStatistics = field(default_factory=InferStatistics)
+    compute_infer: InferStatistics = field(default_factory=InferStatistics)
+    compute_output: InferStatistics = field(default_factory=InferStatistics)
+    # batch size -> (count, compute ns) for ORT runs of that many rows
+    batch_stats: dict[int, InferStatistics] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfigInfo:
+    """What ModelConfig reports: enough for Triton tooling that reads it."""
+
+    name: str
+    platform: str
+    max_batch_size: int
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    sequence_batching: bool
+    max_sequence_idle_microseconds: int
+    dynamic_batching_max_queue_delay_microseconds: int
+    preferred_batch_sizes: list[int] = field(default_factory=list)
+    instance_kind: str = "KIND_CPU"  # "KIND_GPU" on the CUDA provider
+    parameters: dict[str, str] = field(default_factory=dict)
