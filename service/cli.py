@@ -1,9 +1,96 @@
-"""Subcommands of this package (placeholder until implemented)."""
+"""`rnnserve serve`: load the model repository and serve it over gRPC.
+
+Every flag overrides the Settings field of the same name; flags left out fall back to
+the environment (RNNSERVE_*) and then to the defaults in service/settings.py.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+from rnnserve.errors import UsageError
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+# (Settings field, help). Values go to Settings as typed text and pydantic checks them,
+# so the limits and types live in one place: service/settings.py.
+VALUE_FLAGS = [
+    ("model_repository", "folder holding <name>/<version>/ model folders"),
+    ("host", "address to listen on"),
+    ("grpc_port", "gRPC port"),
+    ("metrics_port", "Prometheus /metrics port (0 disables it)"),
+    ("workers", "server processes sharing the port"),
+    ("grace_period_s", "seconds to finish requests in flight after SIGTERM"),
+    ("intra_op_threads", "ONNX Runtime intra-op threads (0: ORT chooses)"),
+    ("inter_op_threads", "ONNX Runtime inter-op threads (0: ORT chooses)"),
+    ("compute_threads", "threads running models off the event loop"),
+    ("max_batch_size", "largest batch accepted"),
+    ("max_sequence_length", "longest sequence accepted"),
+    ("max_message_bytes", "largest gRPC message accepted or sent"),
+    ("session_idle_timeout_s", "seconds before an idle sequence's state is dropped"),
+    ("max_sessions", "most sequences holding state at once"),
+    ("state_store", "where sequence state lives: memory or redis"),
+    ("redis_url", "redis URL for --state-store redis"),
+    ("batch_max_size", "most sequence steps batched into one ORT run"),
+    ("batch_max_queue_delay_us", "longest a step waits for others to batch with"),
+]
+LIST_FLAGS = [("providers", "comma-separated ONNX Runtime execution providers, in preference")]
+BOOL_FLAGS = [("batching", "batch steps of different sequences into one ORT run")]
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this package's subcommands to the `rnnserve` parser."""
+    parser = sub.add_parser("serve", help="serve the model repository over gRPC")
+    for field, text in VALUE_FLAGS:
+        parser.add_argument(_flag(field), dest=field, default=None, help=text)
+    for field, text in LIST_FLAGS:
+        parser.add_argument(
+            _flag(field), dest=field, default=None, type=lambda s: s.split(","), help=text
+        )
+    for field, text in BOOL_FLAGS:
+        parser.add_argument(
+            _flag(field),
+            dest=field,
+            default=None,
+            action=argparse.BooleanOptionalAction,
+            help=text,
+        )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.set_defaults(run=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the flags that were given."""
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    fields = [field for field, _ in VALUE_FLAGS + LIST_FLAGS + BOOL_FLAGS]
+    overrides = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = _flag(str(problem["loc"][0])) if problem["loc"] else "settings"
+        raise UsageError(f"{where}: {problem['msg']}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from service.grpc.server import serve
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = settings_from_args(args)
+    if not settings.model_repository.is_dir():
+        raise UsageError(f"--model-repository: {settings.model_repository} is not a folder")
+    asyncio.run(serve(settings))
+    return 0

@@ -1,0 +1,78 @@
+"""The transport floor: a bare gRPC server in one Python process, on the same grpcio and
+asyncio server as rnnserve, that parses each ModelInferRequest and answers a precomputed
+one-step sine response. No model, no data plane: what is left is gRPC and protobuf.
+
+Run as `python -m bench.echo --port P`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from bench.payloads import step_response
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+def handler(model_name: str) -> grpc.GenericRpcHandler:
+    from service.protocol.generated import grpc_service_pb2 as pb
+
+    # Serialised once: the floor should not pay for building its answer.
+    unary_answer = step_response(model_name).SerializeToString()
+    stream_answer = pb.ModelStreamInferResponse(
+        infer_response=step_response(model_name)
+    ).SerializeToString()
+
+    async def model_infer(request: Any, context: grpc.aio.ServicerContext) -> bytes:
+        return unary_answer
+
+    async def model_stream_infer(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        async for _ in requests:
+            yield stream_answer
+
+    async def server_ready(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=True)
+
+    parse = pb.ModelInferRequest.FromString
+    # A None serializer sends the bytes as they are.
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer, parse, None),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+                model_stream_infer, parse, None
+            ),
+            "ServerReady": grpc.unary_unary_rpc_method_handler(
+                server_ready,
+                pb.ServerReadyRequest.FromString,
+                pb.ServerReadyResponse.SerializeToString,
+            ),
+        },
+    )
+
+
+async def serve(port: int, model_name: str) -> None:
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler(model_name),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model-name", default="sine-lstm")
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, args.model_name))
+
+
+if __name__ == "__main__":
+    main()

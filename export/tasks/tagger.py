@@ -1,0 +1,103 @@
+"""Character tagging, the lesson's first model: "hello" -> "ohlol".
+
+Embedding -> recurrent layer -> Linear on every step, so the output has the input's
+length. The vocabulary is the lesson's four characters. Position 3 ("l" -> "l") and 4
+("l" -> "o") read the same character, so a one-way model has to use its state to tell
+them apart. The bidirectional variant sees the whole word and is not streamable.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from export.cells import make_cell, run_cell, state_count, zero_state
+from export.config import TrainConfig
+from export.tasks.base import Graph, random_tokens, state_names
+
+VOCAB = ["e", "h", "l", "o"]
+PAIRS = [("hello", "ohlol")]
+QUALITY_NAME = "hello_exact"
+
+
+def encode(text: str) -> list[int]:
+    return [VOCAB.index(ch) for ch in text]
+
+
+def decode(ids: list[int]) -> str:
+    return "".join(VOCAB[i] for i in ids)
+
+
+class Tagger(nn.Module):
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__()
+        directions = 2 if config.bidirectional else 1
+        self.embedding = nn.Embedding(len(VOCAB), config.embedding_size)
+        self.rnn = make_cell(
+            config.cell, config.embedding_size, config.hidden_size, config.num_layers,
+            config.bidirectional,
+        )
+        self.head = nn.Linear(config.hidden_size * directions, len(VOCAB))
+
+    def forward(self, tokens: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        output, final = run_cell(self.rnn, self.embedding(tokens), state)
+        return (self.head(output), *final)
+
+
+def build_model(config: TrainConfig) -> Tagger:
+    return Tagger(config)
+
+
+def train(model: Tagger, config: TrainConfig, progress: bool) -> list[float]:
+    sources = torch.tensor([encode(s) for s, _ in PAIRS])
+    targets = torch.tensor([encode(t) for _, t in PAIRS])
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    losses: list[float] = []
+    bar = tqdm(range(config.epochs), desc=config.name, disable=not progress, leave=False)
+    for _ in bar:
+        logits = model(sources, *zero_state(model.rnn, len(PAIRS)))[0]
+        loss = nn.functional.cross_entropy(logits.reshape(-1, len(VOCAB)), targets.reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return losses
+
+
+@torch.no_grad()
+def tag(model: Tagger, text: str) -> str:
+    logits = model(torch.tensor([encode(text)]), *zero_state(model.rnn, 1))[0]
+    return decode(logits.argmax(-1)[0].tolist())
+
+
+def evaluate(model: Tagger, config: TrainConfig) -> float:
+    """Fraction of the lesson's pairs tagged exactly (1.0: "hello" -> "ohlol")."""
+    return sum(tag(model, s) == t for s, t in PAIRS) / len(PAIRS)
+
+
+def quality_ok(quality: float) -> bool:
+    # The lesson's one example must come out exactly, in every preset.
+    return quality == 1.0
+
+
+def graphs(model: Tagger, config: TrainConfig) -> list[Graph]:
+    states = state_count(config.cell)
+    return [
+        Graph(
+            role="model", module=model,
+            input_names=["tokens", *state_names(states, "0")],
+            output_names=["logits", *state_names(states, "n")],
+            num_states=states, sequence=True, one_way=not config.bidirectional,
+            make_input=random_tokens(len(VOCAB)), hidden_size=config.hidden_size,
+            state_rows=config.num_layers * (2 if config.bidirectional else 1),
+        )
+    ]
+
+
+def spec_fields(config: TrainConfig) -> dict[str, object]:
+    return dict(
+        input_size=len(VOCAB), output_size=len(VOCAB), vocab=VOCAB,
+        num_directions=2 if config.bidirectional else 1, streamable=not config.bidirectional,
+    )

@@ -1,0 +1,168 @@
+"""The checks every export must pass before it enters the repository.
+
+(a) onnx.checker accepts every graph; (b) every batch and sequence axis is symbolic;
+(c) ONNX Runtime matches torch within TOLERANCE at each of PARITY_SIZES, outputs and
+states; (d) one-way sequence graphs give the same answer fed in random chunks with the
+state carried as fed whole; (e) seq2seq: greedy decoding through the ONNX graphs equals
+torch's on held-out examples. A failure raises VerificationError naming the check.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from export.onnx_graphs import dynamic_axes
+from export.tasks import seq2seq
+from export.tasks.base import Graph
+
+TOLERANCE = 1e-5
+PARITY_SIZES = ((1, 1), (8, 100), (2, 1000))
+CHUNK_STEPS = 1000
+CHUNK_BATCH = 2
+GREEDY_EXAMPLES = 64
+
+
+class VerificationError(Exception):
+    """A check failed; the message names the check, the graph and the measured error."""
+
+
+@dataclass
+class GraphReport:
+    parity_error: float
+    chunk_error: float | None  # None where the check does not apply
+
+
+def open_session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def check_graph(graph: Graph, path: Path) -> GraphReport:
+    check_onnx(graph, path)
+    check_symbolic_axes(graph, path)
+    session = open_session(path)
+    parity = check_parity(graph, session)
+    chunk = check_chunks(graph, session) if graph.sequence and graph.one_way else None
+    return GraphReport(parity, chunk)
+
+
+def check_onnx(graph: Graph, path: Path) -> None:
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise VerificationError(f"check (a) onnx.checker failed for {graph.role}: {error}") from None
+
+
+def check_symbolic_axes(graph: Graph, path: Path) -> None:
+    saved = onnx.load(str(path)).graph
+    values = {v.name: v for v in (*saved.input, *saved.output)}
+    for name, axes in dynamic_axes(graph).items():
+        dims = values[name].type.tensor_type.shape.dim
+        for axis, label in axes.items():
+            if not dims[axis].dim_param:
+                raise VerificationError(
+                    f"check (b) symbolic axes failed for {graph.role}: {name} axis {axis} "
+                    f"({label}) is fixed at {dims[axis].dim_value}"
+                )
+
+
+def _feeds(graph: Graph, inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
+    return {name: t.numpy() for name, t in zip(graph.input_names, inputs, strict=True)}
+
+
+def check_parity(graph: Graph, session: ort.InferenceSession) -> float:
+    """Largest |onnx - torch| over every output at every size; raises above TOLERANCE."""
+    generator = torch.Generator().manual_seed(1)
+    worst = 0.0
+    for batch, seq in PARITY_SIZES:
+        inputs = (graph.make_input(batch, seq, generator), *graph.random_state(batch, generator))
+        with torch.no_grad():
+            expected = graph.module.eval()(*inputs)
+        actual = session.run(graph.output_names, _feeds(graph, inputs))
+        for name, want, got in zip(graph.output_names, expected, actual, strict=True):
+            if tuple(want.shape) != got.shape:
+                raise VerificationError(
+                    f"check (c) parity failed for {graph.role}: {name} has shape {got.shape}, "
+                    f"torch gives {tuple(want.shape)} at batch={batch}, seq={seq}"
+                )
+            error = float(np.abs(want.numpy().astype(np.float64) - got).max(initial=0.0))
+            if error > TOLERANCE:
+                raise VerificationError(
+                    f"check (c) parity failed for {graph.role}: max |onnx - torch| of {name} "
+                    f"is {error:.3g} > {TOLERANCE:g} at batch={batch}, seq={seq}"
+                )
+            worst = max(worst, error)
+    return worst
+
+
+def check_chunks(graph: Graph, session: ort.InferenceSession) -> float:
+    """Feed CHUNK_STEPS steps in random chunks carrying the state; compare with one run."""
+    generator = torch.Generator().manual_seed(2)
+    sequence = graph.make_input(CHUNK_BATCH, CHUNK_STEPS, generator).numpy()
+    state = [s.numpy() for s in graph.random_state(CHUNK_BATCH, generator)]
+    state_inputs = graph.input_names[1:]
+    whole = session.run(graph.output_names, dict(zip(graph.input_names, [sequence, *state])))
+
+    rng = random.Random(3)
+    pieces: list[list[np.ndarray]] = []
+    start = 0
+    while start < CHUNK_STEPS:
+        stop = min(CHUNK_STEPS, start + rng.randint(1, 100))
+        feeds = {graph.input_names[0]: sequence[:, start:stop], **dict(zip(state_inputs, state))}
+        outputs = session.run(graph.output_names, feeds)
+        pieces.append(outputs[: len(outputs) - graph.num_states])
+        state = outputs[len(outputs) - graph.num_states :]
+        start = stop
+    chunked = [np.concatenate(parts, axis=1) for parts in zip(*pieces)] + state
+
+    error = max(float(np.abs(w - c).max()) for w, c in zip(whole, chunked, strict=True))
+    if error > TOLERANCE:
+        raise VerificationError(
+            f"check (d) chunked streaming failed for {graph.role}: max |chunked - whole| "
+            f"is {error:.3g} > {TOLERANCE:g} over {CHUNK_STEPS} steps"
+        )
+    return error
+
+
+def onnx_greedy(
+    encoder: ort.InferenceSession, decoder: ort.InferenceSession, sources: np.ndarray,
+    num_states: int, steps: int,
+) -> np.ndarray:
+    """Greedy decoding for `steps` steps, as the server runs it: token ids (batch, steps)."""
+    names = ["h", "c"][:num_states]
+    rows = encoder.get_inputs()[1].shape[0]
+    hidden = encoder.get_inputs()[1].shape[2]
+    zeros = np.zeros((rows, len(sources), hidden), np.float32)
+    state = encoder.run(None, {"tokens": sources, **{n + "0": zeros for n in names}})
+    token = np.full(len(sources), seq2seq.BOS, np.int64)
+    tokens = []
+    for _ in range(steps):
+        _, token, *state = decoder.run(
+            None, {"token": token, **{n + "0": s for n, s in zip(names, state, strict=True)}}
+        )
+        tokens.append(token)
+    return np.stack(tokens, axis=1)
+
+
+def check_greedy(
+    model: seq2seq.Seq2Seq, encoder_path: Path, decoder_path: Path, num_states: int, seed: int
+) -> None:
+    pairs = seq2seq.held_out_sources(seed, GREEDY_EXAMPLES)
+    sources = seq2seq.encode_sources([s for s, _ in pairs])
+    expected = seq2seq.greedy(model.eval(), sources).numpy()
+    actual = onnx_greedy(
+        open_session(encoder_path), open_session(decoder_path), sources.numpy(), num_states,
+        seq2seq.MAX_OUTPUT_LENGTH,
+    )
+    differing = int((expected != actual).any(axis=1).sum())
+    if differing:
+        raise VerificationError(
+            f"check (e) greedy decoding failed: ONNX and torch differ on {differing} of "
+            f"{len(pairs)} held-out examples"
+        )

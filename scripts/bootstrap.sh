@@ -1,0 +1,33 @@
+# Sourced by demo.sh and test.sh: make ./.venv hold rnnserve and everything its demo and
+# tests need. Creating the virtualenv and installing take minutes the first time; after
+# that a stamp file newer than pyproject.toml makes this a no-op.
+# shellcheck shell=bash
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+find_python() {
+    local candidate
+    for candidate in "${PYTHON:-}" python3.11 python3; do
+        if [[ -n "$candidate" ]] && command -v "$candidate" >/dev/null \
+            && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    echo "rnnserve needs Python 3.11 or newer (set PYTHON=/path/to/python3.11)" >&2
+    return 1
+}
+
+if [[ ! -x .venv/bin/python ]]; then
+    python=$(find_python)
+    echo "==> creating .venv with $python"
+    "$python" -m venv .venv
+fi
+
+stamp=.venv/.rnnserve-installed
+if [[ ! "$stamp" -nt pyproject.toml ]]; then
+    echo "==> installing rnnserve with its cpu, export and dev extras into .venv"
+    # The export extra pins torch==2.13.0; -e keeps the source tree importable as edited.
+    .venv/bin/python -m pip install --quiet -e '.[cpu,export,dev]'
+    touch "$stamp"
+fi

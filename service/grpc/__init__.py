@@ -1,0 +1,1 @@
+"""The gRPC adapter: protobuf conversion, GRPCInferenceService, the aio server."""

@@ -1,0 +1,1 @@
+"""The wire protocol: stubs generated from protos/ by hatch_build.py live in generated/."""

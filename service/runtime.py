@@ -1,0 +1,133 @@
+"""ONNX Runtime: one InferenceSession per graph of a loaded model version, the choice of
+execution provider, and the truthful bookkeeping of every run (metrics and statistics)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service import metrics
+from service.settings import Settings
+from service.types import InferStatistics, ModelStatistics
+
+log = logging.getLogger(__name__)
+
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+def choose_providers(settings: Settings) -> list[str]:
+    """The configured providers this ONNX Runtime build offers, in configured order.
+
+    CPU is always appended last: ORT falls back to it for any node another provider
+    cannot run, and it is the only choice when nothing configured is available."""
+    available = set(ort.get_available_providers())
+    chosen = [name for name in settings.providers if name in available and name != CPU_PROVIDER]
+    return [*chosen, CPU_PROVIDER]
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.log_severity_level = 3  # errors only: ORT warns about benign graph rewrites
+    return options
+
+
+class Statistics:
+    """Cumulative per-version statistics, updated from many compute threads at once."""
+
+    def __init__(self, name: str, version: str) -> None:
+        self._lock = threading.Lock()
+        self._stats = ModelStatistics(name=name, version=version)
+
+    def record_execution(self, rows: int, ns: int) -> None:
+        with self._lock:
+            self._stats.execution_count += 1
+            batch = self._stats.batch_stats.setdefault(rows, InferStatistics())
+            batch.count += 1
+            batch.ns += ns
+
+    def record_success(
+        self,
+        rows: int,
+        total_ns: int,
+        queue_ns: int,
+        input_ns: int,
+        infer_ns: int,
+        output_ns: int,
+    ) -> None:
+        with self._lock:
+            stats = self._stats
+            stats.inference_count += rows
+            stats.last_inference_ms = time.time_ns() // 1_000_000
+            for part, ns in (
+                (stats.success, total_ns),
+                (stats.queue, queue_ns),
+                (stats.compute_input, input_ns),
+                (stats.compute_infer, infer_ns),
+                (stats.compute_output, output_ns),
+            ):
+                part.count += 1
+                part.ns += ns
+
+    def record_failure(self, total_ns: int) -> None:
+        with self._lock:
+            self._stats.fail.count += 1
+            self._stats.fail.ns += total_ns
+
+    def snapshot(self) -> ModelStatistics:
+        with self._lock:
+            return copy.deepcopy(self._stats)
+
+
+class ModelRuntime:
+    """The ORT sessions of one model version, keyed by graph role."""
+
+    def __init__(
+        self, name: str, version: str, graph_files: Mapping[str, Path], settings: Settings
+    ) -> None:
+        self.name = name
+        self.version = version
+        providers = choose_providers(settings)
+        options = session_options(settings)
+        self.sessions = {
+            role: ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            for role, path in graph_files.items()
+        }
+        self.statistics = Statistics(name, version)
+        self._compute_seconds = metrics.COMPUTE_DURATION.labels(name, version)
+        self._batch_size = metrics.BATCH_SIZE.labels(name, version)
+
+    @property
+    def provider(self) -> str:
+        """The provider actually serving the graphs (the first one ORT accepted)."""
+        return next(iter(self.sessions.values())).get_providers()[0]
+
+    def input_names(self, role: str) -> list[str]:
+        return [node.name for node in self.sessions[role].get_inputs()]
+
+    def output_names(self, role: str) -> list[str]:
+        return [node.name for node in self.sessions[role].get_outputs()]
+
+    def run(self, role: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One ORT run of graph `role`: its outputs by name. Thread-safe, as ORT's run is.
+
+        Every feed of our graphs has the batch on axis 0 except states (axis 1); the
+        first graph input is never a state, so its first dimension is the batch."""
+        session = self.sessions[role]
+        rows = int(feeds[session.get_inputs()[0].name].shape[0])
+        start = time.perf_counter_ns()
+        values = session.run(None, feeds)
+        ns = time.perf_counter_ns() - start
+        self.statistics.record_execution(rows, ns)
+        self._compute_seconds.observe(ns / 1e9)
+        self._batch_size.observe(rows)
+        return dict(zip(self.output_names(role), values, strict=True))
+

@@ -1,0 +1,25 @@
+"""Stateful sequences: state stores (memory, Redis), the session manager that carries
+state between the requests of a sequence, and the batcher that runs steps of different
+sessions together."""
+
+from service.sessions.batcher import Batcher, Runner, Tensors
+from service.sessions.manager import SessionManager
+from service.sessions.parameters import SequenceParameters, parse_sequence_parameters
+from service.sessions.state import Layout, SessionKey, State, state_layout, zero_state
+from service.sessions.store import StateStore, open_store
+
+__all__ = [
+    "Batcher",
+    "Layout",
+    "Runner",
+    "SequenceParameters",
+    "SessionKey",
+    "SessionManager",
+    "State",
+    "StateStore",
+    "Tensors",
+    "open_store",
+    "parse_sequence_parameters",
+    "state_layout",
+    "zero_state",
+]

@@ -1,0 +1,170 @@
+"""Cross-session batching: steps of different sessions that arrive together become one
+ONNX Runtime run.
+
+Batch-major tensors are stacked on axis 0 and state tensors (layers*directions, batch,
+hidden) on axis 1; only steps whose tensors agree in every other dimension (the same
+sequence length) go together. Rows of a recurrent network never mix, so every caller gets
+what it would have got alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Collection
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service import metrics
+from service.errors import Unavailable
+
+Tensors = dict[str, np.ndarray]
+Runner = Callable[[Tensors], Tensors]
+
+
+@dataclass(eq=False)
+class _Step:
+    feeds: Tensors
+    rows: int
+    future: asyncio.Future[Tensors]
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """Runs `runner` on the feeds given to `run`, gathering concurrent calls.
+
+    `state_names` are the tensors, inputs and outputs, whose batch axis is 1 (h0, c0, hn,
+    cn); every other tensor's is 0. With `enabled` false each call runs on its own.
+    Gathering stops at `max_size` rows or `max_delay_us` after the first step waited;
+    `concurrency` runs may be in flight at once, and while they are, arrivals gather.
+    Construct it inside the running event loop.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        state_names: Collection[str],
+        *,
+        model: str,
+        version: str,
+        enabled: bool = True,
+        max_size: int = 64,
+        max_delay_us: int = 500,
+        concurrency: int = 1,
+        executor: Executor | None = None,
+    ) -> None:
+        self._runner = runner
+        self._state_names = frozenset(state_names)
+        self._queue_duration = metrics.QUEUE_DURATION.labels(model, version)
+        self._enabled = enabled
+        self._max_size = max_size
+        self._max_delay_s = max_delay_us / 1e6
+        self._executor = executor
+        self._queue: asyncio.Queue[_Step] = asyncio.Queue()
+        self._waiting: set[_Step] = set()  # steps whose callers still wait, failed by close()
+        self._gathering = asyncio.Lock()  # one worker gathers at a time, so batches fill
+        workers = concurrency if enabled else 0
+        self._workers = [asyncio.create_task(self._work()) for _ in range(workers)]
+
+    async def run(self, feeds: Tensors) -> Tensors:
+        step = _Step(feeds, self._rows(feeds), asyncio.get_running_loop().create_future())
+        if not self._enabled:
+            return (await self._execute([step]))[0]
+        self._waiting.add(step)
+        self._queue.put_nowait(step)
+        try:
+            return await step.future
+        finally:
+            self._waiting.discard(step)
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        for step in self._waiting:
+            if not step.future.done():
+                step.future.set_exception(Unavailable("the server is shutting down"))
+
+    async def _work(self) -> None:
+        while True:
+            async with self._gathering:
+                steps = await self._gather()
+            for group in self._by_shape(steps):
+                try:
+                    results = await self._execute(group)
+                except Exception as error:
+                    for step in group:
+                        if not step.future.done():
+                            step.future.set_exception(error)
+                    continue
+                for step, result in zip(group, results, strict=True):
+                    if not step.future.done():  # the caller may have gone away
+                        step.future.set_result(result)
+
+    async def _gather(self) -> list[_Step]:
+        """The first waiting step and those arriving within the queue delay."""
+        steps = [await self._queue.get()]
+        rows = steps[0].rows
+        deadline = time.perf_counter() + self._max_delay_s
+        while rows < self._max_size:
+            try:
+                step = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    step = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            steps.append(step)
+            rows += step.rows
+        return steps
+
+    def _by_shape(self, steps: list[_Step]) -> list[list[_Step]]:
+        """Steps that can share a run: equal in every dimension but the batch axis."""
+        groups: dict[tuple, list[_Step]] = {}
+        for step in steps:
+            key = tuple(
+                (name, array.dtype.str, self._other_dims(name, array))
+                for name, array in sorted(step.feeds.items())
+            )
+            groups.setdefault(key, []).append(step)
+        return list(groups.values())
+
+    async def _execute(self, group: list[_Step]) -> list[Tensors]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run_group, group)
+
+    def _run_group(self, group: list[_Step]) -> list[Tensors]:
+        started = time.perf_counter()
+        for step in group:
+            self._queue_duration.observe(started - step.queued_at)
+        if len(group) == 1:
+            return [self._runner(group[0].feeds)]
+        feeds = {
+            name: np.concatenate([step.feeds[name] for step in group], axis=self._axis(name))
+            for name in group[0].feeds
+        }
+        outputs = self._runner(feeds)
+        bounds = np.cumsum([step.rows for step in group])[:-1]
+        parts = {
+            name: np.split(array, bounds, axis=self._axis(name)) for name, array in outputs.items()
+        }
+        return [{name: split[i] for name, split in parts.items()} for i in range(len(group))]
+
+    def _axis(self, name: str) -> int:
+        return 1 if name in self._state_names else 0
+
+    def _other_dims(self, name: str, array: np.ndarray) -> tuple[int, ...]:
+        axis = self._axis(name)
+        return array.shape[:axis] + array.shape[axis + 1 :]
+
+    def _rows(self, feeds: Tensors) -> int:
+        name, array = next(iter(feeds.items()))
+        return array.shape[self._axis(name)]

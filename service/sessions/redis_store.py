@@ -1,0 +1,146 @@
+"""States in Redis, so that several server processes serve the same sessions and a
+session outlives the process that started it.
+
+Each session is one Redis string holding a small JSON header (model, version, id, dtype,
+stems, shapes) and the raw float32 bytes, expiring after the idle timeout (refreshed by
+every step). A sorted set indexes the sessions by deadline: it gives the session count
+for the limit and lets exactly one process report each expiry.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+
+import numpy as np
+import redis.asyncio as redis
+
+from service.errors import FailedPrecondition
+from service.sessions.state import Layout, SessionKey, State, check_layout
+
+_HEADER_LENGTH = struct.Struct("<I")
+_DTYPE = np.dtype("<f4")
+_SWEEP_LIMIT = 1000  # members examined per expire() call, to keep each script short
+
+# A session is expired once its value is gone; an index member whose value is gone is
+# removed here, atomically, so that only one process reports it.
+_FORGET_IF_GONE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+return -redis.call('ZREM', KEYS[2], ARGV[1])
+"""
+_SWEEP = """
+local gone = {}
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, member in ipairs(due) do
+  if redis.call('EXISTS', ARGV[2] .. member) == 0 then
+    redis.call('ZREM', KEYS[1], member)
+    table.insert(gone, member)
+  end
+end
+return gone
+"""
+
+
+class RedisStore:
+    def __init__(self, url: str, idle_timeout_s: float = 60.0, namespace: str = "rnnserve") -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self._client = redis.Redis.from_url(url)
+        self._state_prefix = f"{namespace}:state:"
+        self._index = f"{namespace}:sessions"
+        self._forget_if_gone = self._client.register_script(_FORGET_IF_GONE)
+        self._sweep = self._client.register_script(_SWEEP)
+        self._noticed: list[SessionKey] = []
+
+    async def load(self, key: SessionKey, expected: Layout) -> State | None:
+        blob = await self._client.get(self._state_key(key))
+        return None if blob is None else decode_state(key, blob, expected)
+
+    async def save(self, key: SessionKey, state: State) -> None:
+        deadline = time.time() + self.idle_timeout_s
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.set(
+                self._state_key(key), encode_state(key, state), px=round(self.idle_timeout_s * 1000)
+            )
+            pipe.zadd(self._index, {_member(key): deadline})
+            await pipe.execute()
+
+    async def contains(self, key: SessionKey) -> bool:
+        found = await self._forget_if_gone(
+            keys=[self._state_key(key), self._index], args=[_member(key)]
+        )
+        if found == -1:
+            self._noticed.append(key)
+        return found == 1
+
+    async def delete(self, key: SessionKey) -> bool:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.delete(self._state_key(key))
+            pipe.zrem(self._index, _member(key))
+            deleted, _ = await pipe.execute()
+        return deleted > 0
+
+    async def count(self) -> int:
+        return await self._client.zcard(self._index)
+
+    async def expire(self) -> list[SessionKey]:
+        gone = await self._sweep(
+            keys=[self._index], args=[time.time(), self._state_prefix, _SWEEP_LIMIT]
+        )
+        expired = [_key(member) for member in gone] + self._noticed
+        self._noticed = []
+        return expired
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def _state_key(self, key: SessionKey) -> str:
+        return self._state_prefix + _member(key)
+
+
+def _member(key: SessionKey) -> str:
+    # JSON keeps 7 and "7" apart and lets expire() turn the member back into a key.
+    return json.dumps([key.model, key.version, key.sequence_id], separators=(",", ":"))
+
+
+def _key(member: bytes) -> SessionKey:
+    model, version, sequence_id = json.loads(member)
+    return SessionKey(model, version, sequence_id)
+
+
+def encode_state(key: SessionKey, state: State) -> bytes:
+    header = json.dumps(
+        {
+            "model": key.model,
+            "version": key.version,
+            "sequence_id": key.sequence_id,
+            "dtype": _DTYPE.str,
+            "stems": list(state),
+            "shapes": [list(array.shape) for array in state.values()],
+        }
+    ).encode()
+    arrays = (np.ascontiguousarray(array, dtype=_DTYPE) for array in state.values())
+    payload = b"".join(array.tobytes() for array in arrays)
+    return _HEADER_LENGTH.pack(len(header)) + header + payload
+
+
+def decode_state(key: SessionKey, blob: bytes, expected: Layout) -> State:
+    (length,) = _HEADER_LENGTH.unpack_from(blob)
+    header = json.loads(blob[_HEADER_LENGTH.size : _HEADER_LENGTH.size + length])
+    owner = SessionKey(header["model"], header["version"], header["sequence_id"])
+    if owner != key or header["dtype"] != _DTYPE.str:
+        raise FailedPrecondition(
+            f"stored state of {key.describe()} belongs to {owner.describe()} "
+            f"with dtype {header['dtype']}; begin the sequence again with sequence_start=true"
+        )
+    layout = {
+        stem: tuple(shape) for stem, shape in zip(header["stems"], header["shapes"], strict=True)
+    }
+    check_layout(key, layout, expected)
+    state: State = {}
+    offset = _HEADER_LENGTH.size + length
+    for stem, shape in layout.items():
+        count = int(np.prod(shape))
+        state[stem] = np.frombuffer(blob, _DTYPE, count, offset).reshape(shape)
+        offset += count * _DTYPE.itemsize
+    return state

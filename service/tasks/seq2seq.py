@@ -1,0 +1,116 @@
+"""Sequence to sequence with greedy decoding in the server.
+
+The encoder reads each source row (rows of equal length share one ORT run); the decoder
+then runs one step per output token for the whole batch, from `bos_id`, until every row
+has produced `eos_id` or `max_output_length` tokens are out. Streaming answers once per
+decoded token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from service.tasks import validation
+from service.tasks.base import (
+    Execute,
+    Result,
+    State,
+    Step,
+    Task,
+    put_rows,
+    rows_by_length,
+    take_rows,
+    text_array,
+)
+from service.types import InferRequest, Parameter, TensorMetadata
+
+MAX_OUTPUT_LENGTH = "max_output_length"
+
+
+class Seq2SeqTask(Task):
+    @property
+    def char_ids(self) -> dict[str, int]:
+        """Source characters a client may send; special tokens are not characters."""
+        assert self.spec.vocab is not None  # ModelSpec guarantees it for text tasks
+        return {token: index for index, token in enumerate(self.spec.vocab) if len(token) == 1}
+
+    @property
+    def inputs(self) -> list[TensorMetadata]:
+        return [TensorMetadata("text", "BYTES", (-1,))]
+
+    @property
+    def outputs(self) -> list[TensorMetadata]:
+        return [TensorMetadata("text_out", "BYTES", (-1,))]
+
+    def parameters(self) -> dict[str, Parameter]:
+        assert self.spec.max_output_length is not None  # ModelSpec guarantees it for seq2seq
+        return {
+            "vocab": "".join(sorted(self.char_ids)),
+            MAX_OUTPUT_LENGTH: self.spec.max_output_length,
+        }
+
+    def prepare(self, request: InferRequest) -> Step:
+        inputs = validation.check_input_names(request, ["text"], required=["text"])
+        rows = validation.text_rows(inputs["text"], self.settings)
+        token_rows = validation.decode_text("text", rows, self.char_ids, self.settings)
+        outputs = validation.check_output_names(request, ["text_out"], ["text_out"])
+        limit = validation.int_parameter(
+            request.parameters,
+            MAX_OUTPUT_LENGTH,
+            self.spec.max_output_length or 1,
+            self.settings.max_sequence_length,
+        )
+        return Step(
+            len(token_rows),
+            {"tokens": token_rows},
+            self.zero_state(len(token_rows)),
+            outputs,
+            tuple(inputs["text"].shape),
+            {MAX_OUTPUT_LENGTH: limit},
+        )
+
+    def run(self, step: Step, execute: Execute) -> Result:
+        texts = [""] * step.rows
+        for tokens, _ in self._decode(step, execute):
+            texts = [text + self._char(token) for text, token in zip(texts, tokens, strict=True)]
+        return Result({"text_out": text_array(texts)})
+
+    def stream(self, step: Step, execute: Execute) -> Iterator[Result]:
+        for tokens, last in self._decode(step, execute):
+            yield Result({"text_out": text_array([self._char(t) for t in tokens])}, final=last)
+
+    def _encode(self, step: Step, execute: Execute) -> State:
+        token_rows: list[list[int]] = step.inputs["tokens"]
+        state = self.zero_state(step.rows)
+        for _, rows in rows_by_length(token_rows).items():
+            tokens = np.array([token_rows[row] for row in rows], np.int64)
+            feeds = {"tokens": tokens, **self.state_feeds(take_rows(step.state, rows))}
+            put_rows(state, rows, self.state_outputs(execute("encoder", feeds)))
+        return state
+
+    def _decode(self, step: Step, execute: Execute) -> Iterator[tuple[np.ndarray, bool]]:
+        """Each step's output token per row (`eos_id` once a row has finished) and whether
+        it is the last step."""
+        bos, eos = self.spec.bos_id, self.spec.eos_id
+        limit = step.options[MAX_OUTPUT_LENGTH]
+        state = self._encode(step, execute)
+        token = np.full(step.rows, bos, np.int64)
+        finished = np.zeros(step.rows, bool)
+        for position in range(limit):
+            graph = execute("decoder", {"token": token, **self.state_feeds(state)})
+            token = graph["next_token"].astype(np.int64)
+            state = self.state_outputs(graph)
+            emitted = np.where(finished, eos, token)
+            finished |= token == eos
+            last = bool(finished.all()) or position + 1 == limit
+            yield emitted, last
+            if last:
+                return
+
+    def _char(self, token: int) -> str:
+        """A decoded token's text; special tokens (eos, ...) have none."""
+        assert self.spec.target_vocab is not None  # ModelSpec guarantees it for seq2seq
+        text = self.spec.target_vocab[token]
+        return text if len(text) == 1 else ""

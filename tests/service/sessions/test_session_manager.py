@@ -1,0 +1,252 @@
+"""The session manager: the state carried between the requests of a sequence.
+
+The computation here is a running sum kept in the state, so every answer shows which
+state a request started from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from service.sessions import SessionKey, SessionManager, State, StateStore
+from service.sessions.manager import Step
+
+ZEROS: State = {"h": np.zeros((1, 1, 1), np.float32)}
+
+
+def add(value: float) -> Step[float]:
+    """A step that adds `value` to the running sum and answers the new sum."""
+
+    async def run(state: State) -> tuple[float, State]:
+        total = state["h"] + value
+        return float(total.item()), {"h": total}
+
+    return run
+
+
+def fresh_key(sequence_id: int | str = 1) -> SessionKey:
+    # A model name of its own per test keeps the metric samples of tests apart.
+    return SessionKey(f"model-{uuid.uuid4().hex[:8]}", "1", sequence_id)
+
+
+def metric(name: str, key: SessionKey) -> float:
+    value = REGISTRY.get_sample_value(name, {"model": key.model, "version": key.version})
+    return value or 0.0
+
+
+def test_a_sequence_carries_its_state_from_request_to_request(
+    make_store: Callable[..., StateStore],
+) -> None:
+    async def scenario() -> None:
+        manager = SessionManager(make_store(), max_sessions=10)
+        key = fresh_key()
+        assert await manager.step(key, True, False, ZEROS, add(1)) == 1
+        assert await manager.step(key, False, False, ZEROS, add(2)) == 3
+        assert await manager.step(key, False, True, ZEROS, add(3)) == 6
+        assert metric("rnnserve_sessions_started_total", key) == 1
+        assert metric("rnnserve_sessions_ended_total", key) == 1
+        assert metric("rnnserve_sessions_active", key) == 0
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_start_begins_from_the_given_initial_state() -> None:
+    async def scenario() -> None:
+        manager = SessionManager(make_memory_store(), max_sessions=10)
+        key = fresh_key()
+        resumed = {"h": np.full((1, 1, 1), 40.0, np.float32)}  # a snapshot the client kept
+        assert await manager.step(key, True, False, resumed, add(2)) == 42
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_continuation_of_an_unknown_id_must_begin_with_the_start_flag(
+    make_store: Callable[..., StateStore],
+) -> None:
+    async def scenario() -> None:
+        manager = SessionManager(make_store(), max_sessions=10)
+        key = fresh_key(99)
+        with pytest.raises(InvalidArgument) as raised:
+            await manager.step(key, False, False, ZEROS, add(1))
+        assert raised.value.message.startswith(
+            f"sequence 99 for model {key.model} version 1 is not active: "
+            "a sequence must begin with sequence_start=true"
+        )
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_start_on_an_id_in_use_restarts_the_session(
+    make_store: Callable[..., StateStore],
+) -> None:
+    async def scenario() -> None:
+        manager = SessionManager(make_store(), max_sessions=10)
+        key = fresh_key()
+        await manager.step(key, True, False, ZEROS, add(5))
+        assert await manager.step(key, True, False, ZEROS, add(1)) == 1
+        assert await manager.step(key, False, False, ZEROS, add(1)) == 2
+        assert metric("rnnserve_sessions_started_total", key) == 2
+        assert metric("rnnserve_sessions_active", key) == 1
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_end_frees_the_state(make_store: Callable[..., StateStore]) -> None:
+    async def scenario() -> None:
+        store = make_store()
+        manager = SessionManager(store, max_sessions=10)
+        key = fresh_key()
+        await manager.step(key, True, False, ZEROS, add(1))
+        await manager.step(key, False, True, ZEROS, add(1))
+        assert not await store.contains(key)
+        with pytest.raises(InvalidArgument, match="must begin with sequence_start=true"):
+            await manager.step(key, False, False, ZEROS, add(1))
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_step_changes_nothing(make_store: Callable[..., StateStore]) -> None:
+    async def scenario() -> None:
+        manager = SessionManager(make_store(), max_sessions=10)
+        key = fresh_key()
+        await manager.step(key, True, False, ZEROS, add(1))
+
+        async def fail(state: State) -> tuple[float, State]:
+            raise RuntimeError("the model failed")
+
+        with pytest.raises(RuntimeError):
+            await manager.step(key, False, True, ZEROS, fail)
+        assert await manager.step(key, False, False, ZEROS, add(1)) == 2
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_stored_state_the_model_no_longer_fits_is_refused(
+    make_store: Callable[..., StateStore],
+) -> None:
+    async def scenario() -> None:
+        manager = SessionManager(make_store(), max_sessions=10)
+        key = fresh_key()
+        await manager.step(key, True, False, ZEROS, add(1))
+        wider = {"h": np.zeros((1, 1, 2), np.float32)}
+        with pytest.raises(FailedPrecondition, match="does not fit the model"):
+            await manager.step(key, False, False, wider, add(1))
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_session_expires(make_store: Callable[..., StateStore]) -> None:
+    async def scenario() -> None:
+        manager = SessionManager(make_store(0.05), max_sessions=10)
+        await manager.start()
+        key = fresh_key()
+        await manager.step(key, True, False, ZEROS, add(1))
+        while metric("rnnserve_sessions_expired_total", key) == 0:  # poll, no timing assumed
+            await asyncio.sleep(0.02)
+        assert metric("rnnserve_sessions_active", key) == 0
+        with pytest.raises(InvalidArgument, match="is not active"):
+            await manager.step(key, False, False, ZEROS, add(1))
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_session_limit_refuses_new_sessions_only(
+    make_store: Callable[..., StateStore],
+) -> None:
+    async def scenario() -> None:
+        manager = SessionManager(make_store(), max_sessions=2)
+        first, second, third = fresh_key(1), fresh_key(2), fresh_key(3)
+        await manager.step(first, True, False, ZEROS, add(1))
+        await manager.step(second, True, False, ZEROS, add(1))
+        with pytest.raises(ResourceExhausted) as raised:
+            await manager.step(third, True, False, ZEROS, add(1))
+        assert raised.value.message.startswith(
+            "session limit reached: 2 active sessions (max_sessions=2)"
+        )
+        assert metric("rnnserve_sessions_rejected_total", third) == 1
+        # At the limit, sessions in use go on and may restart.
+        assert await manager.step(first, False, False, ZEROS, add(1)) == 2
+        assert await manager.step(first, True, False, ZEROS, add(1)) == 1
+        await manager.step(second, False, True, ZEROS, add(1))
+        assert await manager.step(third, True, False, ZEROS, add(1)) == 1
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_starts_never_exceed_the_session_limit() -> None:
+    async def scenario() -> None:
+        manager = SessionManager(make_memory_store(), max_sessions=3)
+
+        async def slow_start(state: State) -> tuple[float, State]:
+            await asyncio.sleep(0.01)  # every start is in flight at once
+            return 0.0, state
+
+        model = fresh_key().model
+        starts = [
+            manager.step(SessionKey(model, "1", i), True, False, ZEROS, slow_start)
+            for i in range(1, 9)
+        ]
+        results = await asyncio.gather(*starts, return_exceptions=True)
+        refused = [r for r in results if isinstance(r, ResourceExhausted)]
+        assert len(refused) == 5
+        assert await manager.store.count() == 3
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_requests_of_one_session_apply_in_arrival_order_one_at_a_time(
+    make_store: Callable[..., StateStore],
+) -> None:
+    async def scenario() -> None:
+        manager = SessionManager(make_store(), max_sessions=10)
+        key = fresh_key()
+        inside = 0
+        order: list[int] = []
+
+        def append(index: int) -> Step[None]:
+            async def run(state: State) -> tuple[None, State]:
+                nonlocal inside
+                inside += 1
+                assert inside == 1, "two requests of one session interleaved"
+                await asyncio.sleep(0.001 * (index % 3))  # yield to the others mid-step
+                order.append(index)
+                inside -= 1
+                return None, {"h": state["h"] * 2 + index}
+
+            return run
+
+        await manager.step(key, True, False, ZEROS, append(0))
+        await asyncio.gather(
+            *(manager.step(key, False, False, ZEROS, append(i)) for i in range(1, 30))
+        )
+        assert order == list(range(30))
+        expected = ZEROS["h"]
+        for index in range(30):
+            expected = expected * 2 + index  # the same float32 arithmetic, in order
+        assert await manager.step(key, False, True, ZEROS, add(0)) == expected.item()
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def make_memory_store() -> StateStore:
+    from service.sessions.memory_store import MemoryStore
+
+    return MemoryStore()
