@@ -46,11 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _repository(args: argparse.Namespace, workdir: Path) -> Path:
-    """The repository to serve: tiny sine models in scratch space for --quick, else the
-    given one, built with the default preset when it does not exist yet."""
+    """The given repository when it holds the sine models; else they are built: tiny ones
+    in scratch space for --quick, default ones into the given folder."""
     from bench.compute import SINE_MODELS
 
-    if not args.quick and (args.model_repository / "sine-lstm").exists():
+    if (args.model_repository / "sine-lstm").exists():
         return args.model_repository
     try:
         from export.build import build_repository

@@ -12,6 +12,7 @@ from bench.payloads import step_request_json
 from bench.plots import line_plot
 from bench.report import Figure, ScenarioResult, environment
 from bench.sessions import SERVER_SETTINGS
+from rnnserve.errors import UsageError
 from service.repository import read_spec
 
 COUNTS = (0, 10_000, 100_000)
@@ -52,7 +53,7 @@ def run(options: Options) -> ScenarioResult:
             for count in counts:
                 if count > held:
                     # Each request starts a new session and leaves it idle.
-                    loadgen.run(
+                    filled = loadgen.run(
                         loadgen.Load(
                             server.target,
                             step_request_json(options.model_name),
@@ -63,6 +64,8 @@ def run(options: Options) -> ScenarioResult:
                             sequence_base=1_000_000 + held,
                         )
                     )
+                    if filled["errors"]:
+                        raise UsageError(f"{filled['errors']:.0f} session starts failed")
                     held = count
                 rss = _settled_rss(server.pid)
                 per_session = (rss - baseline) / count if count else 0.0

@@ -11,15 +11,21 @@ from typing import Any
 
 from bench.payloads import step_request
 from bench.report import Metrics, quantiles_ms
+from rnnserve.errors import UsageError
 
 
 def _timed(steps: int, send: Any) -> tuple[list[int], float]:
+    import grpc
+
     samples = []
     cpu_started = time.process_time()
-    for index in range(steps):
-        started = time.perf_counter_ns()
-        send(index)
-        samples.append(time.perf_counter_ns() - started)
+    try:
+        for index in range(steps):
+            started = time.perf_counter_ns()
+            send(index)
+            samples.append(time.perf_counter_ns() - started)
+    except grpc.RpcError as error:
+        raise UsageError(f"step {index} failed: {error.code().name}: {error.details()}") from None
     return samples, time.process_time() - cpu_started
 
 
@@ -71,7 +77,7 @@ def stream_steps(
             outbox.put(first if index == 0 else rest)
             answer = next(responses)
             if answer.error_message:
-                raise RuntimeError(f"stream step failed: {answer.error_message}")
+                raise UsageError(f"stream step {index} failed: {answer.error_message}")
 
         try:
             samples, cpu_s = _timed(steps + warmup, send)

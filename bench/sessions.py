@@ -12,7 +12,7 @@ from __future__ import annotations
 from bench import loadgen, probe, servers
 from bench.options import Options
 from bench.payloads import step_request_json
-from bench.plots import line_plot
+from bench.plots import bar_plot, line_plot
 from bench.report import Figure, ScenarioResult, environment
 from bench.transport import probe_steps
 
@@ -42,6 +42,12 @@ def run_one_session(options: Options) -> ScenarioResult:
                 for run in range(options.runs)
             ]
             figures.append(Figure(f"rnnserve {rpc}", {"server": "rnnserve", "rpc": rpc}, runs))
+    bar_plot(
+        options.out / "one_session.png",
+        "One session: step latency",
+        "milliseconds",
+        {f.label: {"p50": f.median["p50_ms"], "p99": f.median["p99_ms"]} for f in figures},
+    )
     return ScenarioResult(
         name="one_session",
         title="3. One session: step latency",

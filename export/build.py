@@ -53,14 +53,20 @@ def build_repository(
     with `skip_existing` a model that has any version is left alone. `runs`, when given,
     receives each model's checkpoint and plots.
     """
-    configs = [config_for_name(n, preset, seed, **(overrides or {})) for n in names or DEFAULT_NAMES]
+    configs = [
+        config_for_name(n, preset, seed, **(overrides or {})) for n in names or DEFAULT_NAMES
+    ]
     ensure_writable(root)
     torch.set_num_threads(TRAIN_THREADS)
     results = []
     for config in configs:
         present = versions(root, config.name)
         if present and skip_existing:
-            results.append(BuildResult(config.name, present[-1], root / config.name / str(present[-1]), skipped=True))
+            results.append(
+                BuildResult(
+                    config.name, present[-1], root / config.name / str(present[-1]), skipped=True
+                )
+            )
             continue
         version = next_version(root, config.name) if new_version else 1
         started = time.perf_counter()
@@ -70,10 +76,15 @@ def build_repository(
         exported = export_version(trained, root, version)
         results.append(
             BuildResult(
-                name=config.name, version=version, path=exported.path,
-                parameters=count_parameters(trained.model), quality_name=trained.quality_name,
-                quality=trained.quality, parity_error=exported.parity_error,
-                chunk_error=exported.chunk_error, file_bytes=exported.file_bytes,
+                name=config.name,
+                version=version,
+                path=exported.path,
+                parameters=count_parameters(trained.model),
+                quality_name=trained.quality_name,
+                quality=trained.quality,
+                parity_error=exported.parity_error,
+                chunk_error=exported.chunk_error,
+                file_bytes=exported.file_bytes,
                 seconds=time.perf_counter() - started,
             )
         )
@@ -88,11 +99,22 @@ def summary_table(results: list[BuildResult]) -> str:
             rows.append((r.name, str(r.version), "skipped: already present", "", "", "", "", ""))
             continue
         chunk = f"{r.chunk_error:.1e}" if r.chunk_error is not None else "n/a"
-        rows.append((
-            r.name, str(r.version), f"{r.parameters:,}", f"{r.quality_name}={r.quality:.4g}",
-            f"{r.parity_error:.1e}", chunk, f"{r.file_bytes / 1024:.0f} KiB", f"{r.seconds:.1f} s",
-        ))
+        rows.append(
+            (
+                r.name,
+                str(r.version),
+                f"{r.parameters:,}",
+                f"{r.quality_name}={r.quality:.4g}",
+                f"{r.parity_error:.1e}",
+                chunk,
+                f"{r.file_bytes / 1024:.0f} KiB",
+                f"{r.seconds:.1f} s",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

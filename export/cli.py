@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     build = sub.add_parser("build", help="train, export and verify the model repository")
     build.add_argument("--out", type=Path, default=Path("models"), help="repository folder")
     build.add_argument(
-        "--models", nargs="+", metavar="NAME",
+        "--models",
+        nargs="+",
+        metavar="NAME",
         help="<task>-<cell>[-bi] names, e.g. sine-lstm tagger-gru-bi (default: the nine)",
     )
     build.add_argument("--runs", type=Path, default=Path("runs"), help="checkpoints and plots")
@@ -57,8 +59,14 @@ def run_build(args: argparse.Namespace) -> int:
 
     try:
         results = build_repository(
-            args.out, args.models, args.preset, args.seed, overrides=_overrides(args),
-            runs=args.runs, skip_existing=args.skip_existing, new_version=args.new_version,
+            args.out,
+            args.models,
+            args.preset,
+            args.seed,
+            overrides=_overrides(args),
+            runs=args.runs,
+            skip_existing=args.skip_existing,
+            new_version=args.new_version,
             progress=True,
         )
     except VerificationError as error:
@@ -106,4 +114,3 @@ def run_export(args: argparse.Namespace) -> int:
     chunk = f"{result.chunk_error:.1e}" if result.chunk_error is not None else "n/a"
     print(f"{result.path}: parity error {result.parity_error:.1e}, chunk error {chunk}")
     return 0
-

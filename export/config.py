@@ -42,20 +42,42 @@ class TrainConfig:
 # number of generated batches for seq2seq, and one pass over the training streams for sine.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {
-        "tagger": dict(num_layers=1, hidden_size=16, epochs=300, batch_size=1,
-                       learning_rate=0.03, embedding_size=8),
-        "seq2seq": dict(num_layers=1, hidden_size=128, epochs=24, batch_size=128,
-                        learning_rate=4e-3, embedding_size=32),
-        "sine": dict(num_layers=1, hidden_size=32, epochs=40, batch_size=16,
-                     learning_rate=1e-2),
+        "tagger": dict(
+            num_layers=1,
+            hidden_size=16,
+            epochs=300,
+            batch_size=1,
+            learning_rate=0.03,
+            embedding_size=8,
+        ),
+        "seq2seq": dict(
+            num_layers=1,
+            hidden_size=128,
+            epochs=12,
+            batch_size=128,
+            learning_rate=1e-2,
+            embedding_size=32,
+        ),
+        "sine": dict(num_layers=1, hidden_size=32, epochs=12, batch_size=16, learning_rate=1e-2),
     },
     "tiny": {
-        "tagger": dict(num_layers=1, hidden_size=8, epochs=200, batch_size=1,
-                       learning_rate=0.05, embedding_size=4),
-        "seq2seq": dict(num_layers=1, hidden_size=16, epochs=1, batch_size=32,
-                        learning_rate=1e-2, embedding_size=8),
-        "sine": dict(num_layers=1, hidden_size=8, epochs=2, batch_size=4,
-                     learning_rate=1e-2),
+        "tagger": dict(
+            num_layers=1,
+            hidden_size=8,
+            epochs=200,
+            batch_size=1,
+            learning_rate=0.05,
+            embedding_size=4,
+        ),
+        "seq2seq": dict(
+            num_layers=1,
+            hidden_size=16,
+            epochs=1,
+            batch_size=32,
+            learning_rate=1e-2,
+            embedding_size=8,
+        ),
+        "sine": dict(num_layers=1, hidden_size=8, epochs=2, batch_size=4, learning_rate=1e-2),
     },
 }
 
@@ -100,6 +122,8 @@ def make_config(
     return config
 
 
-def config_for_name(name: str, preset: str = "default", seed: int = 0, **overrides: Any) -> TrainConfig:
+def config_for_name(
+    name: str, preset: str = "default", seed: int = 0, **overrides: Any
+) -> TrainConfig:
     task, cell, bidirectional = parse_name(name)
     return make_config(task, cell, preset, seed, bidirectional, **overrides)

@@ -45,14 +45,19 @@ def export_version(trained: TrainedModel, root: Path, version: int) -> ExportRes
             reports[graph.role] = check_graph(graph, folder / graph.file_name)
         if config.task == "seq2seq":
             check_greedy(
-                trained.model, folder / "encoder.onnx", folder / "decoder.onnx",
-                graphs[0].num_states, config.seed,
+                trained.model,
+                folder / "encoder.onnx",
+                folder / "decoder.onnx",
+                graphs[0].num_states,
+                config.seed,
             )
         parity = max(r.parity_error for r in reports.values())
         chunks = [r.chunk_error for r in reports.values() if r.chunk_error is not None]
         chunk = max(chunks) if chunks else None
         spec = ModelSpec(
-            task=config.task, cell=config.cell, num_layers=config.num_layers,
+            task=config.task,
+            cell=config.cell,
+            num_layers=config.num_layers,
             hidden_size=config.hidden_size,
             graphs={g.role: g.file_name for g in graphs},
             graph_inputs={g.role: g.input_names for g in graphs},

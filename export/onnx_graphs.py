@@ -41,8 +41,13 @@ def export_graph(graph: Graph, path: Path) -> None:
         # are what tells us the graph is right.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            graph.module.eval(), inputs, str(path), dynamo=False, opset_version=OPSET,
-            input_names=graph.input_names, output_names=graph.output_names,
+            graph.module.eval(),
+            inputs,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=graph.input_names,
+            output_names=graph.output_names,
             dynamic_axes=dynamic_axes(graph),
         )
 

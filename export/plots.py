@@ -7,8 +7,8 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+matplotlib.use("Agg")  # before pyplot is imported: no display on build machines
+import matplotlib.pyplot as plt
 
 
 def plot_loss(losses: Sequence[float], path: Path, title: str) -> None:

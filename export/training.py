@@ -57,7 +57,9 @@ def save_run(trained: TrainedModel, run_dir: Path) -> None:
     plot_loss(trained.losses, run_dir / "loss.png", trained.config.name)
     if trained.config.task == "sine":
         target, prediction = sine.predict_stream(trained.model, trained.config.seed)
-        plot_stream(target.tolist(), prediction.tolist(), run_dir / "stream.png", trained.config.name)
+        plot_stream(
+            target.tolist(), prediction.tolist(), run_dir / "stream.png", trained.config.name
+        )
 
 
 def load_run(path: Path) -> TrainedModel:

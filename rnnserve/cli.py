@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from bench import cli as bench_cli
 from client import cli as client_cli
 from export import cli as export_cli
+from rnnserve import demo
 from rnnserve.errors import UsageError
 from service import cli as service_cli
 
@@ -21,7 +22,7 @@ from service import cli as service_cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnserve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (export_cli, service_cli, client_cli, bench_cli):
+    for module in (export_cli, service_cli, client_cli, bench_cli, demo):
         module.register(sub)
     return parser
 

@@ -72,7 +72,8 @@ def ensure_models(root: Path, preset: str) -> None:
     print(f"building {len(missing)} default models into {root}/ (preset {preset}) ...")
     from export.build import build_repository  # torch: only when there is something to build
 
-    build_repository(root, names=missing, preset=preset)
+    # skip_existing: a model another process finished meanwhile is kept, not an error.
+    build_repository(root, names=missing, preset=preset, skip_existing=True, progress=True)
 
 
 def free_port() -> int:

@@ -70,9 +70,13 @@ class DataPlane:
             self._phase = "ready"
 
     async def close(self) -> None:
-        """Refuse new requests, let those in flight finish, then stop the compute threads."""
+        """Refuse new requests, let those in flight finish (for at most the grace period),
+        then stop the compute threads."""
         self._phase = "draining"
-        await self._idle.wait()
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.settings.grace_period_s)
+        except TimeoutError:
+            log.warning("closing with %d requests still in flight", self._in_flight)
         self._executor.shutdown(wait=True)
         self._phase = "closed"
 
@@ -187,15 +191,16 @@ class DataPlane:
                     self._prepare, model, request, arrived
                 )
                 results = model.task.stream(step, model.runtime.run)
-                output_ns = 0
+                infer_ns = output_ns = 0
                 while True:
                     answer = await self._in_thread(
                         self._next_response, model, request, step, results
                     )
                     if answer is None:
                         break
-                    response, ns = answer
-                    output_ns += ns
+                    response, step_infer_ns, step_output_ns = answer
+                    infer_ns += step_infer_ns
+                    output_ns += step_output_ns
                     yield response
             except Exception as error:
                 model.runtime.statistics.record_failure(time.perf_counter_ns() - arrived)
@@ -206,7 +211,7 @@ class DataPlane:
                 done - arrived,
                 started - arrived,
                 prepared - started,
-                done - prepared - output_ns,
+                infer_ns,
                 output_ns,
             )
 
@@ -238,13 +243,15 @@ class DataPlane:
 
     def _next_response(
         self, model: LoadedVersion, request: InferRequest, step: Step, results: Iterator[Result]
-    ) -> tuple[InferResponse, int] | None:
+    ) -> tuple[InferResponse, int, int] | None:
+        """The next streamed response, with the ns spent computing and building it."""
+        start = time.perf_counter_ns()
         result = next(results, None)
         if result is None:
             return None
-        start = time.perf_counter_ns()
+        computed = time.perf_counter_ns()
         response = self._response(model, request, step, result, {FINAL_RESPONSE: result.final})
-        return response, time.perf_counter_ns() - start
+        return response, computed - start, time.perf_counter_ns() - computed
 
     @staticmethod
     def _response(

@@ -130,4 +130,3 @@ class ModelRuntime:
         self._compute_seconds.observe(ns / 1e9)
         self._batch_size.observe(rows)
         return dict(zip(self.output_names(role), values, strict=True))
-

@@ -37,7 +37,7 @@ QUALITY_NAME = "heldout_exact_match"
 
 FIRST_DAY = datetime.date(2000, 1, 1).toordinal()
 LAST_DAY = datetime.date(2099, 12, 31).toordinal()
-MONTHS = "jan feb mar apr may jun jul aug sep oct nov dec".split()
+MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 
 
 def write_date(date: datetime.date, style: int) -> str:
@@ -187,16 +187,22 @@ def graphs(model: Seq2Seq, config: TrainConfig) -> list[Graph]:
     common = dict(num_states=states, hidden_size=config.hidden_size, state_rows=config.num_layers)
     return [
         Graph(
-            role="encoder", module=EncoderGraph(model),
+            role="encoder",
+            module=EncoderGraph(model),
             input_names=["tokens", *state_names(states, "0")],
             output_names=state_names(states, "n"),
-            sequence=True, one_way=True, make_input=random_tokens(len(SOURCE_VOCAB)), **common,
+            sequence=True,
+            one_way=True,
+            make_input=random_tokens(len(SOURCE_VOCAB)),
+            **common,
         ),
         Graph(
-            role="decoder", module=DecoderGraph(model),
+            role="decoder",
+            module=DecoderGraph(model),
             input_names=["token", *state_names(states, "0")],
             output_names=["logits", "next_token", *state_names(states, "n")],
-            sequence=False, one_way=True,
+            sequence=False,
+            one_way=True,
             make_input=lambda batch, _seq, gen: torch.randint(
                 len(TARGET_VOCAB), (batch,), generator=gen
             ),
@@ -207,7 +213,13 @@ def graphs(model: Seq2Seq, config: TrainConfig) -> list[Graph]:
 
 def spec_fields(config: TrainConfig) -> dict[str, object]:
     return dict(
-        input_size=len(SOURCE_VOCAB), output_size=len(TARGET_VOCAB), vocab=SOURCE_VOCAB,
-        target_vocab=TARGET_VOCAB, pad_id=PAD, bos_id=BOS, eos_id=EOS,
-        max_output_length=MAX_OUTPUT_LENGTH, streamable=False,
+        input_size=len(SOURCE_VOCAB),
+        output_size=len(TARGET_VOCAB),
+        vocab=SOURCE_VOCAB,
+        target_vocab=TARGET_VOCAB,
+        pad_id=PAD,
+        bos_id=BOS,
+        eos_id=EOS,
+        max_output_length=MAX_OUTPUT_LENGTH,
+        streamable=False,
     )

@@ -102,11 +102,16 @@ def graphs(model: SineModel, config: TrainConfig) -> list[Graph]:
     states = state_count(config.cell)
     return [
         Graph(
-            role="model", module=model,
+            role="model",
+            module=model,
             input_names=["x", *state_names(states, "0")],
             output_names=["y", *state_names(states, "n")],
-            num_states=states, sequence=True, one_way=True, make_input=_sine_input,
-            hidden_size=config.hidden_size, state_rows=config.num_layers,
+            num_states=states,
+            sequence=True,
+            one_way=True,
+            make_input=_sine_input,
+            hidden_size=config.hidden_size,
+            state_rows=config.num_layers,
         )
     ]
 

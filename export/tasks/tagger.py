@@ -35,7 +35,10 @@ class Tagger(nn.Module):
         directions = 2 if config.bidirectional else 1
         self.embedding = nn.Embedding(len(VOCAB), config.embedding_size)
         self.rnn = make_cell(
-            config.cell, config.embedding_size, config.hidden_size, config.num_layers,
+            config.cell,
+            config.embedding_size,
+            config.hidden_size,
+            config.num_layers,
             config.bidirectional,
         )
         self.head = nn.Linear(config.hidden_size * directions, len(VOCAB))
@@ -86,11 +89,15 @@ def graphs(model: Tagger, config: TrainConfig) -> list[Graph]:
     states = state_count(config.cell)
     return [
         Graph(
-            role="model", module=model,
+            role="model",
+            module=model,
             input_names=["tokens", *state_names(states, "0")],
             output_names=["logits", *state_names(states, "n")],
-            num_states=states, sequence=True, one_way=not config.bidirectional,
-            make_input=random_tokens(len(VOCAB)), hidden_size=config.hidden_size,
+            num_states=states,
+            sequence=True,
+            one_way=not config.bidirectional,
+            make_input=random_tokens(len(VOCAB)),
+            hidden_size=config.hidden_size,
             state_rows=config.num_layers * (2 if config.bidirectional else 1),
         )
     ]
@@ -98,6 +105,9 @@ def graphs(model: Tagger, config: TrainConfig) -> list[Graph]:
 
 def spec_fields(config: TrainConfig) -> dict[str, object]:
     return dict(
-        input_size=len(VOCAB), output_size=len(VOCAB), vocab=VOCAB,
-        num_directions=2 if config.bidirectional else 1, streamable=not config.bidirectional,
+        input_size=len(VOCAB),
+        output_size=len(VOCAB),
+        vocab=VOCAB,
+        num_directions=2 if config.bidirectional else 1,
+        streamable=not config.bidirectional,
     )

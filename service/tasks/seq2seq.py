@@ -9,6 +9,7 @@ decoded token.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cached_property
 
 import numpy as np
 
@@ -30,7 +31,7 @@ MAX_OUTPUT_LENGTH = "max_output_length"
 
 
 class Seq2SeqTask(Task):
-    @property
+    @cached_property
     def char_ids(self) -> dict[str, int]:
         """Source characters a client may send; special tokens are not characters."""
         assert self.spec.vocab is not None  # ModelSpec guarantees it for text tasks

@@ -6,6 +6,8 @@ the token-level outputs are padded (`pad_id` or -1 tokens, zero logits) to the l
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
 from service.errors import InvalidArgument
@@ -29,7 +31,7 @@ class TaggerTask(Task):
         assert self.spec.vocab is not None  # ModelSpec guarantees it for text tasks
         return self.spec.vocab
 
-    @property
+    @cached_property
     def char_ids(self) -> dict[str, int]:
         """Characters a client may send; special tokens ("<pad>", ...) are not characters."""
         return {token: index for index, token in enumerate(self.vocab) if len(token) == 1}

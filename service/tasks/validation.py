@@ -181,4 +181,3 @@ def int_parameter(parameters: dict[str, Parameter], name: str, default: int, max
     if value > maximum:
         raise InvalidArgument(f"parameter '{name}' is {value}; expected at most {maximum}")
     return value
-

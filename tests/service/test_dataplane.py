@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from prometheus_client import REGISTRY
 
 from service.dataplane import DataPlane
 from service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
@@ -255,7 +256,7 @@ def greedy(reference: Reference, word: str, limit: int) -> str:
     token = np.array([spec.bos_id], np.int64)
     decoded = ""
     for _ in range(limit):
-        feeds = {f"{name[0]}0": value for name, value in state.items() if name.endswith("n")}
+        feeds = {f"{stem}0": state[f"{stem}n"] for stem in spec.state_names}
         step = reference.run("decoder", token=token, **feeds)
         token = step["next_token"]
         if token[0] == spec.eos_id:
@@ -348,7 +349,7 @@ BAD_INPUTS: list[Case] = [
     ("invalid UTF-8", request("seq2seq-gru", text("text", ["1/2/03", b"\xff\xfe"])),
      InvalidArgument, "text[1] is not valid UTF-8"),
     ("text too long", request("tagger-rnn", text("text", ["hello" * 13])),
-     InvalidArgument, "text[0] has sequence length 65; expected at most 64"),
+     InvalidArgument, "input 'text[0]' has sequence length 65; expected at most 64"),
     ("batch over the limit", request("sine-rnn", fp32("x", np.zeros((9, 2, 1)))),
      InvalidArgument, "input 'x' has batch size 9; expected at most 8"),
     ("sequence over the limit", request("sine-gru", fp32("x", np.zeros((1, 65, 1)))),
@@ -422,7 +423,29 @@ def test_after_bad_input_the_data_plane_still_answers(plane: Plane) -> None:
     assert strings(plane.infer("tagger-gru", TEXT).outputs[0]) == ["ohlol"]
 
 
-# Statistics, loading and draining.
+def test_concurrent_requests_get_the_answers_they_would_get_alone(plane: Plane) -> None:
+    inputs = [np.full((1, 4, 1), value, np.float32) for value in np.linspace(-1, 1, 24)]
+    alone = [plane.infer("sine-gru", fp32("x", x)).outputs[0].data for x in inputs]
+
+    async def together() -> list[InferResponse]:
+        requests = [InferRequest("sine-gru", inputs=[fp32("x", x)]) for x in inputs]
+        return await asyncio.gather(*(plane.plane.infer(r) for r in requests))
+
+    for response, expected in zip(plane.runner.run(together()), alone, strict=True):
+        np.testing.assert_array_equal(response.outputs[0].data, expected)
+
+
+# Statistics, metrics, loading and draining.
+
+
+def test_the_provider_in_use_is_exported_as_model_info(plane: Plane) -> None:
+    labels = {
+        "model": "tagger-lstm", "version": "1", "task": "tagger", "cell": "lstm",
+        "provider": "CPUExecutionProvider",
+    }  # fmt: skip
+    assert REGISTRY.get_sample_value("rnnserve_model_info", labels) == 1
+    load_seconds = {"model": "tagger-lstm", "version": "1"}
+    assert REGISTRY.get_sample_value("rnnserve_model_load_duration_seconds", load_seconds) > 0
 
 
 def test_statistics_count_what_was_sent(plane: Plane) -> None:
@@ -445,6 +468,12 @@ def test_statistics_count_what_was_sent(plane: Plane) -> None:
     for part in ("queue", "compute_input", "compute_infer", "compute_output"):
         assert getattr(after, part).count - getattr(before, part).count == 2
     assert after.success.ns > before.success.ns and after.last_inference_ms > 0
+    (streamed,) = plane.plane.model_statistics("seq2seq-rnn")
+    responses = plane.stream("seq2seq-rnn", text("text", ["1/2/03"]))
+    (after_stream,) = plane.plane.model_statistics("seq2seq-rnn")
+    assert after_stream.success.count - streamed.success.count == 1
+    # One encoder run, then one decoder run per streamed token.
+    assert after_stream.execution_count - streamed.execution_count == 1 + len(responses)
     everything = plane.plane.model_statistics()
     assert {(stats.name, stats.version) for stats in everything} >= {("sine-rnn", "1")}
 

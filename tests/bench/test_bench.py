@@ -1,0 +1,66 @@
+"""`rnnserve bench --quick` runs every scenario briefly, so none rots: each writes its JSON
+with the environment and medians, the markdown page and its plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.cli import SCENARIOS
+from rnnserve.cli import main
+
+ENVIRONMENT_KEYS = {"machine", "python", "versions", "runs", "date"}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_each_scenario_writes_its_figures(
+    scenario: str, tiny_repository: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "benchmarks"
+    code = main(
+        [
+            "bench",
+            "--quick",
+            "--only",
+            scenario,
+            "--out",
+            str(out),
+            "--model-repository",
+            str(tiny_repository),
+        ]
+    )
+
+    assert code == 0
+    result = json.loads((out / f"{scenario}.json").read_text())
+    assert set(result["environment"]) >= ENVIRONMENT_KEYS
+    assert result["environment"]["runs"] == 1
+    assert result["figures"]
+    for figure in result["figures"]:
+        assert figure["runs"] and figure["median"]
+        assert figure["median"].get("errors", 0) == 0
+    assert (out / f"{scenario}.png").exists()
+    page = (out / "README.md").read_text()
+    assert result["title"] in page and "## Goals" in page
+
+
+def test_load_generator_reports_its_own_cpu(tmp_path: Path) -> None:
+    from bench import loadgen, servers
+    from bench.payloads import step_request_json
+
+    with servers.echo_server(tmp_path) as echo:
+        figures = loadgen.run(
+            loadgen.Load(
+                echo.target,
+                step_request_json("sine-lstm"),
+                vus=2,
+                duration_s=1,
+                warmup_s=0,
+                server_pid=echo.pid,
+            )
+        )
+
+    assert figures["requests"] > 0 and figures["errors"] == 0
+    assert figures["k6_cpu_cores"] > 0 and figures["server_cpu_cores"] > 0
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"]

@@ -1,0 +1,84 @@
+"""`rnnserve build/train/export`: repository versions, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from export.build import build_repository, summary_table
+from service.model_spec import METADATA_KEY, ModelSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def rnnserve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rnnserve", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "poetry", "lstm"], "unknown task 'poetry'"),
+        (["train", "tagger", "transformer"], "unknown cell 'transformer'"),
+        (["train", "tagger", "lstm", "--hidden", "0"], "hidden_size must be at least 1"),
+        (["build", "--models", "sine-lstm", "--preset", "huge"], "unknown preset 'huge'"),
+        (["build", "--models", "sine"], "model name 'sine' is not <task>-<cell>[-bi]"),
+        (["train", "sine", "gru", "--bidirectional"], "only the tagger has a bidirectional"),
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit(args: list[str], message: str) -> None:
+    result = rnnserve(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_output_directory_gives_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = rnnserve("build", "--models", "tagger-rnn", "--out", str(blocker / "models"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "cannot write to output directory" in result.stderr
+
+
+def test_train_then_export_writes_checkpoint_plots_and_a_verified_version(tmp_path: Path) -> None:
+    runs, models = tmp_path / "runs", tmp_path / "models"
+    trained = rnnserve("train", "sine", "gru", "--preset", "tiny", "--runs", str(runs))
+    assert trained.returncode == 0, trained.stderr
+    assert sorted(p.name for p in (runs / "sine-gru").iterdir()) == [
+        "checkpoint.pt",
+        "loss.png",
+        "stream.png",
+    ]
+    exported = rnnserve("export", str(runs / "sine-gru"), "--out", str(models))
+    assert exported.returncode == 0, exported.stderr
+    assert (models / "sine-gru" / "1" / "model.onnx").is_file()
+
+
+def test_skip_existing_leaves_present_models_and_new_version_adds_one(tmp_path: Path) -> None:
+    first = build_repository(tmp_path, ["tagger-rnn"], preset="tiny")
+    again = build_repository(tmp_path, ["tagger-rnn"], preset="tiny", skip_existing=True)
+    newer = build_repository(tmp_path, ["tagger-rnn"], preset="tiny", new_version=True)
+    assert (first[0].version, again[0].skipped, newer[0].version) == (1, True, 2)
+    assert sorted(p.name for p in (tmp_path / "tagger-rnn").iterdir()) == ["1", "2"]
+    table = summary_table(first + again)
+    assert "tagger-rnn" in table and "hello_exact=1" in table and "skipped" in table
+
+
+def test_bidirectional_tagger_is_exported_as_not_streamable(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    [result] = build_repository(tmp_path, ["tagger-lstm-bi"], preset="tiny")
+    assert result.chunk_error is None and result.quality == 1.0
+    session = ort.InferenceSession(str(result.path / "model.onnx"))
+    spec = ModelSpec.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    assert (spec.num_directions, spec.streamable, spec.state_rows) == (2, False, 2)

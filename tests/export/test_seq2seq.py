@@ -1,0 +1,50 @@
+"""The date rule, and greedy decoding through the ONNX graphs equal to torch's."""
+
+from __future__ import annotations
+
+import datetime
+import random
+from pathlib import Path
+
+import numpy as np
+
+from export.config import config_for_name
+from export.exporter import export_version
+from export.tasks import seq2seq
+from export.training import train_model
+from export.verify import onnx_greedy, open_session
+
+
+def test_dates_are_written_two_ways_and_normalised_to_iso() -> None:
+    date = datetime.date(2026, 11, 22)
+    assert seq2seq.write_date(date, 0) == "22 nov 2026"
+    assert seq2seq.write_date(date, 1) == "11/22/26"
+    assert date.isoformat() == "2026-11-22"
+
+
+def test_held_out_dates_never_appear_in_training() -> None:
+    training = seq2seq.sample_pairs(random.Random(0), 2000, held_out=False)
+    held_out = seq2seq.sample_pairs(random.Random(1), 200, held_out=True)
+    assert not {t for _, t in training} & {t for _, t in held_out}
+
+
+def test_sources_are_left_padded() -> None:
+    ids = seq2seq.encode_sources(["1/2/03", "22 nov 2026"])
+    assert ids[0, :5].tolist() == [seq2seq.PAD] * 5 and ids[0, 5] != seq2seq.PAD
+
+
+def test_onnx_greedy_decoding_equals_torch(tmp_path: Path) -> None:
+    trained = train_model(config_for_name("seq2seq-lstm", preset="tiny"))
+    result = export_version(trained, tmp_path, version=1)
+    pairs = seq2seq.held_out_sources(seed=5, count=32)
+    sources = seq2seq.encode_sources([s for s, _ in pairs])
+
+    expected = seq2seq.greedy(trained.model, sources).numpy()
+    actual = onnx_greedy(
+        open_session(result.path / "encoder.onnx"),
+        open_session(result.path / "decoder.onnx"),
+        sources.numpy(),
+        num_states=2,
+        steps=seq2seq.MAX_OUTPUT_LENGTH,
+    )
+    np.testing.assert_array_equal(actual, expected)
