@@ -44,8 +44,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {
         "tagger": dict(
             num_layers=1,
-            hidden_size=16,
-            epochs=300,
+            hidden_size=8,
+            epochs=200,
             batch_size=1,
             learning_rate=0.03,
             embedding_size=8,

@@ -74,6 +74,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         raise AssertionError("unreachable: context.abort raises")
 
     # Health and metadata ------------------------------------------------------------
+    # ServerLive and ServerReady are probes, called every few seconds by orchestrators:
+    # they stay out of the request metrics.
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._dataplane.live())
