@@ -6,6 +6,12 @@ states; (d) one-way sequence graphs give the same answer fed in random chunks wi
 state carried as fed whole; (e) seq2seq: greedy decoding through the ONNX graphs equals
 torch's on held-out examples. A failure raises VerificationError naming the check.
 
+Parity compares ONNX Runtime's float32 answer with torch's float64 answer for the same
+weights, the exact function the model computes. Over a thousand steps a long-memory cell
+accumulates float32 rounding in torch as much as in ORT (measured on a GRU encoder: torch
+float32 1.4e-5 off the exact answer, ORT 5.5e-6), so two float32 runs can differ by more
+than the bound while each is as exact as float32 allows; the float64 reference is fair.
+
 Errors are measured as |a - b| / max(1, |b|): absolute for values up to 1 (every h, sine
 outputs) and relative above, because float32 carries about seven significant digits and an
 LSTM's cell state or a logit can grow well past 1 over a thousand steps.
@@ -13,6 +19,7 @@ LSTM's cell state or a logit can grow well past 1 over a thousand steps.
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,13 +97,15 @@ def _feeds(graph: Graph, inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarr
 
 
 def check_parity(graph: Graph, session: ort.InferenceSession) -> float:
-    """Largest |onnx - torch| over every output at every size; raises above TOLERANCE."""
+    """Largest deviation of ORT from torch (float64) over every output at every size;
+    raises above TOLERANCE."""
     generator = torch.Generator().manual_seed(1)
+    reference = copy.deepcopy(graph.module).double().eval()
     worst = 0.0
     for batch, seq in PARITY_SIZES:
         inputs = (graph.make_input(batch, seq, generator), *graph.random_state(batch, generator))
         with torch.no_grad():
-            expected = graph.module.eval()(*inputs)
+            expected = reference(*(t.double() if t.is_floating_point() else t for t in inputs))
         actual = session.run(graph.output_names, _feeds(graph, inputs))
         for name, want, got in zip(graph.output_names, expected, actual, strict=True):
             if tuple(want.shape) != got.shape:

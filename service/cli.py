@@ -92,5 +92,21 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not settings.model_repository.is_dir():
         raise UsageError(f"--model-repository: {settings.model_repository} is not a folder")
+    if settings.workers > 1:
+        return _serve_workers(settings, args.log_level)
     asyncio.run(serve(settings))
     return 0
+
+
+def _serve_workers(settings: Settings, log_level: str) -> int:
+    from service.workers import serve_workers
+
+    if settings.state_store == "memory":
+        # A client that reconnects may land on another worker: its session's state must be
+        # reachable from there.
+        raise UsageError(
+            f"--workers {settings.workers} needs sequence state every worker can reach: "
+            "set --state-store redis (or RNNSERVE_STATE_STORE=redis) and --redis-url; "
+            "the memory store keeps a session in one worker"
+        )
+    return serve_workers(settings, log_level)

@@ -9,19 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from importlib import metadata
 from typing import TypeVar
 
+import numpy as np
+
 from service import metrics
-from service.errors import FailedPrecondition, ServiceError, Unavailable
+from service.errors import FailedPrecondition, InvalidArgument, ServiceError, Unavailable
 from service.repository import LoadedVersion, Repository
-from service.sessions.parameters import parse_sequence_parameters
+from service.sessions import (
+    Batcher,
+    SequenceParameters,
+    SessionKey,
+    SessionManager,
+    open_store,
+    parse_sequence_parameters,
+)
 from service.settings import Settings
-from service.tasks.base import Result, Step
+from service.tasks.base import Execute, Result, State, Step
 from service.types import (
     InferRequest,
     InferResponse,
@@ -39,9 +49,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX Runtime model
-# Open Inference Protocol / Triton extensions this server implements. "sequence" joins
-# them once sequence requests are routed to service/sessions (see `_infer_sequence`).
-EXTENSIONS = ["model_repository", "model_configuration", "statistics", "streaming", "parameters"]
+# Open Inference Protocol / Triton extensions this server implements.
+EXTENSIONS = [
+    "model_repository", "model_configuration", "statistics", "streaming", "parameters",
+    "sequence",
+]  # fmt: skip
+# State tensors, inputs and outputs: their batch axis is 1 (see service/model_spec.py).
+STATE_TENSORS = ("h0", "c0", "hn", "cn")
 FINAL_RESPONSE = "triton_final_response"
 
 
@@ -59,6 +73,15 @@ class DataPlane:
         self._executor = ThreadPoolExecutor(
             settings.compute_threads, thread_name_prefix="rnnserve-compute"
         )
+        # Session steps wait in these threads for their batched ORT runs, which run on the
+        # compute threads: one pool waiting on the other could never deadlock, and enough
+        # threads wait for a batch to fill.
+        self._session_threads = ThreadPoolExecutor(
+            max(settings.batch_max_size, settings.compute_threads),
+            thread_name_prefix="rnnserve-session",
+        )
+        self._sessions = SessionManager(open_store(settings), settings.max_sessions)
+        self._batchers: dict[tuple[str, str, str], Batcher] = {}  # (name, version, graph)
         self._phase = "loading"  # -> "ready" -> "draining" -> "closed"
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -66,8 +89,28 @@ class DataPlane:
 
     async def load(self) -> None:
         await self._in_thread(self.repository.load)
+        await self._sessions.start()
+        if self.settings.batching:
+            self._start_batchers()
         if self._phase == "loading":
             self._phase = "ready"
+
+    def _start_batchers(self) -> None:
+        """One batcher per graph of every model that can stream (in the event loop)."""
+        settings = self.settings
+        for model in self.repository.loaded():
+            if model.spec.num_directions != 1:
+                continue
+            for role in model.spec.graphs:
+                self._batchers[(model.name, model.version, role)] = Batcher(
+                    functools.partial(model.runtime.run, role),
+                    STATE_TENSORS,
+                    model=model.name,
+                    version=model.version,
+                    max_size=settings.batch_max_size,
+                    max_delay_us=settings.batch_max_queue_delay_us,
+                    executor=self._executor,
+                )
 
     async def close(self) -> None:
         """Refuse new requests, let those in flight finish (for at most the grace period),
@@ -77,6 +120,10 @@ class DataPlane:
             await asyncio.wait_for(self._idle.wait(), self.settings.grace_period_s)
         except TimeoutError:
             log.warning("closing with %d requests still in flight", self._in_flight)
+        for batcher in self._batchers.values():
+            await batcher.close()
+        await self._sessions.close()
+        self._session_threads.shutdown(wait=True)
         self._executor.shutdown(wait=True)
         self._phase = "closed"
 
@@ -134,7 +181,7 @@ class DataPlane:
             max_batch_size=settings.max_batch_size,
             inputs=[self._config_dims(meta, model) for meta in model.task.inputs],
             outputs=[self._config_dims(meta, model) for meta in model.task.outputs],
-            sequence_batching=model.spec.streamable,
+            sequence_batching=model.spec.num_directions == 1,
             max_sequence_idle_microseconds=int(settings.session_idle_timeout_s * 1e6),
             dynamic_batching_max_queue_delay_microseconds=(
                 settings.batch_max_queue_delay_us if settings.batching else 0
@@ -173,28 +220,40 @@ class DataPlane:
         return self.repository.names()
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        model = self._admit(request)
+        model, sequence = self._admit(request)
         arrived = time.perf_counter_ns()
         with self._tracked():
             try:
+                if sequence.in_session:
+                    return await self._answer_in_session(model, request, sequence, arrived)
                 return await self._in_thread(self._answer, model, request, arrived)
             except Exception as error:
                 model.runtime.statistics.record_failure(time.perf_counter_ns() - arrived)
                 raise self._client_error(error, model) from None
 
     async def stream_infer(self, request: InferRequest) -> AsyncIterator[InferResponse]:
-        model = self._admit(request)
+        model, sequence = self._admit(request)
         arrived = time.perf_counter_ns()
         with self._tracked():
             try:
                 step, started, prepared = await self._in_thread(
                     self._prepare, model, request, arrived
                 )
-                results = model.task.stream(step, model.runtime.run)
+                execute, executor = model.runtime.run, self._executor
+                if sequence.in_session:
+                    execute, executor = self._session_compute(model)
+                    piece = await self._run_piece(model, request, sequence, step, answer_last=False)
+                    if piece is not None:  # not the last piece: answered already
+                        yield self._response(model, request, step, piece, {FINAL_RESPONSE: True})
+                        self._record_piece(model, step, arrived, started, prepared)
+                        return
+                    # The last piece: `step` now starts from the session's state, and is
+                    # answered (decoded, for seq2seq) as any request is, response by response.
+                results = model.task.stream(step, execute)
                 infer_ns = output_ns = 0
                 while True:
                     answer = await self._in_thread(
-                        self._next_response, model, request, step, results
+                        self._next_response, model, request, step, results, executor=executor
                     )
                     if answer is None:
                         break
@@ -214,6 +273,90 @@ class DataPlane:
                 infer_ns,
                 output_ns,
             )
+
+    # Sessions: requests with a sequence_id.
+
+    async def _answer_in_session(
+        self, model: LoadedVersion, request: InferRequest, sequence: SequenceParameters,
+        arrived: int,
+    ) -> InferResponse:  # fmt: skip
+        step, started, prepared = await self._in_thread(self._prepare, model, request, arrived)
+        result = await self._run_piece(model, request, sequence, step, answer_last=True)
+        assert result is not None  # a unary piece is always answered in the session
+        response = self._response(model, request, step, result, {})
+        self._record_piece(model, step, arrived, started, prepared)
+        return response
+
+    async def _run_piece(
+        self, model: LoadedVersion, request: InferRequest, sequence: SequenceParameters,
+        step: Step, *, answer_last: bool,
+    ) -> Result | None:  # fmt: skip
+        """Runs one piece of a session from the state it carries, in the session's turn.
+
+        Returns the piece's answer; for the last piece with `answer_last` false, returns
+        None with `step.state` set to the session's state (already freed), for the caller
+        to answer response by response outside the session's turn.
+        """
+        self._check_session_request(model, request, sequence, step)
+        key = SessionKey(model.name, model.version, sequence.sequence_id)
+
+        async def run(state: State) -> tuple[Result | None, State]:
+            step.state = state
+            execute, threads = self._session_compute(model)
+            if not sequence.end:
+                return await self._in_thread(
+                    model.task.session_piece, step, execute, executor=threads
+                )
+            if not answer_last:
+                return None, state
+            result = await self._in_thread(model.task.run, step, execute, executor=threads)
+            return result, result.state
+
+        return await self._sessions.step(key, sequence.start, sequence.end, step.state, run)
+
+    @staticmethod
+    def _check_session_request(
+        model: LoadedVersion, request: InferRequest, sequence: SequenceParameters, step: Step
+    ) -> None:
+        if step.rows != 1:
+            raise InvalidArgument(
+                f"a sequence request (sequence_id {sequence.sequence_id!r}) has batch size "
+                f"{step.rows}; expected 1: a session carries the state of one sequence"
+            )
+        if sequence.start:
+            return
+        state_inputs = {f"{stem}0" for stem in model.spec.state_names}
+        for tensor in request.inputs:
+            if tensor.name in state_inputs:
+                raise InvalidArgument(
+                    f"input '{tensor.name}' is accepted only with sequence_start=true: a "
+                    f"continuation of sequence {sequence.sequence_id!r} starts from the state "
+                    "the server keeps; to resume from a state of your own, start again with it"
+                )
+
+    def _session_compute(self, model: LoadedVersion) -> tuple[Execute, Executor]:
+        """How a session's piece runs its graphs, and the threads it runs in. With batching,
+        each ORT run joins those of other sessions through the graph's batcher."""
+        if not self.settings.batching:
+            return model.runtime.run, self._executor
+        loop = asyncio.get_running_loop()
+        batchers = {
+            role: self._batchers[(model.name, model.version, role)] for role in model.spec.graphs
+        }
+
+        def execute(role: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return asyncio.run_coroutine_threadsafe(batchers[role].run(feeds), loop).result()
+
+        return execute, self._session_threads
+
+    @staticmethod
+    def _record_piece(
+        model: LoadedVersion, step: Step, arrived: int, started: int, prepared: int
+    ) -> None:
+        done = time.perf_counter_ns()
+        model.runtime.statistics.record_success(
+            step.rows, done - arrived, started - arrived, prepared - started, done - prepared, 0
+        )
 
     # Steps of a request, each run in a compute thread.
 
@@ -271,30 +414,20 @@ class DataPlane:
 
     # Admission, sequences and bookkeeping.
 
-    def _admit(self, request: InferRequest) -> LoadedVersion:
-        """The model version a request may run on, or why it may not."""
+    def _admit(self, request: InferRequest) -> tuple[LoadedVersion, SequenceParameters]:
+        """The model version a request may run on and its sequence, or why it may not."""
         if self._phase == "loading":
             raise Unavailable("the server is still loading its models; retry shortly")
         if self._phase != "ready":
             raise Unavailable("the server is shutting down and takes no new requests")
         model = self.repository.get(request.model_name, request.model_version)
         sequence = parse_sequence_parameters(request.parameters)
-        if sequence.in_session:
-            self._infer_sequence(model)
-        return model
-
-    def _infer_sequence(self, model: LoadedVersion) -> None:
-        """The seam for stateful sessions (service/sessions): a request with a non-zero
-        `sequence_id` will run its step there, starting from the session's stored state
-        (`Step.state`) and storing `Result.state`."""
-        if not model.spec.streamable:
+        if sequence.in_session and model.spec.num_directions != 1:
             raise FailedPrecondition(
-                f"model '{model.name}' is not streamable: it answers whole sequences only "
-                "(bidirectional, or decoding from a whole source); send no 'sequence_id'"
+                f"model '{model.name}' is bidirectional and cannot stream: its backward "
+                "direction needs the whole sequence; send the whole sequence, no 'sequence_id'"
             )
-        raise FailedPrecondition(
-            f"sequence requests ('sequence_id') are not yet supported for model '{model.name}'"
-        )
+        return model, sequence
 
     @contextlib.contextmanager
     def _tracked(self) -> Iterator[None]:
@@ -308,8 +441,12 @@ class DataPlane:
             if self._in_flight == 0:
                 self._idle.set()
 
-    async def _in_thread(self, function: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+    async def _in_thread(
+        self, function: Callable[..., T], *args: object, executor: Executor | None = None
+    ) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            executor or self._executor, function, *args
+        )
 
     @staticmethod
     def _client_error(error: Exception, model: LoadedVersion) -> ServiceError:

@@ -2,6 +2,11 @@
 
 Labels `model` and `version` identify a loaded model version. Buckets run from tens of
 microseconds (one ORT step of a small RNN) to seconds (long sequences, queueing).
+
+With `--workers N` every worker records into prometheus_client's multiprocess files and the
+supervisor serves the sum (service/workers.py). Counters and histograms add up; each gauge
+names how its workers' values combine: sessions held by live workers add up, and a model's
+info and load time are one series per model however many workers loaded it.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ BATCH_SIZE = Histogram(
     "rnnserve_batch_size", "Rows per ONNX Runtime run.",
     ["model", "version"], buckets=BATCH_BUCKETS,
 )
-SESSIONS_ACTIVE = Gauge("rnnserve_sessions_active", "Sessions holding state.", ["model", "version"])
+SESSIONS_ACTIVE = Gauge(
+    "rnnserve_sessions_active", "Sessions holding state.", ["model", "version"],
+    multiprocess_mode="livesum",
+)
 SESSIONS_STARTED = Counter(
     "rnnserve_sessions_started", "Sessions started (or restarted).", ["model", "version"]
 )
@@ -50,9 +58,9 @@ SESSIONS_REJECTED = Counter(
 )
 MODEL_INFO = Gauge(
     "rnnserve_model_info", "A loaded model version (always 1).",
-    ["model", "version", "task", "cell", "provider"],
+    ["model", "version", "task", "cell", "provider"], multiprocess_mode="max",
 )
 MODEL_LOAD_DURATION = Gauge(
     "rnnserve_model_load_duration_seconds", "Time taken to load a model version.",
-    ["model", "version"],
+    ["model", "version"], multiprocess_mode="max",
 )

@@ -1,10 +1,38 @@
-"""Fixtures shared by every test package."""
+"""Fixtures shared by every test package: the tiny model repository, real servers and a
+real redis-server.
+
+Servers are `python -m rnnserve serve` subprocesses on free ports, ready when ServerReady
+says so, stopped with SIGTERM and required to exit 0:
+
+    def test_x(server):                          # the shared server over the tiny repository
+        ...
+    def test_y(start_server, tiny_repository):   # a private one with its own settings
+        other = start_server(tiny_repository, env={"RNNSERVE_STATE_STORE": "redis"})
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import pytest
+
+from service.protocol.generated import grpc_service_pb2 as pb
+from service.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 60.0
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +43,195 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     build_repository(root, preset="tiny", seed=0)
     return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Servers.
+
+
+@dataclass
+class RunningServer:
+    address: str  # host:port of the gRPC API
+    grpc_port: int
+    metrics_port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    channel: grpc.Channel = field(init=False)
+    stub: pb_grpc.GRPCInferenceServiceStub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status (killed after STOP_TIMEOUT_S: a failure)."""
+        self.channel.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"server ignored SIGTERM; log:\n{self.log()[-4000:]}") from None
+
+
+def launch(
+    repository: Path,
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+    wait_ready: bool = True,
+) -> RunningServer:
+    grpc_port, metrics_port = free_port(), free_port()
+    log_path = log_dir / f"serve-{grpc_port}.log"
+    command = [
+        sys.executable, "-m", "rnnserve", "serve",
+        "--model-repository", str(repository), "--host", "127.0.0.1",
+        "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), *args,
+    ]  # fmt: skip
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env={**os.environ, **(env or {})},
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    server = RunningServer(f"127.0.0.1:{grpc_port}", grpc_port, metrics_port, process, log_path)
+    if wait_ready:
+        wait_until_ready(server)
+    return server
+
+
+def wait_until_ready(server: RunningServer) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise AssertionError(
+                f"server exited with {server.process.returncode} at start; log:\n"
+                f"{server.log()[-4000:]}"
+            )
+        try:
+            if server.stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
+                return
+        except grpc.RpcError:
+            pass  # not listening yet
+        time.sleep(0.05)
+    server.stop()
+    raise AssertionError(f"server not ready after {START_TIMEOUT_S} s; log:\n{server.log()}")
+
+
+StartServer = Callable[..., RunningServer]
+
+
+@contextlib.contextmanager
+def _private_servers(log_dir: Path) -> Iterator[StartServer]:
+    started: list[tuple[RunningServer, int]] = []
+
+    def start(
+        repository: Path,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        wait_ready: bool = True,
+        exit_code: int = 0,
+    ) -> RunningServer:
+        server = launch(repository, log_dir, env, args, wait_ready)
+        started.append((server, exit_code))
+        return server
+
+    yield start
+    for server, expected in started:
+        code = server.stop()
+        assert code == expected, f"server exited with {code}; log:\n{server.log()[-4000:]}"
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
+    """Starts private servers: start_server(repository, env={...}, args=[...]).
+    Each one is stopped with SIGTERM at the end of the test and must exit with `exit_code`
+    (0 unless told)."""
+    with _private_servers(tmp_path) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def start_module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
+    """start_server for servers shared by the tests of one module."""
+    with _private_servers(tmp_path_factory.mktemp("servers")) as start:
+        yield start
+
+
+@pytest.fixture(scope="session")
+def server(
+    tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """One server over the nine tiny default models, shared by the whole session."""
+    running = launch(tiny_repository, tmp_path_factory.mktemp("server"))
+    yield running
+    code = running.stop()
+    assert code == 0, f"server exited with {code}; log:\n{running.log()[-4000:]}"
+
+
+# Redis.
+
+
+def _redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    # The machine lacks it: install it, as the container image would.
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
+    subprocess.run([*apt, "update", "-qq"], check=True, capture_output=True)
+    subprocess.run([*apt, "install", "-y", "-qq", "redis-server"], check=True, capture_output=True)
+    found = shutil.which("redis-server")
+    assert found, "apt-get installed redis-server but it is not on PATH"
+    return found
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free port, without persistence, stopped after the tests."""
+    directory = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            _redis_server_binary(),
+            "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+            "--save", "", "--appendonly", "no", "--daemonize", "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        _wait_for_redis(url, server)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_for_redis(url: str, server: subprocess.Popen[bytes]) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for _ in range(200):
+        assert server.poll() is None, "redis-server exited at start"
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(0.05)
+        finally:
+            client.close()
+    raise AssertionError(f"redis-server at {url} never answered")

@@ -134,7 +134,9 @@ def build_model(config: TrainConfig) -> Seq2Seq:
 def train(model: Seq2Seq, config: TrainConfig, progress: bool) -> list[float]:
     rng = random.Random(config.seed)
     steps = config.epochs * BATCHES_PER_EPOCH
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.learning_rate, steps)
     losses: list[float] = []
     bar = tqdm(range(steps), desc=config.name, disable=not progress, leave=False)

@@ -51,7 +51,9 @@ def build_model(config: TrainConfig) -> SineModel:
 def train(model: SineModel, config: TrainConfig, progress: bool) -> list[float]:
     generator = torch.Generator().manual_seed(config.seed)
     windows = STREAM_STEPS // WINDOW
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, config.learning_rate, config.epochs * windows
     )

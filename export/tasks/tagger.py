@@ -19,9 +19,6 @@ from export.tasks.base import Graph, random_tokens, state_names
 VOCAB = ["e", "h", "l", "o"]
 PAIRS = [("hello", "ohlol")]
 QUALITY_NAME = "hello_exact"
-# A little weight decay keeps the trained recurrence from amplifying float32 rounding:
-# without it a long random sequence can drift past the export's 1e-5 parity bound.
-WEIGHT_DECAY = 0.01
 
 
 def encode(text: str) -> list[int]:
@@ -59,7 +56,7 @@ def train(model: Tagger, config: TrainConfig, progress: bool) -> list[float]:
     sources = torch.tensor([encode(s) for s, _ in PAIRS])
     targets = torch.tensor([encode(t) for _, t in PAIRS])
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=WEIGHT_DECAY
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     losses: list[float] = []
     bar = tqdm(range(config.epochs), desc=config.name, disable=not progress, leave=False)

@@ -66,6 +66,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Step] = asyncio.Queue()
         self._waiting: set[_Step] = set()  # steps whose callers still wait, failed by close()
         self._gathering = asyncio.Lock()  # one worker gathers at a time, so batches fill
+        self._running = 0  # runs in flight: while there are, arrivals wait to gather
         workers = concurrency if enabled else 0
         self._workers = [asyncio.create_task(self._work()) for _ in range(workers)]
 
@@ -95,6 +96,7 @@ class Batcher:
             async with self._gathering:
                 steps = await self._gather()
             for group in self._by_shape(steps):
+                self._running += 1
                 try:
                     results = await self._execute(group)
                 except Exception as error:
@@ -102,14 +104,23 @@ class Batcher:
                         if not step.future.done():
                             step.future.set_exception(error)
                     continue
+                finally:
+                    self._running -= 1
                 for step, result in zip(group, results, strict=True):
                     if not step.future.done():  # the caller may have gone away
                         step.future.set_result(result)
 
     async def _gather(self) -> list[_Step]:
-        """The first waiting step and those arriving within the queue delay."""
+        """The first waiting step and those arriving within the queue delay.
+
+        A step that finds no other queued and no run in flight runs at once: waiting for
+        company that is not coming would make a lone session pay the whole queue delay.
+        """
         steps = [await self._queue.get()]
         rows = steps[0].rows
+        await asyncio.sleep(0)  # steps sent in the same turn of the event loop join
+        if self._queue.empty() and self._running == 0:
+            return steps
         deadline = time.perf_counter() + self._max_delay_s
         while rows < self._max_size:
             try:

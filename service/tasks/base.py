@@ -74,6 +74,13 @@ class Task(ABC):
         """The answer as a series of responses; one unless the task decodes token by token."""
         yield self.run(step, execute)
 
+    def session_piece(self, step: Step, execute: Execute) -> tuple[Result, State]:
+        """A piece of a session's sequence that is not its last, run from `step.state`: its
+        answer and the state to carry to the next piece. Most tasks answer each piece as
+        `run` does; a task that answers only once it has the whole input overrides this."""
+        result = self.run(step, execute)
+        return result, result.state
+
     def parameters(self) -> dict[str, Parameter]:
         """Task facts for ModelMetadata parameters."""
         return {}

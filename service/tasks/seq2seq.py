@@ -82,7 +82,15 @@ class Seq2SeqTask(Task):
         for tokens, last in self._decode(step, execute):
             yield Result({"text_out": text_array([self._char(t) for t in tokens])}, final=last)
 
-    def _encode(self, step: Step, execute: Execute) -> State:
+    def session_piece(self, step: Step, execute: Execute) -> tuple[Result, State]:
+        """Only reads the piece: encoding in pieces, each from the state the previous one
+        left, equals encoding the whole source. The translation comes with the last piece,
+        answered by `run` or `stream` from the carried state; until then text_out is empty."""
+        empty = Result({"text_out": text_array([""] * step.rows)})
+        return empty, self.encode(step, execute)
+
+    def encode(self, step: Step, execute: Execute) -> State:
+        """The encoder's final state for each row, starting from `step.state`."""
         token_rows: list[list[int]] = step.inputs["tokens"]
         state = self.zero_state(step.rows)
         for _, rows in rows_by_length(token_rows).items():
@@ -96,7 +104,7 @@ class Seq2SeqTask(Task):
         it is the last step."""
         bos, eos = self.spec.bos_id, self.spec.eos_id
         limit = step.options[MAX_OUTPUT_LENGTH]
-        state = self._encode(step, execute)
+        state = self.encode(step, execute)
         token = np.full(step.rows, bos, np.int64)
         finished = np.zeros(step.rows, bool)
         for position in range(limit):

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.dataplane import DataPlane
-from service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
+from service.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from service.model_spec import ModelSpec
 from service.settings import Settings
 from service.types import InferRequest, InferResponse, Tensor
@@ -168,7 +168,7 @@ def test_model_config_uses_tritons_dims_without_the_batch_dimension(plane: Plane
     assert dims["h0"] == (1, -1, config.inputs[1].shape[2])  # state: batch on axis 1, kept
     assert config.sequence_batching and config.instance_kind == "KIND_CPU"
     text = plane.plane.model_config("seq2seq-gru")
-    assert [m.shape for m in text.inputs] == [(1,)] and not text.sequence_batching
+    assert [m.shape for m in text.inputs] == [(1,)] and text.sequence_batching
 
 
 def test_unknown_model_or_version_is_not_found(plane: Plane) -> None:
@@ -388,12 +388,19 @@ BAD_INPUTS: list[Case] = [
     ("sequence_start not a bool",
      request("sine-rnn", X, parameters={"sequence_id": 1, "sequence_start": 1}),
      InvalidArgument, "sequence_start"),
-    ("sequence on a model that is not streamable",
-     request("seq2seq-rnn", TEXT, parameters={"sequence_id": 5}),
-     FailedPrecondition, "model 'seq2seq-rnn' is not streamable"),
-    ("sequence before sessions are wired in",
+    ("sequence_start without a sequence_id",
+     request("sine-rnn", X, parameters={"sequence_start": True}),
+     InvalidArgument, "sequence_start and sequence_end need a non-zero sequence_id"),
+    ("sequence of batch 2",
      request("sine-lstm", X, parameters={"sequence_id": "s1", "sequence_start": True}),
-     FailedPrecondition, "not yet supported"),
+     InvalidArgument, "(sequence_id 's1') has batch size 2; expected 1"),
+    ("continuation of a sequence never started",
+     request("tagger-gru", TEXT, parameters={"sequence_id": 404}),
+     InvalidArgument, "a sequence must begin with sequence_start=true"),
+    ("continuation sending its own state",
+     request("sine-gru", fp32("x", np.zeros((1, 3, 1))), fp32("h0", np.zeros((1, 1, 8))),
+             parameters={"sequence_id": 405}),
+     InvalidArgument, "input 'h0' is accepted only with sequence_start=true"),
     ("unknown model", request("sine-nope", X), NotFound, "unknown model 'sine-nope'"),
 ]  # fmt: skip
 

@@ -1,0 +1,96 @@
+"""Helpers for the sessions tests over the wire: sequences sent piece by piece through
+ModelInfer and ModelStreamInfer with grpc.aio, many at once, and a /metrics scrape."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from client.client import build_request
+from client.errors import InferenceError
+from service.grpc import converter
+from service.protocol.generated import grpc_service_pb2 as pb
+from service.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+from service.types import InferResponse, Parameter
+
+
+def random_chunks(rng: np.random.Generator, total: int, low: int, high: int) -> list[int]:
+    """Piece sizes from low to high (the last may be shorter) adding up to total."""
+    chunks: list[int] = []
+    while sum(chunks) < total:
+        chunks.append(min(int(rng.integers(low, high + 1)), total - sum(chunks)))
+    return chunks
+
+
+def step_request(
+    model: str, x: np.ndarray, sequence_id: int | str, index: int, count: int
+) -> pb.ModelInferRequest:
+    """Piece `index` of `count` of a sine sequence: x is [length]."""
+    parameters: dict[str, Parameter] = {
+        "sequence_id": sequence_id,
+        "sequence_start": index == 0,
+        "sequence_end": index == count - 1,
+    }
+    return build_request(model, {"x": x[None, :, None]}, ["y"], parameters)
+
+
+def y_of(response: InferResponse) -> np.ndarray:
+    (tensor,) = [t for t in response.outputs if t.name == "y"]
+    return tensor.data.reshape(-1)
+
+
+class AioSessions:
+    """Sine sequences sent piece by piece over one grpc.aio channel."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def unary(
+        self, model: str, x: np.ndarray, chunks: list[int], sequence_id: int | str
+    ) -> np.ndarray:
+        """The sequence's y, each piece its own ModelInfer call."""
+        pieces = []
+        for index, (start, end) in enumerate(bounds(chunks)):
+            request = step_request(model, x[start:end], sequence_id, index, len(chunks))
+            reply = await self.stub.ModelInfer(request)
+            pieces.append(y_of(converter.response_from_proto(reply)))
+        return np.concatenate(pieces)
+
+    async def streamed(
+        self, model: str, x: np.ndarray, chunks: list[int], sequence_id: int | str
+    ) -> np.ndarray:
+        """The sequence's y, every piece on one ModelStreamInfer stream."""
+        call = self.stub.ModelStreamInfer()
+        pieces = []
+        for index, (start, end) in enumerate(bounds(chunks)):
+            await call.write(step_request(model, x[start:end], sequence_id, index, len(chunks)))
+            reply = await call.read()
+            if reply.error_message:
+                raise InferenceError("STREAM_ERROR", reply.error_message)
+            pieces.append(y_of(converter.response_from_proto(reply.infer_response)))
+        await call.done_writing()
+        return np.concatenate(pieces)
+
+
+def bounds(chunks: list[int]) -> list[tuple[int, int]]:
+    ends = np.cumsum(chunks).tolist()
+    return list(zip([0, *ends[:-1]], ends, strict=True))
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Every sample on the /metrics page: 'name{label="v",...}' -> value."""
+    with urllib.request.urlopen(url, timeout=10) as page:
+        text = page.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples

@@ -1,0 +1,202 @@
+"""`rnnserve serve --workers N`: several server processes on one port.
+
+Each new connection may land on any worker and stays with it. A client cannot see which
+worker answers, but each worker keeps its own model statistics: two connections whose
+readings of one model's inference count differ, with no traffic in between, are on two
+different workers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.grpc import converter
+from service.protocol.generated import grpc_service_pb2 as pb
+from service.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+from service.types import InferRequest
+
+PROBE_MODEL = "tagger-rnn"  # only `other_worker` sends it requests
+MAX_CONNECTIONS = 64  # new connections tried before concluding all land on one worker
+X = np.linspace(0.0, 1.0, 8, dtype=np.float32).reshape(1, 8, 1)
+
+
+def sine_request(model: str, x: np.ndarray, **parameters: int | bool) -> pb.ModelInferRequest:
+    return converter.request_to_proto(
+        InferRequest(
+            model_name=model,
+            inputs=[converter.tensor_from_array("x", x)],
+            outputs=["y"],
+            parameters=dict(parameters),
+        )
+    )
+
+
+def y_of(reply: pb.ModelInferResponse) -> np.ndarray:
+    outputs = {t.name: t.data for t in converter.response_from_proto(reply).outputs}
+    return outputs["y"]
+
+
+def connect(address: str) -> tuple[grpc.Channel, pb_grpc.GRPCInferenceServiceStub]:
+    """A channel with a connection of its own (channels share connections by default)."""
+    channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    return channel, pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def probe_count(stub: pb_grpc.GRPCInferenceServiceStub) -> int:
+    reply = stub.ModelStatistics(pb.ModelStatisticsRequest(name=PROBE_MODEL), timeout=30)
+    return reply.model_stats[0].inference_count
+
+
+def other_worker(
+    address: str, first: pb_grpc.GRPCInferenceServiceStub
+) -> tuple[grpc.Channel, pb_grpc.GRPCInferenceServiceStub]:
+    """A new connection that reached another worker than `first`'s connection."""
+    text = converter.tensor_from_array("text", np.array(["hello"], dtype=object))
+    probe = converter.request_to_proto(InferRequest(model_name=PROBE_MODEL, inputs=[text]))
+    for _ in range(MAX_CONNECTIONS):
+        channel, stub = connect(address)
+        stub.ModelInfer(probe, timeout=30)
+        if probe_count(stub) != probe_count(first):
+            return channel, stub
+        channel.close()
+    raise AssertionError(f"{MAX_CONNECTIONS} new connections all reached one worker")
+
+
+def scrape(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    samples = (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))
+    return {series: float(value) for series, value in samples}
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return [int(pid) for pid in children if b"spawn_main" in _cmdline(int(pid))]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def alive(pid: int) -> bool:
+    # A worker of an exited supervisor is reparented, and reaped, elsewhere: look it up.
+    return bool(_cmdline(pid))
+
+
+def workers_args(redis_url: str, workers: int = 2) -> list[str]:
+    return ["--workers", str(workers), "--state-store", "redis", "--redis-url", redis_url]
+
+
+@pytest.fixture(scope="module")
+def workers(start_module_server, tiny_repository: Path, redis_url: str):
+    return start_module_server(tiny_repository, args=workers_args(redis_url))
+
+
+def test_new_connections_reach_more_than_one_worker_and_get_the_same_answers(workers) -> None:
+    channel, stub = other_worker(workers.address, workers.stub)
+    request = sine_request("sine-lstm", X)
+
+    here, there = workers.stub.ModelInfer(request), stub.ModelInfer(request)
+
+    np.testing.assert_array_equal(y_of(here), y_of(there))
+    channel.close()
+
+
+def test_metadata_and_health_answer_from_every_worker(workers) -> None:
+    channel, stub = other_worker(workers.address, workers.stub)
+    for each_channel, each_stub in [(workers.channel, workers.stub), (channel, stub)]:
+        health = health_pb2_grpc.HealthStub(each_channel)
+        checked = health.Check(health_pb2.HealthCheckRequest(service="sine-gru"), timeout=30)
+        served = each_stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=30)
+        model = each_stub.ModelMetadata(pb.ModelMetadataRequest(name="sine-gru"), timeout=30)
+
+        assert checked.status == health_pb2.HealthCheckResponse.SERVING
+        assert served.name == "rnnserve"
+        assert model.name == "sine-gru"
+    channel.close()
+
+
+def test_metrics_add_up_across_workers(workers) -> None:
+    channel, stub = other_worker(workers.address, workers.stub)
+    request = sine_request("sine-rnn", X)
+    for _ in range(3):
+        workers.stub.ModelInfer(request)
+    for _ in range(5):
+        stub.ModelInfer(request)
+
+    samples = scrape(workers.metrics_url)
+
+    series = 'rnnserve_requests_total{code="OK",model="sine-rnn",rpc="ModelInfer",version="1"}'
+    assert samples[series] == 8
+    models = [name for name in samples if name.startswith("rnnserve_model_info{")]
+    assert len(models) == 9  # one series per model, however many workers loaded it
+    channel.close()
+
+
+def test_a_sequence_continues_on_another_worker(workers) -> None:
+    channel, stub = other_worker(workers.address, workers.stub)
+    whole = y_of(workers.stub.ModelInfer(sine_request("sine-gru", X)))
+
+    first = workers.stub.ModelInfer(
+        sine_request("sine-gru", X[:, :5], sequence_id=4242, sequence_start=True)
+    )
+    rest = stub.ModelInfer(sine_request("sine-gru", X[:, 5:], sequence_id=4242, sequence_end=True))
+
+    np.testing.assert_allclose(
+        np.concatenate([y_of(first), y_of(rest)], axis=1), whole, rtol=1e-6, atol=1e-6
+    )
+    channel.close()
+
+
+def test_sigterm_stops_every_worker_and_exits_0(start_server, tiny_repository, redis_url) -> None:
+    server = start_server(tiny_repository, args=workers_args(redis_url))
+    pids = worker_pids(server.process.pid)
+
+    assert len(pids) == 2
+    assert server.stop() == 0
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_a_worker_that_dies_stops_the_others_and_the_server_fails(
+    start_server, tiny_repository, redis_url
+) -> None:
+    server = start_server(tiny_repository, args=workers_args(redis_url), exit_code=1)
+    dying, other = worker_pids(server.process.pid)
+
+    os.kill(dying, signal.SIGKILL)
+    code = server.process.wait(timeout=60)
+
+    assert code == 1
+    assert "exited unexpectedly" in server.log()
+    deadline = time.monotonic() + 60
+    while alive(other) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(other)
+
+
+def test_several_workers_with_the_memory_store_are_refused(tiny_repository: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RNNSERVE_STATE_STORE"}
+    command = [
+        sys.executable, "-m", "rnnserve", "serve", "--model-repository", str(tiny_repository),
+        "--workers", "2",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 2
+    assert "--state-store redis" in result.stderr
+    assert "RNNSERVE_STATE_STORE=redis" in result.stderr
+    assert "Traceback" not in result.stderr
