@@ -1,8 +1,12 @@
 // The load rnnserve bench drives through k6: one gRPC method, one request template, each
 // virtual user on its own connection. With `sessions`, each VU is one session (its first
 // step starts it); with `iterations`, each iteration starts a new session (to fill a server
-// with idle sessions). A warm-up scenario runs first; figures come from `measure` only.
+// with idle sessions). With `rows` > 0, a request carries one step for each of `rows`
+// sessions (multi-session requests: control tensors sequence_id and sequence_start), and
+// the sessions above are `rows` sessions each. A warm-up scenario runs first; figures come
+// from `measure` only.
 import grpc from 'k6/net/grpc';
+import encoding from 'k6/encoding';
 import exec from 'k6/execution';
 import { Counter } from 'k6/metrics';
 
@@ -12,6 +16,8 @@ client.loadProtoset(config.protoset);
 
 // Successes are counted by grpc_req_duration's `count`; failures need their own counter.
 const failed = new Counter('steps_failed');
+// Rows of multi-session requests whose session could not step (the request itself passed).
+const rowsFailed = new Counter('rows_failed');
 
 const scenarios = {};
 if (config.warmup_s > 0) {
@@ -34,40 +40,92 @@ export const options = {
   thresholds: {
     'grpc_req_duration{scenario:measure}': ['max>=0'],
     'steps_failed{scenario:measure}': ['count>=0'],
+    'rows_failed{scenario:measure}': ['count>=0'],
   },
 };
 
 let connected = false;
 let started = false;
 let errorsShown = 0;
+let continuing = null; // a VU's multi-session request after its first
+
+// Raw contents of a [rows] tensor: UINT64 ids from `first` (ids stay below 2^32), or BOOL.
+function rawIds(first) {
+  const view = new DataView(new ArrayBuffer(8 * config.rows));
+  for (let row = 0; row < config.rows; row += 1) {
+    view.setUint32(8 * row, first + row, true);
+  }
+  return encoding.b64encode(view.buffer);
+}
+
+function rawTrue() {
+  return encoding.b64encode(new Uint8Array(config.rows).fill(1).buffer);
+}
+
+function rowsRequest(first, start) {
+  const shape = [String(config.rows)];
+  const request = Object.assign({}, config.request);
+  request.inputs = config.request.inputs.concat(
+    [{ name: 'sequence_id', datatype: 'UINT64', shape }],
+  );
+  request.raw_input_contents = config.request.raw_input_contents.concat([rawIds(first)]);
+  if (start) {
+    request.inputs.push({ name: 'sequence_start', datatype: 'BOOL', shape });
+    request.raw_input_contents.push(rawTrue());
+  }
+  return request;
+}
+
+function sessionRequest() {
+  const iterating = config.iterations > 0;
+  const index = iterating ? exec.scenario.iterationInTest : exec.vu.idInTest;
+  const start = iterating || !started;
+  started = true;
+  if (config.rows > 0) {
+    if (!start) {
+      continuing = continuing || rowsRequest(config.sequence_base + index * config.rows, false);
+      return continuing;
+    }
+    return rowsRequest(config.sequence_base + index * config.rows, true);
+  }
+  const request = config.request;
+  request.parameters = { sequence_id: { int64_param: String(config.sequence_base + index) } };
+  if (start) {
+    request.parameters.sequence_start = { bool_param: true };
+  }
+  return request;
+}
+
+function report(message) {
+  if (errorsShown < 3) {
+    errorsShown += 1;
+    console.error(message);
+  }
+}
 
 export default function () {
   if (!connected) {
     client.connect(config.target, { plaintext: true, timeout: '60s' });
     connected = true;
   }
-  const request = config.request;
-  if (config.sessions) {
-    const iterating = config.iterations > 0;
-    const id = config.sequence_base
-      + (iterating ? exec.scenario.iterationInTest : exec.vu.idInTest);
-    request.parameters = { sequence_id: { int64_param: String(id) } };
-    if (iterating || !started) {
-      request.parameters.sequence_start = { bool_param: true };
-    }
-    started = true;
-  }
-  // The answer is not turned back into JSON: that would cost k6 more than the request.
+  const request = config.sessions ? sessionRequest() : config.request;
+  // The answer is turned back into JSON only when its rows must be checked: that costs k6
+  // more than the request.
   const response = client.invoke(
-    config.method, request, { timeout: '60s', discardResponseMessage: true },
+    config.method, request, { timeout: '60s', discardResponseMessage: !(config.rows > 0) },
   );
-  if (response && response.status === grpc.StatusOK) {
+  if (!response || response.status !== grpc.StatusOK) {
+    failed.add(1);
+    report(`step failed: ${JSON.stringify(response && response.error)}`);
     return;
   }
-  failed.add(1);
-  if (errorsShown < 3) {
-    errorsShown += 1;
-    console.error(`step failed: ${JSON.stringify(response && response.error)}`);
+  if (config.rows > 0) {
+    const parameter = (response.message.parameters || {}).failed_rows || {};
+    const rows = Number(parameter.int64Param || parameter.int64_param || 0);
+    if (rows > 0) {
+      rowsFailed.add(rows);
+      report(`${rows} rows failed`);
+    }
   }
 }
 

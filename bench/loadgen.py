@@ -37,6 +37,7 @@ class Load:
     sessions: bool = False  # one session per VU (or per iteration with `iterations`)
     sequence_base: int = 1  # sequence ids start above this
     iterations: int = 0  # > 0: a fixed number of requests instead of a duration
+    rows: int = 0  # > 0 with sessions: each request steps this many sessions (control tensors)
     server_pid: int = 0  # > 0: also report this process family's CPU use
     env: dict[str, str] = field(default_factory=dict)
 
@@ -98,6 +99,7 @@ def run(load: Load) -> dict[str, float]:
                     "sessions": load.sessions,
                     "sequence_base": load.sequence_base,
                     "iterations": load.iterations,
+                    "rows": load.rows,
                 }
             )
         )
@@ -126,7 +128,12 @@ def run(load: Load) -> dict[str, float]:
             tail = output.decode(errors="replace")[-2000:]
             raise UsageError(f"k6 exited with {process.returncode} and no summary: {tail}")
         metrics = json.loads(summary.read_text())["metrics"]
-    return _figures(load, metrics, wall, usage.ru_utime + usage.ru_stime, server_cpu)
+    figures = _figures(load, metrics, wall, usage.ru_utime + usage.ru_stime, server_cpu)
+    if figures["errors"] or figures.get("failed_rows"):
+        # The script prints its first few failures; they say why better than a count.
+        reasons = [line for line in output.decode(errors="replace").splitlines() if "failed" in line]
+        print(f"k6: {figures['errors']:.0f} requests failed", *reasons, sep="\n", file=sys.stderr)
+    return figures
 
 
 def _figures(
@@ -137,6 +144,7 @@ def _figures(
 
     latency = "grpc_req_duration{scenario:measure}"
     failed = value("steps_failed{scenario:measure}", "count")
+    failed_rows = value("rows_failed{scenario:measure}", "count")
     ok = value(latency, "count") - failed
     all_requests = max(1.0, value("grpc_req_duration", "count"))
     measured_s = load.duration_s if not load.iterations else max(1e-9, wall - load.warmup_s)
@@ -152,6 +160,9 @@ def _figures(
         # server compare whatever the load.
         "k6_cpu_us_per_request": 1e6 * k6_cpu / all_requests,
     }
+    if load.rows:
+        figures["failed_rows"] = failed_rows
+        figures["session_steps_per_s"] = (ok * load.rows - failed_rows) / measured_s
     if load.server_pid:
         figures["server_cpu_cores"] = server_cpu / wall
         figures["server_cpu_us_per_request"] = 1e6 * server_cpu / all_requests

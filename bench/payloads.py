@@ -21,6 +21,18 @@ def step_request_json(model_name: str) -> dict[str, Any]:
     }
 
 
+def rows_request_json(model_name: str, rows: int) -> dict[str, Any]:
+    """One step for each of `rows` sessions, without its control tensors: the load generator
+    appends `sequence_id` (UINT64 [rows]) and, when the rows start, `sequence_start`
+    (BOOL [rows]) after `x`, as raw contents like `x`."""
+    return {
+        "model_name": model_name,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [str(rows), "1", "1"]}],
+        "outputs": [{"name": "y"}],
+        "raw_input_contents": [base64.b64encode(STEP_INPUT * rows).decode()],
+    }
+
+
 def sequence_parameters(sequence_id: int, *, start: bool, end: bool = False) -> dict[str, Any]:
     """Triton's sequence parameters, as protobuf JSON."""
     parameters: dict[str, Any] = {"sequence_id": {"int64_param": str(sequence_id)}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -125,3 +126,39 @@ def rnnserve(
         f"http://127.0.0.1:{metrics_port}/metrics",
     ) as running:
         yield running
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path, timeout_s: float = 30) -> Iterator[str]:
+    """A redis-server on a free port without persistence, for rnnserve's redis state store
+    (which several workers need); yields its URL."""
+    import redis
+
+    binary = shutil.which("redis-server")
+    if not binary:
+        raise UsageError("redis-server not found: install it (apt-get install redis-server)")
+    port = free_port()
+    command = [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+        "--save", "", "--appendonly", "no", "--daemonize", "no",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise UsageError(f"redis-server exited with {process.returncode} at start")
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise UsageError(f"redis-server at {url} never answered") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(timeout=30)

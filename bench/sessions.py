@@ -4,7 +4,8 @@ LSTM sine model in stateful sessions (Triton's sequence parameters).
 3. One session: step latency through ModelInfer and through ModelStreamInfer, set beside
    the same probe against the echo floor in the same run.
 4. Many sessions: k6 with one connection per session and one step per request, at rising
-   session counts, with batching across sessions on and off.
+   session counts, with batching across sessions on and off, and at 64 sessions with
+   several server processes on one port.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from bench import loadgen, probe, servers
 from bench.options import Options
 from bench.payloads import step_request_json
 from bench.plots import bar_plot, line_plot
-from bench.report import Figure, ScenarioResult, environment
+from bench.report import Figure, Metrics, ScenarioResult, environment
 from bench.transport import probe_steps
 
 SESSIONS = (1, 4, 16, 64, 256, 1024)
 QUICK_SESSIONS = (1, 4)
+WORKERS = 2  # several server processes on one port: the figure is read at 64 sessions
+WORKERS_SESSIONS = 64
+QUICK_WORKERS_SESSIONS = 4
 # Sessions must outlive the whole benchmark, and the largest figure must fit.
 SERVER_SETTINGS = {"session_idle_timeout_s": "3600", "max_sessions": "200000"}
 
@@ -62,6 +66,28 @@ def run_one_session(options: Options) -> ScenarioResult:
     )
 
 
+def _session_runs(
+    options: Options, server: servers.Running, sessions: int, first_id: int
+) -> list[Metrics]:
+    """k6 runs of `sessions` sessions, one per connection, one step per request; each run's
+    sequence ids start above `first_id` + a multiple of 10,000, fresh for every run."""
+    return [
+        loadgen.run(
+            loadgen.Load(
+                server.target,
+                step_request_json(options.model_name),
+                sessions,
+                duration_s=options.duration_s,
+                warmup_s=options.warmup_s,
+                sessions=True,
+                server_pid=server.pid,
+                sequence_base=first_id + run * 10_000,
+            )
+        )
+        for run in range(options.runs)
+    ]
+
+
 def run_many_sessions(options: Options) -> ScenarioResult:
     counts = QUICK_SESSIONS if options.quick else SESSIONS
     figures = []
@@ -69,39 +95,38 @@ def run_many_sessions(options: Options) -> ScenarioResult:
         settings = {**SERVER_SETTINGS, "batching": str(batching).lower()}
         with servers.rnnserve(options.workdir, options.repository, settings) as server:
             for sessions in counts:
-                runs = []
-                for run in range(options.runs):
-                    load = loadgen.Load(
-                        server.target,
-                        step_request_json(options.model_name),
-                        sessions,
-                        duration_s=options.duration_s,
-                        warmup_s=options.warmup_s,
-                        sessions=True,
-                        server_pid=server.pid,
-                        # Fresh sequence ids for every figure and run.
-                        sequence_base=(len(figures) * options.runs + run + 1) * 10_000,
-                    )
-                    runs.append(loadgen.run(load))
+                runs = _session_runs(options, server, sessions, len(figures) * 100_000)
                 figures.append(
                     Figure(
                         f"{sessions} sessions, batching {'on' if batching else 'off'}",
-                        {"sessions": sessions, "batching": batching},
+                        {"sessions": sessions, "batching": batching, "workers": 1},
                         runs,
                     )
                 )
+    sessions = QUICK_WORKERS_SESSIONS if options.quick else WORKERS_SESSIONS
+    with servers.redis_server(options.workdir) as redis_url:
+        settings = {**SERVER_SETTINGS, **workers_settings(redis_url)}
+        with servers.rnnserve(options.workdir, options.repository, settings) as server:
+            runs = _session_runs(options, server, sessions, len(figures) * 100_000)
+    figures.append(
+        Figure(
+            f"{sessions} sessions, batching on, {WORKERS} workers",
+            {"sessions": sessions, "batching": True, "workers": WORKERS},
+            runs,
+        )
+    )
     line_plot(
         options.out / "many_sessions.png",
         "Many sessions: one step per request",
         "concurrent sessions (one connection each)",
         "session-steps per second",
         {
-            f"batching {'on' if on else 'off'}": [
+            f"batching {'on' if on else 'off'}, {workers} worker{'s' * (workers > 1)}": [
                 (f.params["sessions"], f.median["rps"])
                 for f in figures
-                if f.params["batching"] == on
+                if f.params["batching"] == on and f.params["workers"] == workers
             ]
-            for on in (True, False)
+            for on, workers in ((True, 1), (False, 1), (True, WORKERS))
         },
         logx=True,
     )
@@ -110,9 +135,16 @@ def run_many_sessions(options: Options) -> ScenarioResult:
         title="4. Many sessions: session-steps per second",
         description=(
             f"k6, one virtual user per session of {options.model_name}, each on its own "
-            "connection, one step per ModelInfer; `rps` counts successful session-steps."
+            "connection, one step per ModelInfer; `rps` counts successful session-steps. "
+            f"The {WORKERS}-worker row runs `rnnserve serve --workers {WORKERS}` (SO_REUSEPORT) "
+            "with the redis state store on a local redis-server, the memory store otherwise."
         ),
         figures=figures,
         environment=environment(options.runs),
         command=options.command,
     )
+
+
+def workers_settings(redis_url: str) -> dict[str, str]:
+    """Server settings for WORKERS processes on one port, sharing state through redis."""
+    return {"workers": str(WORKERS), "state_store": "redis", "redis_url": redis_url}

@@ -60,6 +60,20 @@ def outputs_of(response: InferResponse) -> dict[str, np.ndarray]:
     return {tensor.name: tensor.data for tensor in response.outputs}
 
 
+def session_controls(
+    ids: Sequence[int] | Sequence[str], start: bool | Sequence[bool], end: bool | Sequence[bool]
+) -> dict[str, np.ndarray]:
+    """The control inputs of a multi-session request: row i is a step of session ids[i].
+    Integer ids go as UINT64, string ids as BYTES; a single flag applies to every row."""
+    rows = len(ids)
+    all_ints = all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    return {
+        "sequence_id": np.asarray(ids, np.uint64) if all_ints else np.asarray(ids, object),
+        "sequence_start": np.broadcast_to(np.asarray(start, np.bool_), (rows,)).copy(),
+        "sequence_end": np.broadcast_to(np.asarray(end, np.bool_), (rows,)).copy(),
+    }
+
+
 class RnnClient:
     def __init__(self, address: str = "localhost:8001", timeout_s: float | None = 30.0) -> None:
         self.address = address
@@ -132,6 +146,26 @@ class RnnClient:
     def infer_response_of(self, request: pb.ModelInferRequest) -> InferResponse:
         reply = call(lambda: self.stub.ModelInfer(request, timeout=self.timeout_s))
         return converter.response_from_proto(reply)
+
+    def step_sessions(
+        self,
+        model: str,
+        ids: Sequence[int] | Sequence[str],
+        inputs: Mapping[str, np.ndarray | str | list],
+        start: bool | Sequence[bool] = False,
+        end: bool | Sequence[bool] = False,
+        outputs: Sequence[str] = (),
+        version: str = "",
+    ) -> tuple[dict[str, np.ndarray], list[str]]:
+        """One step of many sessions in one request: row i of every input is a step of
+        session ids[i], starting it where start[i], ending it where end[i]. Returns the
+        outputs and each row's error ("" for a row that stepped; a failed row's outputs are
+        zeros or empty strings and its session is unchanged)."""
+        controls = session_controls(ids, start, end)
+        response = self.infer_response(model, {**inputs, **controls}, outputs, version=version)
+        out = outputs_of(response)
+        errors = [message.decode() for message in out.pop("sequence_error").reshape(-1)]
+        return out, errors
 
     def stream(self, requests: Iterator[pb.ModelInferRequest]) -> Iterator[InferResponse]:
         """ModelStreamInfer: responses as they come; an error in the stream raises."""

@@ -14,6 +14,7 @@ from export.exporter import export_version
 from export.repository import ensure_writable, next_version, versions
 from export.tasks.base import count_parameters
 from export.training import save_run, train_model
+from rnnserve.errors import UsageError
 
 # Small recurrent nets train fastest on one thread: per-step overhead dominates and the
 # build machine's other cores are better left to the other processes.
@@ -57,6 +58,12 @@ def build_repository(
         config_for_name(n, preset, seed, **(overrides or {})) for n in names or DEFAULT_NAMES
     ]
     ensure_writable(root)
+    if not (skip_existing or new_version):
+        present = [c.name for c in configs if versions(root, c.name)]
+        if present:  # say so before spending minutes on training
+            raise UsageError(
+                f"{', '.join(present)} already in {root}: pass --skip-existing or --new-version"
+            )
     torch.set_num_threads(TRAIN_THREADS)
     results = []
     for config in configs:

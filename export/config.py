@@ -87,6 +87,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# Where one cell needs other settings than its task's: the plain RNN learns the date rule
+# poorly at the gated cells' learning rate; slower and twice as long it gets 89 %, not 2 %.
+CELL_OVERRIDES: dict[tuple[str, str, str], dict[str, Any]] = {
+    ("default", "seq2seq", "rnn"): dict(learning_rate=3e-3, epochs=32),
+}
+
 
 def parse_name(name: str) -> tuple[str, str, bool]:
     """Split a model name "<task>-<cell>[-bi]" into (task, cell, bidirectional)."""
@@ -116,9 +122,8 @@ def make_config(
         raise UsageError(f"unknown preset {preset!r}: expected one of {', '.join(PRESETS)}")
     if bidirectional and task != "tagger":
         raise UsageError(f"only the tagger has a bidirectional variant, not {task}")
-    config = TrainConfig(
-        task=task, cell=cell, seed=seed, bidirectional=bidirectional, **PRESETS[preset][task]
-    )
+    settings = PRESETS[preset][task] | CELL_OVERRIDES.get((preset, task, cell), {})
+    config = TrainConfig(task=task, cell=cell, seed=seed, bidirectional=bidirectional, **settings)
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     for field in ("num_layers", "hidden_size", "epochs", "batch_size", "embedding_size"):
         if getattr(config, field) < 1:

@@ -25,9 +25,15 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 
 stamp=.venv/.rnnserve-installed
-if [[ ! "$stamp" -nt pyproject.toml ]]; then
-    echo "==> installing rnnserve with its cpu, export and dev extras into .venv"
+# Reinstall when anything the install depends on changed: the dependencies, or the protos
+# that the build hook compiles into service/protocol/generated/.
+stale=0
+for input in pyproject.toml hatch_build.py protos/*.proto; do
+    [[ "$stamp" -nt "$input" ]] || stale=1
+done
+if [[ $stale -eq 1 ]]; then
+    echo "==> installing rnnserve with its cpu, export, bench and dev extras into .venv"
     # The export extra pins torch==2.13.0; -e keeps the source tree importable as edited.
-    .venv/bin/python -m pip install --quiet -e '.[cpu,export,dev]'
+    .venv/bin/python -m pip install --quiet -e '.[cpu,export,bench,dev]'
     touch "$stamp"
 fi

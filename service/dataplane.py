@@ -24,14 +24,18 @@ from service.errors import FailedPrecondition, InvalidArgument, ServiceError, Un
 from service.repository import LoadedVersion, Repository
 from service.sessions import (
     Batcher,
+    RowStep,
     SequenceParameters,
     SessionKey,
     SessionManager,
+    SessionRows,
     open_store,
     parse_sequence_parameters,
+    split_control,
 )
+from service.sessions.control import CONTROL_INPUTS, ERROR_OUTPUT, FAILED_ROWS, error_tensor
 from service.settings import Settings
-from service.tasks.base import Execute, Result, State, Step
+from service.tasks.base import Execute, Result, State, Step, take_rows
 from service.types import (
     InferRequest,
     InferResponse,
@@ -159,12 +163,15 @@ class DataPlane:
             **model.task.parameters(),
             **{f"training_{key}": value for key, value in spec.training.items()},
         }
+        inputs, outputs = model.task.inputs, model.task.outputs
+        if self._takes_session_rows(model):
+            inputs, outputs = [*inputs, *CONTROL_INPUTS], [*outputs, ERROR_OUTPUT]
         return ModelMetadata(
             name=name,
             versions=self.repository.versions(name),
             platform=PLATFORM,
-            inputs=model.task.inputs,
-            outputs=model.task.outputs,
+            inputs=inputs,
+            outputs=outputs,
             parameters=parameters,
         )
 
@@ -220,10 +227,12 @@ class DataPlane:
         return self.repository.names()
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        model, sequence = self._admit(request)
+        model, sequence, rows, request = self._admit(request)
         arrived = time.perf_counter_ns()
         with self._tracked():
             try:
+                if rows is not None:
+                    return await self._answer_rows(model, request, rows, arrived)
                 if sequence.in_session:
                     return await self._answer_in_session(model, request, sequence, arrived)
                 return await self._in_thread(self._answer, model, request, arrived)
@@ -232,10 +241,15 @@ class DataPlane:
                 raise self._client_error(error, model) from None
 
     async def stream_infer(self, request: InferRequest) -> AsyncIterator[InferResponse]:
-        model, sequence = self._admit(request)
+        model, sequence, rows, request = self._admit(request)
         arrived = time.perf_counter_ns()
         with self._tracked():
             try:
+                if rows is not None:
+                    response = await self._answer_rows(model, request, rows, arrived)
+                    response.parameters[FINAL_RESPONSE] = True
+                    yield response
+                    return
                 step, started, prepared = await self._in_thread(
                     self._prepare, model, request, arrived
                 )
@@ -334,6 +348,68 @@ class DataPlane:
                     "the server keeps; to resume from a state of your own, start again with it"
                 )
 
+    # Multi-session requests: control tensors make each row one step of its own session.
+
+    async def _answer_rows(
+        self, model: LoadedVersion, request: InferRequest, rows: SessionRows, arrived: int
+    ) -> InferResponse:
+        """Steps every row's session in one run of the batch. Rows whose session cannot step
+        fail alone: their outputs are zeros (empty strings for text), their states stay as
+        they were, and `sequence_error` tells each row's outcome."""
+        step, started, prepared = await self._in_thread(self._prepare, model, request, arrived)
+        self._check_rows_request(request, rows, step)
+        row_steps = [
+            RowStep(SessionKey(model.name, model.version, sequence_id), start, end,
+                    take_rows(step.state, [row]))
+            for row, (sequence_id, start, end) in enumerate(
+                zip(rows.ids, rows.starts, rows.ends, strict=True)
+            )
+        ]  # fmt: skip
+
+        async def run(states: list[State | None]) -> tuple[Result, list[State]]:
+            # A failed row runs from its initial state, so the batch keeps its shape.
+            starts = [
+                row_step.initial if state is None else state
+                for row_step, state in zip(row_steps, states, strict=True)
+            ]
+            step.state = {
+                stem: np.concatenate([state[stem] for state in starts], axis=1)
+                for stem in step.state
+            }
+            execute, threads = self._session_compute(model)
+            result = await self._in_thread(model.task.run, step, execute, executor=threads)
+            return result, [take_rows(result.state, [row]) for row in range(step.rows)]
+
+        result, errors = await self._sessions.step_rows(row_steps, run)
+        failed = [row for row, error in enumerate(errors) if error is not None]
+        _blank_rows(result, failed)
+        response = self._response(model, request, step, result, {FAILED_ROWS: len(failed)})
+        response.outputs.append(error_tensor([error.message if error else "" for error in errors]))
+        self._record_piece(model, step, arrived, started, prepared)
+        return response
+
+    @staticmethod
+    def _check_rows_request(request: InferRequest, rows: SessionRows, step: Step) -> None:
+        if rows.rows != step.rows:
+            raise InvalidArgument(
+                f"input 'sequence_id' has {rows.rows} rows; expected {step.rows}, one per "
+                "row of the batch"
+            )
+        if all(rows.starts):
+            return
+        for tensor in request.inputs:
+            if tensor.name in ("h0", "c0"):
+                raise InvalidArgument(
+                    f"input '{tensor.name}' is accepted only when every row has "
+                    "sequence_start=true: the other rows continue from the state the server "
+                    "keeps; send the rows that resume from a state of your own in a request "
+                    "of their own"
+                )
+
+    @staticmethod
+    def _takes_session_rows(model: LoadedVersion) -> bool:
+        return model.task.session_rows and model.spec.num_directions == 1
+
     def _session_compute(self, model: LoadedVersion) -> tuple[Execute, Executor]:
         """How a session's piece runs its graphs, and the threads it runs in. With batching,
         each ORT run joins those of other sessions through the graph's batcher."""
@@ -414,20 +490,31 @@ class DataPlane:
 
     # Admission, sequences and bookkeeping.
 
-    def _admit(self, request: InferRequest) -> tuple[LoadedVersion, SequenceParameters]:
-        """The model version a request may run on and its sequence, or why it may not."""
+    def _admit(
+        self, request: InferRequest
+    ) -> tuple[LoadedVersion, SequenceParameters, SessionRows | None, InferRequest]:
+        """The model version a request may run on, its sequence or session rows and the
+        request as its task sees it (without control tensors), or why it may not run."""
         if self._phase == "loading":
             raise Unavailable("the server is still loading its models; retry shortly")
         if self._phase != "ready":
             raise Unavailable("the server is shutting down and takes no new requests")
         model = self.repository.get(request.model_name, request.model_version)
         sequence = parse_sequence_parameters(request.parameters)
-        if sequence.in_session and model.spec.num_directions != 1:
+        rows, request = split_control(request)
+        if (sequence.in_session or rows is not None) and model.spec.num_directions != 1:
             raise FailedPrecondition(
                 f"model '{model.name}' is bidirectional and cannot stream: its backward "
                 "direction needs the whole sequence; send the whole sequence, no 'sequence_id'"
             )
-        return model, sequence
+        if rows is not None and not self._takes_session_rows(model):
+            raise FailedPrecondition(
+                f"model '{model.name}' ({model.spec.task}) takes no multi-session requests "
+                "(control inputs 'sequence_id', 'sequence_start', 'sequence_end'): it answers "
+                "a session only after its last piece; send each session's pieces in requests "
+                "of their own, with sequence parameters"
+            )
+        return model, sequence, rows, request
 
     @contextlib.contextmanager
     def _tracked(self) -> Iterator[None]:
@@ -456,3 +543,10 @@ class DataPlane:
             return error
         log.error("model %s version %s failed", model.name, model.version, exc_info=error)
         return ServiceError(f"model '{model.name}' version {model.version} failed internally")
+
+
+def _blank_rows(result: Result, rows: list[int]) -> None:
+    """Zeros (empty strings for text) in the given rows of every output."""
+    for name, array in result.outputs.items():
+        index = (slice(None), rows) if name in STATE_TENSORS else rows
+        array[index] = b"" if array.dtype == object else 0

@@ -50,6 +50,10 @@ class Result:
 class Task(ABC):
     """One task's wire tensors and how a request for them runs on the task's graphs."""
 
+    # Whether each batch row may be one step of its own session (multi-session requests):
+    # true for tasks whose every piece answers as `run` does, from the state it starts with.
+    session_rows = True
+
     def __init__(self, spec: ModelSpec, settings: Settings) -> None:
         self.spec = spec
         self.settings = settings

@@ -31,6 +31,10 @@ MAX_OUTPUT_LENGTH = "max_output_length"
 
 
 class Seq2SeqTask(Task):
+    # A session's translation comes only after its last piece, decoded token by token:
+    # rows ending in one request would each need their own decoding loop.
+    session_rows = False
+
     @cached_property
     def char_ids(self) -> dict[str, int]:
         """Source characters a client may send; special tokens are not characters."""

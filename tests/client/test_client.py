@@ -90,3 +90,19 @@ def test_a_stream_yields_every_decoded_seq2seq_token(client) -> None:
     assert finals[-1] is True and not any(finals[:-1])
     pieces = [r.outputs[0].data[0].decode() for r in responses]
     assert "".join(pieces) == client.translate("hello", model="seq2seq-gru")
+
+
+def test_step_sessions_steps_many_sessions_and_returns_each_rows_error(client) -> None:
+    values = np.sin(np.linspace(0, 2, 8, dtype=np.float32))
+    whole, _ = client.infer_sine(values, model="sine-gru")
+    x = np.stack([values, -values])[..., None]  # two sessions, one row each
+
+    head, errors = client.step_sessions("sine-gru", [501, 502], {"x": x[:, :5]}, start=True)
+    assert errors == ["", ""]
+    tail, errors = client.step_sessions(
+        "sine-gru", [501, 503], {"x": x[:, 5:]}, end=[True, False], outputs=["y"]
+    )
+
+    np.testing.assert_allclose(np.concatenate([head["y"][0], tail["y"][0]]), whole[0], atol=1e-6)
+    assert errors[0] == "" and "sequence 503" in errors[1] and "is not active" in errors[1]
+    assert list(tail) == ["y"]  # sequence_error is returned as the errors, not an output

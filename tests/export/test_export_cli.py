@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from export.build import build_repository, summary_table
+from rnnserve.errors import UsageError
 from service.model_spec import METADATA_KEY, ModelSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +67,8 @@ def test_train_then_export_writes_checkpoint_plots_and_a_verified_version(tmp_pa
 
 def test_skip_existing_leaves_present_models_and_new_version_adds_one(tmp_path: Path) -> None:
     first = build_repository(tmp_path, ["tagger-rnn"], preset="tiny")
+    with pytest.raises(UsageError, match=r"tagger-rnn already in .*--skip-existing"):
+        build_repository(tmp_path, ["tagger-rnn"], preset="tiny")
     again = build_repository(tmp_path, ["tagger-rnn"], preset="tiny", skip_existing=True)
     newer = build_repository(tmp_path, ["tagger-rnn"], preset="tiny", new_version=True)
     assert (first[0].version, again[0].skipped, newer[0].version) == (1, True, 2)

@@ -128,30 +128,41 @@ def test_all_nine_default_models_are_ready(plane: Plane) -> None:
     assert all(index[(name, "1")] == "READY" for name in names)
 
 
-def test_sine_metadata_lists_x_and_optional_states(plane: Plane) -> None:
+CONTROL_INPUTS = {
+    ("sequence_id", "UINT64", (-1,), True),
+    ("sequence_start", "BOOL", (-1,), True),
+    ("sequence_end", "BOOL", (-1,), True),
+}
+
+
+def test_sine_metadata_lists_x_and_optional_states_and_session_controls(plane: Plane) -> None:
     metadata = plane.plane.model_metadata("sine-lstm")
     hidden = metadata.parameters["hidden_size"]
     inputs = {(m.name, m.datatype, m.shape, m.optional) for m in metadata.inputs}
-    assert inputs == {
+    assert inputs >= CONTROL_INPUTS
+    assert inputs - CONTROL_INPUTS == {
         ("x", "FP32", (-1, -1, 1), False),
         ("h0", "FP32", (1, -1, hidden), True),
         ("c0", "FP32", (1, -1, hidden), True),
     }
     assert [(m.name, m.shape) for m in metadata.outputs] == [
         ("y", (-1, -1, 1)), ("hn", (1, -1, hidden)), ("cn", (1, -1, hidden)),
+        ("sequence_error", (-1,)),
     ]  # fmt: skip
     assert metadata.versions == ["1"] and metadata.platform == "onnxruntime_onnx"
     assert metadata.parameters["provider"] == "CPUExecutionProvider"
-    assert [m.name for m in plane.plane.model_metadata("sine-gru").inputs] == ["x", "h0"]
+    assert [m.name for m in plane.plane.model_metadata("sine-gru").inputs][:2] == ["x", "h0"]
 
 
 def test_tagger_and_seq2seq_metadata_list_their_text_tensors(plane: Plane) -> None:
     tagger = plane.plane.model_metadata("tagger-gru")
-    assert [(m.name, m.datatype, m.shape) for m in tagger.inputs] == [
+    assert [(m.name, m.datatype, m.shape) for m in tagger.inputs][:3] == [
         ("text", "BYTES", (-1,)), ("tokens", "INT64", (-1, -1)), ("h0", "FP32", (1, -1, 8)),
     ]  # fmt: skip
+    assert {(m.name, m.datatype, m.shape, m.optional) for m in tagger.inputs[3:]} == CONTROL_INPUTS
     assert [(m.name, m.datatype) for m in tagger.outputs] == [
         ("text_out", "BYTES"), ("tokens_out", "INT64"), ("logits", "FP32"), ("hn", "FP32"),
+        ("sequence_error", "BYTES"),
     ]  # fmt: skip
     assert tagger.outputs[2].shape == (-1, -1, 4)
     seq2seq = plane.plane.model_metadata("seq2seq-rnn")

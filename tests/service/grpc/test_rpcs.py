@@ -44,8 +44,8 @@ def test_sine_metadata_lists_its_tensors_with_dynamic_dimensions(server) -> None
     inputs, outputs = _tensors(metadata.inputs), _tensors(metadata.outputs)
     assert inputs["x"] == ("FP32", [-1, -1, 1])
     assert outputs["y"] == ("FP32", [-1, -1, 1])
-    assert set(inputs) == {"x", "h0", "c0"}
-    assert set(outputs) == {"y", "hn", "cn"}
+    assert set(inputs) == {"x", "h0", "c0", "sequence_id", "sequence_start", "sequence_end"}
+    assert set(outputs) == {"y", "hn", "cn", "sequence_error"}
     assert metadata.parameters["provider"].string_param == "CPUExecutionProvider"
 
 

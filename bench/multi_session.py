@@ -1,0 +1,80 @@
+"""Scenario 6: multi-session requests. Each ModelInfer carries one step for each of `ROWS`
+sessions (control tensors `sequence_id` and, on its first request, `sequence_start`), from
+`CLIENTS` k6 clients on their own connections, each client stepping its own sessions; the
+figure is session-steps per second, read against the transport floor's requests per second.
+"""
+
+from __future__ import annotations
+
+from bench import loadgen, servers
+from bench.options import Options
+from bench.payloads import rows_request_json
+from bench.plots import bar_plot
+from bench.report import Figure, Metrics, ScenarioResult, environment
+from bench.sessions import SERVER_SETTINGS, WORKERS, workers_settings
+
+ROWS, CLIENTS = 64, 16
+QUICK_ROWS, QUICK_CLIENTS = 8, 2
+
+
+def _runs(options: Options, server: servers.Running, rows: int, clients: int) -> list[Metrics]:
+    return [
+        loadgen.run(
+            loadgen.Load(
+                server.target,
+                rows_request_json(options.model_name, rows),
+                clients,
+                duration_s=options.duration_s,
+                warmup_s=options.warmup_s,
+                sessions=True,
+                rows=rows,
+                server_pid=server.pid,
+                sequence_base=1 + run * clients * rows,
+            )
+        )
+        for run in range(options.runs)
+    ]
+
+
+def run(options: Options) -> ScenarioResult:
+    rows, clients = (QUICK_ROWS, QUICK_CLIENTS) if options.quick else (ROWS, CLIENTS)
+    configurations = (
+        ("batching on", {"batching": "true"}, ""),
+        ("batching off", {"batching": "false"}, ""),
+        (f"batching on, {WORKERS} workers", {"batching": "true"}, "redis"),
+    )
+    figures = []
+    for name, settings, store in configurations:
+        label = f"{rows} rows x {clients} clients, {name}"
+        params = {"rows": rows, "clients": clients, "batching": settings["batching"] == "true"}
+        if store:
+            with servers.redis_server(options.workdir) as redis_url:
+                every = {**SERVER_SETTINGS, **settings, **workers_settings(redis_url)}
+                with servers.rnnserve(options.workdir, options.repository, every) as server:
+                    figures.append(Figure(label, {**params, "workers": WORKERS}, _runs(
+                        options, server, rows, clients)))
+            continue
+        every = {**SERVER_SETTINGS, **settings}
+        with servers.rnnserve(options.workdir, options.repository, every) as server:
+            figures.append(Figure(label, {**params, "workers": 1}, _runs(
+                options, server, rows, clients)))
+    bar_plot(
+        options.out / "multi_session.png",
+        "Multi-session requests: session-steps per second",
+        "session-steps per second",
+        {f.label: {"session-steps/s": f.median["session_steps_per_s"]} for f in figures},
+    )
+    return ScenarioResult(
+        name="multi_session",
+        title="6. Multi-session requests: one step of many sessions per request",
+        description=(
+            f"k6, {clients} clients each on its own connection and each stepping its own "
+            f"{rows} sessions of {options.model_name} with one ModelInfer of {rows} rows "
+            "(control tensors `sequence_id` UINT64 and, on a client's first request, "
+            "`sequence_start` BOOL). `rps` counts requests, `session_steps_per_s` the rows "
+            "that stepped; `failed_rows` those whose session could not."
+        ),
+        figures=figures,
+        environment=environment(options.runs),
+        command=options.command,
+    )

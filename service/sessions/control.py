@@ -1,0 +1,155 @@
+"""Multi-session requests: control tensors that make each batch row one step of its own
+session.
+
+A request may carry `sequence_id` (UINT64, INT64 or BYTES) and `sequence_start` /
+`sequence_end` (BOOL), each `[batch]` (or Triton's `[batch, 1]`), as inputs. Row i is then
+one step of session `sequence_id[i]`: the rows run together while each carries its own
+state. Malformed control tensors refuse the whole request; a row whose session cannot step
+(unknown, expired, over the session limit) fails alone, and the response's
+`sequence_error` output says which rows failed and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.errors import InvalidArgument
+from service.sessions.parameters import UINT64_MAX
+from service.types import InferRequest, Tensor, TensorMetadata
+
+SEQUENCE_ID = "sequence_id"
+SEQUENCE_START = "sequence_start"
+SEQUENCE_END = "sequence_end"
+SEQUENCE_ERROR = "sequence_error"
+FAILED_ROWS = "failed_rows"  # response parameter: how many rows failed
+CONTROL_NAMES = (SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END)
+ID_DATATYPES = ("UINT64", "INT64", "BYTES")
+
+# What ModelMetadata lists for models that take multi-session requests.
+CONTROL_INPUTS = [
+    TensorMetadata(SEQUENCE_ID, "UINT64", (-1,), optional=True),
+    TensorMetadata(SEQUENCE_START, "BOOL", (-1,), optional=True),
+    TensorMetadata(SEQUENCE_END, "BOOL", (-1,), optional=True),
+]
+ERROR_OUTPUT = TensorMetadata(SEQUENCE_ERROR, "BYTES", (-1,), optional=True)
+
+
+@dataclass(frozen=True)
+class SessionRows:
+    """One session step per batch row."""
+
+    ids: list[int | str]
+    starts: list[bool]
+    ends: list[bool]
+
+    @property
+    def rows(self) -> int:
+        return len(self.ids)
+
+
+def split_control(request: InferRequest) -> tuple[SessionRows | None, InferRequest]:
+    """The request's session rows (None when it carries no control tensor) and the request
+    without its control tensors and without `sequence_error` among its outputs, as the
+    task sees it."""
+    controls = {tensor.name: tensor for tensor in request.inputs if tensor.name in CONTROL_NAMES}
+    if not controls:
+        return None, request
+    if SEQUENCE_ID not in controls:
+        raise InvalidArgument(
+            f"inputs {sorted(controls)} need input '{SEQUENCE_ID}' naming each row's session"
+        )
+    if any(name in request.parameters for name in CONTROL_NAMES):
+        raise InvalidArgument(
+            "the request carries both sequence parameters and control tensors; expected one: "
+            "parameters for a request of one session, tensors for one step per row"
+        )
+    names = [tensor.name for tensor in request.inputs if tensor.name in CONTROL_NAMES]
+    if len(names) != len(set(names)):
+        raise InvalidArgument(f"a control input appears more than once: {names}")
+    ids = _ids(controls[SEQUENCE_ID])
+    rows = SessionRows(
+        ids,
+        _flags(controls.get(SEQUENCE_START), len(ids)),
+        _flags(controls.get(SEQUENCE_END), len(ids)),
+    )
+    task_request = dataclasses.replace(
+        request,
+        inputs=[tensor for tensor in request.inputs if tensor.name not in CONTROL_NAMES],
+        outputs=[name for name in request.outputs if name != SEQUENCE_ERROR],
+    )
+    return rows, task_request
+
+
+def _values(tensor: Tensor, datatypes: tuple[str, ...]) -> list:
+    """A control tensor's values, one per row: shape [batch] or [batch, 1]."""
+    if tensor.datatype not in datatypes:
+        raise InvalidArgument(
+            f"input '{tensor.name}' has datatype {tensor.datatype}; expected "
+            f"{' or '.join(datatypes)}"
+        )
+    shape = tuple(tensor.shape)
+    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or shape[0] < 1:
+        raise InvalidArgument(
+            f"input '{tensor.name}' has shape {list(shape)}; expected [batch] or [batch, 1] "
+            "with batch at least 1"
+        )
+    values = np.asarray(tensor.data).reshape(-1).tolist()
+    if len(values) != shape[0]:
+        raise InvalidArgument(
+            f"input '{tensor.name}' holds {len(values)} values; its shape {list(shape)} "
+            f"needs {shape[0]}"
+        )
+    return values
+
+
+def _ids(tensor: Tensor) -> list[int | str]:
+    ids: list[int | str] = []
+    for row, value in enumerate(_values(tensor, ID_DATATYPES)):
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidArgument(
+                    f"{SEQUENCE_ID}[{row}] is not valid UTF-8; expected a string id"
+                ) from None
+        if value in (0, ""):
+            raise InvalidArgument(
+                f"{SEQUENCE_ID}[{row}] is {value!r}, which names no session; expected a "
+                "non-zero id (or non-empty string) for every row"
+            )
+        if isinstance(value, int) and not 0 < value <= UINT64_MAX:
+            raise InvalidArgument(
+                f"{SEQUENCE_ID}[{row}] is {value}; expected an id from 1 to {UINT64_MAX}"
+            )
+        ids.append(value)
+    repeated = sorted((str(i) for i, n in Counter(ids).items() if n > 1))
+    if repeated:
+        raise InvalidArgument(
+            f"input '{SEQUENCE_ID}' names sessions {', '.join(repeated)} more than once; "
+            "expected each session at most once per request (one request cannot order the "
+            "steps of one session)"
+        )
+    return ids
+
+
+def _flags(tensor: Tensor | None, rows: int) -> list[bool]:
+    if tensor is None:
+        return [False] * rows
+    flags = [bool(value) for value in _values(tensor, ("BOOL",))]
+    if len(flags) != rows:
+        raise InvalidArgument(
+            f"input '{tensor.name}' has {len(flags)} rows; expected {rows}, one per row of "
+            f"'{SEQUENCE_ID}'"
+        )
+    return flags
+
+
+def error_tensor(errors: list[str]) -> Tensor:
+    """`sequence_error`: "" for each row that stepped, the reason for each that failed."""
+    data = np.empty(len(errors), dtype=object)
+    data[:] = [message.encode("utf-8") for message in errors]
+    return Tensor(SEQUENCE_ERROR, "BYTES", (len(errors),), data)
