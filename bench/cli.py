@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rnnserve.errors import UsageError
 
-SCENARIOS = ("compute", "transport", "one_session", "many_sessions", "memory")
+SCENARIOS = ("compute", "transport", "one_session", "many_sessions", "memory", "multi_session")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +65,7 @@ def _repository(args: argparse.Namespace, workdir: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench import compute, goals, memory, report, sessions, transport
+    from bench import compute, goals, memory, multi_session, report, sessions, transport
     from bench.options import Options
 
     runners = {
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         "one_session": sessions.run_one_session,
         "many_sessions": sessions.run_many_sessions,
         "memory": memory.run,
+        "multi_session": multi_session.run,
     }
     if args.runs is not None and args.runs < 1:
         raise UsageError("--runs must be at least 1")

@@ -59,8 +59,25 @@ def evaluate(results: list[ScenarioResult]) -> list[str]:
             1.8,
             at_most=False,
         ),
-        "Multi-session requests of 64 rows from 16 clients (goal ≥ 20× the echo floor): "
-        "not measured yet (multi-session requests are not served yet).",
+        _ratio_goal(
+            "64 sessions (batching on, 2 workers), session-steps/s over the echo floor's "
+            "requests/s at 64 clients",
+            _find(results, "many_sessions", "64 sessions, batching on, 2 workers"),
+            _find(results, "transport", "k6 ModelInfer x64"),
+            "rps",
+            1.8,
+            at_most=False,
+        ),
+        _ratio_goal(
+            "Multi-session requests of 64 rows from 16 clients (batching on), session-steps/s "
+            "over the echo floor's requests/s at 16 clients",
+            _find(results, "multi_session", "64 rows x 16 clients, batching on"),
+            _find(results, "transport", "k6 ModelInfer x16"),
+            "session_steps_per_s",
+            20.0,
+            at_most=False,
+            floor_metric="rps",
+        ),
         _ratio_goal(
             "100,000 idle sessions, bytes per session over raw state bytes",
             idle,

@@ -131,7 +131,9 @@ def run(load: Load) -> dict[str, float]:
     figures = _figures(load, metrics, wall, usage.ru_utime + usage.ru_stime, server_cpu)
     if figures["errors"] or figures.get("failed_rows"):
         # The script prints its first few failures; they say why better than a count.
-        reasons = [line for line in output.decode(errors="replace").splitlines() if "failed" in line]
+        reasons = [
+            line for line in output.decode(errors="replace").splitlines() if "failed" in line
+        ]
         print(f"k6: {figures['errors']:.0f} requests failed", *reasons, sep="\n", file=sys.stderr)
     return figures
 

@@ -31,7 +31,9 @@ def goal_repository(options: Options) -> Path:
     try:
         from export.build import build_repository
     except ImportError as error:
-        raise UsageError(f"the memory scenario builds its model and needs the exporter: {error}")
+        raise UsageError(
+            f"the memory scenario builds its model and needs the exporter: {error}"
+        ) from error
     root = options.workdir / "goal-models"
     build_repository(
         root, names=[options.model_name], preset="tiny", overrides=GOAL_SIZES, skip_existing=True
@@ -72,15 +74,17 @@ def run(options: Options) -> ScenarioResult:
             held = 0
             for count in counts:
                 if count > held:
-                    # Each request starts FILL_ROWS new sessions and leaves them idle.
+                    # Each request starts FILL_ROWS new sessions and leaves them idle;
+                    # k6 wants no more clients than requests.
+                    requests = (count - held) // FILL_ROWS
                     filled = loadgen.run(
                         loadgen.Load(
                             server.target,
                             rows_request_json(options.model_name, FILL_ROWS),
-                            FILL_CLIENTS,
+                            min(FILL_CLIENTS, requests),
                             warmup_s=0,
                             sessions=True,
-                            iterations=(count - held) // FILL_ROWS,
+                            iterations=requests,
                             rows=FILL_ROWS,
                             sequence_base=1_000_000 + held,
                         )

@@ -11,7 +11,7 @@ from bench.options import Options
 from bench.payloads import rows_request_json
 from bench.plots import bar_plot
 from bench.report import Figure, Metrics, ScenarioResult, environment
-from bench.sessions import SERVER_SETTINGS, WORKERS, workers_settings
+from bench.sessions import WORKERS, session_server
 
 ROWS, CLIENTS = 64, 16
 QUICK_ROWS, QUICK_CLIENTS = 8, 2
@@ -38,26 +38,20 @@ def _runs(options: Options, server: servers.Running, rows: int, clients: int) ->
 
 def run(options: Options) -> ScenarioResult:
     rows, clients = (QUICK_ROWS, QUICK_CLIENTS) if options.quick else (ROWS, CLIENTS)
-    configurations = (
-        ("batching on", {"batching": "true"}, ""),
-        ("batching off", {"batching": "false"}, ""),
-        (f"batching on, {WORKERS} workers", {"batching": "true"}, "redis"),
-    )
     figures = []
-    for name, settings, store in configurations:
-        label = f"{rows} rows x {clients} clients, {name}"
-        params = {"rows": rows, "clients": clients, "batching": settings["batching"] == "true"}
-        if store:
-            with servers.redis_server(options.workdir) as redis_url:
-                every = {**SERVER_SETTINGS, **settings, **workers_settings(redis_url)}
-                with servers.rnnserve(options.workdir, options.repository, every) as server:
-                    figures.append(Figure(label, {**params, "workers": WORKERS}, _runs(
-                        options, server, rows, clients)))
-            continue
-        every = {**SERVER_SETTINGS, **settings}
-        with servers.rnnserve(options.workdir, options.repository, every) as server:
-            figures.append(Figure(label, {**params, "workers": 1}, _runs(
-                options, server, rows, clients)))
+    for batching, workers in ((True, 1), (False, 1), (True, WORKERS)):
+        with session_server(options, batching=batching, workers=workers) as server:
+            runs = _runs(options, server, rows, clients)
+        name = f"batching {'on' if batching else 'off'}" + (
+            f", {workers} workers" if workers > 1 else ""
+        )
+        figures.append(
+            Figure(
+                f"{rows} rows x {clients} clients, {name}",
+                {"rows": rows, "clients": clients, "batching": batching, "workers": workers},
+                runs,
+            )
+        )
     bar_plot(
         options.out / "multi_session.png",
         "Multi-session requests: session-steps per second",

@@ -10,6 +10,9 @@ LSTM sine model in stateful sessions (Triton's sequence parameters).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from bench import loadgen, probe, servers
 from bench.options import Options
 from bench.payloads import step_request_json
@@ -66,6 +69,20 @@ def run_one_session(options: Options) -> ScenarioResult:
     )
 
 
+@contextlib.contextmanager
+def session_server(
+    options: Options, *, batching: bool = True, workers: int = 1
+) -> Iterator[servers.Running]:
+    """rnnserve set up for sessions; several workers share their sessions' state through a
+    redis-server of their own."""
+    settings = {**SERVER_SETTINGS, "batching": str(batching).lower()}
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            redis_url = stack.enter_context(servers.redis_server(options.workdir))
+            settings |= {"workers": str(workers), "state_store": "redis", "redis_url": redis_url}
+        yield stack.enter_context(servers.rnnserve(options.workdir, options.repository, settings))
+
+
 def _session_runs(
     options: Options, server: servers.Running, sessions: int, first_id: int
 ) -> list[Metrics]:
@@ -92,8 +109,7 @@ def run_many_sessions(options: Options) -> ScenarioResult:
     counts = QUICK_SESSIONS if options.quick else SESSIONS
     figures = []
     for batching in (True, False):
-        settings = {**SERVER_SETTINGS, "batching": str(batching).lower()}
-        with servers.rnnserve(options.workdir, options.repository, settings) as server:
+        with session_server(options, batching=batching) as server:
             for sessions in counts:
                 runs = _session_runs(options, server, sessions, len(figures) * 100_000)
                 figures.append(
@@ -104,10 +120,8 @@ def run_many_sessions(options: Options) -> ScenarioResult:
                     )
                 )
     sessions = QUICK_WORKERS_SESSIONS if options.quick else WORKERS_SESSIONS
-    with servers.redis_server(options.workdir) as redis_url:
-        settings = {**SERVER_SETTINGS, **workers_settings(redis_url)}
-        with servers.rnnserve(options.workdir, options.repository, settings) as server:
-            runs = _session_runs(options, server, sessions, len(figures) * 100_000)
+    with session_server(options, workers=WORKERS) as server:
+        runs = _session_runs(options, server, sessions, len(figures) * 100_000)
     figures.append(
         Figure(
             f"{sessions} sessions, batching on, {WORKERS} workers",
@@ -143,8 +157,3 @@ def run_many_sessions(options: Options) -> ScenarioResult:
         environment=environment(options.runs),
         command=options.command,
     )
-
-
-def workers_settings(redis_url: str) -> dict[str, str]:
-    """Server settings for WORKERS processes on one port, sharing state through redis."""
-    return {"workers": str(WORKERS), "state_store": "redis", "redis_url": redis_url}

@@ -21,6 +21,7 @@ import numpy as np
 
 from service import metrics
 from service.errors import FailedPrecondition, InvalidArgument, ServiceError, Unavailable
+from service.model_spec import ModelSpec
 from service.repository import LoadedVersion, Repository
 from service.sessions import (
     Batcher,
@@ -103,7 +104,7 @@ class DataPlane:
         """One batcher per graph of every model that can stream (in the event loop)."""
         settings = self.settings
         for model in self.repository.loaded():
-            if model.spec.num_directions != 1:
+            if not model.spec.streamable:
                 continue
             for role in model.spec.graphs:
                 self._batchers[(model.name, model.version, role)] = Batcher(
@@ -188,7 +189,7 @@ class DataPlane:
             max_batch_size=settings.max_batch_size,
             inputs=[self._config_dims(meta, model) for meta in model.task.inputs],
             outputs=[self._config_dims(meta, model) for meta in model.task.outputs],
-            sequence_batching=model.spec.num_directions == 1,
+            sequence_batching=model.spec.streamable,
             max_sequence_idle_microseconds=int(settings.session_idle_timeout_s * 1e6),
             dynamic_batching_max_queue_delay_microseconds=(
                 settings.batch_max_queue_delay_us if settings.batching else 0
@@ -408,7 +409,7 @@ class DataPlane:
 
     @staticmethod
     def _takes_session_rows(model: LoadedVersion) -> bool:
-        return model.task.session_rows and model.spec.num_directions == 1
+        return model.task.session_rows and model.spec.streamable
 
     def _session_compute(self, model: LoadedVersion) -> tuple[Execute, Executor]:
         """How a session's piece runs its graphs, and the threads it runs in. With batching,
@@ -502,11 +503,8 @@ class DataPlane:
         model = self.repository.get(request.model_name, request.model_version)
         sequence = parse_sequence_parameters(request.parameters)
         rows, request = split_control(request)
-        if (sequence.in_session or rows is not None) and model.spec.num_directions != 1:
-            raise FailedPrecondition(
-                f"model '{model.name}' is bidirectional and cannot stream: its backward "
-                "direction needs the whole sequence; send the whole sequence, no 'sequence_id'"
-            )
+        if (sequence.in_session or rows is not None) and not model.spec.streamable:
+            raise FailedPrecondition(f"model '{model.name}' {_why_not_streamable(model.spec)}")
         if rows is not None and not self._takes_session_rows(model):
             raise FailedPrecondition(
                 f"model '{model.name}' ({model.spec.task}) takes no multi-session requests "
@@ -550,3 +548,16 @@ def _blank_rows(result: Result, rows: list[int]) -> None:
     for name, array in result.outputs.items():
         index = (slice(None), rows) if name in STATE_TENSORS else rows
         array[index] = b"" if array.dtype == object else 0
+
+
+def _why_not_streamable(spec: ModelSpec) -> str:
+    """The refusal of a session, in the words its export metadata justifies."""
+    if spec.num_directions == 2:
+        return (
+            "is bidirectional and cannot stream: its backward direction needs the whole "
+            "sequence; send the whole sequence, no 'sequence_id'"
+        )
+    return (
+        "is exported as not streamable (its chunked runs were not verified equal to whole "
+        "ones); send the whole sequence, no 'sequence_id'"
+    )

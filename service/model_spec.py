@@ -77,7 +77,9 @@ class ModelSpec(BaseModel):
         if self.task != "sine" and not self.vocab:
             raise ValueError(f"task {self.task} needs a vocab")
         if self.task == "seq2seq" and (
-            not self.target_vocab or self.bos_id is None or self.eos_id is None
+            not self.target_vocab
+            or self.bos_id is None
+            or self.eos_id is None
             or not self.max_output_length
         ):
             raise ValueError("seq2seq needs target_vocab, bos_id, eos_id, max_output_length")

@@ -295,3 +295,26 @@ def test_the_converter_keeps_control_tensors_as_sent() -> None:
     assert tensors["sequence_id"].datatype == "BYTES"
     assert tensors["sequence_start"].data.tolist() == [True, False]
     assert session_controls([7, 8], True, True)["sequence_id"].dtype == np.uint64
+
+
+def test_rows_keep_their_states_in_redis_and_hand_over_between_servers(
+    start_server, tiny_repository, redis_url: str
+) -> None:
+    env = {"RNNSERVE_STATE_STORE": "redis", "RNNSERVE_REDIS_URL": redis_url}
+    servers = [start_server(tiny_repository, env=env) for _ in range(2)]
+    clients = [RnnClient(server.address) for server in servers]
+    x = np.random.default_rng(5).normal(0, 1, (6, 9)).astype(np.float32)
+    ids = [f"redis-row-{row}" for row in range(6)]
+    # Pieces alternate between the servers; the last one also names a session never started.
+    pieces = [sine_rows(clients[0], ids, x[:, :4], start=True)]
+    pieces.append(sine_rows(clients[1], ids, x[:, 4:7]))
+    y_last, errors = sine_rows(
+        clients[0], [*ids, "redis-unknown"], np.pad(x[:, 7:], ((0, 1), (0, 0))), end=True
+    )
+    for client in clients:
+        client.close()
+    assert [errors for _, errors in pieces] == [[""] * 6] * 2
+    assert errors[:6] == [""] * 6 and "'redis-unknown'" in errors[6]
+    got = np.concatenate([pieces[0][0], pieces[1][0], y_last[:6]], axis=1)
+    with RnnClient(servers[0].address) as client:
+        np.testing.assert_allclose(got, alone(client, "sine-lstm", x), rtol=0, atol=1e-5)
