@@ -88,9 +88,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 # Where one cell needs other settings than its task's: the plain RNN learns the date rule
-# poorly at the gated cells' learning rate; slower and twice as long it gets 89 %, not 2 %.
+# poorly at the gated cells' learning rate; slower and four times as long it gets every
+# held-out date (42 % with twice as long, 2 % at the gated cells' settings).
 CELL_OVERRIDES: dict[tuple[str, str, str], dict[str, Any]] = {
-    ("default", "seq2seq", "rnn"): dict(learning_rate=3e-3, epochs=32),
+    ("default", "seq2seq", "rnn"): dict(learning_rate=3e-3, epochs=64),
 }
 
 

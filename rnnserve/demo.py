@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 SINE_DT = 0.1  # the sine models' time step (export/tasks/sine.py)
 SINE_STEPS = 160
 SINE_CHUNK = 20
-SEQ2SEQ_EXAMPLES = ("22 nov 2026", "march 3, 2041", "7/4/76")
+SEQ2SEQ_EXAMPLES = ("22 nov 2026", "3 mar 2041", "7/4/76")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -8,9 +8,11 @@ ways, comes out as YYYY-MM-DD:
                     -> "2026-11-22"
 
 Examples come from a seeded RNG. Held out: dates whose proleptic ordinal is a multiple of
-10 are never trained on and are the test set. Sources are left-padded with <pad> so the
-encoder's final state follows the last real character; the decoder starts at <bos> from
-the encoder's final state (no attention) and stops at <eos>.
+10 are never trained on and are the test set. Sources are never padded: an RNN steps
+through pad tokens too, so a padded row's state would depend on the longest row of its
+batch. Training, evaluation and the server encode the rows of each source length together
+(`length_groups`). The decoder starts at <bos> from the encoder's final state (no
+attention) and stops at <eos>.
 """
 
 from __future__ import annotations
@@ -60,11 +62,19 @@ def sample_pairs(rng: random.Random, count: int, held_out: bool) -> list[tuple[s
     return pairs
 
 
+def length_groups(texts: list[str]) -> list[list[int]]:
+    """Row indices of the texts, grouped by length."""
+    groups: dict[int, list[int]] = {}
+    for row, text in enumerate(texts):
+        groups.setdefault(len(text), []).append(row)
+    return list(groups.values())
+
+
 def encode_sources(texts: list[str]) -> Tensor:
-    """Left-padded source ids (batch, longest)."""
-    longest = max(len(t) for t in texts)
-    rows = [[PAD] * (longest - len(t)) + [SOURCE_VOCAB.index(ch) for ch in t] for t in texts]
-    return torch.tensor(rows)
+    """Source ids (batch, length) of texts of one length."""
+    if len({len(t) for t in texts}) != 1:
+        raise ValueError("sources of one batch must have one length (see length_groups)")
+    return torch.tensor([[SOURCE_VOCAB.index(ch) for ch in t] for t in texts])
 
 
 def encode_targets(texts: list[str]) -> Tensor:
@@ -95,15 +105,26 @@ class Seq2Seq(nn.Module):
     def encode(self, tokens: Tensor, *state: Tensor) -> State:
         return run_cell(self.encoder, self.source_embedding(tokens), state)[1]
 
+    def encode_texts(self, texts: list[str]) -> State:
+        """Each text's final encoder state from zeros, rows in the order of `texts`."""
+        rows: list[int] = []
+        finals: list[State] = []
+        for group in length_groups(texts):
+            tokens = encode_sources([texts[row] for row in group])
+            finals.append(self.encode(tokens, *zero_state(self.encoder, len(group))))
+            rows.extend(group)
+        order = torch.argsort(torch.tensor(rows))
+        return tuple(torch.cat(parts, dim=1)[:, order] for parts in zip(*finals, strict=True))
+
     def step(self, token: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
         """One decoder step: previous token (batch,) -> logits, argmax token, next state."""
         output, final = run_cell(self.decoder, self.target_embedding(token).unsqueeze(1), state)
         logits = self.head(output[:, 0])
         return (logits, logits.argmax(-1), *final)
 
-    def teacher_forced(self, sources: Tensor, targets: Tensor) -> Tensor:
+    def teacher_forced(self, sources: list[str], targets: Tensor) -> Tensor:
         """Logits for every target position, feeding the true previous token."""
-        state = self.encode(sources, *zero_state(self.encoder, len(sources)))
+        state = self.encode_texts(sources)
         previous = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
         output, _ = run_cell(self.decoder, self.target_embedding(previous), state)
         return self.head(output)
@@ -143,7 +164,7 @@ def train(model: Seq2Seq, config: TrainConfig, progress: bool) -> list[float]:
     for _ in bar:
         pairs = sample_pairs(rng, config.batch_size, held_out=False)
         targets = encode_targets([t for _, t in pairs])
-        logits = model.teacher_forced(encode_sources([s for s, _ in pairs]), targets)
+        logits = model.teacher_forced([s for s, _ in pairs], targets)
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
         optimizer.zero_grad()
         loss.backward()
@@ -156,9 +177,9 @@ def train(model: Seq2Seq, config: TrainConfig, progress: bool) -> list[float]:
 
 
 @torch.no_grad()
-def greedy(model: Seq2Seq, sources: Tensor, steps: int = MAX_OUTPUT_LENGTH) -> Tensor:
+def greedy(model: Seq2Seq, sources: list[str], steps: int = MAX_OUTPUT_LENGTH) -> Tensor:
     """Greedy decoding for a fixed number of steps: token ids (batch, steps)."""
-    state = model.encode(sources, *zero_state(model.encoder, len(sources)))
+    state = model.encode_texts(sources)
     token = torch.full((len(sources),), BOS)
     tokens = []
     for _ in range(steps):
@@ -175,7 +196,7 @@ def held_out_sources(seed: int, count: int = HELD_OUT_SIZE) -> list[tuple[str, s
 def evaluate(model: Seq2Seq, config: TrainConfig) -> float:
     """Exact-match rate of greedy decoding on held-out dates."""
     pairs = held_out_sources(config.seed)
-    tokens = greedy(model.eval(), encode_sources([s for s, _ in pairs]))
+    tokens = greedy(model.eval(), [s for s, _ in pairs])
     hits = sum(decode_target(row) == t for row, (_, t) in zip(tokens.tolist(), pairs, strict=True))
     return hits / len(pairs)
 

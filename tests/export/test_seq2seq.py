@@ -7,6 +7,8 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 from export.config import config_for_name
 from export.exporter import export_version
@@ -28,22 +30,32 @@ def test_held_out_dates_never_appear_in_training() -> None:
     assert not {t for _, t in training} & {t for _, t in held_out}
 
 
-def test_sources_are_left_padded() -> None:
-    ids = seq2seq.encode_sources(["1/2/03", "22 nov 2026"])
-    assert ids[0, :5].tolist() == [seq2seq.PAD] * 5 and ids[0, 5] != seq2seq.PAD
+def test_sources_are_grouped_by_length_never_padded() -> None:
+    assert seq2seq.length_groups(["1/2/03", "22 nov 2026", "3/4/05"]) == [[0, 2], [1]]
+    assert seq2seq.PAD not in seq2seq.encode_sources(["1/2/03", "3/4/05"]).flatten().tolist()
+    with pytest.raises(ValueError, match="one length"):
+        seq2seq.encode_sources(["1/2/03", "22 nov 2026"])
+
+
+def test_a_rows_encoding_does_not_depend_on_its_batch() -> None:
+    model = seq2seq.Seq2Seq(config_for_name("seq2seq-gru", preset="tiny")).eval()
+    with torch.no_grad():
+        alone = model.encode_texts(["7/4/76"])[0]
+        batched = model.encode_texts(["22 nov 2026", "7/4/76", "1/2/03"])[0]
+    torch.testing.assert_close(batched[:, 1:2], alone, rtol=0, atol=1e-6)
 
 
 def test_onnx_greedy_decoding_equals_torch(tmp_path: Path) -> None:
     trained = train_model(config_for_name("seq2seq-lstm", preset="tiny"))
     result = export_version(trained, tmp_path, version=1)
     pairs = seq2seq.held_out_sources(seed=5, count=32)
-    sources = seq2seq.encode_sources([s for s, _ in pairs])
+    sources = [s for s, _ in pairs]
 
     expected = seq2seq.greedy(trained.model, sources).numpy()
     actual = onnx_greedy(
         open_session(result.path / "encoder.onnx"),
         open_session(result.path / "decoder.onnx"),
-        sources.numpy(),
+        sources,
         num_states=2,
         steps=seq2seq.MAX_OUTPUT_LENGTH,
     )
