@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=Path("models"),
         help="models to time (default models/; built when missing)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the scenarios: sample the server with py-spy under the goal loads "
+        "and write profile.md",
+    )
     parser.add_argument("--runs", type=int, help="repetitions per figure (default 3; 1 quick)")
     parser.add_argument("--duration", type=float, help="seconds of load per figure (default 10)")
     parser.set_defaults(run=run)
@@ -65,7 +71,7 @@ def _repository(args: argparse.Namespace, workdir: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench import compute, goals, memory, multi_session, report, sessions, transport
+    from bench import compute, goals, memory, multi_session, profile, report, sessions, transport
     from bench.options import Options
 
     runners = {
@@ -81,9 +87,9 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rnnserve-bench-") as scratch:
         workdir = Path(scratch)
-        selected = args.only or SCENARIOS
+        selected = [] if args.profile else args.only or SCENARIOS
         # Only the transport floor runs without models.
-        needs_models = any(name != "transport" for name in selected)
+        needs_models = args.profile or any(name != "transport" for name in selected)
         options = Options(
             out=args.out,
             workdir=workdir,
@@ -94,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
             warmup_s=1.0 if args.quick else 2.0,
             command=shlex.join(["rnnserve", *sys.argv[1:]]),
         )
+        if args.profile:
+            print(f"wrote {profile.run(options)}", file=sys.stderr)
+            return 0
         for name in selected:
             print(f"bench: {name}", file=sys.stderr)
             report.write_scenario(args.out, runners[name](options))

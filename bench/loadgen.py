@@ -6,6 +6,7 @@ the bottleneck."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -64,6 +65,7 @@ def protoset() -> Path:
 
     protos = ROOT / "protos"
     out = Path(tempfile.mkdtemp(prefix="rnnserve-bench-")) / "inference.protoset"
+    atexit.register(shutil.rmtree, out.parent, ignore_errors=True)
     well_known = str(Path(grpc_tools.__file__).parent / "_proto")
     sources = sorted(str(p.relative_to(protos)) for p in protos.glob("*.proto"))
     code = protoc.main(

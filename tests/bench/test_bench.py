@@ -65,3 +65,28 @@ def test_load_generator_reports_its_own_cpu(tmp_path: Path) -> None:
     assert figures["requests"] > 0 and figures["errors"] == 0
     assert figures["k6_cpu_cores"] > 0 and figures["server_cpu_cores"] > 0
     assert 0 < figures["p50_ms"] <= figures["p99_ms"]
+
+
+def test_profile_says_where_the_servers_time_goes(tiny_repository: Path, tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks"
+    argv = ["bench", "--quick", "--profile", "--out", str(out)]
+    code = main([*argv, "--model-repository", str(tiny_repository)])
+
+    assert code == 0
+    page = (out / "profile.md").read_text()
+    assert page.count("\n## ") == 4  # two loads, batching on and off
+    assert "service/dataplane.py" in page and "session-steps/s" in page
+
+
+def test_profile_folds_stacks_by_module_and_by_innermost_function() -> None:
+    from bench.profile import fold
+
+    raw = (
+        "run (service/cli.py:9);infer (service/dataplane.py:5);run (onnxruntime/x.py:3) 3\n"
+        "run (service/cli.py:9);Thread.run (threading.py:982) 1\n"
+    )
+    total, through, on_top = fold(raw)
+
+    assert total == 4
+    assert through == {"service/dataplane.py": 3, "onnxruntime": 3}
+    assert on_top == {"run (onnxruntime/x.py)": 3, "Thread.run (threading.py)": 1}
