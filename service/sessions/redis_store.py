@@ -45,7 +45,9 @@ return gone
 class RedisStore:
     def __init__(self, url: str, idle_timeout_s: float = 60.0, namespace: str = "rnnserve") -> None:
         self.idle_timeout_s = idle_timeout_s
-        self._client = redis.Redis.from_url(url)
+        # A reply that never comes must fail the request (and let the sweeper go on), not
+        # hold the session's lock forever.
+        self._client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         self._state_prefix = f"{namespace}:state:"
         self._index = f"{namespace}:sessions"
         self._forget_if_gone = self._client.register_script(_FORGET_IF_GONE)

@@ -155,8 +155,10 @@ def test_an_idle_session_expires(make_store: Callable[..., StateStore]) -> None:
         await manager.start()
         key = fresh_key()
         await manager.step(key, True, False, ZEROS, add(1))
-        while metric("rnnserve_sessions_expired_total", key) == 0:  # poll, no timing assumed
-            await asyncio.sleep(0.02)
+        # Poll: no timing assumed, but a lost expiry fails here instead of hanging the suite.
+        async with asyncio.timeout(30):
+            while metric("rnnserve_sessions_expired_total", key) == 0:
+                await asyncio.sleep(0.02)
         assert metric("rnnserve_sessions_active", key) == 0
         with pytest.raises(InvalidArgument, match="is not active"):
             await manager.step(key, False, False, ZEROS, add(1))
