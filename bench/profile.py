@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import collections
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import loadgen, servers
+from bench import loadgen, procs, servers
 from bench.multi_session import CLIENTS, QUICK_CLIENTS, QUICK_ROWS, ROWS
 from bench.options import Options
 from bench.payloads import rows_request_json, step_request_json
@@ -42,14 +41,6 @@ class Profile:
     modules: list[tuple[str, float]]  # our module or library, share of samples through it
     functions: list[tuple[str, float]]  # function, share of samples on top
     load: dict[str, float]  # what k6 measured meanwhile
-
-
-def py_spy() -> str:
-    beside = Path(sys.executable).with_name("py-spy")
-    found = str(beside) if beside.exists() else shutil.which("py-spy")
-    if not found:
-        raise UsageError("py-spy not found: install it with `pip install py-spy` (extra `bench`)")
-    return found
 
 
 def module_of(path: str) -> str:
@@ -93,7 +84,7 @@ def _record(options: Options, label: str, load: loadgen.Load, pid: int) -> Profi
     seconds = options.duration_s + load.warmup_s
     sampler = subprocess.Popen(
         [
-            py_spy(),
+            procs.tool("py-spy"),
             "record",
             "--pid",
             str(pid),

@@ -36,7 +36,7 @@ from service.sessions import (
 )
 from service.sessions.control import CONTROL_INPUTS, ERROR_OUTPUT, FAILED_ROWS, error_tensor
 from service.settings import Settings
-from service.tasks.base import Execute, Result, State, Step, take_rows
+from service.tasks.base import Execute, Result, State, Step, split_rows
 from service.types import (
     InferRequest,
     InferResponse,
@@ -360,12 +360,11 @@ class DataPlane:
         step, started, prepared = await self._in_thread(self._prepare, model, request, arrived)
         self._check_rows_request(request, rows, step)
         row_steps = [
-            RowStep(SessionKey(model.name, model.version, sequence_id), start, end,
-                    take_rows(step.state, [row]))
-            for row, (sequence_id, start, end) in enumerate(
-                zip(rows.ids, rows.starts, rows.ends, strict=True)
+            RowStep(SessionKey(model.name, model.version, sequence_id), start, end, initial)
+            for sequence_id, start, end, initial in zip(
+                rows.ids, rows.starts, rows.ends, split_rows(step.state, step.rows), strict=True
             )
-        ]  # fmt: skip
+        ]
 
         async def run(states: list[State | None]) -> tuple[Result, list[State]]:
             # A failed row runs from its initial state, so the batch keeps its shape.
@@ -379,7 +378,7 @@ class DataPlane:
             }
             execute, threads = self._session_compute(model)
             result = await self._in_thread(model.task.run, step, execute, executor=threads)
-            return result, [take_rows(result.state, [row]) for row in range(step.rows)]
+            return result, split_rows(result.state, step.rows)
 
         result, errors = await self._sessions.step_rows(row_steps, run)
         failed = [row for row, error in enumerate(errors) if error is not None]
