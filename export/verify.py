@@ -32,6 +32,7 @@ import torch
 from export.onnx_graphs import dynamic_axes
 from export.tasks import seq2seq
 from export.tasks.base import Graph
+from service.tasks.base import rows_by_length
 
 TOLERANCE = 1e-5
 PARITY_SIZES = ((1, 1), (8, 100), (2, 1000))
@@ -169,7 +170,7 @@ def onnx_greedy(
     names = ["h", "c"][:num_states]
     layers, _, hidden = encoder.get_inputs()[1].shape
     state = [np.zeros((layers, len(sources), hidden), np.float32) for _ in names]
-    for group in seq2seq.length_groups(sources):
+    for group in rows_by_length(sources).values():
         tokens = seq2seq.encode_sources([sources[row] for row in group]).numpy()
         zeros = np.zeros((layers, len(group), hidden), np.float32)
         finals = encoder.run(None, {"tokens": tokens, **{n + "0": zeros for n in names}})

@@ -11,8 +11,8 @@ Examples come from a seeded RNG. Held out: dates whose proleptic ordinal is a mu
 10 are never trained on and are the test set. Sources are never padded: an RNN steps
 through pad tokens too, so a padded row's state would depend on the longest row of its
 batch. Training, evaluation and the server encode the rows of each source length together
-(`length_groups`). The decoder starts at <bos> from the encoder's final state (no
-attention) and stops at <eos>.
+(`rows_by_length`, shared with the server). The decoder starts at <bos> from the encoder's
+final state (no attention) and stops at <eos>.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tqdm import tqdm
 from export.cells import State, make_cell, run_cell, state_count, zero_state
 from export.config import TrainConfig
 from export.tasks.base import Graph, random_tokens, state_names
+from service.tasks.base import rows_by_length
 
 SPECIALS = ["<pad>", "<bos>", "<eos>"]
 PAD, BOS, EOS = 0, 1, 2
@@ -62,18 +63,10 @@ def sample_pairs(rng: random.Random, count: int, held_out: bool) -> list[tuple[s
     return pairs
 
 
-def length_groups(texts: list[str]) -> list[list[int]]:
-    """Row indices of the texts, grouped by length."""
-    groups: dict[int, list[int]] = {}
-    for row, text in enumerate(texts):
-        groups.setdefault(len(text), []).append(row)
-    return list(groups.values())
-
-
 def encode_sources(texts: list[str]) -> Tensor:
     """Source ids (batch, length) of texts of one length."""
     if len({len(t) for t in texts}) != 1:
-        raise ValueError("sources of one batch must have one length (see length_groups)")
+        raise ValueError("sources of one batch must have one length (see rows_by_length)")
     return torch.tensor([[SOURCE_VOCAB.index(ch) for ch in t] for t in texts])
 
 
@@ -109,7 +102,7 @@ class Seq2Seq(nn.Module):
         """Each text's final encoder state from zeros, rows in the order of `texts`."""
         rows: list[int] = []
         finals: list[State] = []
-        for group in length_groups(texts):
+        for group in rows_by_length(texts).values():
             tokens = encode_sources([texts[row] for row in group])
             finals.append(self.encode(tokens, *zero_state(self.encoder, len(group))))
             rows.extend(group)

@@ -10,7 +10,7 @@ use: take a step's state from a store, run it, put `Result.state` back.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,8 +160,9 @@ def text_array(texts: Sequence[str]) -> np.ndarray:
     return array
 
 
-def rows_by_length(token_rows: Sequence[Sequence[int]]) -> dict[int, list[int]]:
-    """Row indices grouped by sequence length: rows of one length share one ORT run."""
+def rows_by_length(token_rows: Sequence[Sized]) -> dict[int, list[int]]:
+    """Row indices grouped by sequence length (of tokens or of text): rows of one length
+    share one ORT run, never padded."""
     groups: dict[int, list[int]] = {}
     for index, tokens in enumerate(token_rows):
         groups.setdefault(len(tokens), []).append(index)

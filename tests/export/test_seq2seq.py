@@ -15,6 +15,7 @@ from export.exporter import export_version
 from export.tasks import seq2seq
 from export.training import train_model
 from export.verify import onnx_greedy, open_session
+from service.tasks.base import rows_by_length
 
 
 def test_dates_are_written_two_ways_and_normalised_to_iso() -> None:
@@ -31,7 +32,7 @@ def test_held_out_dates_never_appear_in_training() -> None:
 
 
 def test_sources_are_grouped_by_length_never_padded() -> None:
-    assert seq2seq.length_groups(["1/2/03", "22 nov 2026", "3/4/05"]) == [[0, 2], [1]]
+    assert rows_by_length(["1/2/03", "22 nov 2026", "3/4/05"]) == {6: [0, 2], 11: [1]}
     assert seq2seq.PAD not in seq2seq.encode_sources(["1/2/03", "3/4/05"]).flatten().tolist()
     with pytest.raises(ValueError, match="one length"):
         seq2seq.encode_sources(["1/2/03", "22 nov 2026"])
