@@ -39,7 +39,7 @@ def _runs(options: Options, server: servers.Running, rows: int, clients: int) ->
 def run(options: Options) -> ScenarioResult:
     rows, clients = (QUICK_ROWS, QUICK_CLIENTS) if options.quick else (ROWS, CLIENTS)
     figures = []
-    for batching, workers in ((True, 1), (False, 1), (True, WORKERS)):
+    for batching, workers in ((True, 1), (False, 1), (False, WORKERS)):
         with session_server(options, batching=batching, workers=workers) as server:
             runs = _runs(options, server, rows, clients)
         name = f"batching {'on' if batching else 'off'}" + (

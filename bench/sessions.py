@@ -71,7 +71,7 @@ def run_one_session(options: Options) -> ScenarioResult:
 
 @contextlib.contextmanager
 def session_server(
-    options: Options, *, batching: bool = True, workers: int = 1
+    options: Options, *, batching: bool = False, workers: int = 1
 ) -> Iterator[servers.Running]:
     """rnnserve set up for sessions; several workers share their sessions' state through a
     redis-server of their own."""
@@ -124,8 +124,8 @@ def run_many_sessions(options: Options) -> ScenarioResult:
         runs = _session_runs(options, server, sessions, len(figures) * 100_000)
     figures.append(
         Figure(
-            f"{sessions} sessions, batching on, {WORKERS} workers",
-            {"sessions": sessions, "batching": True, "workers": WORKERS},
+            f"{sessions} sessions, batching off, {WORKERS} workers",
+            {"sessions": sessions, "batching": False, "workers": WORKERS},
             runs,
         )
     )
@@ -140,7 +140,7 @@ def run_many_sessions(options: Options) -> ScenarioResult:
                 for f in figures
                 if f.params["batching"] == on and f.params["workers"] == workers
             ]
-            for on, workers in ((True, 1), (False, 1), (True, WORKERS))
+            for on, workers in ((True, 1), (False, 1), (False, WORKERS))
         },
         logx=True,
     )

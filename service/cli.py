@@ -26,6 +26,7 @@ VALUE_FLAGS = [
     ("intra_op_threads", "ONNX Runtime intra-op threads (0: ORT chooses)"),
     ("inter_op_threads", "ONNX Runtime inter-op threads (0: ORT chooses)"),
     ("compute_threads", "threads running models off the event loop"),
+    ("inline_max_bytes", "largest request, in input bytes, run on the event loop (0: none)"),
     ("max_batch_size", "largest batch accepted"),
     ("max_sequence_length", "longest sequence accepted"),
     ("max_message_bytes", "largest gRPC message accepted or sent"),

@@ -2,7 +2,8 @@
 
 It speaks only `service.types` and raises only `service.errors` for what a client should
 hear. Model work (validation included, since checking a large tensor is work too) runs in
-a thread pool, off the event loop.
+a thread pool, off the event loop, unless the request is small: a step of a few values
+costs less than the hand-off to a thread and back (`inline_max_bytes`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from service.types import (
     RepositoryEntry,
     ServerMetadata,
     TensorMetadata,
+    request_bytes,
 )
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ class DataPlane:
         self._idle.set()
 
     async def load(self) -> None:
-        await self._in_thread(self.repository.load)
+        await self._call(self._executor, self.repository.load)
         await self._sessions.start()
         if self.settings.batching:
             self._start_batchers()
@@ -230,13 +232,14 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResponse:
         model, sequence, rows, request = self._admit(request)
         arrived = time.perf_counter_ns()
+        threads = self._threads_for(request)
         with self._tracked():
             try:
                 if rows is not None:
-                    return await self._answer_rows(model, request, rows, arrived)
+                    return await self._answer_rows(model, request, rows, arrived, threads)
                 if sequence.in_session:
-                    return await self._answer_in_session(model, request, sequence, arrived)
-                return await self._in_thread(self._answer, model, request, arrived)
+                    return await self._answer_in_session(model, request, sequence, arrived, threads)
+                return await self._call(threads, self._answer, model, request, arrived)
             except Exception as error:
                 model.runtime.statistics.record_failure(time.perf_counter_ns() - arrived)
                 raise self._client_error(error, model) from None
@@ -244,20 +247,23 @@ class DataPlane:
     async def stream_infer(self, request: InferRequest) -> AsyncIterator[InferResponse]:
         model, sequence, rows, request = self._admit(request)
         arrived = time.perf_counter_ns()
+        threads = self._threads_for(request)
         with self._tracked():
             try:
                 if rows is not None:
-                    response = await self._answer_rows(model, request, rows, arrived)
+                    response = await self._answer_rows(model, request, rows, arrived, threads)
                     response.parameters[FINAL_RESPONSE] = True
                     yield response
                     return
-                step, started, prepared = await self._in_thread(
-                    self._prepare, model, request, arrived
+                step, started, prepared = await self._call(
+                    threads, self._prepare, model, request, arrived
                 )
-                execute, executor = model.runtime.run, self._executor
+                execute = model.runtime.run
                 if sequence.in_session:
-                    execute, executor = self._session_compute(model)
-                    piece = await self._run_piece(model, request, sequence, step, answer_last=False)
+                    execute, threads = self._session_compute(model, threads)
+                    piece = await self._run_piece(
+                        model, request, sequence, step, threads, execute, answer_last=False
+                    )
                     if piece is not None:  # not the last piece: answered already
                         yield self._response(model, request, step, piece, {FINAL_RESPONSE: True})
                         self._record_piece(model, step, arrived, started, prepared)
@@ -267,8 +273,8 @@ class DataPlane:
                 results = model.task.stream(step, execute)
                 infer_ns = output_ns = 0
                 while True:
-                    answer = await self._in_thread(
-                        self._next_response, model, request, step, results, executor=executor
+                    answer = await self._call(
+                        threads, self._next_response, model, request, step, results
                     )
                     if answer is None:
                         break
@@ -293,10 +299,13 @@ class DataPlane:
 
     async def _answer_in_session(
         self, model: LoadedVersion, request: InferRequest, sequence: SequenceParameters,
-        arrived: int,
+        arrived: int, threads: Executor | None,
     ) -> InferResponse:  # fmt: skip
-        step, started, prepared = await self._in_thread(self._prepare, model, request, arrived)
-        result = await self._run_piece(model, request, sequence, step, answer_last=True)
+        step, started, prepared = await self._call(threads, self._prepare, model, request, arrived)
+        execute, threads = self._session_compute(model, threads)
+        result = await self._run_piece(
+            model, request, sequence, step, threads, execute, answer_last=True
+        )
         assert result is not None  # a unary piece is always answered in the session
         response = self._response(model, request, step, result, {})
         self._record_piece(model, step, arrived, started, prepared)
@@ -304,9 +313,10 @@ class DataPlane:
 
     async def _run_piece(
         self, model: LoadedVersion, request: InferRequest, sequence: SequenceParameters,
-        step: Step, *, answer_last: bool,
+        step: Step, threads: Executor | None, execute: Execute, *, answer_last: bool,
     ) -> Result | None:  # fmt: skip
-        """Runs one piece of a session from the state it carries, in the session's turn.
+        """Runs one piece of a session from the state it carries, in the session's turn,
+        with `execute` in `threads` (see `_session_compute`).
 
         Returns the piece's answer; for the last piece with `answer_last` false, returns
         None with `step.state` set to the session's state (already freed), for the caller
@@ -317,14 +327,11 @@ class DataPlane:
 
         async def run(state: State) -> tuple[Result | None, State]:
             step.state = state
-            execute, threads = self._session_compute(model)
             if not sequence.end:
-                return await self._in_thread(
-                    model.task.session_piece, step, execute, executor=threads
-                )
+                return await self._call(threads, model.task.session_piece, step, execute)
             if not answer_last:
                 return None, state
-            result = await self._in_thread(model.task.run, step, execute, executor=threads)
+            result = await self._call(threads, model.task.run, step, execute)
             return result, result.state
 
         return await self._sessions.step(key, sequence.start, sequence.end, step.state, run)
@@ -352,12 +359,14 @@ class DataPlane:
     # Multi-session requests: control tensors make each row one step of its own session.
 
     async def _answer_rows(
-        self, model: LoadedVersion, request: InferRequest, rows: SessionRows, arrived: int
-    ) -> InferResponse:
+        self, model: LoadedVersion, request: InferRequest, rows: SessionRows, arrived: int,
+        threads: Executor | None,
+    ) -> InferResponse:  # fmt: skip
         """Steps every row's session in one run of the batch. Rows whose session cannot step
         fail alone: their outputs are zeros (empty strings for text), their states stay as
         they were, and `sequence_error` tells each row's outcome."""
-        step, started, prepared = await self._in_thread(self._prepare, model, request, arrived)
+        step, started, prepared = await self._call(threads, self._prepare, model, request, arrived)
+        execute, threads = self._session_compute(model, threads)
         self._check_rows_request(request, rows, step)
         row_steps = [
             RowStep(SessionKey(model.name, model.version, sequence_id), start, end, initial)
@@ -376,8 +385,7 @@ class DataPlane:
                 stem: np.concatenate([state[stem] for state in starts], axis=1)
                 for stem in step.state
             }
-            execute, threads = self._session_compute(model)
-            result = await self._in_thread(model.task.run, step, execute, executor=threads)
+            result = await self._call(threads, model.task.run, step, execute)
             return result, split_rows(result.state, step.rows)
 
         result, errors = await self._sessions.step_rows(row_steps, run)
@@ -410,11 +418,22 @@ class DataPlane:
     def _takes_session_rows(model: LoadedVersion) -> bool:
         return model.task.session_rows and model.spec.streamable
 
-    def _session_compute(self, model: LoadedVersion) -> tuple[Execute, Executor]:
-        """How a session's piece runs its graphs, and the threads it runs in. With batching,
-        each ORT run joins those of other sessions through the graph's batcher."""
+    def _threads_for(self, request: InferRequest) -> Executor | None:
+        """Where a request's model work runs: the compute threads, or None (the event loop)
+        for a request of at most `inline_max_bytes`, whose work costs less than the
+        hand-off to a thread and back."""
+        if request_bytes(request) <= self.settings.inline_max_bytes:
+            return None
+        return self._executor
+
+    def _session_compute(
+        self, model: LoadedVersion, threads: Executor | None
+    ) -> tuple[Execute, Executor | None]:
+        """How a session's piece runs its graphs, and where it runs (`threads`, as
+        `_threads_for` chose). With batching, each ORT run joins those of other sessions
+        through the graph's batcher, which the piece waits for in a session thread."""
         if not self.settings.batching:
-            return model.runtime.run, self._executor
+            return model.runtime.run, threads
         loop = asyncio.get_running_loop()
         batchers = {
             role: self._batchers[(model.name, model.version, role)] for role in model.spec.graphs
@@ -525,12 +544,12 @@ class DataPlane:
             if self._in_flight == 0:
                 self._idle.set()
 
-    async def _in_thread(
-        self, function: Callable[..., T], *args: object, executor: Executor | None = None
-    ) -> T:
-        return await asyncio.get_running_loop().run_in_executor(
-            executor or self._executor, function, *args
-        )
+    @staticmethod
+    async def _call(threads: Executor | None, function: Callable[..., T], *args: object) -> T:
+        """`function(*args)` in one of `threads`, or here on the event loop when None."""
+        if threads is None:
+            return function(*args)
+        return await asyncio.get_running_loop().run_in_executor(threads, function, *args)
 
     @staticmethod
     def _client_error(error: Exception, model: LoadedVersion) -> ServiceError:

@@ -101,6 +101,15 @@ class ModelRuntime:
             role: ort.InferenceSession(str(path), sess_options=options, providers=providers)
             for role, path in graph_files.items()
         }
+        # Graph signatures, read once: ORT builds new node objects on every get_inputs().
+        self._input_names = {
+            role: [node.name for node in session.get_inputs()]
+            for role, session in self.sessions.items()
+        }
+        self._output_names = {
+            role: [node.name for node in session.get_outputs()]
+            for role, session in self.sessions.items()
+        }
         self.statistics = Statistics(name, version)
         self._compute_seconds = metrics.COMPUTE_DURATION.labels(name, version)
         self._batch_size = metrics.BATCH_SIZE.labels(name, version)
@@ -111,22 +120,21 @@ class ModelRuntime:
         return next(iter(self.sessions.values())).get_providers()[0]
 
     def input_names(self, role: str) -> list[str]:
-        return [node.name for node in self.sessions[role].get_inputs()]
+        return self._input_names[role]
 
     def output_names(self, role: str) -> list[str]:
-        return [node.name for node in self.sessions[role].get_outputs()]
+        return self._output_names[role]
 
     def run(self, role: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One ORT run of graph `role`: its outputs by name. Thread-safe, as ORT's run is.
 
         Every feed of our graphs has the batch on axis 0 except states (axis 1); the
         first graph input is never a state, so its first dimension is the batch."""
-        session = self.sessions[role]
-        rows = int(feeds[session.get_inputs()[0].name].shape[0])
+        rows = int(feeds[self._input_names[role][0]].shape[0])
         start = time.perf_counter_ns()
-        values = session.run(None, feeds)
+        values = self.sessions[role].run(None, feeds)
         ns = time.perf_counter_ns() - start
         self.statistics.record_execution(rows, ns)
         self._compute_seconds.observe(ns / 1e9)
         self._batch_size.observe(rows)
-        return dict(zip(self.output_names(role), values, strict=True))
+        return dict(zip(self._output_names[role], values, strict=True))

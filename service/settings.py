@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(1, ge=0, description="0 lets ORT choose")
     inter_op_threads: int = Field(1, ge=0, description="0 lets ORT choose")
     compute_threads: int = Field(4, ge=1, description="threads running models off the event loop")
+    # A request this small runs on the event loop: its work (tens of µs for a step of the
+    # default models) costs less than the hand-off to a compute thread and back. 0 sends
+    # every request to the compute threads (models whose one step takes milliseconds).
+    inline_max_bytes: int = Field(1024, ge=0, description="largest request run on the loop")
 
     # Input limits, checked before ONNX Runtime sees a tensor.
     max_batch_size: int = Field(1024, ge=1)
@@ -38,7 +42,9 @@ class Settings(BaseSettings):
     state_store: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://localhost:6379/0"
 
-    # Batching steps of different sessions into one ORT run.
-    batching: bool = True
+    # Batching steps of different sessions into one ORT run. Off by default: for small
+    # models on the CPU, gathering and splitting states costs more than the runs it merges
+    # (docs/performance.md); it pays for large models and on a GPU.
+    batching: bool = False
     batch_max_size: int = Field(64, ge=1)
     batch_max_queue_delay_us: int = Field(500, ge=0)

@@ -33,6 +33,17 @@ class InferRequest:
     parameters: dict[str, Parameter] = field(default_factory=dict)
 
 
+def request_bytes(request: InferRequest) -> int:
+    """The bytes of data a request's inputs carry (text bytes for BYTES tensors)."""
+    total = 0
+    for tensor in request.inputs:
+        if tensor.data.dtype == object:
+            total += sum(len(item) for item in tensor.data.flat)
+        else:
+            total += tensor.data.nbytes
+    return total
+
+
 @dataclass
 class InferResponse:
     model_name: str

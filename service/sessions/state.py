@@ -14,7 +14,7 @@ State = dict[str, np.ndarray]  # stem -> float32 (layers*directions, 1, hidden)
 Layout = dict[str, tuple[int, ...]]  # stem -> the shape its tensor must have
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: 100,000 idle sessions hold 100,000 keys
 class SessionKey:
     """A session is one sequence id of one model version; 7 and "7" are different ids."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,8 @@ class Task(ABC):
         self.spec = spec
         self.settings = settings
 
+    # Subclasses compute their tensor metadata once (a cached_property): the model's spec
+    # never changes, and every request reads it.
     @property
     @abstractmethod
     def inputs(self) -> list[TensorMetadata]: ...
@@ -65,6 +68,18 @@ class Task(ABC):
     @property
     @abstractmethod
     def outputs(self) -> list[TensorMetadata]: ...
+
+    @cached_property
+    def input_names(self) -> list[str]:
+        return [meta.name for meta in self.inputs]
+
+    @cached_property
+    def output_names(self) -> list[str]:
+        return [meta.name for meta in self.outputs]
+
+    @cached_property
+    def _output_datatypes(self) -> dict[str, str]:
+        return {meta.name: meta.datatype for meta in self.outputs}
 
     @abstractmethod
     def prepare(self, request: InferRequest) -> Step:
@@ -113,7 +128,7 @@ class Task(ABC):
                 )
         return state
 
-    @property
+    @cached_property
     def state_output_names(self) -> list[str]:
         return [f"{stem}n" for stem in self.spec.state_names]
 
@@ -125,7 +140,7 @@ class Task(ABC):
 
     def respond(self, step: Step, result: Result) -> list[Tensor]:
         """The requested outputs as wire tensors."""
-        datatypes = {meta.name: meta.datatype for meta in self.outputs}
+        datatypes = self._output_datatypes
         tensors = []
         for name in step.outputs:
             data = result.outputs[name]

@@ -41,11 +41,11 @@ class Seq2SeqTask(Task):
         assert self.spec.vocab is not None  # ModelSpec guarantees it for text tasks
         return {token: index for index, token in enumerate(self.spec.vocab) if len(token) == 1}
 
-    @property
+    @cached_property
     def inputs(self) -> list[TensorMetadata]:
         return [TensorMetadata("text", "BYTES", (-1,))]
 
-    @property
+    @cached_property
     def outputs(self) -> list[TensorMetadata]:
         return [TensorMetadata("text_out", "BYTES", (-1,))]
 

@@ -2,35 +2,33 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from service.tasks import validation
 from service.tasks.base import Execute, Result, Step, Task
 from service.types import InferRequest, TensorMetadata
 
 
 class SineTask(Task):
-    @property
+    @cached_property
     def inputs(self) -> list[TensorMetadata]:
         x = TensorMetadata("x", "FP32", (-1, -1, self.spec.input_size))
         return [x, *self.state_metadata("0", optional=True)]
 
-    @property
+    @cached_property
     def outputs(self) -> list[TensorMetadata]:
         y = TensorMetadata("y", "FP32", (-1, -1, self.spec.output_size))
         return [y, *self.state_metadata("n", optional=True)]
 
     def prepare(self, request: InferRequest) -> Step:
-        inputs = validation.check_input_names(
-            request, [meta.name for meta in self.inputs], required=["x"]
-        )
+        inputs = validation.check_input_names(request, self.input_names, required=["x"])
         x = validation.numeric_array(inputs["x"], "FP32", 3)
         batch, length, features = x.shape
         validation.check_batch("x", batch, self.settings)
         validation.check_sequence("x", length, self.settings)
         validation.check_dim("x", "feature size (last dimension)", features, self.spec.input_size)
         validation.check_finite("x", x)
-        outputs = validation.check_output_names(
-            request, [meta.name for meta in self.outputs], [meta.name for meta in self.outputs]
-        )
+        outputs = validation.check_output_names(request, self.output_names, self.output_names)
         return Step(batch, {"x": x}, self.initial_state(inputs, batch), outputs)
 
     def run(self, step: Step, execute: Execute) -> Result:

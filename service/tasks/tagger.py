@@ -36,7 +36,7 @@ class TaggerTask(Task):
         """Characters a client may send; special tokens ("<pad>", ...) are not characters."""
         return {token: index for index, token in enumerate(self.vocab) if len(token) == 1}
 
-    @property
+    @cached_property
     def inputs(self) -> list[TensorMetadata]:
         return [
             TensorMetadata("text", "BYTES", (-1,)),
@@ -44,7 +44,7 @@ class TaggerTask(Task):
             *self.state_metadata("0", optional=True),
         ]
 
-    @property
+    @cached_property
     def outputs(self) -> list[TensorMetadata]:
         return [
             TensorMetadata("text_out", "BYTES", (-1,)),
@@ -57,7 +57,7 @@ class TaggerTask(Task):
         return {"vocab": "".join(sorted(self.char_ids))}
 
     def prepare(self, request: InferRequest) -> Step:
-        inputs = validation.check_input_names(request, [meta.name for meta in self.inputs])
+        inputs = validation.check_input_names(request, self.input_names)
         if "text" in inputs and "tokens" in inputs:
             raise InvalidArgument("inputs 'text' and 'tokens' are alternatives; expected one")
         if "tokens" in inputs:
@@ -73,9 +73,7 @@ class TaggerTask(Task):
             raise InvalidArgument(
                 f"missing input 'text' (or 'tokens') for model '{request.model_name}'"
             )
-        outputs = validation.check_output_names(
-            request, [meta.name for meta in self.outputs], default
-        )
+        outputs = validation.check_output_names(request, self.output_names, default)
         state = self.initial_state(inputs, len(token_rows))
         return Step(len(token_rows), {"tokens": token_rows}, state, outputs, text_shape)
 

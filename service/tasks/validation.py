@@ -7,6 +7,7 @@ at fault and what was expected: it goes to the client verbatim.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -70,10 +71,10 @@ def numeric_array(tensor: Tensor, datatype: str, rank: int) -> np.ndarray:
             f"expected rank {rank}"
         )
     data = np.asarray(tensor.data)
-    if data.size != int(np.prod(tensor.shape)):
+    if data.size != math.prod(tensor.shape):
         raise InvalidArgument(
             f"input '{tensor.name}' holds {data.size} values; its shape {_shape(tensor.shape)} "
-            f"needs {int(np.prod(tensor.shape))}"
+            f"needs {math.prod(tensor.shape)}"
         )
     return np.ascontiguousarray(data.reshape(tensor.shape), dtype=NUMPY_DTYPES[datatype])
 

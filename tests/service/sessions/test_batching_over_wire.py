@@ -45,7 +45,8 @@ def test_concurrent_sessions_share_runs_and_answer_as_if_alone(
     start_server, tiny_repository: Path
 ) -> None:
     batched_server = start_server(
-        tiny_repository, env={"RNNSERVE_BATCH_MAX_QUEUE_DELAY_US": "2000"}
+        tiny_repository,
+        env={"RNNSERVE_BATCHING": "true", "RNNSERVE_BATCH_MAX_QUEUE_DELAY_US": "2000"},
     )
     batched = stream_all(batched_server.address)
     runs, single_runs = batch_sizes(batched_server.metrics_url)
