@@ -37,7 +37,7 @@ from service.sessions import (
 )
 from service.sessions.control import CONTROL_INPUTS, ERROR_OUTPUT, FAILED_ROWS, error_tensor
 from service.settings import Settings
-from service.tasks.base import Execute, Result, State, Step, split_rows
+from service.tasks.base import Execute, Result, State, Step
 from service.types import (
     InferRequest,
     InferResponse,
@@ -369,26 +369,16 @@ class DataPlane:
         execute, threads = self._session_compute(model, threads)
         self._check_rows_request(request, rows, step)
         row_steps = [
-            RowStep(SessionKey(model.name, model.version, sequence_id), start, end, initial)
-            for sequence_id, start, end, initial in zip(
-                rows.ids, rows.starts, rows.ends, split_rows(step.state, step.rows), strict=True
-            )
+            RowStep(SessionKey(model.name, model.version, sequence_id), start, end)
+            for sequence_id, start, end in zip(rows.ids, rows.starts, rows.ends, strict=True)
         ]
 
-        async def run(states: list[State | None]) -> tuple[Result, list[State]]:
-            # A failed row runs from its initial state, so the batch keeps its shape.
-            starts = [
-                row_step.initial if state is None else state
-                for row_step, state in zip(row_steps, states, strict=True)
-            ]
-            step.state = {
-                stem: np.concatenate([state[stem] for state in starts], axis=1)
-                for stem in step.state
-            }
+        async def run(state: State) -> tuple[Result, State]:
+            step.state = state
             result = await self._call(threads, model.task.run, step, execute)
-            return result, split_rows(result.state, step.rows)
+            return result, result.state
 
-        result, errors = await self._sessions.step_rows(row_steps, run)
+        result, errors = await self._sessions.step_rows(row_steps, step.state, run)
         failed = [row for row, error in enumerate(errors) if error is not None]
         _blank_rows(result, failed)
         response = self._response(model, request, step, result, {FAILED_ROWS: len(failed)})

@@ -6,7 +6,7 @@ from service.sessions.batcher import Batcher, Runner, Tensors
 from service.sessions.control import SessionRows, split_control
 from service.sessions.manager import RowStep, SessionManager
 from service.sessions.parameters import SequenceParameters, parse_sequence_parameters
-from service.sessions.state import Layout, SessionKey, State, state_layout, zero_state
+from service.sessions.state import Layout, SessionKey, State, zero_state
 from service.sessions.store import StateStore, open_store
 
 __all__ = [
@@ -24,6 +24,5 @@ __all__ = [
     "open_store",
     "parse_sequence_parameters",
     "split_control",
-    "state_layout",
     "zero_state",
 ]

@@ -18,24 +18,23 @@ from typing import TypeVar
 
 from service import metrics
 from service.errors import InvalidArgument, ResourceExhausted, ServiceError
-from service.sessions.state import SessionKey, State, layout_of
+from service.sessions.state import SessionKey, State
 from service.sessions.store import StateStore
 
 T = TypeVar("T")
+# A step's computation: the state to start from -> its result and the new state.
 Step = Callable[[State], Awaitable[tuple[T, State]]]
-RowsStep = Callable[[list[State | None]], Awaitable[tuple[T, list[State]]]]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RowStep:
-    """One step of one session: `initial` is the state a start begins from."""
+    """One step of one session: one row of a batch."""
 
     key: SessionKey
     start: bool
     end: bool
-    initial: State
 
 
 def _order(key: SessionKey) -> tuple[str, int | str]:
@@ -46,7 +45,7 @@ def _order(key: SessionKey) -> tuple[str, int | str]:
 @dataclass
 class _KeyLock:
     lock: asyncio.Lock
-    users: int = 0
+    users: int = 0  # requests holding or waiting for the lock
 
 
 class SessionManager:
@@ -74,117 +73,154 @@ class SessionManager:
         """Runs one request of session `key` and returns what `run` returned.
 
         `initial` is the state a start begins from (zeros or the client's h0/c0); on a
-        continuation it gives the shapes the stored state must have. `run` gets the state to
-        start from and returns its result and the new state. A start on an id in use restarts
-        that session; an end frees the state after `run`. When `run` raises, nothing changes.
+        continuation the stored state is copied into it. `run` gets the state to start from
+        and returns its result and the new state. A start on an id in use restarts that
+        session; an end frees the state after `run`. When `run` raises, nothing changes.
         Steps of one session run one at a time, in arrival order. A session that cannot
         step (not active, over the session limit) raises before `run`.
         """
-
-        async def run_one(states: list[State | None]) -> tuple[T, list[State]]:
-            (state,) = states
-            assert state is not None  # a failed row raised before run
-            result, new_state = await run(state)
-            return result, [new_state]
-
-        result, _ = await self.step_rows(
-            [RowStep(key, start, end, initial)], run_one, row_errors=False
-        )
+        result, _ = await self.step_rows([RowStep(key, start, end)], initial, run, row_errors=False)
         return result
 
     async def step_rows(
-        self, rows: Sequence[RowStep], run: RowsStep[T], *, row_errors: bool = True
+        self, rows: Sequence[RowStep], state: State, run: Step[T], *, row_errors: bool = True
     ) -> tuple[T, list[ServiceError | None]]:
-        """Runs one step of each row's session together: `run` gets each row's state to
-        start from (None for a row that failed) and returns its result and each row's new
-        state. Returns the result and each row's error (None for a row that stepped).
+        """Runs one step of each row's session (all of one model version) together.
+
+        `state` is the batch's state, row i on axis 1: what row i starts from when it
+        starts; a continuing row's stored state is copied into it. `run` gets `state` and
+        returns its result and the batch's new state. Returns the result and each row's
+        error (None for a row that stepped).
 
         Each row is a step as `step` describes. A row whose session cannot step fails alone
-        and keeps nothing, the other rows' states are stored; with `row_errors` false its
-        error is raised instead. The sessions are held in a fixed order (sorted ids), so
-        requests naming the same sessions in any order cannot deadlock.
+        (it runs from its initial state and keeps nothing), the other rows' states are
+        stored; with `row_errors` false its error is raised instead, before `run`.
         """
         errors: list[ServiceError | None] = [None] * len(rows)
-        states: list[State | None] = [None] * len(rows)
-        was_stored = [False] * len(rows)
-        admitted: list[SessionKey] = []  # new sessions, counted in _admitting until stored
-        async with contextlib.AsyncExitStack() as held:
-            for row in sorted(range(len(rows)), key=lambda i: _order(rows[i].key)):
-                await held.enter_async_context(self._serialized(rows[row].key))
+        was_stored = [not row.start for row in rows]
+        admitted = 0
+        async with self._serialized([row.key for row in rows]):
             try:
-                for index, row in enumerate(rows):
-                    try:
-                        was_stored[index], states[index] = await self._begin(row, admitted)
-                    except ServiceError as error:
-                        if not row_errors:
-                            raise
-                        errors[index] = error
-                result, new_states = await run(states)
-                for row, error, new_state in zip(rows, errors, new_states, strict=True):
-                    if error is not None:
-                        continue
-                    if row.end:
-                        await self.store.delete(row.key)
-                    else:
-                        await self.store.save(row.key, new_state)
+                await self._load(rows, state, errors)
+                admitted = await self._admit(rows, errors, was_stored)
+                first_error = next((error for error in errors if error is not None), None)
+                if first_error is not None and not row_errors:
+                    raise first_error
+                result, new_state = await run(state)
+                await self._store(rows, errors, new_state)
             finally:
-                self._admitting -= len(admitted)
-        for row, error, stored in zip(rows, errors, was_stored, strict=True):
-            if error is None:
-                self._count(row, stored)
+                self._admitting -= admitted
+        self._count(rows, errors, was_stored)
         return result, errors
 
-    async def _begin(self, row: RowStep, admitted: list[SessionKey]) -> tuple[bool, State]:
-        """Whether the row's session held state, and the state the row starts from; a new
-        session is admitted (within the session limit) and added to `admitted`."""
-        if not row.start:
-            return True, await self._load(row.key, row.initial)
-        was_stored = await self.store.contains(row.key)
-        if not was_stored:
-            await self._admit(row.key)
-            admitted.append(row.key)
-        return was_stored, row.initial
+    async def _load(
+        self, rows: Sequence[RowStep], state: State, errors: list[ServiceError | None]
+    ) -> None:
+        """Copies each continuing row's stored state into its row of `state`."""
+        continuing = [index for index, row in enumerate(rows) if not row.start]
+        if not continuing:
+            return
+        loaded = await self.store.load([rows[i].key for i in continuing], state, continuing)
+        for index, found in zip(continuing, loaded, strict=True):
+            if found is False:
+                errors[index] = InvalidArgument(
+                    f"{rows[index].key.describe()} is not active: a sequence must begin with "
+                    "sequence_start=true (it may have ended or expired)"
+                )
+            elif found is not True:
+                errors[index] = found
 
-    @staticmethod
-    def _count(row: RowStep, was_stored: bool) -> None:
-        labels = (row.key.model, row.key.version)
-        if row.start:
-            metrics.SESSIONS_STARTED.labels(*labels).inc()
-        if row.end:
-            metrics.SESSIONS_ENDED.labels(*labels).inc()
-        metrics.SESSIONS_ACTIVE.labels(*labels).inc(int(not row.end) - int(was_stored))
-
-    async def _load(self, key: SessionKey, initial: State) -> State:
-        state = await self.store.load(key, layout_of(initial))
-        if state is None:
-            raise InvalidArgument(
-                f"{key.describe()} is not active: a sequence must begin with "
-                "sequence_start=true (it may have ended or expired)"
-            )
-        return state
-
-    async def _admit(self, key: SessionKey) -> None:
-        if await self.store.count() + self._admitting >= self.max_sessions:
+    async def _admit(
+        self, rows: Sequence[RowStep], errors: list[ServiceError | None], was_stored: list[bool]
+    ) -> int:
+        """Admits the new sessions among the starting rows, within the session limit, and
+        returns how many: they count in `_admitting` until stored. The rest fail."""
+        starting = [index for index, row in enumerate(rows) if row.start]
+        if not starting:
+            return 0
+        present = await self.store.contains([rows[i].key for i in starting])
+        new = []
+        for index, stored in zip(starting, present, strict=True):
+            was_stored[index] = stored
+            if not stored:
+                new.append(index)
+        if not new:
+            return 0
+        room = max(0, self.max_sessions - await self.store.count() - self._admitting)
+        for index in new[room:]:
+            key = rows[index].key
             metrics.SESSIONS_REJECTED.labels(key.model, key.version).inc()
-            raise ResourceExhausted(
+            errors[index] = ResourceExhausted(
                 f"session limit reached: {self.max_sessions} active sessions "
                 f"(max_sessions={self.max_sessions}); end a sequence or retry later"
             )
-        self._admitting += 1
+        admitted = min(room, len(new))
+        self._admitting += admitted
+        return admitted
+
+    async def _store(
+        self, rows: Sequence[RowStep], errors: list[ServiceError | None], state: State
+    ) -> None:
+        """Stores each stepped row's new state; an ended row's state is freed instead."""
+        stepped = [index for index, error in enumerate(errors) if error is None]
+        kept = [index for index in stepped if not rows[index].end]
+        ended = [index for index in stepped if rows[index].end]
+        if kept:
+            await self.store.save([rows[i].key for i in kept], state, kept)
+        if ended:
+            await self.store.delete([rows[i].key for i in ended])
+
+    @staticmethod
+    def _count(
+        rows: Sequence[RowStep], errors: list[ServiceError | None], was_stored: list[bool]
+    ) -> None:
+        started = ended = active = 0
+        for row, error, stored in zip(rows, errors, was_stored, strict=True):
+            if error is None:
+                started += row.start
+                ended += row.end
+                active += int(not row.end) - int(stored)
+        labels = (rows[0].key.model, rows[0].key.version)
+        if started:
+            metrics.SESSIONS_STARTED.labels(*labels).inc(started)
+        if ended:
+            metrics.SESSIONS_ENDED.labels(*labels).inc(ended)
+        if active:
+            metrics.SESSIONS_ACTIVE.labels(*labels).inc(active)
 
     @contextlib.asynccontextmanager
-    async def _serialized(self, key: SessionKey) -> AsyncIterator[None]:
-        # asyncio.Lock wakes waiters first come, first served: arrival order is kept.
-        # The lock lives only while someone uses it, so memory follows the traffic.
-        entry = self._locks.setdefault(key, _KeyLock(asyncio.Lock()))
-        entry.users += 1
+    async def _serialized(self, keys: list[SessionKey]) -> AsyncIterator[None]:
+        """Holds the turn of every session in `keys` (no key twice).
+
+        asyncio.Lock wakes waiters first come, first served: arrival order is kept. A lock
+        lives only while someone uses it, so memory follows the traffic. When another
+        request uses one of the keys, the locks are taken in one global order (sorted ids),
+        so requests naming the same sessions in any order cannot deadlock; when none does,
+        taking them never waits, and any order will do.
+        """
+        entries = []
+        for key in keys:
+            entry = self._locks.get(key)
+            if entry is None:
+                entry = self._locks[key] = _KeyLock(asyncio.Lock())
+            entry.users += 1
+            entries.append(entry)
+        order: Sequence[int] = range(len(keys))
+        if any(entry.users > 1 for entry in entries):
+            order = sorted(order, key=lambda index: _order(keys[index]))
+        held: list[asyncio.Lock] = []
         try:
-            async with entry.lock:
-                yield
+            for index in order:
+                await entries[index].lock.acquire()
+                held.append(entries[index].lock)
+            yield
         finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._locks[key]
+            for lock in held:
+                lock.release()
+            for key, entry in zip(keys, entries, strict=True):
+                entry.users -= 1
+                if entry.users == 0:
+                    del self._locks[key]
 
     async def _sweep_forever(self) -> None:
         interval = min(1.0, self.store.idle_timeout_s / 4)

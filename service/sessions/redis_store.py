@@ -10,14 +10,16 @@ for the limit and lets exactly one process report each expiry.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import redis.asyncio as redis
 
 from service.errors import FailedPrecondition
-from service.sessions.state import Layout, SessionKey, State, check_layout
+from service.sessions.state import Layout, Loaded, SessionKey, State, check_layout, row_layout
 
 _HEADER_LENGTH = struct.Struct("<I")
 _DTYPE = np.dtype("<f4")
@@ -54,33 +56,62 @@ class RedisStore:
         self._sweep = self._client.register_script(_SWEEP)
         self._noticed: list[SessionKey] = []
 
-    async def load(self, key: SessionKey, expected: Layout) -> State | None:
-        blob = await self._client.get(self._state_key(key))
-        return None if blob is None else decode_state(key, blob, expected)
+    async def load(
+        self, keys: Sequence[SessionKey], into: State, rows: Sequence[int]
+    ) -> list[Loaded]:
+        if not keys:
+            return []
+        expected = row_layout(into)
+        blobs = await self._client.mget([self._state_key(key) for key in keys])
+        loaded: list[Loaded] = []
+        for key, row, blob in zip(keys, rows, blobs, strict=True):
+            if blob is None:
+                loaded.append(False)
+                continue
+            try:
+                state = decode_state(key, blob, expected)
+            except FailedPrecondition as error:
+                loaded.append(error)
+                continue
+            for stem, array in state.items():
+                into[stem][:, row] = array[:, 0]
+            loaded.append(True)
+        return loaded
 
-    async def save(self, key: SessionKey, state: State) -> None:
+    async def save(self, keys: Sequence[SessionKey], state: State, rows: Sequence[int]) -> None:
+        if not keys:
+            return
         deadline = time.time() + self.idle_timeout_s
         async with self._client.pipeline(transaction=True) as pipe:
-            pipe.set(
-                self._state_key(key), encode_state(key, state), px=round(self.idle_timeout_s * 1000)
-            )
-            pipe.zadd(self._index, {_member(key): deadline})
+            for key, row in zip(keys, rows, strict=True):
+                one_row = {stem: array[:, row : row + 1] for stem, array in state.items()}
+                pipe.set(
+                    self._state_key(key),
+                    encode_state(key, one_row),
+                    px=round(self.idle_timeout_s * 1000),
+                )
+            pipe.zadd(self._index, {_member(key): deadline for key in keys})
             await pipe.execute()
 
-    async def contains(self, key: SessionKey) -> bool:
-        found = await self._forget_if_gone(
-            keys=[self._state_key(key), self._index], args=[_member(key)]
-        )
-        if found == -1:
-            self._noticed.append(key)
-        return found == 1
+    async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                await self._forget_if_gone(
+                    keys=[self._state_key(key), self._index], args=[_member(key)], client=pipe
+                )
+            found = await pipe.execute()
+        self._noticed += [key for key, one in zip(keys, found, strict=True) if one == -1]
+        return [one == 1 for one in found]
 
-    async def delete(self, key: SessionKey) -> bool:
+    async def delete(self, keys: Sequence[SessionKey]) -> list[bool]:
+        if not keys:
+            return []
         async with self._client.pipeline(transaction=True) as pipe:
-            pipe.delete(self._state_key(key))
-            pipe.zrem(self._index, _member(key))
-            deleted, _ = await pipe.execute()
-        return deleted > 0
+            for key in keys:
+                pipe.delete(self._state_key(key))
+            pipe.zrem(self._index, *(_member(key) for key in keys))
+            *deleted, _ = await pipe.execute()
+        return [count > 0 for count in deleted]
 
     async def count(self) -> int:
         return await self._client.zcard(self._index)
@@ -142,7 +173,7 @@ def decode_state(key: SessionKey, blob: bytes, expected: Layout) -> State:
     state: State = {}
     offset = _HEADER_LENGTH.size + length
     for stem, shape in layout.items():
-        count = int(np.prod(shape))
+        count = math.prod(shape)
         state[stem] = np.frombuffer(blob, _DTYPE, count, offset).reshape(shape)
         offset += count * _DTYPE.itemsize
     return state

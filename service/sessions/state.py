@@ -1,5 +1,6 @@
 """What a session holds: its identity and its recurrent state, one batch row of each
-state tensor, keyed by stem ("h", and "c" for LSTM)."""
+state tensor, keyed by stem ("h", and "c" for LSTM). Stores move the states of many
+sessions at once, as rows of batch states `(layers*directions, rows, hidden)`."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.errors import FailedPrecondition
-from service.model_spec import ModelSpec
 
-State = dict[str, np.ndarray]  # stem -> float32 (layers*directions, 1, hidden)
-Layout = dict[str, tuple[int, ...]]  # stem -> the shape its tensor must have
+State = dict[str, np.ndarray]  # stem -> float32 (layers*directions, rows, hidden)
+Layout = dict[str, tuple[int, ...]]  # stem -> the shape one session's tensor must have
+# What loading one session's state gave: True (copied), False (no such session), or why
+# its stored state cannot serve.
+Loaded = bool | FailedPrecondition
 
 
 @dataclass(frozen=True, slots=True)  # slots: 100,000 idle sessions hold 100,000 keys
@@ -26,16 +29,13 @@ class SessionKey:
         return f"sequence {self.sequence_id!r} for model {self.model} version {self.version}"
 
 
-def state_layout(spec: ModelSpec) -> Layout:
-    return {stem: (spec.state_rows, 1, spec.hidden_size) for stem in spec.state_names}
-
-
 def zero_state(layout: Layout) -> State:
     return {stem: np.zeros(shape, dtype=np.float32) for stem, shape in layout.items()}
 
 
-def layout_of(state: State) -> Layout:
-    return {stem: tuple(array.shape) for stem, array in state.items()}
+def row_layout(state: State) -> Layout:
+    """The layout of one row of a batch state."""
+    return {stem: (array.shape[0], 1, *array.shape[2:]) for stem, array in state.items()}
 
 
 def check_layout(key: SessionKey, found: Layout, expected: Layout) -> None:

@@ -2,33 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
-from service.sessions.state import Layout, SessionKey, State
+from service.sessions.state import Loaded, SessionKey, State
 from service.settings import Settings
 
 
 class StateStore(Protocol):
     """Holds session states between steps and forgets them after `idle_timeout_s`.
 
-    Every expiry is reported exactly once, by `expire()`, whichever call noticed it.
+    Every call takes many sessions at once (a multi-session request steps many: one call,
+    one Redis round trip). States travel as rows of batch states: `keys[i]` is row
+    `rows[i]` (axis 1) of the state given. Every expiry is reported exactly once, by
+    `expire()`, whichever call noticed it.
     """
 
     idle_timeout_s: float
 
-    async def load(self, key: SessionKey, expected: Layout) -> State | None:
-        """The stored state, or None when the session is unknown or expired. A state that
-        does not match `expected` (or the key) raises FailedPrecondition."""
+    async def load(
+        self, keys: Sequence[SessionKey], into: State, rows: Sequence[int]
+    ) -> list[Loaded]:
+        """Copies each session's stored state into its row of `into`. Per key: True when
+        copied; False when the session is unknown or expired; FailedPrecondition when the
+        stored state does not fit `into` (or belongs to another key). Rows not copied keep
+        what they held."""
         ...
 
-    async def save(self, key: SessionKey, state: State) -> None:
-        """Stores (or replaces) the state and restarts its idle timer."""
+    async def save(self, keys: Sequence[SessionKey], state: State, rows: Sequence[int]) -> None:
+        """Stores (or replaces) each session's row of `state` and restarts its idle timer."""
         ...
 
-    async def contains(self, key: SessionKey) -> bool: ...
+    async def contains(self, keys: Sequence[SessionKey]) -> list[bool]: ...
 
-    async def delete(self, key: SessionKey) -> bool:
-        """Frees the state; True when there was one."""
+    async def delete(self, keys: Sequence[SessionKey]) -> list[bool]:
+        """Frees the states; per key, True when there was one."""
         ...
 
     async def count(self) -> int:

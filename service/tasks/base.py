@@ -154,15 +154,6 @@ def take_rows(state: State, rows: Sequence[int]) -> State:
     return {stem: np.ascontiguousarray(value[:, rows]) for stem, value in state.items()}
 
 
-def split_rows(state: State, count: int) -> list[State]:
-    """Each of `count` batch rows' state on its own. Basic slices, copied: four times faster
-    than `take_rows` per row, and a stored row must not pin the whole batch's array."""
-    return [
-        {stem: value[:, row : row + 1].copy() for stem, value in state.items()}
-        for row in range(count)
-    ]
-
-
 def put_rows(target: State, rows: Sequence[int], source: State) -> None:
     for stem, value in source.items():
         target[stem][:, rows] = value

@@ -218,7 +218,7 @@ async def stream_sessions(
         enabled=batching, max_size=16, max_delay_us=2_000,
     )  # fmt: skip
     manager = SessionManager(MemoryStore(), max_sessions=len(sequences))
-    initial = zero_state({stem: (1, 1, HIDDEN_SIZE) for stem in stems})
+    layout = {stem: (1, 1, HIDDEN_SIZE) for stem in stems}
     model = f"model-{uuid.uuid4().hex[:8]}"
 
     async def stream(index: int) -> np.ndarray:
@@ -235,6 +235,7 @@ async def stream_sessions(
                 return result["y"], {stem: result[f"{stem}n"] for stem in stems}
 
             last = number == len(chunks[index]) - 1
+            initial = zero_state(layout)  # a continuation's stored state is copied into it
             outputs.append(await manager.step(key, number == 0, last, initial, run))
         return np.concatenate(outputs, axis=1)[0]
 

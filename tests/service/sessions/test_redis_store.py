@@ -13,13 +13,22 @@ import redis
 from service.errors import FailedPrecondition
 from service.sessions import SessionKey, State
 from service.sessions.redis_store import RedisStore, encode_state
-from service.sessions.state import layout_of
 
 KEY = SessionKey("sine-gru", "3", "user-42")
 
 
 def gru_state() -> State:
     return {"h": np.arange(2 * 1 * 16, dtype=np.float32).reshape(2, 1, 16) / 7}
+
+
+async def load_gru(store: RedisStore, key: SessionKey) -> State:
+    """The key's state: a one-row batch of gru_state's shape; its error raised."""
+    into = {"h": np.zeros((2, 1, 16), np.float32)}
+    [loaded] = await store.load([key], into, [0])
+    if isinstance(loaded, FailedPrecondition):
+        raise loaded
+    assert loaded
+    return into
 
 
 @pytest.fixture
@@ -31,13 +40,11 @@ def test_two_stores_on_one_redis_serve_the_same_sessions(redis_url: str, namespa
     async def scenario() -> None:
         first = RedisStore(redis_url, 60.0, namespace)
         second = RedisStore(redis_url, 60.0, namespace)
-        await first.save(KEY, gru_state())
-        loaded = await second.load(KEY, layout_of(gru_state()))
-        assert loaded is not None
-        np.testing.assert_array_equal(loaded["h"], gru_state()["h"])
+        await first.save([KEY], gru_state(), [0])
+        np.testing.assert_array_equal((await load_gru(second, KEY))["h"], gru_state()["h"])
         assert await second.count() == 1
-        assert await second.delete(KEY)
-        assert not await first.contains(KEY)
+        assert await second.delete([KEY]) == [True]
+        assert await first.contains([KEY]) == [False]
         await first.close()
         await second.close()
 
@@ -47,12 +54,10 @@ def test_two_stores_on_one_redis_serve_the_same_sessions(redis_url: str, namespa
 def test_a_session_survives_closing_and_reopening_the_store(redis_url: str, namespace: str) -> None:
     async def scenario() -> None:
         before = RedisStore(redis_url, 60.0, namespace)
-        await before.save(KEY, gru_state())
+        await before.save([KEY], gru_state(), [0])
         await before.close()
         after = RedisStore(redis_url, 60.0, namespace)
-        loaded = await after.load(KEY, layout_of(gru_state()))
-        assert loaded is not None
-        np.testing.assert_array_equal(loaded["h"], gru_state()["h"])
+        np.testing.assert_array_equal((await load_gru(after, KEY))["h"], gru_state()["h"])
         await after.close()
 
     asyncio.run(scenario())
@@ -63,7 +68,7 @@ def test_a_state_is_stored_as_a_small_header_and_raw_float32(
 ) -> None:
     async def scenario() -> None:
         store = RedisStore(redis_url, 60.0, namespace)
-        await store.save(KEY, gru_state())
+        await store.save([KEY], gru_state(), [0])
         await store.close()
 
     asyncio.run(scenario())
@@ -78,7 +83,7 @@ def test_a_state_is_stored_as_a_small_header_and_raw_float32(
 def test_a_state_written_for_another_session_is_refused(redis_url: str, namespace: str) -> None:
     async def scenario() -> None:
         store = RedisStore(redis_url, 60.0, namespace)
-        await store.save(KEY, gru_state())
+        await store.save([KEY], gru_state(), [0])
         other = SessionKey("sine-gru", "4", "user-42")
         # Whatever wrote it, a value under this key that names another model version
         # must not be used as this session's state.
@@ -88,7 +93,7 @@ def test_a_state_written_for_another_session_is_refused(redis_url: str, namespac
         client.close()
         with pytest.raises(FailedPrecondition, match="belongs to sequence 'user-42' for model "
                            "sine-gru version 4"):  # fmt: skip
-            await store.load(KEY, layout_of(gru_state()))
+            await load_gru(store, KEY)
         await store.close()
 
     asyncio.run(scenario())
@@ -98,7 +103,7 @@ def test_an_expiry_is_reported_by_exactly_one_of_two_stores(redis_url: str, name
     async def scenario() -> None:
         first = RedisStore(redis_url, 0.05, namespace)
         second = RedisStore(redis_url, 0.05, namespace)
-        await first.save(KEY, gru_state())
+        await first.save([KEY], gru_state(), [0])
         reported: list[SessionKey] = []
         while not reported:
             await asyncio.sleep(0.02)
