@@ -20,6 +20,7 @@ from service import metrics
 from service.errors import InvalidArgument, ResourceExhausted, ServiceError
 from service.sessions.state import SessionKey, State
 from service.sessions.store import StateStore
+from service.sessions.turns import Turns
 
 T = TypeVar("T")
 # A step's computation: the state to start from -> its result and the new state.
@@ -42,17 +43,11 @@ def _order(key: SessionKey) -> tuple[str, int | str]:
     return type(key.sequence_id).__name__, key.sequence_id
 
 
-@dataclass
-class _KeyLock:
-    lock: asyncio.Lock
-    users: int = 0  # requests holding or waiting for the lock
-
-
 class SessionManager:
     def __init__(self, store: StateStore, max_sessions: int) -> None:
         self.store = store
         self.max_sessions = max_sessions
-        self._locks: dict[SessionKey, _KeyLock] = {}
+        self._turns = Turns()
         self._admitting = 0  # new sessions admitted but not yet stored
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -190,37 +185,29 @@ class SessionManager:
 
     @contextlib.asynccontextmanager
     async def _serialized(self, keys: list[SessionKey]) -> AsyncIterator[None]:
-        """Holds the turn of every session in `keys` (no key twice).
+        """Holds the turn of every session in `keys` (no key twice), in arrival order.
 
-        asyncio.Lock wakes waiters first come, first served: arrival order is kept. A lock
-        lives only while someone uses it, so memory follows the traffic. When another
-        request uses one of the keys, the locks are taken in one global order (sorted ids),
-        so requests naming the same sessions in any order cannot deadlock; when none does,
-        taking them never waits, and any order will do.
+        When another request holds one of the keys, the turns are taken in one global order
+        (sorted ids), so requests naming the same sessions in any order cannot deadlock;
+        when none is held, all are taken at once, without waiting.
         """
-        entries = []
-        for key in keys:
-            entry = self._locks.get(key)
-            if entry is None:
-                entry = self._locks[key] = _KeyLock(asyncio.Lock())
-            entry.users += 1
-            entries.append(entry)
-        order: Sequence[int] = range(len(keys))
-        if any(entry.users > 1 for entry in entries):
-            order = sorted(order, key=lambda index: _order(keys[index]))
-        held: list[asyncio.Lock] = []
+        if any(self._turns.held(key) for key in keys):
+            taken: list[SessionKey] = []
+            try:
+                for key in sorted(keys, key=_order):
+                    await self._turns.take(key)
+                    taken.append(key)
+            except BaseException:  # cancelled while waiting: give back what it took
+                for key in taken:
+                    self._turns.give(key)
+                raise
+        else:
+            self._turns.take_free(keys)
         try:
-            for index in order:
-                await entries[index].lock.acquire()
-                held.append(entries[index].lock)
             yield
         finally:
-            for lock in held:
-                lock.release()
-            for key, entry in zip(keys, entries, strict=True):
-                entry.users -= 1
-                if entry.users == 0:
-                    del self._locks[key]
+            for key in keys:
+                self._turns.give(key)
 
     async def _sweep_forever(self) -> None:
         interval = min(1.0, self.store.idle_timeout_s / 4)
