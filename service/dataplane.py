@@ -345,16 +345,13 @@ class DataPlane:
                 f"a sequence request (sequence_id {sequence.sequence_id!r}) has batch size "
                 f"{step.rows}; expected 1: a session carries the state of one sequence"
             )
-        if sequence.start:
-            return
-        state_inputs = {f"{stem}0" for stem in model.spec.state_names}
-        for tensor in request.inputs:
-            if tensor.name in state_inputs:
-                raise InvalidArgument(
-                    f"input '{tensor.name}' is accepted only with sequence_start=true: a "
-                    f"continuation of sequence {sequence.sequence_id!r} starts from the state "
-                    "the server keeps; to resume from a state of your own, start again with it"
-                )
+        state_input = None if sequence.start else _state_input(model, request)
+        if state_input is not None:
+            raise InvalidArgument(
+                f"input '{state_input}' is accepted only with sequence_start=true: a "
+                f"continuation of sequence {sequence.sequence_id!r} starts from the state "
+                "the server keeps; to resume from a state of your own, start again with it"
+            )
 
     # Multi-session requests: control tensors make each row one step of its own session.
 
@@ -367,7 +364,7 @@ class DataPlane:
         they were, and `sequence_error` tells each row's outcome."""
         step, started, prepared = await self._call(threads, self._prepare, model, request, arrived)
         execute, threads = self._session_compute(model, threads)
-        self._check_rows_request(request, rows, step)
+        self._check_rows_request(model, request, rows, step)
         row_steps = [
             RowStep(SessionKey(model.name, model.version, sequence_id), start, end)
             for sequence_id, start, end in zip(rows.ids, rows.starts, rows.ends, strict=True)
@@ -387,22 +384,22 @@ class DataPlane:
         return response
 
     @staticmethod
-    def _check_rows_request(request: InferRequest, rows: SessionRows, step: Step) -> None:
+    def _check_rows_request(
+        model: LoadedVersion, request: InferRequest, rows: SessionRows, step: Step
+    ) -> None:
         if rows.rows != step.rows:
             raise InvalidArgument(
                 f"input 'sequence_id' has {rows.rows} rows; expected {step.rows}, one per "
                 "row of the batch"
             )
-        if all(rows.starts):
-            return
-        for tensor in request.inputs:
-            if tensor.name in ("h0", "c0"):
-                raise InvalidArgument(
-                    f"input '{tensor.name}' is accepted only when every row has "
-                    "sequence_start=true: the other rows continue from the state the server "
-                    "keeps; send the rows that resume from a state of your own in a request "
-                    "of their own"
-                )
+        state_input = None if all(rows.starts) else _state_input(model, request)
+        if state_input is not None:
+            raise InvalidArgument(
+                f"input '{state_input}' is accepted only when every row has "
+                "sequence_start=true: the other rows continue from the state the server "
+                "keeps; send the rows that resume from a state of your own in a request "
+                "of their own"
+            )
 
     @staticmethod
     def _takes_session_rows(model: LoadedVersion) -> bool:
@@ -549,6 +546,13 @@ class DataPlane:
             return error
         log.error("model %s version %s failed", model.name, model.version, exc_info=error)
         return ServiceError(f"model '{model.name}' version {model.version} failed internally")
+
+
+def _state_input(model: LoadedVersion, request: InferRequest) -> str | None:
+    """The first state input (h0, c0) the request carries, if any: a continuation starts
+    from the state the server keeps, never from one the client sends."""
+    state_inputs = {f"{stem}0" for stem in model.spec.state_names}
+    return next((t.name for t in request.inputs if t.name in state_inputs), None)
 
 
 def _blank_rows(result: Result, rows: list[int]) -> None:

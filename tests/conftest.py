@@ -27,6 +27,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from client.client import RnnClient
 from service.protocol.generated import grpc_service_pb2 as pb
 from service.protocol.generated import grpc_service_pb2_grpc as pb_grpc
 
@@ -180,6 +181,13 @@ def server(
     yield running
     code = running.stop()
     assert code == 0, f"server exited with {code}; log:\n{running.log()[-4000:]}"
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[RnnClient]:
+    """Our client, connected to the shared server."""
+    with RnnClient(server.address) as rnn_client:
+        yield rnn_client
 
 
 # Redis.

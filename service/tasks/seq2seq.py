@@ -57,10 +57,10 @@ class Seq2SeqTask(Task):
         }
 
     def prepare(self, request: InferRequest) -> Step:
-        inputs = validation.check_input_names(request, ["text"], required=["text"])
+        inputs = validation.check_input_names(request, self.input_names, required=["text"])
         rows = validation.text_rows(inputs["text"], self.settings)
         token_rows = validation.decode_text("text", rows, self.char_ids, self.settings)
-        outputs = validation.check_output_names(request, ["text_out"], ["text_out"])
+        outputs = validation.check_output_names(request, self.output_names, self.output_names)
         limit = validation.int_parameter(
             request.parameters,
             MAX_OUTPUT_LENGTH,

@@ -10,12 +10,6 @@ from client.errors import InferenceError
 from client.sequence import SequenceSession
 
 
-@pytest.fixture
-def client(server):
-    with RnnClient(server.address) as rnn_client:
-        yield rnn_client
-
-
 def test_health_and_metadata_calls(client) -> None:
     assert client.server_live()
     assert client.server_ready()

@@ -21,12 +21,6 @@ SESSIONS = 64
 STEPS = 48
 
 
-@pytest.fixture
-def client(server) -> RnnClient:
-    with RnnClient(server.address) as rnn_client:
-        yield rnn_client
-
-
 def alone(client: RnnClient, model: str, x: np.ndarray) -> np.ndarray:
     """Each row's y, every row sent alone as one whole-sequence request: x is [rows, seq]."""
     return np.stack(

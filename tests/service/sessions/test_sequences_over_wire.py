@@ -22,12 +22,6 @@ STEPS = 1000
 OTHER_SESSIONS = 100
 
 
-@pytest.fixture
-def client(server) -> RnnClient:
-    with RnnClient(server.address) as rnn_client:
-        yield rnn_client
-
-
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_a_long_sequence_in_random_pieces_equals_the_whole_among_100_other_sessions(
     server, client: RnnClient, tmp_path: Path, cell: str
