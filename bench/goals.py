@@ -60,9 +60,9 @@ def evaluate(results: list[ScenarioResult]) -> list[str]:
             at_most=False,
         ),
         _ratio_goal(
-            "64 sessions (batching off, 2 workers), session-steps/s over the echo floor's "
-            "requests/s at 64 clients",
-            _find(results, "many_sessions", "64 sessions, batching off, 2 workers"),
+            "64 sessions (batching off, 2 workers, owned store), session-steps/s over the "
+            "echo floor's requests/s at 64 clients",
+            _find(results, "many_sessions", "64 sessions, batching off, 2 workers, owned store"),
             _find(results, "transport", "k6 ModelInfer x64"),
             "rps",
             1.8,

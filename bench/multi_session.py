@@ -43,7 +43,7 @@ def run(options: Options) -> ScenarioResult:
         with session_server(options, batching=batching, workers=workers) as server:
             runs = _runs(options, server, rows, clients)
         name = f"batching {'on' if batching else 'off'}" + (
-            f", {workers} workers" if workers > 1 else ""
+            f", {workers} workers, owned store" if workers > 1 else ""
         )
         figures.append(
             Figure(

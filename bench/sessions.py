@@ -24,6 +24,7 @@ SESSIONS = (1, 4, 16, 64, 256, 1024)
 QUICK_SESSIONS = (1, 4)
 WORKERS = 2  # several server processes on one port: the figure is read at 64 sessions
 WORKERS_SESSIONS = 64
+SHARED_STORES = ("owned", "redis")  # state stores several workers can share
 QUICK_WORKERS_SESSIONS = 4
 # Sessions must outlive the whole benchmark, and the largest figure must fit.
 SERVER_SETTINGS = {"session_idle_timeout_s": "3600", "max_sessions": "200000"}
@@ -71,15 +72,19 @@ def run_one_session(options: Options) -> ScenarioResult:
 
 @contextlib.contextmanager
 def session_server(
-    options: Options, *, batching: bool = False, workers: int = 1
+    options: Options, *, batching: bool = False, workers: int = 1, state_store: str = "owned"
 ) -> Iterator[servers.Running]:
-    """rnnserve set up for sessions; several workers share their sessions' state through a
-    redis-server of their own."""
+    """rnnserve set up for sessions; several workers share their sessions through a
+    redis-server of their own, with `state_store` (one worker keeps them in memory)."""
     settings = {**SERVER_SETTINGS, "batching": str(batching).lower()}
     with contextlib.ExitStack() as stack:
         if workers > 1:
             redis_url = stack.enter_context(servers.redis_server(options.workdir))
-            settings |= {"workers": str(workers), "state_store": "redis", "redis_url": redis_url}
+            settings |= {
+                "workers": str(workers),
+                "state_store": state_store,
+                "redis_url": redis_url,
+            }
         yield stack.enter_context(servers.rnnserve(options.workdir, options.repository, settings))
 
 
@@ -107,41 +112,49 @@ def _session_runs(
 
 def run_many_sessions(options: Options) -> ScenarioResult:
     counts = QUICK_SESSIONS if options.quick else SESSIONS
-    figures = []
+    figures: list[Figure] = []
+    lines: dict[str, list[tuple[float, float]]] = {}  # the plot: (sessions, steps/s) each
+
+    def measure(
+        server: servers.Running, sessions: int, line: str, label: str, **params: object
+    ) -> None:
+        runs = _session_runs(options, server, sessions, len(figures) * 100_000)
+        figure = Figure(label, {"sessions": sessions, **params}, runs)
+        figures.append(figure)
+        lines.setdefault(line, []).append((sessions, figure.median["rps"]))
+
     for batching in (True, False):
+        on = "on" if batching else "off"
         with session_server(options, batching=batching) as server:
             for sessions in counts:
-                runs = _session_runs(options, server, sessions, len(figures) * 100_000)
-                figures.append(
-                    Figure(
-                        f"{sessions} sessions, batching {'on' if batching else 'off'}",
-                        {"sessions": sessions, "batching": batching, "workers": 1},
-                        runs,
-                    )
+                line = f"batching {on}, 1 worker"
+                measure(
+                    server,
+                    sessions,
+                    line,
+                    f"{sessions} sessions, batching {on}",
+                    batching=batching,
+                    workers=1,
                 )
     sessions = QUICK_WORKERS_SESSIONS if options.quick else WORKERS_SESSIONS
-    with session_server(options, workers=WORKERS) as server:
-        runs = _session_runs(options, server, sessions, len(figures) * 100_000)
-    figures.append(
-        Figure(
-            f"{sessions} sessions, batching off, {WORKERS} workers",
-            {"sessions": sessions, "batching": False, "workers": WORKERS},
-            runs,
-        )
-    )
+    for store in SHARED_STORES:
+        with session_server(options, workers=WORKERS, state_store=store) as server:
+            line = f"batching off, {WORKERS} workers, {store} store"
+            measure(
+                server,
+                sessions,
+                line,
+                f"{sessions} sessions, {line}",
+                batching=False,
+                workers=WORKERS,
+                store=store,
+            )
     line_plot(
         options.out / "many_sessions.png",
         "Many sessions: one step per request",
         "concurrent sessions (one connection each)",
         "session-steps per second",
-        {
-            f"batching {'on' if on else 'off'}, {workers} worker{'s' * (workers > 1)}": [
-                (f.params["sessions"], f.median["rps"])
-                for f in figures
-                if f.params["batching"] == on and f.params["workers"] == workers
-            ]
-            for on, workers in ((True, 1), (False, 1), (False, WORKERS))
-        },
+        lines,
         logx=True,
     )
     return ScenarioResult(
@@ -150,8 +163,10 @@ def run_many_sessions(options: Options) -> ScenarioResult:
         description=(
             f"k6, one virtual user per session of {options.model_name}, each on its own "
             "connection, one step per ModelInfer; `rps` counts successful session-steps. "
-            f"The {WORKERS}-worker row runs `rnnserve serve --workers {WORKERS}` (SO_REUSEPORT) "
-            "with the redis state store on a local redis-server, the memory store otherwise."
+            f"The {WORKERS}-worker rows run `rnnserve serve --workers {WORKERS}` (SO_REUSEPORT) "
+            "with a local redis-server and the owned state store (each state stays in the "
+            "worker that steps it) or the redis store (every step in Redis); one worker "
+            "keeps its sessions in memory."
         ),
         figures=figures,
         environment=environment(options.runs),

@@ -32,8 +32,8 @@ VALUE_FLAGS = [
     ("max_message_bytes", "largest gRPC message accepted or sent"),
     ("session_idle_timeout_s", "seconds before an idle sequence's state is dropped"),
     ("max_sessions", "most sequences holding state at once"),
-    ("state_store", "where sequence state lives: memory or redis"),
-    ("redis_url", "redis URL for --state-store redis"),
+    ("state_store", "where sequence state lives: memory, redis or owned"),
+    ("redis_url", "redis URL for --state-store redis or owned"),
     ("batch_max_size", "most sequence steps batched into one ORT run"),
     ("batch_max_queue_delay_us", "longest a step waits for others to batch with"),
 ]
@@ -107,7 +107,8 @@ def _serve_workers(settings: Settings, log_level: str) -> int:
         # reachable from there.
         raise UsageError(
             f"--workers {settings.workers} needs sequence state every worker can reach: "
-            "set --state-store redis (or RNNSERVE_STATE_STORE=redis) and --redis-url; "
-            "the memory store keeps a session in one worker"
+            "set --state-store owned (or RNNSERVE_STATE_STORE=owned: states stay in the "
+            "worker that steps them and move through Redis when needed) or redis (every step "
+            "in Redis), and --redis-url; the memory store keeps a session in one worker"
         )
     return serve_workers(settings, log_level)

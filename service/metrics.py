@@ -79,6 +79,11 @@ SESSIONS_ENDED = Counter(
 SESSIONS_EXPIRED = Counter(
     "rnnserve_sessions_expired", "Sessions dropped after idling too long.", ["model", "version"]
 )
+SESSIONS_HANDED_OVER = Counter(
+    "rnnserve_sessions_handed_over",
+    "Sessions a worker gave up to another worker, or to Redis at a clean stop (state_store=owned).",
+    ["model", "version"],
+)
 SESSIONS_REJECTED = Counter(
     "rnnserve_sessions_rejected",
     "Session starts refused at the session limit.",

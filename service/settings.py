@@ -39,7 +39,10 @@ class Settings(BaseSettings):
     # Sequences (stateful sessions).
     session_idle_timeout_s: float = Field(60.0, gt=0)
     max_sessions: int = Field(100_000, ge=1)
-    state_store: Literal["memory", "redis"] = "memory"
+    # memory: this process only. redis: every step read from and written to Redis (any
+    # number of processes; survives crashes). owned: each state in the memory of the
+    # process that steps it, handed over through Redis when another process needs it.
+    state_store: Literal["memory", "redis", "owned"] = "memory"
     redis_url: str = "redis://localhost:6379/0"
 
     # Batching steps of different sessions into one ORT run. Off by default: for small

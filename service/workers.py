@@ -8,7 +8,9 @@ Workers listen only once every one of them has loaded (the start gate below), so
 never lands on a worker that is still loading and ServerReady from any worker means all are.
 
 State: a client that reconnects may land on another worker, so sequence state must be
-reachable from every worker: several workers require the redis state store.
+reachable from every worker: several workers require the owned state store (each session's
+state stays in the worker that stepped it last and is handed over through Redis when a
+request lands elsewhere) or the redis store (every step in Redis).
 
 Metrics: prometheus_client's multiprocess mode. The supervisor points PROMETHEUS_MULTIPROC_DIR
 at a fresh folder before any worker starts, serves /metrics adding up what the workers wrote

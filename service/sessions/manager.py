@@ -50,16 +50,20 @@ class SessionManager:
         self._turns = Turns()
         self._admitting = 0  # new sessions admitted but not yet stored
         self._sweeper: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
 
     async def start(self) -> None:
-        """Starts the sweeper that drops idle sessions."""
+        """Starts the store and the sweeper that drops idle sessions."""
+        await self.store.start(self._turns)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def close(self) -> None:
+        # The sweeper is told to stop rather than cancelled: redis-py can swallow a
+        # cancellation that lands inside a command (redis/redis-py#2028), which would leave
+        # the sweeper running and this close waiting for it forever.
+        self._closing.set()
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await self._sweeper
         await self.store.close()
 
     async def step(
@@ -212,7 +216,10 @@ class SessionManager:
     async def _sweep_forever(self) -> None:
         interval = min(1.0, self.store.idle_timeout_s / 4)
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), interval)
+            if self._closing.is_set():
+                return
             try:
                 expired = await self.store.expire()
             except Exception:  # a store outage must not end the sweeper

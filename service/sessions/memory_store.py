@@ -21,6 +21,7 @@ from service.sessions.state import (
     check_layout,
     row_layout,
 )
+from service.sessions.turns import Turns
 
 _GROWTH = 1.25  # a slab grows by a quarter: at most a fifth of its rows are spare
 
@@ -149,9 +150,30 @@ class MemoryStore:
         self._noticed = []
         return expired
 
+    async def start(self, turns: Turns) -> None:
+        """Nothing runs in the background: expiry happens in expire()."""
+
     async def close(self) -> None:
         self._entries.clear()
         self._slabs.clear()
+
+    # For the owned store, which keeps a worker's sessions here.
+
+    def holds(self, key: SessionKey) -> bool:
+        """Whether the key has a state here, expired or not."""
+        return key in self._entries
+
+    def sessions(self) -> list[SessionKey]:
+        return list(self._entries)
+
+    def state_of(self, key: SessionKey) -> State | None:
+        """A copy of the key's state as a one-row batch state; None when it has none."""
+        entry = self._live(key, time.monotonic())
+        if entry is None:
+            return None
+        slab = entry.slab
+        row = slab.data[entry.slot]  # (stems, layers, hidden)
+        return {stem: row[index, :, None].copy() for index, stem in enumerate(slab.stems)}
 
     def _slab(self, layout: Layout) -> _Slab:
         signature = tuple(layout.items())

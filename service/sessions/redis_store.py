@@ -19,7 +19,8 @@ import numpy as np
 import redis.asyncio as redis
 
 from service.errors import FailedPrecondition
-from service.sessions.state import Layout, Loaded, SessionKey, State, check_layout, row_layout
+from service.sessions.state import Loaded, SessionKey, State, check_layout, row_layout
+from service.sessions.turns import Turns
 
 _HEADER_LENGTH = struct.Struct("<I")
 _DTYPE = np.dtype("<f4")
@@ -69,7 +70,8 @@ class RedisStore:
                 loaded.append(False)
                 continue
             try:
-                state = decode_state(key, blob, expected)
+                state = decode_state(key, blob)
+                check_layout(key, row_layout(state), expected)
             except FailedPrecondition as error:
                 loaded.append(error)
                 continue
@@ -90,14 +92,14 @@ class RedisStore:
                     encode_state(key, one_row),
                     px=round(self.idle_timeout_s * 1000),
                 )
-            pipe.zadd(self._index, {_member(key): deadline for key in keys})
+            pipe.zadd(self._index, {member(key): deadline for key in keys})
             await pipe.execute()
 
     async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
         async with self._client.pipeline(transaction=False) as pipe:
             for key in keys:
                 await self._forget_if_gone(
-                    keys=[self._state_key(key), self._index], args=[_member(key)], client=pipe
+                    keys=[self._state_key(key), self._index], args=[member(key)], client=pipe
                 )
             found = await pipe.execute()
         self._noticed += [key for key, one in zip(keys, found, strict=True) if one == -1]
@@ -109,7 +111,7 @@ class RedisStore:
         async with self._client.pipeline(transaction=True) as pipe:
             for key in keys:
                 pipe.delete(self._state_key(key))
-            pipe.zrem(self._index, *(_member(key) for key in keys))
+            pipe.zrem(self._index, *(member(key) for key in keys))
             *deleted, _ = await pipe.execute()
         return [count > 0 for count in deleted]
 
@@ -120,24 +122,27 @@ class RedisStore:
         gone = await self._sweep(
             keys=[self._index], args=[time.time(), self._state_prefix, _SWEEP_LIMIT]
         )
-        expired = [_key(member) for member in gone] + self._noticed
+        expired = [session_of(name) for name in gone] + self._noticed
         self._noticed = []
         return expired
+
+    async def start(self, turns: Turns) -> None:
+        """Nothing runs in the background: expiry happens in expire()."""
 
     async def close(self) -> None:
         await self._client.aclose()
 
     def _state_key(self, key: SessionKey) -> str:
-        return self._state_prefix + _member(key)
+        return self._state_prefix + member(key)
 
 
-def _member(key: SessionKey) -> str:
-    # JSON keeps 7 and "7" apart and lets expire() turn the member back into a key.
+def member(key: SessionKey) -> str:
+    """The session's name in Redis. JSON keeps 7 and "7" apart and turns back into the key."""
     return json.dumps([key.model, key.version, key.sequence_id], separators=(",", ":"))
 
 
-def _key(member: bytes) -> SessionKey:
-    model, version, sequence_id = json.loads(member)
+def session_of(name: bytes | str) -> SessionKey:
+    model, version, sequence_id = json.loads(name)
     return SessionKey(model, version, sequence_id)
 
 
@@ -157,7 +162,9 @@ def encode_state(key: SessionKey, state: State) -> bytes:
     return _HEADER_LENGTH.pack(len(header)) + header + payload
 
 
-def decode_state(key: SessionKey, blob: bytes, expected: Layout) -> State:
+def decode_state(key: SessionKey, blob: bytes) -> State:
+    """The one-row state `encode_state` wrote; FailedPrecondition when it was written for
+    another session or in another dtype."""
     (length,) = _HEADER_LENGTH.unpack_from(blob)
     header = json.loads(blob[_HEADER_LENGTH.size : _HEADER_LENGTH.size + length])
     owner = SessionKey(header["model"], header["version"], header["sequence_id"])
@@ -166,13 +173,9 @@ def decode_state(key: SessionKey, blob: bytes, expected: Layout) -> State:
             f"stored state of {key.describe()} belongs to {owner.describe()} "
             f"with dtype {header['dtype']}; begin the sequence again with sequence_start=true"
         )
-    layout = {
-        stem: tuple(shape) for stem, shape in zip(header["stems"], header["shapes"], strict=True)
-    }
-    check_layout(key, layout, expected)
     state: State = {}
     offset = _HEADER_LENGTH.size + length
-    for stem, shape in layout.items():
+    for stem, shape in zip(header["stems"], header["shapes"], strict=True):
         count = math.prod(shape)
         state[stem] = np.frombuffer(blob, _DTYPE, count, offset).reshape(shape)
         offset += count * _DTYPE.itemsize

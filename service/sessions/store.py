@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from service.sessions.state import Loaded, SessionKey, State
+from service.sessions.turns import Turns
 from service.settings import Settings
 
 
@@ -47,6 +48,11 @@ class StateStore(Protocol):
         """Drops the sessions idle for too long and returns those not reported before."""
         ...
 
+    async def start(self, turns: Turns) -> None:
+        """Starts what the store runs in the background. `turns` are the session manager's:
+        a store that acts on a session outside the manager's calls takes its turn first."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -55,6 +61,10 @@ def open_store(settings: Settings) -> StateStore:
         from service.sessions.redis_store import RedisStore
 
         return RedisStore(settings.redis_url, settings.session_idle_timeout_s)
+    if settings.state_store == "owned":
+        from service.sessions.owned_store import OwnedStore
+
+        return OwnedStore(settings.redis_url, settings.session_idle_timeout_s)
     from service.sessions.memory_store import MemoryStore
 
     return MemoryStore(settings.session_idle_timeout_s)

@@ -98,7 +98,7 @@ def alive(pid: int) -> bool:
 
 
 def workers_args(redis_url: str, workers: int = 2) -> list[str]:
-    return ["--workers", str(workers), "--state-store", "redis", "--redis-url", redis_url]
+    return ["--workers", str(workers), "--state-store", "owned", "--redis-url", redis_url]
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +150,7 @@ def test_metrics_add_up_across_workers(workers) -> None:
 def test_a_sequence_continues_on_another_worker(workers) -> None:
     channel, stub = other_worker(workers.address, workers.stub)
     whole = y_of(workers.stub.ModelInfer(sine_request("sine-gru", X)))
+    handed_over = 'rnnserve_sessions_handed_over_total{model="sine-gru",version="1"}'
 
     first = workers.stub.ModelInfer(
         sine_request("sine-gru", X[:, :5], sequence_id=4242, sequence_start=True)
@@ -159,6 +160,8 @@ def test_a_sequence_continues_on_another_worker(workers) -> None:
     np.testing.assert_allclose(
         np.concatenate([y_of(first), y_of(rest)], axis=1), whole, rtol=1e-6, atol=1e-6
     )
+    # The first worker kept the state until the other asked for it.
+    assert scrape(workers.metrics_url)[handed_over] == 1
     channel.close()
 
 
@@ -197,6 +200,6 @@ def test_several_workers_with_the_memory_store_are_refused(tiny_repository: Path
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
     assert result.returncode == 2
-    assert "--state-store redis" in result.stderr
-    assert "RNNSERVE_STATE_STORE=redis" in result.stderr
+    assert "--state-store owned" in result.stderr
+    assert "RNNSERVE_STATE_STORE=owned" in result.stderr
     assert "Traceback" not in result.stderr

@@ -10,16 +10,18 @@ import pytest
 
 from service.sessions import StateStore
 from service.sessions.memory_store import MemoryStore
+from service.sessions.owned_store import OwnedStore
 from service.sessions.redis_store import RedisStore
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "owned"])
 def make_store(
     request: pytest.FixtureRequest,
 ) -> Callable[[float], StateStore]:
-    """Builds stores of one kind; Redis stores of one test share a fresh namespace."""
+    """Builds stores of one kind; stores in Redis of one test share a fresh namespace."""
     if request.param == "memory":
         return MemoryStore
     url = request.getfixturevalue("redis_url")
     namespace = f"test-{request.node.name}-{time.monotonic_ns()}"
-    return lambda idle_timeout_s=60.0: RedisStore(url, idle_timeout_s, namespace)
+    kind = RedisStore if request.param == "redis" else OwnedStore
+    return lambda idle_timeout_s=60.0: kind(url, idle_timeout_s, namespace)

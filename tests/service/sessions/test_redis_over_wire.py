@@ -1,11 +1,13 @@
-"""Sessions kept in a real redis-server: servers pointed at one Redis serve the same
-sessions, and a session outlives the server process that started it."""
+"""Sessions shared through a real redis-server, with every step in Redis (the redis store)
+or each state in the server that steps it (the owned store): servers pointed at one Redis
+serve the same sessions, and a session outlives the server process that started it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 from session_helpers import bounds, step_request, y_of
 
 from client.client import RnnClient
@@ -25,14 +27,15 @@ def send_piece(client: RnnClient, x: np.ndarray, sequence_id: str, index: int) -
     return y_of(client.infer_response_of(request))
 
 
-def redis_env(redis_url: str) -> dict[str, str]:
-    return {"RNNSERVE_STATE_STORE": "redis", "RNNSERVE_REDIS_URL": redis_url}
+@pytest.fixture(params=["redis", "owned"])
+def env(request: pytest.FixtureRequest, redis_url: str) -> dict[str, str]:
+    return {"RNNSERVE_STATE_STORE": request.param, "RNNSERVE_REDIS_URL": redis_url}
 
 
 def test_a_session_started_on_one_server_continues_on_another(
-    start_server, tiny_repository: Path, redis_url: str
+    start_server, tiny_repository: Path, env: dict[str, str]
 ) -> None:
-    servers = [start_server(tiny_repository, env=redis_env(redis_url)) for _ in range(2)]
+    servers = [start_server(tiny_repository, env=env) for _ in range(2)]
     clients = [RnnClient(server.address) for server in servers]
     whole, x = whole_and_input(clients[0])
     # Pieces alternate between the two servers: each continues where the other stopped.
@@ -43,14 +46,14 @@ def test_a_session_started_on_one_server_continues_on_another(
 
 
 def test_a_session_survives_a_restart_of_the_server(
-    start_server, tiny_repository: Path, redis_url: str
+    start_server, tiny_repository: Path, env: dict[str, str]
 ) -> None:
-    first = start_server(tiny_repository, env=redis_env(redis_url))
+    first = start_server(tiny_repository, env=env)
     with RnnClient(first.address) as client:
         whole, x = whole_and_input(client)
         pieces = [send_piece(client, x, "restart", i) for i in range(2)]
     assert first.stop() == 0  # SIGTERM: a clean exit
-    second = start_server(tiny_repository, env=redis_env(redis_url))
+    second = start_server(tiny_repository, env=env)
     with RnnClient(second.address) as client:
         pieces += [send_piece(client, x, "restart", i) for i in range(2, len(CHUNKS))]
     np.testing.assert_allclose(np.concatenate(pieces), whole, rtol=0, atol=1e-5)

@@ -1,5 +1,5 @@
-"""What every state store promises the session manager: the memory store and the Redis
-store (against a real redis-server) pass the same tests."""
+"""What every state store promises the session manager: the memory store, the Redis store
+and the owned store (both against a real redis-server) pass the same tests."""
 
 from __future__ import annotations
 

@@ -1,0 +1,152 @@
+"""The owned store against a real redis-server: two stores stand for two workers. A
+session's state stays with the worker that steps it, without a Redis round trip, and moves
+to another worker, always at its latest, when that worker steps it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+import pytest
+import redis
+from test_state_stores import assert_same_state, load_one, lstm_state, save_one
+
+from service.errors import Unavailable
+from service.sessions import SessionKey
+from service.sessions.owned_store import OwnedStore
+from service.sessions.turns import Turns
+
+KEY = SessionKey("sine-lstm", "1", "device-7")
+
+
+class Worker:
+    """A started store and the turns its session manager would hold."""
+
+    def __init__(self, url: str, namespace: str, handover_timeout_s: float = 5.0) -> None:
+        self.store = OwnedStore(url, 60.0, namespace, handover_timeout_s)
+        self.turns = Turns()
+
+    async def __aenter__(self) -> Worker:
+        await self.store.start(self.turns)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.store.close()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"test-{uuid.uuid4().hex}"
+
+
+def data_commands(url: str) -> dict[str, int]:
+    """Commands Redis has run, by name, leaving out the inbox listeners' polls and the
+    handshakes of new connections (this function's own among them)."""
+    stats = redis.Redis.from_url(url).info("commandstats")
+    overhead = ("cmdstat_blpop", "cmdstat_info", "cmdstat_hello", "cmdstat_client")
+    return {name: entry["calls"] for name, entry in stats.items() if not name.startswith(overhead)}
+
+
+def test_steps_on_the_owning_worker_make_no_redis_round_trip(
+    redis_url: str, namespace: str
+) -> None:
+    async def scenario() -> None:
+        async with Worker(redis_url, namespace) as worker:
+            await save_one(worker.store, KEY, lstm_state(0))  # the start claims the session
+            before = data_commands(redis_url)
+            for step in range(1, 50):
+                assert_same_state(
+                    await load_one(worker.store, KEY, lstm_state()), lstm_state(step - 1)
+                )
+                await save_one(worker.store, KEY, lstm_state(step))
+            assert data_commands(redis_url) == before
+
+    asyncio.run(scenario())
+
+
+def test_a_session_moves_to_the_worker_that_steps_it_and_back(
+    redis_url: str, namespace: str
+) -> None:
+    async def scenario() -> None:
+        async with Worker(redis_url, namespace) as a, Worker(redis_url, namespace) as b:
+            await save_one(a.store, KEY, lstm_state(0))
+            assert_same_state(await load_one(b.store, KEY, lstm_state()), lstm_state(0))
+            await save_one(b.store, KEY, lstm_state(1))
+            assert_same_state(await load_one(a.store, KEY, lstm_state()), lstm_state(1))
+            assert await a.store.count() == await b.store.count() == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_hand_over_waits_for_the_owners_step_in_progress(redis_url: str, namespace: str) -> None:
+    async def scenario() -> None:
+        async with Worker(redis_url, namespace) as a, Worker(redis_url, namespace) as b:
+            await save_one(a.store, KEY, lstm_state(0))
+            a.turns.take_free([KEY])  # a step of the session is running on a
+            moving = asyncio.create_task(load_one(b.store, KEY, lstm_state()))
+            await asyncio.sleep(0.3)
+            assert not moving.done()
+            await save_one(a.store, KEY, lstm_state(1))  # the step ends with its new state
+            a.turns.give(KEY)
+            assert_same_state(await moving, lstm_state(1))
+
+    asyncio.run(scenario())
+
+
+def test_an_owner_that_does_not_hand_over_fails_the_step_as_unavailable(
+    redis_url: str, namespace: str
+) -> None:
+    async def scenario() -> None:
+        async with (
+            Worker(redis_url, namespace) as a,
+            Worker(redis_url, namespace, handover_timeout_s=0.1) as b,
+        ):
+            await save_one(a.store, KEY, lstm_state(0))
+            a.turns.take_free([KEY])  # a step that does not end
+            with pytest.raises(Unavailable, match=r"did not hand it over within 0\.1s; retry"):
+                await load_one(b.store, KEY, lstm_state())
+            a.turns.give(KEY)  # it ends: the hand-overs asked for go through
+            assert_same_state(await load_one(b.store, KEY, lstm_state()), lstm_state(0))
+
+    asyncio.run(scenario())
+
+
+def test_a_clean_stop_leaves_the_states_for_the_next_server(redis_url: str, namespace: str) -> None:
+    async def scenario() -> None:
+        async with Worker(redis_url, namespace) as before_restart:
+            keys = [SessionKey("sine-lstm", "1", i) for i in range(3)]
+            await before_restart.store.save(keys, lstm_state(rows=3), [0, 1, 2])
+        async with Worker(redis_url, namespace) as after_restart:
+            into = {stem: np.zeros_like(array) for stem, array in lstm_state(rows=3).items()}
+            assert await after_restart.store.load(keys, into, [0, 1, 2]) == [True] * 3
+            assert_same_state(into, lstm_state(rows=3))
+
+    asyncio.run(scenario())
+
+
+def test_the_sessions_of_a_worker_that_died_are_gone_at_once(
+    redis_url: str, namespace: str
+) -> None:
+    async def scenario() -> None:
+        async with Worker(redis_url, namespace) as a, Worker(redis_url, namespace) as b:
+            await save_one(a.store, KEY, lstm_state(0))
+            # As when a's process is killed: its liveness record lapses, its states are lost.
+            redis.Redis.from_url(redis_url).delete(f"{namespace}:worker:{a.store.worker}")
+            assert await load_one(b.store, KEY, lstm_state()) is None
+            assert await b.store.count() == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_whose_session_was_started_again_elsewhere_drops_its_copy(
+    redis_url: str, namespace: str
+) -> None:
+    async def scenario() -> None:
+        async with Worker(redis_url, namespace) as a, Worker(redis_url, namespace) as b:
+            await save_one(a.store, KEY, lstm_state(0))
+            await save_one(b.store, KEY, lstm_state(1))  # a start on b, racing with a's step
+            await a.store.expire()  # a's sweep finds it no longer owns the session
+            assert_same_state(await load_one(a.store, KEY, lstm_state()), lstm_state(1))
+
+    asyncio.run(scenario())
