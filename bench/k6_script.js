@@ -117,6 +117,10 @@ export default function () {
   if (!response || response.status !== grpc.StatusOK) {
     failed.add(1);
     report(`step failed: ${JSON.stringify(response && response.error)}`);
+    // As a client would: begin the sequence again (a start cut off when the warm-up
+    // scenario stops never reached the server's state).
+    started = false;
+    continuing = null;
     return;
   }
   if (config.rows > 0) {

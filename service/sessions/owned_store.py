@@ -220,26 +220,33 @@ class OwnedStore:
         Returns the errors of those whose stored state cannot serve."""
         errors: dict[SessionKey, FailedPrecondition] = {}
         missing = [key for key in keys if not self._local.holds(key)]
-        for _ in range(ATTEMPTS):
-            if not missing:
+        for attempt in range(ATTEMPTS):
+            held = await self._take_here(missing, errors) if missing else {}
+            if not held:
                 return errors
-            held: dict[str, list[SessionKey]] = {}  # owner -> its sessions we need
-            for key, outcome in zip(missing, await self._take_all(missing), strict=True):
-                if outcome and outcome[0] == b"taken":
-                    try:
-                        await self._local.save([key], decode_state(key, outcome[1]), [0])
-                    except FailedPrecondition as error:
-                        errors[key] = error
-                elif outcome:
-                    held.setdefault(outcome[1].decode(), []).append(key)
-            await asyncio.gather(*(self._ask(owner, owned) for owner, owned in held.items()))
+            if attempt + 1 < ATTEMPTS:
+                await asyncio.gather(*(self._ask(owner, owned) for owner, owned in held.items()))
             missing = [key for owned in held.values() for key in owned]
-        if missing:
-            raise Unavailable(
-                f"{missing[0].describe()} is held by another server process that did not "
-                f"hand it over within {self.handover_timeout_s:g}s; retry"
-            )
-        return errors
+        raise Unavailable(
+            f"{missing[0].describe()} is held by another server process that did not "
+            f"hand it over within {self.handover_timeout_s:g}s; retry"
+        )
+
+    async def _take_here(
+        self, keys: list[SessionKey], errors: dict[SessionKey, FailedPrecondition]
+    ) -> dict[str, list[SessionKey]]:
+        """Takes the states of `keys` that wait in Redis; returns the rest that a live
+        worker owns, by owner. A state that cannot serve goes into `errors`."""
+        held: dict[str, list[SessionKey]] = {}
+        for key, outcome in zip(keys, await self._take_all(keys), strict=True):
+            if outcome and outcome[0] == b"taken":
+                try:
+                    await self._local.save([key], decode_state(key, outcome[1]), [0])
+                except FailedPrecondition as error:
+                    errors[key] = error
+            elif outcome:
+                held.setdefault(outcome[1].decode(), []).append(key)
+        return held
 
     async def _take_all(self, keys: Sequence[SessionKey]) -> list[list[bytes]]:
         async with self._client.pipeline(transaction=False) as pipe:

@@ -79,6 +79,26 @@ def test_a_session_moves_to_the_worker_that_steps_it_and_back(
     asyncio.run(scenario())
 
 
+def test_one_step_of_sessions_owned_by_two_workers_gathers_both(
+    redis_url: str, namespace: str
+) -> None:
+    async def scenario() -> None:
+        async with (
+            Worker(redis_url, namespace) as a,
+            Worker(redis_url, namespace) as b,
+            Worker(redis_url, namespace) as c,
+        ):
+            keys = [SessionKey("sine-lstm", "1", i) for i in range(4)]
+            batch = lstm_state(rows=4)
+            await a.store.save(keys[:2], batch, [0, 1])
+            await b.store.save(keys[2:], batch, [2, 3])
+            into = {stem: np.zeros_like(array) for stem, array in batch.items()}
+            assert await c.store.load(keys, into, [0, 1, 2, 3]) == [True] * 4
+            assert_same_state(into, batch)
+
+    asyncio.run(scenario())
+
+
 def test_a_hand_over_waits_for_the_owners_step_in_progress(redis_url: str, namespace: str) -> None:
     async def scenario() -> None:
         async with Worker(redis_url, namespace) as a, Worker(redis_url, namespace) as b:
