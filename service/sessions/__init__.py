@@ -1,4 +1,4 @@
-"""Stateful sequences: state stores (memory, Redis), the session manager that carries
+"""Stateful sequences: state stores (memory, Redis, owned), the session manager that carries
 state between the requests of a sequence, and the batcher that runs steps of different
 sessions together."""
 
