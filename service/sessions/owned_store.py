@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 LIVENESS_S = 10.0  # a worker silent this long is dead: its sessions are lost, not waited for
 HANDOVER_TIMEOUT_S = 5.0  # how long a worker waits for an owner to hand a session over
-ATTEMPTS = 3  # hand-over rounds before giving up (a session may move on meanwhile)
+ATTEMPTS = 3  # tries to take a session, with a hand-over request between two tries
 INBOX_POLL_S = 0.5  # the inbox listener's longest wait in Redis (and at a stop)
 FLUSH_CHUNK = 1000  # sessions per pipeline when a clean stop writes the states out
 
@@ -228,8 +228,8 @@ class OwnedStore:
                 await asyncio.gather(*(self._ask(owner, owned) for owner, owned in held.items()))
             missing = [key for owned in held.values() for key in owned]
         raise Unavailable(
-            f"{missing[0].describe()} is held by another server process that did not "
-            f"hand it over within {self.handover_timeout_s:g}s; retry"
+            f"{missing[0].describe()} is held by another server process that did not hand "
+            f"it over (asked {ATTEMPTS - 1} times, {self.handover_timeout_s:g}s each); retry"
         )
 
     async def _take_here(
