@@ -326,12 +326,12 @@ class OwnedStore:
 
     async def _claim(self, keys: list[SessionKey]) -> None:
         deadline = time.time() + self.idle_timeout_s
+        names = [member(key) for key in keys]
         async with self._client.pipeline(transaction=True) as pipe:
-            for key in keys:
-                name = member(key)
+            for name in names:
                 pipe.set(self._owner_prefix + name, self.worker)
                 pipe.delete(self._state_prefix + name)  # left by an earlier run of this id
-            pipe.zadd(self._index, {member(key): deadline for key in keys})
+            pipe.zadd(self._index, dict.fromkeys(names, deadline))
             await pipe.execute()
 
     async def _forget_all(

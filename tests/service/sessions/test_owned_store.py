@@ -7,10 +7,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import numpy as np
 import pytest
 import redis
-from test_state_stores import assert_same_state, load_one, lstm_state, save_one
+from test_state_stores import assert_same_state, load_one, lstm_state, save_one, zeros_like
 
 from service.errors import Unavailable
 from service.sessions import SessionKey
@@ -92,7 +91,7 @@ def test_one_step_of_sessions_owned_by_two_workers_gathers_both(
             batch = lstm_state(rows=4)
             await a.store.save(keys[:2], batch, [0, 1])
             await b.store.save(keys[2:], batch, [2, 3])
-            into = {stem: np.zeros_like(array) for stem, array in batch.items()}
+            into = zeros_like(batch)
             assert await c.store.load(keys, into, [0, 1, 2, 3]) == [True] * 4
             assert_same_state(into, batch)
 
@@ -139,7 +138,7 @@ def test_a_clean_stop_leaves_the_states_for_the_next_server(redis_url: str, name
             keys = [SessionKey("sine-lstm", "1", i) for i in range(3)]
             await before_restart.store.save(keys, lstm_state(rows=3), [0, 1, 2])
         async with Worker(redis_url, namespace) as after_restart:
-            into = {stem: np.zeros_like(array) for stem, array in lstm_state(rows=3).items()}
+            into = zeros_like(lstm_state(rows=3))
             assert await after_restart.store.load(keys, into, [0, 1, 2]) == [True] * 3
             assert_same_state(into, lstm_state(rows=3))
 

@@ -20,6 +20,11 @@ def lstm_state(seed: int = 0, rows: int = 1, hidden: int = 4) -> State:
     return {stem: rng.normal(size=(2, rows, hidden)).astype(np.float32) for stem in ("h", "c")}
 
 
+def zeros_like(state: State) -> State:
+    """A batch state of `state`'s shapes, all zeros: somewhere to load states into."""
+    return {stem: np.zeros_like(array) for stem, array in state.items()}
+
+
 async def save_one(store: StateStore, key: SessionKey, state: State) -> None:
     await store.save([key], state, [0])
 
@@ -27,7 +32,7 @@ async def save_one(store: StateStore, key: SessionKey, state: State) -> None:
 async def load_one(store: StateStore, key: SessionKey, like: State) -> State | None:
     """The key's state loaded into a one-row batch shaped like `like`; None when there is
     none; its error raised when it cannot serve."""
-    into = {stem: np.zeros_like(array) for stem, array in like.items()}
+    into = zeros_like(like)
     [loaded] = await store.load([key], into, [0])
     if isinstance(loaded, FailedPrecondition):
         raise loaded
@@ -185,7 +190,7 @@ def test_thousands_of_sessions_come_and_go_without_mixing_states(
         await store.save(keys, batch, rows)
         await store.delete(keys[::2])  # free slots in the middle, then take them again
         await store.save(keys[::2], again, rows[::2])
-        into = {stem: np.zeros_like(array) for stem, array in batch.items()}
+        into = zeros_like(batch)
         assert await store.load(keys, into, rows) == [True] * 3000
         for stem in batch:
             np.testing.assert_array_equal(into[stem][:, 1::2], batch[stem][:, 1::2])
