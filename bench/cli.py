@@ -54,12 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _repository(args: argparse.Namespace, workdir: Path) -> Path:
     """The given repository when it holds the sine models; else they are built: tiny ones
     in scratch space for --quick, default ones into the given folder."""
-    from bench.compute import SINE_MODELS
+    from rnnserve.bench.compute import SINE_MODELS
 
     if (args.model_repository / "sine-lstm").exists():
         return args.model_repository
     try:
-        from export.build import build_repository
+        from rnnserve.export.build import build_repository
     except ImportError as error:
         raise UsageError(
             f"no models at {args.model_repository} and no exporter: {error}"
@@ -71,8 +71,17 @@ def _repository(args: argparse.Namespace, workdir: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench import compute, goals, memory, multi_session, profile, report, sessions, transport
-    from bench.options import Options
+    from rnnserve.bench import (
+        compute,
+        goals,
+        memory,
+        multi_session,
+        profile,
+        report,
+        sessions,
+        transport,
+    )
+    from rnnserve.bench.options import Options
 
     runners = {
         "compute": compute.run,

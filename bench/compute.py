@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.options import Options
-from bench.plots import bar_plot
-from bench.report import Figure, ScenarioResult, environment
-from service.repository import read_spec
+from rnnserve.bench.options import Options
+from rnnserve.bench.plots import bar_plot
+from rnnserve.bench.report import Figure, ScenarioResult, environment
+from rnnserve.service.repository import read_spec
 
 SHAPES = ((1, 1), (256, 1), (1, 1000))
 SINE_MODELS = ("sine-rnn", "sine-lstm", "sine-gru")
@@ -34,8 +34,8 @@ def _seconds_per_call(call: Callable[[], object], budget_s: float) -> float:
 def _ort_call(model_file: Path, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
     import onnxruntime as ort
 
-    from service.runtime import choose_providers, session_options
-    from service.settings import Settings
+    from rnnserve.service.runtime import choose_providers, session_options
+    from rnnserve.service.settings import Settings
 
     settings = Settings()
     session = ort.InferenceSession(
@@ -48,8 +48,8 @@ def _torch_call(name: str, model_file: Path, feeds: dict[str, np.ndarray]) -> Ca
     """The export package's own module at the graph's sizes (weights do not change timing)."""
     import torch
 
-    from export.config import config_for_name
-    from export.tasks.sine import build_model
+    from rnnserve.export.config import config_for_name
+    from rnnserve.export.tasks.sine import build_model
 
     spec = read_spec(model_file)
     module = build_model(
@@ -68,16 +68,14 @@ def _feeds(model_file: Path, batch: int, seq: int) -> dict[str, np.ndarray]:
     spec = read_spec(model_file)
     rng = np.random.default_rng(0)
     feeds = {"x": rng.standard_normal((batch, seq, spec.input_size), dtype=np.float32)}
-    for stem in spec.state_names:
-        feeds[f"{stem}0"] = np.zeros((spec.state_rows, batch, spec.hidden_size), np.float32)
-    return feeds
+    return feeds | spec.zero_state(batch)
 
 
 def run(options: Options) -> ScenarioResult:
     import torch
 
-    from service.runtime import choose_providers
-    from service.settings import Settings
+    from rnnserve.service.runtime import choose_providers
+    from rnnserve.service.settings import Settings
 
     # The server runs each ORT call on one intra-op thread; give torch the same.
     torch.set_num_threads(Settings().intra_op_threads or 1)

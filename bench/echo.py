@@ -2,7 +2,7 @@
 asyncio server as rnnserve, that parses each ModelInferRequest and answers a precomputed
 one-step sine response. No model, no data plane: what is left is gRPC and protobuf.
 
-Run as `python -m bench.echo --port P`.
+Run as `python -m rnnserve.bench.echo --port P`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from typing import Any
 
 import grpc
 
-from bench.payloads import step_response
-
-SERVICE = "inference.GRPCInferenceService"
+from rnnserve.bench.payloads import step_response
 
 
 def handler(model_name: str) -> grpc.GenericRpcHandler:
-    from service.protocol.generated import grpc_service_pb2 as pb
+    from rnnserve.protocol import messages as pb
+    from rnnserve.protocol.rpc import SERVICE_NAME
 
     # Serialised once: the floor should not pay for building its answer.
     unary_answer = step_response(model_name).SerializeToString()
@@ -43,7 +42,7 @@ def handler(model_name: str) -> grpc.GenericRpcHandler:
     parse = pb.ModelInferRequest.FromString
     # A None serializer sends the bytes as they are.
     return grpc.method_handlers_generic_handler(
-        SERVICE,
+        SERVICE_NAME,
         {
             "ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer, parse, None),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(

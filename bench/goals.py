@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.report import Figure, ScenarioResult
+from rnnserve.bench.report import Figure, ScenarioResult
 
 
 def _find(results: list[ScenarioResult], scenario: str, label: str) -> Figure | None:

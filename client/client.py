@@ -1,30 +1,41 @@
 """RnnClient: numpy in, numpy out over the Open Inference Protocol's gRPC API.
 
-Tensor encoding is service/grpc/converter.py's, shared with the server, so both ends
-agree on the wire format by construction.
+Tensor encoding is rnnserve.protocol.codec's, shared with the server, so both ends agree
+on the wire format by construction. The client imports nothing of the server.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
-from client.errors import InferenceError
-from service.grpc import converter
-from service.protocol.generated import grpc_service_pb2 as pb
-from service.protocol.generated import grpc_service_pb2_grpc as pb_grpc
-from service.types import InferRequest, InferResponse, Parameter
+from rnnserve.client.errors import InferenceError
+from rnnserve.protocol import codec, rpc
+from rnnserve.protocol import messages as pb
+from rnnserve.protocol.codec import Parameter
 
 T = TypeVar("T")
 
 
-def call(rpc: Callable[[], T]) -> T:
+@dataclass
+class InferResult:
+    """One response: outputs by name (BYTES outputs hold `bytes`) and its parameters."""
+
+    model_name: str
+    model_version: str
+    id: str = ""
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    parameters: dict[str, Parameter] = field(default_factory=dict)
+
+
+def call(rpc_call: Callable[[], T]) -> T:
     """Run one gRPC call, turning its failure into an InferenceError."""
     try:
-        return rpc()
+        return rpc_call()
     except grpc.RpcError as error:
         raise InferenceError(error.code().name, error.details() or "") from None
 
@@ -45,19 +56,39 @@ def build_request(
     outputs: Sequence[str] = (),
     parameters: Mapping[str, Parameter] | None = None,
     version: str = "",
-) -> pb.ModelInferRequest:
-    request = InferRequest(
-        model_name=model,
-        model_version=version,
-        inputs=[converter.tensor_from_array(name, data) for name, data in inputs.items()],
-        outputs=list(outputs),
-        parameters=dict(parameters or {}),
+) -> Any:
+    """A ModelInferRequest carrying `inputs` as raw tensor data."""
+    message = pb.ModelInferRequest(model_name=model, model_version=version)
+    codec.parameters_to_proto(parameters or {}, message.parameters)
+    for name, data in inputs.items():
+        datatype, array = codec.wire_array(name, data)
+        message.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        message.raw_input_contents.append(codec.raw_of(datatype, array))
+    for name in outputs:
+        message.outputs.add(name=name)
+    return message
+
+
+def decode_response(message: Any) -> InferResult:
+    """A ModelInferResponse's outputs, raw or typed, as any server may send them."""
+    raw = message.raw_output_contents
+    outputs = {
+        item.name: (
+            codec.array_from_raw(item.name, item.datatype, list(item.shape), raw[index])
+            if raw
+            else codec.array_from_contents(
+                item.name, item.datatype, list(item.shape), item.contents
+            )
+        )
+        for index, item in enumerate(message.outputs)
+    }
+    return InferResult(
+        model_name=message.model_name,
+        model_version=message.model_version,
+        id=message.id,
+        outputs=outputs,
+        parameters=codec.parameters_from_proto(message.parameters, "response"),
     )
-    return converter.request_to_proto(request)
-
-
-def outputs_of(response: InferResponse) -> dict[str, np.ndarray]:
-    return {tensor.name: tensor.data for tensor in response.outputs}
 
 
 def session_controls(
@@ -85,7 +116,7 @@ class RnnClient:
                 ("grpc.max_send_message_length", -1),
             ],
         )
-        self.stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self.stub = rpc.Stub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -112,11 +143,11 @@ class RnnClient:
         request = pb.ModelReadyRequest(name=model, version=version)
         return call(lambda: self.stub.ModelReady(request, timeout=self.timeout_s)).ready
 
-    def server_metadata(self) -> pb.ServerMetadataResponse:
+    def server_metadata(self) -> Any:
         request = pb.ServerMetadataRequest()
         return call(lambda: self.stub.ServerMetadata(request, timeout=self.timeout_s))
 
-    def model_metadata(self, model: str, version: str = "") -> pb.ModelMetadataResponse:
+    def model_metadata(self, model: str, version: str = "") -> Any:
         request = pb.ModelMetadataRequest(name=model, version=version)
         return call(lambda: self.stub.ModelMetadata(request, timeout=self.timeout_s))
 
@@ -131,7 +162,7 @@ class RnnClient:
         version: str = "",
     ) -> dict[str, np.ndarray]:
         """Run one request; returns output name -> array (BYTES outputs hold `bytes`)."""
-        return outputs_of(self.infer_response(model, inputs, outputs, parameters, version))
+        return self.infer_response(model, inputs, outputs, parameters, version).outputs
 
     def infer_response(
         self,
@@ -140,12 +171,13 @@ class RnnClient:
         outputs: Sequence[str] = (),
         parameters: Mapping[str, Parameter] | None = None,
         version: str = "",
-    ) -> InferResponse:
+    ) -> InferResult:
         return self.infer_response_of(build_request(model, inputs, outputs, parameters, version))
 
-    def infer_response_of(self, request: pb.ModelInferRequest) -> InferResponse:
+    def infer_response_of(self, request: Any) -> InferResult:
+        """ModelInfer with a request message built already (see `build_request`)."""
         reply = call(lambda: self.stub.ModelInfer(request, timeout=self.timeout_s))
-        return converter.response_from_proto(reply)
+        return decode_response(reply)
 
     def step_sessions(
         self,
@@ -163,24 +195,23 @@ class RnnClient:
         zeros or empty strings and its session is unchanged)."""
         controls = session_controls(ids, start, end)
         response = self.infer_response(model, {**inputs, **controls}, outputs, version=version)
-        out = outputs_of(response)
+        out = response.outputs
         errors = [message.decode() for message in out.pop("sequence_error").reshape(-1)]
         return out, errors
 
-    def stream(self, requests: Iterator[pb.ModelInferRequest]) -> Iterator[InferResponse]:
+    def stream(self, requests: Iterator[Any]) -> Iterator[InferResult]:
         """ModelStreamInfer: responses as they come; an error in the stream raises."""
         return self.stream_replies(self.stub.ModelStreamInfer(requests))
 
     @staticmethod
-    def stream_replies(
-        replies: Iterator[pb.ModelStreamInferResponse],
-    ) -> Iterator[InferResponse]:
+    def stream_replies(replies: Iterator[Any]) -> Iterator[InferResult]:
+        """ModelStreamInferResponses as results; an error reported in the stream raises."""
         try:
             for reply in replies:
                 if reply.error_message:
                     # The stream stays open: the caller may go on sending.
                     raise InferenceError("STREAM_ERROR", reply.error_message)
-                yield converter.response_from_proto(reply.infer_response)
+                yield decode_response(reply.infer_response)
         except grpc.RpcError as error:
             raise InferenceError(error.code().name, error.details() or "") from None
 
@@ -192,12 +223,22 @@ class RnnClient:
         states: Mapping[str, np.ndarray] | None = None,
         model: str = "sine-lstm",
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """y for x = `values`, and the final states keyed `h0`/`c0` to pass to the next call."""
-        inputs: dict[str, np.ndarray] = {"x": sine_input(values)}
-        inputs.update(states or {})
-        state_outputs = ["hn", "cn"] if model.endswith("lstm") else ["hn"]
-        out = self.infer(model, inputs, outputs=["y", *state_outputs])
-        return out["y"], {name.replace("n", "0"): out[name] for name in state_outputs}
+        """y for x = `values`, and the final states keyed by the state inputs they feed
+        (`h0`, `c0`), to pass to the next call."""
+        pairs = self.state_pairs(model)
+        inputs: dict[str, np.ndarray] = {"x": sine_input(values), **(states or {})}
+        out = self.infer(model, inputs, outputs=["y", *pairs.values()])
+        return out["y"], {state_in: out[state_out] for state_in, state_out in pairs.items()}
+
+    def state_pairs(self, model: str, version: str = "") -> dict[str, str]:
+        """The model's state inputs and the outputs that carry them on, as its metadata
+        lists them (parameters `state_inputs`, `state_outputs`): {"h0": "hn", ...}."""
+        parameters = self.model_metadata(model, version).parameters
+        names = [
+            parameters[key].string_param.split(",") if key in parameters else []
+            for key in ("state_inputs", "state_outputs")
+        ]
+        return dict(zip(*names, strict=True))
 
     def tag(self, text: str, model: str = "tagger-gru") -> str:
         return self.infer(model, {"text": [text]}, outputs=["text_out"])["text_out"][0].decode()

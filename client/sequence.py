@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from client.client import RnnClient, build_request, outputs_of
-from client.errors import InferenceError
-from service.protocol.generated import grpc_service_pb2 as pb
-from service.types import InferResponse, Parameter
+from rnnserve.client.client import InferResult, RnnClient, build_request
+from rnnserve.client.errors import InferenceError
+from rnnserve.protocol.codec import Parameter
 
 FINAL = "triton_final_response"
 
@@ -34,8 +34,8 @@ class SequenceSession:
         self.version = version
         self.sequence_id = sequence_id
         self._started = False
-        self._requests: queue.Queue[pb.ModelInferRequest | None] | None = None
-        self._replies: Iterator[pb.ModelStreamInferResponse] | None = None
+        self._requests: queue.Queue[Any] | None = None
+        self._replies: Iterator[Any] | None = None
         if streaming:
             self._requests = queue.Queue()
             self._replies = client.stub.ModelStreamInfer(iter(self._requests.get, None))
@@ -48,7 +48,7 @@ class SequenceSession:
         end: bool = False,
     ) -> dict[str, np.ndarray]:
         """One step; returns the outputs of its final response."""
-        return outputs_of(self.step_responses(inputs, outputs, parameters, end)[-1])
+        return self.step_responses(inputs, outputs, parameters, end)[-1].outputs
 
     def step_responses(
         self,
@@ -56,7 +56,7 @@ class SequenceSession:
         outputs: Sequence[str] = (),
         parameters: Mapping[str, Parameter] | None = None,
         end: bool = False,
-    ) -> list[InferResponse]:
+    ) -> list[InferResult]:
         """One step; every response it produced (several for streamed decoding)."""
         sequence = {"sequence_id": self.sequence_id, "sequence_start": not self._started}
         if end:
@@ -68,11 +68,11 @@ class SequenceSession:
         self._started = not end
         return responses
 
-    def _send(self, request: pb.ModelInferRequest) -> list[InferResponse]:
+    def _send(self, request: Any) -> list[InferResult]:
         if self._requests is None:
             return [self.client.infer_response_of(request)]
         self._requests.put(request)
-        responses: list[InferResponse] = []
+        responses: list[InferResult] = []
         for reply in self.client.stream_replies(self._replies):
             responses.append(reply)
             if reply.parameters.get(FINAL, True):

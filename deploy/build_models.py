@@ -16,7 +16,7 @@ def main(argv: list[str]) -> int:
     if root.is_dir() and any(root.iterdir()):
         print(f"{root} is not empty: keeping the models there")
         return 0
-    from export.build import build_repository  # torch: only once there is work to do
+    from rnnserve.export.build import build_repository  # torch: only once there is work to do
 
     print(f"building the default models into {root}")
     build_repository(root)

@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-from export.config import DEFAULT_NAMES, config_for_name
-from export.exporter import export_version
-from export.repository import ensure_writable, next_version, versions
-from export.tasks.base import count_parameters
-from export.training import save_run, train_model
 from rnnserve.errors import UsageError
+from rnnserve.export.config import DEFAULT_NAMES, config_for_name
+from rnnserve.export.exporter import export_version
+from rnnserve.export.repository import ensure_writable, next_version, versions
+from rnnserve.export.tasks.base import count_parameters
+from rnnserve.export.training import save_run, train_model
 
 # Small recurrent nets train fastest on one thread: per-step overhead dominates and the
 # build machine's other cores are better left to the other processes.

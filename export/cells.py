@@ -32,10 +32,6 @@ def run_cell(rnn: nn.RNNBase, x: Tensor, state: State) -> tuple[Tensor, State]:
     return output, (h,)
 
 
-def state_count(cell: str) -> int:
-    return 2 if cell == "lstm" else 1
-
-
 def zero_state(rnn: nn.RNNBase, batch: int) -> State:
     rows = rnn.num_layers * (2 if rnn.bidirectional else 1)
     shape = (rows, batch, rnn.hidden_size)

@@ -54,8 +54,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, int | None]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from export.build import build_repository, summary_table
-    from export.verify import VerificationError
+    from rnnserve.export.build import build_repository, summary_table
+    from rnnserve.export.verify import VerificationError
 
     try:
         results = build_repository(
@@ -77,9 +77,9 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from export.config import make_config
-    from export.repository import ensure_writable
-    from export.training import save_run, train_model
+    from rnnserve.export.config import make_config
+    from rnnserve.export.repository import ensure_writable
+    from rnnserve.export.training import save_run, train_model
 
     config = make_config(
         args.task, args.cell, args.preset, args.seed, args.bidirectional, **_overrides(args)
@@ -96,10 +96,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from export.exporter import export_version
-    from export.repository import ensure_writable, next_version
-    from export.training import load_run
-    from export.verify import VerificationError
+    from rnnserve.export.exporter import export_version
+    from rnnserve.export.repository import ensure_writable, next_version
+    from rnnserve.export.training import load_run
+    from rnnserve.export.verify import VerificationError
 
     if args.version is not None and args.version < 1:
         raise UsageError(f"--version must be at least 1, got {args.version}")

@@ -1,8 +1,10 @@
-"""What to train: one `TrainConfig` per model, filled from a named preset plus overrides.
+"""What to train: one `TrainConfig` per model, filled from its task's preset plus overrides.
 
-Presets: "default" meets the quality bars in docs/models.md and builds the nine default
-models in a few minutes on two CPU cores; "tiny" is for tests: small and brief, yet the
-tagger still learns hello -> ohlol and every export check still runs.
+Presets (each task module's PRESETS): "default" meets the quality bars in docs/models.md
+and builds the nine default models in a few minutes on two CPU cores; "tiny" is for tests:
+small and brief, yet the tagger still learns hello -> ohlol and every export check still
+runs. Weight decay keeps the recurrences from amplifying rounding over the thousand-step
+parity and chunk checks, far longer than anything these models were trained on.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from rnnserve.errors import UsageError
+from rnnserve.export.tasks import NAMES, task_module
 
-TASKS = ("sine", "tagger", "seq2seq")
 CELL_NAMES = ("rnn", "lstm", "gru")
-DEFAULT_NAMES = tuple(f"{task}-{cell}" for task in TASKS for cell in CELL_NAMES)
+DEFAULT_NAMES = tuple(f"{task}-{cell}" for task in NAMES for cell in CELL_NAMES)
 
 
 @dataclass(frozen=True)
@@ -39,60 +41,7 @@ class TrainConfig:
         return asdict(self)
 
 
-# Weight decay keeps the recurrences from amplifying rounding over the thousand-step
-# parity and chunk checks, far longer than anything these models were trained on.
-# Per preset and task; an epoch is one step for the tagger (its data is one pair), a fixed
-# number of generated batches for seq2seq, and one pass over the training streams for sine.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "default": {
-        "tagger": dict(
-            num_layers=1,
-            hidden_size=8,
-            epochs=200,
-            batch_size=1,
-            learning_rate=0.03,
-            weight_decay=0.01,
-            embedding_size=8,
-        ),
-        "seq2seq": dict(
-            num_layers=1,
-            hidden_size=128,
-            epochs=16,
-            batch_size=128,
-            learning_rate=1e-2,
-            weight_decay=0.1,
-            embedding_size=32,
-        ),
-        "sine": dict(num_layers=1, hidden_size=32, epochs=12, batch_size=16, learning_rate=1e-2),
-    },
-    "tiny": {
-        "tagger": dict(
-            num_layers=1,
-            hidden_size=8,
-            epochs=200,
-            batch_size=1,
-            learning_rate=0.05,
-            weight_decay=0.01,
-            embedding_size=4,
-        ),
-        "seq2seq": dict(
-            num_layers=1,
-            hidden_size=16,
-            epochs=1,
-            batch_size=32,
-            learning_rate=1e-2,
-            embedding_size=8,
-        ),
-        "sine": dict(num_layers=1, hidden_size=8, epochs=2, batch_size=4, learning_rate=1e-2),
-    },
-}
-
-# Where one cell needs other settings than its task's: the plain RNN learns the date rule
-# poorly at the gated cells' learning rate; slower and four times as long it gets every
-# held-out date (42 % with twice as long, 2 % at the gated cells' settings).
-CELL_OVERRIDES: dict[tuple[str, str, str], dict[str, Any]] = {
-    ("default", "seq2seq", "rnn"): dict(learning_rate=3e-3, epochs=64),
-}
+PRESET_NAMES = ("default", "tiny")
 
 
 def parse_name(name: str) -> tuple[str, str, bool]:
@@ -115,15 +64,14 @@ def make_config(
     **overrides: Any,
 ) -> TrainConfig:
     """A validated config; `overrides` with value None are ignored."""
-    if task not in TASKS:
-        raise UsageError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    module = task_module(task)
     if cell not in CELL_NAMES:
         raise UsageError(f"unknown cell {cell!r}: expected one of {', '.join(CELL_NAMES)}")
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r}: expected one of {', '.join(PRESETS)}")
-    if bidirectional and task != "tagger":
-        raise UsageError(f"only the tagger has a bidirectional variant, not {task}")
-    settings = PRESETS[preset][task] | CELL_OVERRIDES.get((preset, task, cell), {})
+    if preset not in PRESET_NAMES:
+        raise UsageError(f"unknown preset {preset!r}: expected one of {', '.join(PRESET_NAMES)}")
+    if bidirectional and not module.BIDIRECTIONAL:
+        raise UsageError(f"task {task} has no bidirectional variant")
+    settings = module.PRESETS[preset] | module.CELL_PRESETS.get((preset, cell), {})
     config = TrainConfig(task=task, cell=cell, seed=seed, bidirectional=bidirectional, **settings)
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     for field in ("num_layers", "hidden_size", "epochs", "batch_size", "embedding_size"):

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.onnx_graphs import export_graph, write_spec
-from export.repository import staged_version
-from export.tasks import TASK_MODULES
-from export.tasks.base import count_parameters
-from export.training import TrainedModel
-from export.verify import VerificationError, check_graph, check_greedy
-from service.model_spec import ModelSpec
+from rnnserve.export.onnx_graphs import export_graph, write_spec
+from rnnserve.export.repository import staged_version
+from rnnserve.export.tasks import task_module
+from rnnserve.export.tasks.base import count_parameters
+from rnnserve.export.training import TrainedModel
+from rnnserve.export.verify import VerificationError, check_graph
+from rnnserve.service.model_spec import ModelSpec
 
 
 @dataclass
@@ -24,8 +24,7 @@ class ExportResult:
 
 
 def check_quality(trained: TrainedModel) -> None:
-    task = TASK_MODULES[trained.config.task]
-    if not task.quality_ok(trained.quality):
+    if not task_module(trained.config.task).quality_ok(trained.quality):
         raise VerificationError(
             f"quality check failed for {trained.config.name}: {trained.quality_name} is "
             f"{trained.quality:.4g}"
@@ -36,21 +35,15 @@ def export_version(trained: TrainedModel, root: Path, version: int) -> ExportRes
     """Write root/<name>/<version>/ from `trained`, or raise VerificationError and leave
     the repository as it was."""
     config = trained.config
+    task = task_module(config.task)
     check_quality(trained)
-    graphs = TASK_MODULES[config.task].graphs(trained.model, config)
+    graphs = task.graphs(trained.model, config)
     with staged_version(root, config.name, version) as folder:
         reports = {}
         for graph in graphs:
             export_graph(graph, folder / graph.file_name)
             reports[graph.role] = check_graph(graph, folder / graph.file_name)
-        if config.task == "seq2seq":
-            check_greedy(
-                trained.model,
-                folder / "encoder.onnx",
-                folder / "decoder.onnx",
-                graphs[0].num_states,
-                config.seed,
-            )
+        task.verify(trained.model, folder, config)
         parity = max(r.parity_error for r in reports.values())
         chunks = [r.chunk_error for r in reports.values() if r.chunk_error is not None]
         chunk = max(chunks) if chunks else None
@@ -72,7 +65,7 @@ def export_version(trained: TrainedModel, root: Path, version: int) -> ExportRes
                 # Omitted where no graph can be fed in chunks (bidirectional tagger).
                 **({"chunk_error": chunk} if chunk is not None else {}),
             },
-            **TASK_MODULES[config.task].spec_fields(config),
+            **task.spec_fields(config),
         )
         for graph in graphs:
             write_spec(folder / graph.file_name, spec)

@@ -8,8 +8,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from export.tasks.base import Graph
-from service.model_spec import METADATA_KEY, ModelSpec
+from rnnserve.export.tasks.base import Graph
+from rnnserve.service.model_spec import METADATA_KEY, ModelSpec
 
 OPSET = 17
 # Example sizes for tracing; above 1 so that no axis can be mistaken for a constant 1.
@@ -19,12 +19,9 @@ EXAMPLE_BATCH, EXAMPLE_SEQ = 3, 5
 def dynamic_axes(graph: Graph) -> dict[str, dict[int, str]]:
     """Batch (and sequence) axes of every tensor: states are (rows, batch, hidden)."""
     leading = {0: "batch", 1: "seq"} if graph.sequence else {0: "batch"}
-    data_in = graph.input_names[: len(graph.input_names) - graph.num_states]
-    data_out = graph.output_names[: len(graph.output_names) - graph.num_states]
-    states = graph.input_names[len(data_in) :] + graph.output_names[len(data_out) :]
     return {
-        **{name: leading for name in data_in + data_out},
-        **{name: {1: "batch"} for name in states},
+        **{name: leading for name in graph.inputs + graph.outputs},
+        **{name: {1: "batch"} for pair in graph.states for name in pair},
     }
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from export.config import TrainConfig
-from export.tasks import TASK_MODULES, sine
 from rnnserve.errors import UsageError
+from rnnserve.export.config import TrainConfig
+from rnnserve.export.tasks import task_module
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -27,11 +27,11 @@ class TrainedModel:
 
     @property
     def quality_name(self) -> str:
-        return TASK_MODULES[self.config.task].QUALITY_NAME
+        return task_module(self.config.task).QUALITY_NAME
 
 
 def train_model(config: TrainConfig, progress: bool = False) -> TrainedModel:
-    task = TASK_MODULES[config.task]
+    task = task_module(config.task)
     torch.manual_seed(config.seed)
     model = task.build_model(config)
     started = time.perf_counter()
@@ -41,7 +41,7 @@ def train_model(config: TrainConfig, progress: bool = False) -> TrainedModel:
 
 
 def save_run(trained: TrainedModel, run_dir: Path) -> None:
-    from export.plots import plot_loss, plot_stream  # matplotlib only when runs are kept
+    from rnnserve.export.plots import plot_loss  # matplotlib only when runs are kept
 
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -55,11 +55,7 @@ def save_run(trained: TrainedModel, run_dir: Path) -> None:
         run_dir / CHECKPOINT,
     )
     plot_loss(trained.losses, run_dir / "loss.png", trained.config.name)
-    if trained.config.task == "sine":
-        target, prediction = sine.predict_stream(trained.model, trained.config.seed)
-        plot_stream(
-            target.tolist(), prediction.tolist(), run_dir / "stream.png", trained.config.name
-        )
+    task_module(trained.config.task).save_plots(trained.model, trained.config, run_dir)
 
 
 def load_run(path: Path) -> TrainedModel:
@@ -70,7 +66,7 @@ def load_run(path: Path) -> TrainedModel:
     except (OSError, RuntimeError) as error:
         raise UsageError(f"cannot read checkpoint {file}: {error}") from None
     config = TrainConfig(**saved["config"])
-    model = TASK_MODULES[config.task].build_model(config)
+    model = task_module(config.task).build_model(config)
     model.load_state_dict(saved["state_dict"])
     return TrainedModel(
         config, model.eval(), saved["losses"], saved["quality"], saved["train_seconds"]

@@ -3,8 +3,9 @@
 (a) onnx.checker accepts every graph; (b) every batch and sequence axis is symbolic;
 (c) ONNX Runtime matches torch within TOLERANCE at each of PARITY_SIZES, outputs and
 states; (d) one-way sequence graphs give the same answer fed in random chunks with the
-state carried as fed whole; (e) seq2seq: greedy decoding through the ONNX graphs equals
-torch's on held-out examples. A failure raises VerificationError naming the check.
+state carried as fed whole; (e) a task's own checks of its graphs together (seq2seq:
+greedy decoding through the ONNX graphs equals torch's on held-out examples, in
+export/tasks/seq2seq.py). A failure raises VerificationError naming the check.
 
 Parity compares ONNX Runtime's float32 answer with torch's float64 answer for the same
 weights, the exact function the model computes. Over a thousand steps a long-memory cell
@@ -29,16 +30,13 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.onnx_graphs import dynamic_axes
-from export.tasks import seq2seq
-from export.tasks.base import Graph
-from service.tasks.base import rows_by_length
+from rnnserve.export.onnx_graphs import dynamic_axes
+from rnnserve.export.tasks.base import Graph
 
 TOLERANCE = 1e-5
 PARITY_SIZES = ((1, 1), (8, 100), (2, 1000))
 CHUNK_STEPS = 1000
 CHUNK_BATCH = 2
-GREEDY_EXAMPLES = 64
 
 
 class VerificationError(Exception):
@@ -156,52 +154,3 @@ def check_chunks(graph: Graph, session: ort.InferenceSession) -> float:
             f"by {error:.3g} > {TOLERANCE:g} over {CHUNK_STEPS} steps"
         )
     return error
-
-
-def onnx_greedy(
-    encoder: ort.InferenceSession,
-    decoder: ort.InferenceSession,
-    sources: list[str],
-    num_states: int,
-    steps: int,
-) -> np.ndarray:
-    """Greedy decoding for `steps` steps, as the server runs it (the sources of each length
-    encoded together): token ids (batch, steps)."""
-    names = ["h", "c"][:num_states]
-    layers, _, hidden = encoder.get_inputs()[1].shape
-    state = [np.zeros((layers, len(sources), hidden), np.float32) for _ in names]
-    for group in rows_by_length(sources).values():
-        tokens = seq2seq.encode_sources([sources[row] for row in group]).numpy()
-        zeros = np.zeros((layers, len(group), hidden), np.float32)
-        finals = encoder.run(None, {"tokens": tokens, **{n + "0": zeros for n in names}})
-        for whole, final in zip(state, finals, strict=True):
-            whole[:, group] = final
-    token = np.full(len(sources), seq2seq.BOS, np.int64)
-    tokens = []
-    for _ in range(steps):
-        _, token, *state = decoder.run(
-            None, {"token": token, **{n + "0": s for n, s in zip(names, state, strict=True)}}
-        )
-        tokens.append(token)
-    return np.stack(tokens, axis=1)
-
-
-def check_greedy(
-    model: seq2seq.Seq2Seq, encoder_path: Path, decoder_path: Path, num_states: int, seed: int
-) -> None:
-    pairs = seq2seq.held_out_sources(seed, GREEDY_EXAMPLES)
-    sources = [s for s, _ in pairs]
-    expected = seq2seq.greedy(model.eval(), sources).numpy()
-    actual = onnx_greedy(
-        open_session(encoder_path),
-        open_session(decoder_path),
-        sources,
-        num_states,
-        seq2seq.MAX_OUTPUT_LENGTH,
-    )
-    differing = int((expected != actual).any(axis=1).sum())
-    if differing:
-        raise VerificationError(
-            f"check (e) greedy decoding failed: ONNX and torch differ on {differing} of "
-            f"{len(pairs)} held-out examples"
-        )

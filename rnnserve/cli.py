@@ -11,12 +11,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bench import cli as bench_cli
-from client import cli as client_cli
-from export import cli as export_cli
 from rnnserve import demo
+from rnnserve.bench import cli as bench_cli
+from rnnserve.client import cli as client_cli
 from rnnserve.errors import UsageError
-from service import cli as service_cli
+from rnnserve.export import cli as export_cli
+from rnnserve.service import cli as service_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

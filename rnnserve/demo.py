@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from rnnserve.errors import UsageError
 
 if TYPE_CHECKING:
-    from client.client import RnnClient
+    from rnnserve.client.client import RnnClient
 
 SINE_DT = 0.1  # the sine models' time step (export/tasks/sine.py)
 SINE_STEPS = 160
@@ -67,14 +67,14 @@ def run(args: argparse.Namespace) -> int:
 
 def ensure_models(root: Path, preset: str) -> None:
     """Build the default models that the repository lacks; keep those it has."""
-    from export.config import DEFAULT_NAMES
+    from rnnserve.export.config import DEFAULT_NAMES
 
     missing = [name for name in DEFAULT_NAMES if not (root / name).is_dir()]
     if not missing:
         return
     print(f"building {len(missing)} default models into {root}/ (preset {preset}) ...")
     # torch: only when there is something to build
-    from export.build import build_repository, summary_table
+    from rnnserve.export.build import build_repository, summary_table
 
     # skip_existing: a model another process finished meanwhile is kept, not an error.
     results = build_repository(
@@ -97,7 +97,7 @@ def served(
 
     Leaving the block sends SIGTERM and requires a clean exit (status 0).
     """
-    from client.client import RnnClient
+    from rnnserve.client.client import RnnClient
 
     command = [sys.executable, "-m", "rnnserve", "serve", "--model-repository", str(root)]
     command += ["--host", "127.0.0.1", "--grpc-port", str(grpc_port)]
@@ -113,7 +113,7 @@ def served(
 
 
 def wait_ready(client: RnnClient, server: subprocess.Popen[bytes], timeout_s: float) -> None:
-    from client.errors import InferenceError
+    from rnnserve.client.errors import InferenceError
 
     deadline = time.monotonic() + timeout_s
     while True:
@@ -148,7 +148,7 @@ def stream_sine(client: RnnClient, model: str = "sine-lstm") -> None:
     """sin(t) in chunks through one sequence: the server carries the state between chunks."""
     import numpy as np
 
-    from client.client import sine_input
+    from rnnserve.client.client import sine_input
 
     t = SINE_DT * np.arange(SINE_STEPS)
     predicted = []

@@ -26,7 +26,7 @@ fi
 
 stamp=.venv/.rnnserve-installed
 # Reinstall when anything the install depends on changed: the dependencies, or the protos
-# that the build hook compiles into service/protocol/generated/.
+# that the build hook compiles into rnnserve/protocol/inference.protoset.
 stale=0
 for input in pyproject.toml hatch_build.py protos/*.proto; do
     [[ "$stamp" -nt "$input" ]] || stale=1

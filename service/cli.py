@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from rnnserve.errors import UsageError
 
 if TYPE_CHECKING:
-    from service.settings import Settings
+    from rnnserve.service.settings import Settings
 
 # (Settings field, help). Values go to Settings as typed text and pydantic checks them,
 # so the limits and types live in one place: service/settings.py.
@@ -69,7 +69,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
     from pydantic import ValidationError
 
-    from service.settings import Settings
+    from rnnserve.service.settings import Settings
 
     fields = [field for field, _ in VALUE_FLAGS + LIST_FLAGS + BOOL_FLAGS]
     overrides = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from service.grpc.server import serve
+    from rnnserve.service.server import serve
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve_workers(settings: Settings, log_level: str) -> int:
-    from service.workers import serve_workers
+    from rnnserve.service.workers import serve_workers
 
     if settings.state_store == "memory":
         # A client that reconnects may land on another worker: its session's state must be

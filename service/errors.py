@@ -1,10 +1,15 @@
 """Protocol-neutral errors. Each carries the status a client should see.
 
-The gRPC adapter maps `code` to `grpc.StatusCode[code]`; the message goes to the client
-verbatim, so it must name the field at fault and what was expected.
+Front ends map `code` to their protocol's status (gRPC: `grpc.StatusCode[code]`); the
+message goes to the client verbatim, so it must name the field at fault and what was
+expected. `client_error` is the one place an unexpected exception becomes INTERNAL.
 """
 
 from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -35,3 +40,13 @@ class ResourceExhausted(ServiceError):
 
 class Unavailable(ServiceError):
     code = "UNAVAILABLE"
+
+
+def client_error(error: Exception, what: str) -> ServiceError:
+    """What a client hears when `what` (an RPC, a route) failed with `error`: our own
+    errors verbatim; anything else is a bug, logged here with its traceback and answered
+    INTERNAL without its details (no traceback ever reaches a client)."""
+    if isinstance(error, ServiceError):
+        return error
+    log.error("%s failed", what, exc_info=error)
+    return ServiceError(f"internal error in {what}; the server log has the details")

@@ -1,8 +1,10 @@
 """The self-description every exported model carries: one JSON document in the ONNX
 metadata under the key `rnnserve`. The exporter writes it, the server reads it and
-needs nothing else to serve the model.
+needs nothing else to serve the model. What each task requires of its spec (graphs,
+vocabularies) is the task's own business (service/tasks/).
 
-Graph contracts (all state tensors are `(layers*directions, batch, hidden)`, FP32):
+Graph contracts of the default tasks (all state tensors are `(layers*directions, batch,
+hidden)`, FP32; a state input `h0` is carried on by the output `hn`, `c0` by `cn`):
 
 - task "sine", graph "model":  x FP32 [batch, seq, input_size], h0[, c0]
                                 -> y FP32 [batch, seq, output_size], hn[, cn]
@@ -22,20 +24,37 @@ written as "<pad>", "<bos>", "<eos>".
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Literal, NamedTuple
 
+import numpy as np
 from pydantic import BaseModel, Field, model_validator
+
+from rnnserve.service.types import State
 
 METADATA_KEY = "rnnserve"
 FORMAT_VERSION = 1
 
-Task = Literal["sine", "tagger", "seq2seq"]
 Cell = Literal["rnn", "lstm", "gru"]
+
+
+class StatePair(NamedTuple):
+    """A recurrent state: the graph input it is fed through and the output that returns it
+    after the last step, which the next step is fed."""
+
+    input: str
+    output: str
+
+
+def cell_states(cell: str) -> list[StatePair]:
+    """The states a cell carries, named as the exported graphs name them: h (h_n), and c
+    (c_n) for an LSTM."""
+    stems = ("h", "c") if cell == "lstm" else ("h",)
+    return [StatePair(f"{stem}0", f"{stem}n") for stem in stems]
 
 
 class ModelSpec(BaseModel):
     format_version: int = FORMAT_VERSION
-    task: Task
+    task: str  # a task registered in service/tasks/, which checks the rest of the spec
     cell: Cell
     num_layers: int = Field(ge=1)
     hidden_size: int = Field(ge=1)
@@ -59,30 +78,36 @@ class ModelSpec(BaseModel):
     training: dict[str, float | int | str] = Field(default_factory=dict)
 
     @property
-    def state_names(self) -> list[str]:
-        """State tensor stems: ["h"] or ["h", "c"] (inputs are stem+"0", outputs stem+"n")."""
-        return ["h", "c"] if self.cell == "lstm" else ["h"]
+    def states(self) -> list[StatePair]:
+        return cell_states(self.cell)
+
+    @property
+    def state_inputs(self) -> list[str]:
+        return [pair.input for pair in self.states]
+
+    @property
+    def state_outputs(self) -> list[str]:
+        return [pair.output for pair in self.states]
 
     @property
     def state_rows(self) -> int:
         return self.num_layers * self.num_directions
 
+    def state_shape(self, rows: int) -> tuple[int, int, int]:
+        """One state tensor of `rows` batch rows: (layers*directions, rows, hidden)."""
+        return (self.state_rows, rows, self.hidden_size)
+
+    def zero_state(self, rows: int) -> State:
+        return {name: np.zeros(self.state_shape(rows), np.float32) for name in self.state_inputs}
+
     @model_validator(mode="after")
     def _check_consistency(self) -> ModelSpec:
         if self.num_directions == 2 and self.streamable:
             raise ValueError("a bidirectional model cannot be streamable")
-        expected = {"sine": {"model"}, "tagger": {"model"}, "seq2seq": {"encoder", "decoder"}}
-        if set(self.graphs) != expected[self.task]:
-            raise ValueError(f"task {self.task} needs graphs {sorted(expected[self.task])}")
-        if self.task != "sine" and not self.vocab:
-            raise ValueError(f"task {self.task} needs a vocab")
-        if self.task == "seq2seq" and (
-            not self.target_vocab
-            or self.bos_id is None
-            or self.eos_id is None
-            or not self.max_output_length
+        if set(self.graphs) != set(self.graph_inputs) or set(self.graphs) != set(
+            self.graph_outputs
         ):
-            raise ValueError("seq2seq needs target_vocab, bos_id, eos_id, max_output_length")
+            raise ValueError("graphs, graph_inputs and graph_outputs must name the same roles")
         return self
 
     def to_json(self) -> str:

@@ -12,14 +12,14 @@ from pathlib import Path
 import onnxruntime as ort
 
 from rnnserve.errors import UsageError
-from service import metrics
-from service.errors import NotFound, Unavailable
-from service.model_spec import METADATA_KEY, ModelSpec
-from service.runtime import ModelRuntime
-from service.settings import Settings
-from service.tasks import task_for
-from service.tasks.base import Task
-from service.types import RepositoryEntry
+from rnnserve.service import metrics
+from rnnserve.service.errors import NotFound, ServiceError, Unavailable
+from rnnserve.service.model_spec import METADATA_KEY, ModelSpec
+from rnnserve.service.runtime import ModelRuntime
+from rnnserve.service.settings import Settings
+from rnnserve.service.tasks import task_for
+from rnnserve.service.tasks.base import Task
+from rnnserve.service.types import RepositoryEntry
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,14 @@ class Repository:
         if isinstance(entry, str):
             raise Unavailable(f"model '{name}' version {version} is unavailable: {entry}")
         return entry
+
+    def has(self, name: str, version: str = "") -> bool:
+        """Whether `get` would return a loaded version."""
+        try:
+            self.get(name, version)
+        except ServiceError:
+            return False
+        return True
 
     def loaded(self) -> list[LoadedVersion]:
         return [

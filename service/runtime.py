@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service import metrics
-from service.settings import Settings
-from service.types import InferStatistics, ModelStatistics
+from rnnserve.service import metrics
+from rnnserve.service.settings import Settings
+from rnnserve.service.types import InferStatistics, ModelStatistics
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ class ModelRuntime:
             for role, session in self.sessions.items()
         }
         self.statistics = Statistics(name, version)
+        self.queue_seconds = metrics.QUEUE_DURATION.labels(name, version)
         self._compute_seconds = metrics.COMPUTE_DURATION.labels(name, version)
         self._batch_size = metrics.BATCH_SIZE.labels(name, version)
 

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-Parameter = bool | int | float | str
+from rnnserve.protocol.codec import Parameter
+
+__all__ = ["Parameter"]  # request parameter values, as the wire carries them
+
+# Recurrent state of a batch: state input name ("h0", "c0") -> FP32 array
+# (layers*directions, rows, hidden), one batch row per sequence.
+State = dict[str, np.ndarray]
 
 
 @dataclass
@@ -51,6 +57,7 @@ class InferResponse:
     id: str = ""
     outputs: list[Tensor] = field(default_factory=list)
     parameters: dict[str, Parameter] = field(default_factory=dict)
+    final: bool = True  # the last response of its request (streaming answers in several)
 
 
 @dataclass
@@ -109,20 +116,3 @@ class ModelStatistics:
     compute_output: InferStatistics = field(default_factory=InferStatistics)
     # batch size -> (count, compute ns) for ORT runs of that many rows
     batch_stats: dict[int, InferStatistics] = field(default_factory=dict)
-
-
-@dataclass
-class ModelConfigInfo:
-    """What ModelConfig reports: enough for Triton tooling that reads it."""
-
-    name: str
-    platform: str
-    max_batch_size: int
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
-    sequence_batching: bool
-    max_sequence_idle_microseconds: int
-    dynamic_batching_max_queue_delay_microseconds: int
-    preferred_batch_sizes: list[int] = field(default_factory=list)
-    instance_kind: str = "KIND_CPU"  # "KIND_GPU" on the CUDA provider
-    parameters: dict[str, str] = field(default_factory=dict)

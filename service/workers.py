@@ -42,7 +42,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
 from types import FrameType
 
-from service.settings import Settings
+from rnnserve.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,6 @@ def run_worker(settings: Settings, gate: Connection, log_level: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
 
-    from service.grpc.server import serve
+    from rnnserve.service.server import serve
 
     asyncio.run(serve(settings, start_gate=_PipeGate(gate)))

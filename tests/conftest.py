@@ -27,9 +27,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client.client import RnnClient
-from service.protocol.generated import grpc_service_pb2 as pb
-from service.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+from rnnserve.client.client import RnnClient
+from rnnserve.protocol import messages as pb
+from rnnserve.protocol import rpc
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180.0
@@ -39,7 +39,7 @@ STOP_TIMEOUT_S = 60.0
 @pytest.fixture(scope="session")
 def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The nine default models, trained briefly at small sizes and fully verified."""
-    from export.build import build_repository
+    from rnnserve.export.build import build_repository
 
     root = tmp_path_factory.mktemp("models")
     build_repository(root, preset="tiny", seed=0)
@@ -63,11 +63,11 @@ class RunningServer:
     process: subprocess.Popen[bytes]
     log_path: Path
     channel: grpc.Channel = field(init=False)
-    stub: pb_grpc.GRPCInferenceServiceStub = field(init=False)
+    stub: rpc.Stub = field(init=False)
 
     def __post_init__(self) -> None:
         self.channel = grpc.insecure_channel(self.address)
-        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.stub = rpc.Stub(self.channel)
 
     @property
     def metrics_url(self) -> str:

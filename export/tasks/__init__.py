@@ -1,10 +1,23 @@
-"""One module per task, each with the same functions: build_model, train, evaluate,
-quality_ok, graphs, spec_fields and the constant QUALITY_NAME."""
+"""One module per task, named as the server task it trains models for
+(service/tasks/<name>.py): both sides register under that one name. Each module provides
+what `ExportTask` (export/tasks/base.py) lists. Importing a task module imports torch;
+NAMES does not."""
 
 from __future__ import annotations
 
-from types import ModuleType
+import importlib
+import pkgutil
+from typing import cast
 
-from export.tasks import seq2seq, sine, tagger
+from rnnserve.errors import UsageError
+from rnnserve.export.tasks.base import ExportTask
 
-TASK_MODULES: dict[str, ModuleType] = {"sine": sine, "tagger": tagger, "seq2seq": seq2seq}
+NAMES = tuple(
+    sorted(module.name for module in pkgutil.iter_modules(__path__) if module.name != "base")
+)
+
+
+def task_module(name: str) -> ExportTask:
+    if name not in NAMES:
+        raise UsageError(f"unknown task {name!r}: expected one of {', '.join(NAMES)}")
+    return cast(ExportTask, importlib.import_module(f"{__name__}.{name}"))

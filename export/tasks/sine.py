@@ -10,14 +10,16 @@ the first step the direction of the wave cannot be known).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from export.cells import detach, make_cell, run_cell, state_count, zero_state
-from export.config import TrainConfig
-from export.tasks.base import Graph, state_names
+from rnnserve.export.cells import detach, make_cell, run_cell, zero_state
+from rnnserve.export.config import TrainConfig
+from rnnserve.export.tasks.base import Graph
+from rnnserve.service.model_spec import cell_states
 
 DT = 0.1  # time step: about 63 steps per period
 STREAM_STEPS = 1000
@@ -25,6 +27,13 @@ WINDOW = 50
 EVAL_STEPS = 2000
 WARM_UP = 20
 QUALITY_NAME = "heldout_mse"
+# An epoch is one pass over the training streams.
+PRESETS = {
+    "default": dict(num_layers=1, hidden_size=32, epochs=12, batch_size=16, learning_rate=1e-2),
+    "tiny": dict(num_layers=1, hidden_size=8, epochs=2, batch_size=4, learning_rate=1e-2),
+}
+CELL_PRESETS: dict[tuple[str, str], dict[str, object]] = {}
+BIDIRECTIONAL = False
 
 
 def waves(phases: Tensor, steps: int) -> tuple[Tensor, Tensor]:
@@ -101,14 +110,13 @@ def _sine_input(batch: int, seq: int, generator: torch.Generator) -> Tensor:
 
 
 def graphs(model: SineModel, config: TrainConfig) -> list[Graph]:
-    states = state_count(config.cell)
     return [
         Graph(
             role="model",
             module=model,
-            input_names=["x", *state_names(states, "0")],
-            output_names=["y", *state_names(states, "n")],
-            num_states=states,
+            inputs=["x"],
+            outputs=["y"],
+            states=cell_states(config.cell),
             sequence=True,
             one_way=True,
             make_input=_sine_input,
@@ -120,3 +128,15 @@ def graphs(model: SineModel, config: TrainConfig) -> list[Graph]:
 
 def spec_fields(config: TrainConfig) -> dict[str, object]:
     return dict(input_size=1, output_size=1, streamable=True)
+
+
+def verify(model: nn.Module, folder: Path, config: TrainConfig) -> None:
+    """Nothing beyond each graph's own checks."""
+
+
+def save_plots(model: nn.Module, config: TrainConfig, run_dir: Path) -> None:
+    """The held-out stream: target against prediction (stream.png)."""
+    from rnnserve.export.plots import plot_stream  # matplotlib only when runs are kept
+
+    target, prediction = predict_stream(model, config.seed)  # type: ignore[arg-type]
+    plot_stream(target.tolist(), prediction.tolist(), run_dir / "stream.png", config.name)

@@ -8,17 +8,33 @@ them apart. The bidirectional variant sees the whole word and is not streamable.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from export.cells import make_cell, run_cell, state_count, zero_state
-from export.config import TrainConfig
-from export.tasks.base import Graph, random_tokens, state_names
+from rnnserve.export.cells import make_cell, run_cell, zero_state
+from rnnserve.export.config import TrainConfig
+from rnnserve.export.tasks.base import Graph, random_tokens
+from rnnserve.service.model_spec import cell_states
 
 VOCAB = ["e", "h", "l", "o"]
 PAIRS = [("hello", "ohlol")]
 QUALITY_NAME = "hello_exact"
+# An epoch is one step: the data is one pair.
+PRESETS = {
+    "default": dict(
+        num_layers=1, hidden_size=8, epochs=200, batch_size=1, learning_rate=0.03,
+        weight_decay=0.01, embedding_size=8,
+    ),
+    "tiny": dict(
+        num_layers=1, hidden_size=8, epochs=200, batch_size=1, learning_rate=0.05,
+        weight_decay=0.01, embedding_size=4,
+    ),
+}  # fmt: skip
+CELL_PRESETS: dict[tuple[str, str], dict[str, object]] = {}
+BIDIRECTIONAL = True
 
 
 def encode(text: str) -> list[int]:
@@ -88,14 +104,13 @@ def quality_ok(quality: float) -> bool:
 
 
 def graphs(model: Tagger, config: TrainConfig) -> list[Graph]:
-    states = state_count(config.cell)
     return [
         Graph(
             role="model",
             module=model,
-            input_names=["tokens", *state_names(states, "0")],
-            output_names=["logits", *state_names(states, "n")],
-            num_states=states,
+            inputs=["tokens"],
+            outputs=["logits"],
+            states=cell_states(config.cell),
             sequence=True,
             one_way=not config.bidirectional,
             make_input=random_tokens(len(VOCAB)),
@@ -113,3 +128,11 @@ def spec_fields(config: TrainConfig) -> dict[str, object]:
         num_directions=2 if config.bidirectional else 1,
         streamable=not config.bidirectional,
     )
+
+
+def verify(model: nn.Module, folder: Path, config: TrainConfig) -> None:
+    """Nothing beyond each graph's own checks."""
+
+
+def save_plots(model: nn.Module, config: TrainConfig, run_dir: Path) -> None:
+    """None beyond the loss curve."""

@@ -1,47 +1,31 @@
 """GRPCInferenceService: each RPC converts, calls the DataPlane and converts back.
 
-Client-visible failures are `ServiceError`s and become their gRPC status with the
-message verbatim. Anything else is a bug: its traceback goes to the server log and the
-client gets INTERNAL with a generic message, never the traceback.
+Failures become their gRPC status with the message verbatim (`client_error` turns anything
+unexpected into INTERNAL, logged once). Request metrics are recorded here, where the RPC
+and its status code are known.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
-from service import metrics
-from service.dataplane import DataPlane
-from service.errors import ServiceError, Unavailable
-from service.grpc import converter
-from service.protocol.generated import grpc_service_pb2 as pb
-from service.protocol.generated import grpc_service_pb2_grpc as pb_grpc
-
-log = logging.getLogger(__name__)
+from rnnserve.protocol import messages as pb
+from rnnserve.service import metrics
+from rnnserve.service.dataplane import DataPlane
+from rnnserve.service.errors import client_error
+from rnnserve.service.grpc import converter, triton
 
 T = TypeVar("T")
-INTERNAL_MESSAGE = "internal server error; the server log has the details"
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer:
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
-        self._draining = False
-
-    def drain(self) -> None:
-        """Refuse new inference (streams stay open until their clients finish)."""
-        self._draining = True
-
-    def _check_accepting(self) -> None:
-        if self._draining:
-            raise Unavailable("the server is shutting down; retry on another instance")
-        if not self._dataplane.ready():
-            raise Unavailable("the server is still loading models; retry shortly")
 
     async def _answer(
         self,
@@ -59,16 +43,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             # Label inference with the version that answered, not the one asked for ("").
             version = getattr(result, "model_version", version) or version
             return result
-        except ServiceError as error:
-            code = error.code
-            await context.abort(grpc.StatusCode[code], error.message)
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise
-        except Exception:
-            code = "INTERNAL"
-            log.exception("%s failed for model %r", rpc, model)
-            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        except Exception as failure:
+            error = client_error(failure, f"{rpc} for model {model!r}")
+            code = error.code
+            await context.abort(grpc.StatusCode[code], error.message)
         finally:
             _record(rpc, model, version, code, time.perf_counter() - start)
         raise AssertionError("unreachable: context.abort raises")
@@ -77,57 +58,49 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # ServerLive and ServerReady are probes, called every few seconds by orchestrators:
     # they stay out of the request metrics.
 
-    async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=self._dataplane.live())
 
-    async def ServerReady(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self._dataplane.ready() and not self._draining)
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self._dataplane.ready())
 
-    async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context
-    ) -> pb.ServerMetadataResponse:
-        async def work() -> pb.ServerMetadataResponse:
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
             return converter.server_metadata_to_proto(self._dataplane.server_metadata())
 
         return await self._answer("ServerMetadata", "", "", context, work)
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
-        async def work() -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
             return pb.ModelReadyResponse(
                 ready=self._dataplane.model_ready(request.name, request.version)
             )
 
         return await self._answer("ModelReady", request.name, request.version, context, work)
 
-    async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context
-    ) -> pb.ModelMetadataResponse:
-        async def work() -> pb.ModelMetadataResponse:
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
             metadata = self._dataplane.model_metadata(request.name, request.version)
             return converter.model_metadata_to_proto(metadata)
 
         return await self._answer("ModelMetadata", request.name, request.version, context, work)
 
-    async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
-        async def work() -> pb.ModelConfigResponse:
-            info = self._dataplane.model_config(request.name, request.version)
-            return converter.model_config_to_proto(info)
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            model = self._dataplane.model(request.name, request.version)
+            return triton.model_config(model, self._dataplane.settings)
 
         return await self._answer("ModelConfig", request.name, request.version, context, work)
 
-    async def ModelStatistics(
-        self, request: pb.ModelStatisticsRequest, context
-    ) -> pb.ModelStatisticsResponse:
-        async def work() -> pb.ModelStatisticsResponse:
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
             stats = self._dataplane.model_statistics(request.name, request.version)
             return converter.model_statistics_to_proto(stats)
 
         return await self._answer("ModelStatistics", request.name, request.version, context, work)
 
-    async def RepositoryIndex(
-        self, request: pb.RepositoryIndexRequest, context
-    ) -> pb.RepositoryIndexResponse:
-        async def work() -> pb.RepositoryIndexResponse:
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
             entries = self._dataplane.repository_index()
             return converter.repository_index_to_proto(entries, ready_only=request.ready)
 
@@ -135,9 +108,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # Inference ----------------------------------------------------------------------
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        async def work() -> pb.ModelInferResponse:
-            self._check_accepting()
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
             response = await self._dataplane.infer(converter.request_from_proto(request))
             return converter.response_to_proto(response)
 
@@ -146,40 +118,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
         # One request at a time, in arrival order: steps of a sequence depend on the
         # state the previous step left. Other streams run concurrently.
         async for request in request_iterator:
             async for reply in self._stream_replies(request):
                 yield reply
 
-    async def _stream_replies(
-        self, request: pb.ModelInferRequest
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    async def _stream_replies(self, request: Any) -> AsyncIterator[Any]:
         start = time.perf_counter()
         code = "OK"
         version = request.model_version
         try:
-            self._check_accepting()
-            async for response in self._dataplane.stream_infer(
-                converter.request_from_proto(request)
-            ):
+            responses = self._dataplane.stream_infer(converter.request_from_proto(request))
+            async for response in responses:
                 version = response.model_version
-                yield pb.ModelStreamInferResponse(
-                    infer_response=converter.response_to_proto(response)
-                )
-        except ServiceError as error:
-            # Reported in the stream, which stays open for the next request.
-            code = error.code
-            yield pb.ModelStreamInferResponse(error_message=error.message)
+                message = converter.response_to_proto(response)
+                triton.mark_final(message, response.final)
+                yield pb.ModelStreamInferResponse(infer_response=message)
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise
-        except Exception:
-            code = "INTERNAL"
-            log.exception("ModelStreamInfer failed for model %r", request.model_name)
-            yield pb.ModelStreamInferResponse(error_message=INTERNAL_MESSAGE)
+        except Exception as failure:
+            # Reported in the stream, which stays open for the next request.
+            error = client_error(failure, f"ModelStreamInfer for model {request.model_name!r}")
+            code = error.code
+            yield pb.ModelStreamInferResponse(error_message=error.message)
         finally:
             _record(
                 "ModelStreamInfer", request.model_name, version, code, time.perf_counter() - start

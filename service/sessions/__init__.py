@@ -2,12 +2,12 @@
 state between the requests of a sequence, and the batcher that runs steps of different
 sessions together."""
 
-from service.sessions.batcher import Batcher, Runner, Tensors
-from service.sessions.control import SessionRows, split_control
-from service.sessions.manager import RowStep, SessionManager
-from service.sessions.parameters import SequenceParameters, parse_sequence_parameters
-from service.sessions.state import Layout, SessionKey, State, zero_state
-from service.sessions.store import StateStore, open_store
+from rnnserve.service.sessions.batcher import Batcher, Runner, Tensors
+from rnnserve.service.sessions.control import SessionRows, split_control
+from rnnserve.service.sessions.manager import RowStep, SessionManager
+from rnnserve.service.sessions.parameters import SequenceParameters, parse_sequence_parameters
+from rnnserve.service.sessions.state import Layout, SessionKey
+from rnnserve.service.sessions.store import StateStore, open_store
 
 __all__ = [
     "Batcher",
@@ -18,11 +18,9 @@ __all__ = [
     "SessionKey",
     "SessionManager",
     "SessionRows",
-    "State",
     "StateStore",
     "Tensors",
     "open_store",
     "parse_sequence_parameters",
     "split_control",
-    "zero_state",
 ]

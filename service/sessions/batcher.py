@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service import metrics
-from service.errors import Unavailable
+from rnnserve.service import metrics
+from rnnserve.service.errors import Unavailable
 
 Tensors = dict[str, np.ndarray]
 Runner = Callable[[Tensors], Tensors]

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import InvalidArgument
-from service.sessions.parameters import UINT64_MAX
-from service.types import InferRequest, Tensor, TensorMetadata
+from rnnserve.service.errors import InvalidArgument
+from rnnserve.service.sessions.parameters import UINT64_MAX
+from rnnserve.service.types import InferRequest, Tensor, TensorMetadata
 
 SEQUENCE_ID = "sequence_id"
 SEQUENCE_START = "sequence_start"

@@ -16,15 +16,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from service import metrics
-from service.errors import InvalidArgument, ResourceExhausted, ServiceError
-from service.sessions.state import SessionKey, State
-from service.sessions.store import StateStore
-from service.sessions.turns import Turns
+from rnnserve.service import metrics
+from rnnserve.service.errors import InvalidArgument, ResourceExhausted, ServiceError
+from rnnserve.service.sessions.state import SessionKey
+from rnnserve.service.sessions.store import StateStore
+from rnnserve.service.sessions.turns import Turns
+from rnnserve.service.types import State
 
 T = TypeVar("T")
-# A step's computation: the state to start from -> its result and the new state.
-Step = Callable[[State], Awaitable[tuple[T, State]]]
+# What a step computes: the state to start from -> its result and the new state.
+Computation = Callable[[State], Awaitable[tuple[T, State]]]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class SessionManager:
         await self.store.close()
 
     async def step(
-        self, key: SessionKey, start: bool, end: bool, initial: State, run: Step[T]
+        self, key: SessionKey, start: bool, end: bool, initial: State, run: Computation[T]
     ) -> T:
         """Runs one request of session `key` and returns what `run` returned.
 
@@ -82,7 +83,7 @@ class SessionManager:
         return result
 
     async def step_rows(
-        self, rows: Sequence[RowStep], state: State, run: Step[T], *, row_errors: bool = True
+        self, rows: Sequence[RowStep], state: State, run: Computation[T], *, row_errors: bool = True
     ) -> tuple[T, list[ServiceError | None]]:
         """Runs one step of each row's session (all of one model version) together.
 

@@ -12,29 +12,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.errors import FailedPrecondition
-from service.sessions.state import (
-    Layout,
-    Loaded,
-    SessionKey,
-    State,
-    check_layout,
-    row_layout,
-)
-from service.sessions.turns import Turns
+from rnnserve.service.errors import FailedPrecondition
+from rnnserve.service.sessions.state import Layout, Loaded, SessionKey, check_layout, row_layout
+from rnnserve.service.sessions.turns import Turns
+from rnnserve.service.types import State
 
 _GROWTH = 1.25  # a slab grows by a quarter: at most a fifth of its rows are spare
 
 
 class _Slab:
     """The states of every session of one layout: row `slot` of `data` is one session's
-    state tensors stacked, `(len(stems), layers*directions, hidden)`."""
+    state tensors stacked, `(len(names), layers*directions, hidden)`."""
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.stems = tuple(layout)
+        self.names = tuple(layout)
         rows, _, hidden = next(iter(layout.values()))
-        self.data = np.zeros((0, len(self.stems), rows, hidden), np.float32)
+        self.data = np.zeros((0, len(self.names), rows, hidden), np.float32)
         self.deadlines = np.zeros(0)  # time.monotonic() after which a slot's session expired
         self.owners: list[SessionKey | None] = []  # the session in each slot
         self._free: list[int] = []
@@ -108,16 +102,16 @@ class MemoryStore:
             slab_rows.append(row)
             loaded.append(True)
         for slab, (slab_slots, slab_rows) in slots.items():
-            for index, stem in enumerate(slab.stems):
+            for index, name in enumerate(slab.names):
                 # (sessions, layers, hidden) -> (layers, sessions, hidden)
-                into[stem][:, slab_rows] = slab.data[_index(slab_slots), index].swapaxes(0, 1)
+                into[name][:, slab_rows] = slab.data[_index(slab_slots), index].swapaxes(0, 1)
         return loaded
 
     async def save(self, keys: Sequence[SessionKey], state: State, rows: Sequence[int]) -> None:
         slab = self._slab(row_layout(state))
         slots = [self._slot(key, slab) for key in keys]
-        for index, stem in enumerate(slab.stems):
-            slab.data[_index(slots), index] = state[stem][:, _index(rows)].swapaxes(0, 1)
+        for index, name in enumerate(slab.names):
+            slab.data[_index(slots), index] = state[name][:, _index(rows)].swapaxes(0, 1)
         slab.deadlines[_index(slots)] = time.monotonic() + self.idle_timeout_s
 
     async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
@@ -172,8 +166,8 @@ class MemoryStore:
         if entry is None:
             return None
         slab = entry.slab
-        row = slab.data[entry.slot]  # (stems, layers, hidden)
-        return {stem: row[index, :, None].copy() for index, stem in enumerate(slab.stems)}
+        row = slab.data[entry.slot]  # (names, layers, hidden)
+        return {name: row[index, :, None].copy() for index, name in enumerate(slab.names)}
 
     def _slab(self, layout: Layout) -> _Slab:
         signature = tuple(layout.items())

@@ -32,12 +32,13 @@ from collections.abc import Sequence
 
 import redis.asyncio as redis
 
-from service import metrics
-from service.errors import FailedPrecondition, Unavailable
-from service.sessions.memory_store import MemoryStore
-from service.sessions.redis_store import decode_state, encode_state, member, session_of
-from service.sessions.state import Loaded, SessionKey, State
-from service.sessions.turns import Turns
+from rnnserve.service import metrics
+from rnnserve.service.errors import FailedPrecondition, Unavailable
+from rnnserve.service.sessions.memory_store import MemoryStore
+from rnnserve.service.sessions.redis_store import decode_state, encode_state, member, session_of
+from rnnserve.service.sessions.state import Loaded, SessionKey
+from rnnserve.service.sessions.turns import Turns
+from rnnserve.service.types import State
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from service.errors import InvalidArgument
-from service.types import Parameter
+from rnnserve.service.errors import InvalidArgument
+from rnnserve.service.types import Parameter
 
 UINT64_MAX = 2**64 - 1
 

@@ -2,7 +2,7 @@
 session outlives the process that started it.
 
 Each session is one Redis string holding a small JSON header (model, version, id, dtype,
-stems, shapes) and the raw float32 bytes, expiring after the idle timeout (refreshed by
+state names, shapes) and the raw float32 bytes, expiring after the idle timeout (refreshed by
 every step). A sorted set indexes the sessions by deadline: it gives the session count
 for the limit and lets exactly one process report each expiry.
 """
@@ -18,9 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 import redis.asyncio as redis
 
-from service.errors import FailedPrecondition
-from service.sessions.state import Loaded, SessionKey, State, check_layout, row_layout
-from service.sessions.turns import Turns
+from rnnserve.service.errors import FailedPrecondition
+from rnnserve.service.sessions.state import Loaded, SessionKey, check_layout, row_layout
+from rnnserve.service.sessions.turns import Turns
+from rnnserve.service.types import State
 
 _HEADER_LENGTH = struct.Struct("<I")
 _DTYPE = np.dtype("<f4")
@@ -75,8 +76,8 @@ class RedisStore:
             except FailedPrecondition as error:
                 loaded.append(error)
                 continue
-            for stem, array in state.items():
-                into[stem][:, row] = array[:, 0]
+            for name, array in state.items():
+                into[name][:, row] = array[:, 0]
             loaded.append(True)
         return loaded
 
@@ -86,7 +87,7 @@ class RedisStore:
         deadline = time.time() + self.idle_timeout_s
         async with self._client.pipeline(transaction=True) as pipe:
             for key, row in zip(keys, rows, strict=True):
-                one_row = {stem: array[:, row : row + 1] for stem, array in state.items()}
+                one_row = {name: array[:, row : row + 1] for name, array in state.items()}
                 pipe.set(
                     self._state_key(key),
                     encode_state(key, one_row),
@@ -153,7 +154,7 @@ def encode_state(key: SessionKey, state: State) -> bytes:
             "version": key.version,
             "sequence_id": key.sequence_id,
             "dtype": _DTYPE.str,
-            "stems": list(state),
+            "names": list(state),
             "shapes": [list(array.shape) for array in state.values()],
         }
     ).encode()
@@ -175,8 +176,8 @@ def decode_state(key: SessionKey, blob: bytes) -> State:
         )
     state: State = {}
     offset = _HEADER_LENGTH.size + length
-    for stem, shape in zip(header["stems"], header["shapes"], strict=True):
+    for name, shape in zip(header["names"], header["shapes"], strict=True):
         count = math.prod(shape)
-        state[stem] = np.frombuffer(blob, _DTYPE, count, offset).reshape(shape)
+        state[name] = np.frombuffer(blob, _DTYPE, count, offset).reshape(shape)
         offset += count * _DTYPE.itemsize
     return state

@@ -1,17 +1,15 @@
 """What a session holds: its identity and its recurrent state, one batch row of each
-state tensor, keyed by stem ("h", and "c" for LSTM). Stores move the states of many
-sessions at once, as rows of batch states `(layers*directions, rows, hidden)`."""
+state tensor, keyed by state input name ("h0", and "c0" for LSTM). Stores move the states
+of many sessions at once, as rows of batch states `(layers*directions, rows, hidden)`."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
+from rnnserve.service.errors import FailedPrecondition
+from rnnserve.service.types import State
 
-from service.errors import FailedPrecondition
-
-State = dict[str, np.ndarray]  # stem -> float32 (layers*directions, rows, hidden)
-Layout = dict[str, tuple[int, ...]]  # stem -> the shape one session's tensor must have
+Layout = dict[str, tuple[int, ...]]  # state name -> the shape one session's tensor must have
 # What loading one session's state gave: True (copied), False (no such session), or why
 # its stored state cannot serve.
 Loaded = bool | FailedPrecondition
@@ -31,13 +29,9 @@ class SessionKey(NamedTuple):
         return f"sequence {self.sequence_id!r} for model {self.model} version {self.version}"
 
 
-def zero_state(layout: Layout) -> State:
-    return {stem: np.zeros(shape, dtype=np.float32) for stem, shape in layout.items()}
-
-
 def row_layout(state: State) -> Layout:
     """The layout of one row of a batch state."""
-    return {stem: (array.shape[0], 1, *array.shape[2:]) for stem, array in state.items()}
+    return {name: (array.shape[0], 1, *array.shape[2:]) for name, array in state.items()}
 
 
 def check_layout(key: SessionKey, found: Layout, expected: Layout) -> None:

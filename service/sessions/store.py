@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from service.sessions.state import Loaded, SessionKey, State
-from service.sessions.turns import Turns
-from service.settings import Settings
+from rnnserve.service.sessions.state import Loaded, SessionKey
+from rnnserve.service.sessions.turns import Turns
+from rnnserve.service.settings import Settings
+from rnnserve.service.types import State
 
 
 class StateStore(Protocol):
@@ -58,13 +59,13 @@ class StateStore(Protocol):
 
 def open_store(settings: Settings) -> StateStore:
     if settings.state_store == "redis":
-        from service.sessions.redis_store import RedisStore
+        from rnnserve.service.sessions.redis_store import RedisStore
 
         return RedisStore(settings.redis_url, settings.session_idle_timeout_s)
     if settings.state_store == "owned":
-        from service.sessions.owned_store import OwnedStore
+        from rnnserve.service.sessions.owned_store import OwnedStore
 
         return OwnedStore(settings.redis_url, settings.session_idle_timeout_s)
-    from service.sessions.memory_store import MemoryStore
+    from rnnserve.service.sessions.memory_store import MemoryStore
 
     return MemoryStore(settings.session_idle_timeout_s)

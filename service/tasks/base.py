@@ -1,10 +1,12 @@
-"""What every task shares: the shape of one step and the state it carries.
+"""What every task shares: a request prepared for ONNX Runtime, the result of running it,
+and the registry every task joins by subclassing `Task`.
 
-A request becomes a `Step` (validated inputs for one or many rows, plus the state to start
-from), a task runs the step with an `Execute` callable that makes the ORT runs, and the
-`Result` holds the wire outputs, the final state among them as `hn`/`cn`. States are
-`(layers*directions, rows, hidden)`: rows on axis 1. That is the seam stateful sessions
-use: take a step's state from a store, run it, put `Result.state` back.
+A request becomes a `Prepared` (validated inputs for one or many rows, plus the state to
+start from), a task runs it with an `Execute` callable that makes the ORT runs, and the
+`Result` holds the wire outputs, the final state among them (`hn`, `cn`). States are
+`(layers*directions, rows, hidden)`, rows on axis 1, keyed by state input name: that is
+the seam stateful sessions use: take a prepared request's state from a store, run it,
+put `Result.state(spec)` back.
 """
 
 from __future__ import annotations
@@ -13,21 +15,23 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from service.model_spec import ModelSpec
-from service.settings import Settings
-from service.tasks import validation
-from service.types import InferRequest, Parameter, Tensor, TensorMetadata
+from rnnserve.service.model_spec import ModelSpec
+from rnnserve.service.settings import Settings
+from rnnserve.service.tasks import validation
+from rnnserve.service.types import InferRequest, Parameter, State, Tensor, TensorMetadata
 
-State = dict[str, np.ndarray]  # stem ("h", "c") -> (layers*directions, rows, hidden)
 Execute = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]  # role, feeds -> outputs
+
+# Every task class, by the name a ModelSpec's `task` field gives (filled by subclassing).
+TASKS: dict[str, type[Task]] = {}
 
 
 @dataclass
-class Step:
+class Prepared:
     """A validated request, ready for ONNX Runtime."""
 
     rows: int
@@ -43,21 +47,42 @@ class Result:
     outputs: dict[str, np.ndarray]  # wire name -> array (text as an object array of bytes)
     final: bool = True  # streaming: the last response of the request
 
-    @property
-    def state(self) -> State:
-        return {stem: self.outputs[f"{stem}n"] for stem in ("h", "c") if f"{stem}n" in self.outputs}
+    def state(self, spec: ModelSpec) -> State:
+        """The state this result leaves, keyed by the inputs that carry it on; none where
+        the outputs hold no state (seq2seq's translation)."""
+        return {
+            pair.input: self.outputs[pair.output]
+            for pair in spec.states
+            if pair.output in self.outputs
+        }
 
 
 class Task(ABC):
-    """One task's wire tensors and how a request for them runs on the task's graphs."""
+    """One task's wire tensors and how a request for them runs on the task's graphs.
 
+    A subclass names its task (`name`, the ModelSpec's `task`) and the graph roles its
+    spec must have; defining it registers it in TASKS.
+    """
+
+    name: ClassVar[str]
+    graph_roles: ClassVar[frozenset[str]]
     # Whether each batch row may be one step of its own session (multi-session requests):
     # true for tasks whose every piece answers as `run` does, from the state it starts with.
-    session_rows = True
+    session_rows: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        TASKS[cls.name] = cls
 
     def __init__(self, spec: ModelSpec, settings: Settings) -> None:
         self.spec = spec
         self.settings = settings
+
+    @classmethod
+    def check_spec(cls, spec: ModelSpec) -> None:
+        """Raises ValueError when the spec lacks what this task needs."""
+        if set(spec.graphs) != cls.graph_roles:
+            raise ValueError(f"task {cls.name} needs graphs {sorted(cls.graph_roles)}")
 
     # Subclasses compute their tensor metadata once (a cached_property): the model's spec
     # never changes, and every request reads it.
@@ -82,23 +107,23 @@ class Task(ABC):
         return {meta.name: meta.datatype for meta in self.outputs}
 
     @abstractmethod
-    def prepare(self, request: InferRequest) -> Step:
+    def prepare(self, request: InferRequest) -> Prepared:
         """Validate the request completely; nothing unchecked may reach ORT."""
 
     @abstractmethod
-    def run(self, step: Step, execute: Execute) -> Result:
-        """The whole answer to a step (runs in a compute thread)."""
+    def run(self, prepared: Prepared, execute: Execute) -> Result:
+        """The whole answer to a prepared request (runs in a compute thread)."""
 
-    def stream(self, step: Step, execute: Execute) -> Iterator[Result]:
+    def stream(self, prepared: Prepared, execute: Execute) -> Iterator[Result]:
         """The answer as a series of responses; one unless the task decodes token by token."""
-        yield self.run(step, execute)
+        yield self.run(prepared, execute)
 
-    def session_piece(self, step: Step, execute: Execute) -> tuple[Result, State]:
-        """A piece of a session's sequence that is not its last, run from `step.state`: its
-        answer and the state to carry to the next piece. Most tasks answer each piece as
-        `run` does; a task that answers only once it has the whole input overrides this."""
-        result = self.run(step, execute)
-        return result, result.state
+    def session_piece(self, prepared: Prepared, execute: Execute) -> tuple[Result, State]:
+        """A piece of a session's sequence that is not its last, run from `prepared.state`:
+        its answer and the state to carry to the next piece. Most tasks answer each piece
+        as `run` does; a task that answers only once it has the whole input overrides this."""
+        result = self.run(prepared, execute)
+        return result, result.state(self.spec)
 
     def parameters(self) -> dict[str, Parameter]:
         """Task facts for ModelMetadata parameters."""
@@ -106,57 +131,50 @@ class Task(ABC):
 
     # State helpers shared by the tasks that expose it.
 
-    def state_metadata(self, suffix: str, optional: bool) -> list[TensorMetadata]:
+    def state_metadata(self, outputs: bool, optional: bool) -> list[TensorMetadata]:
+        """The state inputs (or, with `outputs`, the state outputs) as wire tensors."""
         shape = (self.spec.state_rows, -1, self.spec.hidden_size)
-        return [
-            TensorMetadata(f"{stem}{suffix}", "FP32", shape, optional=optional)
-            for stem in self.spec.state_names
-        ]
-
-    def zero_state(self, rows: int) -> State:
-        shape = (self.spec.state_rows, rows, self.spec.hidden_size)
-        return {stem: np.zeros(shape, np.float32) for stem in self.spec.state_names}
+        names = self.spec.state_outputs if outputs else self.spec.state_inputs
+        return [TensorMetadata(name, "FP32", shape, optional=optional) for name in names]
 
     def initial_state(self, inputs: dict[str, Tensor], rows: int) -> State:
         """The state the client sent (`h0`, `c0`), zeros for any it left out."""
-        state = self.zero_state(rows)
-        for stem in state:
-            tensor = inputs.get(f"{stem}0")
+        state = self.spec.zero_state(rows)
+        for name in state:
+            tensor = inputs.get(name)
             if tensor is not None:
-                state[stem] = validation.state_array(
+                state[name] = validation.state_array(
                     tensor, self.spec.state_rows, rows, self.spec.hidden_size
                 )
         return state
 
-    @cached_property
-    def state_output_names(self) -> list[str]:
-        return [f"{stem}n" for stem in self.spec.state_names]
-
-    def state_feeds(self, state: State) -> dict[str, np.ndarray]:
-        return {f"{stem}0": value for stem, value in state.items()}
-
     def state_outputs(self, graph_outputs: dict[str, np.ndarray]) -> State:
-        return {stem: graph_outputs[f"{stem}n"] for stem in self.spec.state_names}
+        """The state a graph run returned, keyed by the inputs that carry it on."""
+        return {pair.input: graph_outputs[pair.output] for pair in self.spec.states}
 
-    def respond(self, step: Step, result: Result) -> list[Tensor]:
+    def state_results(self, state: State) -> dict[str, np.ndarray]:
+        """A state as the wire outputs that return it (`hn`, `cn`)."""
+        return {pair.output: state[pair.input] for pair in self.spec.states}
+
+    def respond(self, prepared: Prepared, result: Result) -> list[Tensor]:
         """The requested outputs as wire tensors."""
         datatypes = self._output_datatypes
         tensors = []
-        for name in step.outputs:
+        for name in prepared.outputs:
             data = result.outputs[name]
             if datatypes[name] == "BYTES":
-                data = data.reshape(step.text_shape)
+                data = data.reshape(prepared.text_shape)
             tensors.append(Tensor(name, datatypes[name], tuple(data.shape), data))
         return tensors
 
 
 def take_rows(state: State, rows: Sequence[int]) -> State:
-    return {stem: np.ascontiguousarray(value[:, rows]) for stem, value in state.items()}
+    return {name: np.ascontiguousarray(value[:, rows]) for name, value in state.items()}
 
 
 def put_rows(target: State, rows: Sequence[int], source: State) -> None:
-    for stem, value in source.items():
-        target[stem][:, rows] = value
+    for name, value in source.items():
+        target[name][:, rows] = value
 
 
 def text_array(texts: Sequence[str]) -> np.ndarray:

@@ -13,27 +13,37 @@ from functools import cached_property
 
 import numpy as np
 
-from service.tasks import validation
-from service.tasks.base import (
+from rnnserve.service.model_spec import ModelSpec
+from rnnserve.service.tasks import validation
+from rnnserve.service.tasks.base import (
     Execute,
+    Prepared,
     Result,
-    State,
-    Step,
     Task,
     put_rows,
     rows_by_length,
     take_rows,
     text_array,
 )
-from service.types import InferRequest, Parameter, TensorMetadata
+from rnnserve.service.types import InferRequest, Parameter, State, TensorMetadata
 
 MAX_OUTPUT_LENGTH = "max_output_length"
 
 
 class Seq2SeqTask(Task):
+    name = "seq2seq"
+    graph_roles = frozenset({"encoder", "decoder"})
     # A session's translation comes only after its last piece, decoded token by token:
     # rows ending in one request would each need their own decoding loop.
     session_rows = False
+
+    @classmethod
+    def check_spec(cls, spec: ModelSpec) -> None:
+        super().check_spec(spec)
+        if not spec.vocab or not spec.target_vocab:
+            raise ValueError(f"task {cls.name} needs a vocab and a target_vocab")
+        if spec.bos_id is None or spec.eos_id is None or not spec.max_output_length:
+            raise ValueError(f"task {cls.name} needs bos_id, eos_id and max_output_length")
 
     @cached_property
     def char_ids(self) -> dict[str, int]:
@@ -56,7 +66,7 @@ class Seq2SeqTask(Task):
             MAX_OUTPUT_LENGTH: self.spec.max_output_length,
         }
 
-    def prepare(self, request: InferRequest) -> Step:
+    def prepare(self, request: InferRequest) -> Prepared:
         inputs = validation.check_input_names(request, self.input_names, required=["text"])
         rows = validation.text_rows(inputs["text"], self.settings)
         token_rows = validation.decode_text("text", rows, self.char_ids, self.settings)
@@ -67,52 +77,52 @@ class Seq2SeqTask(Task):
             self.spec.max_output_length or 1,
             self.settings.max_sequence_length,
         )
-        return Step(
+        return Prepared(
             len(token_rows),
             {"tokens": token_rows},
-            self.zero_state(len(token_rows)),
+            self.spec.zero_state(len(token_rows)),
             outputs,
             tuple(inputs["text"].shape),
             {MAX_OUTPUT_LENGTH: limit},
         )
 
-    def run(self, step: Step, execute: Execute) -> Result:
-        texts = [""] * step.rows
-        for tokens, _ in self._decode(step, execute):
+    def run(self, prepared: Prepared, execute: Execute) -> Result:
+        texts = [""] * prepared.rows
+        for tokens, _ in self._decode(prepared, execute):
             texts = [text + self._char(token) for text, token in zip(texts, tokens, strict=True)]
         return Result({"text_out": text_array(texts)})
 
-    def stream(self, step: Step, execute: Execute) -> Iterator[Result]:
-        for tokens, last in self._decode(step, execute):
+    def stream(self, prepared: Prepared, execute: Execute) -> Iterator[Result]:
+        for tokens, last in self._decode(prepared, execute):
             yield Result({"text_out": text_array([self._char(t) for t in tokens])}, final=last)
 
-    def session_piece(self, step: Step, execute: Execute) -> tuple[Result, State]:
+    def session_piece(self, prepared: Prepared, execute: Execute) -> tuple[Result, State]:
         """Only reads the piece: encoding in pieces, each from the state the previous one
         left, equals encoding the whole source. The translation comes with the last piece,
         answered by `run` or `stream` from the carried state; until then text_out is empty."""
-        empty = Result({"text_out": text_array([""] * step.rows)})
-        return empty, self.encode(step, execute)
+        empty = Result({"text_out": text_array([""] * prepared.rows)})
+        return empty, self.encode(prepared, execute)
 
-    def encode(self, step: Step, execute: Execute) -> State:
-        """The encoder's final state for each row, starting from `step.state`."""
-        token_rows: list[list[int]] = step.inputs["tokens"]
-        state = self.zero_state(step.rows)
+    def encode(self, prepared: Prepared, execute: Execute) -> State:
+        """The encoder's final state for each row, starting from `prepared.state`."""
+        token_rows: list[list[int]] = prepared.inputs["tokens"]
+        state = self.spec.zero_state(prepared.rows)
         for _, rows in rows_by_length(token_rows).items():
             tokens = np.array([token_rows[row] for row in rows], np.int64)
-            feeds = {"tokens": tokens, **self.state_feeds(take_rows(step.state, rows))}
+            feeds = {"tokens": tokens, **take_rows(prepared.state, rows)}
             put_rows(state, rows, self.state_outputs(execute("encoder", feeds)))
         return state
 
-    def _decode(self, step: Step, execute: Execute) -> Iterator[tuple[np.ndarray, bool]]:
+    def _decode(self, prepared: Prepared, execute: Execute) -> Iterator[tuple[np.ndarray, bool]]:
         """Each step's output token per row (`eos_id` once a row has finished) and whether
         it is the last step."""
         bos, eos = self.spec.bos_id, self.spec.eos_id
-        limit = step.options[MAX_OUTPUT_LENGTH]
-        state = self.encode(step, execute)
-        token = np.full(step.rows, bos, np.int64)
-        finished = np.zeros(step.rows, bool)
+        limit = prepared.options[MAX_OUTPUT_LENGTH]
+        state = self.encode(prepared, execute)
+        token = np.full(prepared.rows, bos, np.int64)
+        finished = np.zeros(prepared.rows, bool)
         for position in range(limit):
-            graph = execute("decoder", {"token": token, **self.state_feeds(state)})
+            graph = execute("decoder", {"token": token, **state})
             token = graph["next_token"].astype(np.int64)
             state = self.state_outputs(graph)
             emitted = np.where(finished, eos, token)

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from service.tasks import validation
-from service.tasks.base import Execute, Result, Step, Task
-from service.types import InferRequest, TensorMetadata
+from rnnserve.service.tasks import validation
+from rnnserve.service.tasks.base import Execute, Prepared, Result, Task
+from rnnserve.service.types import InferRequest, TensorMetadata
 
 
 class SineTask(Task):
+    name = "sine"
+    graph_roles = frozenset({"model"})
+
     @cached_property
     def inputs(self) -> list[TensorMetadata]:
         x = TensorMetadata("x", "FP32", (-1, -1, self.spec.input_size))
-        return [x, *self.state_metadata("0", optional=True)]
+        return [x, *self.state_metadata(outputs=False, optional=True)]
 
     @cached_property
     def outputs(self) -> list[TensorMetadata]:
         y = TensorMetadata("y", "FP32", (-1, -1, self.spec.output_size))
-        return [y, *self.state_metadata("n", optional=True)]
+        return [y, *self.state_metadata(outputs=True, optional=True)]
 
-    def prepare(self, request: InferRequest) -> Step:
+    def prepare(self, request: InferRequest) -> Prepared:
         inputs = validation.check_input_names(request, self.input_names, required=["x"])
         x = validation.numeric_array(inputs["x"], "FP32", 3)
         batch, length, features = x.shape
@@ -29,8 +32,8 @@ class SineTask(Task):
         validation.check_dim("x", "feature size (last dimension)", features, self.spec.input_size)
         validation.check_finite("x", x)
         outputs = validation.check_output_names(request, self.output_names, self.output_names)
-        return Step(batch, {"x": x}, self.initial_state(inputs, batch), outputs)
+        return Prepared(batch, {"x": x}, self.initial_state(inputs, batch), outputs)
 
-    def run(self, step: Step, execute: Execute) -> Result:
-        graph = execute("model", {"x": step.inputs["x"], **self.state_feeds(step.state)})
-        return Result({name: graph[name] for name in ["y", *self.state_output_names]})
+    def run(self, prepared: Prepared, execute: Execute) -> Result:
+        graph = execute("model", {"x": prepared.inputs["x"], **prepared.state})
+        return Result({name: graph[name] for name in ["y", *self.spec.state_outputs]})

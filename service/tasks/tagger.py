@@ -10,22 +10,32 @@ from functools import cached_property
 
 import numpy as np
 
-from service.errors import InvalidArgument
-from service.tasks import validation
-from service.tasks.base import (
+from rnnserve.service.errors import InvalidArgument
+from rnnserve.service.model_spec import ModelSpec
+from rnnserve.service.tasks import validation
+from rnnserve.service.tasks.base import (
     Execute,
+    Prepared,
     Result,
-    Step,
     Task,
     put_rows,
     rows_by_length,
     take_rows,
     text_array,
 )
-from service.types import InferRequest, Parameter, Tensor, TensorMetadata
+from rnnserve.service.types import InferRequest, Parameter, Tensor, TensorMetadata
 
 
 class TaggerTask(Task):
+    name = "tagger"
+    graph_roles = frozenset({"model"})
+
+    @classmethod
+    def check_spec(cls, spec: ModelSpec) -> None:
+        super().check_spec(spec)
+        if not spec.vocab:
+            raise ValueError(f"task {cls.name} needs a vocab")
+
     @property
     def vocab(self) -> list[str]:
         assert self.spec.vocab is not None  # ModelSpec guarantees it for text tasks
@@ -41,7 +51,7 @@ class TaggerTask(Task):
         return [
             TensorMetadata("text", "BYTES", (-1,)),
             TensorMetadata("tokens", "INT64", (-1, -1), optional=True),
-            *self.state_metadata("0", optional=True),
+            *self.state_metadata(outputs=False, optional=True),
         ]
 
     @cached_property
@@ -50,32 +60,32 @@ class TaggerTask(Task):
             TensorMetadata("text_out", "BYTES", (-1,)),
             TensorMetadata("tokens_out", "INT64", (-1, -1)),
             TensorMetadata("logits", "FP32", (-1, -1, len(self.vocab))),
-            *self.state_metadata("n", optional=True),
+            *self.state_metadata(outputs=True, optional=True),
         ]
 
     def parameters(self) -> dict[str, Parameter]:
         return {"vocab": "".join(sorted(self.char_ids))}
 
-    def prepare(self, request: InferRequest) -> Step:
+    def prepare(self, request: InferRequest) -> Prepared:
         inputs = validation.check_input_names(request, self.input_names)
         if "text" in inputs and "tokens" in inputs:
             raise InvalidArgument("inputs 'text' and 'tokens' are alternatives; expected one")
         if "tokens" in inputs:
             token_rows = self._token_input(inputs["tokens"])
             text_shape: tuple[int, ...] = (len(token_rows),)
-            default = ["tokens_out", *self.state_output_names]
+            default = ["tokens_out", *self.spec.state_outputs]
         elif "text" in inputs:
             rows = validation.text_rows(inputs["text"], self.settings)
             token_rows = validation.decode_text("text", rows, self.char_ids, self.settings)
             text_shape = tuple(inputs["text"].shape)
-            default = ["text_out", *self.state_output_names]
+            default = ["text_out", *self.spec.state_outputs]
         else:
             raise InvalidArgument(
                 f"missing input 'text' (or 'tokens') for model '{request.model_name}'"
             )
         outputs = validation.check_output_names(request, self.output_names, default)
         state = self.initial_state(inputs, len(token_rows))
-        return Step(len(token_rows), {"tokens": token_rows}, state, outputs, text_shape)
+        return Prepared(len(token_rows), {"tokens": token_rows}, state, outputs, text_shape)
 
     def _token_input(self, tensor: Tensor) -> list[list[int]]:
         tokens = validation.numeric_array(tensor, "INT64", 2)
@@ -89,14 +99,14 @@ class TaggerTask(Task):
             )
         return tokens.tolist()
 
-    def run(self, step: Step, execute: Execute) -> Result:
-        token_rows: list[list[int]] = step.inputs["tokens"]
+    def run(self, prepared: Prepared, execute: Execute) -> Result:
+        token_rows: list[list[int]] = prepared.inputs["tokens"]
         longest = max(len(tokens) for tokens in token_rows)
-        logits = np.zeros((step.rows, longest, len(self.vocab)), np.float32)
-        state = self.zero_state(step.rows)
+        logits = np.zeros((prepared.rows, longest, len(self.vocab)), np.float32)
+        state = self.spec.zero_state(prepared.rows)
         for length, rows in rows_by_length(token_rows).items():
             tokens = np.array([token_rows[row] for row in rows], np.int64)
-            feeds = {"tokens": tokens, **self.state_feeds(take_rows(step.state, rows))}
+            feeds = {"tokens": tokens, **take_rows(prepared.state, rows)}
             graph = execute("model", feeds)
             logits[rows, :length] = graph["logits"]
             put_rows(state, rows, self.state_outputs(graph))
@@ -113,7 +123,7 @@ class TaggerTask(Task):
                 "text_out": text_array(texts),
                 "tokens_out": tokens_out,
                 "logits": logits,
-                **{f"{stem}n": value for stem, value in state.items()},
+                **self.state_results(state),
             }
         )
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from service.errors import InvalidArgument
-from service.settings import Settings
-from service.types import InferRequest, Parameter, Tensor
+from rnnserve.service.errors import InvalidArgument
+from rnnserve.service.settings import Settings
+from rnnserve.service.types import InferRequest, Parameter, Tensor
 
 NUMPY_DTYPES = {"FP32": np.float32, "INT64": np.int64}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import SCENARIOS
+from rnnserve.bench.cli import SCENARIOS
 from rnnserve.cli import main
 
 ENVIRONMENT_KEYS = {"machine", "python", "versions", "runs", "date"}
@@ -47,8 +47,8 @@ def test_each_scenario_writes_its_figures(
 
 
 def test_load_generator_reports_its_own_cpu(tmp_path: Path) -> None:
-    from bench import loadgen, servers
-    from bench.payloads import step_request_json
+    from rnnserve.bench import loadgen, servers
+    from rnnserve.bench.payloads import step_request_json
 
     with servers.echo_server(tmp_path) as echo:
         figures = loadgen.run(
@@ -75,11 +75,11 @@ def test_profile_says_where_the_servers_time_goes(tiny_repository: Path, tmp_pat
     assert code == 0
     page = (out / "profile.md").read_text()
     assert page.count("\n## ") == 4  # two loads, batching on and off
-    assert "service/dataplane.py" in page and "session-steps/s" in page
+    assert "service/dataplane/" in page and "session-steps/s" in page
 
 
 def test_profile_folds_stacks_by_module_and_by_innermost_function() -> None:
-    from bench.profile import fold
+    from rnnserve.bench.profile import fold
 
     raw = (
         "run (service/cli.py:9);infer (service/dataplane.py:5);run (onnxruntime/x.py:3) 3\n"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.client import RnnClient, build_request
-from client.errors import InferenceError
-from client.sequence import SequenceSession
+from rnnserve.client.client import RnnClient, build_request
+from rnnserve.client.errors import InferenceError
+from rnnserve.client.sequence import SequenceSession
 
 
 def test_health_and_metadata_calls(client) -> None:
@@ -82,7 +82,7 @@ def test_a_stream_yields_every_decoded_seq2seq_token(client) -> None:
 
     finals = [r.parameters["triton_final_response"] for r in responses]
     assert finals[-1] is True and not any(finals[:-1])
-    pieces = [r.outputs[0].data[0].decode() for r in responses]
+    pieces = [r.outputs["text_out"][0].decode() for r in responses]
     assert "".join(pieces) == client.translate("hello", model="seq2seq-gru")
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from export.build import build_repository, summary_table
 from rnnserve.errors import UsageError
-from service.model_spec import METADATA_KEY, ModelSpec
+from rnnserve.export.build import build_repository, summary_table
+from rnnserve.service.model_spec import METADATA_KEY, ModelSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ def rnnserve(*args: str) -> subprocess.CompletedProcess[str]:
         (["train", "tagger", "lstm", "--hidden", "0"], "hidden_size must be at least 1"),
         (["build", "--models", "sine-lstm", "--preset", "huge"], "unknown preset 'huge'"),
         (["build", "--models", "sine"], "model name 'sine' is not <task>-<cell>[-bi]"),
-        (["train", "sine", "gru", "--bidirectional"], "only the tagger has a bidirectional"),
+        (["train", "sine", "gru", "--bidirectional"], "task sine has no bidirectional variant"),
     ],
 )
 def test_bad_input_gives_one_line_and_nonzero_exit(args: list[str], message: str) -> None:

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from export.config import config_for_name
-from export.exporter import export_version
-from export.tasks.tagger import Tagger
-from export.training import train_model
-from export.verify import VerificationError
+from rnnserve.export.config import config_for_name
+from rnnserve.export.exporter import export_version
+from rnnserve.export.tasks.tagger import Tagger
+from rnnserve.export.training import train_model
+from rnnserve.export.verify import VerificationError
 
 
 class DiffersWhenTraced(Tagger):

@@ -8,9 +8,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export.config import DEFAULT_NAMES
-from export.tasks import seq2seq, tagger
-from service.model_spec import METADATA_KEY, ModelSpec
+from rnnserve.export.config import DEFAULT_NAMES
+from rnnserve.export.tasks import seq2seq, tagger
+from rnnserve.service.model_spec import METADATA_KEY, ModelSpec
 
 
 def _session(path: Path) -> ort.InferenceSession:

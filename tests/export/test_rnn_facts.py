@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from export.cells import make_cell, run_cell, zero_state
+from rnnserve.export.cells import make_cell, run_cell, zero_state
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from export.config import config_for_name
-from export.exporter import export_version
-from export.tasks import seq2seq
-from export.training import train_model
-from export.verify import onnx_greedy, open_session
-from service.tasks.base import rows_by_length
+from rnnserve.export.config import config_for_name
+from rnnserve.export.exporter import export_version
+from rnnserve.export.tasks import seq2seq
+from rnnserve.export.training import train_model
+from rnnserve.export.verify import open_session
+from rnnserve.service.model_spec import cell_states
+from rnnserve.service.tasks.base import rows_by_length
 
 
 def test_dates_are_written_two_ways_and_normalised_to_iso() -> None:
@@ -53,11 +54,11 @@ def test_onnx_greedy_decoding_equals_torch(tmp_path: Path) -> None:
     sources = [s for s, _ in pairs]
 
     expected = seq2seq.greedy(trained.model, sources).numpy()
-    actual = onnx_greedy(
+    actual = seq2seq.onnx_greedy(
         open_session(result.path / "encoder.onnx"),
         open_session(result.path / "decoder.onnx"),
         sources,
-        num_states=2,
+        cell_states("lstm"),
         steps=seq2seq.MAX_OUTPUT_LENGTH,
     )
     np.testing.assert_array_equal(actual, expected)

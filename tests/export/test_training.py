@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from export.config import config_for_name
-from export.training import load_run, save_run, train_model
+from rnnserve.export.config import config_for_name
+from rnnserve.export.training import load_run, save_run, train_model
 
 
 def test_same_seed_trains_the_same_weights_and_another_seed_does_not() -> None:

@@ -16,11 +16,12 @@ import onnxruntime as ort
 import pytest
 from prometheus_client import REGISTRY
 
-from service.dataplane import DataPlane
-from service.errors import InvalidArgument, NotFound, ServiceError, Unavailable
-from service.model_spec import ModelSpec
-from service.settings import Settings
-from service.types import InferRequest, InferResponse, Tensor
+from rnnserve.service.dataplane import DataPlane
+from rnnserve.service.errors import InvalidArgument, NotFound, ServiceError, Unavailable
+from rnnserve.service.model_spec import ModelSpec
+from rnnserve.service.sessions import open_store
+from rnnserve.service.settings import Settings
+from rnnserve.service.types import InferRequest, InferResponse, Tensor
 
 CELLS = ("rnn", "lstm", "gru")
 MAX_BATCH = 8
@@ -77,7 +78,7 @@ def plane(tiny_repository: Path) -> Iterator[Plane]:
         max_sequence_length=MAX_SEQUENCE,
     )  # fmt: skip
     with asyncio.Runner() as runner:
-        data_plane = DataPlane(settings)
+        data_plane = DataPlane(settings, open_store(settings))
         runner.run(data_plane.load())
         yield Plane(data_plane, runner)
         runner.run(data_plane.close())
@@ -99,8 +100,7 @@ class Reference:
         return dict(zip(names, session.run(None, feeds), strict=True))
 
     def zeros(self, batch: int) -> dict[str, np.ndarray]:
-        shape = (self.spec.state_rows, batch, self.spec.hidden_size)
-        return {f"{stem}0": np.zeros(shape, np.float32) for stem in self.spec.state_names}
+        return self.spec.zero_state(batch)
 
     def token_ids(self, word: str) -> list[int]:
         assert self.spec.vocab is not None
@@ -171,17 +171,6 @@ def test_tagger_and_seq2seq_metadata_list_their_text_tensors(plane: Plane) -> No
     assert seq2seq.parameters["max_output_length"] == 16
 
 
-def test_model_config_uses_tritons_dims_without_the_batch_dimension(plane: Plane) -> None:
-    config = plane.plane.model_config("sine-lstm")
-    assert config.max_batch_size == MAX_BATCH and config.platform == "onnxruntime_onnx"
-    dims = {m.name: m.shape for m in config.inputs}
-    assert dims["x"] == (-1, 1)
-    assert dims["h0"] == (1, -1, config.inputs[1].shape[2])  # state: batch on axis 1, kept
-    assert config.sequence_batching and config.instance_kind == "KIND_CPU"
-    text = plane.plane.model_config("seq2seq-gru")
-    assert [m.shape for m in text.inputs] == [(1,)] and text.sequence_batching
-
-
 def test_unknown_model_or_version_is_not_found(plane: Plane) -> None:
     with pytest.raises(NotFound, match="unknown model 'sine-xyz'"):
         plane.plane.model_metadata("sine-xyz")
@@ -198,7 +187,7 @@ def test_sine_matches_a_direct_ort_run(plane: Plane, tiny_repository: Path, cell
     x = np.sin(np.linspace(0, 3, 2 * 7)).reshape(2, 7, 1).astype(np.float32)
     expected = reference.run("model", x=x, **reference.zeros(2))
     got = outputs(plane.infer(f"sine-{cell}", fp32("x", x)))
-    assert set(got) == {"y", *(f"{stem}n" for stem in reference.spec.state_names)}
+    assert set(got) == {"y", *reference.spec.state_outputs}
     for name, tensor in got.items():
         np.testing.assert_array_equal(tensor.data, expected[name])
         assert tensor.datatype == "FP32" and tensor.shape == expected[name].shape
@@ -267,7 +256,7 @@ def greedy(reference: Reference, word: str, limit: int) -> str:
     token = np.array([spec.bos_id], np.int64)
     decoded = ""
     for _ in range(limit):
-        feeds = {f"{stem}0": state[f"{stem}n"] for stem in spec.state_names}
+        feeds = {pair.input: state[pair.output] for pair in spec.states}
         step = reference.run("decoder", token=token, **feeds)
         token = step["next_token"]
         if token[0] == spec.eos_id:
@@ -299,7 +288,7 @@ def test_seq2seq_streams_one_response_per_decoded_token(plane: Plane) -> None:
     responses = plane.stream("seq2seq-lstm", text("text", word), id="r1")
     pieces = [strings(response.outputs[0])[0] for response in responses]
     assert "".join(pieces) == whole
-    finals = [response.parameters["triton_final_response"] for response in responses]
+    finals = [response.final for response in responses]
     assert finals == [False] * (len(responses) - 1) + [True]
     assert all(response.id == "r1" for response in responses)
 
@@ -307,9 +296,9 @@ def test_seq2seq_streams_one_response_per_decoded_token(plane: Plane) -> None:
 def test_sine_and_tagger_stream_a_single_final_response(plane: Plane) -> None:
     (response,) = plane.stream("tagger-rnn", text("text", ["hello"]))
     assert strings(outputs(response)["text_out"]) == ["ohlol"]
-    assert response.parameters["triton_final_response"] is True
+    assert response.final
     (response,) = plane.stream("sine-gru", fp32("x", np.zeros((1, 2, 1))))
-    assert response.parameters["triton_final_response"] is True
+    assert response.final
 
 
 # Bad input: refused before ONNX Runtime sees it.
@@ -498,7 +487,8 @@ def test_statistics_count_what_was_sent(plane: Plane) -> None:
 
 def test_requests_wait_for_loading_and_are_refused_while_draining(tiny_repository: Path) -> None:
     async def scenario() -> None:
-        data_plane = DataPlane(Settings(model_repository=tiny_repository))
+        settings = Settings(model_repository=tiny_repository)
+        data_plane = DataPlane(settings, open_store(settings))
         assert data_plane.live() and not data_plane.ready()
         with pytest.raises(Unavailable, match="loading"):
             await data_plane.infer(InferRequest("sine-rnn", inputs=[X]))

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from rnnserve.errors import UsageError
-from service.errors import NotFound, Unavailable
-from service.repository import Repository
-from service.settings import Settings
+from rnnserve.service.errors import NotFound, Unavailable
+from rnnserve.service.repository import Repository
+from rnnserve.service.settings import Settings
 
 
 @pytest.fixture(scope="module")

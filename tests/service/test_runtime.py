@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 from prometheus_client import REGISTRY
 
-from service.runtime import ModelRuntime, Statistics, choose_providers, session_options
-from service.settings import Settings
+from rnnserve.service.runtime import ModelRuntime, Statistics, choose_providers, session_options
+from rnnserve.service.settings import Settings
 
 
 def test_configured_providers_are_filtered_to_what_ort_offers_with_cpu_last() -> None:

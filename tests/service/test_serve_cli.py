@@ -11,8 +11,8 @@ import pytest
 
 from rnnserve.cli import build_parser
 from rnnserve.errors import UsageError
-from service.cli import BOOL_FLAGS, LIST_FLAGS, VALUE_FLAGS, settings_from_args
-from service.settings import Settings
+from rnnserve.service.cli import BOOL_FLAGS, LIST_FLAGS, VALUE_FLAGS, settings_from_args
+from rnnserve.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,7 @@ def test_a_missing_repository_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 def test_the_server_never_imports_torch() -> None:
     code = (
-        "import sys, service.cli, service.grpc.server, client.client\n"
+        "import sys, rnnserve.service.cli, rnnserve.service.server, rnnserve.client.client\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     done = subprocess.run(

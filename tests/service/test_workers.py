@@ -21,10 +21,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.grpc import converter
-from service.protocol.generated import grpc_service_pb2 as pb
-from service.protocol.generated import grpc_service_pb2_grpc as pb_grpc
-from service.types import InferRequest
+from rnnserve.client.client import build_request, decode_response
+from rnnserve.protocol import messages as pb
+from rnnserve.protocol import rpc
 
 PROBE_MODEL = "tagger-rnn"  # only `other_worker` sends it requests
 MAX_CONNECTIONS = 64  # new connections tried before concluding all land on one worker
@@ -32,38 +31,29 @@ X = np.linspace(0.0, 1.0, 8, dtype=np.float32).reshape(1, 8, 1)
 
 
 def sine_request(model: str, x: np.ndarray, **parameters: int | bool) -> pb.ModelInferRequest:
-    return converter.request_to_proto(
-        InferRequest(
-            model_name=model,
-            inputs=[converter.tensor_from_array("x", x)],
-            outputs=["y"],
-            parameters=dict(parameters),
-        )
-    )
+    return build_request(model, {"x": x}, ["y"], parameters)
 
 
 def y_of(reply: pb.ModelInferResponse) -> np.ndarray:
-    outputs = {t.name: t.data for t in converter.response_from_proto(reply).outputs}
-    return outputs["y"]
+    return decode_response(reply).outputs["y"]
 
 
-def connect(address: str) -> tuple[grpc.Channel, pb_grpc.GRPCInferenceServiceStub]:
+def connect(address: str) -> tuple[grpc.Channel, rpc.Stub]:
     """A channel with a connection of its own (channels share connections by default)."""
     channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-    return channel, pb_grpc.GRPCInferenceServiceStub(channel)
+    return channel, rpc.Stub(channel)
 
 
-def probe_count(stub: pb_grpc.GRPCInferenceServiceStub) -> int:
+def probe_count(stub: rpc.Stub) -> int:
     reply = stub.ModelStatistics(pb.ModelStatisticsRequest(name=PROBE_MODEL), timeout=30)
     return reply.model_stats[0].inference_count
 
 
 def other_worker(
-    address: str, first: pb_grpc.GRPCInferenceServiceStub
-) -> tuple[grpc.Channel, pb_grpc.GRPCInferenceServiceStub]:
+    address: str, first: rpc.Stub
+) -> tuple[grpc.Channel, rpc.Stub]:
     """A new connection that reached another worker than `first`'s connection."""
-    text = converter.tensor_from_array("text", np.array(["hello"], dtype=object))
-    probe = converter.request_to_proto(InferRequest(model_name=PROBE_MODEL, inputs=[text]))
+    probe = build_request(PROBE_MODEL, {"text": ["hello"]})
     for _ in range(MAX_CONNECTIONS):
         channel, stub = connect(address)
         stub.ModelInfer(probe, timeout=30)

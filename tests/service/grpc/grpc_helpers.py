@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.grpc import converter
-from service.model_spec import METADATA_KEY, ModelSpec
-from service.protocol.generated import grpc_service_pb2 as pb
-from service.types import InferRequest, Parameter
+from rnnserve.client.client import build_request, decode_response
+from rnnserve.protocol import messages as pb
+from rnnserve.protocol.codec import Parameter
+from rnnserve.service.model_spec import METADATA_KEY, ModelSpec
 
 CELLS = ["rnn", "lstm", "gru"]
 MODEL_NAMES = [f"{task}-{cell}" for task in ("sine", "tagger", "seq2seq") for cell in CELLS]
@@ -27,19 +27,11 @@ def infer_request(
     version: str = "",
 ) -> pb.ModelInferRequest:
     """A ModelInferRequest with raw inputs, as our client (and Triton's) sends them."""
-    return converter.request_to_proto(
-        InferRequest(
-            model_name=model,
-            model_version=version,
-            inputs=[converter.tensor_from_array(name, data) for name, data in inputs.items()],
-            outputs=outputs or [],
-            parameters=parameters or {},
-        )
-    )
+    return build_request(model, inputs, outputs or [], parameters, version)
 
 
 def outputs_of(reply: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    return {t.name: t.data for t in converter.response_from_proto(reply).outputs}
+    return decode_response(reply).outputs
 
 
 @dataclass
@@ -52,11 +44,10 @@ class Graphs:
         return dict(zip(names, self.sessions[role].run(names, feeds), strict=True))
 
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
-        shape = (self.spec.state_rows, batch, self.spec.hidden_size)
-        return {f"{stem}0": np.zeros(shape, np.float32) for stem in self.spec.state_names}
+        return self.spec.zero_state(batch)
 
     def next_state(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {f"{stem}0": outputs[f"{stem}n"] for stem in self.spec.state_names}
+        return {pair.input: outputs[pair.output] for pair in self.spec.states}
 
 
 class Reference:

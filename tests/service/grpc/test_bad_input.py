@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from grpc_helpers import CELLS, infer_request, outputs_of
 
-from service.protocol.generated import grpc_service_pb2 as pb
+from rnnserve.protocol import messages as pb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

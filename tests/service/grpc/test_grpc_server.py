@@ -8,7 +8,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_helpers import infer_request
 
-from service.protocol.generated import grpc_service_pb2 as pb
+from rnnserve.protocol import messages as pb
 
 
 def test_sigterm_with_an_idle_stream_open_still_exits_0(start_server, tiny_repository) -> None:

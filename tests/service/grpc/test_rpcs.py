@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from grpc_helpers import MODEL_NAMES, infer_request, outputs_of
 
-from service.protocol.generated import grpc_service_pb2 as pb
+from rnnserve.protocol import messages as pb
 
 
 def test_server_is_live_and_ready(server) -> None:

@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
-from service.sessions import StateStore
-from service.sessions.memory_store import MemoryStore
-from service.sessions.owned_store import OwnedStore
-from service.sessions.redis_store import RedisStore
+from rnnserve.service.sessions import StateStore
+from rnnserve.service.sessions.memory_store import MemoryStore
+from rnnserve.service.sessions.owned_store import OwnedStore
+from rnnserve.service.sessions.redis_store import RedisStore
 
 
 @pytest.fixture(params=["memory", "redis", "owned"])

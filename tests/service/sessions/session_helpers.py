@@ -9,12 +9,11 @@ import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from client.client import build_request
-from client.errors import InferenceError
-from service.grpc import converter
-from service.protocol.generated import grpc_service_pb2 as pb
-from service.protocol.generated import grpc_service_pb2_grpc as pb_grpc
-from service.types import InferResponse, Parameter
+from rnnserve.client.client import InferResult, build_request, decode_response
+from rnnserve.client.errors import InferenceError
+from rnnserve.protocol import messages as pb
+from rnnserve.protocol import rpc
+from rnnserve.protocol.codec import Parameter
 
 
 def random_chunks(rng: np.random.Generator, total: int, low: int, high: int) -> list[int]:
@@ -37,9 +36,8 @@ def step_request(
     return build_request(model, {"x": x[None, :, None]}, ["y"], parameters)
 
 
-def y_of(response: InferResponse) -> np.ndarray:
-    (tensor,) = [t for t in response.outputs if t.name == "y"]
-    return tensor.data.reshape(-1)
+def y_of(response: InferResult) -> np.ndarray:
+    return response.outputs["y"].reshape(-1)
 
 
 class AioSessions:
@@ -47,7 +45,7 @@ class AioSessions:
 
     def __init__(self, address: str) -> None:
         self.channel = grpc.aio.insecure_channel(address)
-        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.stub = rpc.Stub(self.channel)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -60,7 +58,7 @@ class AioSessions:
         for index, (start, end) in enumerate(bounds(chunks)):
             request = step_request(model, x[start:end], sequence_id, index, len(chunks))
             reply = await self.stub.ModelInfer(request)
-            pieces.append(y_of(converter.response_from_proto(reply)))
+            pieces.append(y_of(decode_response(reply)))
         return np.concatenate(pieces)
 
     async def streamed(
@@ -74,7 +72,7 @@ class AioSessions:
             reply = await call.read()
             if reply.error_message:
                 raise InferenceError("STREAM_ERROR", reply.error_message)
-            pieces.append(y_of(converter.response_from_proto(reply.infer_response)))
+            pieces.append(y_of(decode_response(reply.infer_response)))
         await call.done_writing()
         return np.concatenate(pieces)
 

@@ -14,17 +14,16 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service.errors import Unavailable
-from service.sessions import (
+from rnnserve.service.errors import Unavailable
+from rnnserve.service.sessions import (
     Batcher,
     Runner,
     SessionKey,
     SessionManager,
-    State,
     Tensors,
-    zero_state,
 )
-from service.sessions.memory_store import MemoryStore
+from rnnserve.service.sessions.memory_store import MemoryStore
+from rnnserve.service.types import State
 
 STATES = ["h0", "c0", "hn", "cn"]
 INPUT_SIZE = 3
@@ -235,7 +234,8 @@ async def stream_sessions(
                 return result["y"], {stem: result[f"{stem}n"] for stem in stems}
 
             last = number == len(chunks[index]) - 1
-            initial = zero_state(layout)  # a continuation's stored state is copied into it
+            # A continuation's stored state is copied into it.
+            initial = {stem: np.zeros(shape, np.float32) for stem, shape in layout.items()}
             outputs.append(await manager.step(key, number == 0, last, initial, run))
         return np.concatenate(outputs, axis=1)[0]
 

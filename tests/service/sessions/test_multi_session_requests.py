@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from session_helpers import random_chunks
 
-from client.client import RnnClient, build_request, session_controls
-from client.errors import InferenceError
-from service.grpc import converter
-from service.protocol.generated import grpc_service_pb2 as pb
+from rnnserve.client.client import RnnClient, build_request, session_controls
+from rnnserve.client.errors import InferenceError
+from rnnserve.protocol import messages as pb
+from rnnserve.service.grpc import converter
 
 SESSIONS = 64
 STEPS = 48
@@ -31,7 +31,7 @@ def alone(client: RnnClient, model: str, x: np.ndarray) -> np.ndarray:
 def stream_step(client: RnnClient, request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     (response,) = list(client.stream(iter([request])))
     assert response.parameters["triton_final_response"] is True
-    return {tensor.name: tensor.data for tensor in response.outputs}
+    return response.outputs
 
 
 def sine_rows(
@@ -62,7 +62,7 @@ def test_64_sessions_stepped_together_in_random_pieces_equal_each_session_alone(
         )
         request = build_request(model, {"x": piece[..., None], **controls}, ["y"])
         if rpc == "ModelInfer":
-            out = {t.name: t.data for t in client.infer_response_of(request).outputs}
+            out = client.infer_response_of(request).outputs
         else:
             out = stream_step(client, request)
         assert out["sequence_error"].tolist() == [b""] * SESSIONS
@@ -100,7 +100,7 @@ def test_a_row_of_an_unknown_session_fails_alone_and_the_others_advance(
     controls = session_controls(mixed, start=False, end=False)
     request = build_request("sine-lstm", {"x": x[:, 3:6, None], **controls}, ["y"])
     response = client.infer_response_of(request)
-    out = {tensor.name: tensor.data for tensor in response.outputs}
+    out = response.outputs
     assert response.parameters["failed_rows"] == 1
     messages = [message.decode() for message in out["sequence_error"]]
     assert messages[:2] == ["", ""] and messages[3] == ""
@@ -159,7 +159,7 @@ def test_rows_continue_sessions_started_with_sequence_parameters(client: RnnClie
         "sine-lstm", {"x": x[:, :3, None]}, ["y"],
         {"sequence_id": "by-parameters", "sequence_start": True},
     )  # fmt: skip
-    head = client.infer_response_of(request).outputs[0].data[0, :, 0]
+    head = client.infer_response_of(request).outputs["y"][0, :, 0]
     tail, errors = sine_rows(client, ["by-parameters"], x[:, 3:], end=True)
     assert errors == [""]
     got = np.concatenate([head, tail[0]])

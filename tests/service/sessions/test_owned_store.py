@@ -11,10 +11,10 @@ import pytest
 import redis
 from test_state_stores import assert_same_state, load_one, lstm_state, save_one, zeros_like
 
-from service.errors import Unavailable
-from service.sessions import SessionKey
-from service.sessions.owned_store import OwnedStore
-from service.sessions.turns import Turns
+from rnnserve.service.errors import Unavailable
+from rnnserve.service.sessions import SessionKey
+from rnnserve.service.sessions.owned_store import OwnedStore
+from rnnserve.service.sessions.turns import Turns
 
 KEY = SessionKey("sine-lstm", "1", "device-7")
 

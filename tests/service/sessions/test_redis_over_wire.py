@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from session_helpers import bounds, step_request, y_of
 
-from client.client import RnnClient
+from rnnserve.client.client import RnnClient
 
 MODEL = "sine-gru"
 CHUNKS = [5, 3, 8, 4]

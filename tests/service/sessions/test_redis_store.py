@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import redis
 
-from service.errors import FailedPrecondition
-from service.sessions import SessionKey, State
-from service.sessions.redis_store import RedisStore, encode_state
+from rnnserve.service.errors import FailedPrecondition
+from rnnserve.service.sessions import SessionKey
+from rnnserve.service.sessions.redis_store import RedisStore, encode_state
+from rnnserve.service.types import State
 
 KEY = SessionKey("sine-gru", "3", "user-42")
 

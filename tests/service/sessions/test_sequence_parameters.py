@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.errors import InvalidArgument
-from service.sessions import SequenceParameters, parse_sequence_parameters
+from rnnserve.service.errors import InvalidArgument
+from rnnserve.service.sessions import SequenceParameters, parse_sequence_parameters
 
 
 def test_a_request_without_sequence_parameters_belongs_to_no_session() -> None:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from session_helpers import AioSessions, random_chunks
 
-from client.client import RnnClient, build_request
-from client.errors import InferenceError
-from client.sequence import SequenceSession
+from rnnserve.client.client import RnnClient, build_request
+from rnnserve.client.errors import InferenceError
+from rnnserve.client.sequence import SequenceSession
 
 TRITON_CLIENT = Path(__file__).with_name("triton_sequence_client.py")
 STEPS = 1000
@@ -84,9 +84,9 @@ def test_seq2seq_streams_the_translation_token_by_token_after_the_last_piece(
         last = sequence.step_responses({"text": ["2026"]}, end=True)
     # Pieces before the last only feed the encoder: one empty, final answer each.
     for (response,) in early:
-        assert response.outputs[0].data.tolist() == [b""]
+        assert response.outputs["text_out"].tolist() == [b""]
         assert response.parameters["triton_final_response"] is True
-    tokens = [response.outputs[0].data[0].decode() for response in last]
+    tokens = [response.outputs["text_out"][0].decode() for response in last]
     assert "".join(tokens) == whole and len(last) >= len(whole)
     finals = [response.parameters["triton_final_response"] for response in last]
     assert finals == [False] * (len(last) - 1) + [True]
@@ -101,7 +101,7 @@ def sine_step(
 ) -> np.ndarray:
     parameters = {"sequence_id": sequence_id, **flags}
     request = build_request("sine-lstm", {"x": x[None, :, None]}, ["y"], parameters)
-    return client.infer_response_of(request).outputs[0].data.reshape(-1)
+    return client.infer_response_of(request).outputs["y"].reshape(-1)
 
 
 def refusal(client: RnnClient, request) -> InferenceError:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from session_helpers import scrape
 
-from client.client import RnnClient, build_request
-from client.errors import InferenceError
+from rnnserve.client.client import RnnClient, build_request
+from rnnserve.client.errors import InferenceError
 
 IDLE_TIMEOUT_S = 0.5
 
@@ -19,7 +19,7 @@ IDLE_TIMEOUT_S = 0.5
 @pytest.fixture(scope="module")
 def repository(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """sine-lstm from the tiny repository beside a bidirectional tagger built for it."""
-    from export.build import build_repository
+    from rnnserve.export.build import build_repository
 
     root = tmp_path_factory.mktemp("bidirectional")
     build_repository(root, names=["tagger-gru-bi"], preset="tiny", seed=0)

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from service.sessions import SessionKey, SessionManager, State, StateStore
-from service.sessions.manager import RowStep, Step
+from rnnserve.service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from rnnserve.service.sessions import SessionKey, SessionManager, StateStore
+from rnnserve.service.sessions.manager import Computation, RowStep
+from rnnserve.service.types import State
 
 
 def zeros() -> State:
@@ -24,7 +25,7 @@ def zeros() -> State:
     return {"h": np.zeros((1, 1, 1), np.float32)}
 
 
-def add(value: float) -> Step[float]:
+def add(value: float) -> Computation[float]:
     """A step that adds `value` to the running sum and answers the new sum."""
 
     async def run(state: State) -> tuple[float, State]:
@@ -225,7 +226,7 @@ def test_requests_of_one_session_apply_in_arrival_order_one_at_a_time(
         inside = 0
         order: list[int] = []
 
-        def append(index: int) -> Step[None]:
+        def append(index: int) -> Computation[None]:
             async def run(state: State) -> tuple[None, State]:
                 nonlocal inside
                 inside += 1
@@ -297,6 +298,6 @@ def test_requests_naming_the_same_sessions_in_opposite_orders_both_finish() -> N
 
 
 def make_memory_store() -> StateStore:
-    from service.sessions.memory_store import MemoryStore
+    from rnnserve.service.sessions.memory_store import MemoryStore
 
     return MemoryStore()

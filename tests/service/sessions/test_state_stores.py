@@ -9,8 +9,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from service.errors import FailedPrecondition
-from service.sessions import SessionKey, State, StateStore
+from rnnserve.service.errors import FailedPrecondition
+from rnnserve.service.sessions import SessionKey, StateStore
+from rnnserve.service.types import State
 
 KEY = SessionKey("sine-lstm", "1", 7)
 

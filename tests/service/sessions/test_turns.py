@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from service.sessions.turns import Turns
+from rnnserve.service.sessions.turns import Turns
 
 
 def test_waiters_get_the_turn_in_arrival_order() -> None:

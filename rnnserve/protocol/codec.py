@@ -1,0 +1,209 @@
+"""Tensor data and parameters on the wire <-> numpy arrays and Python values.
+
+Tensor data travels as typed `contents` or as raw little-endian bytes (`raw_input_contents`,
+`raw_output_contents`; BYTES elements each prefixed with a 4-byte little-endian length).
+BYTES tensors are numpy object arrays of `bytes`. Everything here is message-level: the
+server wraps it in its own types, the client hands the arrays to its caller.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import numpy as np
+
+Parameter = bool | int | float | str
+
+# Open Inference Protocol datatype -> numpy dtype (BYTES: object arrays of `bytes`).
+DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+DATATYPE_OF_DTYPE = {dtype: name for name, dtype in DTYPES.items() if name != "BYTES"}
+
+# Which typed `contents` field carries each datatype; FP16 has none (raw only).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+LENGTH_PREFIX = struct.Struct("<I")
+
+
+class CodecError(ValueError):
+    """Data that does not decode: the message names the tensor or parameter at fault."""
+
+
+# Parameters -------------------------------------------------------------------------
+
+
+def parameters_from_proto(params: Mapping[str, Any], where: str) -> dict[str, Parameter]:
+    """An `InferParameter` map as Python values."""
+    values: dict[str, Parameter] = {}
+    for key, param in params.items():
+        choice = param.WhichOneof("parameter_choice")
+        if choice is None:
+            raise CodecError(f"{where} parameter '{key}' has no value")
+        values[key] = getattr(param, choice)
+    return values
+
+
+def parameters_to_proto(values: Mapping[str, Parameter], out: MutableMapping[str, Any]) -> None:
+    for key, value in values.items():
+        param = out[key]
+        # bool first: it is a subclass of int.
+        if isinstance(value, bool):
+            param.bool_param = value
+        elif isinstance(value, int):
+            if value >= 2**63:
+                param.uint64_param = value
+            else:
+                param.int64_param = value
+        elif isinstance(value, float):
+            param.double_param = value
+        else:
+            param.string_param = str(value)
+
+
+# Tensors ----------------------------------------------------------------------------
+
+
+def checked_shape(name: str, shape: list[int]) -> tuple[int, ...]:
+    if any(dim < 0 for dim in shape):
+        raise CodecError(
+            f"input '{name}': shape {list(shape)} has a negative dimension; expected sizes >= 0"
+        )
+    return tuple(int(dim) for dim in shape)
+
+
+def checked_dtype(name: str, datatype: str) -> np.dtype:
+    dtype = DTYPES.get(datatype)
+    if dtype is None:
+        raise CodecError(
+            f"input '{name}': unknown datatype '{datatype}'; expected one of {', '.join(DTYPES)}"
+        )
+    return dtype
+
+
+def decode_bytes(name: str, raw: bytes, count: int) -> list[bytes]:
+    """Split length-prefixed BYTES elements; the buffer must hold exactly `count`."""
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + LENGTH_PREFIX.size > len(raw):
+            raise CodecError(f"input '{name}': BYTES data ends inside a length prefix")
+        (length,) = LENGTH_PREFIX.unpack_from(raw, offset)
+        offset += LENGTH_PREFIX.size
+        if offset + length > len(raw):
+            raise CodecError(
+                f"input '{name}': BYTES element {len(items)} claims {length} bytes, "
+                f"only {len(raw) - offset} remain"
+            )
+        items.append(bytes(raw[offset : offset + length]))
+        offset += length
+    if len(items) != count:
+        raise CodecError(
+            f"input '{name}': BYTES data holds {len(items)} elements, shape needs {count}"
+        )
+    return items
+
+
+def encode_bytes(items: np.ndarray) -> bytes:
+    parts: list[bytes] = []
+    for item in items.reshape(-1):
+        data = item.encode() if isinstance(item, str) else bytes(item)
+        parts += [LENGTH_PREFIX.pack(len(data)), data]
+    return b"".join(parts)
+
+
+def object_array(items: list[bytes], shape: tuple[int, ...]) -> np.ndarray:
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
+def array_from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
+    dtype = checked_dtype(name, datatype)
+    dims = checked_shape(name, shape)
+    count = math.prod(dims)
+    if datatype == "BYTES":
+        return object_array(decode_bytes(name, raw, count), dims)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise CodecError(
+            f"input '{name}': raw_input_contents holds {len(raw)} bytes; "
+            f"shape {list(dims)} of {datatype} needs {expected}"
+        )
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(dims)
+
+
+def array_from_contents(name: str, datatype: str, shape: list[int], contents: Any) -> np.ndarray:
+    """The array an `InferTensorContents` holds, checked against datatype and shape."""
+    dtype = checked_dtype(name, datatype)
+    dims = checked_shape(name, shape)
+    count = math.prod(dims)
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise CodecError(f"input '{name}': {datatype} data must come in raw_input_contents")
+    others = [f.name for f, _ in contents.ListFields() if f.name != field]
+    if others:
+        raise CodecError(
+            f"input '{name}': datatype {datatype} carries its data in contents.{field}, "
+            f"found contents.{others[0]}"
+        )
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise CodecError(
+            f"input '{name}': contents.{field} holds {len(values)} elements, "
+            f"shape {list(dims)} needs {count}"
+        )
+    if datatype == "BYTES":
+        return object_array(list(values), dims)
+    try:
+        return np.array(values, dtype=dtype).reshape(dims)
+    except OverflowError as error:
+        raise CodecError(f"input '{name}': a value does not fit {datatype}") from error
+
+
+def wire_array(name: str, data: np.ndarray | list | str | bytes) -> tuple[str, np.ndarray]:
+    """The datatype and array to send for numpy data; str/bytes (or arrays of them) are
+    BYTES."""
+    array = np.asarray(data)
+    if array.dtype.kind in "USO":
+        items = [x.encode() if isinstance(x, str) else bytes(x) for x in array.reshape(-1)]
+        return "BYTES", object_array(items, array.shape)
+    datatype = DATATYPE_OF_DTYPE.get(array.dtype)
+    if datatype is None:
+        raise CodecError(f"input '{name}': numpy dtype {array.dtype} has no protocol datatype")
+    return datatype, array
+
+
+def raw_of(datatype: str, data: np.ndarray) -> bytes:
+    if datatype == "BYTES":
+        return encode_bytes(np.asarray(data, dtype=object))
+    dtype = DTYPES[datatype].newbyteorder("<")
+    return np.ascontiguousarray(data, dtype=dtype).tobytes()

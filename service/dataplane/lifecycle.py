@@ -1,0 +1,69 @@
+"""The data plane's phases and its requests in flight: admission and draining in one place.
+
+    loading --load()--> ready --drain()--> draining --close()--> closed
+
+Only a ready data plane admits requests; draining lets those in flight finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Literal
+
+from rnnserve.service.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+Phase = Literal["loading", "ready", "draining", "closed"]
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.phase: Phase = "loading"
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def live(self) -> bool:
+        return self.phase != "closed"
+
+    def ready(self) -> bool:
+        return self.phase == "ready"
+
+    def loaded(self) -> None:
+        if self.phase == "loading":
+            self.phase = "ready"
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """Admits one request (UNAVAILABLE unless ready) and counts it while in flight."""
+        if self.phase == "loading":
+            raise Unavailable("the server is still loading its models; retry shortly")
+        if self.phase != "ready":
+            raise Unavailable("the server is shutting down; retry on another instance")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    def drain(self) -> None:
+        """Refuses new requests from now on."""
+        if self.phase in ("loading", "ready"):
+            self.phase = "draining"
+
+    async def idle(self, grace_period_s: float) -> None:
+        """Waits for the requests in flight to finish, at most the grace period."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_period_s)
+        except TimeoutError:
+            log.warning("closing with %d requests still in flight", self._in_flight)
+
+    def closed(self) -> None:
+        self.phase = "closed"

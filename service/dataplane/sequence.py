@@ -1,0 +1,89 @@
+"""One request of one sequence (Triton's sequence parameters `sequence_id`,
+`sequence_start`, `sequence_end`): the piece runs from the state its session carries,
+in the session's turn, and leaves the new state for the next piece, so that a sequence
+sent piece by piece gives the answers of the whole sequence sent at once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+
+from rnnserve.service.dataplane.admitted import Admitted
+from rnnserve.service.dataplane.compute import Compute
+from rnnserve.service.dataplane.stateless import stream_responses
+from rnnserve.service.dataplane.timer import RequestTimer
+from rnnserve.service.errors import InvalidArgument
+from rnnserve.service.sessions import SessionKey, SessionManager
+from rnnserve.service.tasks.base import Execute, Prepared, Result
+from rnnserve.service.types import InferResponse, State
+
+
+class SequencePath:
+    def __init__(self, sessions: SessionManager, compute: Compute) -> None:
+        self.sessions = sessions
+        self.compute = compute
+
+    async def answer(self, admitted: Admitted, timer: RequestTimer) -> InferResponse:
+        prepared = await self.compute.call(admitted.threads, admitted.prepare, timer)
+        execute, threads = self.compute.for_sessions(admitted.model, admitted.threads)
+        result = await self._step(admitted, prepared, execute, threads, timer, answer_last=True)
+        assert result is not None  # a unary piece is always answered in the session
+        with timer.responding():
+            return admitted.response(prepared, result)
+
+    async def stream(self, admitted: Admitted, timer: RequestTimer) -> AsyncIterator[InferResponse]:
+        prepared = await self.compute.call(admitted.threads, admitted.prepare, timer)
+        execute, threads = self.compute.for_sessions(admitted.model, admitted.threads)
+        result = await self._step(admitted, prepared, execute, threads, timer, answer_last=False)
+        if result is not None:  # not the last piece: answered already
+            with timer.responding():
+                yield admitted.response(prepared, result)
+            return
+        # The last piece: `prepared` now starts from the session's state, and is answered
+        # (decoded, for seq2seq) as any request is, response by response.
+        async for response in stream_responses(
+            self.compute, admitted, prepared, execute, threads, timer
+        ):
+            yield response
+
+    async def _step(
+        self, admitted: Admitted, prepared: Prepared, execute: Execute,
+        threads: Executor | None, timer: RequestTimer, *, answer_last: bool,
+    ) -> Result | None:  # fmt: skip
+        """Runs the piece from the state its session carries, in the session's turn.
+
+        Returns the piece's answer; for the last piece with `answer_last` false, returns
+        None with `prepared.state` set to the session's state (already freed), for the
+        caller to answer response by response outside the session's turn.
+        """
+        _check(admitted, prepared)
+        task, sequence = admitted.model.task, admitted.sequence
+        key = SessionKey(admitted.model.name, admitted.model.version, sequence.sequence_id)
+
+        async def run(state: State) -> tuple[Result | None, State]:
+            prepared.state = state
+            if not sequence.end:
+                return await self.compute.call(threads, task.session_piece, prepared, execute)
+            if not answer_last:
+                return None, state
+            result = await self.compute.call(threads, task.run, prepared, execute)
+            return result, result.state(task.spec)
+
+        with timer.computing():
+            return await self.sessions.step(key, sequence.start, sequence.end, prepared.state, run)
+
+
+def _check(admitted: Admitted, prepared: Prepared) -> None:
+    sequence_id = admitted.sequence.sequence_id
+    if prepared.rows != 1:
+        raise InvalidArgument(
+            f"a sequence request (sequence_id {sequence_id!r}) has batch size "
+            f"{prepared.rows}; expected 1: a session carries the state of one sequence"
+        )
+    state_input = None if admitted.sequence.start else admitted.state_input()
+    if state_input is not None:
+        raise InvalidArgument(
+            f"input '{state_input}' is accepted only with sequence_start=true: a "
+            f"continuation of sequence {sequence_id!r} starts from the state "
+            "the server keeps; to resume from a state of your own, start again with it"
+        )

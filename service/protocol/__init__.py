@@ -1,1 +1,0 @@
-"""The wire protocol: stubs generated from protos/ by hatch_build.py live in generated/."""
