@@ -16,7 +16,8 @@ if ! command -v redis-server >/dev/null; then
     fi
 fi
 
-echo "==> ruff check"
+echo "==> ruff check, ruff format --check"
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 echo "==> pytest"
 exec .venv/bin/pytest "$@"

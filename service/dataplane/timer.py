@@ -21,8 +21,7 @@ class RequestTimer:
         self.arrived = time.perf_counter_ns()
         self._started = self._prepared = self.arrived
         self._rows = 0
-        self._infer_ns = 0
-        self._output_ns = 0
+        self._ns = {"infer": 0, "output": 0}
 
     def started(self) -> None:
         """Work on the request began: what came before was queueing."""
@@ -34,23 +33,21 @@ class RequestTimer:
         self._prepared = time.perf_counter_ns()
         self._rows = rows
 
-    @contextlib.contextmanager
-    def computing(self) -> Iterator[None]:
+    def computing(self) -> contextlib.AbstractContextManager[None]:
         """Time spent running the model (session bookkeeping of its step included)."""
-        start = time.perf_counter_ns()
-        try:
-            yield
-        finally:
-            self._infer_ns += time.perf_counter_ns() - start
+        return self._adding_to("infer")
+
+    def responding(self) -> contextlib.AbstractContextManager[None]:
+        """Time spent turning results into response tensors."""
+        return self._adding_to("output")
 
     @contextlib.contextmanager
-    def responding(self) -> Iterator[None]:
-        """Time spent turning results into response tensors."""
+    def _adding_to(self, part: str) -> Iterator[None]:
         start = time.perf_counter_ns()
         try:
             yield
         finally:
-            self._output_ns += time.perf_counter_ns() - start
+            self._ns[part] += time.perf_counter_ns() - start
 
     def __enter__(self) -> RequestTimer:
         return self
@@ -69,8 +66,8 @@ class RequestTimer:
                 total_ns,
                 self._started - self.arrived,
                 self._prepared - self._started,
-                self._infer_ns,
-                self._output_ns,
+                self._ns["infer"],
+                self._ns["output"],
             )
         elif isinstance(error, Exception):  # not a cancelled or abandoned request
             statistics.record_failure(total_ns)

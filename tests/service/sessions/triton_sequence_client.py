@@ -1,5 +1,5 @@
 """A sine sequence streamed through tritonclient's own sequence API, run as a subprocess
-(tritonclient.grpc and our generated stubs cannot share one process).
+so that it steps its sequence while the test's own clients step theirs.
 
     python triton_sequence_client.py ADDRESS MODEL SEQUENCE_ID IN.npz OUT.npy
 
