@@ -36,6 +36,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from client.client import RnnClient, sine_input
 
+pytestmark = pytest.mark.timeout(2400)  # the first test builds everything; cold: minutes
+
 BASE_IMAGE = "rnnserve-base:bookworm"
 SERVER_IMAGE = "rnnserve-test:cpu"  # tags of tests/deploy/compose.host.yml
 BUILDER_IMAGE = "rnnserve-test-builder"
@@ -43,7 +45,6 @@ COMPOSE_FILES = ["docker-compose.yml", "deploy/compose.cpu.yml", "tests/deploy/c
 SERVICES = ["models", "redis", "rnnserve", "prometheus"]
 CELLS = ("rnn", "lstm", "gru")
 MODELS = [f"{task}-{cell}" for task in ("sine", "tagger", "seq2seq") for cell in CELLS]
-pytestmark = pytest.mark.timeout(2400)  # the first test builds everything; cold: minutes
 ALERT_RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 HOST_CA = Path("/usr/local/share/ca-certificates")
 # Debian's python3, the interpreter of BASE_IMAGE: the wheels are resolved for it.
@@ -71,6 +72,11 @@ class Stack:
 
     def inspect(self, service: str, template: str) -> str:
         return run(["docker", "inspect", "-f", template, self.container(service)], self.env)
+
+    def logs(self, service: str) -> str:
+        command = ["docker", "logs", self.container(service)]
+        result = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
+        return result.stdout + result.stderr
 
     def query(self, path: str, **params: str) -> dict:
         """Prometheus's answer; a refused query's too (HTTP 400 with the error in its body)."""
@@ -161,8 +167,7 @@ def wait_until_healthy(stack: Stack) -> None:
     deadline = time.monotonic() + READY_LIMIT_S
     while (health := stack.inspect("rnnserve", "{{.State.Health.Status}}").strip()) != "healthy":
         if health == "unhealthy" or time.monotonic() > deadline:
-            logs = run(["docker", "logs", stack.container("rnnserve")], stack.env)
-            pytest.fail(f"the server container is {health}:\n{logs[-4000:]}")
+            pytest.fail(f"the server container is {health}:\n{stack.logs('rnnserve')[-4000:]}")
         time.sleep(1)
 
 
@@ -216,13 +221,14 @@ def test_images_trust_the_extra_ca_certificates(stack: Stack) -> None:
 
 def test_models_job_trained_into_the_empty_volume_and_exited_0(stack: Stack) -> None:
     assert stack.inspect("models", "{{.State.ExitCode}}").strip() == "0"
-    logs = run(["docker", "logs", stack.container("models")], stack.env)
-    assert "building the default models (tiny preset) into /models" in logs
+    assert "building the default models (tiny preset) into /models" in stack.logs("models")
 
 
 def test_server_runs_as_rnnserve_with_a_home(stack: Stack) -> None:
+    """onnxruntime keeps its telemetry device id in the home; without one it warns."""
     whoami = ["docker", "exec", stack.container("rnnserve"), "sh", "-c", 'id; test -w "$HOME"']
     assert run(whoami, stack.env).startswith("uid=10001(rnnserve) gid=10001(rnnserve)")
+    assert "Failed to persist telemetry" not in stack.logs("rnnserve")
 
 
 def test_server_serves_every_model(stack: Stack) -> None:
