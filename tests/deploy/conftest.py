@@ -32,13 +32,14 @@ def compose_binary() -> Path:
     return binary
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def docker_env(
     compose_binary: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, str]]:
     """The environment in which `docker` reaches a daemon and `docker compose` is Compose v2.
 
-    The plugin goes into a private DOCKER_CONFIG, leaving the user's ~/.docker alone.
+    The plugin goes into a private DOCKER_CONFIG, leaving the user's ~/.docker alone. Module
+    scope: a daemon started for the module's tests stops when they are done.
     """
     config = tmp_path_factory.mktemp("docker-config")
     (config / "cli-plugins").mkdir()
