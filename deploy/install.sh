@@ -5,11 +5,12 @@
 #                   so that a fresh named volume mounted there is writable by that user
 #   deps EXTRAS     a virtualenv at /opt/venv with the dependencies that /tmp/pyproject.toml
 #                   lists for rnnserve[EXTRAS], from the wheels in /tmp/wheels first
-#   wheel SRC_WHEELS  /dist/rnnserve-*.whl built from /src, build requirements from SRC_WHEELS
-#                   first
+#   wheel WHEELS    /dist/rnnserve-*.whl built from /src, build requirements from the wheels
+#                   in WHEELS first
 #   rnnserve EXTRAS install /dist/rnnserve-*.whl[EXTRAS] into /opt/venv, which must already
 #                   hold every dependency (no index is asked)
-# pip reads PIP_NO_INDEX and PIP_INDEX_URL from the environment (the build arguments).
+# From the environment (the build arguments): PIP_NO_INDEX and PIP_INDEX_URL, read by pip, and
+# TORCH_INDEX_URL, the index of torch's CPU build for `deps` when /tmp/wheels has no torch.
 set -eu
 
 # Debian's and Ubuntu's bundle, extra certificates included; pip's own bundle lacks them.
