@@ -82,8 +82,10 @@ def docker_engine(log_dir: Path) -> Iterator[dict[str, str]]:
     pid = _start_private_daemon(env, log_dir / "dockerd.log")
     try:
         yield env
-        # Images this run left untagged (a previous build of a tag) go; the cache stays.
-        subprocess.run(["docker", "image", "prune", "-f"], env=env, capture_output=True)
+        # Untagged images are the classic builder's cache of the stages before a target as
+        # well as earlier builds of a tag: only those a day old go, to bound the data root.
+        prune = ["docker", "image", "prune", "--force", "--filter", "until=24h"]
+        subprocess.run(prune, env=env, capture_output=True)
     finally:
         _stop(pid)
 
