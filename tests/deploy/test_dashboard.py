@@ -8,10 +8,9 @@ import re
 
 import pytest
 import yaml
-from deploytools import ROOT, RunningServer
+from deploytools import DASHBOARD, ROOT, RunningServer, expressions
 from prometheus_client.parser import text_string_to_metric_families
 
-DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "rnnserve.json"
 PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
 METRIC_NAME = re.compile(r"\brnnserve_[a-zA-Z0-9_]+\b")
 # Series names Prometheus stores for each family type, beyond samples seen in one scrape
@@ -22,15 +21,6 @@ SUFFIXES = {
     "summary": ("", "_count", "_sum", "_created"),
     "gauge": ("",),
 }
-
-
-def expressions(dashboard: dict) -> list[str]:
-    """Every PromQL expression: panel targets and template variable queries."""
-    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
-    for variable in dashboard.get("templating", {}).get("list", []):
-        query = variable.get("query")
-        exprs.append(query["query"] if isinstance(query, dict) else query)
-    return exprs
 
 
 def unknown_metrics(dashboard: dict, exported: set[str]) -> set[str]:
