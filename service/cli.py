@@ -36,9 +36,13 @@ VALUE_FLAGS = [
     ("redis_url", "redis URL for --state-store redis or owned"),
     ("batch_max_size", "most sequence steps batched into one ORT run"),
     ("batch_max_queue_delay_us", "longest a step waits for others to batch with"),
+    ("log_format", "log lines as text or json"),
 ]
 LIST_FLAGS = [("providers", "comma-separated ONNX Runtime execution providers, in preference")]
-BOOL_FLAGS = [("batching", "batch steps of different sequences into one ORT run")]
+BOOL_FLAGS = [
+    ("batching", "batch steps of different sequences into one ORT run"),
+    ("access_log", "log one line per request (model, rpc, code, duration, request id)"),
+]
 
 
 def _flag(field: str) -> str:
@@ -83,14 +87,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
+    from rnnserve.service import logs
     from rnnserve.service.server import serve
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = settings_from_args(args)
+    logs.configure(args.log_level, settings.log_format, settings.access_log)
     if not settings.model_repository.is_dir():
         raise UsageError(f"--model-repository: {settings.model_repository} is not a folder")
     if settings.workers > 1:

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from prometheus_client import start_http_server
 
+from rnnserve.service import metrics
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.grpc.frontend import GrpcFrontend
 from rnnserve.service.sessions import open_store
@@ -57,6 +58,7 @@ async def serve(settings: Settings, start_gate: StartGate | None = None) -> None
     a worker, and the supervisor serves every worker's metrics.
     """
     started = time.perf_counter()
+    metrics.START_TIME.set(time.time())
     dataplane = DataPlane(settings, open_store(settings))
     frontends: list[Frontend] = [
         GrpcFrontend(settings, dataplane, shared_port=start_gate is not None)

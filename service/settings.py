@@ -51,3 +51,7 @@ class Settings(BaseSettings):
     batching: bool = False
     batch_max_size: int = Field(64, ge=1)
     batch_max_queue_delay_us: int = Field(500, ge=0)
+
+    # Logs (service/logs.py): text or JSON lines; the access log writes one per request.
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = False

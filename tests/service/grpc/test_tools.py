@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -15,6 +14,7 @@ import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_helpers import MODEL_NAMES, infer_request
+from scrape import scrape, series
 
 
 def test_triton_client_gets_metadata_and_inference(server, reference) -> None:
@@ -88,11 +88,8 @@ def test_metrics_count_requests_by_rpc_and_code(server) -> None:
     with pytest.raises(grpc.RpcError):
         server.stub.ModelInfer(infer_request("sine-gru", {"x": np.zeros((0, 1, 1), np.float32)}))
 
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
+    samples = scrape(server.metrics_url)
 
-    ok = 'rnnserve_requests_total{code="OK",model="sine-gru",rpc="ModelInfer",version="1"}'
-    bad = 'rnnserve_requests_total{code="INVALID_ARGUMENT",model="sine-gru",rpc="ModelInfer"'
-    assert ok in text
-    assert bad in text
-    assert 'rnnserve_request_duration_seconds_count{model="sine-gru",version="1"}' in text
+    labels = {"model": "sine-gru", "version": "1", "rpc": "ModelInfer", "protocol": "grpc"}
+    assert samples[series("rnnserve_requests_total", code="OK", **labels)] >= 1
+    assert samples[series("rnnserve_requests_total", code="INVALID_ARGUMENT", **labels)] >= 1
