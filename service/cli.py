@@ -1,4 +1,4 @@
-"""`rnnserve serve`: load the model repository and serve it over gRPC.
+"""`rnnserve serve`: load the model repository and serve it over gRPC and HTTP/REST.
 
 Every flag overrides the Settings field of the same name; flags left out fall back to
 the environment (RNNSERVE_*) and then to the defaults in service/settings.py.
@@ -20,6 +20,7 @@ VALUE_FLAGS = [
     ("model_repository", "folder holding <name>/<version>/ model folders"),
     ("host", "address to listen on"),
     ("grpc_port", "gRPC port"),
+    ("http_port", "HTTP/REST port (0 disables REST)"),
     ("metrics_port", "Prometheus /metrics port (0 disables it)"),
     ("workers", "server processes sharing the port"),
     ("grace_period_s", "seconds to finish requests in flight after SIGTERM"),
@@ -50,7 +51,7 @@ def _flag(field: str) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("serve", help="serve the model repository over gRPC")
+    parser = sub.add_parser("serve", help="serve the model repository over gRPC and HTTP/REST")
     for field, text in VALUE_FLAGS:
         parser.add_argument(_flag(field), dest=field, default=None, help=text)
     for field, text in LIST_FLAGS:

@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     model_repository: Path = Path("models")
     host: str = "0.0.0.0"
     grpc_port: int = 8001
+    http_port: int = Field(8000, ge=0, description="HTTP/REST port (0 disables REST)")
     metrics_port: int = 8002  # 0 disables the /metrics endpoint
     workers: int = Field(1, ge=1, description="server processes sharing the port")
     grace_period_s: float = Field(30.0, ge=0, description="SIGTERM: time to finish in flight")

@@ -42,6 +42,7 @@ def serving(
         "RNNSERVE_MODEL_REPOSITORY": str(tiny_repository),
         "RNNSERVE_HOST": "127.0.0.1",
         "RNNSERVE_GRPC_PORT": str(grpc_port),
+        "RNNSERVE_HTTP_PORT": str(free_port()),
         "RNNSERVE_METRICS_PORT": str(metrics_port),
         "RNNSERVE_PROVIDERS": '["CPUExecutionProvider"]',
     }
