@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from scrape import scrape, series
 
 from rnnserve.client.client import build_request, decode_response
+from rnnserve.client.rest import RestClient
 from rnnserve.protocol import messages as pb
 from rnnserve.protocol import rpc
 
@@ -109,6 +110,18 @@ def test_metadata_and_health_answer_from_every_worker(workers) -> None:
         assert served.name == "rnnserve"
         assert model.name == "sine-gru"
     channel.close()
+
+
+def test_rest_answers_on_the_workers_shared_port(workers) -> None:
+    over_grpc = y_of(workers.stub.ModelInfer(sine_request("sine-lstm", X)))
+    answers = []
+    for _ in range(4):  # new connections, spread over the workers by the kernel
+        with RestClient(workers.http_url) as client:
+            assert client.server_ready()
+            answers.append(client.infer("sine-lstm", {"x": X}, ["y"])["y"])
+
+    for answer in answers:
+        np.testing.assert_array_equal(answer.reshape(over_grpc.shape), over_grpc)
 
 
 def test_metrics_add_up_across_workers(workers) -> None:
