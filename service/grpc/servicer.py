@@ -50,7 +50,8 @@ class InferenceServicer:
         request_id: str = "",
         counted: bool = True,
     ) -> T:
-        """Run one RPC's work, recorded, and turn failures into statuses."""
+        """Run one RPC's work, recorded, and turn failures into statuses. The record is
+        written before the client hears the answer, a refusal too."""
         request_id = request_id_of(request_id, _headers(context))
         with self._recorder.call(rpc, model, version, request_id, counted=counted) as call:
             if request_id:
@@ -60,7 +61,7 @@ class InferenceServicer:
             except Exception as failure:
                 error = client_error(failure, f"{rpc} for model {model!r}")
                 call.code = error.code
-                await context.abort(grpc.StatusCode[error.code], error.message)
+        await context.abort(grpc.StatusCode[error.code], error.message)
         raise AssertionError("unreachable: context.abort raises")
 
     # Health and metadata ------------------------------------------------------------

@@ -150,6 +150,28 @@ def test_grpcurl_calls_server_ready_without_proto_files(server) -> None:
     assert json.loads(called.stdout) == {"ready": True}
 
 
+def test_grpcurl_json_contents_in_give_json_contents_out(server, reference) -> None:
+    x = [0.0, 0.1, 0.2]
+    request = {
+        "model_name": "sine-gru",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 1],
+                    "contents": {"fp32_contents": x}}],
+        "outputs": [{"name": "y"}],
+    }  # fmt: skip
+
+    called = _grpcurl(
+        "-d", json.dumps(request), server.address, "inference.GRPCInferenceService/ModelInfer"
+    )
+
+    assert called.returncode == 0, called.stderr
+    [y] = json.loads(called.stdout)["outputs"]
+    assert "rawOutputContents" not in json.loads(called.stdout)
+    expected = reference.sine("sine-gru", np.array(x, np.float32).reshape(1, 3, 1))
+    np.testing.assert_array_equal(
+        np.array(y["contents"]["fp32Contents"], np.float32), expected.ravel()
+    )
+
+
 @pytest.mark.parametrize("service", ["", "inference.GRPCInferenceService", *MODEL_NAMES])
 def test_health_service_reports_serving(server, service: str) -> None:
     health = health_pb2_grpc.HealthStub(server.channel)
