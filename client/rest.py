@@ -54,17 +54,6 @@ class RestClient:
 
     # Inference -------------------------------------------------------------------------
 
-    def infer(
-        self,
-        model: str,
-        inputs: Mapping[str, np.ndarray | str | list],
-        outputs: Sequence[str] = (),
-        parameters: Mapping[str, Parameter] | None = None,
-        version: str = "",
-    ) -> dict[str, np.ndarray]:
-        """Run one request; returns output name -> array (BYTES outputs hold `bytes`)."""
-        return self.infer_response(model, inputs, outputs, parameters, version).outputs
-
     def infer_response(
         self,
         model: str,

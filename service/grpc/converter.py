@@ -9,13 +9,11 @@ that a grpcurl user who sent JSON `contents` reads JSON numbers and strings back
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from rnnserve.protocol import codec
 from rnnserve.protocol import messages as pb
-from rnnserve.service.errors import InvalidArgument
+from rnnserve.service.errors import InvalidArgument, decoding
 from rnnserve.service.types import (
     InferRequest,
     InferResponse,
@@ -28,16 +26,6 @@ from rnnserve.service.types import (
     TensorMetadata,
 )
 
-
-@contextmanager
-def _decoding() -> Iterator[None]:
-    """Data that does not decode is the client's mistake."""
-    try:
-        yield
-    except codec.CodecError as error:
-        raise InvalidArgument(str(error)) from None
-
-
 # Requests and responses ---------------------------------------------------------------
 
 
@@ -49,7 +37,7 @@ def request_from_proto(message: pb.ModelInferRequest) -> InferRequest:
             f"({len(message.inputs)})"
         )
     inputs: list[Tensor] = []
-    with _decoding():
+    with decoding():
         for index, item in enumerate(message.inputs):
             if any(t.name == item.name for t in inputs):
                 raise InvalidArgument(f"input '{item.name}' appears more than once")

@@ -9,8 +9,6 @@ numbers (json_format writes them as strings), as Triton's REST API writes them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +16,8 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from rnnserve.protocol import codec, rest
-from rnnserve.service.errors import InvalidArgument
+from rnnserve.protocol import rest
+from rnnserve.service.errors import InvalidArgument, decoding
 from rnnserve.service.types import (
     InferRequest,
     InferResponse,
@@ -32,15 +30,6 @@ from rnnserve.service.types import (
 
 # Requested-output parameters of Triton's classification extension, which we lack.
 _UNSUPPORTED_OUTPUT_PARAMETERS = ("classification",)
-
-
-@contextmanager
-def _decoding() -> Iterator[None]:
-    """Data that does not decode is the client's mistake."""
-    try:
-        yield
-    except codec.CodecError as error:
-        raise InvalidArgument(str(error)) from None
 
 
 @dataclass
@@ -62,7 +51,7 @@ def request_from_json(
 ) -> tuple[InferRequest, OutputFormat]:
     """An infer request for `model` (and `version`, "" for the newest) from its body, and
     how it wants its outputs."""
-    with _decoding():
+    with decoding():
         header, binary_part = rest.split_body(body, header_length)
         binary = rest.BinaryData(binary_part)
         request_id = header.get("id", "")
@@ -123,7 +112,7 @@ def response_to_json(
     """The response body, and its JSON's length when binary data follows it."""
     binary: list[bytes] = []
     outputs = []
-    with _decoding():
+    with decoding():
         for tensor in response.outputs:
             into = binary if output_format.is_binary(tensor.name) else None
             item = rest.tensor_to_json(tensor.name, tensor.datatype, tensor.data, into)

@@ -35,7 +35,7 @@ def test_failed_requests_carry_the_version_that_would_have_run(server) -> None:
     with RnnClient(server.address) as grpc_client, RestClient(server.http_url) as rest_client:
         for client in (grpc_client, rest_client):
             with pytest.raises(InferenceError):
-                client.infer("sine-lstm", {"x": EMPTY})
+                client.infer_response("sine-lstm", {"x": EMPTY})
 
     samples = scrape(server.metrics_url)
 
@@ -50,7 +50,7 @@ def test_names_the_repository_does_not_know_are_not_labels(server) -> None:
     with pytest.raises(grpc.RpcError):
         server.stub.ModelInfer(build_request("made-up-name-2", {"x": X}))
     with RestClient(server.http_url) as client, pytest.raises(InferenceError):
-        client.infer("made-up-name-3", {"x": X})
+        client.infer_response("made-up-name-3", {"x": X})
 
     samples = scrape(server.metrics_url)
 

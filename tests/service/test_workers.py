@@ -118,7 +118,7 @@ def test_rest_answers_on_the_workers_shared_port(workers) -> None:
     for _ in range(4):  # new connections, spread over the workers by the kernel
         with RestClient(workers.http_url) as client:
             assert client.server_ready()
-            answers.append(client.infer("sine-lstm", {"x": X}, ["y"])["y"])
+            answers.append(client.infer_response("sine-lstm", {"x": X}, ["y"]).outputs["y"])
 
     for answer in answers:
         np.testing.assert_array_equal(answer.reshape(over_grpc.shape), over_grpc)

@@ -28,13 +28,13 @@ def test_a_request_in_flight_at_sigterm_is_answered(start_server, tiny_repositor
     started = series("rnnserve_queue_duration_seconds_count", model="sine-gru", version="1")
 
     with ThreadPoolExecutor(1) as pool, RestClient(server.http_url, timeout_s=120) as client:
-        sent = pool.submit(client.infer, "sine-gru", {"x": x}, ["y"])
+        sent = pool.submit(client.infer_response, "sine-gru", {"x": x}, ["y"])
         deadline = time.monotonic() + IN_FLIGHT_TIMEOUT_S
         while scrape(server.metrics_url).get(started, 0) < 1:  # admitted, working
             assert not sent.done() and time.monotonic() < deadline, "never seen running"
             time.sleep(0.02)
         server.process.send_signal(signal.SIGTERM)
-        outputs = sent.result(timeout=IN_FLIGHT_TIMEOUT_S)
+        outputs = sent.result(timeout=IN_FLIGHT_TIMEOUT_S).outputs
 
     assert outputs["y"].shape == x.shape
     assert server.stop() == 0

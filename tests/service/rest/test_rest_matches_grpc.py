@@ -64,7 +64,9 @@ def test_one_sequence_steps_through_both_protocols(
         zip(doors, [(0, 3), (3, 6), (6, 9), (9, 12)], strict=True)
     ):
         parameters = {"sequence_id": 8101, "sequence_start": index == 0, "sequence_end": end == 12}
-        pieces.append(door.infer("sine-lstm", {"x": x[:, begin:end]}, ["y"], parameters)["y"])
+        pieces.append(
+            door.infer_response("sine-lstm", {"x": x[:, begin:end]}, ["y"], parameters).outputs["y"]
+        )
 
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), whole, rtol=1e-6, atol=1e-6)
 
@@ -81,7 +83,9 @@ def test_the_tagger_hears_hello_one_character_per_protocol_turn(
             "sequence_end": index == 4,
         }
         tags.append(
-            door.infer("tagger-gru", {"text": [char]}, ["text_out"], parameters)["text_out"][0]
+            door.infer_response("tagger-gru", {"text": [char]}, ["text_out"], parameters).outputs[
+                "text_out"
+            ][0]
         )
 
     assert b"".join(tags) == b"ohlol"
