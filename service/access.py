@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+from prometheus_client import Counter, Gauge, Histogram
+
 from rnnserve.service import metrics
 from rnnserve.service.logs import ACCESS, FIELDS, REQUEST_ID
 from rnnserve.service.types import Parameter
@@ -73,6 +75,10 @@ class Recorder:
     def __init__(self, protocol: str, labels: Labels) -> None:
         self.protocol = protocol
         self._labels = labels
+        # The metrics' children by label values, looked up once: prometheus_client's
+        # labels() costs a microsecond or two per call. The labels are bounded (above).
+        self._in_flight: dict[tuple[str, str], Gauge] = {}
+        self._counted: dict[tuple[str, ...], tuple[Counter, Histogram | None]] = {}
 
     @contextlib.contextmanager
     def call(
@@ -83,7 +89,7 @@ class Recorder:
         the access log). A cancelled request is recorded CANCELLED."""
         REQUEST_ID.set(request_id)
         call = Call(rpc, model, version, request_id, self._labels(model, version))
-        in_flight = metrics.REQUESTS_IN_FLIGHT.labels(*call.labels) if counted else None
+        in_flight = self._in_flight_of(call.labels) if counted else None
         if in_flight is not None:
             in_flight.inc()
         start = time.perf_counter()
@@ -100,11 +106,26 @@ class Recorder:
             if ACCESS.isEnabledFor(logging.INFO):
                 self._log(call, seconds)
 
+    def _in_flight_of(self, labels: tuple[str, str]) -> Gauge:
+        gauge = self._in_flight.get(labels)
+        if gauge is None:
+            gauge = self._in_flight[labels] = metrics.REQUESTS_IN_FLIGHT.labels(*labels)
+        return gauge
+
     def _count(self, call: Call, seconds: float) -> None:
-        labels = (*call.labels, call.rpc, call.code, self.protocol)
-        metrics.REQUESTS.labels(*labels).inc()
-        if call.rpc in INFERENCE_RPCS:
-            metrics.REQUEST_DURATION.labels(*labels).observe(seconds)
+        key = (*call.labels, call.rpc, call.code)
+        children = self._counted.get(key)
+        if children is None:
+            labels = (*key, self.protocol)
+            timed = call.rpc in INFERENCE_RPCS
+            children = self._counted[key] = (
+                metrics.REQUESTS.labels(*labels),
+                metrics.REQUEST_DURATION.labels(*labels) if timed else None,
+            )
+        requests, duration = children
+        requests.inc()
+        if duration is not None:
+            duration.observe(seconds)
 
     def _log(self, call: Call, seconds: float) -> None:
         fields = {
