@@ -23,11 +23,12 @@ the front end's Recorder (service/access.py), and its id (the body's `id`, else 
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -56,6 +57,7 @@ BINARY = "application/octet-stream"
 _COMPRESSIONS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # zlib wbits
 
 Work = Callable[[Call], Awaitable[Response]]
+T = TypeVar("T")
 
 
 class PayloadTooLarge(ResourceExhausted):
@@ -86,6 +88,7 @@ class RestApi:
         self._serving = serving
         self._recorder = Recorder("http", dataplane.labels)
         self._max_bytes = dataplane.settings.max_message_bytes
+        self._inline_max_bytes = dataplane.settings.inline_max_bytes
         routes = [
             Route("/v2/health/live", self.live),
             Route("/v2/health/ready", self.ready),
@@ -198,23 +201,37 @@ class RestApi:
         async def work(call: Call) -> Response:
             self._dataplane.model(call.model, call.version)  # NOT_FOUND before any body error
             body = await self._body(request)
-            infer_request, output_format = converter.request_from_json(
-                body, request.headers.get(rest.HEADER_LENGTH), call.model, call.version
-            )
+            infer_request, output_format = await self._convert(
+                len(body),
+                converter.request_from_json,
+                body, request.headers.get(rest.HEADER_LENGTH), call.model, call.version,
+            )  # fmt: skip
             if infer_request.id:
                 call.request_id = infer_request.id
                 REQUEST_ID.set(infer_request.id)
             call.sequence_id = sequence_id_of(infer_request.parameters)
             response = await self._dataplane.infer(infer_request)
-            content, header_length = converter.response_to_json(response, output_format)
+            size = sum(tensor.data.nbytes for tensor in response.outputs)
+            content, header_length = await self._convert(
+                size, converter.response_to_json, response, output_format
+            )
             headers = {} if header_length is None else {rest.HEADER_LENGTH: str(header_length)}
-            content, encoding = _compressed(content, request.headers.get("accept-encoding", ""))
+            content, encoding = await self._convert(
+                len(content), _compressed, content, request.headers.get("accept-encoding", "")
+            )
             if encoding:
                 headers["Content-Encoding"] = encoding
             media_type = JSON if header_length is None else BINARY
             return Response(content, headers=headers, media_type=media_type)
 
         return await self._answer(request, "ModelInfer", work)
+
+    async def _convert(self, size: int, convert: Callable[..., T], *args: Any) -> T:
+        """`convert(*args)`, in a thread when `size` (bytes) is past inline_max_bytes: JSON
+        of a large tensor takes milliseconds that must not stall the event loop."""
+        if size <= self._inline_max_bytes:
+            return convert(*args)
+        return await asyncio.to_thread(convert, *args)
 
     async def _body(self, request: Request) -> bytes:
         """The request's body, decompressed, refused past max_message_bytes."""
