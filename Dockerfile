@@ -70,7 +70,7 @@ RUN /opt/rnnserve/install.sh rnnserve cpu
 ENV RNNSERVE_PROVIDERS='["CPUExecutionProvider"]'
 USER 10001:10001
 WORKDIR /opt/rnnserve
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "/opt/rnnserve/healthcheck.py"]
 CMD ["rnnserve", "serve"]
@@ -123,7 +123,7 @@ RUN /opt/rnnserve/install.sh rnnserve gpu
 ENV RNNSERVE_PROVIDERS='["CUDAExecutionProvider","CPUExecutionProvider"]'
 USER 10001:10001
 WORKDIR /opt/rnnserve
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "/opt/rnnserve/healthcheck.py"]
 CMD ["rnnserve", "serve"]

@@ -1,4 +1,4 @@
-"""`rnnserve serve`: load the model repository and serve it over gRPC.
+"""`rnnserve serve`: load the model repository and serve it over gRPC and HTTP/REST.
 
 Every flag overrides the Settings field of the same name; flags left out fall back to
 the environment (RNNSERVE_*) and then to the defaults in service/settings.py.
@@ -20,6 +20,7 @@ VALUE_FLAGS = [
     ("model_repository", "folder holding <name>/<version>/ model folders"),
     ("host", "address to listen on"),
     ("grpc_port", "gRPC port"),
+    ("http_port", "HTTP/REST port (0 disables REST)"),
     ("metrics_port", "Prometheus /metrics port (0 disables it)"),
     ("workers", "server processes sharing the port"),
     ("grace_period_s", "seconds to finish requests in flight after SIGTERM"),
@@ -36,9 +37,13 @@ VALUE_FLAGS = [
     ("redis_url", "redis URL for --state-store redis or owned"),
     ("batch_max_size", "most sequence steps batched into one ORT run"),
     ("batch_max_queue_delay_us", "longest a step waits for others to batch with"),
+    ("log_format", "log lines as text or json"),
 ]
 LIST_FLAGS = [("providers", "comma-separated ONNX Runtime execution providers, in preference")]
-BOOL_FLAGS = [("batching", "batch steps of different sequences into one ORT run")]
+BOOL_FLAGS = [
+    ("batching", "batch steps of different sequences into one ORT run"),
+    ("access_log", "log one line per request (model, rpc, code, duration, request id)"),
+]
 
 
 def _flag(field: str) -> str:
@@ -46,7 +51,7 @@ def _flag(field: str) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("serve", help="serve the model repository over gRPC")
+    parser = sub.add_parser("serve", help="serve the model repository over gRPC and HTTP/REST")
     for field, text in VALUE_FLAGS:
         parser.add_argument(_flag(field), dest=field, default=None, help=text)
     for field, text in LIST_FLAGS:
@@ -83,14 +88,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
+    from rnnserve.service import logs
     from rnnserve.service.server import serve
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = settings_from_args(args)
+    logs.configure(args.log_level, settings.log_format, settings.access_log)
     if not settings.model_repository.is_dir():
         raise UsageError(f"--model-repository: {settings.model_repository} is not a folder")
     if settings.workers > 1:

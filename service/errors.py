@@ -7,7 +7,11 @@ expected. `client_error` is the one place an unexpected exception becomes INTERN
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+
+from rnnserve.protocol.codec import CodecError
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +54,13 @@ def client_error(error: Exception, what: str) -> ServiceError:
         return error
     log.error("%s failed", what, exc_info=error)
     return ServiceError(f"internal error in {what}; the server log has the details")
+
+
+@contextlib.contextmanager
+def decoding() -> Iterator[None]:
+    """Wire data that does not decode (the protocol codec's CodecError, which names the
+    tensor or field at fault) is the client's mistake: INVALID_ARGUMENT."""
+    try:
+        yield
+    except CodecError as error:
+        raise InvalidArgument(str(error)) from None

@@ -1,7 +1,13 @@
 """Prometheus metrics: every name the server exports is defined here, once.
 
-Labels `model` and `version` identify a loaded model version. Buckets run from tens of
-microseconds (one ORT step of a small RNN) to seconds (long sequences, queueing).
+Labels `model` and `version` identify a loaded model version: a request's are those of the
+version that answered it, or would have (the newest for a request naming none), also when
+it failed; a model the repository does not know is labelled "" (clients choose the names
+they send, and must not grow the series without bound). `rpc` is the protocol's RPC name
+(REST routes are named after the RPC they mirror), `code` the gRPC status name, `protocol`
+"grpc" or "http". Buckets run from tens of microseconds (one ORT step of a small RNN) to
+seconds (long sequences, queueing). No `_created` series: they double every counter and
+histogram for a timestamp nobody queries (`rnnserve_start_time_seconds` tells restarts).
 
 With `--workers N` every worker records into prometheus_client's multiprocess files and the
 supervisor serves the sum (service/workers.py). Counters and histograms add up; each gauge
@@ -11,7 +17,9 @@ info and load time are one series per model however many workers loaded it.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()
 
 LATENCY_BUCKETS = (
     2.5e-5,
@@ -37,14 +45,20 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 REQUESTS = Counter(
     "rnnserve_requests",
-    "Requests answered, by RPC and gRPC status code name.",
-    ["model", "version", "rpc", "code"],
+    "Requests answered (health probes aside), by RPC and gRPC status code name.",
+    ["model", "version", "rpc", "code", "protocol"],
 )
 REQUEST_DURATION = Histogram(
     "rnnserve_request_duration_seconds",
-    "Time from receiving a request to answering it.",
-    ["model", "version"],
+    "Inference requests: time from receiving one to its last response, by outcome.",
+    ["model", "version", "rpc", "code", "protocol"],
     buckets=LATENCY_BUCKETS,
+)
+REQUESTS_IN_FLIGHT = Gauge(
+    "rnnserve_requests_in_flight",
+    "Requests being answered (those rnnserve_requests_total counts once answered).",
+    ["model", "version"],
+    multiprocess_mode="livesum",
 )
 QUEUE_DURATION = Histogram(
     "rnnserve_queue_duration_seconds",
@@ -84,6 +98,11 @@ SESSIONS_HANDED_OVER = Counter(
     "Sessions a worker gave up to another worker, or to Redis at a clean stop (state_store=owned).",
     ["model", "version"],
 )
+SESSIONS_LIMIT = Gauge(
+    "rnnserve_sessions_limit",
+    "The most sessions that may hold state at once (max_sessions).",
+    multiprocess_mode="max",
+)
 SESSIONS_REJECTED = Counter(
     "rnnserve_sessions_rejected",
     "Session starts refused at the session limit.",
@@ -99,5 +118,16 @@ MODEL_LOAD_DURATION = Gauge(
     "rnnserve_model_load_duration_seconds",
     "Time taken to load a model version.",
     ["model", "version"],
+    multiprocess_mode="max",
+)
+STATE_STORE_UP = Gauge(
+    "rnnserve_state_store_up",
+    "1 while the session state store answered its last sweep, 0 when it failed (Redis "
+    "unreachable); the lowest of the workers.",
+    multiprocess_mode="livemin",
+)
+START_TIME = Gauge(
+    "rnnserve_start_time_seconds",
+    "Unix time at which the newest server process (worker) started: it changes on a restart.",
     multiprocess_mode="max",
 )

@@ -14,20 +14,32 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnserve.service import metrics
+from rnnserve.service.logs import OncePerCause
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import InferStatistics, ModelStatistics
 
 log = logging.getLogger(__name__)
 
 CPU_PROVIDER = "CPUExecutionProvider"
+_missing_providers = OncePerCause(log)
 
 
 def choose_providers(settings: Settings) -> list[str]:
-    """The configured providers this ONNX Runtime build offers, in configured order.
+    """The configured providers this ONNX Runtime build offers, in configured order; each
+    one it lacks is warned about once.
 
     CPU is always appended last: ORT falls back to it for any node another provider
     cannot run, and it is the only choice when nothing configured is available."""
-    available = set(ort.get_available_providers())
+    available = ort.get_available_providers()
+    for name in settings.providers:
+        if name not in available:
+            _missing_providers.warn(
+                name,
+                "execution provider %s is configured but this ONNX Runtime build lacks it "
+                "(it has %s); models run on the others",
+                name,
+                ", ".join(available),
+            )
     chosen = [name for name in settings.providers if name in available and name != CPU_PROVIDER]
     return [*chosen, CPU_PROVIDER]
 

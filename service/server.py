@@ -1,5 +1,6 @@
 """The server process: settings, signals, the metrics endpoint, the data plane with its
-state store, and the front ends (today gRPC), started and drained in order.
+state store, and the front ends (gRPC, and HTTP/REST unless its port is 0), started and
+drained in order.
 
 Alone, it listens before the models are loaded, so that orchestrators see it live at once;
 inference answers UNAVAILABLE and health NOT_SERVING until loading finishes. As one of
@@ -21,8 +22,10 @@ from typing import Protocol
 
 from prometheus_client import start_http_server
 
+from rnnserve.service import metrics
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.grpc.frontend import GrpcFrontend
+from rnnserve.service.rest.frontend import RestFrontend
 from rnnserve.service.sessions import open_store
 from rnnserve.service.settings import Settings
 
@@ -57,10 +60,12 @@ async def serve(settings: Settings, start_gate: StartGate | None = None) -> None
     a worker, and the supervisor serves every worker's metrics.
     """
     started = time.perf_counter()
+    metrics.START_TIME.set(time.time())
     dataplane = DataPlane(settings, open_store(settings))
-    frontends: list[Frontend] = [
-        GrpcFrontend(settings, dataplane, shared_port=start_gate is not None)
-    ]
+    shared_port = start_gate is not None
+    frontends: list[Frontend] = [GrpcFrontend(settings, dataplane, shared_port)]
+    if settings.http_port:
+        frontends.append(RestFrontend(settings, dataplane, shared_port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

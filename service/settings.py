@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     model_repository: Path = Path("models")
     host: str = "0.0.0.0"
     grpc_port: int = 8001
+    http_port: int = Field(8000, ge=0, description="HTTP/REST port (0 disables REST)")
     metrics_port: int = 8002  # 0 disables the /metrics endpoint
     workers: int = Field(1, ge=1, description="server processes sharing the port")
     grace_period_s: float = Field(30.0, ge=0, description="SIGTERM: time to finish in flight")
@@ -51,3 +52,7 @@ class Settings(BaseSettings):
     batching: bool = False
     batch_max_size: int = Field(64, ge=1)
     batch_max_queue_delay_us: int = Field(500, ge=0)
+
+    # Logs (service/logs.py): text or JSON lines; the access log writes one per request.
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = False

@@ -50,7 +50,6 @@ MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LOADED, OPEN = "loaded", "open"  # the start gate's two messages
 KILL_MARGIN_S = 10.0  # after the grace period, time a worker gets to close before SIGKILL
 POLL_S = 1.0  # how often the supervisor looks at the kill deadline while workers stop
-LOG_FORMAT = "%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s"
 
 
 def serve_workers(settings: Settings, log_level: str) -> int:
@@ -216,7 +215,9 @@ def run_worker(settings: Settings, gate: Connection, log_level: str) -> None:
     # Ctrl-C reaches the whole process group: the supervisor forwards it as SIGTERM, and
     # until the server installs its own handlers the worker must not die of it mid-import.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    from rnnserve.service import logs
+
+    logs.configure(log_level, settings.log_format, settings.access_log, worker=True)
 
     from rnnserve.service.server import serve
 

@@ -62,6 +62,7 @@ class RunningServer:
     metrics_port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    http_port: int = 0  # the REST API's (0: not served)
     channel: grpc.Channel = field(init=False)
     stub: rpc.Stub = field(init=False)
 
@@ -72,6 +73,11 @@ class RunningServer:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def http_url(self) -> str:
+        """The REST API's root: http://127.0.0.1:PORT."""
+        return f"http://127.0.0.1:{self.http_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -96,19 +102,22 @@ def launch(
     args: Sequence[str] = (),
     wait_ready: bool = True,
 ) -> RunningServer:
-    grpc_port, metrics_port = free_port(), free_port()
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
     log_path = log_dir / f"serve-{grpc_port}.log"
     command = [
         sys.executable, "-m", "rnnserve", "serve",
         "--model-repository", str(repository), "--host", "127.0.0.1",
-        "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), *args,
+        "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+        "--metrics-port", str(metrics_port), *args,
     ]  # fmt: skip
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             command, cwd=ROOT, env={**os.environ, **(env or {})},
             stdout=log_file, stderr=subprocess.STDOUT,
         )  # fmt: skip
-    server = RunningServer(f"127.0.0.1:{grpc_port}", grpc_port, metrics_port, process, log_path)
+    server = RunningServer(
+        f"127.0.0.1:{grpc_port}", grpc_port, metrics_port, process, log_path, http_port
+    )
     if wait_ready:
         wait_until_ready(server)
     return server

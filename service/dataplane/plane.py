@@ -8,6 +8,7 @@ request, each timed by one RequestTimer.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from importlib import metadata
 from typing import Protocol
@@ -19,10 +20,12 @@ from rnnserve.service.dataplane.rows import RowsPath
 from rnnserve.service.dataplane.sequence import SequencePath
 from rnnserve.service.dataplane.stateless import StatelessPath
 from rnnserve.service.dataplane.timer import RequestTimer
-from rnnserve.service.errors import FailedPrecondition
+from rnnserve.service.errors import FailedPrecondition, ServiceError
+from rnnserve.service.logs import OncePerCause
 from rnnserve.service.model_spec import ModelSpec
 from rnnserve.service.repository import LoadedVersion, Repository
 from rnnserve.service.sessions import (
+    SEQUENCE_PARAMETERS,
     SessionManager,
     StateStore,
     parse_sequence_parameters,
@@ -39,6 +42,8 @@ from rnnserve.service.types import (
     RepositoryEntry,
     ServerMetadata,
 )
+
+log = logging.getLogger(__name__)
 
 PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX Runtime model
 # Open Inference Protocol / Triton extensions this server implements.
@@ -71,6 +76,7 @@ class DataPlane:
         self._stateless = StatelessPath(self._compute)
         self._sequence = SequencePath(self._sessions, self._compute)
         self._rows = RowsPath(self._sessions, self._compute)
+        self._unknown_parameters = OncePerCause(log)
 
     # Lifecycle hooks, called by the server in this order.
 
@@ -157,6 +163,15 @@ class DataPlane:
     def model_names(self) -> list[str]:
         return self.repository.names()
 
+    def labels(self, name: str, version: str = "") -> tuple[str, str]:
+        """The model and version a request's metrics carry: the version that answers it,
+        or would (the newest for ""); "" for what the repository does not know, since
+        clients choose the names they send."""
+        try:
+            return name, self.repository.get(name, version).version
+        except ServiceError:
+            return (name if name in self.repository.names() else ""), ""
+
     # Inference.
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -180,6 +195,7 @@ class DataPlane:
         it; or why it may not run."""
         model = self.repository.get(request.model_name, request.model_version)
         sequence = parse_sequence_parameters(request.parameters)
+        self._warn_unknown_parameters(model, request)
         rows, request = split_control(request)
         if (sequence.in_session or rows is not None) and not model.spec.streamable:
             raise FailedPrecondition(f"model '{model.name}' {_why_not_streamable(model.spec)}")
@@ -196,6 +212,21 @@ class DataPlane:
         if sequence.in_session:
             return admitted, self._sequence
         return admitted, self._stateless
+
+    def _warn_unknown_parameters(self, model: LoadedVersion, request: InferRequest) -> None:
+        """Parameters no part of the server reads are accepted, as Triton accepts them, but
+        said once per model and name: a misspelt `sequence_strat` must not pass unseen."""
+        if not request.parameters:
+            return
+        known = SEQUENCE_PARAMETERS | model.task.request_parameters
+        for name in request.parameters.keys() - known:
+            self._unknown_parameters.warn(
+                (model.name, name),
+                "model %s ignores request parameter %r (it reads %s); said once per parameter",
+                model.name,
+                name,
+                ", ".join(sorted(known)),
+            )
 
 
 def _takes_session_rows(model: LoadedVersion) -> bool:

@@ -9,6 +9,7 @@ from rnnserve.service.errors import InvalidArgument
 from rnnserve.service.types import Parameter
 
 UINT64_MAX = 2**64 - 1
+SEQUENCE_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end"})
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,8 @@ class Task(ABC):
     # Whether each batch row may be one step of its own session (multi-session requests):
     # true for tasks whose every piece answers as `run` does, from the state it starts with.
     session_rows: ClassVar[bool] = True
+    # The request parameters the task reads (beyond the sequence parameters every task has).
+    request_parameters: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -1,16 +1,20 @@
 """Helpers of the deployment tests: the repository's paths, running the offline validators,
-and talking to a running server the way the deploy files do (health check, /metrics)."""
+talking to a running server the way the deploy files do (health check, /metrics), and the
+metric names PromQL in the deploy files may use."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTHCHECK = ROOT / "deploy" / "healthcheck.py"
@@ -68,3 +72,29 @@ def expressions(dashboard: dict) -> list[str]:
         query = variable.get("query")
         exprs.append(query["query"] if isinstance(query, dict) else query)
     return exprs
+
+
+METRIC_NAME = re.compile(r"\brnnserve_[a-zA-Z0-9_]+\b")
+# Series names Prometheus stores for each family type, beyond samples seen in one scrape
+# (a labelled family shows samples only after its first use). No `_created`: the server
+# exports none.
+SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "summary": ("", "_count", "_sum"),
+    "gauge": ("",),
+}
+
+
+def exported_names(scrape: str) -> set[str]:
+    """Every series name a scrape's families give Prometheus."""
+    names: set[str] = set()
+    for family in text_string_to_metric_families(scrape):
+        names |= {sample.name for sample in family.samples}
+        names |= {family.name + suffix for suffix in SUFFIXES.get(family.type, ("",))}
+    return names
+
+
+def unknown_names(expressions: Iterable[str], exported: set[str]) -> set[str]:
+    """The rnnserve_* names PromQL expressions use that the server does not export."""
+    return {name for expr in expressions for name in METRIC_NAME.findall(expr)} - exported

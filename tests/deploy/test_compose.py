@@ -157,6 +157,7 @@ def test_prometheus_and_grafana_read_their_config_from_deploy(compose_binary: Pa
     }
     assert sources == {
         "deploy/prometheus/prometheus.yml",
+        "deploy/prometheus/alerts.yml",
         "deploy/grafana/provisioning",
         "deploy/grafana/dashboards",
     }

@@ -59,6 +59,7 @@ class Stack:
     env: dict[str, str]
     project: str
     grpc: str  # 127.0.0.1:port of the server
+    rest_url: str
     metrics_url: str
     prometheus_url: str
 
@@ -118,7 +119,9 @@ def build_env(docker_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def stack(build_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    grpc_port, metrics_port, redis_port, prometheus_port = (free_port() for _ in range(4))
+    grpc_port, http_port, metrics_port, redis_port, prometheus_port = (
+        free_port() for _ in range(5)
+    )
     config = tmp_path_factory.mktemp("prometheus") / "prometheus.yml"
     config.write_text(yaml.safe_dump(prometheus_config(f"127.0.0.1:{metrics_port}")))
     env = {
@@ -127,6 +130,7 @@ def stack(build_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
         "RNNSERVE_WORKERS": "2",
         "RNNSERVE_STATE_STORE": "owned",
         "TEST_GRPC_PORT": str(grpc_port),
+        "TEST_HTTP_PORT": str(http_port),
         "TEST_METRICS_PORT": str(metrics_port),
         "TEST_REDIS_PORT": str(redis_port),
         "TEST_PROMETHEUS_PORT": str(prometheus_port),
@@ -136,6 +140,7 @@ def stack(build_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
         env,
         f"rnnserve-test-{grpc_port}",  # its own volumes: the models volume starts empty
         f"127.0.0.1:{grpc_port}",
+        f"http://127.0.0.1:{http_port}",
         f"http://127.0.0.1:{metrics_port}/metrics",
         f"http://127.0.0.1:{prometheus_port}",
     )
@@ -235,6 +240,17 @@ def test_server_serves_every_model(stack: Stack) -> None:
     with RnnClient(stack.grpc) as client:
         assert client.server_ready()
         assert {name: client.model_ready(name) for name in MODELS} == dict.fromkeys(MODELS, True)
+
+
+def test_rest_answers_beside_grpc(stack: Stack) -> None:
+    with urllib.request.urlopen(f"{stack.rest_url}/v2/health/ready", timeout=10) as ready:
+        assert ready.status == 200
+    body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                   "data": ["hello"]}]}).encode()  # fmt: skip
+    request = urllib.request.Request(f"{stack.rest_url}/v2/models/tagger-gru/infer", body)
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        outputs = {output["name"]: output["data"] for output in json.load(answer)["outputs"]}
+    assert outputs["text_out"] == ["ohlol"]
 
 
 def test_client_drives_the_three_tasks(stack: Stack) -> None:

@@ -41,6 +41,17 @@ def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.batching is False
 
 
+def test_rest_and_log_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RNNSERVE_LOG_FORMAT", "json")
+
+    settings = settings_from_args(parse("--http-port", "0", "--access-log"))
+
+    assert (settings.http_port, settings.log_format, settings.access_log) == (0, "json", True)
+    assert Settings().http_port == 8000  # Triton's REST port
+    with pytest.raises(UsageError, match="--log-format"):
+        settings_from_args(parse("--log-format", "xml"))
+
+
 def test_unset_flags_leave_the_defaults() -> None:
     assert settings_from_args(parse()) == Settings()
 

@@ -107,7 +107,7 @@ def test_repository_index_lists_every_model_ready(server) -> None:
     }
 
 
-def test_infer_accepts_typed_contents(server, reference) -> None:
+def test_typed_contents_in_give_typed_contents_out(server, reference) -> None:
     x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(1, 6, 1)
     request = pb.ModelInferRequest(model_name="sine-lstm", id="typed-1")
     request.inputs.add(
@@ -118,8 +118,29 @@ def test_infer_accepts_typed_contents(server, reference) -> None:
 
     assert reply.id == "typed-1"
     assert reply.model_version == "1"
-    assert reply.raw_output_contents  # outputs always travel raw
+    assert not reply.raw_output_contents  # the representation the request used
+    assert len(reply.outputs[0].contents.fp32_contents) == 6
     np.testing.assert_array_equal(outputs_of(reply)["y"], reference.sine("sine-lstm", x))
+
+
+def test_typed_text_in_gives_typed_text_out(server) -> None:
+    request = pb.ModelInferRequest(model_name="tagger-gru")
+    request.inputs.add(
+        name="text", datatype="BYTES", shape=[1], contents={"bytes_contents": [b"hello"]}
+    )
+    request.outputs.add(name="text_out")
+
+    reply = server.stub.ModelInfer(request)
+
+    assert not reply.raw_output_contents
+    assert list(reply.outputs[0].contents.bytes_contents) == [b"ohlol"]
+
+
+def test_raw_in_gives_raw_out(server) -> None:
+    reply = server.stub.ModelInfer(infer_request("tagger-gru", {"text": ["hello"]}, ["text_out"]))
+
+    assert len(reply.raw_output_contents) == 1
+    assert not reply.outputs[0].HasField("contents")
 
 
 def test_infer_returns_only_the_requested_outputs(server) -> None:
