@@ -20,6 +20,7 @@ TEST_ENV = {
     "TEST_REDIS_PORT": "18003",
     "TEST_PROMETHEUS_PORT": "18004",
     "TEST_PROMETHEUS_CONFIG": "/tmp/prometheus.yml",
+    "TEST_HTTP_PORT": "18005",
 }
 
 

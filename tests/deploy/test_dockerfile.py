@@ -96,7 +96,7 @@ def test_servers_run_unprivileged_with_a_grpc_health_check(server: str, extra: s
     text = stage(server)
     assert "USER 10001:10001" in text
     assert 'CMD ["python3", "/opt/rnnserve/healthcheck.py"]' in text
-    assert "EXPOSE 8001 8002" in text
+    assert "EXPOSE 8000 8001 8002" in text
     assert f"COPY --from=deps-{extra} /opt/venv /opt/venv" in text
     assert f"install.sh rnnserve {extra}\n" in text
 
