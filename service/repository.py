@@ -53,7 +53,8 @@ def load_version(name: str, version: str, folder: Path, settings: Settings) -> L
     for role, path in graph_files.items():
         if not path.is_file():
             raise ValueError(f"graph '{role}' file {path.name} is missing")
-    runtime = ModelRuntime(name, version, graph_files, settings)
+    batch_axes = {role: spec.batch_axes(role) for role in spec.graphs}
+    runtime = ModelRuntime(name, version, graph_files, settings, batch_axes)
     for role in spec.graphs:
         for kind, found, expected in (
             ("inputs", runtime.input_names(role), spec.graph_inputs[role]),

@@ -63,7 +63,7 @@ class Compute:
             for role in model.spec.graphs:
                 self._batchers[(model.name, model.version, role)] = Batcher(
                     functools.partial(model.runtime.run, role),
-                    [*model.spec.state_inputs, *model.spec.state_outputs],
+                    model.spec.batch_axes(role),
                     model=model.name,
                     version=model.version,
                     max_size=self.settings.batch_max_size,
