@@ -1,6 +1,8 @@
 """The model repository: `<root>/<name>/<version>/` folders with integer versions, each
-holding the ONNX graphs its ModelSpec names. Every version is loaded at start-up; a broken
-one is logged and reported UNAVAILABLE with its reason, and never stops the others."""
+holding the ONNX graphs its ModelSpec names, or one graph without a spec, described at load
+(service/describe.py) with the hints of a `model.json` sidecar (service/sidecar.py). Every
+version is loaded at start-up; a broken one is logged and reported UNAVAILABLE with its
+reason, and never stops the others."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ import onnxruntime as ort
 
 from rnnserve.errors import UsageError
 from rnnserve.service import metrics
+from rnnserve.service.describe import describe
 from rnnserve.service.errors import NotFound, ServiceError, Unavailable
 from rnnserve.service.model_spec import METADATA_KEY, ModelSpec
 from rnnserve.service.runtime import ModelRuntime
 from rnnserve.service.settings import Settings
+from rnnserve.service.sidecar import SIDECAR_NAME, Sidecar, read_sidecar
 from rnnserve.service.tasks import task_for
 from rnnserve.service.tasks.base import Task
 from rnnserve.service.types import RepositoryEntry
@@ -32,23 +36,40 @@ class LoadedVersion:
     runtime: ModelRuntime
     task: Task
 
+    @property
+    def takes_session_rows(self) -> bool:
+        """Whether each batch row may be one step of its own session (control tensors)."""
+        return self.task.session_rows and self.spec.streamable
 
-def read_spec(graph: Path) -> ModelSpec:
-    """The ModelSpec stored in a graph's ONNX metadata. ORT reads it (the server does not
-    depend on the onnx package); the session is thrown away once the spec names the graphs."""
+
+def read_spec(graph: Path) -> ModelSpec | None:
+    """The ModelSpec stored in a graph's ONNX metadata, None when it has none. ORT reads it
+    (the server does not depend on the onnx package); the session is thrown away once the
+    spec names the graphs."""
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     metadata = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in metadata:
-        raise ValueError(f"{graph.name} has no '{METADATA_KEY}' metadata")
+        return None
     return ModelSpec.from_json(metadata[METADATA_KEY])
 
 
-def load_version(name: str, version: str, folder: Path, settings: Settings) -> LoadedVersion:
-    """Load one version folder; raises ValueError (or ORT's errors) when it is broken."""
+def load_version(
+    name: str, version: str, folder: Path, settings: Settings, sidecar: Sidecar | None = None
+) -> LoadedVersion:
+    """Load one version folder; raises ValueError (or ORT's errors) when it is broken. A
+    graph without a spec is described from what it says, the sidecar beside it (or else
+    `sidecar`, the model's) supplying the rest."""
     onnx_files = sorted(folder.glob("*.onnx"))
     if not onnx_files:
         raise ValueError("no .onnx file in the version folder")
     spec = read_spec(onnx_files[0])
+    if spec is None:
+        if len(onnx_files) > 1:
+            raise ValueError(
+                f"{onnx_files[0].name} has no '{METADATA_KEY}' metadata, and the folder holds "
+                f"{len(onnx_files)} graphs: a graph served without it is the only one"
+            )
+        spec = describe(onnx_files[0], read_sidecar(folder / SIDECAR_NAME) or sidecar)
     graph_files = {role: folder / file for role, file in spec.graphs.items()}
     for role, path in graph_files.items():
         if not path.is_file():
@@ -78,24 +99,34 @@ class Repository:
             raise UsageError(f"model repository {self.root} is not a folder")
         for model_folder in sorted(path for path in self.root.iterdir() if path.is_dir()):
             versions = self._models.setdefault(model_folder.name, {})
+            try:
+                sidecar = read_sidecar(model_folder / SIDECAR_NAME)
+            except ValueError as error:
+                sidecar, broken = None, f"failed to load: {error}"
+            else:
+                broken = ""
             for version_folder in sorted(model_folder.iterdir()):
                 if version_folder.is_dir() and version_folder.name.isdigit():
                     version = str(int(version_folder.name))
-                    versions[version] = self._load(model_folder.name, version, version_folder)
+                    versions[version] = broken or self._load(
+                        model_folder.name, version, version_folder, sidecar
+                    )
 
-    def _load(self, name: str, version: str, folder: Path) -> LoadedVersion | str:
+    def _load(
+        self, name: str, version: str, folder: Path, sidecar: Sidecar | None
+    ) -> LoadedVersion | str:
         start = time.perf_counter()
         try:
-            loaded = load_version(name, version, folder, self.settings)
+            loaded = load_version(name, version, folder, self.settings, sidecar)
         except Exception as error:  # any broken model: report it, keep loading the rest
             log.exception("model %s version %s failed to load", name, version)
             return f"failed to load: {error}"
         seconds = time.perf_counter() - start
         spec = loaded.spec
         metrics.MODEL_LOAD_DURATION.labels(name, version).set(seconds)
-        metrics.MODEL_INFO.labels(name, version, spec.task, spec.cell, loaded.runtime.provider).set(
-            1
-        )
+        metrics.MODEL_INFO.labels(
+            name, version, spec.task, spec.cell or "", loaded.runtime.provider
+        ).set(1)
         log.info(
             "loaded %s version %s (%s) in %.3f s", name, version, loaded.runtime.provider, seconds
         )

@@ -8,6 +8,8 @@ says so, stopped with SIGTERM and required to exit 0:
         ...
     def test_y(start_server, tiny_repository):   # a private one with its own settings
         other = start_server(tiny_repository, env={"RNNSERVE_STATE_STORE": "redis"})
+
+`user_exports` are users' own models, exported as users export them (tests/user_exports.py).
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     build_repository(root, preset="tiny", seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def user_exports(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Recurrent models exported the way users export them (tests/user_exports.py):
+    name -> (Export, path of its model.onnx), no rnnserve metadata."""
+    from user_exports import export_all
+
+    return export_all(tmp_path_factory.mktemp("user-exports"))
 
 
 def free_port() -> int:

@@ -19,6 +19,7 @@ from rnnserve.service.dataplane.rows import RowsPath
 from rnnserve.service.dataplane.sequence import SequencePath
 from rnnserve.service.dataplane.stateless import StatelessPath
 from rnnserve.service.dataplane.timer import RequestTimer
+from rnnserve.service.describe import TOLERANCE as CHUNK_TOLERANCE
 from rnnserve.service.errors import FailedPrecondition
 from rnnserve.service.model_spec import ModelSpec
 from rnnserve.service.repository import LoadedVersion, Repository
@@ -28,7 +29,7 @@ from rnnserve.service.sessions import (
     parse_sequence_parameters,
     split_control,
 )
-from rnnserve.service.sessions.control import CONTROL_INPUTS, ERROR_OUTPUT
+from rnnserve.service.sessions.control import CONTROL_INPUTS, SEQUENCE_ERROR
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import (
     InferRequest,
@@ -116,28 +117,33 @@ class DataPlane:
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         model = self.repository.get(name, version)
         spec = model.spec
-        parameters: dict[str, Parameter] = {
-            "provider": model.runtime.provider,
-            "task": spec.task,
+        facts = {
             "cell": spec.cell,
             "num_layers": spec.num_layers,
             "hidden_size": spec.hidden_size,
             "num_directions": spec.num_directions,
+        }
+        parameters: dict[str, Parameter] = {
+            "provider": model.runtime.provider,
+            "task": spec.task,
+            **{key: value for key, value in facts.items() if value is not None},
             "streamable": spec.streamable,
             "state_inputs": ",".join(spec.state_inputs),
             "state_outputs": ",".join(spec.state_outputs),
             **model.task.parameters(),
             **{f"training_{key}": value for key, value in spec.training.items()},
         }
-        inputs, outputs = model.task.inputs, model.task.outputs
-        if _takes_session_rows(model):
-            inputs, outputs = [*inputs, *CONTROL_INPUTS], [*outputs, ERROR_OUTPUT]
+        if model.takes_session_rows:
+            parameters["control_inputs"] = ",".join(meta.name for meta in CONTROL_INPUTS)
+            parameters["control_outputs"] = SEQUENCE_ERROR
+        # As Triton lists them: states and control tensors are not among the plain inputs
+        # (tools such as perf_analyzer send every input listed); parameters name them.
         return ModelMetadata(
             name=name,
             versions=self.repository.versions(name),
             platform=PLATFORM,
-            inputs=inputs,
-            outputs=outputs,
+            inputs=model.task.data_inputs,
+            outputs=model.task.data_outputs,
             parameters=parameters,
         )
 
@@ -183,7 +189,7 @@ class DataPlane:
         rows, request = split_control(request)
         if (sequence.in_session or rows is not None) and not model.spec.streamable:
             raise FailedPrecondition(f"model '{model.name}' {_why_not_streamable(model.spec)}")
-        if rows is not None and not _takes_session_rows(model):
+        if rows is not None and not model.takes_session_rows:
             raise FailedPrecondition(
                 f"model '{model.name}' ({model.spec.task}) takes no multi-session requests "
                 "(control inputs 'sequence_id', 'sequence_start', 'sequence_end'): it answers "
@@ -198,16 +204,25 @@ class DataPlane:
         return admitted, self._stateless
 
 
-def _takes_session_rows(model: LoadedVersion) -> bool:
-    return model.task.session_rows and model.spec.streamable
-
-
 def _why_not_streamable(spec: ModelSpec) -> str:
     """The refusal of a session, in the words its export metadata justifies."""
     if spec.num_directions == 2:
         return (
             "is bidirectional and cannot stream: its backward direction needs the whole "
             "sequence; send the whole sequence, no 'sequence_id'"
+        )
+    if not spec.states:
+        return (
+            "keeps no state between requests, so it has no sequences: send each request on "
+            "its own, no 'sequence_id'"
+        )
+    chunk_error = spec.training.get("chunk_error")
+    if isinstance(chunk_error, float) and chunk_error > CHUNK_TOLERANCE:
+        return (
+            "cannot stream: fed in chunks with its state carried, it answers differently "
+            f"from the whole sequence (by {chunk_error:.2g}, measured when it was loaded), as "
+            "a bidirectional or attention model does; send the whole sequence, no "
+            "'sequence_id'"
         )
     return (
         "is exported as not streamable (its chunked runs were not verified equal to whole "

@@ -104,6 +104,16 @@ class Task(ABC):
         return [meta.name for meta in self.outputs]
 
     @cached_property
+    def data_inputs(self) -> list[TensorMetadata]:
+        """The inputs that are not states: what every request of the model carries."""
+        return [meta for meta in self.inputs if meta.name not in self.spec.state_inputs]
+
+    @cached_property
+    def data_outputs(self) -> list[TensorMetadata]:
+        """The outputs that are not states."""
+        return [meta for meta in self.outputs if meta.name not in self.spec.state_outputs]
+
+    @cached_property
     def _output_datatypes(self) -> dict[str, str]:
         return {meta.name: meta.datatype for meta in self.outputs}
 
