@@ -11,7 +11,16 @@ info and load time are one series per model however many workers loaded it.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+
+from rnnserve.errors import UsageError
 
 LATENCY_BUCKETS = (
     2.5e-5,
@@ -101,3 +110,13 @@ MODEL_LOAD_DURATION = Gauge(
     ["model", "version"],
     multiprocess_mode="max",
 )
+
+
+def serve(port: int, host: str, registry: CollectorRegistry = REGISTRY) -> None:
+    """The /metrics endpoint, in a thread; UsageError when its port cannot be bound."""
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise UsageError(
+            f"--metrics-port {port}: cannot listen on {host}:{port}: {error.strerror}"
+        ) from None

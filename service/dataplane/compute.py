@@ -71,6 +71,13 @@ class Compute:
                     executor=self._executor,
                 )
 
+    async def stop_batchers(self, model: LoadedVersion) -> None:
+        """Closes the batchers of a version being unloaded (none without batching)."""
+        for role in model.spec.graphs:
+            batcher = self._batchers.pop((model.name, model.version, role), None)
+            if batcher is not None:
+                await batcher.close()
+
     async def close(self) -> None:
         for batcher in self._batchers.values():
             await batcher.close()

@@ -2,7 +2,7 @@
 
 Failures become their gRPC status with the message verbatim (`client_error` turns anything
 unexpected into INTERNAL, logged once). Request metrics are recorded here, where the RPC
-and its status code are known.
+and its status code are known. The role each RPC needs is in roles.py.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ class InferenceServicer:
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
             model = self._dataplane.model(request.name, request.version)
-            return triton.model_config(model, self._dataplane.settings)
+            policy = self._dataplane.repository.policy(request.name)
+            return triton.model_config(model, self._dataplane.settings, policy)
 
         return await self._answer("ModelConfig", request.name, request.version, context, work)
 
@@ -105,6 +106,22 @@ class InferenceServicer:
             return converter.repository_index_to_proto(entries, ready_only=request.ready)
 
         return await self._answer("RepositoryIndex", "", "", context, work)
+
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            self._dataplane.check_repository_name(request.repository_name)
+            await self._dataplane.load_model(request.model_name, list(request.parameters))
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._answer("RepositoryModelLoad", request.model_name, "", context, work)
+
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            self._dataplane.check_repository_name(request.repository_name)
+            await self._dataplane.unload_model(request.model_name, list(request.parameters))
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._answer("RepositoryModelUnload", request.model_name, "", context, work)
 
     # Inference ----------------------------------------------------------------------
 

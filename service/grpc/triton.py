@@ -16,6 +16,7 @@ from rnnserve.service.sessions.control import (
     SEQUENCE_START,
 )
 from rnnserve.service.settings import Settings
+from rnnserve.service.sidecar import VersionPolicy
 
 FINAL_RESPONSE = "triton_final_response"
 
@@ -25,7 +26,7 @@ def mark_final(message: Any, final: bool) -> None:
     message.parameters[FINAL_RESPONSE].bool_param = final
 
 
-def model_config(model: LoadedVersion, settings: Settings) -> Any:
+def model_config(model: LoadedVersion, settings: Settings, policy: VersionPolicy) -> Any:
     """Triton's view of the model, as a ModelConfigResponse.
 
     With max_batch_size > 0 Triton's dims leave out the batch dimension, and a [batch]
@@ -48,6 +49,7 @@ def model_config(model: LoadedVersion, settings: Settings) -> Any:
         name=model.name,
         platform=PLATFORM,
         backend="onnxruntime",
+        version_policy=policy.model_dump(exclude_none=True),
         max_batch_size=max_batch_size,
         input=[
             pb.ModelInput(

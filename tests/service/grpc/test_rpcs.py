@@ -231,12 +231,31 @@ def test_streams_run_concurrently(server) -> None:
     assert list(idle_stream) == []
 
 
-def test_unimplemented_triton_rpcs_answer_unimplemented(server) -> None:
-    load = server.channel.unary_unary(
-        "/inference.GRPCInferenceService/RepositoryModelLoad",
+def test_triton_rpcs_not_served_answer_unimplemented(server) -> None:
+    shared_memory = server.channel.unary_unary(
+        "/inference.GRPCInferenceService/SystemSharedMemoryStatus",
         request_serializer=lambda _: b"",
         response_deserializer=lambda data: data,
     )
     with pytest.raises(grpc.RpcError) as caught:
-        load(None, timeout=10)
+        shared_memory(None, timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_model_control_without_its_mode_is_refused_with_the_flag_to_set(server) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        server.stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="sine-rnn"))
+
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "needs --model-control-mode explicit; this server's is none" in caught.value.details()
+
+
+def test_every_rpc_has_the_role_it_needs() -> None:
+    from rnnserve.protocol import rpc
+    from rnnserve.service.grpc.roles import RPC_ROLES
+
+    assert set(RPC_ROLES) == {method.name for method in rpc.SERVICE.methods}
+    assert {name for name, role in RPC_ROLES.items() if role == "admin"} == {
+        "ModelConfig", "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad",
+        "RepositoryModelUnload",
+    }  # fmt: skip
