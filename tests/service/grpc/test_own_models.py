@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from rnnserve.bench.perf_analyzer import ANY_SPREAD, sequence_arguments
 from rnnserve.client.client import RnnClient
 from rnnserve.client.errors import InferenceError
 from rnnserve.export.importer import import_graph
@@ -171,3 +172,30 @@ def test_a_wrong_sidecar_makes_its_model_unavailable_with_the_reason(own_server)
     assert state == "UNAVAILABLE"
     assert "misdescribed/model.json: states.0.output: Field required" in reason
     assert all(states[(name, "1")][0] == "READY" for name in [*IMPORTED, *AS_EXPORTED])
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("gru2", "features:1,4"),  # Triton dims leave out the batch: [steps, features]
+        ("lstm-seq-first", "x:1,1,3"),  # no Triton batch (max_batch_size 0): [steps, batch, 3]
+    ],
+)
+def test_perf_analyzer_runs_a_sequence_benchmark_of_a_users_model(
+    own_server, perf_analyzer, name: str, shape: str
+) -> None:
+    def counts() -> tuple[int, int]:
+        request = pb.ModelStatisticsRequest(name=name)
+        (stats,) = own_server.stub.ModelStatistics(request).model_stats
+        return stats.inference_stats.fail.count, stats.inference_stats.success.count
+
+    failed, succeeded = counts()
+    arguments = sequence_arguments(
+        own_server.address, name, shape, window_requests=50, stability_percentage=ANY_SPREAD
+    )
+
+    done = perf_analyzer.run(arguments)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    after_failed, after_succeeded = counts()
+    assert after_failed == failed and after_succeeded - succeeded >= 150

@@ -16,6 +16,9 @@ import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_helpers import MODEL_NAMES, infer_request
 
+from rnnserve.bench.perf_analyzer import ANY_SPREAD, figures_of, sequence_arguments
+from rnnserve.protocol import messages as pb
+
 
 def test_triton_client_gets_metadata_and_inference(server, reference) -> None:
     client = triton.InferenceServerClient(server.address)
@@ -96,3 +99,31 @@ def test_metrics_count_requests_by_rpc_and_code(server) -> None:
     assert ok in text
     assert bad in text
     assert 'rnnserve_request_duration_seconds_count{model="sine-gru",version="1"}' in text
+
+
+def failures_and_successes(server, model: str) -> tuple[int, int]:
+    (stats,) = server.stub.ModelStatistics(pb.ModelStatisticsRequest(name=model)).model_stats
+    return stats.inference_stats.fail.count, stats.inference_stats.success.count
+
+
+def test_perf_analyzer_runs_tritons_sequence_benchmark_with_no_error(server, perf_analyzer) -> None:
+    """perf_analyzer 2.51 as a Triton user runs it: two sequences at a time, the state
+    never sent (ModelConfig describes it as implicit state), every request answered."""
+    failed, succeeded = failures_and_successes(server, "sine-lstm")
+
+    done = perf_analyzer.run(
+        sequence_arguments(
+            server.address,
+            "sine-lstm",
+            "x:1,1",
+            2,
+            window_requests=100,
+            stability_percentage=ANY_SPREAD,
+        )
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert figures_of(done.stdout)["infer_per_s"] > 0
+    after_failed, after_succeeded = failures_and_successes(server, "sine-lstm")
+    assert after_failed == failed
+    assert after_succeeded - succeeded >= 300  # three windows of 100
