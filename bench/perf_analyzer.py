@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rnnserve.bench import servers
 from rnnserve.bench.options import Options
-from rnnserve.bench.plots import bar_plot
+from rnnserve.bench.plots import line_plot
 from rnnserve.bench.report import Figure, ScenarioResult, environment
 from rnnserve.errors import UsageError
 
@@ -136,11 +136,19 @@ def run(options: Options) -> ScenarioResult:
                     runs.append(figures_of(done.stdout))
                 label = f"{model}, {concurrency} concurrent sequences"
                 figures.append(Figure(label, {"model": model, "concurrency": concurrency}, runs))
-    bar_plot(
+    line_plot(
         options.out / "perf_analyzer.png",
-        "perf_analyzer: sequence steps per second",
-        "inferences per second",
-        {f.label: {"infer/s": f.median["infer_per_s"]} for f in figures},
+        "perf_analyzer: p50 latency of a sequence step",
+        "concurrent sequences",
+        "p50 latency (µs)",
+        {
+            model: [
+                (f.params["concurrency"], f.median["p50_us"])
+                for f in figures
+                if f.params["model"] == model
+            ]
+            for model in MODELS
+        },
     )
     return ScenarioResult(
         name="perf_analyzer",

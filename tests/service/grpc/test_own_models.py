@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from grpc_helpers import failures_and_successes
 
 from rnnserve.bench.perf_analyzer import ANY_SPREAD, sequence_arguments
 from rnnserve.client.client import RnnClient
@@ -184,12 +185,7 @@ def test_a_wrong_sidecar_makes_its_model_unavailable_with_the_reason(own_server)
 def test_perf_analyzer_runs_a_sequence_benchmark_of_a_users_model(
     own_server, perf_analyzer, name: str, shape: str
 ) -> None:
-    def counts() -> tuple[int, int]:
-        request = pb.ModelStatisticsRequest(name=name)
-        (stats,) = own_server.stub.ModelStatistics(request).model_stats
-        return stats.inference_stats.fail.count, stats.inference_stats.success.count
-
-    failed, succeeded = counts()
+    failed, succeeded = failures_and_successes(own_server, name)
     arguments = sequence_arguments(
         own_server.address, name, shape, window_requests=50, stability_percentage=ANY_SPREAD
     )
@@ -197,5 +193,5 @@ def test_perf_analyzer_runs_a_sequence_benchmark_of_a_users_model(
     done = perf_analyzer.run(arguments)
 
     assert done.returncode == 0, done.stdout + done.stderr
-    after_failed, after_succeeded = counts()
+    after_failed, after_succeeded = failures_and_successes(own_server, name)
     assert after_failed == failed and after_succeeded - succeeded >= 150

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_helpers import MODEL_NAMES, infer_request
+from grpc_helpers import MODEL_NAMES, failures_and_successes, infer_request
 
 from rnnserve.bench.perf_analyzer import ANY_SPREAD, figures_of, sequence_arguments
-from rnnserve.protocol import messages as pb
 
 
 def test_triton_client_gets_metadata_and_inference(server, reference) -> None:
@@ -99,11 +98,6 @@ def test_metrics_count_requests_by_rpc_and_code(server) -> None:
     assert ok in text
     assert bad in text
     assert 'rnnserve_request_duration_seconds_count{model="sine-gru",version="1"}' in text
-
-
-def failures_and_successes(server, model: str) -> tuple[int, int]:
-    (stats,) = server.stub.ModelStatistics(pb.ModelStatisticsRequest(name=model)).model_stats
-    return stats.inference_stats.fail.count, stats.inference_stats.success.count
 
 
 def test_perf_analyzer_runs_tritons_sequence_benchmark_with_no_error(server, perf_analyzer) -> None:
