@@ -67,6 +67,9 @@ class Task(ABC):
 
     name: ClassVar[str]
     graph_roles: ClassVar[frozenset[str]]
+    # (graph role, the names its data inputs must have, those of its data outputs), states
+    # following them: a task reads its graphs' tensors by these names.
+    graph_tensors: ClassVar[tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]] = ()
     # Whether each batch row may be one step of its own session (multi-session requests):
     # true for tasks whose every piece answers as `run` does, from the state it starts with.
     session_rows: ClassVar[bool] = True
@@ -84,6 +87,17 @@ class Task(ABC):
         """Raises ValueError when the spec lacks what this task needs."""
         if set(spec.graphs) != cls.graph_roles:
             raise ValueError(f"task {cls.name} needs graphs {sorted(cls.graph_roles)}")
+        for role, inputs, outputs in cls.graph_tensors:
+            for kind, expected, named in (
+                ("inputs", [*inputs, *spec.state_inputs], spec.graph_inputs[role]),
+                ("outputs", [*outputs, *spec.state_outputs], spec.graph_outputs[role]),
+            ):
+                if named != expected:
+                    raise ValueError(
+                        f"task {cls.name} reads graph '{role}' {kind} {expected}; this one has "
+                        f"{named}: a graph with tensors of its own names is served by the "
+                        "recurrent task (rnnserve import, or no rnnserve metadata at all)"
+                    )
 
     # Subclasses compute their tensor metadata once (a cached_property): the model's spec
     # never changes, and every request reads it.

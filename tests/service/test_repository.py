@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from rnnserve.errors import UsageError
+from rnnserve.export.metadata import write_spec
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.errors import NotFound, Unavailable
+from rnnserve.service.model_spec import ModelSpec
 from rnnserve.service.repository import Repository
 from rnnserve.service.sessions import open_store
 from rnnserve.service.settings import Settings
@@ -29,8 +31,10 @@ def loaded_plane(root: Path, **settings: object) -> tuple[DataPlane, asyncio.Run
 
 
 @pytest.fixture(scope="module")
-def broken_root(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """sine-gru in versions 1 and 3, a tagger, and three kinds of broken folder."""
+def broken_root(
+    tiny_repository: Path, user_exports: dict, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """sine-gru in versions 1 and 3, a tagger, and four kinds of broken folder."""
     root = tmp_path_factory.mktemp("repository")
     for version in ("1", "3"):
         shutil.copytree(tiny_repository / "sine-gru" / "1", root / "sine-gru" / version)
@@ -43,6 +47,15 @@ def broken_root(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory)
     # A seq2seq version whose decoder went missing.
     shutil.copytree(tiny_repository / "seq2seq-rnn" / "1", root / "seq2seq-rnn" / "2")
     (root / "seq2seq-rnn" / "2" / "decoder.onnx").unlink()
+    # A user's GRU (features, state_in) with a hand-written spec pretending to be a sine.
+    pretender = root / "pretender" / "1" / "model.onnx"
+    pretender.parent.mkdir(parents=True)
+    shutil.copyfile(user_exports["gru2"][1], pretender)
+    write_spec(pretender, ModelSpec(
+        task="sine", cell="gru", num_layers=2, hidden_size=16, input_size=4, output_size=16,
+        graphs={"model": "model.onnx"}, graph_inputs={"model": ["features", "state_in"]},
+        graph_outputs={"model": ["out", "state_out"]}, streamable=True,
+    ))  # fmt: skip
     return root
 
 
@@ -59,7 +72,9 @@ def test_every_version_loads_and_the_newest_is_the_default(repository: Repositor
     assert repository.get("sine-gru").version == "3"
     assert repository.get("sine-gru", "1").version == "1"
     assert repository.get("tagger-lstm").spec.task == "tagger"
-    assert repository.names() == ["empty", "garbage", "seq2seq-rnn", "sine-gru", "tagger-lstm"]
+    assert repository.names() == [
+        "empty", "garbage", "pretender", "seq2seq-rnn", "sine-gru", "tagger-lstm",
+    ]  # fmt: skip
 
 
 def test_broken_folders_are_reported_and_do_not_stop_the_others(repository: Repository) -> None:
@@ -70,8 +85,15 @@ def test_broken_folders_are_reported_and_do_not_stop_the_others(repository: Repo
     assert entries[("empty", "1")].reason == "failed to load: no .onnx file in the version folder"
     assert "decoder.onnx is missing" in entries[("seq2seq-rnn", "2")].reason
     assert [(name, version) for name, version, _ in repository.failures()] == [
-        ("empty", "1"), ("garbage", "1"), ("seq2seq-rnn", "2"),
+        ("empty", "1"), ("garbage", "1"), ("pretender", "1"), ("seq2seq-rnn", "2"),
     ]  # fmt: skip
+    # A graph under a task's spec must have the task's tensors, or it would fail every
+    # request; the reason says where such a graph belongs.
+    assert entries[("pretender", "1")].reason == (
+        "failed to load: task sine reads graph 'model' inputs ['x', 'h0']; this one has "
+        "['features', 'state_in']: a graph with tensors of its own names is served by the "
+        "recurrent task (rnnserve import, or no rnnserve metadata at all)"
+    )
     with pytest.raises(Unavailable, match="model 'garbage' version 1 is unavailable"):
         repository.get("garbage", "1")
     with pytest.raises(
