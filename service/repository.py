@@ -139,10 +139,11 @@ class ModelFolder:
         return [str(v) for v in self.policy.select([int(v) for v in self.versions])]
 
     def fingerprint(self, version: str) -> Fingerprint:
-        files = [
-            *sorted(self.versions[version].iterdir()),
-            self.versions[version].parent / SIDECAR_NAME,
-        ]
+        folder = self.versions[version]
+        try:
+            files = [*sorted(folder.iterdir()), folder.parent / SIDECAR_NAME]
+        except OSError:  # removed since the scan: the next one will say so
+            files = []
         return tuple(
             (path.name, stat.st_size, stat.st_mtime_ns)
             for path in files

@@ -109,7 +109,7 @@ def _report_loading(dataplane: DataPlane, seconds: float) -> None:
     loaded = sorted({model.name for model in repository.loaded()})
     failures = repository.failures()
     failed = sorted({name for name, _, _ in failures})
-    counts = f"{len(loaded)} models loaded, {len(failed)} failed"
+    counts = f"{_models(len(loaded))} loaded, {len(failed)} failed"
     if failed:
         counts += (
             " (" + ", ".join(f"{name} version {version}" for name, version, _ in failures) + ")"
@@ -123,6 +123,10 @@ def _report_loading(dataplane: DataPlane, seconds: float) -> None:
         log.warning("not ready: %s: no model to serve", counts)
     else:
         log.warning("not ready (--strict-readiness): %s", counts)
+
+
+def _models(count: int) -> str:
+    return f"{count} model" if count == 1 else f"{count} models"
 
 
 async def _listen(frontends: list[Frontend], note: str) -> None:

@@ -197,7 +197,7 @@ def test_health_index_and_start_up_line_agree_for_a_broken_model(
     lenient = start_server(root)
     strict = start_server(root, args=["--strict-readiness"], wait_ready=False)
 
-    assert "ready: 1 models loaded, 1 failed (broken version 1)" in lenient.log()
+    assert "ready: 1 model loaded, 1 failed (broken version 1)" in lenient.log()
     assert health(lenient, "") == SERVING and health(lenient, "sine-gru") == SERVING
     assert health(lenient, "broken") == NOT_SERVING
     assert not lenient.stub.ModelReady(pb.ModelReadyRequest(name="broken")).ready
@@ -222,5 +222,5 @@ def test_exit_on_error_stops_the_start_with_the_failure(
 
     assert server.process.wait(timeout=120) == 2
     last = server.log().strip().splitlines()[-1]
-    assert last.startswith("rnnserve serve: --exit-on-error: 1 models loaded, 1 failed")
+    assert last.startswith("rnnserve serve: --exit-on-error: 1 model loaded, 1 failed")
     assert "broken version 1: failed to load" in last

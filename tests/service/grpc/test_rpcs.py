@@ -68,6 +68,7 @@ def test_model_config_describes_the_model_as_triton_does(server) -> None:
     assert {i.name for i in config.input} >= {"x"}
     assert {o.name for o in config.output} >= {"y"}
     assert config.instance_group[0].count == 1
+    assert config.version_policy.HasField("all")  # every version, unless model.json says
 
 
 def test_model_config_writes_dims_without_the_batch_dimension(server) -> None:
