@@ -10,7 +10,10 @@ from pathlib import Path
 
 from rnnserve.errors import UsageError
 
-SCENARIOS = ("compute", "transport", "one_session", "many_sessions", "memory", "multi_session")
+SCENARIOS = (
+    "compute", "transport", "one_session", "many_sessions", "memory", "multi_session",
+    "perf_analyzer",
+)  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         goals,
         memory,
         multi_session,
+        perf_analyzer,
         profile,
         report,
         sessions,
@@ -90,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         "many_sessions": sessions.run_many_sessions,
         "memory": memory.run,
         "multi_session": multi_session.run,
+        "perf_analyzer": perf_analyzer.run,
     }
     if args.runs is not None and args.runs < 1:
         raise UsageError("--runs must be at least 1")

@@ -38,11 +38,18 @@ VALUE_FLAGS = [
     ("batch_max_size", "most sequence steps batched into one ORT run"),
     ("batch_max_queue_delay_us", "longest a step waits for others to batch with"),
     ("log_format", "log lines as text or json"),
+    ("model_control_mode", "none, poll (follow the repository) or explicit (load/unload RPCs)"),
+    ("repository_poll_s", "poll mode: seconds between scans of the repository"),
 ]
-LIST_FLAGS = [("providers", "comma-separated ONNX Runtime execution providers, in preference")]
+LIST_FLAGS = [
+    ("providers", "comma-separated ONNX Runtime execution providers, in preference"),
+    ("load_model", "explicit mode: comma-separated models loaded at start ('*': all)"),
+]
 BOOL_FLAGS = [
     ("batching", "batch steps of different sequences into one ORT run"),
     ("access_log", "log one line per request (model, rpc, code, duration, request id)"),
+    ("strict_readiness", "not ready while any model version failed to load"),
+    ("exit_on_error", "stop at start if any model version failed to load"),
 ]
 
 
@@ -86,20 +93,72 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise UsageError(f"{where}: {problem['msg']}") from None
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from rnnserve.service import logs
     from rnnserve.service.server import serve
 
+    if args.log_level.lower() not in LOG_LEVELS:
+        raise UsageError(f"--log-level {args.log_level}: expected one of {', '.join(LOG_LEVELS)}")
     settings = settings_from_args(args)
     logs.configure(args.log_level, settings.log_format, settings.access_log)
-    if not settings.model_repository.is_dir():
-        raise UsageError(f"--model-repository: {settings.model_repository} is not a folder")
+    _check_models(settings)
+    _check_port_free(settings)
     if settings.workers > 1:
         return _serve_workers(settings, args.log_level)
     asyncio.run(serve(settings))
     return 0
+
+
+def _check_port_free(settings: Settings) -> None:
+    """The gRPC and REST ports are free: bound here alone first (UsageError if one cannot
+    be), before the front ends bind them; workers share them with SO_REUSEPORT, which would
+    let them join any server listening there."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    for field in ("grpc_port", "http_port"):
+        port = getattr(settings, field)
+        if not port:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as they bind
+            try:
+                probe.bind((settings.host, port))
+            except OSError as error:
+                raise UsageError(
+                    f"{_flag(field)} {port}: cannot listen on {settings.host}:{port}: "
+                    f"{error.strerror}"
+                ) from None
+
+
+def _check_models(settings: Settings) -> None:
+    """Start-up mistakes about the repository and model control, each one line."""
+    from rnnserve.service.dataplane.models import ALL_MODELS
+    from rnnserve.service.repository import Repository
+
+    repository = Repository(settings)
+    repository.check_root()
+    if settings.load_model and settings.model_control_mode != "explicit":
+        raise UsageError(
+            "--load-model names the models to load at start in explicit model control: "
+            "add --model-control-mode explicit (the other modes load every model)"
+        )
+    unknown = set(settings.load_model) - {ALL_MODELS, *repository.folder_names()}
+    if unknown:
+        raise UsageError(
+            f"--load-model: no folder {', '.join(sorted(unknown))} in {settings.model_repository}"
+        )
+    if settings.workers > 1 and settings.model_control_mode == "explicit":
+        raise UsageError(
+            f"--workers {settings.workers} with --model-control-mode explicit: a load or "
+            "unload request reaches one worker only; use --model-control-mode poll, whose "
+            "every worker follows the repository"
+        )
 
 
 def _serve_workers(settings: Settings, log_level: str) -> int:

@@ -17,7 +17,17 @@ info and load time are one series per model however many workers loaded it.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+
+from rnnserve.errors import UsageError
 
 disable_created_metrics()
 
@@ -131,3 +141,13 @@ START_TIME = Gauge(
     "Unix time at which the newest server process (worker) started: it changes on a restart.",
     multiprocess_mode="max",
 )
+
+
+def serve(port: int, host: str, registry: CollectorRegistry = REGISTRY) -> None:
+    """The /metrics endpoint, in a thread; UsageError when its port cannot be bound."""
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise UsageError(
+            f"--metrics-port {port}: cannot listen on {host}:{port}: {error.strerror}"
+        ) from None

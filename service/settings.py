@@ -22,6 +22,19 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, description="server processes sharing the port")
     grace_period_s: float = Field(30.0, ge=0, description="SIGTERM: time to finish in flight")
 
+    # Model control, as Triton's: none (the repository as it was at start), poll (version
+    # folders added and removed while running are loaded and unloaded), explicit (only
+    # RepositoryModelLoad and RepositoryModelUnload change what is loaded; `load_model`
+    # names the models loaded at start, "*" for all).
+    model_control_mode: Literal["none", "poll", "explicit"] = "none"
+    repository_poll_s: float = Field(15.0, gt=0, description="poll mode: seconds between scans")
+    load_model: list[str] = []
+    # Readiness: with strict_readiness the server is not ready while any version failed to
+    # load; with exit_on_error it stops at start if any did. Either way a server with no
+    # model loaded is not ready.
+    strict_readiness: bool = False
+    exit_on_error: bool = False
+
     # ONNX Runtime.
     providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     intra_op_threads: int = Field(1, ge=0, description="0 lets ORT choose")

@@ -66,12 +66,14 @@ def serve_workers(settings: Settings, log_level: str) -> int:
 
 
 def _serve_metrics(settings: Settings, metrics_dir: str) -> None:
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
+
+    from rnnserve.service import metrics
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=metrics_dir)
-    start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+    metrics.serve(settings.metrics_port, settings.host, registry)
 
 
 @dataclass

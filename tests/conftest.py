@@ -8,6 +8,8 @@ says so, stopped with SIGTERM and required to exit 0:
         ...
     def test_y(start_server, tiny_repository):   # a private one with its own settings
         other = start_server(tiny_repository, env={"RNNSERVE_STATE_STORE": "redis"})
+
+`user_exports` are users' own models, exported as users export them (tests/user_exports.py).
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     build_repository(root, preset="tiny", seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def user_exports(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Recurrent models exported the way users export them (tests/user_exports.py):
+    name -> (Export, path of its model.onnx), no rnnserve metadata."""
+    from user_exports import export_all
+
+    return export_all(tmp_path_factory.mktemp("user-exports"))
 
 
 def free_port() -> int:
@@ -207,9 +218,7 @@ def _redis_server_binary() -> str:
     if found:
         return found
     # The machine lacks it: install it, as the container image would.
-    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
-    subprocess.run([*apt, "update", "-qq"], check=True, capture_output=True)
-    subprocess.run([*apt, "install", "-y", "-qq", "redis-server"], check=True, capture_output=True)
+    _apt_install("redis-server")
     found = shutil.which("redis-server")
     assert found, "apt-get installed redis-server but it is not on PATH"
     return found
@@ -236,6 +245,26 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _apt_install(package: str) -> None:
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
+    subprocess.run([*apt, "update", "-qq"], check=True, capture_output=True)
+    subprocess.run([*apt, "install", "-y", "-qq", package], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def perf_analyzer():
+    """Triton's perf_analyzer from tritonclient 2.51's wheel, in a folder of its own (a
+    cache, installed once), with the libraries it needs (libb64 from apt, as the container
+    image would have it; the CUDA runtime wheel)."""
+    import ctypes.util
+
+    from rnnserve.bench.perf_analyzer import install
+
+    if ctypes.util.find_library("b64") is None:
+        _apt_install("libb64-0d")
+    return install()
 
 
 def _wait_for_redis(url: str, server: subprocess.Popen[bytes]) -> None:

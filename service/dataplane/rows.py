@@ -73,6 +73,7 @@ def _check(admitted: Admitted, rows: SessionRows, prepared: Prepared) -> None:
 
 def _blank_rows(result: Result, rows: list[int], spec: ModelSpec) -> None:
     """Zeros (empty strings for text) in the given rows of every output."""
+    axes = spec.batch_axes()
     for name, array in result.outputs.items():
-        index = (slice(None), rows) if name in spec.state_outputs else rows
+        index = (slice(None),) * axes.get(name, 0) + (rows,)
         array[index] = b"" if array.dtype == object else 0

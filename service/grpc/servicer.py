@@ -4,7 +4,7 @@ Failures become their gRPC status with the message verbatim (`client_error` turn
 unexpected into INTERNAL, logged once). Every RPC goes through the front end's Recorder
 (service/access.py: metrics, access log, request id), which needs the RPC and its status
 code. A request's id (its `id` field, else the `x-request-id` metadata) is echoed in the
-`x-request-id` initial metadata.
+`x-request-id` initial metadata. The role each RPC needs is in roles.py.
 """
 
 from __future__ import annotations
@@ -103,8 +103,7 @@ class InferenceServicer:
 
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work(call: Call) -> Any:
-            model = self._dataplane.model(request.name, request.version)
-            return triton.model_config(model, self._dataplane.settings)
+            return triton.model_config_of(self._dataplane, request.name, request.version)
 
         return await self._answer("ModelConfig", request.name, request.version, context, work)
 
@@ -121,6 +120,22 @@ class InferenceServicer:
             return converter.repository_index_to_proto(entries, ready_only=request.ready)
 
         return await self._answer("RepositoryIndex", "", "", context, work)
+
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work(call: Call) -> Any:
+            self._dataplane.check_repository_name(request.repository_name)
+            await self._dataplane.load_model(request.model_name, list(request.parameters))
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._answer("RepositoryModelLoad", request.model_name, "", context, work)
+
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work(call: Call) -> Any:
+            self._dataplane.check_repository_name(request.repository_name)
+            await self._dataplane.unload_model(request.model_name, list(request.parameters))
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._answer("RepositoryModelUnload", request.model_name, "", context, work)
 
     # Inference ----------------------------------------------------------------------
 

