@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rnnserve.errors import UsageError
+from rnnserve.protocol.sequences import CONTROL_DATATYPES, STATE_DATATYPE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -171,13 +172,24 @@ def _inputs(args: argparse.Namespace, client: Client) -> dict[str, np.ndarray]:
 
 
 def _input_datatypes(client: Client, model: str, version: str) -> dict[str, str]:
-    """The model's inputs and their datatypes, from its metadata."""
+    """The model's inputs and their datatypes, from its metadata: the plain inputs, and the
+    state and control inputs its parameters name (Triton lists those apart)."""
     from rnnserve.client.client import RnnClient
 
     metadata = client.model_metadata(model, version)
     if isinstance(client, RnnClient):
-        return {tensor.name: tensor.datatype for tensor in metadata.inputs}
-    return {tensor["name"]: tensor["datatype"] for tensor in metadata["inputs"]}
+        plain = {tensor.name: tensor.datatype for tensor in metadata.inputs}
+        parameters = {key: value.string_param for key, value in metadata.parameters.items()}
+    else:
+        plain = {tensor["name"]: tensor["datatype"] for tensor in metadata["inputs"]}
+        parameters = metadata.get("parameters", {})
+    states = parameters.get("state_inputs", "").split(",")
+    controls = parameters.get("control_inputs", "").split(",")
+    return {
+        **{name: STATE_DATATYPE for name in states if name},
+        **{name: CONTROL_DATATYPES[name] for name in controls if name in CONTROL_DATATYPES},
+        **plain,
+    }
 
 
 def _input(name: str, value: str, datatypes: dict[str, str]) -> np.ndarray:

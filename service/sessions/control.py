@@ -17,24 +17,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rnnserve.protocol.sequences import (
+    CONTROL_DATATYPES,
+    FAILED_ROWS,
+    SEQUENCE_END,
+    SEQUENCE_ERROR,
+    SEQUENCE_ID,
+    SEQUENCE_START,
+)
 from rnnserve.service.errors import InvalidArgument
 from rnnserve.service.sessions.parameters import UINT64_MAX
 from rnnserve.service.types import InferRequest, Tensor, TensorMetadata
 
-SEQUENCE_ID = "sequence_id"
-SEQUENCE_START = "sequence_start"
-SEQUENCE_END = "sequence_end"
-SEQUENCE_ERROR = "sequence_error"
-FAILED_ROWS = "failed_rows"  # response parameter: how many rows failed
-CONTROL_NAMES = (SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END)
+__all__ = ["FAILED_ROWS", "SEQUENCE_END", "SEQUENCE_ERROR", "SEQUENCE_ID", "SEQUENCE_START"]
+
+CONTROL_NAMES = tuple(CONTROL_DATATYPES)
 ID_DATATYPES = ("UINT64", "INT64", "BYTES")
 
 # The control inputs of models that take multi-session requests (ModelMetadata parameters
 # name them; Triton's ModelConfig describes them as sequence_batching control inputs).
 CONTROL_INPUTS = [
-    TensorMetadata(SEQUENCE_ID, "UINT64", (-1,), optional=True),
-    TensorMetadata(SEQUENCE_START, "BOOL", (-1,), optional=True),
-    TensorMetadata(SEQUENCE_END, "BOOL", (-1,), optional=True),
+    TensorMetadata(name, datatype, (-1,), optional=True)
+    for name, datatype in CONTROL_DATATYPES.items()
 ]
 
 
