@@ -32,6 +32,7 @@ VALUE_FLAGS = [
     ("max_message_bytes", "largest gRPC message accepted or sent"),
     ("session_idle_timeout_s", "seconds before an idle sequence's state is dropped"),
     ("max_sessions", "most sequences holding state at once"),
+    ("max_sessions_per_principal", "most sequences one principal (client) may hold at once"),
     ("state_store", "where sequence state lives: memory, redis or owned"),
     ("redis_url", "redis URL for --state-store redis or owned"),
     ("batch_max_size", "most sequence steps batched into one ORT run"),

@@ -2,12 +2,18 @@
 
 Front ends map `code` to their protocol's status (gRPC: `grpc.StatusCode[code]`); the
 message goes to the client verbatim, so it must name the field at fault and what was
-expected. `client_error` is the one place an unexpected exception becomes INTERNAL.
+expected. `details` carry what a client needs to act on the error without parsing the
+message (the server's `sequence_offset` of a sequence it must resynchronise), by parameter
+name: gRPC sends them as trailing metadata (`sequence-offset`) and, on a stream, as
+parameters of the error's response. `client_error` is the one place an unexpected
+exception becomes INTERNAL.
 """
 
 from __future__ import annotations
 
 import logging
+
+from rnnserve.service.types import Parameter
 
 log = logging.getLogger(__name__)
 
@@ -17,9 +23,10 @@ class ServiceError(Exception):
 
     code = "INTERNAL"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, details: dict[str, Parameter] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.details: dict[str, Parameter] = details or {}
 
 
 class InvalidArgument(ServiceError):
@@ -40,6 +47,14 @@ class ResourceExhausted(ServiceError):
 
 class Unavailable(ServiceError):
     code = "UNAVAILABLE"
+
+
+class Unauthenticated(ServiceError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ServiceError):
+    code = "PERMISSION_DENIED"
 
 
 def client_error(error: Exception, what: str) -> ServiceError:

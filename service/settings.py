@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # Sequences (stateful sessions).
     session_idle_timeout_s: float = Field(60.0, gt=0)
     max_sessions: int = Field(100_000, ge=1)
+    # Sessions one principal (an authenticated client; everyone is `anonymous` without
+    # authentication) may hold at once; None: only max_sessions limits them.
+    max_sessions_per_principal: int | None = Field(None, ge=1)
     # memory: this process only. redis: every step read from and written to Redis (any
     # number of processes; survives crashes). owned: each state in the memory of the
     # process that steps it, handed over through Redis when another process needs it.

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from rnnserve.service.dataplane.timer import RequestTimer
 from rnnserve.service.repository import LoadedVersion
 from rnnserve.service.sessions import SequenceParameters, SessionRows
+from rnnserve.service.sessions.state import Answer
 from rnnserve.service.tasks.base import Prepared, Result
-from rnnserve.service.types import InferRequest, InferResponse, Parameter
+from rnnserve.service.types import InferRequest, InferResponse, Parameter, State
 
 
 @dataclass(slots=True)
@@ -44,6 +45,19 @@ class Admitted:
             parameters=parameters or {},
             final=final,
         )
+
+    def answer_of(self, result: Result | None) -> Answer:
+        """What a session keeps of a step's result for a retry: every output but the
+        states, which it keeps anyway (the state after the step)."""
+        if result is None:  # a last piece answered later: its retry is computed again
+            return {}
+        states = self.model.spec.state_outputs
+        return {name: array for name, array in result.outputs.items() if name not in states}
+
+    def replayed(self, answer: Answer, state: State) -> Result:
+        """A retried step's result again: its kept answer, and the states from the state
+        its session holds, the one the step left."""
+        return Result({**answer, **self.model.task.state_results(state)})
 
     def state_input(self) -> str | None:
         """The first state input (h0, c0) the request carries, if any: a continuation

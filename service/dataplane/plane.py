@@ -28,7 +28,7 @@ from rnnserve.service.sessions import (
     parse_sequence_parameters,
     split_control,
 )
-from rnnserve.service.sessions.control import CONTROL_INPUTS, ERROR_OUTPUT
+from rnnserve.service.sessions.control import CONTROL_INPUTS, CONTROL_OUTPUT_METADATA
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import (
     InferRequest,
@@ -67,7 +67,9 @@ class DataPlane:
         self.repository = Repository(settings)
         self._lifecycle = Lifecycle()
         self._compute = Compute(settings)
-        self._sessions = SessionManager(store, settings.max_sessions)
+        self._sessions = SessionManager(
+            store, settings.max_sessions, settings.max_sessions_per_principal
+        )
         self._stateless = StatelessPath(self._compute)
         self._sequence = SequencePath(self._sessions, self._compute)
         self._rows = RowsPath(self._sessions, self._compute)
@@ -131,7 +133,7 @@ class DataPlane:
         }
         inputs, outputs = model.task.inputs, model.task.outputs
         if _takes_session_rows(model):
-            inputs, outputs = [*inputs, *CONTROL_INPUTS], [*outputs, ERROR_OUTPUT]
+            inputs, outputs = [*inputs, *CONTROL_INPUTS], [*outputs, *CONTROL_OUTPUT_METADATA]
         return ModelMetadata(
             name=name,
             versions=self.repository.versions(name),

@@ -1,8 +1,10 @@
 """GRPCInferenceService: each RPC converts, calls the DataPlane and converts back.
 
 Failures become their gRPC status with the message verbatim (`client_error` turns anything
-unexpected into INTERNAL, logged once). Request metrics are recorded here, where the RPC
-and its status code are known.
+unexpected into INTERNAL, logged once) and the error's details as trailing metadata
+(`sequence-offset`); on a stream, where the stream stays open and no trailer can be sent,
+they ride as parameters of the error's `infer_response`. Request metrics are recorded here,
+where the RPC and its status code are known.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import grpc
 from rnnserve.protocol import messages as pb
 from rnnserve.service import metrics
 from rnnserve.service.dataplane import DataPlane
-from rnnserve.service.errors import client_error
+from rnnserve.service.errors import ServiceError, client_error
 from rnnserve.service.grpc import converter, triton
 
 T = TypeVar("T")
@@ -49,7 +51,7 @@ class InferenceServicer:
         except Exception as failure:
             error = client_error(failure, f"{rpc} for model {model!r}")
             code = error.code
-            await context.abort(grpc.StatusCode[code], error.message)
+            await context.abort(grpc.StatusCode[code], error.message, _trailers(error))
         finally:
             _record(rpc, model, version, code, time.perf_counter() - start)
         raise AssertionError("unreachable: context.abort raises")
@@ -110,7 +112,8 @@ class InferenceServicer:
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
-            response = await self._dataplane.infer(converter.request_from_proto(request))
+            message = converter.request_from_proto(request)
+            response = await self._dataplane.infer(message)
             return converter.response_to_proto(response)
 
         return await self._answer(
@@ -131,7 +134,8 @@ class InferenceServicer:
         code = "OK"
         version = request.model_version
         try:
-            responses = self._dataplane.stream_infer(converter.request_from_proto(request))
+            message = converter.request_from_proto(request)
+            responses = self._dataplane.stream_infer(message)
             async for response in responses:
                 version = response.model_version
                 message = converter.response_to_proto(response)
@@ -144,11 +148,16 @@ class InferenceServicer:
             # Reported in the stream, which stays open for the next request.
             error = client_error(failure, f"ModelStreamInfer for model {request.model_name!r}")
             code = error.code
-            yield pb.ModelStreamInferResponse(error_message=error.message)
+            yield converter.stream_error_to_proto(request, error)
         finally:
             _record(
                 "ModelStreamInfer", request.model_name, version, code, time.perf_counter() - start
             )
+
+
+def _trailers(error: ServiceError) -> tuple[tuple[str, str], ...]:
+    """An error's details as trailing metadata: `sequence_offset` -> `sequence-offset`."""
+    return tuple((name.replace("_", "-"), str(value)) for name, value in error.details.items())
 
 
 def _record(rpc: str, model: str, version: str, code: str, seconds: float) -> None:

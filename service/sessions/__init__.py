@@ -2,9 +2,10 @@
 state between the requests of a sequence, and the batcher that runs steps of different
 sessions together."""
 
+from rnnserve.service.sessions.accounting import Outcome, RowStep
 from rnnserve.service.sessions.batcher import Batcher, Runner, Tensors
 from rnnserve.service.sessions.control import SessionRows, split_control
-from rnnserve.service.sessions.manager import RowStep, SessionManager
+from rnnserve.service.sessions.manager import SessionManager
 from rnnserve.service.sessions.parameters import SequenceParameters, parse_sequence_parameters
 from rnnserve.service.sessions.state import Layout, SessionKey
 from rnnserve.service.sessions.store import StateStore, open_store
@@ -12,6 +13,7 @@ from rnnserve.service.sessions.store import StateStore, open_store
 __all__ = [
     "Batcher",
     "Layout",
+    "Outcome",
     "RowStep",
     "Runner",
     "SequenceParameters",

@@ -132,6 +132,7 @@ CONTROL_INPUTS = {
     ("sequence_id", "UINT64", (-1,), True),
     ("sequence_start", "BOOL", (-1,), True),
     ("sequence_end", "BOOL", (-1,), True),
+    ("sequence_offset", "INT64", (-1,), True),
 }
 
 
@@ -147,7 +148,7 @@ def test_sine_metadata_lists_x_and_optional_states_and_session_controls(plane: P
     }
     assert [(m.name, m.shape) for m in metadata.outputs] == [
         ("y", (-1, -1, 1)), ("hn", (1, -1, hidden)), ("cn", (1, -1, hidden)),
-        ("sequence_error", (-1,)),
+        ("sequence_error", (-1,)), ("sequence_offset", (-1,)),
     ]  # fmt: skip
     assert metadata.versions == ["1"] and metadata.platform == "onnxruntime_onnx"
     assert metadata.parameters["provider"] == "CPUExecutionProvider"
@@ -162,7 +163,7 @@ def test_tagger_and_seq2seq_metadata_list_their_text_tensors(plane: Plane) -> No
     assert {(m.name, m.datatype, m.shape, m.optional) for m in tagger.inputs[3:]} == CONTROL_INPUTS
     assert [(m.name, m.datatype) for m in tagger.outputs] == [
         ("text_out", "BYTES"), ("tokens_out", "INT64"), ("logits", "FP32"), ("hn", "FP32"),
-        ("sequence_error", "BYTES"),
+        ("sequence_error", "BYTES"), ("sequence_offset", "INT64"),
     ]  # fmt: skip
     assert tagger.outputs[2].shape == (-1, -1, 4)
     seq2seq = plane.plane.model_metadata("seq2seq-rnn")

@@ -44,8 +44,10 @@ def test_sine_metadata_lists_its_tensors_with_dynamic_dimensions(server) -> None
     inputs, outputs = _tensors(metadata.inputs), _tensors(metadata.outputs)
     assert inputs["x"] == ("FP32", [-1, -1, 1])
     assert outputs["y"] == ("FP32", [-1, -1, 1])
-    assert set(inputs) == {"x", "h0", "c0", "sequence_id", "sequence_start", "sequence_end"}
-    assert set(outputs) == {"y", "hn", "cn", "sequence_error"}
+    controls = {"sequence_id", "sequence_start", "sequence_end", "sequence_offset"}
+    assert set(inputs) == {"x", "h0", "c0", *controls}
+    assert set(outputs) == {"y", "hn", "cn", "sequence_error", "sequence_offset"}
+    assert inputs["sequence_offset"] == outputs["sequence_offset"] == ("INT64", [-1])
     assert metadata.parameters["provider"].string_param == "CPUExecutionProvider"
 
 
