@@ -21,6 +21,7 @@ VALUE_FLAGS = [
     ("host", "address to listen on"),
     ("grpc_port", "gRPC port"),
     ("metrics_port", "Prometheus /metrics port (0 disables it)"),
+    ("metrics_host", "address /metrics listens on (default: --host), e.g. a private one"),
     ("workers", "server processes sharing the port"),
     ("grace_period_s", "seconds to finish requests in flight after SIGTERM"),
     ("intra_op_threads", "ONNX Runtime intra-op threads (0: ORT chooses)"),
@@ -37,9 +38,16 @@ VALUE_FLAGS = [
     ("redis_url", "redis URL for --state-store redis or owned"),
     ("batch_max_size", "most sequence steps batched into one ORT run"),
     ("batch_max_queue_delay_us", "longest a step waits for others to batch with"),
+    ("tls_cert", "PEM certificate chain: serve TLS (with --tls-key)"),
+    ("tls_key", "PEM private key of --tls-cert"),
+    ("tls_client_ca", "PEM CA: require client certificates it signed (mutual TLS)"),
+    ("auth_tokens", "token file: a line per principal (name, SHA-256 of its token, roles)"),
 ]
 LIST_FLAGS = [("providers", "comma-separated ONNX Runtime execution providers, in preference")]
-BOOL_FLAGS = [("batching", "batch steps of different sequences into one ORT run")]
+BOOL_FLAGS = [
+    ("batching", "batch steps of different sequences into one ORT run"),
+    ("reflection", "gRPC server reflection (on by default)"),
+]
 
 
 def _flag(field: str) -> str:
@@ -91,9 +99,15 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from rnnserve.service.auth import Authenticator
+    from rnnserve.service.tls import load_tls
+
     settings = settings_from_args(args)
     if not settings.model_repository.is_dir():
         raise UsageError(f"--model-repository: {settings.model_repository} is not a folder")
+    # Read here too, before any worker starts: a bad file stops the server with one line.
+    load_tls(settings)
+    Authenticator.from_settings(settings)
     if settings.workers > 1:
         return _serve_workers(settings, args.log_level)
     asyncio.run(serve(settings))

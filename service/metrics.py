@@ -46,6 +46,12 @@ REQUEST_DURATION = Histogram(
     ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
+AUTH_REFUSED = Counter(
+    "rnnserve_auth_refused",
+    "Calls refused before their handler: UNAUTHENTICATED (no valid credentials) or "
+    "PERMISSION_DENIED (a principal without the role the RPC needs).",
+    ["rpc", "code"],
+)
 QUEUE_DURATION = Histogram(
     "rnnserve_queue_duration_seconds",
     "Time a step waited before its ORT run started.",

@@ -8,6 +8,8 @@ the supervisor opens its start gate, once every worker has loaded: a new connect
 lands on a worker still loading.
 On SIGTERM or SIGINT the data plane stops admitting requests, the front ends let those in
 flight finish within the grace period, and the data plane closes (its state store last).
+The TLS files and the token file are read first: the front ends serve TLS and authenticate
+callers with them (service/tls.py, service/auth.py).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from typing import Protocol
 
 from prometheus_client import start_http_server
 
+from rnnserve.service.auth import Authenticator
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.grpc.frontend import GrpcFrontend
 from rnnserve.service.sessions import open_store
 from rnnserve.service.settings import Settings
+from rnnserve.service.tls import load_tls
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +61,10 @@ async def serve(settings: Settings, start_gate: StartGate | None = None) -> None
     a worker, and the supervisor serves every worker's metrics.
     """
     started = time.perf_counter()
+    tls, authenticator = load_tls(settings), Authenticator.from_settings(settings)
     dataplane = DataPlane(settings, open_store(settings))
     frontends: list[Frontend] = [
-        GrpcFrontend(settings, dataplane, shared_port=start_gate is not None)
+        GrpcFrontend(settings, dataplane, start_gate is not None, tls, authenticator)
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -69,8 +74,10 @@ async def serve(settings: Settings, start_gate: StartGate | None = None) -> None
     try:
         if start_gate is None:
             if settings.metrics_port:
-                start_http_server(settings.metrics_port, addr=settings.host)
-            await _listen(frontends, f"metrics on port {settings.metrics_port}")
+                start_http_server(settings.metrics_port, addr=metrics_address(settings))
+            await _listen(
+                frontends, f"metrics on {metrics_address(settings)}:{settings.metrics_port}"
+            )
             await _unless_stopped(dataplane.load(), stop)
         else:
             await _unless_stopped(dataplane.load(), stop)
@@ -92,6 +99,11 @@ async def serve(settings: Settings, start_gate: StartGate | None = None) -> None
         await asyncio.gather(*(frontend.stop(settings.grace_period_s) for frontend in frontends))
         await dataplane.close()
         log.info("stopped")
+
+
+def metrics_address(settings: Settings) -> str:
+    """Where /metrics listens: `metrics_host`, else `host`."""
+    return settings.metrics_host or settings.host
 
 
 async def _listen(frontends: list[Frontend], note: str) -> None:

@@ -18,8 +18,19 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     grpc_port: int = 8001
     metrics_port: int = 8002  # 0 disables the /metrics endpoint
+    metrics_host: str = ""  # where /metrics listens ("": on `host`), e.g. a private address
     workers: int = Field(1, ge=1, description="server processes sharing the port")
     grace_period_s: float = Field(30.0, ge=0, description="SIGTERM: time to finish in flight")
+
+    # Security (service/tls.py, service/auth.py). PEM files: with a certificate and its key
+    # the gRPC port speaks TLS; with a client CA too it requires client certificates signed
+    # by it (mutual TLS), whose subject common name is the principal.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # One line per principal: name, SHA-256 of its bearer token, roles (infer, admin).
+    auth_tokens: Path | None = None
+    reflection: bool = True  # gRPC server reflection (open to all, like health)
 
     # ONNX Runtime.
     providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -70,9 +70,11 @@ def _serve_metrics(settings: Settings, metrics_dir: str) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    from rnnserve.service.server import metrics_address
+
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=metrics_dir)
-    start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+    start_http_server(settings.metrics_port, addr=metrics_address(settings), registry=registry)
 
 
 @dataclass
@@ -100,9 +102,9 @@ class Supervisor:
         context = multiprocessing.get_context("spawn")
         self.workers = [self._start(context, index) for index in range(self.settings.workers)]
         log.info(
-            "started %d workers on %s:%s (metrics on port %s)",
+            "started %d workers on %s:%s (metrics on %s:%s)",
             len(self.workers), self.settings.host, self.settings.grpc_port,
-            self.settings.metrics_port,
+            self.settings.metrics_host or self.settings.host, self.settings.metrics_port,
         )  # fmt: skip
         return self._watch()
 

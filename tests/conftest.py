@@ -1,8 +1,8 @@
-"""Fixtures shared by every test package: the tiny model repository, real servers and a
-real redis-server.
+"""Fixtures shared by every test package: the tiny model repository, real servers, a
+real redis-server and real certificates.
 
-Servers are `python -m rnnserve serve` subprocesses on free ports, ready when ServerReady
-says so, stopped with SIGTERM and required to exit 0:
+Servers are `python -m rnnserve serve` subprocesses on free ports, ready when the gRPC
+health service says SERVING, stopped with SIGTERM and required to exit 0:
 
     def test_x(server):                          # the shared server over the tiny repository
         ...
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from rnnserve.bench.pki import Authority, Issued
 from rnnserve.client.client import RnnClient
-from rnnserve.protocol import messages as pb
 from rnnserve.protocol import rpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,38 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     build_repository(root, preset="tiny", seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def sine_repository(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """sine-lstm alone, for servers that need one model and should start fast."""
+    root = tmp_path_factory.mktemp("sine-only")
+    (root / "sine-lstm").symlink_to(tiny_repository / "sine-lstm")
+    return root
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Certificates made for the tests: `ca` signs the server's (for 127.0.0.1 and
+    localhost) and the clients' (subject CN = principal); `other_ca` signs `stranger`."""
+
+    ca: Path
+    other_ca: Path
+    server: Issued
+    alice: Issued
+    bob: Issued
+    expired: Issued  # alice's, expired yesterday
+    stranger: Issued  # signed by the other CA
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    folder = tmp_path_factory.mktemp("pki")
+    ca, other = Authority(folder / "ca"), Authority(folder / "other", "another CA")
+    return Pki(
+        ca.cert, other.cert, ca.issue("127.0.0.1", server=True), ca.issue("alice"),
+        ca.issue("bob"), ca.issue("alice expired", expired=True), other.issue("stranger"),
+    )  # fmt: skip
 
 
 def free_port() -> int:
@@ -62,11 +95,15 @@ class RunningServer:
     metrics_port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    credentials: grpc.ChannelCredentials | None = None  # a TLS server's, for `channel`
     channel: grpc.Channel = field(init=False)
     stub: rpc.Stub = field(init=False)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(self.address)
+        if self.credentials is None:
+            self.channel = grpc.insecure_channel(self.address)
+        else:
+            self.channel = grpc.secure_channel(self.address, self.credentials)
         self.stub = rpc.Stub(self.channel)
 
     @property
@@ -95,6 +132,7 @@ def launch(
     env: Mapping[str, str] | None = None,
     args: Sequence[str] = (),
     wait_ready: bool = True,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> RunningServer:
     grpc_port, metrics_port = free_port(), free_port()
     log_path = log_dir / f"serve-{grpc_port}.log"
@@ -108,13 +146,18 @@ def launch(
             command, cwd=ROOT, env={**os.environ, **(env or {})},
             stdout=log_file, stderr=subprocess.STDOUT,
         )  # fmt: skip
-    server = RunningServer(f"127.0.0.1:{grpc_port}", grpc_port, metrics_port, process, log_path)
+    server = RunningServer(
+        f"127.0.0.1:{grpc_port}", grpc_port, metrics_port, process, log_path, credentials
+    )
     if wait_ready:
         wait_until_ready(server)
     return server
 
 
 def wait_until_ready(server: RunningServer) -> None:
+    """Until the health service (open to every client, whatever the server's tokens) says
+    SERVING, which it does once the models are loaded."""
+    health = health_pb2_grpc.HealthStub(server.channel)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -123,7 +166,8 @@ def wait_until_ready(server: RunningServer) -> None:
                 f"{server.log()[-4000:]}"
             )
         try:
-            if server.stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
+            reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 return
         except grpc.RpcError:
             pass  # not listening yet
@@ -145,8 +189,9 @@ def _private_servers(log_dir: Path) -> Iterator[StartServer]:
         args: Sequence[str] = (),
         wait_ready: bool = True,
         exit_code: int = 0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> RunningServer:
-        server = launch(repository, log_dir, env, args, wait_ready)
+        server = launch(repository, log_dir, env, args, wait_ready, credentials)
         started.append((server, exit_code))
         return server
 

@@ -4,7 +4,8 @@ Failures become their gRPC status with the message verbatim (`client_error` turn
 unexpected into INTERNAL, logged once) and the error's details as trailing metadata
 (`sequence-offset`); on a stream, where the stream stays open and no trailer can be sent,
 they ride as parameters of the error's `infer_response`. Request metrics are recorded here,
-where the RPC and its status code are known.
+where the RPC and its status code are known. Requests carry the principal the front end
+authenticated (service/grpc/auth.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rnnserve.service import metrics
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.errors import ServiceError, client_error
 from rnnserve.service.grpc import converter, triton
+from rnnserve.service.grpc.auth import current_principal
 
 T = TypeVar("T")
 
@@ -112,7 +114,7 @@ class InferenceServicer:
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
-            message = converter.request_from_proto(request)
+            message = converter.request_from_proto(request, current_principal())
             response = await self._dataplane.infer(message)
             return converter.response_to_proto(response)
 
@@ -134,7 +136,7 @@ class InferenceServicer:
         code = "OK"
         version = request.model_version
         try:
-            message = converter.request_from_proto(request)
+            message = converter.request_from_proto(request, current_principal())
             responses = self._dataplane.stream_infer(message)
             async for response in responses:
                 version = response.model_version
