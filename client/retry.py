@@ -2,9 +2,10 @@
 
 Only calls that are safe to repeat are retried: stateless ones, and steps of a sequence that
 carry `sequence_offset`, which the server applies once and answers again when repeated.
-A failure is retried when the server could not be reached or did not answer in time
-(UNAVAILABLE, DEADLINE_EXCEEDED; a broken stream reports one of these), after a backoff
-that grows exponentially, with jitter, up to a bound, for a bounded number of attempts.
+A failure is retried when the server could not be reached, did not answer in time, or
+dropped the call (UNAVAILABLE, DEADLINE_EXCEEDED, and CANCELLED, which is what a server
+that stops reports of the calls and streams it still had), after a backoff that grows
+exponentially, with jitter, up to a bound, for a bounded number of attempts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TypeVar
 from rnnserve.client.errors import InferenceError
 
 T = TypeVar("T")
-RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"})
 
 
 def is_retryable(error: InferenceError) -> bool:

@@ -6,10 +6,10 @@ The first step carries `sequence_start`, the step passed `end=True` carries
 
 Every step carries `sequence_offset`, the time steps the server said the sequence had
 consumed before it, so that the server applies each step exactly once. A step that failed
-because the server could not be reached or did not answer (UNAVAILABLE, DEADLINE_EXCEEDED,
-a broken stream: the step may or may not have been applied) is sent again, the same, with
-bounded backoff (client/retry.py), on a new stream when streaming: the server applies it if
-it had not, or answers it again if it had. A sequence therefore continues exactly after a
+because the server could not be reached, did not answer or dropped the call (UNAVAILABLE,
+DEADLINE_EXCEEDED, CANCELLED, a broken stream: the step may or may not have been applied)
+is sent again, the same, with bounded backoff (client/retry.py), on a new stream when
+streaming: the server applies it if it had not, or answers it again if it had. A sequence therefore continues exactly after a
 server crash, or fails with a clear error: `SequenceOutOfStep` when the server counts other
 time steps than the client, the server's refusal when it lost the sequence; never with a
 silently wrong answer. A server that does not count steps (no `sequence_offset` in its
@@ -51,6 +51,7 @@ class SequenceSession:
         self.offsets = offsets  # send sequence_offset (and retry) with every step
         self.retry = retry
         self.offset = 0  # the sequence's time steps, as the server last counted them
+        self.retries = 0  # steps sent again after a failure
         self._started = False
         self._streaming = streaming
         self._requests: queue.Queue[Any] | None = None
@@ -90,7 +91,7 @@ class SequenceSession:
         )
         policy = self.retry if self.offsets else NO_RETRIES
         try:
-            responses = retrying(lambda: self._send(request), policy, self._reopen)
+            responses = retrying(lambda: self._send(request), policy, self._before_retry)
         except InferenceError as error:
             if self.offsets and error.sequence_offset is not None:
                 raise SequenceOutOfStep(error, 0 if start else self.offset) from None
@@ -119,9 +120,10 @@ class SequenceSession:
         requests: Iterator[Any] = iter(self._requests.get, None)
         self._replies = self.client.stub.ModelStreamInfer(requests)
 
-    def _reopen(self, error: InferenceError) -> None:
-        """Before a retry on a stream: a new stream (the old one broke, or its server is
-        going away)."""
+    def _before_retry(self, error: InferenceError) -> None:
+        """Counts the retry; on a stream, opens a new one (the old one broke, or its server
+        is going away)."""
+        self.retries += 1
         if self._streaming:
             self._replies.cancel()
             self.close()

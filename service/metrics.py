@@ -90,6 +90,12 @@ SESSIONS_HANDED_OVER = Counter(
     "Sessions a worker gave up to another worker, or to Redis at a clean stop (state_store=owned).",
     ["model", "version"],
 )
+SEQUENCE_RETRIES = Counter(
+    "rnnserve_sequence_retries",
+    "Retries of a sequence's last step (same sequence_offset and inputs) answered again "
+    "without applying the step twice.",
+    ["model", "version"],
+)
 SESSIONS_REJECTED = Counter(
     "rnnserve_sessions_rejected",
     "Session starts refused at the session limit.",

@@ -133,9 +133,11 @@ def launch(
     args: Sequence[str] = (),
     wait_ready: bool = True,
     credentials: grpc.ChannelCredentials | None = None,
+    grpc_port: int = 0,
 ) -> RunningServer:
-    grpc_port, metrics_port = free_port(), free_port()
-    log_path = log_dir / f"serve-{grpc_port}.log"
+    """A server on `grpc_port` (a free one when 0) and a free metrics port."""
+    grpc_port, metrics_port = grpc_port or free_port(), free_port()
+    log_path = log_dir / f"serve-{grpc_port}-{metrics_port}.log"
     command = [
         sys.executable, "-m", "rnnserve", "serve",
         "--model-repository", str(repository), "--host", "127.0.0.1",
@@ -190,8 +192,9 @@ def _private_servers(log_dir: Path) -> Iterator[StartServer]:
         wait_ready: bool = True,
         exit_code: int = 0,
         credentials: grpc.ChannelCredentials | None = None,
+        grpc_port: int = 0,
     ) -> RunningServer:
-        server = launch(repository, log_dir, env, args, wait_ready, credentials)
+        server = launch(repository, log_dir, env, args, wait_ready, credentials, grpc_port)
         started.append((server, exit_code))
         return server
 

@@ -246,13 +246,16 @@ class SessionManager:
 
     @staticmethod
     def _count(rows: Sequence[RowStep], outcomes: list[Outcome], stored: list[bool | None]) -> None:
-        started = ended = active = 0
+        started = ended = active = retried = 0
         for row, outcome, was_stored in zip(rows, outcomes, stored, strict=True):
             if outcome.kind == "apply":
                 started += row.start
                 ended += row.end
                 active += int(not row.end) - int(bool(was_stored))
+            retried += outcome.kind in ("replay", "rerun")
         labels = (rows[0].key.model, rows[0].key.version)
+        if retried:
+            metrics.SEQUENCE_RETRIES.labels(*labels).inc(retried)
         if started:
             metrics.SESSIONS_STARTED.labels(*labels).inc(started)
         if ended:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.errors import FailedPrecondition, ServiceError
@@ -154,6 +155,8 @@ def test_each_step_is_applied_once_and_a_retry_gets_the_same_answer(
 ) -> None:
     plane = planes()
     send = (lambda request: plane.stream(request)[-1]) if streaming else plane.infer
+    retries = {"model": "sine-lstm", "version": "1"}
+    before = REGISTRY.get_sample_value("rnnserve_sequence_retries_total", retries) or 0
     answers, offset = [], 0
     for index, chunk in enumerate(CHUNKS):
         request = sine_step(7, chunk, offset, start=index == 0, end=index == len(CHUNKS) - 1)
@@ -163,6 +166,7 @@ def test_each_step_is_applied_once_and_a_retry_gets_the_same_answer(
         assert_same(answer, send(request))  # the retry: answered again, applied once
         answers.append(answer)
     np.testing.assert_allclose(np.concatenate([y_of(a) for a in answers]), whole(plane), atol=1e-6)
+    assert REGISTRY.get_sample_value("rnnserve_sequence_retries_total", retries) == before + 3
 
 
 def test_steps_without_offsets_are_counted_and_applied_as_triton_sends_them(
