@@ -9,11 +9,11 @@ consumed before it, so that the server applies each step exactly once. A step th
 because the server could not be reached, did not answer or dropped the call (UNAVAILABLE,
 DEADLINE_EXCEEDED, CANCELLED, a broken stream: the step may or may not have been applied)
 is sent again, the same, with bounded backoff (client/retry.py), on a new stream when
-streaming: the server applies it if it had not, or answers it again if it had. A sequence therefore continues exactly after a
-server crash, or fails with a clear error: `SequenceOutOfStep` when the server counts other
-time steps than the client, the server's refusal when it lost the sequence; never with a
-silently wrong answer. A server that does not count steps (no `sequence_offset` in its
-answers) gets no retries.
+streaming: the server applies it if it had not, or answers it again if it had. A sequence
+therefore continues exactly after a server crash, or fails with a clear error:
+`SequenceOutOfStep` when the server counts other time steps than the client, the server's
+refusal when it lost the sequence; never with a silently wrong answer. A server that does
+not count steps (no `sequence_offset` in its answers) gets no retries.
 """
 
 from __future__ import annotations

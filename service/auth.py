@@ -145,6 +145,11 @@ class Authenticator:
     def enabled(self) -> bool:
         return self._tokens is not None or self._client_certificates
 
+    @property
+    def by_certificate(self) -> bool:
+        """Whether the client certificate names the principal (mutual TLS, no tokens)."""
+        return self._tokens is None and self._client_certificates
+
     def authenticate(self, authorization: str | None, certificate_name: str | None) -> Principal:
         """The principal of a call carrying `authorization` (the header or metadata value)
         over a connection whose client certificate names `certificate_name`."""

@@ -1,17 +1,19 @@
-"""Authentication and authorization of every gRPC call, in one interceptor.
+"""Authentication and authorization of every call of the inference service, in one guard.
 
-Each call of a guarded service runs behind a check: the Authenticator (service/auth.py)
-turns its `authorization` metadata, or its client certificate's subject common name, into a
-principal and checks the role its method needs; a call that fails the check ends with
-UNAUTHENTICATED or PERMISSION_DENIED before its handler runs. The principal reaches the
-handler through a context variable (grpc.aio runs interceptors and the handler in one
-context): `current_principal()`. The health service (for probes) and reflection are open.
-Without authentication there is no interceptor, and every call's principal is `anonymous`.
+The front end registers each method of GRPCInferenceService behind `Guard` (once, at
+start: no per-call interceptor machinery). Before the method runs, the Authenticator
+(service/auth.py) turns the call's `authorization` metadata, or its client certificate's
+subject common name, into a principal and checks the role the method needs; a call that
+fails the check ends with UNAUTHENTICATED or PERMISSION_DENIED. The principal reaches the
+method through a context variable (each call runs in a task of its own):
+`current_principal()`. The health service (for probes) and reflection are registered
+apart, unguarded. Without authentication there is no guard, and every call's principal is
+`anonymous`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -24,6 +26,7 @@ from rnnserve.service.types import ANONYMOUS
 
 _PRINCIPAL: ContextVar[str] = ContextVar("rnnserve_principal", default=ANONYMOUS)
 CERTIFICATE_NAME = "x509_common_name"  # grpc's auth context property of the subject CN
+AUTHORIZATION = "authorization"
 
 
 def current_principal() -> str:
@@ -31,70 +34,45 @@ def current_principal() -> str:
     return _PRINCIPAL.get()
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator, open_services: set[str]) -> None:
-        self._authenticator = authenticator
-        self._open = open_services
+class Guard:
+    """Wraps the servicer's methods (rpc.add_servicer's `wrap`) behind the check."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        service, _, operation = details.method.lstrip("/").partition("/")  # type: ignore[attr-defined]
-        if handler is None or service in self._open:
-            return handler
-        return _guarded(handler, lambda context: self._admit(context, operation))
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    def __call__(self, operation: str, kind: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        admit = self._admit
+        if kind.endswith("_unary"):
+
+            async def answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await admit(context, operation)
+                return await method(request, context)
+
+            return answer
+
+        async def responses(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await admit(context, operation)
+            async for response in method(request, context):
+                yield response
+
+        return responses
 
     async def _admit(self, context: grpc.aio.ServicerContext, operation: str) -> None:
         """Sets the call's principal, or ends the call (abort raises) when it may not
         proceed."""
-        metadata = dict(context.invocation_metadata() or ())
-        names = context.auth_context().get(CERTIFICATE_NAME) or [b""]
+        authenticator = self._authenticator
+        authorization = next(
+            (value for key, value in context.invocation_metadata() or () if key == AUTHORIZATION),
+            None,
+        )
+        name = None
+        if authenticator.by_certificate:  # the auth context is read only when it names
+            names = context.auth_context().get(CERTIFICATE_NAME)
+            name = names[0].decode() if names else None
         try:
-            principal = self._authenticator.authenticate(
-                metadata.get("authorization"), names[0].decode()
-            )
-            self._authenticator.authorize(principal, operation)
+            principal = authenticator.authenticate(authorization, name)
+            authenticator.authorize(principal, operation)
         except ServiceError as error:
             metrics.AUTH_REFUSED.labels(operation, error.code).inc()
             await context.abort(grpc.StatusCode[error.code], error.message)
         _PRINCIPAL.set(principal.name)
-
-
-Admit = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
-
-
-def _guarded(handler: grpc.RpcMethodHandler, admit: Admit) -> grpc.RpcMethodHandler:
-    """The handler, behind `admit`, for each kind of RPC."""
-    codecs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None:
-        inner = handler.unary_unary
-
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await admit(context)
-            return await inner(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **codecs)
-    if handler.stream_unary is not None:
-        inner = handler.stream_unary
-
-        async def stream_unary(requests: AsyncIterator[Any], context: Any) -> Any:
-            await admit(context)
-            return await inner(requests, context)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, **codecs)
-    streaming = handler.unary_stream or handler.stream_stream
-
-    async def responses(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await admit(context)
-        async for response in streaming(request, context):
-            yield response
-
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(responses, **codecs)
-    return grpc.stream_stream_rpc_method_handler(responses, **codecs)

@@ -1,8 +1,9 @@
 """The gRPC front end: GRPCInferenceService, the gRPC health service and reflection (unless
 turned off) on one grpc.aio server, started and stopped by the server process
 (service/server.py). The port speaks TLS when the settings name a certificate (mutual TLS
-with a client CA), and calls are authenticated by one interceptor when tokens or client
-certificates identify clients (service/grpc/auth.py); health and reflection stay open."""
+with a client CA), and the inference service's calls are authenticated by one guard when
+tokens or client certificates identify clients (service/grpc/auth.py); health and
+reflection stay open."""
 
 from __future__ import annotations
 
@@ -14,14 +15,12 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from rnnserve.protocol import messages, rpc
 from rnnserve.service.auth import Authenticator
 from rnnserve.service.dataplane import DataPlane
-from rnnserve.service.grpc.auth import AuthInterceptor
+from rnnserve.service.grpc.auth import Guard
 from rnnserve.service.grpc.servicer import InferenceServicer
 from rnnserve.service.settings import Settings
 from rnnserve.service.tls import TlsFiles
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-# Services open to every caller: probes, and the description of the API.
-OPEN_SERVICES = {HEALTH_SERVICE, reflection.SERVICE_NAME}
 
 
 class GrpcFrontend:
@@ -42,11 +41,9 @@ class GrpcFrontend:
         ]
         if shared_port:  # workers bind one port; the kernel spreads connections over them
             options.append(("grpc.so_reuseport", 1))
-        interceptors = []
-        if authenticator is not None and authenticator.enabled:
-            interceptors.append(AuthInterceptor(authenticator, OPEN_SERVICES))
-        self._server = grpc.aio.server(options=options, interceptors=interceptors)
-        rpc.add_servicer(InferenceServicer(dataplane), self._server)
+        self._server = grpc.aio.server(options=options)
+        guard = Guard(authenticator) if authenticator and authenticator.enabled else None
+        rpc.add_servicer(InferenceServicer(dataplane), self._server, guard)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if settings.reflection:

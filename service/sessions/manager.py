@@ -116,16 +116,18 @@ class SessionManager:
             try:
                 outcomes, stored = await self._judge(rows, state)
                 admitted = await self._admit(rows, outcomes, stored)
-                first_error = next((o.error for o in outcomes if o.error is not None), None)
-                if first_error is not None and not row_errors:
-                    raise first_error
+                if not row_errors:
+                    for outcome in outcomes:
+                        if outcome.error is not None:
+                            raise outcome.error
                 result = None
-                if row_errors or any(o.kind != "replay" for o in outcomes):
+                if row_errors or any(outcome.kind != "replay" for outcome in outcomes):
                     result, new_state = await run(state)
-                    await self._store(rows, outcomes, state, new_state, lambda: answers(result))
+                    await self._store(rows, outcomes, state, new_state, result, answers)
             finally:
-                self._admitting -= len(admitted)
-                self._admitting_by.subtract(key.principal for key in admitted)
+                if admitted:
+                    self._admitting -= len(admitted)
+                    self._admitting_by.subtract(key.principal for key in admitted)
         self._count(rows, outcomes, stored)
         return result, outcomes
 
@@ -142,7 +144,8 @@ class SessionManager:
         stored: list[bool | None] = [None if row.start else True for row in rows]
         loading = [i for i, row in enumerate(rows) if not row.start or row.offset is not None]
         starts = [i for i in loading if rows[i].start]
-        initial = {name: array[:, starts] for name, array in state.items()}  # copies
+        if starts:
+            initial = {name: array[:, starts] for name, array in state.items()}  # copies
         if loading:
             loaded = await self.store.load([rows[i].key for i in loading], state, loading)
             for index, one in zip(loading, loaded, strict=True):
@@ -217,7 +220,8 @@ class SessionManager:
         outcomes: list[Outcome],
         state: State,
         new_state: State,
-        outputs: Callable[[], Answer],
+        result: T,
+        answers: Answers[T],
     ) -> None:
         """Stores each applied row's new state and progress (its answer kept when the step
         carried an offset); an ended row's state is freed instead, leaving a record of its
@@ -225,7 +229,7 @@ class SessionManager:
         applied = [i for i, outcome in enumerate(outcomes) if outcome.kind == "apply"]
         kept = [i for i in applied if not rows[i].end]
         if kept:
-            answered = outputs() if any(rows[i].offset is not None for i in kept) else {}
+            answered = answers(result) if any(rows[i].offset is not None for i in kept) else {}
             progress = [self._progress(rows[i], outcomes[i], answered, i) for i in kept]
             await self.store.save([rows[i].key for i in kept], new_state, kept, progress)
         recorded = [i for i in applied if rows[i].end and rows[i].offset is not None]
