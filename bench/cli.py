@@ -10,7 +10,10 @@ from pathlib import Path
 
 from rnnserve.errors import UsageError
 
-SCENARIOS = ("compute", "transport", "one_session", "many_sessions", "memory", "multi_session")
+SCENARIOS = (
+    "compute", "transport", "one_session", "many_sessions", "memory", "multi_session",
+    "security",
+)  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         multi_session,
         profile,
         report,
+        security,
         sessions,
         transport,
     )
@@ -90,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         "many_sessions": sessions.run_many_sessions,
         "memory": memory.run,
         "multi_session": multi_session.run,
+        "security": security.run,
     }
     if args.runs is not None and args.runs < 1:
         raise UsageError("--runs must be at least 1")
