@@ -2,13 +2,18 @@
 
 rnnserve infer sine-lstm --values 0,0.1,0.2
 rnnserve infer tagger-gru --text hello
+RNNSERVE_TOKEN=... rnnserve infer tagger-gru --text hello --url host:8001 --ca ca.pem
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from rnnserve.errors import UsageError
+
+TOKEN_ENV = "RNNSERVE_TOKEN"  # a bearer token, kept off the command line (and its history)
 
 
 def _floats(text: str) -> list[float]:
@@ -32,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-output-length", type=int, default=None, help="seq2seq: most tokens to decode"
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
+    tls = parser.add_argument_group("TLS (any of these speaks TLS) and authentication")
+    tls.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs")
+    tls.add_argument("--ca", type=Path, help="PEM CA certificates to trust")
+    tls.add_argument("--cert", type=Path, help="PEM client certificate (mutual TLS)")
+    tls.add_argument("--key", type=Path, help="PEM private key of --cert")
     parser.set_defaults(run=run)
 
 
@@ -42,7 +52,16 @@ def run(args: argparse.Namespace) -> int:
     parameters = {}
     if args.max_output_length is not None:
         parameters["max_output_length"] = args.max_output_length
-    with RnnClient(args.url, timeout_s=args.timeout) as client:
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("--cert and --key go together: the client certificate and its key")
+    try:
+        client = RnnClient(
+            args.url, timeout_s=args.timeout, tls=args.tls, root_certificates=args.ca,
+            private_key=args.key, certificate_chain=args.cert, token=os.environ.get(TOKEN_ENV),
+        )  # fmt: skip
+    except OSError as error:
+        raise UsageError(f"{error.filename}: cannot be read: {error.strerror}") from None
+    with client:
         try:
             if args.values is not None:
                 out = client.infer(

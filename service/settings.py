@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     # One line per principal: name, SHA-256 of its bearer token, roles (infer, admin).
     auth_tokens: Path | None = None
     reflection: bool = True  # gRPC server reflection (open to all, like health)
+
+    @field_validator("tls_cert", "tls_key", "tls_client_ca", "auth_tokens", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        """An empty value (RNNSERVE_TLS_CERT= in a compose file) names no file."""
+        return None if value == "" else value
 
     # ONNX Runtime.
     providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]

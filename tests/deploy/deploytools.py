@@ -3,6 +3,7 @@ and talking to a running server the way the deploy files do (health check, /metr
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -22,11 +23,12 @@ class Completed:
     output: str
 
 
-def run(*command: str | Path, cwd: Path = ROOT) -> Completed:
+def run(*command: str | Path, cwd: Path = ROOT, env: dict[str, str] | None = None) -> Completed:
     """Run a validator; return its exit status and combined output for the assertion message."""
     result = subprocess.run(
-        [str(part) for part in command], cwd=cwd, capture_output=True, text=True, timeout=120
-    )
+        [str(part) for part in command], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
     return Completed(result.returncode, result.stdout + result.stderr)
 
 
@@ -54,6 +56,7 @@ class RunningServer:
             return response.read().decode()
 
 
-def healthcheck(target: str) -> Completed:
-    """The image's HEALTHCHECK command, run against `target`."""
-    return run(sys.executable, HEALTHCHECK, target)
+def healthcheck(target: str, env: dict[str, str] | None = None) -> Completed:
+    """The image's HEALTHCHECK command, run against `target` (with `env` added to the
+    environment)."""
+    return run(sys.executable, HEALTHCHECK, target, env={**os.environ, **(env or {})})

@@ -5,7 +5,9 @@ a session. Triton's client and grpcurl connect unchanged."""
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -229,3 +231,15 @@ def test_under_mutual_tls_the_certificates_name_is_the_principal(mtls_server, pk
     tls = ["-cacert", str(pki.ca), "-cert", str(pki.alice.cert), "-key", str(pki.alice.key)]
     listed = grpcurl(*tls, mtls_server.address, "list")
     assert listed.returncode != 0 and "reflection" in listed.stderr
+
+
+def test_rnnserve_infer_speaks_tls_with_a_token_from_the_environment(token_server, pki) -> None:
+    command = [sys.executable, "-m", "rnnserve", "infer", "sine-lstm", "--values", "0,0.5",
+               "--url", token_server.address, "--ca", str(pki.ca)]  # fmt: skip
+    env = {**os.environ, "RNNSERVE_TOKEN": TOKENS["alice"][0]}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.strip().split(",")) == 2
+    env.pop("RNNSERVE_TOKEN")
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "UNAUTHENTICATED: missing credentials" in refused.stderr
