@@ -46,7 +46,7 @@ from rnnserve.service.sessions.redis_store import (
     load_record,
     member,
     session_of,
-    write_ended,
+    write_records,
 )
 from rnnserve.service.sessions.state import Loaded, Progress, SessionKey
 from rnnserve.service.sessions.turns import Turns
@@ -212,9 +212,8 @@ class OwnedStore:
         await self._local.delete(keys)
         if keys:
             async with self._client.pipeline(transaction=False) as pipe:
-                write_ended(
-                    pipe, self._ended_prefix, keys, state, rows, progress, self.idle_timeout_s
-                )
+                prefix, keep_s = self._ended_prefix, self.idle_timeout_s
+                write_records(pipe, prefix, keys, state, rows, progress, keep_s)
                 await self._forget_all(keys, client=pipe)
                 await pipe.execute()
         self._touched.difference_update(keys)

@@ -133,12 +133,8 @@ class RedisStore:
             return
         deadline = time.time() + self.idle_timeout_s
         async with self._client.pipeline(transaction=True) as pipe:
-            for key, row, one in zip(keys, rows, progress, strict=True):
-                pipe.set(
-                    self._state_prefix + member(key),
-                    encode_record(key, one_row(state, row), one),
-                    px=round(self.idle_timeout_s * 1000),
-                )
+            prefix, keep_s = self._state_prefix, self.idle_timeout_s
+            write_records(pipe, prefix, keys, state, rows, progress, keep_s)
             self._index.add(pipe, [member(key) for key in keys], deadline)
             await pipe.execute()
 
@@ -172,7 +168,8 @@ class RedisStore:
         if not keys:
             return
         async with self._client.pipeline(transaction=True) as pipe:
-            write_ended(pipe, self._ended_prefix, keys, state, rows, progress, self.idle_timeout_s)
+            prefix, keep_s = self._ended_prefix, self.idle_timeout_s
+            write_records(pipe, prefix, keys, state, rows, progress, keep_s)
             await self._delete(pipe, keys)
 
     async def _delete(self, pipe: Any, keys: Sequence[SessionKey]) -> list[bool]:
@@ -220,7 +217,7 @@ def one_row(state: State, row: int) -> State:
     return {name: array[:, row : row + 1] for name, array in state.items()}
 
 
-def write_ended(
+def write_records(
     pipe: Any,
     prefix: str,
     keys: Sequence[SessionKey],
@@ -229,8 +226,8 @@ def write_ended(
     progress: Sequence[Progress],
     keep_s: float,
 ) -> None:
-    """Queues on `pipe` the records of sessions ending with `progress`, `state` holding the
-    states their final steps started from."""
+    """Queues on `pipe` each session's record (its row of `state` and its progress) under
+    `prefix` (`state:` for live sessions, `ended:` for ended ones), kept for `keep_s`."""
     for key, row, one in zip(keys, rows, progress, strict=True):
         record = encode_record(key, one_row(state, row), one)
         pipe.set(prefix + member(key), record, px=round(keep_s * 1000))
