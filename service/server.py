@@ -62,6 +62,8 @@ async def serve(settings: Settings, start_gate: StartGate | None = None) -> None
     """
     started = time.perf_counter()
     tls, authenticator = load_tls(settings), Authenticator.from_settings(settings)
+    if settings.auth_tokens and tls is None:
+        log.warning("bearer tokens over plaintext: anyone on the path can read them; serve TLS")
     dataplane = DataPlane(settings, open_store(settings))
     frontends: list[Frontend] = [
         GrpcFrontend(settings, dataplane, start_gate is not None, tls, authenticator)

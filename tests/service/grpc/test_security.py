@@ -8,6 +8,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -59,7 +60,7 @@ def token_server(start_module_server, sine_repository: Path, pki, tmp_path_facto
     return start_module_server(
         sine_repository,
         args=["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
-              "--auth-tokens", str(tokens)],
+              "--auth-tokens", str(tokens), "--metrics-host", "127.0.0.1"],
         credentials=credentials(pki.ca),
     )  # fmt: skip
 
@@ -140,6 +141,10 @@ def test_admin_calls_need_the_admin_role(token_server, rpc_name: str, request_me
         raised.value.details()
     )
     call(request_message, metadata=bearer("ops"))  # the administrator may
+    # /metrics (on --metrics-host, plain HTTP) counts the refusal.
+    with urllib.request.urlopen(token_server.metrics_url, timeout=10) as page:
+        refusals = f'rnnserve_auth_refused_total{{code="PERMISSION_DENIED",rpc="{rpc_name}"}}'
+        assert refusals in page.read().decode()
 
 
 def test_health_and_reflection_stay_open_and_grpcurl_sends_the_token(token_server, pki) -> None:
