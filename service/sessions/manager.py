@@ -226,17 +226,24 @@ class SessionManager:
         """Stores each applied row's new state and progress (its answer kept when the step
         carried an offset); an ended row's state is freed instead, leaving a record of its
         final step (and of `state`, the state it started from) when it carried an offset."""
-        applied = [i for i, outcome in enumerate(outcomes) if outcome.kind == "apply"]
-        kept = [i for i in applied if not rows[i].end]
+        kept: list[int] = []  # one pass sorts the applied rows: most steps are one row
+        recorded: list[int] = []
+        forgotten: list[int] = []
+        for index, (row, outcome) in enumerate(zip(rows, outcomes, strict=True)):
+            if outcome.kind == "apply":
+                if not row.end:
+                    kept.append(index)
+                elif row.offset is not None:
+                    recorded.append(index)
+                else:
+                    forgotten.append(index)
         if kept:
             answered = answers(result) if any(rows[i].offset is not None for i in kept) else {}
             progress = [self._progress(rows[i], outcomes[i], answered, i) for i in kept]
             await self.store.save([rows[i].key for i in kept], new_state, kept, progress)
-        recorded = [i for i in applied if rows[i].end and rows[i].offset is not None]
         if recorded:
             progress = [self._progress(rows[i], outcomes[i], {}, i) for i in recorded]
             await self.store.end([rows[i].key for i in recorded], state, recorded, progress)
-        forgotten = [i for i in applied if rows[i].end and rows[i].offset is None]
         if forgotten:
             await self.store.delete([rows[i].key for i in forgotten])
 
