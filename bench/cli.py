@@ -12,7 +12,7 @@ from rnnserve.errors import UsageError
 
 SCENARIOS = (
     "compute", "transport", "one_session", "many_sessions", "memory", "multi_session",
-    "security",
+    "perf_analyzer", "security",
 )  # fmt: skip
 
 
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         goals,
         memory,
         multi_session,
+        perf_analyzer,
         profile,
         report,
         security,
@@ -94,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         "many_sessions": sessions.run_many_sessions,
         "memory": memory.run,
         "multi_session": multi_session.run,
+        "perf_analyzer": perf_analyzer.run,
         "security": security.run,
     }
     if args.runs is not None and args.runs < 1:

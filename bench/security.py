@@ -1,4 +1,4 @@
-"""Scenario 7: what trusting sessions costs. The same two figures of scenarios 3 and 4, one
+"""Scenario 8: what trusting sessions costs. The same two figures of scenarios 3 and 4, one
 session's step latency (p50, ModelInfer, the probe) and 64 sessions' steps per second (k6,
 a connection per session, one step per request), against rnnserve served in plaintext,
 over TLS, over TLS with bearer tokens, and in plaintext with every step carrying
@@ -120,7 +120,7 @@ def run(options: Options) -> ScenarioResult:
     )
     return ScenarioResult(
         name="security",
-        title="7. Security: TLS, tokens and step offsets",
+        title="8. Security: TLS, tokens and step offsets",
         description=(
             f"{options.model_name} in sessions, one server per setup: plaintext; TLS "
             "(an ECDSA P-256 certificate); TLS with bearer tokens (`--auth-tokens`, every "

@@ -125,6 +125,8 @@ def rnnserve(
         str(repository),
         "--grpc-port",
         str(port),
+        "--http-port",
+        str(free_port()),
         "--metrics-port",
         str(metrics_port),
     ]

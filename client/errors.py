@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from rnnserve.protocol.codec import Parameter
-
-SEQUENCE_OFFSET = "sequence_offset"
+from rnnserve.protocol.sequences import SEQUENCE_OFFSET
 
 
 class InferenceError(Exception):
@@ -13,7 +12,8 @@ class InferenceError(Exception):
     `code` is the gRPC status name ("NOT_FOUND", "INVALID_ARGUMENT", "UNAVAILABLE"...).
     `details` are what the server attached for the client to act on, by parameter name
     (`sequence_offset`: the time steps the server has applied of a sequence), from the
-    call's trailing metadata (`sequence-offset`) or, on a stream, the error's parameters.
+    call's trailing metadata (`sequence-offset`), on a stream the error's parameters, over
+    REST the error's JSON body.
     """
 
     def __init__(

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from rnnserve.client.client import InferResult, RnnClient, build_request
-from rnnserve.client.errors import SEQUENCE_OFFSET, InferenceError, SequenceOutOfStep
+from rnnserve.client.errors import InferenceError, SequenceOutOfStep
 from rnnserve.client.retry import DEFAULT_RETRY, NO_RETRIES, RetryPolicy, retrying
 from rnnserve.protocol.codec import Parameter
+from rnnserve.protocol.sequences import SEQUENCE_OFFSET
 
 FINAL = "triton_final_response"
 

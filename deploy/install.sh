@@ -1,18 +1,90 @@
 #!/bin/sh
-# Image setup shared by the server and builder targets of the Dockerfile: a virtualenv at
-# /opt/venv holding the rnnserve wheel from /wheels with the given extra, the unprivileged
-# user rnnserve (uid 10001) and the model repository /models it owns, so a fresh named
-# volume mounted there is writable by that user.
-# Usage: install.sh EXTRA [PIP_OPTION...]
+# The RUN steps of the Dockerfile, one subcommand each:
+#   runtime         trust the *.crt in /tmp/ca-certificates; make the user rnnserve (uid and
+#                   gid 10001, home /home/rnnserve) and the model repository /models it owns,
+#                   so that a fresh named volume mounted there is writable by that user
+#   deps EXTRAS     a virtualenv at /opt/venv with the dependencies that /tmp/pyproject.toml
+#                   lists for rnnserve[EXTRAS], from the wheels in /tmp/wheels first
+#   wheel WHEELS    /dist/rnnserve-*.whl built from /src, build requirements from the wheels
+#                   in WHEELS first
+#   rnnserve EXTRAS install /dist/rnnserve-*.whl[EXTRAS] into /opt/venv, which must already
+#                   hold every dependency (no index is asked)
+# From the environment (the build arguments): PIP_NO_INDEX and PIP_INDEX_URL, read by pip, and
+# TORCH_INDEX_URL, the index of torch's CPU build for `deps` when /tmp/wheels has no torch.
 set -eu
-extra=$1
-shift
-set -- /wheels/rnnserve-*.whl "$@"
-wheel=$1
-shift
-python3 -m venv /opt/venv
-/opt/venv/bin/pip install --no-cache-dir "$@" "${wheel}[${extra}]"
-rm -rf /wheels
-useradd --system --uid 10001 --user-group --no-create-home rnnserve
-mkdir -p /models
-chown rnnserve:rnnserve /models
+
+# Debian's and Ubuntu's bundle, extra certificates included; pip's own bundle lacks them.
+export PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+
+# The requirements of rnnserve[EXTRAS] in /tmp/pyproject.toml, one a line.
+requirements() {
+    python3 - "$1" <<'EOF'
+import sys
+import tomllib
+
+project = tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]
+extras = project["optional-dependencies"]
+print("\n".join(project["dependencies"] + [r for e in sys.argv[1].split(",") for r in extras[e]]))
+EOF
+}
+
+# Only a folder holding wheels is offered to pip: a fresh checkout's holds just its README.
+find_links() {
+    if ls "$1"/*.whl >/dev/null 2>&1; then
+        export PIP_FIND_LINKS="$1"
+    fi
+}
+
+case $1 in
+runtime)
+    find /tmp/ca-certificates -name '*.crt' -exec cp {} /usr/local/share/ca-certificates/ \;
+    rm -rf /tmp/ca-certificates
+    update-ca-certificates
+    groupadd --gid 10001 rnnserve
+    useradd --uid 10001 --gid rnnserve --create-home --home-dir /home/rnnserve \
+        --shell /usr/sbin/nologin rnnserve
+    mkdir -p /models
+    chown rnnserve:rnnserve /models
+    ;;
+deps)
+    extras=$2
+    find_links /tmp/wheels
+    set --
+    if ls /tmp/wheels/torch-*.whl >/dev/null 2>&1 || [ -n "${PIP_NO_INDEX:-}" ]; then
+        :  # torch, if wanted, comes from the wheels
+    elif [ -n "${TORCH_INDEX_URL:-}" ]; then
+        # Both indexes offer torch==X; pip prefers the CPU index's X+cpu (a higher version).
+        set -- --extra-index-url "$TORCH_INDEX_URL"
+    fi
+    [ -x /opt/venv/bin/pip ] || python3 -m venv /opt/venv
+    requirements "$extras" >/tmp/requirements.txt
+    /opt/venv/bin/pip install "$@" --requirement /tmp/requirements.txt
+    rm -rf /tmp/wheels /tmp/pyproject.toml /tmp/requirements.txt
+    ;;
+wheel)
+    find_links "$2"
+    python3 -m venv /tmp/venv
+    /tmp/venv/bin/pip wheel --no-deps --wheel-dir /dist /src
+    ;;
+rnnserve)
+    set -- /dist/rnnserve-*.whl "$2"
+    /opt/venv/bin/pip install --no-index "$1[$2]"
+    rm -rf /dist
+    if [ "$2" = gpu ]; then
+        # ONNX Runtime falls back to the CPU quietly when its CUDA provider cannot be loaded:
+        # refuse an image whose provider needs a library the base image lacks (an
+        # onnxruntime-gpu built for another CUDA major). libcuda comes with the driver.
+        provider=$(/opt/venv/bin/python -c 'import onnxruntime, pathlib
+print(pathlib.Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so")')
+        if ldd "$provider" | grep -v 'libcuda\.so' | grep 'not found'; then
+            echo "install.sh: the CUDA provider of onnxruntime-gpu cannot load here" >&2
+            exit 1
+        fi
+    fi
+    ;;
+*)
+    echo "install.sh: unknown step $1" >&2
+    exit 2
+    ;;
+esac

@@ -1,5 +1,6 @@
 """`rnnserve build`, `rnnserve train` and `rnnserve export`: the model zoo from the command
-line. Torch is imported only when one of them runs."""
+line; `rnnserve import`: a user's own ONNX export into the repository. Torch is imported
+only when one of the first three runs."""
 
 from __future__ import annotations
 
@@ -39,6 +40,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--out", type=Path, default=Path("models"), help="repository folder")
     export.add_argument("--version", type=int, help="version number (default: the next free)")
     export.set_defaults(run=run_export)
+
+    imported = sub.add_parser(
+        "import",
+        help="a recurrent model's own ONNX export into the repository, checked and described",
+    )
+    imported.add_argument("graph", type=Path, help="the .onnx file (torch.onnx.export's)")
+    imported.add_argument("--name", required=True, help="the model's name in the repository")
+    imported.add_argument("--version", type=int, help="version number (default: the next free)")
+    imported.add_argument("--out", type=Path, default=Path("models"), help="repository folder")
+    imported.add_argument(
+        "--sidecar", type=Path, help="hints for what the graph does not say (default: "
+        "model.json beside the graph, if there is one)",
+    )  # fmt: skip
+    imported.set_defaults(run=run_import)
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -113,4 +128,17 @@ def run_export(args: argparse.Namespace) -> int:
         return 1
     chunk = f"{result.chunk_error:.1e}" if result.chunk_error is not None else "n/a"
     print(f"{result.path}: parity error {result.parity_error:.1e}, chunk error {chunk}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from rnnserve.errors import VerificationError
+    from rnnserve.export.importer import describe_import, import_graph
+
+    try:
+        path, spec = import_graph(args.graph, args.out, args.name, args.version, args.sidecar)
+    except VerificationError as error:
+        print(f"rnnserve import: import refused: {error}", file=sys.stderr)
+        return 1
+    print(describe_import(path, spec))
     return 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rnnserve.export.onnx_graphs import export_graph, write_spec
+from rnnserve.export.metadata import write_spec
+from rnnserve.export.onnx_graphs import export_graph
 from rnnserve.export.repository import staged_version
 from rnnserve.export.tasks import task_module
 from rnnserve.export.tasks.base import count_parameters

@@ -1,15 +1,13 @@
-"""Writing graphs to ONNX and the model's self-description into their metadata."""
+"""Writing graphs to ONNX."""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 
-import onnx
 import torch
 
 from rnnserve.export.tasks.base import Graph
-from rnnserve.service.model_spec import METADATA_KEY, ModelSpec
 
 OPSET = 17
 # Example sizes for tracing; above 1 so that no axis can be mistaken for a constant 1.
@@ -47,12 +45,3 @@ def export_graph(graph: Graph, path: Path) -> None:
             output_names=graph.output_names,
             dynamic_axes=dynamic_axes(graph),
         )
-
-
-def write_spec(path: Path, spec: ModelSpec) -> None:
-    model = onnx.load(str(path))
-    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    model.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
-    onnx.save(model, str(path))

@@ -1,7 +1,10 @@
 """The model repository on disk: models/<name>/<version>/, versions integers from 1.
 
 A version appears whole or not at all: it is written into a hidden staging folder next to
-the model folders and renamed into place only after every check passed.
+the model folders and renamed into place only after every check passed. A published version
+and its model folder are readable by every user whatever the umask (folders 0755, files 0644):
+the server may run as another user than the build, as the container images' rnnserve does
+over a repository built on the host.
 """
 
 from __future__ import annotations
@@ -46,7 +49,16 @@ def staged_version(root: Path, name: str, version: int) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}-{version}-", dir=root))
     try:
         yield staging
-        target.parent.mkdir(exist_ok=True)
+        readable_by_all(staging)  # mkdtemp made it 0700
+        if not target.parent.exists():
+            target.parent.mkdir()
+            target.parent.chmod(0o755)
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def readable_by_all(folder: Path) -> None:
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)

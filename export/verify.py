@@ -30,17 +30,15 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from rnnserve.errors import VerificationError
 from rnnserve.export.onnx_graphs import dynamic_axes
 from rnnserve.export.tasks.base import Graph
+from rnnserve.service.describe import deviation
 
 TOLERANCE = 1e-5
 PARITY_SIZES = ((1, 1), (8, 100), (2, 1000))
 CHUNK_STEPS = 1000
 CHUNK_BATCH = 2
-
-
-class VerificationError(Exception):
-    """A check failed; the message names the check, the graph and the measured error."""
 
 
 @dataclass
@@ -82,13 +80,6 @@ def check_symbolic_axes(graph: Graph, path: Path) -> None:
                     f"check (b) symbolic axes failed for {graph.role}: {name} axis {axis} "
                     f"({label}) is fixed at {dims[axis].dim_value}"
                 )
-
-
-def deviation(actual: np.ndarray, expected: np.ndarray) -> float:
-    """Largest |actual - expected| / max(1, |expected|) (0 for empty tensors)."""
-    expected = expected.astype(np.float64)
-    scale = np.maximum(1.0, np.abs(expected))
-    return float((np.abs(actual - expected) / scale).max(initial=0.0))
 
 
 def _feeds(graph: Graph, inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:

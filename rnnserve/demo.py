@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="training preset for models that must be built (default; tiny trains briefly)",
     )
     parser.add_argument("--grpc-port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--http-port", type=int, default=0, help="default: a free port")
     parser.add_argument("--metrics-port", type=int, default=0, help="default: a free port")
     parser.add_argument(
         "--startup-timeout-s", type=float, default=300.0, help="wait this long for readiness"
@@ -53,14 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     ensure_models(args.model_repository, args.preset)
-    grpc_port = args.grpc_port or free_port()
+    ports = [args.grpc_port or free_port(), args.http_port or free_port()]
     metrics_port = args.metrics_port or free_port()
-    with served(args.model_repository, grpc_port, metrics_port, args.startup_timeout_s) as client:
+    with served(args.model_repository, *ports, metrics_port, args.startup_timeout_s) as client:
         show_provider(client)
         stream_sine(client)
         tag_hello(client)
         translate_dates(client)
-        print(f"\nmetrics: http://127.0.0.1:{metrics_port}/metrics (while the server runs)")
+        print(f"\nREST: curl http://127.0.0.1:{ports[1]}/v2/models/sine-gru (while it runs)")
+        print(f"metrics: http://127.0.0.1:{metrics_port}/metrics (while the server runs)")
     print("server stopped cleanly (SIGTERM, exit 0)")
     return 0
 
@@ -91,7 +93,7 @@ def free_port() -> int:
 
 @contextmanager
 def served(
-    root: Path, grpc_port: int, metrics_port: int, startup_timeout_s: float
+    root: Path, grpc_port: int, http_port: int, metrics_port: int, startup_timeout_s: float
 ) -> Iterator[RnnClient]:
     """`rnnserve serve` as a child process, and a client connected once it is ready.
 
@@ -101,8 +103,11 @@ def served(
 
     command = [sys.executable, "-m", "rnnserve", "serve", "--model-repository", str(root)]
     command += ["--host", "127.0.0.1", "--grpc-port", str(grpc_port)]
-    command += ["--metrics-port", str(metrics_port)]
-    print(f"starting: rnnserve serve on 127.0.0.1:{grpc_port} (metrics on :{metrics_port})")
+    command += ["--http-port", str(http_port), "--metrics-port", str(metrics_port)]
+    print(
+        f"starting: rnnserve serve on 127.0.0.1: gRPC :{grpc_port}, REST :{http_port} "
+        f"(metrics on :{metrics_port})"
+    )
     server = subprocess.Popen(command)
     try:
         with RnnClient(f"127.0.0.1:{grpc_port}", timeout_s=30.0) as client:

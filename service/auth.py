@@ -1,18 +1,19 @@
 """Who a client is and what it may do, for every front end: principals, the token file, and
 the role each operation needs.
 
-A front end authenticates each call from what its protocol carries, with `Authenticator`:
+A front end admits each call with `Authenticator.admit`, from what its protocol carries:
 - tokens (`auth_tokens`): the call carries `authorization: Bearer <token>`; the principal
   is the token file's entry whose SHA-256 digest matches, with that entry's roles;
 - mutual TLS alone (`tls_client_ca`, no token file): the principal is the client
   certificate's subject common name (the handshake already checked the certificate against
   the CA), with every role;
 - neither: every client is the one principal `anonymous`, with every role.
-Then `authorize` checks the role the operation needs: `infer` (inference, metadata, ready and
-live) or `admin` (repository index and control, statistics, model configuration).
-Operations carry the Open Inference Protocol's gRPC method names, which a REST front end
-maps its routes to. Failures are UNAUTHENTICATED (no principal) or PERMISSION_DENIED (a
-principal without the role). Tokens are compared in constant time and never logged.
+Then `authorize` checks the role the operation needs (`OPERATION_ROLES`): `infer`
+(inference, metadata, ready and live) or `admin` (repository index and model control,
+statistics, model configuration). Operations carry the Open Inference Protocol's gRPC
+method names, which the REST front end names its routes by too. Failures are
+UNAUTHENTICATED (no principal) or PERMISSION_DENIED (a principal without the role).
+Tokens are compared in constant time and never logged.
 
 The token file has one line per principal: its name, the SHA-256 of its token in hex, and
 its roles, comma-separated; `#` starts a comment:
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,25 +35,39 @@ from typing import Literal
 from pydantic import BaseModel, ValidationError, field_validator
 
 from rnnserve.errors import UsageError
-from rnnserve.service.errors import PermissionDenied, Unauthenticated
+from rnnserve.service import metrics
+from rnnserve.service.access import Call
+from rnnserve.service.errors import PermissionDenied, ServiceError, Unauthenticated
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import ANONYMOUS
 
 Role = Literal["infer", "admin"]
 ROLES: frozenset[Role] = frozenset(("infer", "admin"))
-INFER_OPERATIONS = frozenset(
-    {
-        "ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata",
-        "ModelInfer", "ModelStreamInfer",
-    }
-)  # fmt: skip
-# Every other operation (repository index and control, statistics, model configuration, and
-# whatever else the protocol defines) is the administrator's.
+# Each operation of the protocol by the role it needs, the one place operations are
+# classified: `infer` for probes, metadata and inference; `admin` for what reads or changes
+# the server's own state (statistics, configuration, the repository's index and its model
+# control). An operation not listed (one the protocol defines and this server does not
+# serve, such as shared memory) is the administrator's.
+OPERATION_ROLES: dict[str, Role] = {
+    "ServerLive": "infer",
+    "ServerReady": "infer",
+    "ModelReady": "infer",
+    "ServerMetadata": "infer",
+    "ModelMetadata": "infer",
+    "ModelInfer": "infer",
+    "ModelStreamInfer": "infer",
+    "ModelConfig": "admin",
+    "ModelStatistics": "admin",
+    "RepositoryIndex": "admin",
+    "RepositoryModelLoad": "admin",
+    "RepositoryModelUnload": "admin",
+}
+AUTHORIZATION = "authorization"  # the header (gRPC metadata) carrying `Bearer <token>`
 BEARER = "bearer "
 
 
 def role_for(operation: str) -> Role:
-    return "infer" if operation in INFER_OPERATIONS else "admin"
+    return OPERATION_ROLES.get(operation, "admin")
 
 
 @dataclass(frozen=True)
@@ -178,6 +194,26 @@ class Authenticator:
         if found is None:
             raise Unauthenticated("the bearer token is not valid")
         return Principal(found.name, found.roles)
+
+    def admit(
+        self, call: Call, authorization: str | None, certificate_name: Callable[[], str | None]
+    ) -> None:
+        """Names the principal making `call` (`call.principal`) and checks the role its RPC
+        needs, from the call's `authorization` header or metadata and, under mutual TLS
+        without tokens, its client certificate's subject CN (`certificate_name`, asked only
+        then). UNAUTHENTICATED or PERMISSION_DENIED, counted in rnnserve_auth_refused, when
+        it may not; without authentication every call is `anonymous`'s."""
+        if not self.enabled:
+            return
+        call.principal = ""  # nobody, until authenticated
+        try:
+            name = certificate_name() if self.by_certificate else None
+            principal = self.authenticate(authorization, name)
+            call.principal = principal.name
+            self.authorize(principal, call.rpc)
+        except ServiceError as error:
+            metrics.AUTH_REFUSED.labels(call.rpc, error.code).inc()
+            raise
 
     @staticmethod
     def authorize(principal: Principal, operation: str) -> None:

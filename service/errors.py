@@ -5,14 +5,18 @@ message goes to the client verbatim, so it must name the field at fault and what
 expected. `details` carry what a client needs to act on the error without parsing the
 message (the server's `sequence_offset` of a sequence it must resynchronise), by parameter
 name: gRPC sends them as trailing metadata (`sequence-offset`) and, on a stream, as
-parameters of the error's response. `client_error` is the one place an unexpected
-exception becomes INTERNAL.
+parameters of the error's response; REST as headers (`sequence-offset`) and fields of the
+error's JSON body. `client_error` is the one place an unexpected exception becomes
+INTERNAL; `decoding()` makes wire data that does not decode INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
+from rnnserve.protocol.codec import CodecError
 from rnnserve.service.types import Parameter
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,12 @@ class PermissionDenied(ServiceError):
     code = "PERMISSION_DENIED"
 
 
+def detail_headers(error: ServiceError) -> tuple[tuple[str, str], ...]:
+    """An error's details as header (REST) or trailing metadata (gRPC) names and values:
+    `sequence_offset` -> `sequence-offset`."""
+    return tuple((name.replace("_", "-"), str(value)) for name, value in error.details.items())
+
+
 def client_error(error: Exception, what: str) -> ServiceError:
     """What a client hears when `what` (an RPC, a route) failed with `error`: our own
     errors verbatim; anything else is a bug, logged here with its traceback and answered
@@ -65,3 +75,13 @@ def client_error(error: Exception, what: str) -> ServiceError:
         return error
     log.error("%s failed", what, exc_info=error)
     return ServiceError(f"internal error in {what}; the server log has the details")
+
+
+@contextlib.contextmanager
+def decoding() -> Iterator[None]:
+    """Wire data that does not decode (the protocol codec's CodecError, which names the
+    tensor or field at fault) is the client's mistake: INVALID_ARGUMENT."""
+    try:
+        yield
+    except CodecError as error:
+        raise InvalidArgument(str(error)) from None

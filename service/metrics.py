@@ -1,7 +1,13 @@
 """Prometheus metrics: every name the server exports is defined here, once.
 
-Labels `model` and `version` identify a loaded model version. Buckets run from tens of
-microseconds (one ORT step of a small RNN) to seconds (long sequences, queueing).
+Labels `model` and `version` identify a loaded model version: a request's are those of the
+version that answered it, or would have (the newest for a request naming none), also when
+it failed; a model the repository does not know is labelled "" (clients choose the names
+they send, and must not grow the series without bound). `rpc` is the protocol's RPC name
+(REST routes are named after the RPC they mirror), `code` the gRPC status name, `protocol`
+"grpc" or "http". Buckets run from tens of microseconds (one ORT step of a small RNN) to
+seconds (long sequences, queueing). No `_created` series: they double every counter and
+histogram for a timestamp nobody queries (`rnnserve_start_time_seconds` tells restarts).
 
 With `--workers N` every worker records into prometheus_client's multiprocess files and the
 supervisor serves the sum (service/workers.py). Counters and histograms add up; each gauge
@@ -11,7 +17,19 @@ info and load time are one series per model however many workers loaded it.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+
+from rnnserve.errors import UsageError
+
+disable_created_metrics()
 
 LATENCY_BUCKETS = (
     2.5e-5,
@@ -37,14 +55,20 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 REQUESTS = Counter(
     "rnnserve_requests",
-    "Requests answered, by RPC and gRPC status code name.",
-    ["model", "version", "rpc", "code"],
+    "Requests answered (health probes aside), by RPC and gRPC status code name.",
+    ["model", "version", "rpc", "code", "protocol"],
 )
 REQUEST_DURATION = Histogram(
     "rnnserve_request_duration_seconds",
-    "Time from receiving a request to answering it.",
-    ["model", "version"],
+    "Inference requests: time from receiving one to its last response, by outcome.",
+    ["model", "version", "rpc", "code", "protocol"],
     buckets=LATENCY_BUCKETS,
+)
+REQUESTS_IN_FLIGHT = Gauge(
+    "rnnserve_requests_in_flight",
+    "Requests being answered (those rnnserve_requests_total counts once answered).",
+    ["model", "version"],
+    multiprocess_mode="livesum",
 )
 AUTH_REFUSED = Counter(
     "rnnserve_auth_refused",
@@ -90,6 +114,11 @@ SESSIONS_HANDED_OVER = Counter(
     "Sessions a worker gave up to another worker, or to Redis at a clean stop (state_store=owned).",
     ["model", "version"],
 )
+SESSIONS_LIMIT = Gauge(
+    "rnnserve_sessions_limit",
+    "The most sessions that may hold state at once (max_sessions).",
+    multiprocess_mode="max",
+)
 SEQUENCE_RETRIES = Counter(
     "rnnserve_sequence_retries",
     "Retries of a sequence's last step (same sequence_offset and inputs) answered again "
@@ -113,3 +142,24 @@ MODEL_LOAD_DURATION = Gauge(
     ["model", "version"],
     multiprocess_mode="max",
 )
+STATE_STORE_UP = Gauge(
+    "rnnserve_state_store_up",
+    "1 while the session state store answered its last sweep, 0 when it failed (Redis "
+    "unreachable); the lowest of the workers.",
+    multiprocess_mode="livemin",
+)
+START_TIME = Gauge(
+    "rnnserve_start_time_seconds",
+    "Unix time at which the newest server process (worker) started: it changes on a restart.",
+    multiprocess_mode="max",
+)
+
+
+def serve(port: int, host: str, registry: CollectorRegistry = REGISTRY) -> None:
+    """The /metrics endpoint, in a thread; UsageError when its port cannot be bound."""
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise UsageError(
+            f"--metrics-port {port}: cannot listen on {host}:{port}: {error.strerror}"
+        ) from None

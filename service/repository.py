@@ -1,27 +1,47 @@
 """The model repository: `<root>/<name>/<version>/` folders with integer versions, each
-holding the ONNX graphs its ModelSpec names. Every version is loaded at start-up; a broken
-one is logged and reported UNAVAILABLE with its reason, and never stops the others."""
+holding the ONNX graphs its ModelSpec names, or one graph without a spec, described at load
+(service/describe.py) with the hints of a `model.json` sidecar (service/sidecar.py), whose
+version policy (in the model's folder) says which versions to load.
+
+`Repository` reads the folders and holds what became of each version: loaded, failed (with
+the reason), or not loaded (unloaded, or left out by the version policy). Which versions
+load and unload, and when, is the model control's (service/dataplane/models.py). A broken
+version is reported UNAVAILABLE with its reason and never stops the others."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import time
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnxruntime as ort
 
 from rnnserve.errors import UsageError
-from rnnserve.service import metrics
+from rnnserve.service.describe import describe
 from rnnserve.service.errors import NotFound, ServiceError, Unavailable
+from rnnserve.service.in_flight import InFlight
 from rnnserve.service.model_spec import METADATA_KEY, ModelSpec
 from rnnserve.service.runtime import ModelRuntime
 from rnnserve.service.settings import Settings
+from rnnserve.service.sidecar import (
+    ALL_VERSIONS,
+    SIDECAR_NAME,
+    Sidecar,
+    VersionPolicy,
+    read_sidecar,
+)
 from rnnserve.service.tasks import task_for
 from rnnserve.service.tasks.base import Task
 from rnnserve.service.types import RepositoryEntry
 
 log = logging.getLogger(__name__)
+
+
+# What the folders of one version held (name, size, modification time of each file, and of
+# the model's sidecar): a version that failed is tried again once it changes.
+Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 @dataclass
@@ -31,29 +51,48 @@ class LoadedVersion:
     spec: ModelSpec
     runtime: ModelRuntime
     task: Task
+    in_flight: InFlight = field(default_factory=InFlight)  # finished before it unloads
+
+    @property
+    def takes_session_rows(self) -> bool:
+        """Whether each batch row may be one step of its own session (control tensors)."""
+        return self.task.session_rows and self.spec.streamable
 
 
-def read_spec(graph: Path) -> ModelSpec:
-    """The ModelSpec stored in a graph's ONNX metadata. ORT reads it (the server does not
-    depend on the onnx package); the session is thrown away once the spec names the graphs."""
+def read_spec(graph: Path) -> ModelSpec | None:
+    """The ModelSpec stored in a graph's ONNX metadata, None when it has none. ORT reads it
+    (the server does not depend on the onnx package); the session is thrown away once the
+    spec names the graphs."""
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     metadata = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in metadata:
-        raise ValueError(f"{graph.name} has no '{METADATA_KEY}' metadata")
+        return None
     return ModelSpec.from_json(metadata[METADATA_KEY])
 
 
-def load_version(name: str, version: str, folder: Path, settings: Settings) -> LoadedVersion:
-    """Load one version folder; raises ValueError (or ORT's errors) when it is broken."""
+def load_version(
+    name: str, version: str, folder: Path, settings: Settings, sidecar: Sidecar | None = None
+) -> LoadedVersion:
+    """Load one version folder; raises ValueError (or ORT's errors) when it is broken. A
+    graph without a spec is described from what it says, the sidecar beside it (or else
+    `sidecar`, the model's) supplying the rest."""
     onnx_files = sorted(folder.glob("*.onnx"))
     if not onnx_files:
         raise ValueError("no .onnx file in the version folder")
     spec = read_spec(onnx_files[0])
+    if spec is None:
+        if len(onnx_files) > 1:
+            raise ValueError(
+                f"{onnx_files[0].name} has no '{METADATA_KEY}' metadata, and the folder holds "
+                f"{len(onnx_files)} graphs: a graph served without it is the only one"
+            )
+        spec = describe(onnx_files[0], read_sidecar(folder / SIDECAR_NAME) or sidecar)
     graph_files = {role: folder / file for role, file in spec.graphs.items()}
     for role, path in graph_files.items():
         if not path.is_file():
             raise ValueError(f"graph '{role}' file {path.name} is missing")
-    runtime = ModelRuntime(name, version, graph_files, settings)
+    batch_axes = {role: spec.batch_axes(role) for role in spec.graphs}
+    runtime = ModelRuntime(name, version, graph_files, settings, batch_axes)
     for role in spec.graphs:
         for kind, found, expected in (
             ("inputs", runtime.input_names(role), spec.graph_inputs[role]),
@@ -64,41 +103,128 @@ def load_version(name: str, version: str, folder: Path, settings: Settings) -> L
     return LoadedVersion(name, version, spec, runtime, task_for(spec, settings))
 
 
+@dataclass(frozen=True)
+class Failed:
+    """A version that failed to load, and why."""
+
+    reason: str
+    fingerprint: Fingerprint = ()
+
+
+@dataclass(frozen=True)
+class NotLoaded:
+    """A version that is not loaded: unloaded, or left out by the version policy."""
+
+    reason: str
+
+
+Entry = LoadedVersion | Failed | NotLoaded
+
+
+@dataclass
+class ModelFolder:
+    """One model's folder as it is on disk."""
+
+    name: str
+    versions: dict[str, Path]  # version ("1", "2", ...) -> its folder
+    sidecar: Sidecar | None
+    problem: str  # why the model's sidecar is unusable ("" when it is fine or absent)
+
+    @property
+    def policy(self) -> VersionPolicy:
+        return (self.sidecar and self.sidecar.version_policy) or ALL_VERSIONS
+
+    def wanted(self) -> list[str]:
+        """The versions the policy loads, oldest first."""
+        return [str(v) for v in self.policy.select([int(v) for v in self.versions])]
+
+    def fingerprint(self, version: str) -> Fingerprint:
+        folder = self.versions[version]
+        try:
+            files = [*sorted(folder.iterdir()), folder.parent / SIDECAR_NAME]
+        except OSError:  # removed since the scan: the next one will say so
+            files = []
+        return tuple(
+            (path.name, stat.st_size, stat.st_mtime_ns)
+            for path in files
+            if (stat := _stat(path)) is not None
+        )
+
+    def digest(self, version: str) -> str:
+        """A hash of what the version serves: its files and the model's sidecar."""
+        sha = hashlib.sha256()
+        folder = self.versions[version]
+        for path in [*sorted(folder.iterdir()), folder.parent / SIDECAR_NAME]:
+            if path.is_file():
+                sha.update(path.name.encode() + b"\0" + path.read_bytes())
+        return sha.hexdigest()
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
 class Repository:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.root = Path(settings.model_repository)
-        # name -> version -> the loaded version, or the reason it could not be loaded
-        self._models: dict[str, dict[str, LoadedVersion | str]] = {}
+        # name -> version -> what became of it
+        self._models: dict[str, dict[str, Entry]] = {}
+        self._policies: dict[str, VersionPolicy] = {}
 
-    def load(self) -> None:
-        """Scan the root and load every version (blocking: call it off the event loop)."""
+    # The folders (blocking: call these off the event loop).
+
+    def check_root(self) -> None:
+        """UsageError unless the root is a folder this process can list."""
         if not self.root.is_dir():
-            raise UsageError(f"model repository {self.root} is not a folder")
-        for model_folder in sorted(path for path in self.root.iterdir() if path.is_dir()):
-            versions = self._models.setdefault(model_folder.name, {})
-            for version_folder in sorted(model_folder.iterdir()):
-                if version_folder.is_dir() and version_folder.name.isdigit():
-                    version = str(int(version_folder.name))
-                    versions[version] = self._load(model_folder.name, version, version_folder)
-
-    def _load(self, name: str, version: str, folder: Path) -> LoadedVersion | str:
-        start = time.perf_counter()
+            raise UsageError(f"--model-repository: {self.root} is not a folder")
         try:
-            loaded = load_version(name, version, folder, self.settings)
-        except Exception as error:  # any broken model: report it, keep loading the rest
-            log.exception("model %s version %s failed to load", name, version)
-            return f"failed to load: {error}"
-        seconds = time.perf_counter() - start
-        spec = loaded.spec
-        metrics.MODEL_LOAD_DURATION.labels(name, version).set(seconds)
-        metrics.MODEL_INFO.labels(name, version, spec.task, spec.cell, loaded.runtime.provider).set(
-            1
+            next(self.root.iterdir(), None)
+        except OSError as error:
+            raise UsageError(
+                f"--model-repository: cannot read {self.root}: {error.strerror}"
+            ) from None
+
+    def folder_names(self) -> list[str]:
+        """Model folders on disk (hidden ones, such as an export's staging, left out)."""
+        return sorted(
+            path.name
+            for path in self.root.iterdir()
+            if path.is_dir() and not path.name.startswith(".")
         )
-        log.info(
-            "loaded %s version %s (%s) in %.3f s", name, version, loaded.runtime.provider, seconds
-        )
-        return loaded
+
+    def scan(self, name: str) -> ModelFolder | None:
+        """The model's folder, None when there is none."""
+        folder = self.root / name
+        if not folder.is_dir():
+            return None
+        versions = {
+            str(int(path.name)): path
+            for path in sorted(folder.iterdir(), key=lambda p: p.name)
+            if path.is_dir() and path.name.isdigit() and int(path.name) > 0
+        }
+        try:
+            sidecar, problem = read_sidecar(folder / SIDECAR_NAME), ""
+        except ValueError as error:
+            sidecar, problem = None, f"failed to load: {error}"
+        return ModelFolder(name, versions, sidecar, problem)
+
+    # What became of each version (on the event loop).
+
+    def set(self, name: str, version: str, entry: Entry) -> None:
+        self._models.setdefault(name, {})[version] = entry
+
+    def set_policy(self, name: str, policy: VersionPolicy) -> None:
+        self._policies[name] = policy
+
+    def policy(self, name: str) -> VersionPolicy:
+        return self._policies.get(name, ALL_VERSIONS)
+
+    def entries_of(self, name: str) -> dict[str, Entry]:
+        return dict(self._models.get(name, {}))
 
     def names(self) -> list[str]:
         return sorted(self._models)
@@ -114,22 +240,31 @@ class Repository:
             key=int,
         )
 
-    def get(self, name: str, version: str = "") -> LoadedVersion:
-        """A loaded version; "" selects the newest. NotFound or Unavailable otherwise."""
+    def entry(self, name: str, version: str) -> Entry:
+        """What became of one version; NotFound for a version never seen."""
         versions = self._get_model(name)
-        if not version:
-            loaded = self.versions(name)
-            if not loaded:
-                raise Unavailable(f"model '{name}' has no version that loaded")
-            version = loaded[-1]
         entry = versions.get(version)
         if entry is None:
             raise NotFound(
                 f"model '{name}' has no version '{version}'; "
                 f"available versions: {sorted(versions, key=int)}"
             )
-        if isinstance(entry, str):
-            raise Unavailable(f"model '{name}' version {version} is unavailable: {entry}")
+        return entry
+
+    def get(self, name: str, version: str = "") -> LoadedVersion:
+        """A loaded version; "" selects the newest. NotFound or Unavailable otherwise."""
+        if not version:
+            loaded = self.versions(name)
+            if not loaded:
+                reasons = "; ".join(
+                    f"version {v}: {entry.reason}"  # type: ignore[union-attr]
+                    for v, entry in sorted(self._get_model(name).items(), key=lambda i: int(i[0]))
+                )
+                raise Unavailable(f"model '{name}' has no version loaded ({reasons})")
+            version = loaded[-1]
+        entry = self.entry(name, version)
+        if not isinstance(entry, LoadedVersion):
+            raise Unavailable(f"model '{name}' version {version} is unavailable: {entry.reason}")
         return entry
 
     def has(self, name: str, version: str = "") -> bool:
@@ -148,16 +283,34 @@ class Repository:
             if isinstance(entry, LoadedVersion)
         ]
 
+    def failures(self) -> list[tuple[str, str, str]]:
+        """(name, version, reason) of every version that failed to load."""
+        return [
+            (name, version, entry.reason)
+            for name in self.names()
+            for version, entry in sorted(self._models[name].items(), key=lambda item: int(item[0]))
+            if isinstance(entry, Failed)
+        ]
+
+    def session_versions(self, name: str) -> list[str]:
+        """Versions that may hold sessions: loaded or unloaded (not failed), newest first."""
+        entries = self._models.get(name, {})
+        return sorted(
+            (v for v, entry in entries.items() if not isinstance(entry, Failed)),
+            key=int,
+            reverse=True,
+        )
+
     def entries(self) -> list[RepositoryEntry]:
         return [
             RepositoryEntry(name, version, "READY")
             if isinstance(entry, LoadedVersion)
-            else RepositoryEntry(name, version, "UNAVAILABLE", entry)
+            else RepositoryEntry(name, version, "UNAVAILABLE", entry.reason)
             for name in self.names()
             for version, entry in sorted(self._models[name].items(), key=lambda item: int(item[0]))
         ]
 
-    def _get_model(self, name: str) -> dict[str, LoadedVersion | str]:
+    def _get_model(self, name: str) -> dict[str, Entry]:
         if name not in self._models:
             raise NotFound(f"unknown model '{name}'; available models: {self.names()}")
         return self._models[name]

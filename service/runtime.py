@@ -14,20 +14,32 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnserve.service import metrics
+from rnnserve.service.logs import OncePerCause
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import InferStatistics, ModelStatistics
 
 log = logging.getLogger(__name__)
 
 CPU_PROVIDER = "CPUExecutionProvider"
+_missing_providers = OncePerCause(log)
 
 
 def choose_providers(settings: Settings) -> list[str]:
-    """The configured providers this ONNX Runtime build offers, in configured order.
+    """The configured providers this ONNX Runtime build offers, in configured order; each
+    one it lacks is warned about once.
 
     CPU is always appended last: ORT falls back to it for any node another provider
     cannot run, and it is the only choice when nothing configured is available."""
-    available = set(ort.get_available_providers())
+    available = ort.get_available_providers()
+    for name in settings.providers:
+        if name not in available:
+            _missing_providers.warn(
+                name,
+                "execution provider %s is configured but this ONNX Runtime build lacks it "
+                "(it has %s); models run on the others",
+                name,
+                ", ".join(available),
+            )
     chosen = [name for name in settings.providers if name in available and name != CPU_PROVIDER]
     return [*chosen, CPU_PROVIDER]
 
@@ -91,8 +103,14 @@ class ModelRuntime:
     """The ORT sessions of one model version, keyed by graph role."""
 
     def __init__(
-        self, name: str, version: str, graph_files: Mapping[str, Path], settings: Settings
+        self,
+        name: str,
+        version: str,
+        graph_files: Mapping[str, Path],
+        settings: Settings,
+        batch_axes: Mapping[str, Mapping[str, int]] | None = None,
     ) -> None:
+        """`batch_axes`: per graph role, the tensors whose batch axis is not 0."""
         self.name = name
         self.version = version
         providers = choose_providers(settings)
@@ -109,6 +127,11 @@ class ModelRuntime:
         self._output_names = {
             role: [node.name for node in session.get_outputs()]
             for role, session in self.sessions.items()
+        }
+        # Where to count a run's rows: the first input's batch axis.
+        self._rows_at = {
+            role: (names[0], (batch_axes or {}).get(role, {}).get(names[0], 0))
+            for role, names in self._input_names.items()
         }
         self.statistics = Statistics(name, version)
         self.queue_seconds = metrics.QUEUE_DURATION.labels(name, version)
@@ -127,11 +150,9 @@ class ModelRuntime:
         return self._output_names[role]
 
     def run(self, role: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One ORT run of graph `role`: its outputs by name. Thread-safe, as ORT's run is.
-
-        Every feed of our graphs has the batch on axis 0 except states (axis 1); the
-        first graph input is never a state, so its first dimension is the batch."""
-        rows = int(feeds[self._input_names[role][0]].shape[0])
+        """One ORT run of graph `role`: its outputs by name. Thread-safe, as ORT's run is."""
+        name, axis = self._rows_at[role]
+        rows = int(feeds[name].shape[axis])
         start = time.perf_counter_ns()
         values = self.sessions[role].run(None, feeds)
         ns = time.perf_counter_ns() - start

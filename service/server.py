@@ -1,5 +1,6 @@
 """The server process: settings, signals, the metrics endpoint, the data plane with its
-state store, and the front ends (today gRPC), started and drained in order.
+state store, and the front ends (gRPC, and HTTP/REST unless its port is 0), started and
+drained in order.
 
 Alone, it listens before the models are loaded, so that orchestrators see it live at once;
 inference answers UNAVAILABLE and health NOT_SERVING until loading finishes. As one of
@@ -8,8 +9,13 @@ the supervisor opens its start gate, once every worker has loaded: a new connect
 lands on a worker still loading.
 On SIGTERM or SIGINT the data plane stops admitting requests, the front ends let those in
 flight finish within the grace period, and the data plane closes (its state store last).
-The TLS files and the token file are read first: the front ends serve TLS and authenticate
+The TLS files and the token file are read first: the front ends serve TLS and admit
 callers with them (service/tls.py, service/auth.py).
+
+Once loaded, one line tells what loaded and what failed, and whether the server is ready
+(no model loaded, or a failure under --strict-readiness, is not ready); with
+--exit-on-error a failure stops the server instead. Front ends follow every later change
+of what is loaded (`refresh`).
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from prometheus_client import start_http_server
-
+from rnnserve.errors import UsageError
+from rnnserve.service import metrics
 from rnnserve.service.auth import Authenticator
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.grpc.frontend import GrpcFrontend
+from rnnserve.service.rest.frontend import RestFrontend
 from rnnserve.service.sessions import open_store
 from rnnserve.service.settings import Settings
 from rnnserve.service.tls import load_tls
@@ -46,7 +53,11 @@ class Frontend(Protocol):
         ...
 
     async def set_serving(self, serving: bool) -> None:
-        """What its health checks report."""
+        """Whether it serves: until then its health checks report NOT_SERVING."""
+        ...
+
+    async def refresh(self) -> None:
+        """Its health checks follow what the data plane says is ready now."""
         ...
 
     async def stop(self, grace_period_s: float) -> None:
@@ -61,13 +72,22 @@ async def serve(settings: Settings, start_gate: StartGate | None = None) -> None
     a worker, and the supervisor serves every worker's metrics.
     """
     started = time.perf_counter()
+    metrics.START_TIME.set(time.time())
     tls, authenticator = load_tls(settings), Authenticator.from_settings(settings)
+    dataplane = DataPlane(settings, open_store(settings))
+    shared_port = start_gate is not None
+    frontends: list[Frontend] = [GrpcFrontend(settings, dataplane, shared_port, tls, authenticator)]
+    if settings.http_port:
+        frontends.append(RestFrontend(settings, dataplane, shared_port, tls, authenticator))
+    for frontend in frontends:
+        dataplane.watch(frontend.refresh)
+    if start_gate is None:  # before anything is logged: a port in use is one line
+        address = settings.metrics_address
+        if settings.metrics_port:
+            metrics.serve(settings.metrics_port, address)
+        await _listen(frontends, f"metrics on {address}:{settings.metrics_port}")
     if settings.auth_tokens and tls is None:
         log.warning("bearer tokens over plaintext: anyone on the path can read them; serve TLS")
-    dataplane = DataPlane(settings, open_store(settings))
-    frontends: list[Frontend] = [
-        GrpcFrontend(settings, dataplane, start_gate is not None, tls, authenticator)
-    ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -75,11 +95,6 @@ async def serve(settings: Settings, start_gate: StartGate | None = None) -> None
 
     try:
         if start_gate is None:
-            if settings.metrics_port:
-                start_http_server(settings.metrics_port, addr=metrics_address(settings))
-            await _listen(
-                frontends, f"metrics on {metrics_address(settings)}:{settings.metrics_port}"
-            )
             await _unless_stopped(dataplane.load(), stop)
         else:
             await _unless_stopped(dataplane.load(), stop)
@@ -87,13 +102,9 @@ async def serve(settings: Settings, start_gate: StartGate | None = None) -> None
             if not stop.is_set():
                 await _listen(frontends, "worker")
         if not stop.is_set():
+            _report_loading(dataplane, time.perf_counter() - started)
             for frontend in frontends:
                 await frontend.set_serving(True)
-            log.info(
-                "ready: %d models in %.2f s",
-                len(dataplane.model_names()),
-                time.perf_counter() - started,
-            )
             await stop.wait()
     finally:
         log.info("draining: finishing requests in flight (up to %s s)", settings.grace_period_s)
@@ -103,9 +114,31 @@ async def serve(settings: Settings, start_gate: StartGate | None = None) -> None
         log.info("stopped")
 
 
-def metrics_address(settings: Settings) -> str:
-    """Where /metrics listens: `metrics_host`, else `host`."""
-    return settings.metrics_host or settings.host
+def _report_loading(dataplane: DataPlane, seconds: float) -> None:
+    """The start-up line: models loaded and failed, counted apart, and readiness; with
+    --exit-on-error, a failure stops the server."""
+    repository = dataplane.repository
+    loaded = sorted({model.name for model in repository.loaded()})
+    failures = repository.failures()
+    failed = sorted({name for name, _, _ in failures})
+    counts = f"{_models(len(loaded))} loaded, {len(failed)} failed"
+    if failed:
+        counts += (
+            " (" + ", ".join(f"{name} version {version}" for name, version, _ in failures) + ")"
+        )
+    if dataplane.settings.exit_on_error and failures:
+        name, version, reason = failures[0]
+        raise UsageError(f"--exit-on-error: {counts}; {name} version {version}: {reason}")
+    if dataplane.ready():
+        log.info("ready: %s in %.2f s", counts, seconds)
+    elif not loaded:
+        log.warning("not ready: %s: no model to serve", counts)
+    else:
+        log.warning("not ready (--strict-readiness): %s", counts)
+
+
+def _models(count: int) -> str:
+    return f"{count} model" if count == 1 else f"{count} models"
 
 
 async def _listen(frontends: list[Frontend], note: str) -> None:

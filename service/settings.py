@@ -17,26 +17,45 @@ class Settings(BaseSettings):
     model_repository: Path = Path("models")
     host: str = "0.0.0.0"
     grpc_port: int = 8001
+    http_port: int = Field(8000, ge=0, description="HTTP/REST port (0 disables REST)")
     metrics_port: int = 8002  # 0 disables the /metrics endpoint
     metrics_host: str = ""  # where /metrics listens ("": on `host`), e.g. a private address
     workers: int = Field(1, ge=1, description="server processes sharing the port")
     grace_period_s: float = Field(30.0, ge=0, description="SIGTERM: time to finish in flight")
 
+    # Model control, as Triton's: none (the repository as it was at start), poll (version
+    # folders added and removed while running are loaded and unloaded), explicit (only
+    # RepositoryModelLoad and RepositoryModelUnload change what is loaded; `load_model`
+    # names the models loaded at start, "*" for all).
+    model_control_mode: Literal["none", "poll", "explicit"] = "none"
+    repository_poll_s: float = Field(15.0, gt=0, description="poll mode: seconds between scans")
+    load_model: list[str] = []
+    # Readiness: with strict_readiness the server is not ready while any version failed to
+    # load; with exit_on_error it stops at start if any did. Either way a server with no
+    # model loaded is not ready.
+    strict_readiness: bool = False
+    exit_on_error: bool = False
+
     # Security (service/tls.py, service/auth.py). PEM files: with a certificate and its key
-    # the gRPC port speaks TLS; with a client CA too it requires client certificates signed
-    # by it (mutual TLS), whose subject common name is the principal.
+    # the gRPC and REST ports speak TLS; with a client CA too they require client
+    # certificates signed by it (mutual TLS), whose subject common name is the principal.
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     # One line per principal: name, SHA-256 of its bearer token, roles (infer, admin).
     auth_tokens: Path | None = None
-    reflection: bool = True  # gRPC server reflection (open to all, like health)
+    reflection: bool = True  # gRPC server reflection (open to all, like health checks)
 
     @field_validator("tls_cert", "tls_key", "tls_client_ca", "auth_tokens", mode="before")
     @classmethod
     def _unset_when_empty(cls, value: object) -> object:
         """An empty value (RNNSERVE_TLS_CERT= in a compose file) names no file."""
         return None if value == "" else value
+
+    @property
+    def metrics_address(self) -> str:
+        """Where /metrics listens: `metrics_host`, else `host`."""
+        return self.metrics_host or self.host
 
     # ONNX Runtime.
     providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -71,3 +90,7 @@ class Settings(BaseSettings):
     batching: bool = False
     batch_max_size: int = Field(64, ge=1)
     batch_max_queue_delay_us: int = Field(500, ge=0)
+
+    # Logs (service/logs.py): text or JSON lines; the access log writes one per request.
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = False

@@ -50,7 +50,6 @@ MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LOADED, OPEN = "loaded", "open"  # the start gate's two messages
 KILL_MARGIN_S = 10.0  # after the grace period, time a worker gets to close before SIGKILL
 POLL_S = 1.0  # how often the supervisor looks at the kill deadline while workers stop
-LOG_FORMAT = "%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s"
 
 
 def serve_workers(settings: Settings, log_level: str) -> int:
@@ -67,14 +66,14 @@ def serve_workers(settings: Settings, log_level: str) -> int:
 
 
 def _serve_metrics(settings: Settings, metrics_dir: str) -> None:
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from rnnserve.service.server import metrics_address
+    from rnnserve.service import metrics
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=metrics_dir)
-    start_http_server(settings.metrics_port, addr=metrics_address(settings), registry=registry)
+    metrics.serve(settings.metrics_port, settings.metrics_address, registry)
 
 
 @dataclass
@@ -104,7 +103,7 @@ class Supervisor:
         log.info(
             "started %d workers on %s:%s (metrics on %s:%s)",
             len(self.workers), self.settings.host, self.settings.grpc_port,
-            self.settings.metrics_host or self.settings.host, self.settings.metrics_port,
+            self.settings.metrics_address, self.settings.metrics_port,
         )  # fmt: skip
         return self._watch()
 
@@ -218,7 +217,9 @@ def run_worker(settings: Settings, gate: Connection, log_level: str) -> None:
     # Ctrl-C reaches the whole process group: the supervisor forwards it as SIGTERM, and
     # until the server installs its own handlers the worker must not die of it mid-import.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    from rnnserve.service import logs
+
+    logs.configure(log_level, settings.log_format, settings.access_log, worker=True)
 
     from rnnserve.service.server import serve
 

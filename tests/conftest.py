@@ -8,6 +8,10 @@ health service says SERVING, stopped with SIGTERM and required to exit 0:
         ...
     def test_y(start_server, tiny_repository):   # a private one with its own settings
         other = start_server(tiny_repository, env={"RNNSERVE_STATE_STORE": "redis"})
+
+`token_server` (TLS, bearer tokens) and `mtls_server` (mutual TLS) serve sine-lstm to the
+security tests of both protocols (tests/security_helpers.py has the principals' tokens).
+`user_exports` are users' own models, exported as users export them (tests/user_exports.py).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from security_helpers import credentials, write_tokens
 
 from rnnserve.bench.pki import Authority, Issued
 from rnnserve.client.client import RnnClient
@@ -79,6 +84,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     )  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def user_exports(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Recurrent models exported the way users export them (tests/user_exports.py):
+    name -> (Export, path of its model.onnx), no rnnserve metadata."""
+    from user_exports import export_all
+
+    return export_all(tmp_path_factory.mktemp("user-exports"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -95,6 +109,7 @@ class RunningServer:
     metrics_port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    http_port: int = 0  # the REST API's (0: not served)
     credentials: grpc.ChannelCredentials | None = None  # a TLS server's, for `channel`
     channel: grpc.Channel = field(init=False)
     stub: rpc.Stub = field(init=False)
@@ -109,6 +124,12 @@ class RunningServer:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def http_url(self) -> str:
+        """The REST API's root: http://127.0.0.1:PORT (https:// for a TLS server)."""
+        scheme = "http" if self.credentials is None else "https"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -135,13 +156,14 @@ def launch(
     credentials: grpc.ChannelCredentials | None = None,
     grpc_port: int = 0,
 ) -> RunningServer:
-    """A server on `grpc_port` (a free one when 0) and a free metrics port."""
-    grpc_port, metrics_port = grpc_port or free_port(), free_port()
+    """A server on `grpc_port` (a free one when 0) and free REST and metrics ports."""
+    grpc_port, http_port, metrics_port = grpc_port or free_port(), free_port(), free_port()
     log_path = log_dir / f"serve-{grpc_port}-{metrics_port}.log"
     command = [
         sys.executable, "-m", "rnnserve", "serve",
         "--model-repository", str(repository), "--host", "127.0.0.1",
-        "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), *args,
+        "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+        "--metrics-port", str(metrics_port), *args,
     ]  # fmt: skip
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -149,8 +171,9 @@ def launch(
             stdout=log_file, stderr=subprocess.STDOUT,
         )  # fmt: skip
     server = RunningServer(
-        f"127.0.0.1:{grpc_port}", grpc_port, metrics_port, process, log_path, credentials
-    )
+        f"127.0.0.1:{grpc_port}", grpc_port, metrics_port, process, log_path, http_port,
+        credentials,
+    )  # fmt: skip
     if wait_ready:
         wait_until_ready(server)
     return server
@@ -221,6 +244,43 @@ def start_module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
 
 
 @pytest.fixture(scope="session")
+def start_session_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
+    """start_server for servers shared by tests of several modules."""
+    with _private_servers(tmp_path_factory.mktemp("servers")) as start:
+        yield start
+
+
+@pytest.fixture(scope="session")
+def token_server(
+    start_session_server: StartServer, sine_repository: Path, pki: Pki,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> RunningServer:  # fmt: skip
+    """TLS on both protocols, tokens for alice and mallory (infer) and ops (infer and
+    admin), /metrics on its own host, the access log on."""
+    tokens = write_tokens(tmp_path_factory.mktemp("tokens") / "tokens.txt")
+    return start_session_server(
+        sine_repository,
+        args=["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
+              "--auth-tokens", str(tokens), "--metrics-host", "127.0.0.1", "--access-log"],
+        credentials=credentials(pki.ca),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def mtls_server(
+    start_session_server: StartServer, sine_repository: Path, pki: Pki
+) -> RunningServer:
+    """Mutual TLS with the test CA on both protocols (the principal is the certificate's
+    CN), no reflection."""
+    return start_session_server(
+        sine_repository,
+        env={"RNNSERVE_TLS_CLIENT_CA": str(pki.ca), "RNNSERVE_REFLECTION": "false"},
+        args=["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)],
+        credentials=credentials(pki.ca, pki.alice),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
 def server(
     tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
@@ -246,9 +306,7 @@ def _redis_server_binary() -> str:
     if found:
         return found
     # The machine lacks it: install it, as the container image would.
-    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
-    subprocess.run([*apt, "update", "-qq"], check=True, capture_output=True)
-    subprocess.run([*apt, "install", "-y", "-qq", "redis-server"], check=True, capture_output=True)
+    _apt_install("redis-server")
     found = shutil.which("redis-server")
     assert found, "apt-get installed redis-server but it is not on PATH"
     return found
@@ -275,6 +333,26 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _apt_install(package: str) -> None:
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
+    subprocess.run([*apt, "update", "-qq"], check=True, capture_output=True)
+    subprocess.run([*apt, "install", "-y", "-qq", package], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def perf_analyzer():
+    """Triton's perf_analyzer from tritonclient 2.51's wheel, in a folder of its own (a
+    cache, installed once), with the libraries it needs (libb64 from apt, as the container
+    image would have it; the CUDA runtime wheel)."""
+    import ctypes.util
+
+    from rnnserve.bench.perf_analyzer import install
+
+    if ctypes.util.find_library("b64") is None:
+        _apt_install("libb64-0d")
+    return install()
 
 
 def _wait_for_redis(url: str, server: subprocess.Popen[bytes]) -> None:

@@ -146,7 +146,10 @@ def object_array(items: list[bytes], shape: tuple[int, ...]) -> np.ndarray:
     return array.reshape(shape)
 
 
-def array_from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
+def array_from_raw(
+    name: str, datatype: str, shape: list[int], raw: bytes, field: str = "raw_input_contents"
+) -> np.ndarray:
+    """The array raw little-endian bytes hold; `field` names where they came from."""
     dtype = checked_dtype(name, datatype)
     dims = checked_shape(name, shape)
     count = math.prod(dims)
@@ -155,7 +158,7 @@ def array_from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise CodecError(
-            f"input '{name}': raw_input_contents holds {len(raw)} bytes; "
+            f"input '{name}': {field} holds {len(raw)} bytes; "
             f"shape {list(dims)} of {datatype} needs {expected}"
         )
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(dims)
@@ -200,6 +203,16 @@ def wire_array(name: str, data: np.ndarray | list | str | bytes) -> tuple[str, n
     if datatype is None:
         raise CodecError(f"input '{name}': numpy dtype {array.dtype} has no protocol datatype")
     return datatype, array
+
+
+def fill_contents(datatype: str, data: np.ndarray, contents: Any) -> None:
+    """Writes `data` into an `InferTensorContents` (the typed field of its datatype)."""
+    values = np.asarray(data).reshape(-1)
+    if datatype == "BYTES":
+        items = [item.encode() if isinstance(item, str) else bytes(item) for item in values]
+        contents.bytes_contents.extend(items)
+    else:
+        getattr(contents, CONTENTS_FIELD[datatype]).extend(values.tolist())
 
 
 def raw_of(datatype: str, data: np.ndarray) -> bytes:

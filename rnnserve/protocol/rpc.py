@@ -4,7 +4,6 @@ neither side can drift from it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -48,23 +47,14 @@ class Stub:
             )
 
 
-# Wraps a servicer method at registration: (method name, kind, method) -> what serves it.
-Wrap = Callable[[str, str, Callable[..., Any]], Callable[..., Any]]
-
-
-def add_servicer(
-    servicer: object, server: grpc.Server | grpc.aio.Server, wrap: Wrap | None = None
-) -> None:
-    """Serves each RPC with the servicer's method of the same name, wrapped by `wrap` when
-    given (its kind: "unary_unary", "stream_stream", ...)."""
+def add_servicer(servicer: object, server: grpc.Server | grpc.aio.Server) -> None:
+    """Serves each RPC with the servicer's method of the same name."""
     handlers = {}
     for method in SERVICE.methods:
         request, response = _classes(method)
-        kind = _kind(method)
-        behavior = getattr(servicer, method.name)
-        make_handler = getattr(grpc, f"{kind}_rpc_method_handler")
+        make_handler = getattr(grpc, f"{_kind(method)}_rpc_method_handler")
         handlers[method.name] = make_handler(
-            wrap(method.name, kind, behavior) if wrap else behavior,
+            getattr(servicer, method.name),
             request_deserializer=request.FromString,
             response_serializer=response.SerializeToString,
         )

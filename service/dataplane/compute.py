@@ -63,13 +63,20 @@ class Compute:
             for role in model.spec.graphs:
                 self._batchers[(model.name, model.version, role)] = Batcher(
                     functools.partial(model.runtime.run, role),
-                    [*model.spec.state_inputs, *model.spec.state_outputs],
+                    model.spec.batch_axes(role),
                     model=model.name,
                     version=model.version,
                     max_size=self.settings.batch_max_size,
                     max_delay_us=self.settings.batch_max_queue_delay_us,
                     executor=self._executor,
                 )
+
+    async def stop_batchers(self, model: LoadedVersion) -> None:
+        """Closes the batchers of a version being unloaded (none without batching)."""
+        for role in model.spec.graphs:
+            batcher = self._batchers.pop((model.name, model.version, role), None)
+            if batcher is not None:
+                await batcher.close()
 
     async def close(self) -> None:
         for batcher in self._batchers.values():

@@ -7,13 +7,13 @@ Only a ready data plane admits requests; draining lets those in flight finish.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
 from typing import Literal
 
 from rnnserve.service.errors import Unavailable
+from rnnserve.service.in_flight import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +23,7 @@ Phase = Literal["loading", "ready", "draining", "closed"]
 class Lifecycle:
     def __init__(self) -> None:
         self.phase: Phase = "loading"
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._in_flight = InFlight()
 
     def live(self) -> bool:
         return self.phase != "closed"
@@ -44,14 +42,8 @@ class Lifecycle:
             raise Unavailable("the server is still loading its models; retry shortly")
         if self.phase != "ready":
             raise Unavailable("the server is shutting down; retry on another instance")
-        self._in_flight += 1
-        self._idle.clear()
-        try:
+        with self._in_flight.request():
             yield
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
 
     def drain(self) -> None:
         """Refuses new requests from now on."""
@@ -60,10 +52,8 @@ class Lifecycle:
 
     async def idle(self, grace_period_s: float) -> None:
         """Waits for the requests in flight to finish, at most the grace period."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), grace_period_s)
-        except TimeoutError:
-            log.warning("closing with %d requests still in flight", self._in_flight)
+        if not await self._in_flight.idle(grace_period_s):
+            log.warning("closing with %d requests still in flight", self._in_flight.count)
 
     def closed(self) -> None:
         self.phase = "closed"

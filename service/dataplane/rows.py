@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import numpy as np
+
 from rnnserve.service.dataplane.admitted import Admitted
 from rnnserve.service.dataplane.compute import Compute
 from rnnserve.service.dataplane.timer import RequestTimer
@@ -82,6 +84,7 @@ def _check(admitted: Admitted, rows: SessionRows, prepared: Prepared) -> None:
 def _row_steps(admitted: Admitted, rows: SessionRows, prepared: Prepared) -> list[RowStep]:
     """Each row's step; with offsets, each with the digest of its row of the inputs."""
     model, request = admitted.model, admitted.request
+    axes = model.spec.batch_axes() if rows.offsets is not None else {}
     steps = []
     for row, (sequence_id, start, end) in enumerate(
         zip(rows.ids, rows.starts, rows.ends, strict=True)
@@ -90,7 +93,7 @@ def _row_steps(admitted: Admitted, rows: SessionRows, prepared: Prepared) -> lis
         offset, digest = None, b""
         if rows.offsets is not None:
             offset = rows.offsets[row]
-            digest = row_digest(request.inputs, model.spec.state_inputs, row, start, end)
+            digest = row_digest(request.inputs, axes, row, start, end)
         steps.append(RowStep(key, start, end, offset, prepared.lengths[row], digest))
     return steps
 
@@ -100,17 +103,21 @@ def _put_row(result: Result, row: int, answer: Answer, state: State, spec: Model
     the retried step left, loaded into `state`). An answer is copied as far as the shapes
     overlap: past a row's own length both hold padding, which may extend further in one
     batch than in another."""
-    for name, kept in answer.items():
-        target = result.outputs[name][row : row + 1]
+    axes = spec.batch_axes()
+    for name, kept in answer.items():  # kept with its batch axis first
+        target = np.moveaxis(result.outputs[name], axes.get(name, 0), 0)[row : row + 1]
         overlap = tuple(slice(0, min(a, b)) for a, b in zip(target.shape, kept.shape, strict=True))
         target[overlap] = kept[overlap]
     for pair in spec.states:
         if pair.output in result.outputs:
-            result.outputs[pair.output][:, row] = state[pair.input][:, row]
+            target = np.moveaxis(result.outputs[pair.output], pair.batch_axis, 0)
+            held = pair.fed(state[pair.input][:, row : row + 1])
+            target[row : row + 1] = np.moveaxis(held, pair.batch_axis, 0)
 
 
 def _blank_rows(result: Result, rows: list[int], spec: ModelSpec) -> None:
     """Zeros (empty strings for text) in the given rows of every output."""
+    axes = spec.batch_axes()
     for name, array in result.outputs.items():
-        index = (slice(None), rows) if name in spec.state_outputs else rows
+        index = (slice(None),) * axes.get(name, 0) + (rows,)
         array[index] = b"" if array.dtype == object else 0

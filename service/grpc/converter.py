@@ -2,19 +2,18 @@
 touches protobuf messages. Tensor data goes through rnnserve.protocol.codec, the codec the
 client uses too, so both ends agree on the wire format by construction.
 
-Inputs arrive as typed `contents` or as `raw_input_contents`. Outputs always go back raw,
-which is what Triton's clients expect and the cheapest to produce.
+Inputs arrive as typed `contents` or as `raw_input_contents`; outputs go back the way the
+inputs came: raw (what Triton's clients send, and the cheapest to produce) or typed, so
+that a grpcurl user who sent JSON `contents` reads JSON numbers and strings back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from rnnserve.protocol import codec
 from rnnserve.protocol import messages as pb
-from rnnserve.service.errors import InvalidArgument, ServiceError
+from rnnserve.service.errors import InvalidArgument, ServiceError, decoding
 from rnnserve.service.types import (
     ANONYMOUS,
     InferRequest,
@@ -28,16 +27,6 @@ from rnnserve.service.types import (
     TensorMetadata,
 )
 
-
-@contextmanager
-def _decoding() -> Iterator[None]:
-    """Data that does not decode is the client's mistake."""
-    try:
-        yield
-    except codec.CodecError as error:
-        raise InvalidArgument(str(error)) from None
-
-
 # Requests and responses ---------------------------------------------------------------
 
 
@@ -49,7 +38,7 @@ def request_from_proto(message: pb.ModelInferRequest, principal: str = ANONYMOUS
             f"({len(message.inputs)})"
         )
     inputs: list[Tensor] = []
-    with _decoding():
+    with decoding():
         for index, item in enumerate(message.inputs):
             if any(t.name == item.name for t in inputs):
                 raise InvalidArgument(f"input '{item.name}' appears more than once")
@@ -77,17 +66,28 @@ def request_from_proto(message: pb.ModelInferRequest, principal: str = ANONYMOUS
     )
 
 
-def response_to_proto(response: InferResponse) -> pb.ModelInferResponse:
+def sends_contents(message: pb.ModelInferRequest) -> bool:
+    """Whether a request carries its inputs in typed `contents` (not raw)."""
+    return bool(message.inputs) and not message.raw_input_contents
+
+
+def response_to_proto(response: InferResponse, typed: bool = False) -> pb.ModelInferResponse:
+    """The response message; outputs in typed `contents` when `typed` and every output's
+    datatype has a contents field (FP16 has none: then all go raw), raw otherwise."""
     message = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
     codec.parameters_to_proto(response.parameters, message.parameters)
+    typed = typed and all(t.datatype in codec.CONTENTS_FIELD for t in response.outputs)
     for tensor in response.outputs:
         item = message.outputs.add(
             name=tensor.name, datatype=tensor.datatype, shape=tensor.data.shape
         )
         codec.parameters_to_proto(tensor.parameters, item.parameters)
-        message.raw_output_contents.append(codec.raw_of(tensor.datatype, tensor.data))
+        if typed:
+            codec.fill_contents(tensor.datatype, tensor.data, item.contents)
+        else:
+            message.raw_output_contents.append(codec.raw_of(tensor.datatype, tensor.data))
     return message
 
 

@@ -3,33 +3,56 @@
 Failures become their gRPC status with the message verbatim (`client_error` turns anything
 unexpected into INTERNAL, logged once) and the error's details as trailing metadata
 (`sequence-offset`); on a stream, where the stream stays open and no trailer can be sent,
-they ride as parameters of the error's `infer_response`. Request metrics are recorded here,
-where the RPC and its status code are known. Requests carry the principal the front end
-authenticated (service/grpc/auth.py).
+they ride as parameters of the error's `infer_response`. Every RPC goes through the front
+end's Recorder (service/access.py: metrics, access log, request id), which needs the RPC
+and its status code, and is admitted there by the Authenticator (service/auth.py: the
+principal from the `authorization` metadata or the client certificate, the role the RPC
+needs); a stream's credentials are the whole stream's, so a refusal ends it. A request's id
+(its `id` field, else the `x-request-id` metadata) is echoed in the `x-request-id` initial
+metadata.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
 from rnnserve.protocol import messages as pb
-from rnnserve.service import metrics
+from rnnserve.service.access import (
+    REQUEST_ID_HEADER,
+    Call,
+    Recorder,
+    request_id_of,
+    sequence_id_of,
+)
+from rnnserve.service.auth import AUTHORIZATION, Authenticator
 from rnnserve.service.dataplane import DataPlane
-from rnnserve.service.errors import ServiceError, client_error
+from rnnserve.service.errors import (
+    PermissionDenied,
+    ServiceError,
+    Unauthenticated,
+    client_error,
+    detail_headers,
+)
 from rnnserve.service.grpc import converter, triton
-from rnnserve.service.grpc.auth import current_principal
 
 T = TypeVar("T")
+CERTIFICATE_NAME = "x509_common_name"  # grpc's auth context property of the subject CN
+
+
+def _headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {
+        key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
+    }
 
 
 class InferenceServicer:
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, authenticator: Authenticator) -> None:
         self._dataplane = dataplane
+        self._authenticator = authenticator
+        self._recorder = Recorder("grpc", dataplane.labels)
 
     async def _answer(
         self,
@@ -37,25 +60,24 @@ class InferenceServicer:
         model: str,
         version: str,
         context: grpc.aio.ServicerContext,
-        work: Callable[[], Awaitable[T]],
+        work: Callable[[Call], Awaitable[T]],
+        request_id: str = "",
+        counted: bool = True,
     ) -> T:
-        """Run one RPC's work, record its metrics, and turn failures into statuses."""
-        start = time.perf_counter()
-        code = "OK"
-        try:
-            result = await work()
-            # Label inference with the version that answered, not the one asked for ("").
-            version = getattr(result, "model_version", version) or version
-            return result
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as failure:
-            error = client_error(failure, f"{rpc} for model {model!r}")
-            code = error.code
-            await context.abort(grpc.StatusCode[code], error.message, _trailers(error))
-        finally:
-            _record(rpc, model, version, code, time.perf_counter() - start)
+        """Run one RPC's work, admitted and recorded, and turn failures into statuses. The
+        record is written before the client hears the answer, a refusal too."""
+        headers = _headers(context)
+        request_id = request_id_of(request_id, headers)
+        with self._recorder.call(rpc, model, version, request_id, counted=counted) as call:
+            if request_id:
+                await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+            try:
+                self._admit(call, headers, context)
+                return await work(call)
+            except Exception as failure:
+                error = client_error(failure, f"{rpc} for model {model!r}")
+                call.code = error.code
+        await context.abort(grpc.StatusCode[error.code], error.message, detail_headers(error))
         raise AssertionError("unreachable: context.abort raises")
 
     # Health and metadata ------------------------------------------------------------
@@ -63,19 +85,25 @@ class InferenceServicer:
     # they stay out of the request metrics.
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ServerLiveResponse(live=self._dataplane.live())
+        async def work(call: Call) -> Any:
+            return pb.ServerLiveResponse(live=self._dataplane.live())
+
+        return await self._answer("ServerLive", "", "", context, work, counted=False)
 
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ServerReadyResponse(ready=self._dataplane.ready())
+        async def work(call: Call) -> Any:
+            return pb.ServerReadyResponse(ready=self._dataplane.ready())
+
+        return await self._answer("ServerReady", "", "", context, work, counted=False)
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> Any:
+        async def work(call: Call) -> Any:
             return converter.server_metadata_to_proto(self._dataplane.server_metadata())
 
         return await self._answer("ServerMetadata", "", "", context, work)
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> Any:
+        async def work(call: Call) -> Any:
             return pb.ModelReadyResponse(
                 ready=self._dataplane.model_ready(request.name, request.version)
             )
@@ -83,43 +111,59 @@ class InferenceServicer:
         return await self._answer("ModelReady", request.name, request.version, context, work)
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> Any:
+        async def work(call: Call) -> Any:
             metadata = self._dataplane.model_metadata(request.name, request.version)
             return converter.model_metadata_to_proto(metadata)
 
         return await self._answer("ModelMetadata", request.name, request.version, context, work)
 
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> Any:
-            model = self._dataplane.model(request.name, request.version)
-            return triton.model_config(model, self._dataplane.settings)
+        async def work(call: Call) -> Any:
+            return triton.model_config_of(self._dataplane, request.name, request.version)
 
         return await self._answer("ModelConfig", request.name, request.version, context, work)
 
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> Any:
+        async def work(call: Call) -> Any:
             stats = self._dataplane.model_statistics(request.name, request.version)
             return converter.model_statistics_to_proto(stats)
 
         return await self._answer("ModelStatistics", request.name, request.version, context, work)
 
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> Any:
+        async def work(call: Call) -> Any:
             entries = self._dataplane.repository_index()
             return converter.repository_index_to_proto(entries, ready_only=request.ready)
 
         return await self._answer("RepositoryIndex", "", "", context, work)
 
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work(call: Call) -> Any:
+            self._dataplane.check_repository_name(request.repository_name)
+            await self._dataplane.load_model(request.model_name, list(request.parameters))
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._answer("RepositoryModelLoad", request.model_name, "", context, work)
+
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work(call: Call) -> Any:
+            self._dataplane.check_repository_name(request.repository_name)
+            await self._dataplane.unload_model(request.model_name, list(request.parameters))
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._answer("RepositoryModelUnload", request.model_name, "", context, work)
+
     # Inference ----------------------------------------------------------------------
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> Any:
-            message = converter.request_from_proto(request, current_principal())
-            response = await self._dataplane.infer(message)
-            return converter.response_to_proto(response)
+        async def work(call: Call) -> Any:
+            infer_request = converter.request_from_proto(request, call.principal)
+            call.sequence_id = sequence_id_of(infer_request.parameters)
+            response = await self._dataplane.infer(infer_request)
+            return converter.response_to_proto(response, converter.sends_contents(request))
 
         return await self._answer(
-            "ModelInfer", request.model_name, request.model_version, context, work
+            "ModelInfer", request.model_name, request.model_version, context, work, request.id
         )
 
     async def ModelStreamInfer(
@@ -127,46 +171,52 @@ class InferenceServicer:
     ) -> AsyncIterator[Any]:
         # One request at a time, in arrival order: steps of a sequence depend on the
         # state the previous step left. Other streams run concurrently.
+        headers = _headers(context)
+        stream_id = request_id_of("", headers)
+        if stream_id:
+            await context.send_initial_metadata(((REQUEST_ID_HEADER, stream_id),))
         async for request in request_iterator:
-            async for reply in self._stream_replies(request):
+            replies = self._stream_replies(request, request.id or stream_id, headers, context)
+            async for reply in replies:
                 yield reply
 
-    async def _stream_replies(self, request: Any) -> AsyncIterator[Any]:
-        start = time.perf_counter()
-        code = "OK"
-        version = request.model_version
-        try:
-            message = converter.request_from_proto(request, current_principal())
-            responses = self._dataplane.stream_infer(message)
-            async for response in responses:
-                version = response.model_version
-                message = converter.response_to_proto(response)
-                triton.mark_final(message, response.final)
-                yield pb.ModelStreamInferResponse(infer_response=message)
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as failure:
-            # Reported in the stream, which stays open for the next request.
-            error = client_error(failure, f"ModelStreamInfer for model {request.model_name!r}")
-            code = error.code
-            yield converter.stream_error_to_proto(request, error)
-        finally:
-            _record(
-                "ModelStreamInfer", request.model_name, version, code, time.perf_counter() - start
-            )
+    async def _stream_replies(
+        self, request: Any, request_id: str, headers: dict[str, str],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[Any]:  # fmt: skip
+        model = request.model_name
+        refusal: ServiceError | None = None
+        with self._recorder.call(
+            "ModelStreamInfer", model, request.model_version, request_id
+        ) as call:
+            try:
+                self._admit(call, headers, context)
+                infer_request = converter.request_from_proto(request, call.principal)
+                call.sequence_id = sequence_id_of(infer_request.parameters)
+                typed = converter.sends_contents(request)
+                async for response in self._dataplane.stream_infer(infer_request):
+                    message = converter.response_to_proto(response, typed)
+                    triton.mark_final(message, response.final)
+                    yield pb.ModelStreamInferResponse(infer_response=message)
+            except (Unauthenticated, PermissionDenied) as error:
+                call.code, refusal = error.code, error
+            except Exception as failure:
+                # Reported in the stream, which stays open for the next request.
+                error = client_error(failure, f"ModelStreamInfer for model {model!r}")
+                call.code = error.code
+                yield converter.stream_error_to_proto(request, error)
+        if refusal is not None:  # the stream's credentials: no later request would pass
+            await context.abort(grpc.StatusCode[refusal.code], refusal.message)
+
+    def _admit(
+        self, call: Call, headers: dict[str, str], context: grpc.aio.ServicerContext
+    ) -> None:
+        self._authenticator.admit(
+            call, headers.get(AUTHORIZATION), lambda: _certificate_name(context)
+        )
 
 
-def _trailers(error: ServiceError) -> tuple[tuple[str, str], ...]:
-    """An error's details as trailing metadata: `sequence_offset` -> `sequence-offset`."""
-    return tuple((name.replace("_", "-"), str(value)) for name, value in error.details.items())
-
-
-def _record(rpc: str, model: str, version: str, code: str, seconds: float) -> None:
-    # Names of models that do not exist come from clients: keep them out of the labels
-    # so that a client cannot grow the metric series without bound.
-    if code == "NOT_FOUND":
-        model, version = "", ""
-    metrics.REQUESTS.labels(model, version, rpc, code).inc()
-    if model:
-        metrics.REQUEST_DURATION.labels(model, version).observe(seconds)
+def _certificate_name(context: grpc.aio.ServicerContext) -> str | None:
+    """The subject CN of the client certificate the handshake verified (mutual TLS)."""
+    names = context.auth_context().get(CERTIFICATE_NAME)
+    return names[0].decode() if names else None

@@ -6,11 +6,16 @@ from rnnserve.service.sessions.accounting import Outcome, RowStep
 from rnnserve.service.sessions.batcher import Batcher, Runner, Tensors
 from rnnserve.service.sessions.control import SessionRows, split_control
 from rnnserve.service.sessions.manager import SessionManager
-from rnnserve.service.sessions.parameters import SequenceParameters, parse_sequence_parameters
+from rnnserve.service.sessions.parameters import (
+    SEQUENCE_PARAMETERS,
+    SequenceParameters,
+    parse_sequence_parameters,
+)
 from rnnserve.service.sessions.state import Layout, SessionKey
 from rnnserve.service.sessions.store import StateStore, open_store
 
 __all__ = [
+    "SEQUENCE_PARAMETERS",
     "Batcher",
     "Layout",
     "Outcome",

@@ -18,7 +18,7 @@ A start carries offset 0 and is applied unless it is a retry of the session's fi
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -126,7 +126,8 @@ def _out_of_step(step: RowStep, found: Progress) -> ServiceError:
 
 
 def answer_of(outputs: Answer, row: int) -> Answer:
-    """A row's answer to keep: its row of each output (not of the states), copied."""
+    """A row's answer to keep: its row of each output (not of the states; batch axis first),
+    copied."""
     return {name: array[row : row + 1].copy() for name, array in outputs.items()}
 
 
@@ -139,13 +140,12 @@ def request_digest(inputs: Sequence[Tensor], start: bool, end: bool) -> bytes:
 
 
 def row_digest(
-    inputs: Sequence[Tensor], state_inputs: Collection[str], row: int, start: bool, end: bool
+    inputs: Sequence[Tensor], batch_axes: Mapping[str, int], row: int, start: bool, end: bool
 ) -> bytes:
-    """The digest of one row of a multi-session request: its row of each input (axis 1 of
-    the state inputs, axis 0 of the others) and its flags."""
+    """The digest of one row of a multi-session request: its row of each input (a batch of
+    one on each input's batch axis: 0 unless `batch_axes` says otherwise) and its flags."""
     parts = (
-        (t.name, t.datatype, t.data[:, row] if t.name in state_inputs else t.data[row])
-        for t in inputs
+        (t.name, t.datatype, np.take(t.data, [row], batch_axes.get(t.name, 0))) for t in inputs
     )
     return _digest(parts, start, end)
 

@@ -1,10 +1,10 @@
 """Cross-session batching: steps of different sessions that arrive together become one
 ONNX Runtime run.
 
-Batch-major tensors are stacked on axis 0 and state tensors (layers*directions, batch,
-hidden) on axis 1; only steps whose tensors agree in every other dimension (the same
-sequence length) go together. Rows of a recurrent network never mix, so every caller gets
-what it would have got alone.
+Each tensor is stacked on its batch axis (axis 0 unless the graph says otherwise: 1 for the
+default models' states, (layers*directions, batch, hidden)); only steps whose tensors agree
+in every other dimension (the same sequence length) go together. Rows of a recurrent
+network never mix, so every caller gets what it would have got alone.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -36,8 +36,8 @@ class _Step:
 class Batcher:
     """Runs `runner` on the feeds given to `run`, gathering concurrent calls.
 
-    `state_names` are the tensors, inputs and outputs, whose batch axis is 1 (h0, c0, hn,
-    cn); every other tensor's is 0. With `enabled` false each call runs on its own.
+    `batch_axes` names the tensors, inputs and outputs, whose batch axis is not 0 (h0, c0,
+    hn, cn of the default models: 1). With `enabled` false each call runs on its own.
     Gathering stops at `max_size` rows or `max_delay_us` after the first step waited;
     `concurrency` runs may be in flight at once, and while they are, arrivals gather.
     Construct it inside the running event loop.
@@ -46,7 +46,7 @@ class Batcher:
     def __init__(
         self,
         runner: Runner,
-        state_names: Collection[str],
+        batch_axes: Mapping[str, int],
         *,
         model: str,
         version: str,
@@ -57,7 +57,7 @@ class Batcher:
         executor: Executor | None = None,
     ) -> None:
         self._runner = runner
-        self._state_names = frozenset(state_names)
+        self._batch_axes = dict(batch_axes)
         self._queue_duration = metrics.QUEUE_DURATION.labels(model, version)
         self._enabled = enabled
         self._max_size = max_size
@@ -170,7 +170,7 @@ class Batcher:
         return [{name: split[i] for name, split in parts.items()} for i in range(len(group))]
 
     def _axis(self, name: str) -> int:
-        return 1 if name in self._state_names else 0
+        return self._batch_axes.get(name, 0)
 
     def _other_dims(self, name: str, array: np.ndarray) -> tuple[int, ...]:
         axis = self._axis(name)

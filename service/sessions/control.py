@@ -19,29 +19,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rnnserve.protocol.sequences import (
+    CONTROL_DATATYPES,
+    CONTROL_OUTPUT_DATATYPES,
+    FAILED_ROWS,
+    SEQUENCE_END,
+    SEQUENCE_ERROR,
+    SEQUENCE_ID,
+    SEQUENCE_OFFSET,
+    SEQUENCE_START,
+)
 from rnnserve.service.errors import InvalidArgument
-from rnnserve.service.sessions.parameters import SEQUENCE_OFFSET, UINT64_MAX, check_offset
+from rnnserve.service.sessions.parameters import UINT64_MAX, check_offset
 from rnnserve.service.types import InferRequest, Tensor, TensorMetadata
 
-SEQUENCE_ID = "sequence_id"
-SEQUENCE_START = "sequence_start"
-SEQUENCE_END = "sequence_end"
-SEQUENCE_ERROR = "sequence_error"
-FAILED_ROWS = "failed_rows"  # response parameter: how many rows failed
-CONTROL_NAMES = (SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END, SEQUENCE_OFFSET)
-CONTROL_OUTPUTS = (SEQUENCE_ERROR, SEQUENCE_OFFSET)
+__all__ = ["FAILED_ROWS", "SEQUENCE_END", "SEQUENCE_ERROR", "SEQUENCE_ID", "SEQUENCE_START"]
+
+CONTROL_NAMES = tuple(CONTROL_DATATYPES)
+CONTROL_OUTPUTS = tuple(CONTROL_OUTPUT_DATATYPES)
 ID_DATATYPES = ("UINT64", "INT64", "BYTES")
 
-# What ModelMetadata lists for models that take multi-session requests.
+# The control inputs of models that take multi-session requests (ModelMetadata parameters
+# name them; Triton's ModelConfig describes them as sequence_batching control inputs).
 CONTROL_INPUTS = [
-    TensorMetadata(SEQUENCE_ID, "UINT64", (-1,), optional=True),
-    TensorMetadata(SEQUENCE_START, "BOOL", (-1,), optional=True),
-    TensorMetadata(SEQUENCE_END, "BOOL", (-1,), optional=True),
-    TensorMetadata(SEQUENCE_OFFSET, "INT64", (-1,), optional=True),
-]
-CONTROL_OUTPUT_METADATA = [
-    TensorMetadata(SEQUENCE_ERROR, "BYTES", (-1,), optional=True),
-    TensorMetadata(SEQUENCE_OFFSET, "INT64", (-1,), optional=True),
+    TensorMetadata(name, datatype, (-1,), optional=True)
+    for name, datatype in CONTROL_DATATYPES.items()
 ]
 
 

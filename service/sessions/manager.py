@@ -57,7 +57,9 @@ class SessionManager:
 
     async def start(self) -> None:
         """Starts the store and the sweeper that drops idle sessions."""
+        metrics.SESSIONS_LIMIT.set(self.max_sessions)
         await self.store.start(self._turns)
+        metrics.STATE_STORE_UP.set(1)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def close(self) -> None:
@@ -310,8 +312,11 @@ class SessionManager:
             try:
                 expired = await self.store.expire()
             except Exception:  # a store outage must not end the sweeper
+                metrics.STATE_STORE_UP.set(0)
                 log.exception("sweeping expired sessions failed")
                 continue
+            metrics.STATE_STORE_UP.set(1)
             for key in expired:
+                log.debug("%s expired (idle for %g s)", key.describe(), self.store.idle_timeout_s)
                 metrics.SESSIONS_EXPIRED.labels(key.model, key.version).inc()
                 metrics.SESSIONS_ACTIVE.labels(key.model, key.version).dec()

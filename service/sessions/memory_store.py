@@ -38,14 +38,15 @@ ENDED_KEPT = 10_000  # records of recently ended sessions kept for retries of th
 
 
 class _Slab:
-    """The states of every session of one layout: row `slot` of `data` is one session's
-    state tensors stacked, `(len(names), layers*directions, hidden)`."""
+    """The states of every session of one layout: row `slot` of `data[name]` is one
+    session's state `name`, `(before, after)` (layers*directions and hidden for the default
+    models; see service/model_spec.py)."""
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.names = tuple(layout)
-        rows, _, hidden = next(iter(layout.values()))
-        self.data = np.zeros((0, len(self.names), rows, hidden), np.float32)
+        self.data = {
+            name: np.zeros((0, shape[0], *shape[2:]), np.float32) for name, shape in layout.items()
+        }
         self.deadlines = np.zeros(0)  # time.monotonic() after which a slot's session expired
         self.offsets = np.zeros(0, np.int64)  # time steps each slot's session has consumed
         self.last: dict[int, LastStep] = {}  # slot -> its last step, when kept for a retry
@@ -70,15 +71,15 @@ class _Slab:
 
     def state(self, slot: int) -> State:
         """A copy of the slot's state as a one-row batch state."""
-        row = self.data[slot]  # (names, layers, hidden)
-        return {name: row[index, :, None].copy() for index, name in enumerate(self.names)}
+        return {name: data[slot][:, None].copy() for name, data in self.data.items()}
 
     def _grow(self) -> None:
         old = len(self.owners)
         new = max(16, int(old * _GROWTH))
-        data = np.empty((new, *self.data.shape[1:]), np.float32)
-        data[:old] = self.data
-        self.data = data
+        for name, data in self.data.items():
+            grown = np.empty((new, *data.shape[1:]), np.float32)
+            grown[:old] = data
+            self.data[name] = grown
         self.deadlines = np.concatenate([self.deadlines, np.full(new - old, np.inf)])
         self.offsets = np.concatenate([self.offsets, np.zeros(new - old, np.int64)])
         self.owners.extend([None] * (new - old))
@@ -142,9 +143,9 @@ class MemoryStore:
             slab_rows.append(row)
             loaded.append(entry.slab.progress(entry.slot))
         for slab, (slab_slots, slab_rows) in slots.items():
-            for index, name in enumerate(slab.names):
-                # (sessions, layers, hidden) -> (layers, sessions, hidden)
-                into[name][:, slab_rows] = slab.data[_index(slab_slots), index].swapaxes(0, 1)
+            for name, data in slab.data.items():
+                # (sessions, before, after) -> (before, sessions, after)
+                into[name][:, slab_rows] = data[_index(slab_slots)].swapaxes(0, 1)
         return loaded
 
     def _load_ended(self, key: SessionKey, into: State, row: int, now: float) -> Loaded:
@@ -172,8 +173,8 @@ class MemoryStore:
     ) -> None:
         slab = self._slab(row_layout(state))
         slots = [self._slot(key, slab) for key in keys]
-        for index, name in enumerate(slab.names):
-            slab.data[_index(slots), index] = state[name][:, _index(rows)].swapaxes(0, 1)
+        for name, data in slab.data.items():
+            data[_index(slots)] = state[name][:, _index(rows)].swapaxes(0, 1)
         slab.deadlines[_index(slots)] = time.monotonic() + self.idle_timeout_s
         slab.offsets[_index(slots)] = [one.offset for one in progress]
         for slot, one in zip(slots, progress, strict=True):

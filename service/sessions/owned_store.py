@@ -307,6 +307,8 @@ class OwnedStore:
                     await self._local.save([key], state, [0], [progress])
                 except FailedPrecondition as error:
                     found[key] = error
+                else:
+                    log.debug("took over %s (its state was handed over in Redis)", key.describe())
             elif kind == b"ended":
                 found[key] = value
             else:
@@ -329,6 +331,7 @@ class OwnedStore:
 
     async def _ask(self, owner: str, keys: list[SessionKey]) -> None:
         """Asks the owner to hand `keys` over and waits for its answer (or the timeout)."""
+        log.debug("asking worker %s to hand over %d sessions", owner, len(keys))
         reply = f"{self._prefix}reply:{uuid.uuid4().hex}"
         inbox = self._inbox(owner)
         async with self._client.pipeline(transaction=True) as pipe:
@@ -361,6 +364,7 @@ class OwnedStore:
                 await self._give_up(key)
             finally:
                 self._turns.give(key)
+            log.debug("handed %s over to another worker", key.describe())
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.rpush(reply, 1)
             pipe.pexpire(reply, round(self.handover_timeout_s * 2000))
@@ -384,6 +388,7 @@ class OwnedStore:
 
     async def _flush(self) -> None:
         sessions = self._local.sessions()
+        log.debug("leaving %d session states in Redis for the next owner", len(sessions))
         for start in range(0, len(sessions), FLUSH_CHUNK):
             async with self._client.pipeline(transaction=False) as pipe:
                 for key in sessions[start : start + FLUSH_CHUNK]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from rnnserve.protocol.sequences import SEQUENCE_END, SEQUENCE_ID, SEQUENCE_OFFSET, SEQUENCE_START
 from rnnserve.service.errors import InvalidArgument
 from rnnserve.service.types import Parameter
 
 UINT64_MAX = 2**64 - 1
 INT64_MAX = 2**63 - 1
-SEQUENCE_OFFSET = "sequence_offset"
+SEQUENCE_PARAMETERS = frozenset({SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END, SEQUENCE_OFFSET})
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """What a session holds: its identity, its recurrent state (one batch row of each state
 tensor, keyed by state input name: "h0", and "c0" for LSTM) and its progress (the time steps
 it has consumed and what a retry of its last step needs). Stores move the states of many
-sessions at once, as rows of batch states `(layers*directions, rows, hidden)`."""
+sessions at once, as rows of batch states held as `(before, rows, after)` (the default
+models' `(layers*directions, rows, hidden)`; service/model_spec.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from rnnserve.service.errors import FailedPrecondition
 from rnnserve.service.types import State
 
 Layout = dict[str, tuple[int, ...]]  # state name -> the shape one session's tensor must have
-# A step's outputs other than the states, by output name, each with its batch row kept as
-# a batch of one (axis 0).
+# A step's outputs other than the states, by output name, each with its batch axis moved
+# first and its batch row kept as a batch of one.
 Answer = dict[str, np.ndarray]
 
 

@@ -3,10 +3,11 @@ and the registry every task joins by subclassing `Task`.
 
 A request becomes a `Prepared` (validated inputs for one or many rows, plus the state to
 start from), a task runs it with an `Execute` callable that makes the ORT runs, and the
-`Result` holds the wire outputs, the final state among them (`hn`, `cn`). States are
-`(layers*directions, rows, hidden)`, rows on axis 1, keyed by state input name: that is
-the seam stateful sessions use: take a prepared request's state from a store, run it,
-put `Result.state(spec)` back.
+`Result` holds the wire outputs, the final state among them (`hn`, `cn`). States are held
+as `(before, rows, after)` arrays, rows on axis 1, keyed by state input name (for the
+default models the graph's own `(layers*directions, rows, hidden)`; see
+service/model_spec.py): that is the seam stateful sessions use: take a prepared request's
+state from a store, run it, put `Result.state(spec)` back.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ class Result:
         """The state this result leaves, keyed by the inputs that carry it on; none where
         the outputs hold no state (seq2seq's translation)."""
         return {
-            pair.input: self.outputs[pair.output]
-            for pair in spec.states
-            if pair.output in self.outputs
+            state.input: state.held(self.outputs[state.output])
+            for state in spec.states
+            if state.output in self.outputs
         }
 
 
@@ -67,9 +68,14 @@ class Task(ABC):
 
     name: ClassVar[str]
     graph_roles: ClassVar[frozenset[str]]
+    # (graph role, the names its data inputs must have, those of its data outputs), states
+    # following them: a task reads its graphs' tensors by these names.
+    graph_tensors: ClassVar[tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]] = ()
     # Whether each batch row may be one step of its own session (multi-session requests):
     # true for tasks whose every piece answers as `run` does, from the state it starts with.
     session_rows: ClassVar[bool] = True
+    # The request parameters the task reads (beyond the sequence parameters every task has).
+    request_parameters: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -84,6 +90,17 @@ class Task(ABC):
         """Raises ValueError when the spec lacks what this task needs."""
         if set(spec.graphs) != cls.graph_roles:
             raise ValueError(f"task {cls.name} needs graphs {sorted(cls.graph_roles)}")
+        for role, inputs, outputs in cls.graph_tensors:
+            for kind, expected, named in (
+                ("inputs", [*inputs, *spec.state_inputs], spec.graph_inputs[role]),
+                ("outputs", [*outputs, *spec.state_outputs], spec.graph_outputs[role]),
+            ):
+                if named != expected:
+                    raise ValueError(
+                        f"task {cls.name} reads graph '{role}' {kind} {expected}; this one has "
+                        f"{named}: a graph with tensors of its own names is served by the "
+                        "recurrent task (rnnserve import, or no rnnserve metadata at all)"
+                    )
 
     # Subclasses compute their tensor metadata once (a cached_property): the model's spec
     # never changes, and every request reads it.
@@ -102,6 +119,16 @@ class Task(ABC):
     @cached_property
     def output_names(self) -> list[str]:
         return [meta.name for meta in self.outputs]
+
+    @cached_property
+    def data_inputs(self) -> list[TensorMetadata]:
+        """The inputs that are not states: what every request of the model carries."""
+        return [meta for meta in self.inputs if meta.name not in self.spec.state_inputs]
+
+    @cached_property
+    def data_outputs(self) -> list[TensorMetadata]:
+        """The outputs that are not states."""
+        return [meta for meta in self.outputs if meta.name not in self.spec.state_outputs]
 
     @cached_property
     def _output_datatypes(self) -> dict[str, str]:
@@ -133,29 +160,30 @@ class Task(ABC):
     # State helpers shared by the tasks that expose it.
 
     def state_metadata(self, outputs: bool, optional: bool) -> list[TensorMetadata]:
-        """The state inputs (or, with `outputs`, the state outputs) as wire tensors."""
-        shape = (self.spec.state_rows, -1, self.spec.hidden_size)
-        names = self.spec.state_outputs if outputs else self.spec.state_inputs
-        return [TensorMetadata(name, "FP32", shape, optional=optional) for name in names]
+        """The state inputs (or, with `outputs`, the state outputs) as wire tensors, in the
+        graph's layout."""
+        return [
+            TensorMetadata(state.output if outputs else state.input, "FP32", state.shape, optional)
+            for state in self.spec.states
+        ]
 
     def initial_state(self, inputs: dict[str, Tensor], rows: int) -> State:
-        """The state the client sent (`h0`, `c0`), zeros for any it left out."""
+        """The state the client sent (`h0`, `c0`), zeros for any it left out, as held."""
         state = self.spec.zero_state(rows)
-        for name in state:
-            tensor = inputs.get(name)
+        for spec in self.spec.states:
+            tensor = inputs.get(spec.input)
             if tensor is not None:
-                state[name] = validation.state_array(
-                    tensor, self.spec.state_rows, rows, self.spec.hidden_size
-                )
+                array = validation.state_array(tensor, spec.graph_shape(rows), spec.batch_axis)
+                state[spec.input] = spec.held(array)
         return state
 
     def state_outputs(self, graph_outputs: dict[str, np.ndarray]) -> State:
-        """The state a graph run returned, keyed by the inputs that carry it on."""
-        return {pair.input: graph_outputs[pair.output] for pair in self.spec.states}
+        """The state a graph run returned, keyed by the inputs that carry it on, as held."""
+        return {state.input: state.held(graph_outputs[state.output]) for state in self.spec.states}
 
     def state_results(self, state: State) -> dict[str, np.ndarray]:
-        """A state as the wire outputs that return it (`hn`, `cn`)."""
-        return {pair.output: state[pair.input] for pair in self.spec.states}
+        """A held state as the wire outputs that return it (`hn`, `cn`)."""
+        return {spec.output: spec.fed(state[spec.input]) for spec in self.spec.states}
 
     def respond(self, prepared: Prepared, result: Result) -> list[Tensor]:
         """The requested outputs as wire tensors."""

@@ -33,9 +33,14 @@ MAX_OUTPUT_LENGTH = "max_output_length"
 class Seq2SeqTask(Task):
     name = "seq2seq"
     graph_roles = frozenset({"encoder", "decoder"})
+    graph_tensors = (
+        ("encoder", ("tokens",), ()),
+        ("decoder", ("token",), ("logits", "next_token")),
+    )
     # A session's translation comes only after its last piece, decoded token by token:
     # rows ending in one request would each need their own decoding loop.
     session_rows = False
+    request_parameters = frozenset({MAX_OUTPUT_LENGTH})
 
     @classmethod
     def check_spec(cls, spec: ModelSpec) -> None:

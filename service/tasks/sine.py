@@ -12,6 +12,7 @@ from rnnserve.service.types import InferRequest, TensorMetadata
 class SineTask(Task):
     name = "sine"
     graph_roles = frozenset({"model"})
+    graph_tensors = (("model", ("x",), ("y",)),)
 
     @cached_property
     def inputs(self) -> list[TensorMetadata]:

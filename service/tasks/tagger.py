@@ -29,6 +29,7 @@ from rnnserve.service.types import InferRequest, Parameter, Tensor, TensorMetada
 class TaggerTask(Task):
     name = "tagger"
     graph_roles = frozenset({"model"})
+    graph_tensors = (("model", ("tokens",), ("logits",)),)
 
     @classmethod
     def check_spec(cls, spec: ModelSpec) -> None:

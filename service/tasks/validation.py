@@ -12,11 +12,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from rnnserve.protocol.codec import DTYPES
 from rnnserve.service.errors import InvalidArgument
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import InferRequest, Parameter, Tensor
-
-NUMPY_DTYPES = {"FP32": np.float32, "INT64": np.int64}
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -76,11 +75,12 @@ def numeric_array(tensor: Tensor, datatype: str, rank: int) -> np.ndarray:
             f"input '{tensor.name}' holds {data.size} values; its shape {_shape(tensor.shape)} "
             f"needs {math.prod(tensor.shape)}"
         )
-    return np.ascontiguousarray(data.reshape(tensor.shape), dtype=NUMPY_DTYPES[datatype])
+    return np.ascontiguousarray(data.reshape(tensor.shape), dtype=DTYPES[datatype])
 
 
 def check_finite(name: str, data: np.ndarray) -> None:
-    if not np.isfinite(data).all():
+    """Floating-point data only: NaN and infinity never reach ORT (integers are finite)."""
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise InvalidArgument(f"input '{name}' contains NaN or infinity; expected finite values")
 
 
@@ -110,14 +110,19 @@ def check_sequence(name: str, length: int, settings: Settings) -> None:
         )
 
 
-def state_array(tensor: Tensor, rows: int, batch: int, hidden: int) -> np.ndarray:
-    """A state input: FP32 (layers*directions, batch, hidden), batch matching the input's."""
-    data = numeric_array(tensor, "FP32", 3)
-    expected = (rows, batch, hidden)
+def state_array(tensor: Tensor, expected: tuple[int, ...], batch_axis: int) -> np.ndarray:
+    """A state input: FP32 of the state's shape, its batch (on `batch_axis`) matching the
+    request's."""
+    data = numeric_array(tensor, "FP32", len(expected))
     if data.shape != expected:
+        layout = (
+            "(layers*directions, batch, hidden)"
+            if batch_axis == 1 and len(expected) == 3
+            else f"(batch on axis {batch_axis})"
+        )
         raise InvalidArgument(
             f"input '{tensor.name}' has shape {_shape(data.shape)}; expected {_shape(expected)} "
-            "(layers*directions, batch, hidden)"
+            f"{layout}"
         )
     check_finite(tensor.name, data)
     return data

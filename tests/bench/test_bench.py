@@ -16,8 +16,10 @@ ENVIRONMENT_KEYS = {"machine", "python", "versions", "runs", "date"}
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_each_scenario_writes_its_figures(
-    scenario: str, tiny_repository: Path, tmp_path: Path
+    scenario: str, tiny_repository: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    if scenario == "perf_analyzer":
+        request.getfixturevalue("perf_analyzer")  # installed, with the libraries it needs
     out = tmp_path / "benchmarks"
     code = main(
         [

@@ -1,9 +1,11 @@
-"""Fixtures for the deployment tests: the Compose v2 binary and a real `rnnserve serve` process
-whose health service and /metrics the deploy files rely on."""
+"""Fixtures for the deployment tests: the Compose v2 binary, a Docker engine with Compose as
+its CLI plugin, and a real `rnnserve serve` process whose health service and /metrics the
+deploy files rely on."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -11,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from deploytools import ROOT, RunningServer, free_port, healthcheck
+from deploytools import ROOT, RunningServer, exported_names, free_port, healthcheck
+from dockerd import docker_engine, machine_lock
 
 STARTUP_LIMIT_S = 120  # model loading on a busy 2-core machine; not a performance check
 
@@ -30,6 +33,22 @@ def compose_binary() -> Path:
     return binary
 
 
+@pytest.fixture(scope="module")
+def docker_env(
+    compose_binary: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """The environment in which `docker` reaches a daemon and `docker compose` is Compose v2.
+
+    The plugin goes into a private DOCKER_CONFIG, leaving the user's ~/.docker alone. Module
+    scope: a daemon started for the module's tests stops when they are done.
+    """
+    config = tmp_path_factory.mktemp("docker-config")
+    (config / "cli-plugins").mkdir()
+    (config / "cli-plugins" / "docker-compose").symlink_to(compose_binary)
+    with machine_lock(), docker_engine(tmp_path_factory.mktemp("dockerd")) as env:
+        yield {**env, "DOCKER_CONFIG": str(config)}
+
+
 @pytest.fixture(scope="session")
 def serving(
     tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory
@@ -42,6 +61,7 @@ def serving(
         "RNNSERVE_MODEL_REPOSITORY": str(tiny_repository),
         "RNNSERVE_HOST": "127.0.0.1",
         "RNNSERVE_GRPC_PORT": str(grpc_port),
+        "RNNSERVE_HTTP_PORT": str(free_port()),
         "RNNSERVE_METRICS_PORT": str(metrics_port),
         "RNNSERVE_PROVIDERS": '["CPUExecutionProvider"]',
     }
@@ -65,3 +85,36 @@ def serving(
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def exported(serving: RunningServer) -> set[str]:
+    """The series names the running server exports, for PromQL in the deploy files."""
+    return exported_names(serving.scrape())
+
+
+@pytest.fixture(scope="session")
+def promtool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Prometheus's promtool, from Debian's `prometheus` package: the one on PATH, else the
+    package's copy, downloaded with apt and unpacked into this virtualenv (kept for the next
+    run). Only unpacked, never installed: its scripts would start a Prometheus server."""
+    found = shutil.which("promtool")
+    if found:
+        return Path(found)
+    kept = Path(sys.prefix) / "tools" / "promtool"
+    if kept.is_file():
+        return kept
+    folder = tmp_path_factory.mktemp("prometheus-deb")
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
+    subprocess.run([*apt, "update", "-qq"], check=True, capture_output=True)
+    subprocess.run(
+        [*apt, "download", "-qq", "prometheus"], cwd=folder, check=True, capture_output=True
+    )
+    [package] = folder.glob("prometheus_*.deb")
+    files = subprocess.run(
+        ["dpkg-deb", "--fsys-tarfile", str(package)], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder), "./usr/bin/promtool"], input=files, check=True)
+    kept.parent.mkdir(exist_ok=True)
+    shutil.copy2(folder / "usr" / "bin" / "promtool", kept)
+    return kept

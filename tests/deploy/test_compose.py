@@ -1,9 +1,11 @@
 """docker-compose.yml: valid for Compose v2 and the Compose Specification schema, wiring the
-server, the one-shot model build, Prometheus, Grafana and the redis profile together."""
+server, the one-shot model build, Prometheus, Grafana and the redis profile together; and the
+deployment test's override keeps every container on the host's network at 127.0.0.1."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,14 +13,30 @@ from deploytools import ROOT, run, venv_tool
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 CPU_OVERRIDE = ROOT / "deploy" / "compose.cpu.yml"
+TEST_OVERRIDE = ROOT / "tests" / "deploy" / "compose.host.yml"
+TEST_ENV = {
+    "TEST_GRPC_PORT": "18001",
+    "TEST_METRICS_PORT": "18002",
+    "TEST_REDIS_PORT": "18003",
+    "TEST_PROMETHEUS_PORT": "18004",
+    "TEST_PROMETHEUS_CONFIG": "/tmp/prometheus.yml",
+    "TEST_HTTP_PORT": "18005",
+}
 
 
-def resolved(compose_binary: Path, *files: Path, profile: str | None = None) -> dict:
-    """The configuration as Compose itself resolves it."""
+def resolved(
+    compose_binary: Path,
+    *files: Path,
+    profile: str | None = None,
+    env: dict[str, str] | None = None,
+) -> dict:
+    """The configuration as Compose itself resolves it, with `env` added to the environment."""
     options = [arg for f in files for arg in ("-f", f)]
     if profile:
         options += ["--profile", profile]
-    result = run(compose_binary, *options, "config", "--format", "json")
+    changed = {**os.environ, **(env or {})}
+    environment = {name: value for name, value in changed.items() if value is not None}
+    result = run(compose_binary, *options, "config", "--format", "json", env=environment)
     assert result.code == 0, result.output
     return json.loads(result.output[result.output.index("{") :])
 
@@ -82,11 +100,12 @@ def test_server_reserves_a_gpu_and_mounts_the_models(compose_binary: Path) -> No
     }.items() <= next(v for v in server["volumes"] if v["target"] == "/models").items()
     assert "healthcheck.py" in " ".join(server["healthcheck"]["test"])
     assert server["depends_on"]["models"]["condition"] == "service_completed_successfully"
+    assert server["build"]["target"] == "server-gpu"
 
 
 def test_cpu_override_builds_the_cpu_image_without_a_gpu(compose_binary: Path) -> None:
     server = resolved(compose_binary, COMPOSE_FILE, CPU_OVERRIDE)["services"]["rnnserve"]
-    assert server["build"]["args"]["VARIANT"] == "cpu"
+    assert server["build"]["target"] == "server-cpu"
     assert "deploy" not in server
 
 
@@ -94,6 +113,32 @@ def test_models_job_builds_into_the_shared_volume(compose_binary: Path) -> None:
     job = resolved(compose_binary, COMPOSE_FILE)["services"]["models"]
     assert job["build"]["target"] == "builder"
     assert [v["source"] for v in job["volumes"]] == ["models"]
+    assert job["environment"]["RNNSERVE_BUILD_PRESET"] == "default"
+
+
+def test_build_inputs_are_taken_from_the_environment_when_set(compose_binary: Path) -> None:
+    """The Dockerfile's build arguments pass through; unset ones keep its defaults."""
+    plain = resolved(compose_binary, COMPOSE_FILE, env={"PIP_NO_INDEX": None})["services"]
+    offline = resolved(compose_binary, COMPOSE_FILE, env={"PIP_NO_INDEX": "1"})["services"]
+    for service in ("models", "rnnserve"):
+        assert "PIP_NO_INDEX" not in plain[service]["build"].get("args", {})
+        assert offline[service]["build"]["args"]["PIP_NO_INDEX"] == "1"
+
+
+def test_the_test_override_keeps_every_container_on_127_0_0_1(compose_binary: Path) -> None:
+    services = resolved(
+        compose_binary, COMPOSE_FILE, CPU_OVERRIDE, TEST_OVERRIDE, profile="redis", env=TEST_ENV
+    )["services"]
+    assert set(services) == {"models", "rnnserve", "prometheus", "redis"}  # no Grafana
+    for name, service in services.items():
+        assert service["network_mode"] == "host", name
+        assert not service.get("ports"), name
+        assert service["build"]["network"] == "host", name
+    server = services["rnnserve"]["environment"]
+    assert server["RNNSERVE_HOST"] == "127.0.0.1"
+    assert server["RNNSERVE_REDIS_URL"] == "redis://127.0.0.1:18003/0"
+    assert "--web.listen-address=127.0.0.1:18004" in services["prometheus"]["command"]
+    assert services["redis"]["command"][1:3] == ["--bind", "127.0.0.1"]
 
 
 def test_redis_runs_only_with_its_profile(compose_binary: Path) -> None:
@@ -113,6 +158,7 @@ def test_prometheus_and_grafana_read_their_config_from_deploy(compose_binary: Pa
     }
     assert sources == {
         "deploy/prometheus/prometheus.yml",
+        "deploy/prometheus/alerts.yml",
         "deploy/grafana/provisioning",
         "deploy/grafana/dashboards",
     }

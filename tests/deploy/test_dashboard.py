@@ -4,51 +4,16 @@ running server really exports, and the panels the operators need are there."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import yaml
-from deploytools import ROOT, RunningServer
-from prometheus_client.parser import text_string_to_metric_families
+from deploytools import DASHBOARD, ROOT, expressions, unknown_names
 
-DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "rnnserve.json"
 PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
-METRIC_NAME = re.compile(r"\brnnserve_[a-zA-Z0-9_]+\b")
-# Series names Prometheus stores for each family type, beyond samples seen in one scrape
-# (a labelled family shows samples only after its first use).
-SUFFIXES = {
-    "counter": ("_total", "_created"),
-    "histogram": ("_bucket", "_count", "_sum", "_created"),
-    "summary": ("", "_count", "_sum", "_created"),
-    "gauge": ("",),
-}
-
-
-def expressions(dashboard: dict) -> list[str]:
-    """Every PromQL expression: panel targets and template variable queries."""
-    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
-    for variable in dashboard.get("templating", {}).get("list", []):
-        query = variable.get("query")
-        exprs.append(query["query"] if isinstance(query, dict) else query)
-    return exprs
 
 
 def unknown_metrics(dashboard: dict, exported: set[str]) -> set[str]:
-    named = {name for expr in expressions(dashboard) for name in METRIC_NAME.findall(expr)}
-    return named - exported
-
-
-def exported_names(scrape: str) -> set[str]:
-    names: set[str] = set()
-    for family in text_string_to_metric_families(scrape):
-        names |= {sample.name for sample in family.samples}
-        names |= {family.name + suffix for suffix in SUFFIXES.get(family.type, ("",))}
-    return names
-
-
-@pytest.fixture(scope="module")
-def exported(serving: RunningServer) -> set[str]:
-    return exported_names(serving.scrape())
+    return unknown_names(expressions(dashboard), exported)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +37,8 @@ def test_a_misspelt_metric_is_caught(dashboard: dict, exported: set[str]) -> Non
     ("title_word", "metric"),
     [
         ("requests per second", "rnnserve_requests_total"),
+        ("requests in flight", "rnnserve_requests_in_flight"),
+        ("state store", "rnnserve_state_store_up"),
         ("latency", "rnnserve_request_duration_seconds_bucket"),
         ("batch size", "rnnserve_batch_size"),
         ("active sessions", "rnnserve_sessions_active"),
@@ -83,11 +50,14 @@ def test_has_the_panels_operators_need(dashboard: dict, title_word: str, metric:
     assert any(metric in target["expr"] for target in panel["targets"])
 
 
-def test_latency_panel_shows_quantiles(dashboard: dict) -> None:
-    panel = next(p for p in dashboard["panels"] if p["title"].startswith("Request latency"))
-    assert [t["expr"].split(",")[0] for t in panel["targets"]] == [
+def test_latency_panel_shows_quantiles_per_model_of_successful_inference(dashboard: dict) -> None:
+    panel = next(p for p in dashboard["panels"] if p["title"].startswith("Inference latency"))
+    exprs = [t["expr"] for t in panel["targets"]]
+    assert [expr.split(",")[0] for expr in exprs] == [
         f"histogram_quantile({q}" for q in ("0.5", "0.9", "0.99")
     ]
+    assert all("sum by (le, model)" in expr and 'code="OK"' in expr for expr in exprs)
+    assert all(t["legendFormat"].startswith("{{model}}") for t in panel["targets"])
 
 
 def test_panels_use_the_provisioned_datasource(dashboard: dict) -> None:

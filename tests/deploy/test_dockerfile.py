@@ -1,8 +1,10 @@
-"""Every Dockerfile passes hadolint with no finding at all, and the server image holds only the
-server: non-root, health-checked through gRPC, no torch."""
+"""Every Dockerfile passes hadolint with no finding at all; the server images hold only the
+server: non-root, health-checked through gRPC, no torch; and the stages are ordered for the
+classic builder, which builds every stage before its target."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -11,7 +13,12 @@ from deploytools import ROOT, run, venv_tool
 
 DOCKERFILES = sorted(
     path
-    for pattern in ("Dockerfile", "deploy/**/Dockerfile*", "deploy/**/*.Dockerfile")
+    for pattern in (
+        "Dockerfile",
+        "deploy/**/Dockerfile*",
+        "deploy/**/*.Dockerfile",
+        "tests/deploy/images/*.Dockerfile",
+    )
     for path in ROOT.glob(pattern)
 )
 DOCKERFILE = ROOT / "Dockerfile"
@@ -53,29 +60,67 @@ def test_hadolint_rejects_a_broken_dockerfile(tmp_path: Path, old: str, new: str
     assert hadolint(bad) != 0
 
 
-def test_default_target_is_the_server() -> None:
-    assert DOCKERFILE.read_text().rstrip().splitlines()[-1] == "FROM server"
+def stages() -> list[tuple[str, str]]:
+    """(base, name) of each stage of the main Dockerfile, in order."""
+    return re.findall(r"^FROM (\S+) AS (\S+)$", DOCKERFILE.read_text(), flags=re.M)
 
 
-def test_server_runs_unprivileged_with_a_grpc_health_check() -> None:
-    server = stage("server")
-    assert "USER 10001:10001" in server
-    assert 'CMD ["python3", "/opt/rnnserve/healthcheck.py"]' in server
-    assert "EXPOSE 8001 8002" in server
+def built_before(target: str) -> list[str]:
+    """What the classic builder builds for `--target target`: every stage up to it."""
+    names = [name for _, name in stages()]
+    return names[: names.index(target) + 1]
 
 
-def test_variants_pick_the_onnxruntime_build_and_nothing_else() -> None:
-    """The server installs the extra named by VARIANT: cpu or gpu, on its matching base."""
+def test_default_target_is_the_gpu_server() -> None:
+    assert stages()[-1][1] == "server-gpu"
+
+
+def test_no_remote_syntax_frontend() -> None:
+    """A `# syntax=` line makes BuildKit fetch a frontend image from a registry."""
+    assert "syntax=" not in DOCKERFILE.read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("target", ["server-cpu", "builder"])
+def test_cpu_targets_never_touch_the_cuda_image(target: str) -> None:
+    bases = dict((name, base) for base, name in stages())
+    cuda = [name for name, base in bases.items() if base == "${CUDA_IMAGE}"]
+    assert cuda and not set(cuda) & set(built_before(target))
+
+
+def test_server_cpu_builds_no_torch_even_under_the_classic_builder() -> None:
+    assert built_before("server-cpu") == ["runtime", "deps-cpu", "wheel", "server-cpu"]
+
+
+@pytest.mark.parametrize(("server", "extra"), [("server-cpu", "cpu"), ("server-gpu", "gpu")])
+def test_servers_run_unprivileged_with_a_grpc_health_check(server: str, extra: str) -> None:
+    text = stage(server)
+    assert "USER 10001:10001" in text
+    assert 'CMD ["python3", "/opt/rnnserve/healthcheck.py"]' in text
+    assert "EXPOSE 8000 8001 8002" in text
+    assert f"COPY --from=deps-{extra} /opt/venv /opt/venv" in text
+    assert f"install.sh rnnserve {extra}\n" in text
+
+
+def test_the_gpu_build_is_pinned_to_the_cuda_of_its_base() -> None:
+    """onnxruntime-gpu 1.31.1's CUDA provider links libcudart.so.13 and libcublas.so.13."""
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert 'install.sh "${VARIANT}"' in stage("server")
-    assert "FROM base-${VARIANT} AS server" in stage("server")
-    assert "nvidia/cuda:" in DOCKERFILE.read_text() and "cudnn-runtime" in DOCKERFILE.read_text()
-    assert extras["optional-dependencies"]["cpu"] == ["onnxruntime>=1.20"]
-    assert extras["optional-dependencies"]["gpu"] == ["onnxruntime-gpu>=1.20"]
+    assert extras["optional-dependencies"]["gpu"] == ["onnxruntime-gpu==1.31.1"]
+    assert "ARG CUDA_IMAGE=nvidia/cuda:13." in DOCKERFILE.read_text()
+    assert "cudnn-runtime" in DOCKERFILE.read_text()
+    assert "install.sh deps gpu" in stage("deps-gpu")
     server_requirements = " ".join(extras["dependencies"])
     assert "torch" not in server_requirements and "onnx>" not in server_requirements
 
 
 def test_only_the_builder_gets_torch() -> None:
-    assert "install.sh export" in stage("builder")
-    assert "export" not in stage("server").replace("PYTHONUNBUFFERED", "")
+    assert "install.sh deps cpu,export" in stage("deps-builder")
+    assert "COPY --from=deps-builder /opt/venv /opt/venv" in stage("builder")
+    for name in ("runtime", "deps-cpu", "wheel", "server-cpu", "deps-gpu", "server-gpu"):
+        assert "export" not in stage(name), name
+
+
+def test_the_wheel_is_built_from_the_filtered_context() -> None:
+    """`pip wheel` over the build context, whatever the repository's Python folders are."""
+    assert "COPY . /src" in stage("wheel")
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert {".git", ".venv", "tests", "docs"} <= set(ignored)

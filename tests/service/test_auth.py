@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from rnnserve.protocol import rpc
-from rnnserve.service.auth import INFER_OPERATIONS, Authenticator, TokenEntry, role_for
+from rnnserve.service.auth import OPERATION_ROLES, Authenticator, TokenEntry, role_for
 from rnnserve.service.errors import PermissionDenied, Unauthenticated
 
 
@@ -17,14 +17,16 @@ def entry(name: str, token: str, roles: str) -> TokenEntry:
 
 
 def test_every_rpc_of_the_protocol_has_its_role() -> None:
-    methods = {method.name for method in rpc.SERVICE.methods}
-    assert methods >= INFER_OPERATIONS
-    roles = {name: role_for(name) for name in methods}
-    assert roles["ModelInfer"] == roles["ModelStreamInfer"] == roles["ServerLive"] == "infer"
-    admin = {name for name, role in roles.items() if role == "admin"}
-    assert admin == {"RepositoryIndex", "ModelStatistics", "ModelConfig"}
-    # Operations the protocol has and this server does not serve yet are the admin's.
-    assert role_for("RepositoryModelLoad") == role_for("SystemSharedMemoryRegister") == "admin"
+    assert set(OPERATION_ROLES) == {method.name for method in rpc.SERVICE.methods}
+    admin = {name for name in OPERATION_ROLES if role_for(name) == "admin"}
+    assert admin == {
+        "ModelConfig", "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad",
+        "RepositoryModelUnload",
+    }  # fmt: skip
+    assert role_for("ModelInfer") == role_for("ModelStreamInfer") == role_for("ServerLive")
+    assert role_for("ServerLive") == "infer"
+    # Operations the protocol has and this server does not serve are the admin's.
+    assert role_for("SystemSharedMemoryRegister") == "admin"
 
 
 def test_without_tokens_or_client_certificates_everyone_is_anonymous() -> None:

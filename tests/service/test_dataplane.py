@@ -128,48 +128,40 @@ def test_all_nine_default_models_are_ready(plane: Plane) -> None:
     assert all(index[(name, "1")] == "READY" for name in names)
 
 
-CONTROL_INPUTS = {
-    ("sequence_id", "UINT64", (-1,), True),
-    ("sequence_start", "BOOL", (-1,), True),
-    ("sequence_end", "BOOL", (-1,), True),
-    ("sequence_offset", "INT64", (-1,), True),
-}
-
-
-def test_sine_metadata_lists_x_and_optional_states_and_session_controls(plane: Plane) -> None:
+def test_sine_metadata_lists_x_and_names_its_states_and_session_controls(plane: Plane) -> None:
     metadata = plane.plane.model_metadata("sine-lstm")
-    hidden = metadata.parameters["hidden_size"]
-    inputs = {(m.name, m.datatype, m.shape, m.optional) for m in metadata.inputs}
-    assert inputs >= CONTROL_INPUTS
-    assert inputs - CONTROL_INPUTS == {
-        ("x", "FP32", (-1, -1, 1), False),
-        ("h0", "FP32", (1, -1, hidden), True),
-        ("c0", "FP32", (1, -1, hidden), True),
-    }
-    assert [(m.name, m.shape) for m in metadata.outputs] == [
-        ("y", (-1, -1, 1)), ("hn", (1, -1, hidden)), ("cn", (1, -1, hidden)),
-        ("sequence_error", (-1,)), ("sequence_offset", (-1,)),
-    ]  # fmt: skip
+
+    # As Triton lists a model with implicit state: the plain tensors only (perf_analyzer
+    # sends every input listed); parameters name the states and the control tensors.
+    assert [(m.name, m.datatype, m.shape, m.optional) for m in metadata.inputs] == [
+        ("x", "FP32", (-1, -1, 1), False)
+    ]
+    assert [(m.name, m.shape) for m in metadata.outputs] == [("y", (-1, -1, 1))]
+    parameters = metadata.parameters
+    assert (parameters["state_inputs"], parameters["state_outputs"]) == ("h0,c0", "hn,cn")
+    assert parameters["control_inputs"] == (
+        "sequence_id,sequence_start,sequence_end,sequence_offset"
+    )
+    assert parameters["control_outputs"] == "sequence_error,sequence_offset"
     assert metadata.versions == ["1"] and metadata.platform == "onnxruntime_onnx"
-    assert metadata.parameters["provider"] == "CPUExecutionProvider"
-    assert [m.name for m in plane.plane.model_metadata("sine-gru").inputs][:2] == ["x", "h0"]
+    assert parameters["provider"] == "CPUExecutionProvider"
 
 
 def test_tagger_and_seq2seq_metadata_list_their_text_tensors(plane: Plane) -> None:
     tagger = plane.plane.model_metadata("tagger-gru")
-    assert [(m.name, m.datatype, m.shape) for m in tagger.inputs][:3] == [
-        ("text", "BYTES", (-1,)), ("tokens", "INT64", (-1, -1)), ("h0", "FP32", (1, -1, 8)),
+    assert [(m.name, m.datatype, m.shape, m.optional) for m in tagger.inputs] == [
+        ("text", "BYTES", (-1,), False), ("tokens", "INT64", (-1, -1), True),
     ]  # fmt: skip
-    assert {(m.name, m.datatype, m.shape, m.optional) for m in tagger.inputs[3:]} == CONTROL_INPUTS
     assert [(m.name, m.datatype) for m in tagger.outputs] == [
-        ("text_out", "BYTES"), ("tokens_out", "INT64"), ("logits", "FP32"), ("hn", "FP32"),
-        ("sequence_error", "BYTES"), ("sequence_offset", "INT64"),
+        ("text_out", "BYTES"), ("tokens_out", "INT64"), ("logits", "FP32"),
     ]  # fmt: skip
     assert tagger.outputs[2].shape == (-1, -1, 4)
+    assert tagger.parameters["state_inputs"] == "h0"
     seq2seq = plane.plane.model_metadata("seq2seq-rnn")
     assert [(m.name, m.datatype, m.shape) for m in seq2seq.inputs] == [("text", "BYTES", (-1,))]
     assert [(m.name, m.shape) for m in seq2seq.outputs] == [("text_out", (-1,))]
     assert seq2seq.parameters["max_output_length"] == 16
+    assert "control_inputs" not in seq2seq.parameters  # no multi-session requests
 
 
 def test_unknown_model_or_version_is_not_found(plane: Plane) -> None:

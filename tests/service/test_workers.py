@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,8 +21,10 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from scrape import scrape, series
 
 from rnnserve.client.client import RnnClient, build_request, decode_response
+from rnnserve.client.rest import RestClient
 from rnnserve.client.retry import RetryPolicy
 from rnnserve.client.sequence import SequenceSession
 from rnnserve.protocol import messages as pb
@@ -63,13 +64,6 @@ def other_worker(address: str, first: rpc.Stub) -> tuple[grpc.Channel, rpc.Stub]
             return channel, stub
         channel.close()
     raise AssertionError(f"{MAX_CONNECTIONS} new connections all reached one worker")
-
-
-def scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        lines = response.read().decode().splitlines()
-    samples = (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))
-    return {series: float(value) for series, value in samples}
 
 
 def worker_pids(supervisor: int) -> list[int]:
@@ -122,6 +116,18 @@ def test_metadata_and_health_answer_from_every_worker(workers) -> None:
     channel.close()
 
 
+def test_rest_answers_on_the_workers_shared_port(workers) -> None:
+    over_grpc = y_of(workers.stub.ModelInfer(sine_request("sine-lstm", X)))
+    answers = []
+    for _ in range(4):  # new connections, spread over the workers by the kernel
+        with RestClient(workers.http_url) as client:
+            assert client.server_ready()
+            answers.append(client.infer_response("sine-lstm", {"x": X}, ["y"]).outputs["y"])
+
+    for answer in answers:
+        np.testing.assert_array_equal(answer.reshape(over_grpc.shape), over_grpc)
+
+
 def test_metrics_add_up_across_workers(workers) -> None:
     channel, stub = other_worker(workers.address, workers.stub)
     request = sine_request("sine-rnn", X)
@@ -132,8 +138,11 @@ def test_metrics_add_up_across_workers(workers) -> None:
 
     samples = scrape(workers.metrics_url)
 
-    series = 'rnnserve_requests_total{code="OK",model="sine-rnn",rpc="ModelInfer",version="1"}'
-    assert samples[series] == 8
+    requests = series(
+        "rnnserve_requests_total",
+        code="OK", model="sine-rnn", protocol="grpc", rpc="ModelInfer", version="1",
+    )  # fmt: skip
+    assert samples[requests] == 8
     models = [name for name in samples if name.startswith("rnnserve_model_info{")]
     assert len(models) == 9  # one series per model, however many workers loaded it
     channel.close()

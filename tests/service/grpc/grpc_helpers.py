@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -32,6 +33,12 @@ def infer_request(
 
 def outputs_of(reply: pb.ModelInferResponse) -> dict[str, np.ndarray]:
     return decode_response(reply).outputs
+
+
+def failures_and_successes(server: Any, model: str) -> tuple[int, int]:
+    """The model's failed and successful requests so far (ModelStatistics)."""
+    (stats,) = server.stub.ModelStatistics(pb.ModelStatisticsRequest(name=model)).model_stats
+    return stats.inference_stats.fail.count, stats.inference_stats.success.count
 
 
 @dataclass

@@ -44,10 +44,9 @@ def test_sine_metadata_lists_its_tensors_with_dynamic_dimensions(server) -> None
     inputs, outputs = _tensors(metadata.inputs), _tensors(metadata.outputs)
     assert inputs["x"] == ("FP32", [-1, -1, 1])
     assert outputs["y"] == ("FP32", [-1, -1, 1])
-    controls = {"sequence_id", "sequence_start", "sequence_end", "sequence_offset"}
-    assert set(inputs) == {"x", "h0", "c0", *controls}
-    assert set(outputs) == {"y", "hn", "cn", "sequence_error", "sequence_offset"}
-    assert inputs["sequence_offset"] == outputs["sequence_offset"] == ("INT64", [-1])
+    assert set(inputs) == {"x"}  # states and control tensors are named by parameters
+    assert set(outputs) == {"y"}
+    assert metadata.parameters["state_inputs"].string_param == "h0,c0"
     assert metadata.parameters["provider"].string_param == "CPUExecutionProvider"
 
 
@@ -69,18 +68,46 @@ def test_model_config_describes_the_model_as_triton_does(server) -> None:
     assert {i.name for i in config.input} >= {"x"}
     assert {o.name for o in config.output} >= {"y"}
     assert config.instance_group[0].count == 1
+    assert config.version_policy.HasField("all")  # every version, unless model.json says
 
 
 def test_model_config_writes_dims_without_the_batch_dimension(server) -> None:
     config = server.stub.ModelConfig(pb.ModelConfigRequest(name="sine-lstm")).config
     dims = {tensor.name: list(tensor.dims) for tensor in config.input}
 
-    assert dims["x"] == [-1, 1]
-    assert dims["h0"][:2] == [1, -1]  # a state keeps its full shape: its batch is axis 1
-    assert config.HasField("sequence_batching")
+    assert dims == {"x": [-1, 1]}
     assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
     text = server.stub.ModelConfig(pb.ModelConfigRequest(name="seq2seq-gru")).config
     assert [list(tensor.dims) for tensor in text.input] == [[1]]
+
+
+def test_model_config_describes_states_as_triton_implicit_state(server) -> None:
+    config = server.stub.ModelConfig(pb.ModelConfigRequest(name="sine-lstm")).config
+    hidden = (
+        server.stub.ModelMetadata(pb.ModelMetadataRequest(name="sine-lstm"))
+        .parameters["hidden_size"]
+        .int64_param
+    )
+    sequence = config.sequence_batching
+
+    assert [(s.input_name, s.output_name, s.data_type, list(s.dims)) for s in sequence.state] == [
+        ("h0", "hn", pb.DataType.Value("TYPE_FP32"), [1, hidden]),
+        ("c0", "cn", pb.DataType.Value("TYPE_FP32"), [1, hidden]),
+    ]
+    assert all(s.initial_state[0].zero_data for s in sequence.state)
+    assert config.parameters["state_batch_axes"].string_value == "h0:1,c0:1"
+    control = pb.ModelSequenceBatching.Control
+    controls = {
+        c.name: (c.control[0].kind, list(c.control[0].bool_false_true))
+        for c in sequence.control_input
+    }
+    assert controls == {
+        "sequence_id": (control.CONTROL_SEQUENCE_CORRID, []),
+        "sequence_start": (control.CONTROL_SEQUENCE_START, [False, True]),
+        "sequence_end": (control.CONTROL_SEQUENCE_END, [False, True]),
+    }
+    seq2seq = server.stub.ModelConfig(pb.ModelConfigRequest(name="seq2seq-gru")).config
+    assert seq2seq.sequence_batching.state and not seq2seq.sequence_batching.control_input
 
 
 def test_model_statistics_count_successful_inferences(server) -> None:
@@ -109,7 +136,7 @@ def test_repository_index_lists_every_model_ready(server) -> None:
     }
 
 
-def test_infer_accepts_typed_contents(server, reference) -> None:
+def test_typed_contents_in_give_typed_contents_out(server, reference) -> None:
     x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(1, 6, 1)
     request = pb.ModelInferRequest(model_name="sine-lstm", id="typed-1")
     request.inputs.add(
@@ -120,8 +147,29 @@ def test_infer_accepts_typed_contents(server, reference) -> None:
 
     assert reply.id == "typed-1"
     assert reply.model_version == "1"
-    assert reply.raw_output_contents  # outputs always travel raw
+    assert not reply.raw_output_contents  # the representation the request used
+    assert len(reply.outputs[0].contents.fp32_contents) == 6
     np.testing.assert_array_equal(outputs_of(reply)["y"], reference.sine("sine-lstm", x))
+
+
+def test_typed_text_in_gives_typed_text_out(server) -> None:
+    request = pb.ModelInferRequest(model_name="tagger-gru")
+    request.inputs.add(
+        name="text", datatype="BYTES", shape=[1], contents={"bytes_contents": [b"hello"]}
+    )
+    request.outputs.add(name="text_out")
+
+    reply = server.stub.ModelInfer(request)
+
+    assert not reply.raw_output_contents
+    assert list(reply.outputs[0].contents.bytes_contents) == [b"ohlol"]
+
+
+def test_raw_in_gives_raw_out(server) -> None:
+    reply = server.stub.ModelInfer(infer_request("tagger-gru", {"text": ["hello"]}, ["text_out"]))
+
+    assert len(reply.raw_output_contents) == 1
+    assert not reply.outputs[0].HasField("contents")
 
 
 def test_infer_returns_only_the_requested_outputs(server) -> None:
@@ -205,12 +253,20 @@ def test_streams_run_concurrently(server) -> None:
     assert list(idle_stream) == []
 
 
-def test_unimplemented_triton_rpcs_answer_unimplemented(server) -> None:
-    load = server.channel.unary_unary(
-        "/inference.GRPCInferenceService/RepositoryModelLoad",
+def test_triton_rpcs_not_served_answer_unimplemented(server) -> None:
+    shared_memory = server.channel.unary_unary(
+        "/inference.GRPCInferenceService/SystemSharedMemoryStatus",
         request_serializer=lambda _: b"",
         response_deserializer=lambda data: data,
     )
     with pytest.raises(grpc.RpcError) as caught:
-        load(None, timeout=10)
+        shared_memory(None, timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_model_control_without_its_mode_is_refused_with_the_flag_to_set(server) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        server.stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="sine-rnn"))
+
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "needs --model-control-mode explicit; this server's is none" in caught.value.details()

@@ -1,10 +1,10 @@
-"""TLS, mutual TLS and bearer tokens against real servers, with certificates made here and
-real handshakes: who may connect, who may call what, and that two principals never share
-a session. Triton's client and grpcurl connect unchanged."""
+"""TLS, mutual TLS and bearer tokens against real servers over gRPC, with certificates made
+here and real handshakes: who may connect, who may call what, and that two principals never
+share a session. Triton's client and grpcurl connect unchanged. (tests/service/rest/
+test_rest_security.py asks the same servers over REST.)"""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from security_helpers import TOKENS, bearer, credentials
 
 from rnnserve.bench.pki import Issued
 from rnnserve.client.client import RnnClient, build_request
@@ -25,55 +26,7 @@ from rnnserve.client.sequence import SequenceSession
 from rnnserve.protocol import messages as pb
 from rnnserve.protocol import rpc
 
-TOKENS = {  # principal: (token, roles)
-    "alice": ("alice-token-4f1c", "infer"),
-    "mallory": ("mallory-token-9b2e", "infer"),
-    "ops": ("ops-token-77d0", "infer,admin"),
-}
 X = np.sin(np.linspace(0, 3, 12, dtype=np.float32))
-
-
-def write_tokens(path: Path) -> Path:
-    lines = ["# name  sha256(token)  roles"]
-    for name, (token, roles) in TOKENS.items():
-        lines.append(f"{name}  {hashlib.sha256(token.encode()).hexdigest()}  {roles}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def credentials(ca: Path, client: Issued | None = None) -> grpc.ChannelCredentials:
-    if client is None:
-        return grpc.ssl_channel_credentials(ca.read_bytes())
-    return grpc.ssl_channel_credentials(
-        ca.read_bytes(), client.key.read_bytes(), client.cert.read_bytes()
-    )
-
-
-def bearer(principal: str) -> tuple[tuple[str, str]]:
-    return (("authorization", f"Bearer {TOKENS[principal][0]}"),)
-
-
-@pytest.fixture(scope="module")
-def token_server(start_module_server, sine_repository: Path, pki, tmp_path_factory):
-    """TLS, and tokens for alice and mallory (infer) and ops (infer and admin)."""
-    tokens = write_tokens(tmp_path_factory.mktemp("tokens") / "tokens.txt")
-    return start_module_server(
-        sine_repository,
-        args=["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
-              "--auth-tokens", str(tokens), "--metrics-host", "127.0.0.1"],
-        credentials=credentials(pki.ca),
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def mtls_server(start_module_server, sine_repository: Path, pki):
-    """Mutual TLS with the test CA (the principal is the certificate's CN), no reflection."""
-    return start_module_server(
-        sine_repository,
-        env={"RNNSERVE_TLS_CLIENT_CA": str(pki.ca), "RNNSERVE_REFLECTION": "false"},
-        args=["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)],
-        credentials=credentials(pki.ca, pki.alice),
-    )  # fmt: skip
 
 
 def code_of(call) -> grpc.StatusCode:
@@ -247,4 +200,5 @@ def test_rnnserve_infer_speaks_tls_with_a_token_from_the_environment(token_serve
     assert len(done.stdout.strip().split(",")) == 2
     env.pop("RNNSERVE_TOKEN")
     refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "UNAUTHENTICATED: missing credentials" in refused.stderr
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("rnnserve infer: UNAUTHENTICATED: missing credentials")

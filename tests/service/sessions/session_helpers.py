@@ -1,13 +1,10 @@
 """Helpers for the sessions tests over the wire: sequences sent piece by piece through
-ModelInfer and ModelStreamInfer with grpc.aio, many at once, and a /metrics scrape."""
+ModelInfer and ModelStreamInfer with grpc.aio, many at once."""
 
 from __future__ import annotations
 
-import urllib.request
-
 import grpc
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from rnnserve.client.client import InferResult, build_request, decode_response
 from rnnserve.client.errors import InferenceError
@@ -80,15 +77,3 @@ class AioSessions:
 def bounds(chunks: list[int]) -> list[tuple[int, int]]:
     ends = np.cumsum(chunks).tolist()
     return list(zip([0, *ends[:-1]], ends, strict=True))
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Every sample on the /metrics page: 'name{label="v",...}' -> value."""
-    with urllib.request.urlopen(url, timeout=10) as page:
-        text = page.read().decode()
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}"] = sample.value
-    return samples

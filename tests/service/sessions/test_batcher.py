@@ -50,7 +50,7 @@ def step_feeds(value: float, length: int = 1) -> Tensors:
 
 
 def make_batcher(runner: Runner, **options: object) -> Batcher:
-    return Batcher(runner, STATES, model="batcher-test", version="1", **options)
+    return Batcher(runner, dict.fromkeys(STATES, 1), model="batcher-test", version="1", **options)
 
 
 def test_steps_arriving_together_share_runs_up_to_the_maximum_batch() -> None:
@@ -214,7 +214,7 @@ async def stream_sessions(
         return runner(feeds)
 
     batcher = Batcher(
-        recording_runner, [f"{s}{e}" for s in stems for e in "0n"], model="m", version="1",
+        recording_runner, {f"{s}{e}": 1 for s in stems for e in "0n"}, model="m", version="1",
         enabled=batching, max_size=16, max_delay_us=2_000,
     )  # fmt: skip
     manager = SessionManager(MemoryStore(), max_sessions=len(sequences))

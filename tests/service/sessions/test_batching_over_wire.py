@@ -8,7 +8,8 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
-from session_helpers import AioSessions, scrape
+from scrape import scrape
+from session_helpers import AioSessions
 
 SESSIONS = 32
 STEPS = 12

@@ -190,16 +190,14 @@ def test_requests_naming_the_same_sessions_in_opposite_orders_all_complete(
     assert not failures and not any(thread.is_alive() for thread in threads)
 
 
-def test_metadata_lists_the_control_inputs_and_the_row_errors(client: RnnClient) -> None:
+def test_metadata_names_the_control_inputs_and_the_row_errors(client: RnnClient) -> None:
     for model in ("sine-lstm", "tagger-gru"):
-        metadata = client.model_metadata(model)
-        inputs = {tensor.name: (tensor.datatype, list(tensor.shape)) for tensor in metadata.inputs}
-        outputs = {t.name: (t.datatype, list(t.shape)) for t in metadata.outputs}
-        assert inputs["sequence_id"] == ("UINT64", [-1])
-        assert inputs["sequence_start"] == inputs["sequence_end"] == ("BOOL", [-1])
-        assert outputs["sequence_error"] == ("BYTES", [-1])
-    seq2seq = client.model_metadata("seq2seq-gru")
-    assert "sequence_id" not in {tensor.name for tensor in seq2seq.inputs}
+        parameters = client.model_metadata(model).parameters
+        assert parameters["control_inputs"].string_param == (
+            "sequence_id,sequence_start,sequence_end,sequence_offset"
+        )
+        assert parameters["control_outputs"].string_param == "sequence_error,sequence_offset"
+    assert "control_inputs" not in client.model_metadata("seq2seq-gru").parameters
 
 
 def refusal(client: RnnClient, inputs: dict, parameters: dict | None = None) -> InferenceError:

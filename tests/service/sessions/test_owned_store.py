@@ -5,6 +5,7 @@ to another worker, always at its latest, when that worker steps it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import pytest
@@ -78,6 +79,23 @@ def test_a_session_moves_to_the_worker_that_steps_it_and_back(
             assert await a.store.count() == await b.store.count() == 1
 
     asyncio.run(scenario())
+
+
+def test_hand_overs_are_logged_at_debug(
+    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        async with Worker(redis_url, namespace) as a, Worker(redis_url, namespace) as b:
+            await save_one(a.store, KEY, lstm_state(0))
+            await load_one(b.store, KEY, lstm_state())
+
+    with caplog.at_level(logging.DEBUG, logger="rnnserve.service.sessions.owned_store"):
+        asyncio.run(scenario())
+
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    described = KEY.describe()
+    assert f"handed {described} over to another worker" in said
+    assert f"took over {described} (its state was handed over in Redis)" in said
 
 
 def test_one_step_of_sessions_owned_by_two_workers_gathers_both(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from session_helpers import scrape
+from scrape import scrape
 
 from rnnserve.client.client import RnnClient, build_request
 from rnnserve.client.errors import InferenceError

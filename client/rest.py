@@ -1,0 +1,179 @@
+"""RestClient: numpy in, numpy out over the Open Inference Protocol's REST API (KServe v2
+JSON, Triton's binary tensor data extension), for `rnnserve infer --url http://...` and
+anything else that must reach a server through HTTP only.
+
+Tensor encoding is rnnserve.protocol.rest's, shared with the server. Failures raise
+InferenceError with the gRPC status name the server's error body gives (or its HTTP
+status's) and its details (`sequence_offset`). The standard library's http.client carries
+it, one keep-alive connection; https:// URLs speak TLS (mutual TLS with a client
+certificate), and a token goes with every request as `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import numpy as np
+
+from rnnserve.client.client import InferResult
+from rnnserve.client.errors import InferenceError
+from rnnserve.protocol import codec, rest
+from rnnserve.protocol.codec import CodecError, Parameter
+
+
+class RestClient:
+    def __init__(
+        self,
+        url: str = "http://localhost:8000",
+        timeout_s: float | None = 30.0,
+        *,
+        root_certificates: str | Path | None = None,
+        private_key: str | Path | None = None,
+        certificate_chain: str | Path | None = None,
+        token: str | None = None,
+    ) -> None:
+        """A client of the server at `url`. An https:// URL speaks TLS: the server's
+        certificate is checked against `root_certificates` (PEM; the system's roots when
+        None); `private_key` and `certificate_chain` (PEM) are the client's own, for mutual
+        TLS. `token` goes with every request as `Authorization: Bearer <token>`."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https://HOST:PORT URL, got {url!r}")
+        self.url = url
+        self._prefix = parts.path.rstrip("/")
+        self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        if parts.scheme == "http":
+            if root_certificates or private_key or certificate_chain:
+                raise ValueError(f"certificates need TLS: use https:// rather than {url!r}")
+            self._connection = http.client.HTTPConnection(
+                parts.hostname, parts.port or 80, timeout=timeout_s
+            )
+            return
+        context = ssl.create_default_context(cafile=root_certificates)
+        if certificate_chain is not None:
+            context.load_cert_chain(certificate_chain, private_key)
+        self._connection = http.client.HTTPSConnection(
+            parts.hostname, parts.port or 443, timeout=timeout_s, context=context
+        )
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> RestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Health and metadata ------------------------------------------------------------
+
+    def server_ready(self) -> bool:
+        return self._request("GET", "/v2/health/ready", ok=(200, 400))[0] == 200
+
+    def model_metadata(self, model: str, version: str = "") -> dict[str, Any]:
+        """The model's metadata, as the REST API's JSON."""
+        return json.loads(self._request("GET", _model_path(model, version))[2])
+
+    # Inference -------------------------------------------------------------------------
+
+    def infer_response(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray | str | list],
+        outputs: Sequence[str] = (),
+        parameters: Mapping[str, Parameter] | None = None,
+        version: str = "",
+        binary: bool = True,
+    ) -> InferResult:
+        """One request. `binary`: tensors both ways in the binary data extension (exact
+        and compact) rather than JSON `data`."""
+        buffers: list[bytes] = []
+        tensors = []
+        for name, data in inputs.items():
+            datatype, array = codec.wire_array(name, data)
+            tensors.append(rest.tensor_to_json(name, datatype, array, buffers if binary else None))
+        header: dict[str, Any] = {
+            "inputs": tensors,
+            "parameters": {**(parameters or {}), rest.BINARY_DATA_OUTPUT: binary},
+        }
+        if outputs:
+            header["outputs"] = [{"name": name} for name in outputs]
+        body, length = rest.join_body(header, buffers)
+        headers = {
+            "Content-Type": "application/json" if length is None else "application/octet-stream"
+        }
+        if length is not None:
+            headers[rest.HEADER_LENGTH] = str(length)
+        _, reply_headers, reply = self._request(
+            "POST", _model_path(model, version) + "/infer", body, headers
+        )
+        return _result(reply, reply_headers.get(rest.HEADER_LENGTH))
+
+    # The connection --------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        ok: tuple[int, ...] = (200,),
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        try:
+            self._connection.request(
+                method, self._prefix + path, body, {**self._headers, **(headers or {})}
+            )
+            response = self._connection.getresponse()
+            data = response.read()
+        except TimeoutError:
+            self._connection.close()
+            raise InferenceError("DEADLINE_EXCEEDED", f"{self.url}: no answer in time") from None
+        except (OSError, http.client.HTTPException) as error:
+            self._connection.close()
+            raise InferenceError("UNAVAILABLE", f"{self.url}: {error}") from None
+        if response.status not in ok:
+            raise _error(response.status, data)
+        return response.status, response.headers, data
+
+
+def _model_path(model: str, version: str) -> str:
+    path = f"/v2/models/{quote(model, safe='')}"
+    return f"{path}/versions/{quote(version, safe='')}" if version else path
+
+
+def _error(status: int, body: bytes) -> InferenceError:
+    """The error a non-200 answer carries: {"error": message, "code": status name}, and
+    its details beside them (`sequence_offset`)."""
+    try:
+        answer = json.loads(body)
+        message, code = answer.pop("error"), answer.pop("code", None)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        message, code, answer = body.decode(errors="replace") or f"HTTP {status}", None, {}
+    code = code or rest.CODE_OF_STATUS.get(status, "UNKNOWN")
+    return InferenceError(code, str(message), answer)
+
+
+def _result(body: bytes, header_length: str | None) -> InferResult:
+    try:
+        header, binary_part = rest.split_body(body, header_length)
+        binary = rest.BinaryData(binary_part)
+        outputs = {}
+        for item in header.get("outputs", []):
+            name, _, data, _ = rest.tensor_from_json(item, binary, kind="output")
+            outputs[name] = data
+        parameters = rest.parameters_from_json(header.get("parameters"), "response")
+    except CodecError as error:
+        raise InferenceError("INTERNAL", f"the server's answer does not decode: {error}") from None
+    return InferResult(
+        model_name=header.get("model_name", ""),
+        model_version=header.get("model_version", ""),
+        id=header.get("id", ""),
+        outputs=outputs,
+        parameters=dict(parameters),
+    )

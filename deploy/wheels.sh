@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Fill a local wheel folder (default deploy/wheels, the Dockerfile's WHEELS) with every wheel
+# the images install: the dependencies of rnnserve[cpu,export] and the build requirements of
+# pyproject.toml, resolved by the Python given, which must be the images' own on the same
+# architecture (dependencies can differ by patch release: redis needs async-timeout before
+# 3.11.3); for deploy/base-image.sh's image that is Debian bookworm's /usr/bin/python3.
+# Then the images build with no index at all:
+#   docker build --build-arg PIP_NO_INDEX=1 --target server-cpu .
+# pip's own configuration applies; torch must come out as its CPU build: give pip a folder or
+# an index that has it (TORCH_INDEX_URL, e.g. PyTorch's CPU wheel index, is added as an extra
+# index when set). Does nothing when the folder was filled for this pyproject.toml and Python.
+# Usage: PYTHON=/usr/bin/python3 deploy/wheels.sh [DIR]       (PYTHON default: python3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:-deploy/wheels}
+python=${PYTHON:-python3}
+stamp="$dir/.filled-for"
+
+digest=$({ cat pyproject.toml; "$python" -VV; } | sha256sum | cut -d' ' -f1)
+if [[ -f $stamp && $(cat "$stamp") == "$digest" ]]; then
+    exit 0
+fi
+"$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || {
+    echo "wheels.sh: the images run Python 3.11; run this with it (PYTHON=python3.11)" >&2
+    exit 1
+}
+venv=$(mktemp -d)
+trap 'rm -rf "$venv"' EXIT
+"$python" -m venv "$venv"
+mapfile -t build_requires < <("$python" -c 'import tomllib
+print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
+extra_index=()
+if [[ -n ${TORCH_INDEX_URL:-} ]]; then
+    extra_index=(--extra-index-url "$TORCH_INDEX_URL")
+fi
+mkdir -p "$dir"
+"$venv/bin/pip" wheel --quiet "${extra_index[@]}" --wheel-dir "$dir" \
+    '.[cpu,export]' "${build_requires[@]}"
+rm -f "$dir"/rnnserve-*.whl  # the images build their own
+if ! ls "$dir"/torch-*+cpu-*.whl >/dev/null 2>&1; then
+    echo "wheels.sh: pip did not pick torch's CPU build; set TORCH_INDEX_URL" >&2
+    exit 1
+fi
+echo "$digest" >"$stamp"

@@ -1,0 +1,142 @@
+"""What every front end records of each request it answers, alike for every protocol: the
+request metrics, the in-flight gauge, the access-log line and the request id.
+
+    with recorder.call("ModelInfer", model, version, request_id) as call:
+        ...                      # answer; on failure set call.code before raising
+        call.sequence_id = ...   # what the access line should say
+
+Health probes (ServerLive, ServerReady and their REST routes) are written to the access
+log but kept out of the metrics: orchestrators call them every few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from rnnserve.service import metrics
+from rnnserve.service.logs import ACCESS, FIELDS, REQUEST_ID
+from rnnserve.service.types import ANONYMOUS, Parameter
+
+REQUEST_ID_HEADER = "x-request-id"
+# The RPCs whose latency rnnserve_request_duration_seconds tells.
+INFERENCE_RPCS = frozenset({"ModelInfer", "ModelStreamInfer"})
+_PLAIN = re.compile(r"[\w.:/@+-]*")
+
+# (model, version) as a request names them -> the labels its metrics carry.
+Labels = Callable[[str, str], tuple[str, str]]
+
+
+def request_id_of(request_id: str, headers: Mapping[str, str]) -> str:
+    """A request's id: its protocol `id` field, else its `x-request-id` header."""
+    return request_id or headers.get(REQUEST_ID_HEADER, "")
+
+
+def sequence_id_of(parameters: Mapping[str, Parameter]) -> str:
+    """The sequence a request steps, for its access line ("" for none)."""
+    sequence_id = parameters.get("sequence_id", "")
+    return "" if sequence_id in (0, "") else str(sequence_id)
+
+
+@dataclass(slots=True)
+class Call:
+    """One request as its front end answers it."""
+
+    rpc: str
+    model: str  # as the request named it
+    version: str  # as the request named it; the labels resolve it
+    request_id: str
+    labels: tuple[str, str]
+    sequence_id: str = ""
+    principal: str = ANONYMOUS  # as the front end authenticated it (service/auth.py)
+    code: str = "OK"
+
+
+class Recorder:
+    """A front end's recorder: `protocol` is "grpc" or "http"; `labels` resolves a request's
+    model and version for its metrics (DataPlane.labels)."""
+
+    def __init__(self, protocol: str, labels: Labels) -> None:
+        self.protocol = protocol
+        self._labels = labels
+        # The metrics' children by label values, looked up once: prometheus_client's
+        # labels() costs a microsecond or two per call. The labels are bounded (above).
+        self._in_flight: dict[tuple[str, str], Gauge] = {}
+        self._counted: dict[tuple[str, ...], tuple[Counter, Histogram | None]] = {}
+
+    @contextlib.contextmanager
+    def call(
+        self, rpc: str, model: str = "", version: str = "", request_id: str = "",
+        *, counted: bool = True,
+    ) -> Iterator[Call]:  # fmt: skip
+        """Times one request and records it when it is answered (`counted` false: only in
+        the access log). A cancelled request is recorded CANCELLED."""
+        REQUEST_ID.set(request_id)
+        call = Call(rpc, model, version, request_id, self._labels(model, version))
+        in_flight = self._in_flight_of(call.labels) if counted else None
+        if in_flight is not None:
+            in_flight.inc()
+        start = time.perf_counter()
+        try:
+            yield call
+        except asyncio.CancelledError:
+            call.code = "CANCELLED"
+            raise
+        finally:
+            seconds = time.perf_counter() - start
+            if in_flight is not None:
+                in_flight.dec()
+                self._count(call, seconds)
+            if ACCESS.isEnabledFor(logging.INFO):
+                self._log(call, seconds)
+
+    def _in_flight_of(self, labels: tuple[str, str]) -> Gauge:
+        gauge = self._in_flight.get(labels)
+        if gauge is None:
+            gauge = self._in_flight[labels] = metrics.REQUESTS_IN_FLIGHT.labels(*labels)
+        return gauge
+
+    def _count(self, call: Call, seconds: float) -> None:
+        key = (*call.labels, call.rpc, call.code)
+        children = self._counted.get(key)
+        if children is None:
+            labels = (*key, self.protocol)
+            timed = call.rpc in INFERENCE_RPCS
+            children = self._counted[key] = (
+                metrics.REQUESTS.labels(*labels),
+                metrics.REQUEST_DURATION.labels(*labels) if timed else None,
+            )
+        requests, duration = children
+        requests.inc()
+        if duration is not None:
+            duration.observe(seconds)
+
+    def _log(self, call: Call, seconds: float) -> None:
+        fields = {
+            "protocol": self.protocol,
+            "rpc": call.rpc,
+            "model": call.model,
+            "version": call.labels[1] or call.version,
+            "code": call.code,
+            "duration_ms": round(seconds * 1000, 3),
+            "request_id": call.request_id,
+            "sequence_id": call.sequence_id,
+            "principal": call.principal,
+        }
+        line = " ".join(f"{key}={_text(value)}" for key, value in fields.items())
+        ACCESS.info(line, extra={FIELDS: fields})
+
+
+def _text(value: object) -> str:
+    """A value as one token of a text line: quoted when it could break the line apart
+    (names and ids come from clients)."""
+    text = str(value)
+    return text if text and _PLAIN.fullmatch(text) else json.dumps(text)

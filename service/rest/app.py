@@ -1,0 +1,313 @@
+"""The Open Inference Protocol's REST API (KServe v2, with Triton's extensions) as a
+Starlette application over the DataPlane: each route converts, calls the data plane and
+converts back, as the gRPC servicer does.
+
+Routes (Triton's paths; `[/versions/{version}]` is optional, the newest version without):
+
+    GET  /v2/health/live, /v2/health/ready             200, or 400 when not (no body)
+    GET  /v2                                           server metadata
+    GET  /v2/models/{name}[/versions/{version}]        model metadata
+    GET  /v2/models/{name}[/versions/{version}]/ready  200, or 400 when not (no body)
+    GET  /v2/models/{name}[/versions/{version}]/config Triton's ModelConfig as JSON
+    GET  /v2/models[/{name}[/versions/{version}]]/stats Triton's statistics
+    POST /v2/models/{name}[/versions/{version}]/infer  inference (JSON and binary tensors)
+    POST /v2/repository/index                          the repository's models
+
+Streaming has no REST route (Triton's generate extension is not implemented): use gRPC's
+ModelStreamInfer. A failure is `{"error": message, "code": gRPC status name}` with the
+HTTP status of that code (rnnserve.protocol.rest.HTTP_STATUS). Every request goes through
+the front end's Recorder (service/access.py), and its id (the body's `id`, else the
+`x-request-id` header) comes back in the `x-request-id` header. An error's details (the
+`sequence_offset` a client resynchronises from) ride in its body and as headers
+(`sequence-offset`). Every route but the health probes is admitted by the Authenticator
+(service/auth.py): a bearer token in the `Authorization` header, or under mutual TLS the
+client certificate's subject CN (frontend.py puts it in the request's scope); the role each
+route needs is that of the RPC it mirrors. A refusal is 401 (with `WWW-Authenticate:
+Bearer`) or 403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from rnnserve.protocol import rest
+from rnnserve.service.access import (
+    REQUEST_ID_HEADER,
+    Call,
+    Recorder,
+    request_id_of,
+    sequence_id_of,
+)
+from rnnserve.service.auth import AUTHORIZATION, Authenticator
+from rnnserve.service.dataplane import DataPlane
+from rnnserve.service.errors import (
+    InvalidArgument,
+    ResourceExhausted,
+    ServiceError,
+    client_error,
+    detail_headers,
+)
+from rnnserve.service.grpc import converter as grpc_converter
+from rnnserve.service.grpc import triton
+from rnnserve.service.logs import REQUEST_ID
+from rnnserve.service.rest import converter
+
+JSON = "application/json"
+# Where the front end's protocol puts the client certificate's subject CN (mutual TLS).
+CERTIFICATE_NAME = "rnnserve.certificate_name"
+BINARY = "application/octet-stream"
+_COMPRESSIONS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # zlib wbits
+
+Work = Callable[[Call], Awaitable[Response]]
+T = TypeVar("T")
+
+
+class PayloadTooLarge(ResourceExhausted):
+    """A body over max_message_bytes: RESOURCE_EXHAUSTED, as gRPC says it, but HTTP 413."""
+
+    http_status = 413
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    """`{"error": message, "code": status name, **details}`, its details as headers too."""
+    status = getattr(error, "http_status", rest.HTTP_STATUS.get(error.code, 500))
+    headers = dict(detail_headers(error))
+    if error.code == "UNAUTHENTICATED":
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(
+        {"error": error.message, "code": error.code, **error.details},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def _version_routes(path: str, endpoint: Callable[..., Any], methods: list[str]) -> list[Route]:
+    """A model route with and without `/versions/{version}`."""
+    return [
+        Route(f"/v2/models/{{name}}{path}", endpoint, methods=methods),
+        Route(f"/v2/models/{{name}}/versions/{{version}}{path}", endpoint, methods=methods),
+    ]
+
+
+class RestApi:
+    """The application: `app` is what uvicorn serves. `serving` says whether the server
+    reports itself ready (the server process sets it, as for gRPC's health service)."""
+
+    def __init__(
+        self, dataplane: DataPlane, serving: Callable[[], bool], authenticator: Authenticator
+    ) -> None:
+        self._dataplane = dataplane
+        self._serving = serving
+        self._authenticator = authenticator
+        self._recorder = Recorder("http", dataplane.labels)
+        self._max_bytes = dataplane.settings.max_message_bytes
+        self._inline_max_bytes = dataplane.settings.inline_max_bytes
+        routes = [
+            Route("/v2/health/live", self.live),
+            Route("/v2/health/ready", self.ready),
+            Route("/v2", self.server_metadata),
+            Route("/v2/models/stats", self.statistics),
+            Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            *_version_routes("", self.model_metadata, ["GET"]),
+            *_version_routes("/ready", self.model_ready, ["GET"]),
+            *_version_routes("/config", self.model_config, ["GET"]),
+            *_version_routes("/stats", self.statistics, ["GET"]),
+            *_version_routes("/infer", self.infer, ["POST"]),
+        ]
+        self.app = Starlette(routes=routes, exception_handlers={HTTPException: self._no_route})
+
+    async def _answer(
+        self, request: Request, rpc: str, work: Work, *, probe: bool = False
+    ) -> Response:
+        """Run one route's work, admitted and recorded, turning failures into JSON errors.
+        A `probe` (live, ready) is open to all and kept out of the metrics."""
+        model = request.path_params.get("name", "")
+        version = request.path_params.get("version", "")
+        request_id = request_id_of("", request.headers)
+        with self._recorder.call(rpc, model, version, request_id, counted=not probe) as call:
+            try:
+                if not probe:
+                    self._authenticator.admit(
+                        call,
+                        request.headers.get(AUTHORIZATION),
+                        lambda: request.scope.get(CERTIFICATE_NAME),
+                    )
+                response = await work(call)
+            except Exception as failure:
+                error = client_error(failure, f"{rpc} for model {model!r}")
+                call.code = error.code
+                response = error_response(error)
+            if call.request_id:
+                response.headers[REQUEST_ID_HEADER] = call.request_id
+            return response
+
+    async def _no_route(self, request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)
+        if error.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = f"no route {request.method} {request.url.path}; see the REST API in README"
+        return JSONResponse({"error": message}, status_code=error.status_code)
+
+    # Health and metadata ------------------------------------------------------------
+
+    async def live(self, request: Request) -> Response:
+        async def work(call: Call) -> Response:
+            return _yes_or_no(self._dataplane.live())
+
+        return await self._answer(request, "ServerLive", work, probe=True)
+
+    async def ready(self, request: Request) -> Response:
+        async def work(call: Call) -> Response:
+            return _yes_or_no(self._serving() and self._dataplane.ready())
+
+        return await self._answer(request, "ServerReady", work, probe=True)
+
+    async def server_metadata(self, request: Request) -> Response:
+        async def work(call: Call) -> Response:
+            metadata = self._dataplane.server_metadata()
+            return JSONResponse(converter.server_metadata_to_json(metadata))
+
+        return await self._answer(request, "ServerMetadata", work)
+
+    async def model_ready(self, request: Request) -> Response:
+        async def work(call: Call) -> Response:
+            return _yes_or_no(self._dataplane.model_ready(call.model, call.version))
+
+        return await self._answer(request, "ModelReady", work)
+
+    async def model_metadata(self, request: Request) -> Response:
+        async def work(call: Call) -> Response:
+            metadata = self._dataplane.model_metadata(call.model, call.version)
+            return JSONResponse(converter.model_metadata_to_json(metadata))
+
+        return await self._answer(request, "ModelMetadata", work)
+
+    async def model_config(self, request: Request) -> Response:
+        async def work(call: Call) -> Response:
+            config = triton.model_config_of(self._dataplane, call.model, call.version).config
+            return JSONResponse(converter.message_to_json(config))
+
+        return await self._answer(request, "ModelConfig", work)
+
+    async def statistics(self, request: Request) -> Response:
+        async def work(call: Call) -> Response:
+            stats = self._dataplane.model_statistics(call.model, call.version)
+            message = grpc_converter.model_statistics_to_proto(stats)
+            return JSONResponse(converter.message_to_json(message))
+
+        return await self._answer(request, "ModelStatistics", work)
+
+    async def repository_index(self, request: Request) -> Response:
+        async def work(call: Call) -> Response:
+            body = await self._body(request)
+            try:
+                options = json.loads(body) if body.strip() else {}
+            except ValueError:
+                options = None
+            ready_only = options.get("ready", False) if isinstance(options, dict) else None
+            if not isinstance(ready_only, bool):
+                raise InvalidArgument('the body must be a JSON object such as {"ready": true}')
+            entries = self._dataplane.repository_index()
+            return JSONResponse(converter.repository_index_to_json(entries, ready_only))
+
+        return await self._answer(request, "RepositoryIndex", work)
+
+    # Inference ----------------------------------------------------------------------
+
+    async def infer(self, request: Request) -> Response:
+        async def work(call: Call) -> Response:
+            self._dataplane.model(call.model, call.version)  # NOT_FOUND before any body error
+            body = await self._body(request)
+            infer_request, output_format = await self._convert(
+                len(body),
+                converter.request_from_json,
+                body, request.headers.get(rest.HEADER_LENGTH), call.model, call.version,
+                call.principal,
+            )  # fmt: skip
+            if infer_request.id:
+                call.request_id = infer_request.id
+                REQUEST_ID.set(infer_request.id)
+            call.sequence_id = sequence_id_of(infer_request.parameters)
+            response = await self._dataplane.infer(infer_request)
+            size = sum(tensor.data.nbytes for tensor in response.outputs)
+            content, header_length = await self._convert(
+                size, converter.response_to_json, response, output_format
+            )
+            headers = {} if header_length is None else {rest.HEADER_LENGTH: str(header_length)}
+            content, encoding = await self._convert(
+                len(content), _compressed, content, request.headers.get("accept-encoding", "")
+            )
+            if encoding:
+                headers["Content-Encoding"] = encoding
+            media_type = JSON if header_length is None else BINARY
+            return Response(content, headers=headers, media_type=media_type)
+
+        return await self._answer(request, "ModelInfer", work)
+
+    async def _convert(self, size: int, convert: Callable[..., T], *args: Any) -> T:
+        """`convert(*args)`, in a thread when `size` (bytes) is past inline_max_bytes: JSON
+        of a large tensor takes milliseconds that must not stall the event loop."""
+        if size <= self._inline_max_bytes:
+            return convert(*args)
+        return await asyncio.to_thread(convert, *args)
+
+    async def _body(self, request: Request) -> bytes:
+        """The request's body, decompressed, refused past max_message_bytes."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_bytes:
+            raise self._too_large(int(declared))
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise self._too_large(size)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "identity":
+            return body
+        if encoding not in _COMPRESSIONS:
+            raise InvalidArgument(
+                f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none"
+            )
+        inflater = zlib.decompressobj(_COMPRESSIONS[encoding])
+        try:
+            body = inflater.decompress(body, self._max_bytes + 1)
+        except zlib.error as error:
+            raise InvalidArgument(f"the body does not decompress as {encoding}: {error}") from None
+        if len(body) > self._max_bytes:
+            raise self._too_large(len(body))
+        return body
+
+    def _too_large(self, size: int) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"the request body holds at least {size} bytes; at most {self._max_bytes} are "
+            "accepted (max_message_bytes)"
+        )
+
+
+def _yes_or_no(answer: bool) -> Response:
+    """A health or readiness answer, as Triton gives it: the status says it all."""
+    return Response(status_code=200 if answer else 400)
+
+
+def _compressed(content: bytes, accept_encoding: str) -> tuple[bytes, str]:
+    """The body compressed as the client accepts (gzip first), if it asked."""
+    accepted = {part.split(";")[0].strip().lower() for part in accept_encoding.split(",")}
+    if "gzip" in accepted:
+        return gzip.compress(content, compresslevel=1), "gzip"
+    if "deflate" in accepted:
+        return zlib.compress(content, 1), "deflate"
+    return content, ""

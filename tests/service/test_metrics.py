@@ -1,0 +1,131 @@
+"""Metrics that answer questions, scraped from real servers: a failed request carries the
+version that would have run, latency histograms hold inference only (by rpc and code),
+requests in flight, the session limit, whether the state store answers, no `_created`."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from scrape import scrape, series
+
+from rnnserve.client.client import RnnClient, build_request
+from rnnserve.client.errors import InferenceError
+from rnnserve.client.rest import RestClient
+from rnnserve.protocol import messages as pb
+
+X = np.zeros((1, 2, 1), np.float32)
+EMPTY = np.zeros((0, 2, 1), np.float32)
+STORE_DOWN_TIMEOUT_S = 60.0
+
+
+def requests(**labels: str) -> str:
+    return series("rnnserve_requests_total", **labels)
+
+
+def latency_count(**labels: str) -> str:
+    return series("rnnserve_request_duration_seconds_count", **labels)
+
+
+def test_failed_requests_carry_the_version_that_would_have_run(server) -> None:
+    with RnnClient(server.address) as grpc_client, RestClient(server.http_url) as rest_client:
+        for client in (grpc_client, rest_client):
+            with pytest.raises(InferenceError):
+                client.infer_response("sine-lstm", {"x": EMPTY})
+
+    samples = scrape(server.metrics_url)
+
+    for protocol in ("grpc", "http"):
+        failed = {"model": "sine-lstm", "version": "1", "rpc": "ModelInfer", "protocol": protocol}
+        assert samples[requests(code="INVALID_ARGUMENT", **failed)] >= 1
+        assert samples[latency_count(code="INVALID_ARGUMENT", **failed)] >= 1
+
+
+def test_names_the_repository_does_not_know_are_not_labels(server) -> None:
+    server.stub.ModelReady(pb.ModelReadyRequest(name="made-up-name-1"))
+    with pytest.raises(grpc.RpcError):
+        server.stub.ModelInfer(build_request("made-up-name-2", {"x": X}))
+    with RestClient(server.http_url) as client, pytest.raises(InferenceError):
+        client.infer_response("made-up-name-3", {"x": X})
+
+    samples = scrape(server.metrics_url)
+
+    assert not [name for name in samples if "made-up-name" in name]
+    unknown = {"model": "", "version": "", "rpc": "ModelInfer", "code": "NOT_FOUND"}
+    assert samples[requests(protocol="grpc", **unknown)] >= 1
+    assert samples[requests(protocol="http", **unknown)] >= 1
+
+
+def test_latency_is_for_inference_only_by_rpc_and_code(server) -> None:
+    with RnnClient(server.address) as client:
+        client.model_metadata("sine-gru")
+        client.infer("sine-gru", {"x": X})
+        list(client.stream(iter([build_request("sine-gru", {"x": X})])))
+
+    samples = scrape(server.metrics_url)
+
+    ok = {"model": "sine-gru", "version": "1", "code": "OK", "protocol": "grpc"}
+    assert samples[latency_count(rpc="ModelInfer", **ok)] >= 1
+    assert samples[latency_count(rpc="ModelStreamInfer", **ok)] >= 1
+    assert samples[requests(rpc="ModelMetadata", **ok)] >= 1
+    timed = {name for name in samples if name.startswith("rnnserve_request_duration_seconds")}
+    assert not [name for name in timed if 'rpc="Model' in name and "Infer" not in name]
+
+
+def test_requests_in_flight(server) -> None:
+    """A REST request whose body has not all arrived is in flight: deterministic."""
+    in_flight = series("rnnserve_requests_in_flight", model="sine-rnn", version="1")
+    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1, 1], "data": [0.5]}]}'
+    head = (
+        f"POST /v2/models/sine-rnn/infer HTTP/1.1\r\nHost: test\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
+        sock.sendall(head + body[:10])
+        deadline = time.monotonic() + 30
+        while scrape(server.metrics_url).get(in_flight, 0) != 1:
+            assert time.monotonic() < deadline, "the request was never in flight"
+            time.sleep(0.02)
+        sock.sendall(body[10:])
+        answer = sock.makefile("rb").read()
+
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert scrape(server.metrics_url)[in_flight] == 0
+
+
+def test_no_created_series_and_the_gauges_operators_alert_on(server) -> None:
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as page:
+        text = page.read().decode()
+    samples = scrape(server.metrics_url)
+
+    assert "_created" not in text
+    assert samples["rnnserve_sessions_limit{}"] == 100_000  # max_sessions
+    assert samples["rnnserve_state_store_up{}"] == 1
+    assert abs(samples["rnnserve_start_time_seconds{}"] - time.time()) < 24 * 3600
+
+
+def test_an_unreachable_state_store_is_down(start_server, tiny_repository, free_redis_url) -> None:
+    server = start_server(
+        tiny_repository,
+        args=["--state-store", "redis", "--redis-url", free_redis_url,
+              "--session-idle-timeout-s", "1"],
+    )  # fmt: skip
+
+    deadline = time.monotonic() + STORE_DOWN_TIMEOUT_S
+    while scrape(server.metrics_url)["rnnserve_state_store_up{}"] != 0:
+        assert time.monotonic() < deadline, "the store never went down"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def free_redis_url() -> str:
+    """The URL of a port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
