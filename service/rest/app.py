@@ -64,9 +64,9 @@ from rnnserve.service.logs import REQUEST_ID
 from rnnserve.service.rest import converter
 
 JSON = "application/json"
+BINARY = "application/octet-stream"
 # Where the front end's protocol puts the client certificate's subject CN (mutual TLS).
 CERTIFICATE_NAME = "rnnserve.certificate_name"
-BINARY = "application/octet-stream"
 _COMPRESSIONS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # zlib wbits
 
 Work = Callable[[Call], Awaitable[Response]]

@@ -77,6 +77,16 @@ def test_a_call_without_a_valid_token_is_unauthenticated(token_server, metadata,
     assert "not-a-token" not in token_server.log() and TOKENS["alice"][0] not in token_server.log()
 
 
+def test_a_stream_without_a_valid_token_is_ended_unauthenticated(token_server) -> None:
+    request = build_request("sine-lstm", {"x": X[None, :, None]}, ["y"])
+    replies = token_server.stub.ModelStreamInfer(iter([request]), metadata=bearer("alice"))
+    assert next(replies).infer_response.model_name == "sine-lstm"
+    refused = token_server.stub.ModelStreamInfer(iter([request, request]))
+    with pytest.raises(grpc.RpcError) as raised:
+        next(refused)
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 @pytest.mark.parametrize(
     ("rpc_name", "request_message"),
     [
