@@ -4,22 +4,28 @@ answer, 1 for a server's refusal (its code and message on one line), 2 for usage
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from security_helpers import TOKENS
 
 from rnnserve.client.client import RnnClient
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def rnnserve(*args: str) -> subprocess.CompletedProcess[str]:
+def rnnserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`rnnserve ARGS` with `env` added to the environment (RNNSERVE_TOKEN left out unless
+    given)."""
+    environment = {k: v for k, v in os.environ.items() if k != "RNNSERVE_TOKEN"}
     return subprocess.run(
         [sys.executable, "-m", "rnnserve", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env={**environment, **(env or {})}, capture_output=True, text=True,
+        timeout=120,
     )  # fmt: skip
 
 
@@ -167,6 +173,22 @@ def test_offset_steps_a_sequence_exactly_once(server, url: str, sequence_id: str
     assert gap.stderr.startswith("rnnserve infer: FAILED_PRECONDITION: sequence_offset 5 ")
     assert "the server has applied 3 time steps" in gap.stderr
     assert counted(step("0.3", 3, "--end")) == 4
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_tls_and_a_token_from_the_environment(token_server, pki, protocol: str) -> None:
+    """HOST:PORT with --ca speaks gRPC over TLS, https:// REST over TLS; the token comes
+    from RNNSERVE_TOKEN, never the command line."""
+    url = token_server.address if protocol == "grpc" else token_server.http_url
+    args = ["infer", "sine-lstm", "--values", "0,0.5", "--url", url, "--ca", str(pki.ca)]
+    alice = {"RNNSERVE_TOKEN": TOKENS["alice"][0]}
+
+    done = rnnserve(*args, env=alice)
+    assert done.returncode == 0, done.stderr
+    assert len(numbers(done.stdout.strip())) == 2
+    refused = rnnserve(*args)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("rnnserve infer: UNAUTHENTICATED: missing credentials")
 
 
 # Refusals and mistakes -----------------------------------------------------------------

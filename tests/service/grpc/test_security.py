@@ -5,9 +5,7 @@ test_rest_security.py asks the same servers over REST.)"""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -199,16 +197,3 @@ def test_under_mutual_tls_the_certificates_name_is_the_principal(mtls_server, pk
     tls = ["-cacert", str(pki.ca), "-cert", str(pki.alice.cert), "-key", str(pki.alice.key)]
     listed = grpcurl(*tls, mtls_server.address, "list")
     assert listed.returncode != 0 and "reflection" in listed.stderr
-
-
-def test_rnnserve_infer_speaks_tls_with_a_token_from_the_environment(token_server, pki) -> None:
-    command = [sys.executable, "-m", "rnnserve", "infer", "sine-lstm", "--values", "0,0.5",
-               "--url", token_server.address, "--ca", str(pki.ca)]  # fmt: skip
-    env = {**os.environ, "RNNSERVE_TOKEN": TOKENS["alice"][0]}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert len(done.stdout.strip().split(",")) == 2
-    env.pop("RNNSERVE_TOKEN")
-    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 1
-    assert refused.stderr.startswith("rnnserve infer: UNAUTHENTICATED: missing credentials")
