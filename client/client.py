@@ -21,9 +21,9 @@ from rnnserve.client.errors import InferenceError
 from rnnserve.protocol import codec, rpc
 from rnnserve.protocol import messages as pb
 from rnnserve.protocol.codec import Parameter
+from rnnserve.protocol.sequences import ERROR_CODE
 
 T = TypeVar("T")
-ERROR_CODE = "error_code"  # parameter of a stream's error response: the status code name
 
 
 @dataclass

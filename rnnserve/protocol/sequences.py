@@ -19,6 +19,9 @@ SEQUENCE_END = "sequence_end"
 SEQUENCE_OFFSET = "sequence_offset"
 SEQUENCE_ERROR = "sequence_error"
 FAILED_ROWS = "failed_rows"
+# A parameter of a stream's error response (the stream stays open, so no status or trailer
+# can say it): the status code name, beside the error's details (`sequence_offset`).
+ERROR_CODE = "error_code"
 
 # Control inputs and the datatype each is listed with (sequence_id may also be INT64, or
 # BYTES for string ids), and the control outputs.

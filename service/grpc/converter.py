@@ -13,6 +13,7 @@ from typing import Any
 
 from rnnserve.protocol import codec
 from rnnserve.protocol import messages as pb
+from rnnserve.protocol.sequences import ERROR_CODE
 from rnnserve.service.errors import InvalidArgument, ServiceError, decoding
 from rnnserve.service.types import (
     ANONYMOUS,
@@ -89,9 +90,6 @@ def response_to_proto(response: InferResponse, typed: bool = False) -> pb.ModelI
         else:
             message.raw_output_contents.append(codec.raw_of(tensor.datatype, tensor.data))
     return message
-
-
-ERROR_CODE = "error_code"
 
 
 def stream_error_to_proto(
