@@ -12,7 +12,7 @@ from rnnserve.errors import UsageError
 
 SCENARIOS = (
     "compute", "transport", "one_session", "many_sessions", "memory", "multi_session",
-    "perf_analyzer",
+    "perf_analyzer", "security",
 )  # fmt: skip
 
 
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         perf_analyzer,
         profile,
         report,
+        security,
         sessions,
         transport,
     )
@@ -95,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         "memory": memory.run,
         "multi_session": multi_session.run,
         "perf_analyzer": perf_analyzer.run,
+        "security": security.run,
     }
     if args.runs is not None and args.runs < 1:
         raise UsageError("--runs must be at least 1")

@@ -36,9 +36,6 @@ def handler(model_name: str) -> grpc.GenericRpcHandler:
         async for _ in requests:
             yield stream_answer
 
-    async def server_ready(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ServerReadyResponse(ready=True)
-
     parse = pb.ModelInferRequest.FromString
     # A None serializer sends the bytes as they are.
     return grpc.method_handlers_generic_handler(
@@ -48,18 +45,17 @@ def handler(model_name: str) -> grpc.GenericRpcHandler:
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
                 model_stream_infer, parse, None
             ),
-            "ServerReady": grpc.unary_unary_rpc_method_handler(
-                server_ready,
-                pb.ServerReadyRequest.FromString,
-                pb.ServerReadyResponse.SerializeToString,
-            ),
         },
     )
 
 
 async def serve(port: int, model_name: str) -> None:
+    from grpc_health.v1 import health, health_pb2_grpc
+
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler(model_name),))
+    # The standard health service (SERVING from the start): how the harness waits for it.
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()

@@ -79,6 +79,23 @@ def evaluate(results: list[ScenarioResult]) -> list[str]:
             floor_metric="rps",
         ),
         _ratio_goal(
+            "Step offsets: 64-session steps/s with sequence_offset on every step over "
+            "plaintext's without",
+            _find(results, "security", "offsets, 64 sessions"),
+            _find(results, "security", "plaintext, 64 sessions"),
+            "rps",
+            0.95,
+            at_most=False,
+        ),
+        _ratio_goal(
+            "Token check: 64-session steps/s over TLS with bearer tokens over TLS's without",
+            _find(results, "security", "TLS + token, 64 sessions"),
+            _find(results, "security", "TLS, 64 sessions"),
+            "rps",
+            0.95,
+            at_most=False,
+        ),
+        _ratio_goal(
             "100,000 idle sessions, bytes per session over raw state bytes",
             idle,
             idle,

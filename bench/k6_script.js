@@ -3,8 +3,10 @@
 // step starts it); with `iterations`, each iteration starts a new session (to fill a server
 // with idle sessions). With `rows` > 0, a request carries one step for each of `rows`
 // sessions (multi-session requests: control tensors sequence_id and sequence_start), and
-// the sessions above are `rows` sessions each. A warm-up scenario runs first; figures come
-// from `measure` only.
+// the sessions above are `rows` sessions each. With `offsets`, a session's steps carry
+// sequence_offset (each step is one time step). With `ca`, the connection speaks TLS,
+// trusting that CA; with `token`, every call sends it as a bearer token. A warm-up scenario
+// runs first; figures come from `measure` only.
 import grpc from 'k6/net/grpc';
 import encoding from 'k6/encoding';
 import exec from 'k6/execution';
@@ -13,6 +15,14 @@ import { Counter } from 'k6/metrics';
 const config = JSON.parse(open(__ENV.BENCH_CONFIG));
 const client = new grpc.Client();
 client.loadProtoset(config.protoset);
+// Files are read in the init context, the only place k6 lets a script read them.
+const connectParams = config.ca
+  ? { plaintext: false, timeout: '60s', tls: { cacerts: [open(config.ca)] } }
+  : { plaintext: true, timeout: '60s' };
+const callParams = { timeout: '60s', discardResponseMessage: !(config.rows > 0) };
+if (config.token) {
+  callParams.metadata = { authorization: `Bearer ${config.token}` };
+}
 
 // Successes are counted by grpc_req_duration's `count`; failures need their own counter.
 const failed = new Counter('steps_failed');
@@ -44,8 +54,11 @@ export const options = {
   },
 };
 
+// What this VU's session has had acknowledged. k6 may interrupt an iteration anywhere
+// when the warm-up stops, so these change only after an answer came back.
 let connected = false;
 let started = false;
+let offset = 0; // time steps of this VU's session, with `offsets`
 let errorsShown = 0;
 let continuing = null; // a VU's multi-session request after its first
 
@@ -76,24 +89,27 @@ function rowsRequest(first, start) {
   return request;
 }
 
+// The request of this iteration's step, and whether it starts the session.
 function sessionRequest() {
   const iterating = config.iterations > 0;
   const index = iterating ? exec.scenario.iterationInTest : exec.vu.idInTest;
   const start = iterating || !started;
-  started = true;
   if (config.rows > 0) {
     if (!start) {
       continuing = continuing || rowsRequest(config.sequence_base + index * config.rows, false);
-      return continuing;
+      return [continuing, start];
     }
-    return rowsRequest(config.sequence_base + index * config.rows, true);
+    return [rowsRequest(config.sequence_base + index * config.rows, true), start];
   }
   const request = config.request;
   request.parameters = { sequence_id: { int64_param: String(config.sequence_base + index) } };
   if (start) {
     request.parameters.sequence_start = { bool_param: true };
   }
-  return request;
+  if (config.offsets) {
+    request.parameters.sequence_offset = { int64_param: String(start ? 0 : offset) };
+  }
+  return [request, start];
 }
 
 function report(message) {
@@ -105,15 +121,13 @@ function report(message) {
 
 export default function () {
   if (!connected) {
-    client.connect(config.target, { plaintext: true, timeout: '60s' });
+    client.connect(config.target, connectParams);
     connected = true;
   }
-  const request = config.sessions ? sessionRequest() : config.request;
-  // The answer is turned back into JSON only when its rows must be checked: that costs k6
-  // more than the request.
-  const response = client.invoke(
-    config.method, request, { timeout: '60s', discardResponseMessage: !(config.rows > 0) },
-  );
+  const [request, start] = config.sessions ? sessionRequest() : [config.request, false];
+  // The answer is turned back into JSON only when its rows must be checked (callParams):
+  // that costs k6 more than the request.
+  const response = client.invoke(config.method, request, callParams);
   if (!response || response.status !== grpc.StatusOK) {
     failed.add(1);
     report(`step failed: ${JSON.stringify(response && response.error)}`);
@@ -123,6 +137,8 @@ export default function () {
     continuing = null;
     return;
   }
+  started = true;
+  offset = start ? 1 : offset + 1;
   if (config.rows > 0) {
     const parameter = (response.message.parameters || {}).failed_rows || {};
     const rows = Number(parameter.int64Param || parameter.int64_param || 0);

@@ -38,6 +38,9 @@ class Load:
     iterations: int = 0  # > 0: a fixed number of requests instead of a duration
     rows: int = 0  # > 0 with sessions: each request steps this many sessions (control tensors)
     server_pid: int = 0  # > 0: also report this process family's CPU use
+    ca: str = ""  # TLS: the PEM file of the CA to trust (plaintext when empty)
+    token: str = ""  # a bearer token sent with every call
+    offsets: bool = False  # with sessions: each step carries its sequence_offset
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -65,6 +68,9 @@ def run(load: Load) -> dict[str, float]:
                     "sequence_base": load.sequence_base,
                     "iterations": load.iterations,
                     "rows": load.rows,
+                    "ca": load.ca,
+                    "token": load.token,
+                    "offsets": load.offsets,
                 }
             )
         )

@@ -11,6 +11,7 @@ from typing import Any
 
 from rnnserve.bench.payloads import step_request
 from rnnserve.bench.report import Metrics, quantiles_ms
+from rnnserve.bench.servers import Running
 from rnnserve.errors import UsageError
 
 
@@ -38,17 +39,37 @@ def _figures(samples: list[int], cpu_s: float, warmup: int) -> Metrics:
     }
 
 
-def unary_steps(target: str, model_name: str, steps: int, warmup: int, sequence_id: int) -> Metrics:
-    """Steps of one session through ModelInfer (no session when sequence_id is 0)."""
+def unary_steps(
+    target: str,
+    model_name: str,
+    steps: int,
+    warmup: int,
+    sequence_id: int,
+    *,
+    server: Running | None = None,
+    token: str = "",
+    offsets: bool = False,
+) -> Metrics:
+    """Steps of one session through ModelInfer (no session when sequence_id is 0); over
+    `server`'s channel (TLS when it speaks TLS) when given, with a bearer token, and with
+    each step's sequence_offset (one time step per step)."""
     import grpc
 
     from rnnserve.protocol import rpc
 
     first = step_request(model_name, sequence_id, start=True)
     rest = step_request(model_name, sequence_id, start=False)
-    with grpc.insecure_channel(target) as channel:
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+
+    def send(index: int) -> None:
+        request = first if index == 0 else rest
+        if offsets:
+            request.parameters["sequence_offset"].int64_param = index
+        infer(request, metadata=metadata)
+
+    with server.channel() if server else grpc.insecure_channel(target) as channel:
         infer = rpc.Stub(channel).ModelInfer
-        samples, cpu_s = _timed(steps + warmup, lambda i: infer(first if i == 0 else rest))
+        samples, cpu_s = _timed(steps + warmup, send)
     return _figures(samples, cpu_s, warmup)
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rnnserve.errors import UsageError
 
@@ -24,10 +25,19 @@ class Running:
     process: subprocess.Popen[bytes]
     target: str  # host:port of the gRPC endpoint
     metrics_url: str = ""
+    ca: Path | None = None  # TLS: the CA that signed the server's certificate
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def channel(self) -> Any:
+        """A gRPC channel to the server, over TLS when it speaks TLS."""
+        import grpc
+
+        if self.ca is None:
+            return grpc.insecure_channel(self.target)
+        return grpc.secure_channel(self.target, grpc.ssl_channel_credentials(self.ca.read_bytes()))
 
 
 def free_port() -> int:
@@ -37,20 +47,20 @@ def free_port() -> int:
 
 
 def wait_ready(running: Running, timeout_s: float, log: Path) -> None:
-    """Poll ServerReady until it answers true; fail with the server's log if it dies."""
+    """Poll the gRPC health service (open whatever the server's tokens) until it says
+    SERVING; fail with the server's log if the server dies."""
     import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from rnnserve.protocol import messages as pb
-    from rnnserve.protocol import rpc
-
+    serving = health_pb2.HealthCheckResponse.SERVING
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(running.target) as channel:
-        stub = rpc.Stub(channel)
+    with running.channel() as channel:
+        health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if running.process.poll() is not None:
                 raise UsageError(f"server exited with {running.process.returncode}: {_tail(log)}")
             with contextlib.suppress(grpc.RpcError):
-                if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == serving:
                     return
             time.sleep(0.1)
     raise UsageError(f"server at {running.target} not ready after {timeout_s:.0f} s: {_tail(log)}")
@@ -68,12 +78,13 @@ def _started(
     env: dict[str, str],
     timeout_s: float,
     metrics_url: str = "",
+    ca: Path | None = None,
 ) -> Iterator[Running]:
     with log.open("wb") as sink:
         process = subprocess.Popen(
             command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **env}
         )
-    running = Running(process, target, metrics_url)
+    running = Running(process, target, metrics_url, ca)
     try:
         wait_ready(running, timeout_s, log)
         yield running
@@ -96,9 +107,14 @@ def echo_server(workdir: Path) -> Iterator[Running]:
 
 @contextlib.contextmanager
 def rnnserve(
-    workdir: Path, repository: Path, settings: dict[str, str], timeout_s: float = 120
+    workdir: Path,
+    repository: Path,
+    settings: dict[str, str],
+    timeout_s: float = 120,
+    ca: Path | None = None,
 ) -> Iterator[Running]:
-    """`rnnserve serve` on free ports; `settings` become RNNSERVE_* environment variables."""
+    """`rnnserve serve` on free ports; `settings` become RNNSERVE_* environment variables.
+    A server given tls_cert and tls_key in `settings` is reached trusting `ca`."""
     port, metrics_port = free_port(), free_port()
     command = [
         sys.executable,
@@ -126,6 +142,7 @@ def rnnserve(
         env,
         timeout_s,
         f"http://127.0.0.1:{metrics_port}/metrics",
+        ca,
     ) as running:
         yield running
 

@@ -3,18 +3,23 @@
 rnnserve infer sine-lstm --values 0,0.1,0.2
 rnnserve infer tagger-gru --text hello --url http://localhost:8000
 rnnserve infer sine-gru --input 'x=[[[0.0],[0.1]]]' --output y --output hn --json
-rnnserve infer tagger-gru --text h --sequence-id 7 --start
+rnnserve infer tagger-gru --text h --sequence-id 7 --start --offset 0
 rnnserve infer seq2seq-gru --text '22 nov 2026' --stream
+RNNSERVE_TOKEN=... rnnserve infer tagger-gru --text hello --url host:8001 --ca ca.pem
+RNNSERVE_TOKEN=... rnnserve infer tagger-gru --text hello --url https://host:8000 --ca ca.pem
 
-`--url` is HOST:PORT or grpc://HOST:PORT (gRPC, the default localhost:8001) or
-http://HOST:PORT (REST; no streaming there). Exit status: 0 answered, 1 the server refused
-(or could not be reached): one line `CODE: message` on stderr, 2 a usage mistake.
+`--url` is HOST:PORT or grpc://HOST:PORT (gRPC, the default localhost:8001; TLS with --tls,
+--ca or --cert) or http://HOST:PORT (REST; no streaming there) or https://HOST:PORT (REST
+over TLS). A bearer token comes from the environment variable RNNSERVE_TOKEN. Exit status:
+0 answered, 1 the server refused (or could not be reached): one line `CODE: message` on
+stderr, 2 a usage mistake.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +35,8 @@ if TYPE_CHECKING:
     from rnnserve.client.rest import RestClient
 
     Client = RnnClient | RestClient
+
+TOKEN_ENV = "RNNSERVE_TOKEN"  # a bearer token, kept off the command line (and its history)
 
 
 def _floats(text: str) -> list[float]:
@@ -93,6 +100,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-output-length", type=int, default=None, help="seq2seq: most tokens to decode"
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
+    tls = parser.add_argument_group(
+        "TLS (gRPC: any of these speaks TLS; REST: https://) and a token ($RNNSERVE_TOKEN)"
+    )
+    tls.add_argument("--tls", action="store_true", help="gRPC over TLS, trusting the system's CAs")
+    tls.add_argument("--ca", type=Path, help="PEM CA certificates to trust")
+    tls.add_argument("--cert", type=Path, help="PEM client certificate (mutual TLS)")
+    tls.add_argument("--key", type=Path, help="PEM private key of --cert")
     parser.set_defaults(run=run)
 
 
@@ -116,22 +130,33 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _connect(args: argparse.Namespace) -> Client:
-    scheme, _, rest = args.url.rpartition("://")
-    if scheme in ("", "grpc"):
-        from rnnserve.client.client import RnnClient
+    scheme, _, address = args.url.rpartition("://")
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("--cert and --key go together: the client certificate and its key")
+    token = os.environ.get(TOKEN_ENV)
+    files = {"root_certificates": args.ca, "private_key": args.key, "certificate_chain": args.cert}
+    try:
+        if scheme in ("", "grpc"):
+            from rnnserve.client.client import RnnClient
 
-        return RnnClient(rest, timeout_s=args.timeout)
-    if scheme == "http":
-        if args.stream:
-            raise UsageError(
-                "--stream needs gRPC (the REST API has no streaming): use --url grpc://HOST:PORT"
-            )
-        from rnnserve.client.rest import RestClient
+            return RnnClient(address, timeout_s=args.timeout, tls=args.tls, token=token, **files)
+        if scheme in ("http", "https"):
+            if args.stream:
+                raise UsageError(
+                    "--stream needs gRPC (the REST API has no streaming): use --url "
+                    "grpc://HOST:PORT"
+                )
+            if scheme == "http" and (args.tls or args.ca or args.cert):
+                raise UsageError("--tls, --ca and --cert speak TLS: use --url https://HOST:PORT")
+            from rnnserve.client.rest import RestClient
 
-        return RestClient(args.url, timeout_s=args.timeout)
+            return RestClient(args.url, timeout_s=args.timeout, token=token, **files)
+    except OSError as error:  # a certificate or key file (ssl.SSLError is an OSError too)
+        what = error.filename or "--ca, --cert or --key"
+        raise UsageError(f"{what}: cannot be read: {error.strerror or error}") from None
     raise UsageError(
-        f"--url {args.url}: expected HOST:PORT, grpc://HOST:PORT or http://HOST:PORT "
-        "(TLS is not supported yet)"
+        f"--url {args.url}: expected HOST:PORT, grpc://HOST:PORT, http://HOST:PORT or "
+        "https://HOST:PORT"
     )
 
 

@@ -1,14 +1,18 @@
 """RnnClient: numpy in, numpy out over the Open Inference Protocol's gRPC API.
 
 Tensor encoding is rnnserve.protocol.codec's, shared with the server, so both ends agree
-on the wire format by construction. The client imports nothing of the server.
+on the wire format by construction. The client imports nothing of the server. It speaks
+TLS (server certificates checked against `root_certificates`, or the system's roots; with
+`private_key` and `certificate_chain`, mutual TLS) and sends a bearer token with every
+call when given one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 import numpy as np
@@ -17,6 +21,7 @@ from rnnserve.client.errors import InferenceError
 from rnnserve.protocol import codec, rpc
 from rnnserve.protocol import messages as pb
 from rnnserve.protocol.codec import Parameter
+from rnnserve.protocol.sequences import ERROR_CODE
 
 T = TypeVar("T")
 
@@ -37,7 +42,25 @@ def call(rpc_call: Callable[[], T]) -> T:
     try:
         return rpc_call()
     except grpc.RpcError as error:
-        raise InferenceError(error.code().name, error.details() or "") from None
+        raise inference_error(error) from None
+
+
+def inference_error(error: grpc.RpcError) -> InferenceError:
+    """A failed call as an InferenceError, with its trailing metadata as details
+    (`sequence-offset` -> `sequence_offset`)."""
+    trailers = error.trailing_metadata() or ()  # type: ignore[attr-defined]
+    details: dict[str, Parameter] = {
+        key.replace("-", "_"): value for key, value in trailers if isinstance(value, str)
+    }
+    return InferenceError(error.code().name, error.details() or "", details)  # type: ignore[attr-defined]
+
+
+def stream_error(reply: Any) -> InferenceError:
+    """An error a stream reported (the stream stays open): its status code and details come
+    as parameters of its response, where the server sends them."""
+    details = codec.parameters_from_proto(reply.infer_response.parameters, "error response")
+    code = str(details.pop(ERROR_CODE, "STREAM_ERROR"))
+    return InferenceError(code, reply.error_message, details)
 
 
 def sine_input(values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -92,31 +115,93 @@ def decode_response(message: Any) -> InferResult:
 
 
 def session_controls(
-    ids: Sequence[int] | Sequence[str], start: bool | Sequence[bool], end: bool | Sequence[bool]
+    ids: Sequence[int] | Sequence[str],
+    start: bool | Sequence[bool],
+    end: bool | Sequence[bool],
+    offsets: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """The control inputs of a multi-session request: row i is a step of session ids[i].
-    Integer ids go as UINT64, string ids as BYTES; a single flag applies to every row."""
+    Integer ids go as UINT64, string ids as BYTES; a single flag applies to every row;
+    `offsets` (each row's sequence's time steps before it) go as INT64."""
     rows = len(ids)
     all_ints = all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
-    return {
+    controls = {
         "sequence_id": np.asarray(ids, np.uint64) if all_ints else np.asarray(ids, object),
         "sequence_start": np.broadcast_to(np.asarray(start, np.bool_), (rows,)).copy(),
         "sequence_end": np.broadcast_to(np.asarray(end, np.bool_), (rows,)).copy(),
     }
+    if offsets is not None:
+        controls["sequence_offset"] = np.asarray(offsets, np.int64)
+    return controls
+
+
+class _Metadata(NamedTuple):
+    """grpc.ClientCallDetails with metadata added."""
+
+    method: str
+    timeout: float | None
+    metadata: Sequence[tuple[str, str]] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
+class _Headers(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Sends `headers` (gRPC metadata) with every call."""
+
+    def __init__(self, headers: Sequence[tuple[str, str]]) -> None:
+        self._headers = list(headers)
+
+    def _with_headers(self, details: Any) -> _Metadata:
+        return _Metadata(
+            details.method, details.timeout, [*(details.metadata or ()), *self._headers],
+            details.credentials, details.wait_for_ready, details.compression,
+        )  # fmt: skip
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_headers(details), request)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_headers(details), requests)
+
+
+def _read(path: str | Path | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
 
 
 class RnnClient:
-    def __init__(self, address: str = "localhost:8001", timeout_s: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        address: str = "localhost:8001",
+        timeout_s: float | None = 30.0,
+        *,
+        tls: bool = False,
+        root_certificates: str | Path | None = None,
+        private_key: str | Path | None = None,
+        certificate_chain: str | Path | None = None,
+        token: str | None = None,
+    ) -> None:
+        """A client of the server at `address`. With `tls` (implied by any certificate
+        file), the server's certificate is checked against `root_certificates` (PEM; the
+        system's roots when None); `private_key` and `certificate_chain` (PEM) are the
+        client's own, for mutual TLS. `token` goes with every call as
+        `authorization: Bearer <token>`."""
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", -1),
-                ("grpc.max_send_message_length", -1),
-            ],
-        )
-        self.stub = rpc.Stub(self._channel)
+        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        if tls or root_certificates or private_key or certificate_chain:
+            credentials = grpc.ssl_channel_credentials(
+                _read(root_certificates), _read(private_key), _read(certificate_chain)
+            )
+            channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            channel = grpc.insecure_channel(address, options=options)
+        self._channel = channel
+        if token is not None:
+            channel = grpc.intercept_channel(
+                channel, _Headers([("authorization", f"Bearer {token}")])
+            )
+        self.stub = rpc.Stub(channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -188,12 +273,15 @@ class RnnClient:
         end: bool | Sequence[bool] = False,
         outputs: Sequence[str] = (),
         version: str = "",
+        offsets: Sequence[int] | None = None,
     ) -> tuple[dict[str, np.ndarray], list[str]]:
         """One step of many sessions in one request: row i of every input is a step of
-        session ids[i], starting it where start[i], ending it where end[i]. Returns the
-        outputs and each row's error ("" for a row that stepped; a failed row's outputs are
-        zeros or empty strings and its session is unchanged)."""
-        controls = session_controls(ids, start, end)
+        session ids[i], starting it where start[i], ending it where end[i], beginning at
+        time step offsets[i] when given. Returns the outputs (`sequence_offset` among them:
+        each row's sequence's time steps after the request) and each row's error ("" for a
+        row that stepped; a failed row's outputs are zeros or empty strings and its session
+        is unchanged)."""
+        controls = session_controls(ids, start, end, offsets)
         response = self.infer_response(model, {**inputs, **controls}, outputs, version=version)
         out = response.outputs
         errors = [message.decode() for message in out.pop("sequence_error").reshape(-1)]
@@ -210,10 +298,10 @@ class RnnClient:
             for reply in replies:
                 if reply.error_message:
                     # The stream stays open: the caller may go on sending.
-                    raise InferenceError("STREAM_ERROR", reply.error_message)
+                    raise stream_error(reply)
                 yield decode_response(reply.infer_response)
         except grpc.RpcError as error:
-            raise InferenceError(error.code().name, error.details() or "") from None
+            raise inference_error(error) from None
 
     # The default models ------------------------------------------------------------
 

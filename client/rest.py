@@ -4,14 +4,18 @@ anything else that must reach a server through HTTP only.
 
 Tensor encoding is rnnserve.protocol.rest's, shared with the server. Failures raise
 InferenceError with the gRPC status name the server's error body gives (or its HTTP
-status's). The standard library's http.client carries it, one keep-alive connection.
+status's) and its details (`sequence_offset`). The standard library's http.client carries
+it, one keep-alive connection; https:// URLs speak TLS (mutual TLS with a client
+certificate), and a token goes with every request as `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import ssl
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -24,14 +28,38 @@ from rnnserve.protocol.codec import CodecError, Parameter
 
 
 class RestClient:
-    def __init__(self, url: str = "http://localhost:8000", timeout_s: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        url: str = "http://localhost:8000",
+        timeout_s: float | None = 30.0,
+        *,
+        root_certificates: str | Path | None = None,
+        private_key: str | Path | None = None,
+        certificate_chain: str | Path | None = None,
+        token: str | None = None,
+    ) -> None:
+        """A client of the server at `url`. An https:// URL speaks TLS: the server's
+        certificate is checked against `root_certificates` (PEM; the system's roots when
+        None); `private_key` and `certificate_chain` (PEM) are the client's own, for mutual
+        TLS. `token` goes with every request as `Authorization: Bearer <token>`."""
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"expected an http://HOST:PORT URL, got {url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https://HOST:PORT URL, got {url!r}")
         self.url = url
         self._prefix = parts.path.rstrip("/")
-        self._connection = http.client.HTTPConnection(
-            parts.hostname, parts.port or 80, timeout=timeout_s
+        self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        if parts.scheme == "http":
+            if root_certificates or private_key or certificate_chain:
+                raise ValueError(f"certificates need TLS: use https:// rather than {url!r}")
+            self._connection = http.client.HTTPConnection(
+                parts.hostname, parts.port or 80, timeout=timeout_s
+            )
+            return
+        context = ssl.create_default_context(cafile=root_certificates)
+        if certificate_chain is not None:
+            context.load_cert_chain(certificate_chain, private_key)
+        self._connection = http.client.HTTPSConnection(
+            parts.hostname, parts.port or 443, timeout=timeout_s, context=context
         )
 
     def close(self) -> None:
@@ -98,7 +126,9 @@ class RestClient:
         ok: tuple[int, ...] = (200,),
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
         try:
-            self._connection.request(method, self._prefix + path, body, dict(headers or {}))
+            self._connection.request(
+                method, self._prefix + path, body, {**self._headers, **(headers or {})}
+            )
             response = self._connection.getresponse()
             data = response.read()
         except TimeoutError:
@@ -118,13 +148,15 @@ def _model_path(model: str, version: str) -> str:
 
 
 def _error(status: int, body: bytes) -> InferenceError:
-    """The error a non-200 answer carries: {"error": message, "code": status name}."""
+    """The error a non-200 answer carries: {"error": message, "code": status name}, and
+    its details beside them (`sequence_offset`)."""
     try:
         answer = json.loads(body)
-        message, code = answer["error"], answer.get("code")
-    except (ValueError, TypeError, KeyError):
-        message, code = body.decode(errors="replace") or f"HTTP {status}", None
-    return InferenceError(code or rest.CODE_OF_STATUS.get(status, "UNKNOWN"), str(message))
+        message, code = answer.pop("error"), answer.pop("code", None)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        message, code, answer = body.decode(errors="replace") or f"HTTP {status}", None, {}
+    code = code or rest.CODE_OF_STATUS.get(status, "UNKNOWN")
+    return InferenceError(code, str(message), answer)
 
 
 def _result(body: bytes, header_length: str | None) -> InferResult:

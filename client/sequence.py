@@ -3,6 +3,17 @@
 The first step carries `sequence_start`, the step passed `end=True` carries
 `sequence_end` (Triton's sequence parameters). Steps go over unary ModelInfer or, with
 `streaming=True`, over one ModelStreamInfer stream that stays open between steps.
+
+Every step carries `sequence_offset`, the time steps the server said the sequence had
+consumed before it, so that the server applies each step exactly once. A step that failed
+because the server could not be reached, did not answer or dropped the call (UNAVAILABLE,
+DEADLINE_EXCEEDED, CANCELLED, a broken stream: the step may or may not have been applied)
+is sent again, the same, with bounded backoff (client/retry.py), on a new stream when
+streaming: the server applies it if it had not, or answers it again if it had. A sequence
+therefore continues exactly after a server crash, or fails with a clear error:
+`SequenceOutOfStep` when the server counts other time steps than the client, the server's
+refusal when it lost the sequence; never with a silently wrong answer. A server that does
+not count steps (no `sequence_offset` in its answers) gets no retries.
 """
 
 from __future__ import annotations
@@ -14,8 +25,10 @@ from typing import Any
 import numpy as np
 
 from rnnserve.client.client import InferResult, RnnClient, build_request
-from rnnserve.client.errors import InferenceError
+from rnnserve.client.errors import InferenceError, SequenceOutOfStep
+from rnnserve.client.retry import DEFAULT_RETRY, NO_RETRIES, RetryPolicy, retrying
 from rnnserve.protocol.codec import Parameter
+from rnnserve.protocol.sequences import SEQUENCE_OFFSET
 
 FINAL = "triton_final_response"
 
@@ -28,17 +41,24 @@ class SequenceSession:
         sequence_id: int | str,
         streaming: bool = False,
         version: str = "",
+        *,
+        offsets: bool = True,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self.client = client
         self.model = model
         self.version = version
         self.sequence_id = sequence_id
+        self.offsets = offsets  # send sequence_offset (and retry) with every step
+        self.retry = retry
+        self.offset = 0  # the sequence's time steps, as the server last counted them
+        self.retries = 0  # steps sent again after a failure
         self._started = False
+        self._streaming = streaming
         self._requests: queue.Queue[Any] | None = None
-        self._replies: Iterator[Any] | None = None
+        self._replies: Any = None
         if streaming:
-            self._requests = queue.Queue()
-            self._replies = client.stub.ModelStreamInfer(iter(self._requests.get, None))
+            self._open_stream()
 
     def step(
         self,
@@ -58,13 +78,30 @@ class SequenceSession:
         end: bool = False,
     ) -> list[InferResult]:
         """One step; every response it produced (several for streamed decoding)."""
-        sequence = {"sequence_id": self.sequence_id, "sequence_start": not self._started}
+        start = not self._started
+        sequence: dict[str, Parameter] = {
+            "sequence_id": self.sequence_id,
+            "sequence_start": start,
+        }
         if end:
             sequence["sequence_end"] = True
+        if self.offsets:
+            sequence[SEQUENCE_OFFSET] = 0 if start else self.offset
         request = build_request(
             self.model, inputs, outputs, {**(parameters or {}), **sequence}, self.version
         )
-        responses = self._send(request)
+        policy = self.retry if self.offsets else NO_RETRIES
+        try:
+            responses = retrying(lambda: self._send(request), policy, self._before_retry)
+        except InferenceError as error:
+            if self.offsets and error.sequence_offset is not None:
+                raise SequenceOutOfStep(error, 0 if start else self.offset) from None
+            raise
+        counted = responses[-1].parameters.get(SEQUENCE_OFFSET)
+        if counted is None:  # a server that does not count steps: nothing to retry safely
+            self.offsets = False
+        else:
+            self.offset = int(counted)
         self._started = not end
         return responses
 
@@ -78,6 +115,20 @@ class SequenceSession:
             if reply.parameters.get(FINAL, True):
                 return responses
         raise InferenceError("UNAVAILABLE", "the server closed the stream")
+
+    def _open_stream(self) -> None:
+        self._requests = queue.Queue()
+        requests: Iterator[Any] = iter(self._requests.get, None)
+        self._replies = self.client.stub.ModelStreamInfer(requests)
+
+    def _before_retry(self, error: InferenceError) -> None:
+        """Counts the retry; on a stream, opens a new one (the old one broke, or its server
+        is going away)."""
+        self.retries += 1
+        if self._streaming:
+            self._replies.cancel()
+            self.close()
+            self._open_stream()
 
     def close(self) -> None:
         if self._requests is not None:

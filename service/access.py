@@ -24,10 +24,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from rnnserve.service import metrics
 from rnnserve.service.logs import ACCESS, FIELDS, REQUEST_ID
-from rnnserve.service.types import Parameter
+from rnnserve.service.types import ANONYMOUS, Parameter
 
-# Who sent a request. Authentication does not exist yet: every request is anonymous.
-ANONYMOUS = "anonymous"
 REQUEST_ID_HEADER = "x-request-id"
 # The RPCs whose latency rnnserve_request_duration_seconds tells.
 INFERENCE_RPCS = frozenset({"ModelInfer", "ModelStreamInfer"})
@@ -35,12 +33,6 @@ _PLAIN = re.compile(r"[\w.:/@+-]*")
 
 # (model, version) as a request names them -> the labels its metrics carry.
 Labels = Callable[[str, str], tuple[str, str]]
-
-
-def principal_of(headers: Mapping[str, str]) -> str:
-    """The principal a request's headers (HTTP headers, gRPC metadata) authenticate: the
-    one place authentication will plug in. Today every request is anonymous."""
-    return ANONYMOUS
 
 
 def request_id_of(request_id: str, headers: Mapping[str, str]) -> str:
@@ -64,7 +56,7 @@ class Call:
     request_id: str
     labels: tuple[str, str]
     sequence_id: str = ""
-    principal: str = ANONYMOUS
+    principal: str = ANONYMOUS  # as the front end authenticated it (service/auth.py)
     code: str = "OK"
 
 

@@ -22,6 +22,7 @@ VALUE_FLAGS = [
     ("grpc_port", "gRPC port"),
     ("http_port", "HTTP/REST port (0 disables REST)"),
     ("metrics_port", "Prometheus /metrics port (0 disables it)"),
+    ("metrics_host", "address /metrics listens on (default: --host), e.g. a private one"),
     ("workers", "server processes sharing the port"),
     ("grace_period_s", "seconds to finish requests in flight after SIGTERM"),
     ("intra_op_threads", "ONNX Runtime intra-op threads (0: ORT chooses)"),
@@ -33,6 +34,7 @@ VALUE_FLAGS = [
     ("max_message_bytes", "largest gRPC message accepted or sent"),
     ("session_idle_timeout_s", "seconds before an idle sequence's state is dropped"),
     ("max_sessions", "most sequences holding state at once"),
+    ("max_sessions_per_principal", "most sequences one principal (client) may hold at once"),
     ("state_store", "where sequence state lives: memory, redis or owned"),
     ("redis_url", "redis URL for --state-store redis or owned"),
     ("batch_max_size", "most sequence steps batched into one ORT run"),
@@ -40,6 +42,10 @@ VALUE_FLAGS = [
     ("log_format", "log lines as text or json"),
     ("model_control_mode", "none, poll (follow the repository) or explicit (load/unload RPCs)"),
     ("repository_poll_s", "poll mode: seconds between scans of the repository"),
+    ("tls_cert", "PEM certificate chain: serve TLS on the gRPC and REST ports (with --tls-key)"),
+    ("tls_key", "PEM private key of --tls-cert"),
+    ("tls_client_ca", "PEM CA: require client certificates it signed (mutual TLS)"),
+    ("auth_tokens", "token file: a line per principal (name, SHA-256 of its token, roles)"),
 ]
 LIST_FLAGS = [
     ("providers", "comma-separated ONNX Runtime execution providers, in preference"),
@@ -50,6 +56,7 @@ BOOL_FLAGS = [
     ("access_log", "log one line per request (model, rpc, code, duration, request id)"),
     ("strict_readiness", "not ready while any model version failed to load"),
     ("exit_on_error", "stop at start if any model version failed to load"),
+    ("reflection", "gRPC server reflection (on by default)"),
 ]
 
 
@@ -100,13 +107,18 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from rnnserve.service import logs
+    from rnnserve.service.auth import Authenticator
     from rnnserve.service.server import serve
+    from rnnserve.service.tls import load_tls
 
     if args.log_level.lower() not in LOG_LEVELS:
         raise UsageError(f"--log-level {args.log_level}: expected one of {', '.join(LOG_LEVELS)}")
     settings = settings_from_args(args)
     logs.configure(args.log_level, settings.log_format, settings.access_log)
     _check_models(settings)
+    # Read here too, before any worker starts: a bad file stops the server with one line.
+    load_tls(settings)
+    Authenticator.from_settings(settings)
     _check_port_free(settings)
     if settings.workers > 1:
         return _serve_workers(settings, args.log_level)

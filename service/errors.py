@@ -2,7 +2,12 @@
 
 Front ends map `code` to their protocol's status (gRPC: `grpc.StatusCode[code]`); the
 message goes to the client verbatim, so it must name the field at fault and what was
-expected. `client_error` is the one place an unexpected exception becomes INTERNAL.
+expected. `details` carry what a client needs to act on the error without parsing the
+message (the server's `sequence_offset` of a sequence it must resynchronise), by parameter
+name: gRPC sends them as trailing metadata (`sequence-offset`) and, on a stream, as
+parameters of the error's response; REST as headers (`sequence-offset`) and fields of the
+error's JSON body. `client_error` is the one place an unexpected exception becomes
+INTERNAL; `decoding()` makes wire data that does not decode INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 from collections.abc import Iterator
 
 from rnnserve.protocol.codec import CodecError
+from rnnserve.service.types import Parameter
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +27,10 @@ class ServiceError(Exception):
 
     code = "INTERNAL"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, details: dict[str, Parameter] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.details: dict[str, Parameter] = details or {}
 
 
 class InvalidArgument(ServiceError):
@@ -44,6 +51,20 @@ class ResourceExhausted(ServiceError):
 
 class Unavailable(ServiceError):
     code = "UNAVAILABLE"
+
+
+class Unauthenticated(ServiceError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ServiceError):
+    code = "PERMISSION_DENIED"
+
+
+def detail_headers(error: ServiceError) -> tuple[tuple[str, str], ...]:
+    """An error's details as header (REST) or trailing metadata (gRPC) names and values:
+    `sequence_offset` -> `sequence-offset`."""
+    return tuple((name.replace("_", "-"), str(value)) for name, value in error.details.items())
 
 
 def client_error(error: Exception, what: str) -> ServiceError:

@@ -70,6 +70,12 @@ REQUESTS_IN_FLIGHT = Gauge(
     ["model", "version"],
     multiprocess_mode="livesum",
 )
+AUTH_REFUSED = Counter(
+    "rnnserve_auth_refused",
+    "Calls refused before their handler: UNAUTHENTICATED (no valid credentials) or "
+    "PERMISSION_DENIED (a principal without the role the RPC needs).",
+    ["rpc", "code"],
+)
 QUEUE_DURATION = Histogram(
     "rnnserve_queue_duration_seconds",
     "Time a step waited before its ORT run started.",
@@ -112,6 +118,12 @@ SESSIONS_LIMIT = Gauge(
     "rnnserve_sessions_limit",
     "The most sessions that may hold state at once (max_sessions).",
     multiprocess_mode="max",
+)
+SEQUENCE_RETRIES = Counter(
+    "rnnserve_sequence_retries",
+    "Retries of a sequence's last step (same sequence_offset and inputs) answered again "
+    "without applying the step twice.",
+    ["model", "version"],
 )
 SESSIONS_REJECTED = Counter(
     "rnnserve_sessions_rejected",

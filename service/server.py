@@ -9,6 +9,8 @@ the supervisor opens its start gate, once every worker has loaded: a new connect
 lands on a worker still loading.
 On SIGTERM or SIGINT the data plane stops admitting requests, the front ends let those in
 flight finish within the grace period, and the data plane closes (its state store last).
+The TLS files and the token file are read first: the front ends serve TLS and admit
+callers with them (service/tls.py, service/auth.py).
 
 Once loaded, one line tells what loaded and what failed, and whether the server is ready
 (no model loaded, or a failure under --strict-readiness, is not ready); with
@@ -27,11 +29,13 @@ from typing import Protocol
 
 from rnnserve.errors import UsageError
 from rnnserve.service import metrics
+from rnnserve.service.auth import Authenticator
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.grpc.frontend import GrpcFrontend
 from rnnserve.service.rest.frontend import RestFrontend
 from rnnserve.service.sessions import open_store
 from rnnserve.service.settings import Settings
+from rnnserve.service.tls import load_tls
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +73,21 @@ async def serve(settings: Settings, start_gate: StartGate | None = None) -> None
     """
     started = time.perf_counter()
     metrics.START_TIME.set(time.time())
+    tls, authenticator = load_tls(settings), Authenticator.from_settings(settings)
     dataplane = DataPlane(settings, open_store(settings))
     shared_port = start_gate is not None
-    frontends: list[Frontend] = [GrpcFrontend(settings, dataplane, shared_port)]
+    frontends: list[Frontend] = [GrpcFrontend(settings, dataplane, shared_port, tls, authenticator)]
     if settings.http_port:
-        frontends.append(RestFrontend(settings, dataplane, shared_port))
+        frontends.append(RestFrontend(settings, dataplane, shared_port, tls, authenticator))
     for frontend in frontends:
         dataplane.watch(frontend.refresh)
     if start_gate is None:  # before anything is logged: a port in use is one line
+        address = settings.metrics_address
         if settings.metrics_port:
-            metrics.serve(settings.metrics_port, settings.host)
-        await _listen(frontends, f"metrics on port {settings.metrics_port}")
+            metrics.serve(settings.metrics_port, address)
+        await _listen(frontends, f"metrics on {address}:{settings.metrics_port}")
+    if settings.auth_tokens and tls is None:
+        log.warning("bearer tokens over plaintext: anyone on the path can read them; serve TLS")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     grpc_port: int = 8001
     http_port: int = Field(8000, ge=0, description="HTTP/REST port (0 disables REST)")
     metrics_port: int = 8002  # 0 disables the /metrics endpoint
+    metrics_host: str = ""  # where /metrics listens ("": on `host`), e.g. a private address
     workers: int = Field(1, ge=1, description="server processes sharing the port")
     grace_period_s: float = Field(30.0, ge=0, description="SIGTERM: time to finish in flight")
 
@@ -34,6 +35,27 @@ class Settings(BaseSettings):
     # model loaded is not ready.
     strict_readiness: bool = False
     exit_on_error: bool = False
+
+    # Security (service/tls.py, service/auth.py). PEM files: with a certificate and its key
+    # the gRPC and REST ports speak TLS; with a client CA too they require client
+    # certificates signed by it (mutual TLS), whose subject common name is the principal.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # One line per principal: name, SHA-256 of its bearer token, roles (infer, admin).
+    auth_tokens: Path | None = None
+    reflection: bool = True  # gRPC server reflection (open to all, like health checks)
+
+    @field_validator("tls_cert", "tls_key", "tls_client_ca", "auth_tokens", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        """An empty value (RNNSERVE_TLS_CERT= in a compose file) names no file."""
+        return None if value == "" else value
+
+    @property
+    def metrics_address(self) -> str:
+        """Where /metrics listens: `metrics_host`, else `host`."""
+        return self.metrics_host or self.host
 
     # ONNX Runtime.
     providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -53,6 +75,9 @@ class Settings(BaseSettings):
     # Sequences (stateful sessions).
     session_idle_timeout_s: float = Field(60.0, gt=0)
     max_sessions: int = Field(100_000, ge=1)
+    # Sessions one principal (an authenticated client; everyone is `anonymous` without
+    # authentication) may hold at once; None: only max_sessions limits them.
+    max_sessions_per_principal: int | None = Field(None, ge=1)
     # memory: this process only. redis: every step read from and written to Redis (any
     # number of processes; survives crashes). owned: each state in the memory of the
     # process that steps it, handed over through Redis when another process needs it.

@@ -14,6 +14,9 @@ from rnnserve.protocol.codec import Parameter
 
 __all__ = ["Parameter"]  # request parameter values, as the wire carries them
 
+# The principal of every request when authentication is off: all clients are one.
+ANONYMOUS = "anonymous"
+
 # Recurrent state of a batch: state input name ("h0", "c0") -> FP32 array
 # (layers*directions, rows, hidden), one batch row per sequence.
 State = dict[str, np.ndarray]
@@ -37,6 +40,8 @@ class InferRequest:
     # Names the client asked for; empty means the model's default outputs.
     outputs: list[str] = field(default_factory=list)
     parameters: dict[str, Parameter] = field(default_factory=dict)
+    # Who sent it, as the front end authenticated it: sessions are kept per principal.
+    principal: str = ANONYMOUS
 
 
 def request_bytes(request: InferRequest) -> int:

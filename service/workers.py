@@ -73,7 +73,7 @@ def _serve_metrics(settings: Settings, metrics_dir: str) -> None:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=metrics_dir)
-    metrics.serve(settings.metrics_port, settings.host, registry)
+    metrics.serve(settings.metrics_port, settings.metrics_address, registry)
 
 
 @dataclass
@@ -101,9 +101,9 @@ class Supervisor:
         context = multiprocessing.get_context("spawn")
         self.workers = [self._start(context, index) for index in range(self.settings.workers)]
         log.info(
-            "started %d workers on %s:%s (metrics on port %s)",
+            "started %d workers on %s:%s (metrics on %s:%s)",
             len(self.workers), self.settings.host, self.settings.grpc_port,
-            self.settings.metrics_port,
+            self.settings.metrics_address, self.settings.metrics_port,
         )  # fmt: skip
         return self._watch()
 

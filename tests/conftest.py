@@ -1,14 +1,16 @@
-"""Fixtures shared by every test package: the tiny model repository, real servers and a
-real redis-server.
+"""Fixtures shared by every test package: the tiny model repository, real servers, a
+real redis-server and real certificates.
 
-Servers are `python -m rnnserve serve` subprocesses on free ports, ready when ServerReady
-says so, stopped with SIGTERM and required to exit 0:
+Servers are `python -m rnnserve serve` subprocesses on free ports, ready when the gRPC
+health service says SERVING, stopped with SIGTERM and required to exit 0:
 
     def test_x(server):                          # the shared server over the tiny repository
         ...
     def test_y(start_server, tiny_repository):   # a private one with its own settings
         other = start_server(tiny_repository, env={"RNNSERVE_STATE_STORE": "redis"})
 
+`token_server` (TLS, bearer tokens) and `mtls_server` (mutual TLS) serve sine-lstm to the
+security tests of both protocols (tests/security_helpers.py has the principals' tokens).
 `user_exports` are users' own models, exported as users export them (tests/user_exports.py).
 """
 
@@ -28,9 +30,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from security_helpers import credentials, write_tokens
 
+from rnnserve.bench.pki import Authority, Issued
 from rnnserve.client.client import RnnClient
-from rnnserve.protocol import messages as pb
 from rnnserve.protocol import rpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +50,38 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     build_repository(root, preset="tiny", seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def sine_repository(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """sine-lstm alone, for servers that need one model and should start fast."""
+    root = tmp_path_factory.mktemp("sine-only")
+    (root / "sine-lstm").symlink_to(tiny_repository / "sine-lstm")
+    return root
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Certificates made for the tests: `ca` signs the server's (for 127.0.0.1 and
+    localhost) and the clients' (subject CN = principal); `other_ca` signs `stranger`."""
+
+    ca: Path
+    other_ca: Path
+    server: Issued
+    alice: Issued
+    bob: Issued
+    expired: Issued  # alice's, expired yesterday
+    stranger: Issued  # signed by the other CA
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    folder = tmp_path_factory.mktemp("pki")
+    ca, other = Authority(folder / "ca"), Authority(folder / "other", "another CA")
+    return Pki(
+        ca.cert, other.cert, ca.issue("127.0.0.1", server=True), ca.issue("alice"),
+        ca.issue("bob"), ca.issue("alice expired", expired=True), other.issue("stranger"),
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -74,11 +110,15 @@ class RunningServer:
     process: subprocess.Popen[bytes]
     log_path: Path
     http_port: int = 0  # the REST API's (0: not served)
+    credentials: grpc.ChannelCredentials | None = None  # a TLS server's, for `channel`
     channel: grpc.Channel = field(init=False)
     stub: rpc.Stub = field(init=False)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(self.address)
+        if self.credentials is None:
+            self.channel = grpc.insecure_channel(self.address)
+        else:
+            self.channel = grpc.secure_channel(self.address, self.credentials)
         self.stub = rpc.Stub(self.channel)
 
     @property
@@ -87,8 +127,9 @@ class RunningServer:
 
     @property
     def http_url(self) -> str:
-        """The REST API's root: http://127.0.0.1:PORT."""
-        return f"http://127.0.0.1:{self.http_port}"
+        """The REST API's root: http://127.0.0.1:PORT (https:// for a TLS server)."""
+        scheme = "http" if self.credentials is None else "https"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -112,9 +153,12 @@ def launch(
     env: Mapping[str, str] | None = None,
     args: Sequence[str] = (),
     wait_ready: bool = True,
+    credentials: grpc.ChannelCredentials | None = None,
+    grpc_port: int = 0,
 ) -> RunningServer:
-    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
-    log_path = log_dir / f"serve-{grpc_port}.log"
+    """A server on `grpc_port` (a free one when 0) and free REST and metrics ports."""
+    grpc_port, http_port, metrics_port = grpc_port or free_port(), free_port(), free_port()
+    log_path = log_dir / f"serve-{grpc_port}-{metrics_port}.log"
     command = [
         sys.executable, "-m", "rnnserve", "serve",
         "--model-repository", str(repository), "--host", "127.0.0.1",
@@ -127,14 +171,18 @@ def launch(
             stdout=log_file, stderr=subprocess.STDOUT,
         )  # fmt: skip
     server = RunningServer(
-        f"127.0.0.1:{grpc_port}", grpc_port, metrics_port, process, log_path, http_port
-    )
+        f"127.0.0.1:{grpc_port}", grpc_port, metrics_port, process, log_path, http_port,
+        credentials,
+    )  # fmt: skip
     if wait_ready:
         wait_until_ready(server)
     return server
 
 
 def wait_until_ready(server: RunningServer) -> None:
+    """Until the health service (open to every client, whatever the server's tokens) says
+    SERVING, which it does once the models are loaded."""
+    health = health_pb2_grpc.HealthStub(server.channel)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -143,7 +191,8 @@ def wait_until_ready(server: RunningServer) -> None:
                 f"{server.log()[-4000:]}"
             )
         try:
-            if server.stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
+            reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 return
         except grpc.RpcError:
             pass  # not listening yet
@@ -165,8 +214,10 @@ def _private_servers(log_dir: Path) -> Iterator[StartServer]:
         args: Sequence[str] = (),
         wait_ready: bool = True,
         exit_code: int = 0,
+        credentials: grpc.ChannelCredentials | None = None,
+        grpc_port: int = 0,
     ) -> RunningServer:
-        server = launch(repository, log_dir, env, args, wait_ready)
+        server = launch(repository, log_dir, env, args, wait_ready, credentials, grpc_port)
         started.append((server, exit_code))
         return server
 
@@ -190,6 +241,43 @@ def start_module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
     """start_server for servers shared by the tests of one module."""
     with _private_servers(tmp_path_factory.mktemp("servers")) as start:
         yield start
+
+
+@pytest.fixture(scope="session")
+def start_session_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
+    """start_server for servers shared by tests of several modules."""
+    with _private_servers(tmp_path_factory.mktemp("servers")) as start:
+        yield start
+
+
+@pytest.fixture(scope="session")
+def token_server(
+    start_session_server: StartServer, sine_repository: Path, pki: Pki,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> RunningServer:  # fmt: skip
+    """TLS on both protocols, tokens for alice and mallory (infer) and ops (infer and
+    admin), /metrics on its own host, the access log on."""
+    tokens = write_tokens(tmp_path_factory.mktemp("tokens") / "tokens.txt")
+    return start_session_server(
+        sine_repository,
+        args=["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
+              "--auth-tokens", str(tokens), "--metrics-host", "127.0.0.1", "--access-log"],
+        credentials=credentials(pki.ca),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def mtls_server(
+    start_session_server: StartServer, sine_repository: Path, pki: Pki
+) -> RunningServer:
+    """Mutual TLS with the test CA on both protocols (the principal is the certificate's
+    CN), no reflection."""
+    return start_session_server(
+        sine_repository,
+        env={"RNNSERVE_TLS_CLIENT_CA": str(pki.ca), "RNNSERVE_REFLECTION": "false"},
+        args=["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)],
+        credentials=credentials(pki.ca, pki.alice),
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

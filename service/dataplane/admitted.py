@@ -7,11 +7,14 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+import numpy as np
+
 from rnnserve.service.dataplane.timer import RequestTimer
 from rnnserve.service.repository import LoadedVersion
 from rnnserve.service.sessions import SequenceParameters, SessionRows
+from rnnserve.service.sessions.state import Answer
 from rnnserve.service.tasks.base import Prepared, Result
-from rnnserve.service.types import InferRequest, InferResponse, Parameter
+from rnnserve.service.types import InferRequest, InferResponse, Parameter, State
 
 
 @dataclass(slots=True)
@@ -44,6 +47,27 @@ class Admitted:
             parameters=parameters or {},
             final=final,
         )
+
+    def answer_of(self, result: Result | None) -> Answer:
+        """What a session keeps of a step's result for a retry: every output but the
+        states, which it keeps anyway (the state after the step), each with its batch axis
+        first (a view: the session keeps a copy of its row)."""
+        if result is None:  # a last piece answered later: its retry is computed again
+            return {}
+        spec = self.model.spec
+        axes, states = spec.batch_axes(), spec.state_outputs
+        return {
+            name: np.moveaxis(array, axes.get(name, 0), 0)
+            for name, array in result.outputs.items()
+            if name not in states
+        }
+
+    def replayed(self, answer: Answer, state: State) -> Result:
+        """A retried step's result again: its kept answer, and the states from the state
+        its session holds, the one the step left."""
+        axes = self.model.spec.batch_axes()
+        outputs = {name: np.moveaxis(array, 0, axes.get(name, 0)) for name, array in answer.items()}
+        return Result({**outputs, **self.model.task.state_results(state)})
 
     def state_input(self) -> str | None:
         """The first state input (h0, c0) the request carries, if any: a continuation

@@ -36,7 +36,7 @@ from rnnserve.service.sessions import (
     parse_sequence_parameters,
     split_control,
 )
-from rnnserve.service.sessions.control import CONTROL_INPUTS, SEQUENCE_ERROR
+from rnnserve.service.sessions.control import CONTROL_INPUTS, CONTROL_OUTPUTS
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import (
     InferRequest,
@@ -80,7 +80,9 @@ class DataPlane:
         self.repository = Repository(settings)
         self._lifecycle = Lifecycle()
         self._compute = Compute(settings)
-        self._sessions = SessionManager(store, settings.max_sessions)
+        self._sessions = SessionManager(
+            store, settings.max_sessions, settings.max_sessions_per_principal
+        )
         self._stateless = StatelessPath(self._compute)
         self._sequence = SequencePath(self._sessions, self._compute)
         self._rows = RowsPath(self._sessions, self._compute)
@@ -188,7 +190,7 @@ class DataPlane:
         }
         if model.takes_session_rows:
             parameters["control_inputs"] = ",".join(meta.name for meta in CONTROL_INPUTS)
-            parameters["control_outputs"] = SEQUENCE_ERROR
+            parameters["control_outputs"] = ",".join(CONTROL_OUTPUTS)
         # As Triton lists them: states and control tensors are not among the plain inputs
         # (tools such as perf_analyzer send every input listed); parameters name them.
         return ModelMetadata(
@@ -294,7 +296,7 @@ class DataPlane:
             return self.repository.get(name, version)
         assert sequence is not None
         if not version:
-            version = await self._version_holding(name, sequence.sequence_id)
+            version = await self._version_holding(request.principal, name, sequence.sequence_id)
         entry = self.repository.entry(name, version) if version else None
         if isinstance(entry, NotLoaded):
             raise FailedPrecondition(
@@ -304,14 +306,14 @@ class DataPlane:
             )
         return self.repository.get(name, version)
 
-    async def _version_holding(self, name: str, sequence_id: int | str) -> str:
-        """The version whose sessions hold `sequence_id`: the only one that may, or the one
-        that does, "" (the newest) when none does. One store call, only for models with
-        several versions loaded or unloaded."""
+    async def _version_holding(self, principal: str, name: str, sequence_id: int | str) -> str:
+        """The version whose sessions hold `principal`'s `sequence_id`: the only one that
+        may, or the one that does, "" (the newest) when none does. One store call, only for
+        models with several versions loaded or unloaded."""
         candidates = self.repository.session_versions(name)
         if len(candidates) < 2:
             return candidates[0] if candidates else ""
-        keys = [SessionKey(name, version, sequence_id) for version in candidates]
+        keys = [SessionKey(principal, name, version, sequence_id) for version in candidates]
         found = await self._sessions.store.contains(keys)
         return next((key.version for key, held in zip(keys, found, strict=True) if held), "")
 

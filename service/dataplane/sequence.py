@@ -1,7 +1,9 @@
 """One request of one sequence (Triton's sequence parameters `sequence_id`,
-`sequence_start`, `sequence_end`): the piece runs from the state its session carries,
-in the session's turn, and leaves the new state for the next piece, so that a sequence
-sent piece by piece gives the answers of the whole sequence sent at once."""
+`sequence_start`, `sequence_end`, and `sequence_offset`): the piece runs from the state its
+session carries, in the session's turn, and leaves the new state for the next piece, so
+that a sequence sent piece by piece gives the answers of the whole sequence sent at once.
+Every response carries `sequence_offset`, the time steps the sequence has consumed; a retry
+of the last piece is answered again, not applied again (sessions/accounting.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from rnnserve.service.dataplane.compute import Compute
 from rnnserve.service.dataplane.stateless import stream_responses
 from rnnserve.service.dataplane.timer import RequestTimer
 from rnnserve.service.errors import InvalidArgument
-from rnnserve.service.sessions import SessionKey, SessionManager
+from rnnserve.service.sessions import RowStep, SessionKey, SessionManager
+from rnnserve.service.sessions.accounting import request_digest
+from rnnserve.service.sessions.parameters import SEQUENCE_OFFSET
 from rnnserve.service.tasks.base import Execute, Prepared, Result
 from rnnserve.service.types import InferResponse, State
 
@@ -26,39 +30,54 @@ class SequencePath:
     async def answer(self, admitted: Admitted, timer: RequestTimer) -> InferResponse:
         prepared = await self.compute.call(admitted.threads, admitted.prepare, timer)
         execute, threads = self.compute.for_sessions(admitted.model, admitted.threads)
-        result = await self._step(admitted, prepared, execute, threads, timer, answer_last=True)
+        result, offset = await self._step(
+            admitted, prepared, execute, threads, timer, answer_last=True
+        )
         assert result is not None  # a unary piece is always answered in the session
         with timer.responding():
-            return admitted.response(prepared, result)
+            return admitted.response(prepared, result, {SEQUENCE_OFFSET: offset})
 
     async def stream(self, admitted: Admitted, timer: RequestTimer) -> AsyncIterator[InferResponse]:
         prepared = await self.compute.call(admitted.threads, admitted.prepare, timer)
         execute, threads = self.compute.for_sessions(admitted.model, admitted.threads)
-        result = await self._step(admitted, prepared, execute, threads, timer, answer_last=False)
+        result, offset = await self._step(
+            admitted, prepared, execute, threads, timer, answer_last=False
+        )
+        parameters = {SEQUENCE_OFFSET: offset}
         if result is not None:  # not the last piece: answered already
             with timer.responding():
-                yield admitted.response(prepared, result)
+                yield admitted.response(prepared, result, parameters)
             return
         # The last piece: `prepared` now starts from the session's state, and is answered
         # (decoded, for seq2seq) as any request is, response by response.
         async for response in stream_responses(
-            self.compute, admitted, prepared, execute, threads, timer
+            self.compute, admitted, prepared, execute, threads, timer, parameters
         ):
             yield response
 
     async def _step(
         self, admitted: Admitted, prepared: Prepared, execute: Execute,
         threads: Executor | None, timer: RequestTimer, *, answer_last: bool,
-    ) -> Result | None:  # fmt: skip
+    ) -> tuple[Result | None, int]:  # fmt: skip
         """Runs the piece from the state its session carries, in the session's turn.
 
-        Returns the piece's answer; for the last piece with `answer_last` false, returns
-        None with `prepared.state` set to the session's state (already freed), for the
-        caller to answer response by response outside the session's turn.
+        Returns the piece's answer and the sequence's time steps after it; for the last
+        piece with `answer_last` false, the answer is None with `prepared.state` set to the
+        session's state (already freed), for the caller to answer response by response
+        outside the session's turn. A retry is answered with the kept answer, or, for the
+        last piece, computed again from the state it started from.
         """
         _check(admitted, prepared)
-        task, sequence = admitted.model.task, admitted.sequence
-        key = SessionKey(admitted.model.name, admitted.model.version, sequence.sequence_id)
+        task, sequence, request = admitted.model.task, admitted.sequence, admitted.request
+        key = SessionKey(
+            request.principal, admitted.model.name, admitted.model.version, sequence.sequence_id
+        )
+        digest = b""
+        if sequence.offset is not None:
+            digest = request_digest(request.inputs, sequence.start, sequence.end)
+        row = RowStep(
+            key, sequence.start, sequence.end, sequence.offset, prepared.lengths[0], digest
+        )
 
         async def run(state: State) -> tuple[Result | None, State]:
             prepared.state = state
@@ -70,7 +89,10 @@ class SequencePath:
             return result, result.state(task.spec)
 
         with timer.computing():
-            return await self.sessions.step(key, sequence.start, sequence.end, prepared.state, run)
+            result, outcome = await self.sessions.step(row, prepared.state, run, admitted.answer_of)
+        if outcome.answer is not None:  # a retry of the last piece: its answer again
+            result = admitted.replayed(outcome.answer, prepared.state)
+        return result, outcome.offset
 
 
 def _check(admitted: Admitted, prepared: Prepared) -> None:

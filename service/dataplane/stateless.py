@@ -11,7 +11,7 @@ from rnnserve.service.dataplane.admitted import Admitted
 from rnnserve.service.dataplane.compute import Compute
 from rnnserve.service.dataplane.timer import RequestTimer
 from rnnserve.service.tasks.base import Execute, Prepared, Result
-from rnnserve.service.types import InferResponse
+from rnnserve.service.types import InferResponse, Parameter
 
 
 class StatelessPath:
@@ -45,22 +45,30 @@ async def stream_responses(
     execute: Execute,
     threads: Executor | None,
     timer: RequestTimer,
+    parameters: dict[str, Parameter] | None = None,
 ) -> AsyncIterator[InferResponse]:
-    """The task's streamed answer to `prepared`, each response computed in `threads`."""
+    """The task's streamed answer to `prepared`, each response computed in `threads` and
+    carrying `parameters`."""
     results = admitted.model.task.stream(prepared, execute)
     while True:
-        response = await compute.call(threads, _next_response, admitted, prepared, results, timer)
+        response = await compute.call(
+            threads, _next_response, admitted, prepared, results, timer, parameters
+        )
         if response is None:
             return
         yield response
 
 
 def _next_response(
-    admitted: Admitted, prepared: Prepared, results: Iterator[Result], timer: RequestTimer
+    admitted: Admitted,
+    prepared: Prepared,
+    results: Iterator[Result],
+    timer: RequestTimer,
+    parameters: dict[str, Parameter] | None,
 ) -> InferResponse | None:
     with timer.computing():
         result = next(results, None)
     if result is None:
         return None
     with timer.responding():
-        return admitted.response(prepared, result, final=result.final)
+        return admitted.response(prepared, result, parameters, final=result.final)

@@ -13,8 +13,10 @@ from typing import Any
 
 from rnnserve.protocol import codec
 from rnnserve.protocol import messages as pb
-from rnnserve.service.errors import InvalidArgument, decoding
+from rnnserve.protocol.sequences import ERROR_CODE
+from rnnserve.service.errors import InvalidArgument, ServiceError, decoding
 from rnnserve.service.types import (
+    ANONYMOUS,
     InferRequest,
     InferResponse,
     InferStatistics,
@@ -29,7 +31,7 @@ from rnnserve.service.types import (
 # Requests and responses ---------------------------------------------------------------
 
 
-def request_from_proto(message: pb.ModelInferRequest) -> InferRequest:
+def request_from_proto(message: pb.ModelInferRequest, principal: str = ANONYMOUS) -> InferRequest:
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
         raise InvalidArgument(
@@ -61,6 +63,7 @@ def request_from_proto(message: pb.ModelInferRequest) -> InferRequest:
         inputs=inputs,
         outputs=[output.name for output in message.outputs],
         parameters=parameters,
+        principal=principal,
     )
 
 
@@ -87,6 +90,21 @@ def response_to_proto(response: InferResponse, typed: bool = False) -> pb.ModelI
         else:
             message.raw_output_contents.append(codec.raw_of(tensor.datatype, tensor.data))
     return message
+
+
+def stream_error_to_proto(
+    request: pb.ModelInferRequest, error: ServiceError
+) -> pb.ModelStreamInferResponse:
+    """A failed request's answer on a stream, which stays open: Triton's `error_message`,
+    and a response naming the request whose parameters carry what a status and trailing
+    metadata would carry on a unary call (`error_code`, the status code name, and the
+    error's details) for clients that read them."""
+    reply = pb.ModelStreamInferResponse(error_message=error.message)
+    answer = reply.infer_response
+    answer.model_name, answer.model_version = request.model_name, request.model_version
+    answer.id = request.id
+    codec.parameters_to_proto({ERROR_CODE: error.code, **error.details}, answer.parameters)
+    return reply
 
 
 # Metadata ---------------------------------------------------------------------------

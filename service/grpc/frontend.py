@@ -1,5 +1,8 @@
-"""The gRPC front end: GRPCInferenceService, the gRPC health service and reflection on one
-grpc.aio server, started and stopped by the server process (service/server.py).
+"""The gRPC front end: GRPCInferenceService, the gRPC health service and reflection (unless
+turned off) on one grpc.aio server, started and stopped by the server process
+(service/server.py). The port speaks TLS when the settings name a certificate (mutual TLS
+with a client CA); the inference service admits each call with the Authenticator
+(servicer.py, service/auth.py), while health and reflection stay open.
 
 The health service answers for the server ("" and the inference service: SERVING while
 the data plane is ready) and for each model by name (SERVING while a version of it is
@@ -14,19 +17,27 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from rnnserve.errors import UsageError
 from rnnserve.protocol import messages, rpc
+from rnnserve.service.auth import Authenticator
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.grpc.servicer import InferenceServicer
 from rnnserve.service.settings import Settings
+from rnnserve.service.tls import TlsFiles
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 class GrpcFrontend:
-    name = "gRPC"
-
-    def __init__(self, settings: Settings, dataplane: DataPlane, shared_port: bool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        dataplane: DataPlane,
+        shared_port: bool,
+        tls: TlsFiles | None,
+        authenticator: Authenticator,
+    ) -> None:
         self._settings = settings
         self._dataplane = dataplane
+        self._tls = tls
         options: list[tuple[str, int]] = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -37,14 +48,19 @@ class GrpcFrontend:
         options.append(("grpc.so_reuseport", 1 if shared_port else 0))
         self._server = grpc.aio.server(options=options)
         self._serving = False
-        rpc.add_servicer(InferenceServicer(dataplane), self._server)
+        rpc.add_servicer(InferenceServicer(dataplane, authenticator), self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            [rpc.SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME],
-            self._server,
-            _reflection_pool(),
-        )
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                [rpc.SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME],
+                self._server,
+                _reflection_pool(),
+            )
+
+    @property
+    def name(self) -> str:
+        return "gRPC over TLS" if self._tls is not None else "gRPC"
 
     async def start(self) -> str:
         """Listens (the health service says NOT_SERVING until `set_serving`); returns the
@@ -52,7 +68,10 @@ class GrpcFrontend:
         await self.set_serving(False)
         address = f"{self._settings.host}:{self._settings.grpc_port}"
         try:
-            self._server.add_insecure_port(address)
+            if self._tls is None:
+                self._server.add_insecure_port(address)
+            else:
+                self._server.add_secure_port(address, self._credentials(self._tls))
         except RuntimeError:  # gRPC says only "Failed to bind"
             raise UsageError(
                 f"--grpc-port {self._settings.grpc_port}: cannot listen on {address} "
@@ -60,6 +79,14 @@ class GrpcFrontend:
             ) from None
         await self._server.start()
         return address
+
+    @staticmethod
+    def _credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(tls.private_key, tls.certificate_chain)],
+            root_certificates=tls.client_ca,
+            require_client_auth=tls.client_ca is not None,
+        )
 
     async def set_serving(self, serving: bool) -> None:
         """Whether the front end serves: until it does, health says NOT_SERVING for all."""

@@ -1,10 +1,15 @@
 """GRPCInferenceService: each RPC converts, calls the DataPlane and converts back.
 
 Failures become their gRPC status with the message verbatim (`client_error` turns anything
-unexpected into INTERNAL, logged once). Every RPC goes through the front end's Recorder
-(service/access.py: metrics, access log, request id), which needs the RPC and its status
-code. A request's id (its `id` field, else the `x-request-id` metadata) is echoed in the
-`x-request-id` initial metadata. The role each RPC needs is in roles.py.
+unexpected into INTERNAL, logged once) and the error's details as trailing metadata
+(`sequence-offset`); on a stream, where the stream stays open and no trailer can be sent,
+they ride as parameters of the error's `infer_response`. Every RPC goes through the front
+end's Recorder (service/access.py: metrics, access log, request id), which needs the RPC
+and its status code, and is admitted there by the Authenticator (service/auth.py: the
+principal from the `authorization` metadata or the client certificate, the role the RPC
+needs); a stream's credentials are the whole stream's, so a refusal ends it. A request's id
+(its `id` field, else the `x-request-id` metadata) is echoed in the `x-request-id` initial
+metadata.
 """
 
 from __future__ import annotations
@@ -22,11 +27,19 @@ from rnnserve.service.access import (
     request_id_of,
     sequence_id_of,
 )
+from rnnserve.service.auth import AUTHORIZATION, Authenticator
 from rnnserve.service.dataplane import DataPlane
-from rnnserve.service.errors import client_error
+from rnnserve.service.errors import (
+    PermissionDenied,
+    ServiceError,
+    Unauthenticated,
+    client_error,
+    detail_headers,
+)
 from rnnserve.service.grpc import converter, triton
 
 T = TypeVar("T")
+CERTIFICATE_NAME = "x509_common_name"  # grpc's auth context property of the subject CN
 
 
 def _headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -36,8 +49,9 @@ def _headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
 
 
 class InferenceServicer:
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, authenticator: Authenticator) -> None:
         self._dataplane = dataplane
+        self._authenticator = authenticator
         self._recorder = Recorder("grpc", dataplane.labels)
 
     async def _answer(
@@ -50,18 +64,20 @@ class InferenceServicer:
         request_id: str = "",
         counted: bool = True,
     ) -> T:
-        """Run one RPC's work, recorded, and turn failures into statuses. The record is
-        written before the client hears the answer, a refusal too."""
-        request_id = request_id_of(request_id, _headers(context))
+        """Run one RPC's work, admitted and recorded, and turn failures into statuses. The
+        record is written before the client hears the answer, a refusal too."""
+        headers = _headers(context)
+        request_id = request_id_of(request_id, headers)
         with self._recorder.call(rpc, model, version, request_id, counted=counted) as call:
             if request_id:
                 await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
             try:
+                self._admit(call, headers, context)
                 return await work(call)
             except Exception as failure:
                 error = client_error(failure, f"{rpc} for model {model!r}")
                 call.code = error.code
-        await context.abort(grpc.StatusCode[error.code], error.message)
+        await context.abort(grpc.StatusCode[error.code], error.message, detail_headers(error))
         raise AssertionError("unreachable: context.abort raises")
 
     # Health and metadata ------------------------------------------------------------
@@ -141,7 +157,7 @@ class InferenceServicer:
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work(call: Call) -> Any:
-            infer_request = converter.request_from_proto(request)
+            infer_request = converter.request_from_proto(request, call.principal)
             call.sequence_id = sequence_id_of(infer_request.parameters)
             response = await self._dataplane.infer(infer_request)
             return converter.response_to_proto(response, converter.sends_contents(request))
@@ -155,28 +171,52 @@ class InferenceServicer:
     ) -> AsyncIterator[Any]:
         # One request at a time, in arrival order: steps of a sequence depend on the
         # state the previous step left. Other streams run concurrently.
-        stream_id = request_id_of("", _headers(context))
+        headers = _headers(context)
+        stream_id = request_id_of("", headers)
         if stream_id:
             await context.send_initial_metadata(((REQUEST_ID_HEADER, stream_id),))
         async for request in request_iterator:
-            async for reply in self._stream_replies(request, request.id or stream_id):
+            replies = self._stream_replies(request, request.id or stream_id, headers, context)
+            async for reply in replies:
                 yield reply
 
-    async def _stream_replies(self, request: Any, request_id: str) -> AsyncIterator[Any]:
+    async def _stream_replies(
+        self, request: Any, request_id: str, headers: dict[str, str],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[Any]:  # fmt: skip
         model = request.model_name
+        refusal: ServiceError | None = None
         with self._recorder.call(
             "ModelStreamInfer", model, request.model_version, request_id
         ) as call:
             try:
-                infer_request = converter.request_from_proto(request)
+                self._admit(call, headers, context)
+                infer_request = converter.request_from_proto(request, call.principal)
                 call.sequence_id = sequence_id_of(infer_request.parameters)
                 typed = converter.sends_contents(request)
                 async for response in self._dataplane.stream_infer(infer_request):
                     message = converter.response_to_proto(response, typed)
                     triton.mark_final(message, response.final)
                     yield pb.ModelStreamInferResponse(infer_response=message)
+            except (Unauthenticated, PermissionDenied) as error:
+                call.code, refusal = error.code, error
             except Exception as failure:
                 # Reported in the stream, which stays open for the next request.
                 error = client_error(failure, f"ModelStreamInfer for model {model!r}")
                 call.code = error.code
-                yield pb.ModelStreamInferResponse(error_message=error.message)
+                yield converter.stream_error_to_proto(request, error)
+        if refusal is not None:  # the stream's credentials: no later request would pass
+            await context.abort(grpc.StatusCode[refusal.code], refusal.message)
+
+    def _admit(
+        self, call: Call, headers: dict[str, str], context: grpc.aio.ServicerContext
+    ) -> None:
+        self._authenticator.admit(
+            call, headers.get(AUTHORIZATION), lambda: _certificate_name(context)
+        )
+
+
+def _certificate_name(context: grpc.aio.ServicerContext) -> str | None:
+    """The subject CN of the client certificate the handshake verified (mutual TLS)."""
+    names = context.auth_context().get(CERTIFICATE_NAME)
+    return names[0].decode() if names else None

@@ -115,14 +115,15 @@ def model_config(model: LoadedVersion, settings: Settings, policy: VersionPolicy
 
 def _control_inputs(sequence: Any) -> None:
     """The tensors that make each batch row one step of its own session, as Triton writes
-    sequence controls: start and end flags (false, true), the correlation id."""
+    sequence controls: start and end flags (false, true), the correlation id. Triton has no
+    kind of control for `sequence_offset`: ModelMetadata's `control_inputs` names it."""
     control = pb.ModelSequenceBatching.Control
     kinds = {
         SEQUENCE_START: control.CONTROL_SEQUENCE_START,
         SEQUENCE_END: control.CONTROL_SEQUENCE_END,
         SEQUENCE_ID: control.CONTROL_SEQUENCE_CORRID,
     }
-    for meta in CONTROL_INPUTS:
+    for meta in (meta for meta in CONTROL_INPUTS if meta.name in kinds):
         entry = sequence.control_input.add(name=meta.name).control.add(
             kind=kinds[meta.name], data_type=_type(meta.datatype)
         )

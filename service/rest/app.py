@@ -17,8 +17,13 @@ Streaming has no REST route (Triton's generate extension is not implemented): us
 ModelStreamInfer. A failure is `{"error": message, "code": gRPC status name}` with the
 HTTP status of that code (rnnserve.protocol.rest.HTTP_STATUS). Every request goes through
 the front end's Recorder (service/access.py), and its id (the body's `id`, else the
-`x-request-id` header) comes back in the `x-request-id` header. Who sent a request is asked of
-`access.principal_of(headers)`: the one place authentication plugs in.
+`x-request-id` header) comes back in the `x-request-id` header. An error's details (the
+`sequence_offset` a client resynchronises from) ride in its body and as headers
+(`sequence-offset`). Every route but the health probes is admitted by the Authenticator
+(service/auth.py): a bearer token in the `Authorization` header, or under mutual TLS the
+client certificate's subject CN (frontend.py puts it in the request's scope); the role each
+route needs is that of the RPC it mirrors. A refusal is 401 (with `WWW-Authenticate:
+Bearer`) or 403.
 """
 
 from __future__ import annotations
@@ -41,12 +46,18 @@ from rnnserve.service.access import (
     REQUEST_ID_HEADER,
     Call,
     Recorder,
-    principal_of,
     request_id_of,
     sequence_id_of,
 )
+from rnnserve.service.auth import AUTHORIZATION, Authenticator
 from rnnserve.service.dataplane import DataPlane
-from rnnserve.service.errors import InvalidArgument, ResourceExhausted, ServiceError, client_error
+from rnnserve.service.errors import (
+    InvalidArgument,
+    ResourceExhausted,
+    ServiceError,
+    client_error,
+    detail_headers,
+)
 from rnnserve.service.grpc import converter as grpc_converter
 from rnnserve.service.grpc import triton
 from rnnserve.service.logs import REQUEST_ID
@@ -54,6 +65,8 @@ from rnnserve.service.rest import converter
 
 JSON = "application/json"
 BINARY = "application/octet-stream"
+# Where the front end's protocol puts the client certificate's subject CN (mutual TLS).
+CERTIFICATE_NAME = "rnnserve.certificate_name"
 _COMPRESSIONS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # zlib wbits
 
 Work = Callable[[Call], Awaitable[Response]]
@@ -67,8 +80,16 @@ class PayloadTooLarge(ResourceExhausted):
 
 
 def error_response(error: ServiceError) -> JSONResponse:
+    """`{"error": message, "code": status name, **details}`, its details as headers too."""
     status = getattr(error, "http_status", rest.HTTP_STATUS.get(error.code, 500))
-    return JSONResponse({"error": error.message, "code": error.code}, status_code=status)
+    headers = dict(detail_headers(error))
+    if error.code == "UNAUTHENTICATED":
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(
+        {"error": error.message, "code": error.code, **error.details},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def _version_routes(path: str, endpoint: Callable[..., Any], methods: list[str]) -> list[Route]:
@@ -83,9 +104,12 @@ class RestApi:
     """The application: `app` is what uvicorn serves. `serving` says whether the server
     reports itself ready (the server process sets it, as for gRPC's health service)."""
 
-    def __init__(self, dataplane: DataPlane, serving: Callable[[], bool]) -> None:
+    def __init__(
+        self, dataplane: DataPlane, serving: Callable[[], bool], authenticator: Authenticator
+    ) -> None:
         self._dataplane = dataplane
         self._serving = serving
+        self._authenticator = authenticator
         self._recorder = Recorder("http", dataplane.labels)
         self._max_bytes = dataplane.settings.max_message_bytes
         self._inline_max_bytes = dataplane.settings.inline_max_bytes
@@ -104,15 +128,21 @@ class RestApi:
         self.app = Starlette(routes=routes, exception_handlers={HTTPException: self._no_route})
 
     async def _answer(
-        self, request: Request, rpc: str, work: Work, *, counted: bool = True
+        self, request: Request, rpc: str, work: Work, *, probe: bool = False
     ) -> Response:
-        """Run one route's work, recorded, turning failures into JSON errors."""
+        """Run one route's work, admitted and recorded, turning failures into JSON errors.
+        A `probe` (live, ready) is open to all and kept out of the metrics."""
         model = request.path_params.get("name", "")
         version = request.path_params.get("version", "")
         request_id = request_id_of("", request.headers)
-        with self._recorder.call(rpc, model, version, request_id, counted=counted) as call:
+        with self._recorder.call(rpc, model, version, request_id, counted=not probe) as call:
             try:
-                call.principal = principal_of(request.headers)
+                if not probe:
+                    self._authenticator.admit(
+                        call,
+                        request.headers.get(AUTHORIZATION),
+                        lambda: request.scope.get(CERTIFICATE_NAME),
+                    )
                 response = await work(call)
             except Exception as failure:
                 error = client_error(failure, f"{rpc} for model {model!r}")
@@ -136,13 +166,13 @@ class RestApi:
         async def work(call: Call) -> Response:
             return _yes_or_no(self._dataplane.live())
 
-        return await self._answer(request, "ServerLive", work, counted=False)
+        return await self._answer(request, "ServerLive", work, probe=True)
 
     async def ready(self, request: Request) -> Response:
         async def work(call: Call) -> Response:
             return _yes_or_no(self._serving() and self._dataplane.ready())
 
-        return await self._answer(request, "ServerReady", work, counted=False)
+        return await self._answer(request, "ServerReady", work, probe=True)
 
     async def server_metadata(self, request: Request) -> Response:
         async def work(call: Call) -> Response:
@@ -204,6 +234,7 @@ class RestApi:
                 len(body),
                 converter.request_from_json,
                 body, request.headers.get(rest.HEADER_LENGTH), call.model, call.version,
+                call.principal,
             )  # fmt: skip
             if infer_request.id:
                 call.request_id = infer_request.id

@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from rnnserve.protocol import rest
 from rnnserve.service.errors import InvalidArgument, decoding
 from rnnserve.service.types import (
+    ANONYMOUS,
     InferRequest,
     InferResponse,
     ModelMetadata,
@@ -47,10 +48,10 @@ class OutputFormat:
 
 
 def request_from_json(
-    body: bytes, header_length: str | None, model: str, version: str
+    body: bytes, header_length: str | None, model: str, version: str, principal: str = ANONYMOUS
 ) -> tuple[InferRequest, OutputFormat]:
-    """An infer request for `model` (and `version`, "" for the newest) from its body, and
-    how it wants its outputs."""
+    """An infer request of `principal` for `model` (and `version`, "" for the newest) from
+    its body, and how it wants its outputs."""
     with decoding():
         header, binary_part = rest.split_body(body, header_length)
         binary = rest.BinaryData(binary_part)
@@ -70,7 +71,7 @@ def request_from_json(
         parameters = dict(rest.parameters_from_json(header.get("parameters"), "request"))
         output_format = OutputFormat(_flag(parameters.pop(rest.BINARY_DATA_OUTPUT, False)))
         outputs = _requested_outputs(header.get("outputs"), output_format)
-    request = InferRequest(model, version, request_id, inputs, outputs, parameters)
+    request = InferRequest(model, version, request_id, inputs, outputs, parameters, principal)
     return request, output_format
 
 

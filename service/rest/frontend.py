@@ -3,7 +3,10 @@ loop, started and stopped by the server process (service/server.py) as the gRPC 
 
 The server process owns the signals: uvicorn's own handlers are never installed. The
 listening socket is bound here (with SO_REUSEPORT when workers share the port), so that a
-port in use fails the start at once, as it does for gRPC.
+port in use fails the start at once, as it does for gRPC. With the settings' TLS files the
+port speaks TLS, and with a client CA it requires client certificates (mutual TLS): the
+protocol then tells the application the subject CN of each connection's certificate, the
+principal, in the request's scope (uvicorn's HTTP protocol with that one addition).
 """
 
 from __future__ import annotations
@@ -12,12 +15,17 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from rnnserve.service.auth import Authenticator
 from rnnserve.service.dataplane import DataPlane
-from rnnserve.service.rest.app import RestApi
+from rnnserve.service.rest.app import CERTIFICATE_NAME, RestApi
 from rnnserve.service.settings import Settings
+from rnnserve.service.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +37,51 @@ class _Server(uvicorn.Server):
         return contextlib.nullcontext()
 
 
-class RestFrontend:
-    name = "HTTP/REST"
+class _CertifiedProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, telling the application the subject CN of the client
+    certificate the TLS handshake verified (the connection's, read once)."""
 
-    def __init__(self, settings: Settings, dataplane: DataPlane, shared_port: bool) -> None:
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._certificate_name = _common_name(transport.get_extra_info("peercert"))
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope[CERTIFICATE_NAME] = self._certificate_name  # type: ignore[literal-required]
+
+
+def _common_name(certificate: dict[str, Any] | None) -> str | None:
+    """The first commonName of a certificate's subject, as Python's ssl parses it."""
+    for relative_name in (certificate or {}).get("subject", ()):
+        for key, value in relative_name:
+            if key == "commonName":
+                return value
+    return None
+
+
+class RestFrontend:
+    def __init__(
+        self,
+        settings: Settings,
+        dataplane: DataPlane,
+        shared_port: bool,
+        tls: TlsFiles | None,
+        authenticator: Authenticator,
+    ) -> None:
         self._settings = settings
         self._shared_port = shared_port
         self._serving = False
-        api = RestApi(dataplane, lambda: self._serving)
+        self.name = "HTTP/REST over TLS" if tls is not None else "HTTP/REST"
+        api = RestApi(dataplane, lambda: self._serving, authenticator)
+        mutual = tls is not None and tls.client_ca is not None
         config = uvicorn.Config(
             api.app,
+            # The files load_tls checked; under mutual TLS every client shows a certificate.
+            ssl_certfile=settings.tls_cert if tls else None,
+            ssl_keyfile=settings.tls_key if tls else None,
+            ssl_ca_certs=str(settings.tls_client_ca) if mutual else None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if mutual else ssl.CERT_NONE,
+            http=_CertifiedProtocol if mutual else "auto",
             log_config=None,  # the server's logging set-up stays (service/logs.py)
             log_level="warning",
             access_log=False,  # the Recorder writes the access log

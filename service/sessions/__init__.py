@@ -2,9 +2,10 @@
 state between the requests of a sequence, and the batcher that runs steps of different
 sessions together."""
 
+from rnnserve.service.sessions.accounting import Outcome, RowStep
 from rnnserve.service.sessions.batcher import Batcher, Runner, Tensors
 from rnnserve.service.sessions.control import SessionRows, split_control
-from rnnserve.service.sessions.manager import RowStep, SessionManager
+from rnnserve.service.sessions.manager import SessionManager
 from rnnserve.service.sessions.parameters import (
     SEQUENCE_PARAMETERS,
     SequenceParameters,
@@ -17,6 +18,7 @@ __all__ = [
     "SEQUENCE_PARAMETERS",
     "Batcher",
     "Layout",
+    "Outcome",
     "RowStep",
     "Runner",
     "SequenceParameters",

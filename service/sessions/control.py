@@ -1,12 +1,14 @@
 """Multi-session requests: control tensors that make each batch row one step of its own
 session.
 
-A request may carry `sequence_id` (UINT64, INT64 or BYTES) and `sequence_start` /
-`sequence_end` (BOOL), each `[batch]` (or Triton's `[batch, 1]`), as inputs. Row i is then
+A request may carry `sequence_id` (UINT64, INT64 or BYTES), `sequence_start` /
+`sequence_end` (BOOL) and `sequence_offset` (INT64: the time steps each row's sequence
+consumed before it), each `[batch]` (or Triton's `[batch, 1]`), as inputs. Row i is then
 one step of session `sequence_id[i]`: the rows run together while each carries its own
 state. Malformed control tensors refuse the whole request; a row whose session cannot step
-(unknown, expired, over the session limit) fails alone, and the response's
-`sequence_error` output says which rows failed and why.
+(unknown, expired, over the session limit, at another offset) fails alone, and the
+response's `sequence_error` output says which rows failed and why; its `sequence_offset`
+output gives each row's sequence's time steps after the request.
 """
 
 from __future__ import annotations
@@ -19,19 +21,22 @@ import numpy as np
 
 from rnnserve.protocol.sequences import (
     CONTROL_DATATYPES,
+    CONTROL_OUTPUT_DATATYPES,
     FAILED_ROWS,
     SEQUENCE_END,
     SEQUENCE_ERROR,
     SEQUENCE_ID,
+    SEQUENCE_OFFSET,
     SEQUENCE_START,
 )
 from rnnserve.service.errors import InvalidArgument
-from rnnserve.service.sessions.parameters import UINT64_MAX
+from rnnserve.service.sessions.parameters import UINT64_MAX, check_offset
 from rnnserve.service.types import InferRequest, Tensor, TensorMetadata
 
 __all__ = ["FAILED_ROWS", "SEQUENCE_END", "SEQUENCE_ERROR", "SEQUENCE_ID", "SEQUENCE_START"]
 
 CONTROL_NAMES = tuple(CONTROL_DATATYPES)
+CONTROL_OUTPUTS = tuple(CONTROL_OUTPUT_DATATYPES)
 ID_DATATYPES = ("UINT64", "INT64", "BYTES")
 
 # The control inputs of models that take multi-session requests (ModelMetadata parameters
@@ -49,6 +54,7 @@ class SessionRows:
     ids: list[int | str]
     starts: list[bool]
     ends: list[bool]
+    offsets: list[int] | None = None  # sequence_offset per row, when the request carries it
 
     @property
     def rows(self) -> int:
@@ -57,7 +63,7 @@ class SessionRows:
 
 def split_control(request: InferRequest) -> tuple[SessionRows | None, InferRequest]:
     """The request's session rows (None when it carries no control tensor) and the request
-    without its control tensors and without `sequence_error` among its outputs, as the
+    without its control tensors and without the control outputs among its outputs, as the
     task sees it."""
     controls = {tensor.name: tensor for tensor in request.inputs if tensor.name in CONTROL_NAMES}
     if not controls:
@@ -75,15 +81,17 @@ def split_control(request: InferRequest) -> tuple[SessionRows | None, InferReque
     if len(names) != len(set(names)):
         raise InvalidArgument(f"a control input appears more than once: {names}")
     ids = _ids(controls[SEQUENCE_ID])
+    starts = _flags(controls.get(SEQUENCE_START), len(ids))
     rows = SessionRows(
         ids,
-        _flags(controls.get(SEQUENCE_START), len(ids)),
+        starts,
         _flags(controls.get(SEQUENCE_END), len(ids)),
+        _offsets(controls.get(SEQUENCE_OFFSET), starts),
     )
     task_request = dataclasses.replace(
         request,
         inputs=[tensor for tensor in request.inputs if tensor.name not in CONTROL_NAMES],
-        outputs=[name for name in request.outputs if name != SEQUENCE_ERROR],
+        outputs=[name for name in request.outputs if name not in CONTROL_OUTPUTS],
     )
     return rows, task_request
 
@@ -152,8 +160,26 @@ def _flags(tensor: Tensor | None, rows: int) -> list[bool]:
     return flags
 
 
-def error_tensor(errors: list[str]) -> Tensor:
-    """`sequence_error`: "" for each row that stepped, the reason for each that failed."""
+def _offsets(tensor: Tensor | None, starts: list[bool]) -> list[int] | None:
+    if tensor is None:
+        return None
+    offsets = _values(tensor, ("INT64",))
+    if len(offsets) != len(starts):
+        raise InvalidArgument(
+            f"input '{tensor.name}' has {len(offsets)} rows; expected {len(starts)}, one per "
+            f"row of '{SEQUENCE_ID}'"
+        )
+    for row, (offset, start) in enumerate(zip(offsets, starts, strict=True)):
+        check_offset(f"{SEQUENCE_OFFSET}[{row}]", offset, start)
+    return offsets
+
+
+def control_outputs(errors: list[str], offsets: list[int]) -> list[Tensor]:
+    """`sequence_error` ("" for each row that stepped, the reason for each that failed) and
+    `sequence_offset` (each row's sequence's time steps after the request)."""
     data = np.empty(len(errors), dtype=object)
     data[:] = [message.encode("utf-8") for message in errors]
-    return Tensor(SEQUENCE_ERROR, "BYTES", (len(errors),), data)
+    return [
+        Tensor(SEQUENCE_ERROR, "BYTES", (len(errors),), data),
+        Tensor(SEQUENCE_OFFSET, "INT64", (len(offsets),), np.asarray(offsets, np.int64)),
+    ]

@@ -2,7 +2,9 @@
 
 `SessionManager.step` runs one request of a session: it picks the state the request starts
 from, runs the caller's computation on it and stores the state it returns, so that a
-sequence sent piece by piece gives the answers of the whole sequence sent at once.
+sequence sent piece by piece gives the answers of the whole sequence sent at once. It
+counts the time steps each session consumed and, by the offset a step carries, applies it,
+answers a retry of the last step again, or refuses it (accounting.py).
 `SessionManager.step_rows` does the same for many sessions in one computation, one batch
 row each (multi-session requests); `step` is its one-row case.
 """
@@ -12,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 from rnnserve.service import metrics
-from rnnserve.service.errors import InvalidArgument, ResourceExhausted, ServiceError
-from rnnserve.service.sessions.state import SessionKey
+from rnnserve.service.errors import ResourceExhausted
+from rnnserve.service.sessions.accounting import Outcome, RowStep, answer_of, judge
+from rnnserve.service.sessions.state import Answer, LastStep, Loaded, Progress, SessionKey
 from rnnserve.service.sessions.store import StateStore
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import State
@@ -26,17 +29,11 @@ from rnnserve.service.types import State
 T = TypeVar("T")
 # What a step computes: the state to start from -> its result and the new state.
 Computation = Callable[[State], Awaitable[tuple[T, State]]]
+# A result's outputs but the states (rows on axis 0), of which an applied step that carried
+# an offset keeps its row, as its answer to a retry.
+Answers = Callable[[T], Answer]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class RowStep:
-    """One step of one session: one row of a batch."""
-
-    key: SessionKey
-    start: bool
-    end: bool
 
 
 def _order(key: SessionKey) -> tuple[str, int | str]:
@@ -45,11 +42,16 @@ def _order(key: SessionKey) -> tuple[str, int | str]:
 
 
 class SessionManager:
-    def __init__(self, store: StateStore, max_sessions: int) -> None:
+    def __init__(
+        self, store: StateStore, max_sessions: int, max_sessions_per_principal: int | None = None
+    ) -> None:
         self.store = store
         self.max_sessions = max_sessions
+        self.max_sessions_per_principal = max_sessions_per_principal
         self._turns = Turns()
-        self._admitting = 0  # new sessions admitted but not yet stored
+        # New sessions admitted but not yet stored, in all and by principal.
+        self._admitting = 0
+        self._admitting_by: Counter[str] = Counter()
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
 
@@ -70,119 +72,203 @@ class SessionManager:
         await self.store.close()
 
     async def step(
-        self, key: SessionKey, start: bool, end: bool, initial: State, run: Computation[T]
-    ) -> T:
-        """Runs one request of session `key` and returns what `run` returned.
+        self, row: RowStep, initial: State, run: Computation[T], answers: Answers[T]
+    ) -> tuple[T | None, Outcome]:
+        """Runs one request of session `row.key`: what `run` returned, and the outcome.
 
         `initial` is the state a start begins from (zeros or the client's h0/c0); on a
         continuation the stored state is copied into it. `run` gets the state to start from
-        and returns its result and the new state. A start on an id in use restarts that
-        session; an end frees the state after `run`. When `run` raises, nothing changes.
-        Steps of one session run one at a time, in arrival order. A session that cannot
-        step (not active, over the session limit) raises before `run`.
+        and returns its result and the new state; `answers` gives a result's outputs to keep
+        for a retry. A start on an id in use restarts that session; an end frees the state
+        after `run`. When `run` raises, nothing changes. Steps of one session run one at a
+        time, in arrival order. A session that cannot step (not active, over a session
+        limit, at another offset) raises before `run`. A retry of the session's last step
+        (accounting.py) is not applied: its kept answer comes back in the outcome, without
+        `run` (the result is None), or, for the final step of an ended session, `run`
+        computes it again from the state that step started from (copied into `initial`)
+        and nothing is stored.
         """
-        result, _ = await self.step_rows([RowStep(key, start, end)], initial, run, row_errors=False)
-        return result
+        result, [outcome] = await self.step_rows([row], initial, run, answers, row_errors=False)
+        return result, outcome
 
     async def step_rows(
-        self, rows: Sequence[RowStep], state: State, run: Computation[T], *, row_errors: bool = True
-    ) -> tuple[T, list[ServiceError | None]]:
+        self,
+        rows: Sequence[RowStep],
+        state: State,
+        run: Computation[T],
+        answers: Answers[T],
+        *,
+        row_errors: bool = True,
+    ) -> tuple[T | None, list[Outcome]]:
         """Runs one step of each row's session (all of one model version) together.
 
         `state` is the batch's state, row i on axis 1: what row i starts from when it
         starts; a continuing row's stored state is copied into it. `run` gets `state` and
         returns its result and the batch's new state. Returns the result and each row's
-        error (None for a row that stepped).
+        outcome.
 
         Each row is a step as `step` describes. A row whose session cannot step fails alone
-        (it runs from its initial state and keeps nothing), the other rows' states are
-        stored; with `row_errors` false its error is raised instead, before `run`.
+        (it runs from its initial state and keeps nothing), a retried row runs too (a
+        replay's outputs are for the caller to replace with its kept answer) and keeps
+        nothing, the other rows' states are stored; with `row_errors` false the error is
+        raised instead, before `run`, and `run` is left out when the row is a replay.
         """
-        errors: list[ServiceError | None] = [None] * len(rows)
-        was_stored = [not row.start for row in rows]
-        admitted = 0
+        admitted: list[SessionKey] = []
         async with self._serialized([row.key for row in rows]):
             try:
-                await self._load(rows, state, errors)
-                admitted = await self._admit(rows, errors, was_stored)
-                first_error = next((error for error in errors if error is not None), None)
-                if first_error is not None and not row_errors:
-                    raise first_error
-                result, new_state = await run(state)
-                await self._store(rows, errors, new_state)
+                outcomes, stored = await self._judge(rows, state)
+                admitted = await self._admit(rows, outcomes, stored)
+                if not row_errors:
+                    for outcome in outcomes:
+                        if outcome.error is not None:
+                            raise outcome.error
+                result = None
+                if row_errors or any(outcome.kind != "replay" for outcome in outcomes):
+                    result, new_state = await run(state)
+                    await self._store(rows, outcomes, state, new_state, result, answers)
             finally:
-                self._admitting -= admitted
-        self._count(rows, errors, was_stored)
-        return result, errors
+                if admitted:
+                    self._admitting -= len(admitted)
+                    self._admitting_by.subtract(key.principal for key in admitted)
+        self._count(rows, outcomes, stored)
+        return result, outcomes
 
-    async def _load(
-        self, rows: Sequence[RowStep], state: State, errors: list[ServiceError | None]
-    ) -> None:
-        """Copies each continuing row's stored state into its row of `state`."""
-        continuing = [index for index, row in enumerate(rows) if not row.start]
-        if not continuing:
-            return
-        loaded = await self.store.load([rows[i].key for i in continuing], state, continuing)
-        for index, found in zip(continuing, loaded, strict=True):
-            if found is False:
-                errors[index] = InvalidArgument(
-                    f"{rows[index].key.describe()} is not active: a sequence must begin with "
-                    "sequence_start=true (it may have ended or expired)"
-                )
-            elif found is not True:
-                errors[index] = found
+    async def _judge(
+        self, rows: Sequence[RowStep], state: State
+    ) -> tuple[list[Outcome], list[bool | None]]:
+        """Each row's outcome, from what the store holds of its session, and whether each
+        session held state before (None: not known yet, for starts not loaded).
+
+        Continuing rows are loaded, and so are starts that carry an offset (a retry of a
+        session's first step is answered again); a start that is applied after all gets
+        back the state it starts from."""
+        found: list[Loaded] = [None] * len(rows)
+        stored: list[bool | None] = [None if row.start else True for row in rows]
+        loading = [i for i, row in enumerate(rows) if not row.start or row.offset is not None]
+        starts = [i for i in loading if rows[i].start]
+        if starts:
+            initial = {name: array[:, starts] for name, array in state.items()}  # copies
+        if loading:
+            loaded = await self.store.load([rows[i].key for i in loading], state, loading)
+            for index, one in zip(loading, loaded, strict=True):
+                found[index] = one
+        outcomes = [judge(row, one) for row, one in zip(rows, found, strict=True)]
+        for position, index in enumerate(starts):
+            one = found[index]
+            stored[index] = not (one is None or (isinstance(one, Progress) and one.ended))
+            if outcomes[index].kind == "apply":
+                for name, array in state.items():
+                    array[:, index] = initial[name][:, position]
+        return outcomes, stored
 
     async def _admit(
-        self, rows: Sequence[RowStep], errors: list[ServiceError | None], was_stored: list[bool]
-    ) -> int:
-        """Admits the new sessions among the starting rows, within the session limit, and
-        returns how many: they count in `_admitting` until stored. The rest fail."""
-        starting = [index for index, row in enumerate(rows) if row.start]
-        if not starting:
-            return 0
-        present = await self.store.contains([rows[i].key for i in starting])
-        new = []
-        for index, stored in zip(starting, present, strict=True):
-            was_stored[index] = stored
-            if not stored:
-                new.append(index)
+        self, rows: Sequence[RowStep], outcomes: list[Outcome], stored: list[bool | None]
+    ) -> list[SessionKey]:
+        """Admits the new sessions among the starting rows, within the session limits, and
+        returns them: they count in `_admitting` until stored. The rest fail."""
+        starting = [i for i, row in enumerate(rows) if row.start and outcomes[i].kind == "apply"]
+        unknown = [i for i in starting if stored[i] is None]
+        if unknown:
+            present = await self.store.contains([rows[i].key for i in unknown])
+            for index, one in zip(unknown, present, strict=True):
+                stored[index] = one
+        new = [i for i in starting if not stored[i]]
         if not new:
-            return 0
+            return []
         room = max(0, self.max_sessions - await self.store.count() - self._admitting)
         for index in new[room:]:
-            key = rows[index].key
-            metrics.SESSIONS_REJECTED.labels(key.model, key.version).inc()
-            errors[index] = ResourceExhausted(
+            self._reject(
+                rows[index].key,
+                outcomes[index],
                 f"session limit reached: {self.max_sessions} active sessions "
-                f"(max_sessions={self.max_sessions}); end a sequence or retry later"
+                f"(max_sessions={self.max_sessions})",
             )
-        admitted = min(room, len(new))
-        self._admitting += admitted
+        new = new[:room]
+        if self.max_sessions_per_principal is not None:
+            new = await self._admit_per_principal(rows, outcomes, new)
+        admitted = [rows[i].key for i in new]
+        self._admitting += len(admitted)
+        self._admitting_by.update(key.principal for key in admitted)
         return admitted
 
-    async def _store(
-        self, rows: Sequence[RowStep], errors: list[ServiceError | None], state: State
-    ) -> None:
-        """Stores each stepped row's new state; an ended row's state is freed instead."""
-        stepped = [index for index, error in enumerate(errors) if error is None]
-        kept = [index for index in stepped if not rows[index].end]
-        ended = [index for index in stepped if rows[index].end]
-        if kept:
-            await self.store.save([rows[i].key for i in kept], state, kept)
-        if ended:
-            await self.store.delete([rows[i].key for i in ended])
+    async def _admit_per_principal(
+        self, rows: Sequence[RowStep], outcomes: list[Outcome], new: list[int]
+    ) -> list[int]:
+        limit = self.max_sessions_per_principal
+        assert limit is not None
+        kept = []
+        for principal in dict.fromkeys(rows[i].key.principal for i in new):
+            held = await self.store.count(principal) + self._admitting_by[principal]
+            mine = [i for i in new if rows[i].key.principal == principal]
+            room = max(0, limit - held)
+            kept += mine[:room]
+            for index in mine[room:]:
+                self._reject(
+                    rows[index].key,
+                    outcomes[index],
+                    f"session limit of principal {principal!r} reached: {held} active "
+                    f"sessions (max_sessions_per_principal={limit})",
+                )
+        return sorted(kept)
 
     @staticmethod
-    def _count(
-        rows: Sequence[RowStep], errors: list[ServiceError | None], was_stored: list[bool]
+    def _reject(key: SessionKey, outcome: Outcome, why: str) -> None:
+        metrics.SESSIONS_REJECTED.labels(key.model, key.version).inc()
+        outcome.fail(ResourceExhausted(f"{why}; end a sequence or retry later"))
+
+    async def _store(
+        self,
+        rows: Sequence[RowStep],
+        outcomes: list[Outcome],
+        state: State,
+        new_state: State,
+        result: T,
+        answers: Answers[T],
     ) -> None:
-        started = ended = active = 0
-        for row, error, stored in zip(rows, errors, was_stored, strict=True):
-            if error is None:
+        """Stores each applied row's new state and progress (its answer kept when the step
+        carried an offset); an ended row's state is freed instead, leaving a record of its
+        final step (and of `state`, the state it started from) when it carried an offset."""
+        kept: list[int] = []  # one pass sorts the applied rows: most steps are one row
+        recorded: list[int] = []
+        forgotten: list[int] = []
+        for index, (row, outcome) in enumerate(zip(rows, outcomes, strict=True)):
+            if outcome.kind == "apply":
+                if not row.end:
+                    kept.append(index)
+                elif row.offset is not None:
+                    recorded.append(index)
+                else:
+                    forgotten.append(index)
+        if kept:
+            answered = answers(result) if any(rows[i].offset is not None for i in kept) else {}
+            progress = [self._progress(rows[i], outcomes[i], answered, i) for i in kept]
+            await self.store.save([rows[i].key for i in kept], new_state, kept, progress)
+        if recorded:
+            progress = [self._progress(rows[i], outcomes[i], {}, i) for i in recorded]
+            await self.store.end([rows[i].key for i in recorded], state, recorded, progress)
+        if forgotten:
+            await self.store.delete([rows[i].key for i in forgotten])
+
+    @staticmethod
+    def _progress(row: RowStep, outcome: Outcome, outputs: Answer, index: int) -> Progress:
+        """What an applied step leaves: its count, and, when it carried an offset, itself
+        with its row of `outputs` as its answer."""
+        if row.offset is None:
+            return Progress(outcome.offset)
+        return Progress(outcome.offset, LastStep(row.length, row.digest, answer_of(outputs, index)))
+
+    @staticmethod
+    def _count(rows: Sequence[RowStep], outcomes: list[Outcome], stored: list[bool | None]) -> None:
+        started = ended = active = retried = 0
+        for row, outcome, was_stored in zip(rows, outcomes, stored, strict=True):
+            if outcome.kind == "apply":
                 started += row.start
                 ended += row.end
-                active += int(not row.end) - int(stored)
+                active += int(not row.end) - int(bool(was_stored))
+            retried += outcome.kind in ("replay", "rerun")
         labels = (rows[0].key.model, rows[0].key.version)
+        if retried:
+            metrics.SEQUENCE_RETRIES.labels(*labels).inc(retried)
         if started:
             metrics.SESSIONS_STARTED.labels(*labels).inc(started)
         if ended:

@@ -2,22 +2,39 @@
 
 The sessions of one state layout (one model version, in practice) keep their states in
 one array, a row each: a step of many sessions gathers and scatters their rows with one
-indexing operation, and an idle session costs little more than its state's bytes.
+indexing operation, and an idle session costs little more than its state's bytes. Each
+session's step count sits beside its row (an int64 array); the last step of a session is
+kept (a side table) only when it carried `sequence_offset`, for a retry of it.
+
+Sessions that ended with a step that carried `sequence_offset` leave a record of that step
+(the state it started from and its progress) for a retry of it: at most ENDED_KEPT records,
+each for at most the idle timeout.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from rnnserve.service.errors import FailedPrecondition
-from rnnserve.service.sessions.state import Layout, Loaded, SessionKey, check_layout, row_layout
+from rnnserve.service.sessions.state import (
+    LastStep,
+    Layout,
+    Loaded,
+    Progress,
+    SessionKey,
+    check_layout,
+    row_layout,
+)
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import State
 
 _GROWTH = 1.25  # a slab grows by a quarter: at most a fifth of its rows are spare
+ENDED_KEPT = 10_000  # records of recently ended sessions kept for retries of their last step
 
 
 class _Slab:
@@ -31,6 +48,8 @@ class _Slab:
             name: np.zeros((0, shape[0], *shape[2:]), np.float32) for name, shape in layout.items()
         }
         self.deadlines = np.zeros(0)  # time.monotonic() after which a slot's session expired
+        self.offsets = np.zeros(0, np.int64)  # time steps each slot's session has consumed
+        self.last: dict[int, LastStep] = {}  # slot -> its last step, when kept for a retry
         self.owners: list[SessionKey | None] = []  # the session in each slot
         self._free: list[int] = []
 
@@ -44,7 +63,15 @@ class _Slab:
     def release(self, slot: int) -> None:
         self.owners[slot] = None
         self.deadlines[slot] = np.inf  # a free slot never expires
+        self.last.pop(slot, None)
         self._free.append(slot)
+
+    def progress(self, slot: int) -> Progress:
+        return Progress(int(self.offsets[slot]), self.last.get(slot))
+
+    def state(self, slot: int) -> State:
+        """A copy of the slot's state as a one-row batch state."""
+        return {name: data[slot][:, None].copy() for name, data in self.data.items()}
 
     def _grow(self) -> None:
         old = len(self.owners)
@@ -54,6 +81,7 @@ class _Slab:
             grown[:old] = data
             self.data[name] = grown
         self.deadlines = np.concatenate([self.deadlines, np.full(new - old, np.inf)])
+        self.offsets = np.concatenate([self.offsets, np.zeros(new - old, np.int64)])
         self.owners.extend([None] * (new - old))
         self._free.extend(range(new - 1, old - 1, -1))  # lowest slots first
 
@@ -74,11 +102,22 @@ class _Entry:
         self.slot = slot
 
 
+@dataclass(slots=True)
+class _Ended:
+    """A recently ended session: its final step, and the state that step started from."""
+
+    deadline: float
+    state: State  # one row
+    progress: Progress
+
+
 class MemoryStore:
     def __init__(self, idle_timeout_s: float = 60.0) -> None:
         self.idle_timeout_s = idle_timeout_s
         self._entries: dict[SessionKey, _Entry] = {}
         self._slabs: dict[tuple, _Slab] = {}  # by layout
+        self._principals: Counter[str] = Counter()  # sessions held by each principal
+        self._ended: OrderedDict[SessionKey, _Ended] = OrderedDict()  # oldest first
         # Expired entries noticed outside expire(), waiting to be reported by it.
         self._noticed: list[SessionKey] = []
 
@@ -92,7 +131,7 @@ class MemoryStore:
         for key, row in zip(keys, rows, strict=True):
             entry = self._live(key, now)
             if entry is None:
-                loaded.append(False)
+                loaded.append(self._load_ended(key, into, row, now))
                 continue
             try:
                 check_layout(key, entry.slab.layout, expected)
@@ -102,19 +141,47 @@ class MemoryStore:
             slab_slots, slab_rows = slots.setdefault(entry.slab, ([], []))
             slab_slots.append(entry.slot)
             slab_rows.append(row)
-            loaded.append(True)
+            loaded.append(entry.slab.progress(entry.slot))
         for slab, (slab_slots, slab_rows) in slots.items():
             for name, data in slab.data.items():
-                # (sessions, layers, hidden) -> (layers, sessions, hidden)
+                # (sessions, before, after) -> (before, sessions, after)
                 into[name][:, slab_rows] = data[_index(slab_slots)].swapaxes(0, 1)
         return loaded
 
-    async def save(self, keys: Sequence[SessionKey], state: State, rows: Sequence[int]) -> None:
+    def _load_ended(self, key: SessionKey, into: State, row: int, now: float) -> Loaded:
+        """The record of the key's recent end, its state copied into `row`; else None."""
+        ended = self._ended.get(key)
+        if ended is None:
+            return None
+        if ended.deadline < now:
+            del self._ended[key]
+            return None
+        try:
+            check_layout(key, row_layout(ended.state), row_layout(into))
+        except FailedPrecondition as error:
+            return error
+        for name, array in ended.state.items():
+            into[name][:, row] = array[:, 0]
+        return ended.progress
+
+    async def save(
+        self,
+        keys: Sequence[SessionKey],
+        state: State,
+        rows: Sequence[int],
+        progress: Sequence[Progress],
+    ) -> None:
         slab = self._slab(row_layout(state))
         slots = [self._slot(key, slab) for key in keys]
         for name, data in slab.data.items():
             data[_index(slots)] = state[name][:, _index(rows)].swapaxes(0, 1)
         slab.deadlines[_index(slots)] = time.monotonic() + self.idle_timeout_s
+        slab.offsets[_index(slots)] = [one.offset for one in progress]
+        for slot, one in zip(slots, progress, strict=True):
+            if one.last is None:
+                slab.last.pop(slot, None)
+            else:
+                slab.last[slot] = one.last
 
     async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
         now = time.monotonic()
@@ -123,14 +190,30 @@ class MemoryStore:
     async def delete(self, keys: Sequence[SessionKey]) -> list[bool]:
         deleted = []
         for key in keys:
-            entry = self._entries.pop(key, None)
+            entry = self._entries.get(key)
             if entry is not None:
-                entry.slab.release(entry.slot)
+                self._drop(key, entry)
             deleted.append(entry is not None)
         return deleted
 
-    async def count(self) -> int:
-        return len(self._entries)
+    async def end(
+        self,
+        keys: Sequence[SessionKey],
+        state: State,
+        rows: Sequence[int],
+        progress: Sequence[Progress],
+    ) -> None:
+        await self.delete(keys)
+        deadline = time.monotonic() + self.idle_timeout_s
+        for key, row, one in zip(keys, rows, progress, strict=True):
+            one_row = {name: array[:, row : row + 1].copy() for name, array in state.items()}
+            self._ended.pop(key, None)  # the newest record goes last
+            self._ended[key] = _Ended(deadline, one_row, Progress(one.offset, one.last, True))
+        while len(self._ended) > ENDED_KEPT:
+            self._ended.popitem(last=False)
+
+    async def count(self, principal: str | None = None) -> int:
+        return len(self._entries) if principal is None else self._principals[principal]
 
     async def expire(self) -> list[SessionKey]:
         now = time.monotonic()
@@ -140,8 +223,9 @@ class MemoryStore:
                 key = slab.owners[slot]
                 if key is not None:
                     expired.append(key)
-                    del self._entries[key]
-                    slab.release(slot)
+                    self._drop(key, self._entries[key])
+        while self._ended and next(iter(self._ended.values())).deadline < now:
+            self._ended.popitem(last=False)
         expired += self._noticed
         self._noticed = []
         return expired
@@ -152,6 +236,8 @@ class MemoryStore:
     async def close(self) -> None:
         self._entries.clear()
         self._slabs.clear()
+        self._principals.clear()
+        self._ended.clear()
 
     # For the owned store, which keeps a worker's sessions here.
 
@@ -162,12 +248,13 @@ class MemoryStore:
     def sessions(self) -> list[SessionKey]:
         return list(self._entries)
 
-    def state_of(self, key: SessionKey) -> State | None:
-        """A copy of the key's state as a one-row batch state; None when it has none."""
+    def record_of(self, key: SessionKey) -> tuple[State, Progress] | None:
+        """A copy of the key's state as a one-row batch state, and its progress; None when
+        it has none."""
         entry = self._live(key, time.monotonic())
         if entry is None:
             return None
-        return {name: data[entry.slot][:, None].copy() for name, data in entry.slab.data.items()}
+        return entry.slab.state(entry.slot), entry.slab.progress(entry.slot)
 
     def _slab(self, layout: Layout) -> _Slab:
         signature = tuple(layout.items())
@@ -181,7 +268,10 @@ class MemoryStore:
         entry = self._entries.get(key)
         if entry is not None and entry.slab is slab:
             return entry.slot
-        if entry is not None:  # the same id with another layout: move it
+        if entry is None:
+            self._principals[key.principal] += 1
+            self._ended.pop(key, None)  # started again: the record of its last run is void
+        else:  # the same id with another layout: move it
             entry.slab.release(entry.slot)
         slot = slab.allocate(key)
         self._entries[key] = _Entry(slab, slot)
@@ -190,8 +280,14 @@ class MemoryStore:
     def _live(self, key: SessionKey, now: float) -> _Entry | None:
         entry = self._entries.get(key)
         if entry is not None and entry.slab.deadlines[entry.slot] < now:
-            del self._entries[key]
-            entry.slab.release(entry.slot)
+            self._drop(key, entry)
             self._noticed.append(key)
             return None
         return entry
+
+    def _drop(self, key: SessionKey, entry: _Entry) -> None:
+        del self._entries[key]
+        entry.slab.release(entry.slot)
+        self._principals[key.principal] -= 1
+        if not self._principals[key.principal]:
+            del self._principals[key.principal]

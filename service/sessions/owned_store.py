@@ -16,9 +16,13 @@ step) and records in Redis only who owns it:
 - A clean stop writes every state to `state:<session>` and gives up ownership: a restarted
   server continues the sessions. A worker that crashes loses the states it held, as the
   memory store does (the redis store writes every step and loses none).
-- The session index (a sorted set scored by deadline, as in the redis store) counts the
-  sessions for the limit; each owner refreshes its sessions' deadlines, and checks that it
-  still owns them, once per sweep rather than once per step.
+- The session index (sorted sets by deadline and by name, as in the redis store) counts
+  the sessions for the limits; each owner refreshes its sessions' deadlines, and checks that
+  it still owns them, once per sweep rather than once per step.
+- A session's progress (its step count, and its last step when kept for a retry) travels
+  with its state. A session that ends with a step that carried `sequence_offset` leaves a
+  record of it in Redis (`ended:<session>`, as the redis store does), written with the
+  end's release of ownership: a retry of that step finds it from any worker.
 """
 
 from __future__ import annotations
@@ -35,8 +39,16 @@ import redis.asyncio as redis
 from rnnserve.service import metrics
 from rnnserve.service.errors import FailedPrecondition, Unavailable
 from rnnserve.service.sessions.memory_store import MemoryStore
-from rnnserve.service.sessions.redis_store import decode_state, encode_state, member, session_of
-from rnnserve.service.sessions.state import Loaded, SessionKey
+from rnnserve.service.sessions.redis_store import (
+    SessionIndex,
+    decode_record,
+    encode_record,
+    load_record,
+    member,
+    session_of,
+    write_records,
+)
+from rnnserve.service.sessions.state import Loaded, Progress, SessionKey
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import State
 
@@ -48,9 +60,10 @@ ATTEMPTS = 3  # tries to take a session, with a hand-over request between two tr
 INBOX_POLL_S = 0.5  # the inbox listener's longest wait in Redis (and at a stop)
 FLUSH_CHUNK = 1000  # sessions per pipeline when a clean stop writes the states out
 
-# KEYS: owner, state, index. ARGV: me, the worker-key prefix, the session's index member.
-# Returns {'held', owner} while a live worker owns the session, {'taken', state} when the
-# state was in Redis (now owned by me), {} when there is no such session.
+# KEYS: owner, state, index, names, ended. ARGV: me, the worker-key prefix, the session's
+# index member. Returns {'held', owner} while a live worker owns the session, {'taken',
+# state} when the state was in Redis (now owned by me), {'ended', record} when there is no
+# such session but a record of its recent end, {} when there is neither.
 _TAKE = """
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
@@ -61,7 +74,10 @@ if not state then
   if owner then  -- its owner died (or dropped it): the session is gone
     redis.call('DEL', KEYS[1])
     redis.call('ZREM', KEYS[3], ARGV[3])
+    redis.call('ZREM', KEYS[4], ARGV[3])
   end
+  local ended = redis.call('GET', KEYS[5])
+  if ended then return {'ended', ended} end
   return {}
 end
 redis.call('DEL', KEYS[2])
@@ -75,20 +91,22 @@ redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[1])
 return 1
 """
-# KEYS: index. ARGV: me, the owner-key prefix, members. Ends sessions I own.
+# KEYS: index, names. ARGV: me, the owner-key prefix, members. Ends sessions I own.
 _FORGET = """
 for i = 3, #ARGV do
   if redis.call('GET', ARGV[2] .. ARGV[i]) == ARGV[1] then
     redis.call('DEL', ARGV[2] .. ARGV[i])
     redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('ZREM', KEYS[2], ARGV[i])
   end
 end
 """
-# KEYS: index, my liveness key. ARGV: me, the owner-key prefix, deadline, liveness ms,
-# cutoff, members. Keeps me alive, moves the deadlines of the members I own, drops index
-# entries past the cutoff (sessions of workers that died) and returns the members I lost.
+# KEYS: index, names, my liveness key. ARGV: me, the owner-key prefix, deadline, liveness
+# ms, cutoff, members. Keeps me alive, moves the deadlines of the members I own, drops
+# index entries past the cutoff (sessions of workers that died) and returns the members I
+# lost.
 _REFRESH = """
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
 local lost = {}
 for i = 6, #ARGV do
   if redis.call('GET', ARGV[2] .. ARGV[i]) == ARGV[1] then
@@ -97,7 +115,10 @@ for i = 6, #ARGV do
     table.insert(lost, ARGV[i])
   end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[5])
+for _, stale in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[5])) do
+  redis.call('ZREM', KEYS[1], stale)
+  redis.call('ZREM', KEYS[2], stale)
+end
 return lost
 """
 
@@ -119,7 +140,7 @@ class OwnedStore:
             url, socket_timeout=socket_timeout, socket_connect_timeout=5
         )
         self._prefix = f"{namespace}:"
-        self._index = f"{namespace}:sessions"
+        self._index = SessionIndex(self._client, namespace)
         self._take = self._client.register_script(_TAKE)
         self._release = self._client.register_script(_RELEASE)
         self._forget = self._client.register_script(_FORGET)
@@ -143,21 +164,36 @@ class OwnedStore:
     async def load(
         self, keys: Sequence[SessionKey], into: State, rows: Sequence[int]
     ) -> list[Loaded]:
-        errors = await self._acquire(keys)
+        elsewhere = await self._acquire(keys)
         loaded = await self._local.load(keys, into, rows)
-        return [errors.get(key, found) for key, found in zip(keys, loaded, strict=True)]
+        for index, (key, row) in enumerate(zip(keys, rows, strict=True)):
+            found = elsewhere.get(key)
+            if isinstance(found, bytes):  # the record of its recent end
+                loaded[index] = load_record(key, found, into, row, ended=True)
+            elif found is not None:
+                loaded[index] = found
+        return loaded
 
-    async def save(self, keys: Sequence[SessionKey], state: State, rows: Sequence[int]) -> None:
+    async def save(
+        self,
+        keys: Sequence[SessionKey],
+        state: State,
+        rows: Sequence[int],
+        progress: Sequence[Progress],
+    ) -> None:
         new = [key for key in keys if not self._local.holds(key)]
         if new:
             await self._claim(new)
-        await self._local.save(keys, state, rows)
+        await self._local.save(keys, state, rows, progress)
         self._touched.update(keys)
 
     async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
-        errors = await self._acquire(keys)
+        elsewhere = await self._acquire(keys)
         found = await self._local.contains(keys)
-        return [one or key in errors for key, one in zip(keys, found, strict=True)]
+        return [
+            one or isinstance(elsewhere.get(key), FailedPrecondition)
+            for key, one in zip(keys, found, strict=True)
+        ]
 
     async def delete(self, keys: Sequence[SessionKey]) -> list[bool]:
         deleted = await self._local.delete(keys)
@@ -166,8 +202,24 @@ class OwnedStore:
         self._touched.difference_update(keys)
         return deleted
 
-    async def count(self) -> int:
-        return await self._client.zcard(self._index)
+    async def end(
+        self,
+        keys: Sequence[SessionKey],
+        state: State,
+        rows: Sequence[int],
+        progress: Sequence[Progress],
+    ) -> None:
+        await self._local.delete(keys)
+        if keys:
+            async with self._client.pipeline(transaction=False) as pipe:
+                prefix, keep_s = self._ended_prefix, self.idle_timeout_s
+                write_records(pipe, prefix, keys, state, rows, progress, keep_s)
+                await self._forget_all(keys, client=pipe)
+                await pipe.execute()
+        self._touched.difference_update(keys)
+
+    async def count(self, principal: str | None = None) -> int:
+        return await self._index.count(principal)
 
     async def expire(self) -> list[SessionKey]:
         """Drops my idle sessions, and keeps my ownership records alive (the sweeper calls
@@ -180,7 +232,9 @@ class OwnedStore:
             if expired:
                 await self._forget_all(expired, client=pipe)
             await self._refresh(
-                keys=[self._index, self._liveness_key(self.worker)],
+                keys=[
+                    self._index.by_deadline, self._index.by_name, self._liveness_key(self.worker)
+                ],
                 args=[
                     self.worker, self._owner_prefix, now + self.idle_timeout_s,
                     round(LIVENESS_S * 1000), now - LIVENESS_S,
@@ -216,15 +270,18 @@ class OwnedStore:
 
     # Taking sessions from other workers.
 
-    async def _acquire(self, keys: Sequence[SessionKey]) -> dict[SessionKey, FailedPrecondition]:
+    async def _acquire(
+        self, keys: Sequence[SessionKey]
+    ) -> dict[SessionKey, FailedPrecondition | bytes]:
         """Brings here those of `keys` that another worker owns or that wait in Redis.
-        Returns the errors of those whose stored state cannot serve."""
-        errors: dict[SessionKey, FailedPrecondition] = {}
+        Returns, of the others, the errors of those whose stored state cannot serve and the
+        records of those that ended lately."""
+        found: dict[SessionKey, FailedPrecondition | bytes] = {}
         missing = [key for key in keys if not self._local.holds(key)]
         for attempt in range(ATTEMPTS):
-            held = await self._take_here(missing, errors) if missing else {}
+            held = await self._take_here(missing, found) if missing else {}
             if not held:
-                return errors
+                return found
             if attempt + 1 < ATTEMPTS:
                 await asyncio.gather(*(self._ask(owner, owned) for owner, owned in held.items()))
             missing = [key for owned in held.values() for key in owned]
@@ -234,21 +291,28 @@ class OwnedStore:
         )
 
     async def _take_here(
-        self, keys: list[SessionKey], errors: dict[SessionKey, FailedPrecondition]
+        self, keys: list[SessionKey], found: dict[SessionKey, FailedPrecondition | bytes]
     ) -> dict[str, list[SessionKey]]:
         """Takes the states of `keys` that wait in Redis; returns the rest that a live
-        worker owns, by owner. A state that cannot serve goes into `errors`."""
+        worker owns, by owner. A state that cannot serve, or the record of a session that
+        ended, goes into `found`."""
         held: dict[str, list[SessionKey]] = {}
         for key, outcome in zip(keys, await self._take_all(keys), strict=True):
-            if outcome and outcome[0] == b"taken":
+            if not outcome:
+                continue
+            kind, value = outcome
+            if kind == b"taken":
                 try:
-                    await self._local.save([key], decode_state(key, outcome[1]), [0])
+                    state, progress = decode_record(key, value)
+                    await self._local.save([key], state, [0], [progress])
                 except FailedPrecondition as error:
-                    errors[key] = error
+                    found[key] = error
                 else:
                     log.debug("took over %s (its state was handed over in Redis)", key.describe())
-            elif outcome:
-                held.setdefault(outcome[1].decode(), []).append(key)
+            elif kind == b"ended":
+                found[key] = value
+            else:
+                held.setdefault(value.decode(), []).append(key)
         return held
 
     async def _take_all(self, keys: Sequence[SessionKey]) -> list[list[bytes]]:
@@ -256,10 +320,13 @@ class OwnedStore:
             for key in keys:
                 name = member(key)
                 await self._take(
-                    keys=[self._owner_prefix + name, self._state_prefix + name, self._index],
+                    keys=[
+                        self._owner_prefix + name, self._state_prefix + name,
+                        self._index.by_deadline, self._index.by_name, self._ended_prefix + name,
+                    ],
                     args=[self.worker, self._liveness_prefix, name],
                     client=pipe,
-                )
+                )  # fmt: skip
             return await pipe.execute()
 
     async def _ask(self, owner: str, keys: list[SessionKey]) -> None:
@@ -305,14 +372,14 @@ class OwnedStore:
 
     async def _give_up(self, key: SessionKey, client: redis.Redis | None = None) -> None:
         """Leaves the key's state in Redis for the next owner and drops it here."""
-        state = self._local.state_of(key)
-        if state is None:  # expired meanwhile: make that known instead
+        record = self._local.record_of(key)
+        if record is None:  # expired meanwhile: make that known instead
             await self._forget_all([key], client=client)
             return
         name = member(key)
         await self._release(
             keys=[self._owner_prefix + name, self._state_prefix + name],
-            args=[self.worker, encode_state(key, state), round(self.idle_timeout_s * 1000)],
+            args=[self.worker, encode_record(key, *record), round(self.idle_timeout_s * 1000)],
             client=client,
         )
         await self._local.delete([key])
@@ -337,14 +404,14 @@ class OwnedStore:
             for name in names:
                 pipe.set(self._owner_prefix + name, self.worker)
                 pipe.delete(self._state_prefix + name)  # left by an earlier run of this id
-            pipe.zadd(self._index, dict.fromkeys(names, deadline))
+            self._index.add(pipe, names, deadline)
             await pipe.execute()
 
     async def _forget_all(
         self, keys: Sequence[SessionKey], client: redis.Redis | None = None
     ) -> None:
         await self._forget(
-            keys=[self._index],
+            keys=[self._index.by_deadline, self._index.by_name],
             args=[self.worker, self._owner_prefix, *(member(key) for key in keys)],
             client=client,
         )
@@ -356,6 +423,10 @@ class OwnedStore:
     @property
     def _state_prefix(self) -> str:
         return self._prefix + "state:"
+
+    @property
+    def _ended_prefix(self) -> str:
+        return self._prefix + "ended:"
 
     @property
     def _liveness_prefix(self) -> str:

@@ -1,15 +1,18 @@
-"""The sequence parameters of a request, with Triton's names and types."""
+"""The sequence parameters of a request, with Triton's names and types, and our
+`sequence_offset` (int64: the time steps the sequence consumed before this request)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from rnnserve.protocol.sequences import SEQUENCE_END, SEQUENCE_ID, SEQUENCE_OFFSET, SEQUENCE_START
 from rnnserve.service.errors import InvalidArgument
 from rnnserve.service.types import Parameter
 
 UINT64_MAX = 2**64 - 1
-SEQUENCE_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end"})
+INT64_MAX = 2**63 - 1
+SEQUENCE_PARAMETERS = frozenset({SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END, SEQUENCE_OFFSET})
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,7 @@ class SequenceParameters:
     sequence_id: int | str  # 0 or "" means the request belongs to no session
     start: bool = False
     end: bool = False
+    offset: int | None = None  # sequence_offset, when the request carries it
 
     @property
     def in_session(self) -> bool:
@@ -38,13 +42,43 @@ def parse_sequence_parameters(parameters: Mapping[str, Parameter]) -> SequencePa
             f"parameter sequence_id must be between 0 and {UINT64_MAX}, got {sequence_id}"
         )
     sequence = SequenceParameters(
-        sequence_id, _flag(parameters, "sequence_start"), _flag(parameters, "sequence_end")
+        sequence_id,
+        _flag(parameters, "sequence_start"),
+        _flag(parameters, "sequence_end"),
+        _offset(parameters),
     )
     if not sequence.in_session and (sequence.start or sequence.end):
         raise InvalidArgument(
             "parameters sequence_start and sequence_end need a non-zero sequence_id"
         )
+    if not sequence.in_session and sequence.offset is not None:
+        raise InvalidArgument(f"parameter {SEQUENCE_OFFSET} needs a non-zero sequence_id")
+    check_offset(f"parameter {SEQUENCE_OFFSET}", sequence.offset, sequence.start)
     return sequence
+
+
+def check_offset(what: str, offset: int | None, start: bool) -> None:
+    """An offset is a count of time steps; a start has consumed none before it."""
+    if offset is None:
+        return
+    if not 0 <= offset <= INT64_MAX:
+        raise InvalidArgument(f"{what} must be between 0 and {INT64_MAX}, got {offset}")
+    if start and offset != 0:
+        raise InvalidArgument(
+            f"{what} is {offset} on a request with sequence_start=true; expected 0: a "
+            "sequence's first request begins at time step 0"
+        )
+
+
+def _offset(parameters: Mapping[str, Parameter]) -> int | None:
+    value = parameters.get(SEQUENCE_OFFSET)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(
+            f"parameter {SEQUENCE_OFFSET} must be an int64, got {type(value).__name__}"
+        )
+    return value
 
 
 def _flag(parameters: Mapping[str, Parameter], name: str) -> bool:

@@ -1,32 +1,67 @@
-"""What a session holds: its identity and its recurrent state, one batch row of each
-state tensor, keyed by state input name ("h0", and "c0" for LSTM). Stores move the states
-of many sessions at once, as rows of batch states `(layers*directions, rows, hidden)`."""
+"""What a session holds: its identity, its recurrent state (one batch row of each state
+tensor, keyed by state input name: "h0", and "c0" for LSTM) and its progress (the time steps
+it has consumed and what a retry of its last step needs). Stores move the states of many
+sessions at once, as rows of batch states held as `(before, rows, after)` (the default
+models' `(layers*directions, rows, hidden)`; service/model_spec.py)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
+
+import numpy as np
 
 from rnnserve.service.errors import FailedPrecondition
 from rnnserve.service.types import State
 
 Layout = dict[str, tuple[int, ...]]  # state name -> the shape one session's tensor must have
-# What loading one session's state gave: True (copied), False (no such session), or why
-# its stored state cannot serve.
-Loaded = bool | FailedPrecondition
+# A step's outputs other than the states, by output name, each with its batch axis moved
+# first and its batch row kept as a batch of one.
+Answer = dict[str, np.ndarray]
 
 
 class SessionKey(NamedTuple):
-    """A session is one sequence id of one model version; 7 and "7" are different ids.
+    """A session is one sequence id of one model version, held by one principal: two
+    principals using the same id never meet. 7 and "7" are different ids.
 
     A tuple: hashed and compared in C (a step of 64 sessions looks keys up hundreds of
     times), and small (100,000 idle sessions hold 100,000 keys)."""
 
+    principal: str
     model: str
     version: str
     sequence_id: int | str
 
     def describe(self) -> str:
         return f"sequence {self.sequence_id!r} for model {self.model} version {self.version}"
+
+
+@dataclass(slots=True)
+class LastStep:
+    """A session's last step, kept when it carried `sequence_offset`, so that a retry of it
+    (the same offset, length and inputs) is answered again without being applied twice."""
+
+    length: int  # time steps it consumed
+    digest: bytes  # of its inputs and sequence flags
+    # Its answer. Empty in the record of an ending step: that one is computed again from
+    # the state it started from (a streamed end is decoded after the session is freed).
+    answer: Answer
+
+
+@dataclass(slots=True)
+class Progress:
+    """A session's step accounting, stored with its state by every store."""
+
+    offset: int = 0  # time steps consumed, its last step included
+    last: LastStep | None = None
+    # A record of a recently ended session (kept a while for a retry of its final step):
+    # the state stored with it is the one that step started from.
+    ended: bool = False
+
+
+# What loading one session gave: its progress (its state copied), None (no such session),
+# or why its stored state cannot serve.
+Loaded = Progress | FailedPrecondition | None
 
 
 def row_layout(state: State) -> Layout:

@@ -5,19 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from rnnserve.service.sessions.state import Loaded, SessionKey
+from rnnserve.service.sessions.state import Loaded, Progress, SessionKey
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import State
 
 
 class StateStore(Protocol):
-    """Holds session states between steps and forgets them after `idle_timeout_s`.
+    """Holds session states, with their progress, between steps and forgets them after
+    `idle_timeout_s`.
 
     Every call takes many sessions at once (a multi-session request steps many: one call,
     one Redis round trip). States travel as rows of batch states: `keys[i]` is row
-    `rows[i]` (axis 1) of the state given. Every expiry is reported exactly once, by
-    `expire()`, whichever call noticed it.
+    `rows[i]` (axis 1) of the state given, `progress[i]` its progress. Every expiry is
+    reported exactly once, by `expire()`, whichever call noticed it.
     """
 
     idle_timeout_s: float
@@ -25,24 +26,47 @@ class StateStore(Protocol):
     async def load(
         self, keys: Sequence[SessionKey], into: State, rows: Sequence[int]
     ) -> list[Loaded]:
-        """Copies each session's stored state into its row of `into`. Per key: True when
-        copied; False when the session is unknown or expired; FailedPrecondition when the
-        stored state does not fit `into` (or belongs to another key). Rows not copied keep
-        what they held."""
+        """Copies each session's stored state into its row of `into`. Per key: its
+        Progress when copied; for a session without state that `end` recorded lately, the
+        record's Progress (`ended` set) with the state its final step started from copied;
+        None when the session is unknown or expired; FailedPrecondition when the stored
+        state does not fit `into` (or belongs to another key). Rows not copied keep what
+        they held."""
         ...
 
-    async def save(self, keys: Sequence[SessionKey], state: State, rows: Sequence[int]) -> None:
-        """Stores (or replaces) each session's row of `state` and restarts its idle timer."""
+    async def save(
+        self,
+        keys: Sequence[SessionKey],
+        state: State,
+        rows: Sequence[int],
+        progress: Sequence[Progress],
+    ) -> None:
+        """Stores (or replaces) each session's row of `state` and its progress, and
+        restarts its idle timer."""
         ...
 
-    async def contains(self, keys: Sequence[SessionKey]) -> list[bool]: ...
+    async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
+        """Per key, whether the session holds state (a record of its end does not count)."""
+        ...
 
     async def delete(self, keys: Sequence[SessionKey]) -> list[bool]:
         """Frees the states; per key, True when there was one."""
         ...
 
-    async def count(self) -> int:
-        """Sessions holding state, for the session limit."""
+    async def end(
+        self,
+        keys: Sequence[SessionKey],
+        state: State,
+        rows: Sequence[int],
+        progress: Sequence[Progress],
+    ) -> None:
+        """Frees the sessions, recording for a while (at most the idle timeout; the memory
+        store keeps a bounded number) each one's final step: its `progress` and its row of
+        `state`, the state that step started from, for `load` to find on a retry of it."""
+        ...
+
+    async def count(self, principal: str | None = None) -> int:
+        """Sessions holding state (those of `principal` when given), for the limits."""
         ...
 
     async def expire(self) -> list[SessionKey]:

@@ -39,6 +39,7 @@ class Prepared:
     inputs: dict[str, Any]  # task-specific: arrays or per-row token lists
     state: State
     outputs: list[str]  # wire outputs to return
+    lengths: list[int]  # time steps of each row: what a session's step consumes
     text_shape: tuple[int, ...] = ()  # the text input's shape, which text_out mirrors
     options: dict[str, Any] = field(default_factory=dict)  # validated request parameters
 

@@ -77,7 +77,9 @@ class RecurrentTask(Task):
             arrays[spec.name] = array
         assert rows is not None  # a graph has at least one data input (check_spec)
         outputs = validation.check_output_names(request, self.output_names, self.output_names)
-        return Prepared(rows, arrays, self.initial_state(inputs, rows), outputs)
+        # A graph without a sequence axis steps once per request.
+        lengths = [1 if length is None else length] * rows
+        return Prepared(rows, arrays, self.initial_state(inputs, rows), outputs, lengths)
 
     def run(self, prepared: Prepared, execute: Execute) -> Result:
         states = {s.input: s.fed(prepared.state[s.input]) for s in self.spec.states}

@@ -87,6 +87,7 @@ class Seq2SeqTask(Task):
             {"tokens": token_rows},
             self.spec.zero_state(len(token_rows)),
             outputs,
+            [len(tokens) for tokens in token_rows],
             tuple(inputs["text"].shape),
             {MAX_OUTPUT_LENGTH: limit},
         )

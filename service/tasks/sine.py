@@ -33,7 +33,8 @@ class SineTask(Task):
         validation.check_dim("x", "feature size (last dimension)", features, self.spec.input_size)
         validation.check_finite("x", x)
         outputs = validation.check_output_names(request, self.output_names, self.output_names)
-        return Prepared(batch, {"x": x}, self.initial_state(inputs, batch), outputs)
+        state = self.initial_state(inputs, batch)
+        return Prepared(batch, {"x": x}, state, outputs, [length] * batch)
 
     def run(self, prepared: Prepared, execute: Execute) -> Result:
         graph = execute("model", {"x": prepared.inputs["x"], **prepared.state})

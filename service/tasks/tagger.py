@@ -86,7 +86,10 @@ class TaggerTask(Task):
             )
         outputs = validation.check_output_names(request, self.output_names, default)
         state = self.initial_state(inputs, len(token_rows))
-        return Prepared(len(token_rows), {"tokens": token_rows}, state, outputs, text_shape)
+        lengths = [len(tokens) for tokens in token_rows]
+        return Prepared(
+            len(token_rows), {"tokens": token_rows}, state, outputs, lengths, text_shape
+        )
 
     def _token_input(self, tensor: Tensor) -> list[list[int]]:
         tokens = validation.numeric_array(tensor, "INT64", 2)

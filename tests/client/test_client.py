@@ -99,4 +99,6 @@ def test_step_sessions_steps_many_sessions_and_returns_each_rows_error(client) -
 
     np.testing.assert_allclose(np.concatenate([head["y"][0], tail["y"][0]]), whole[0], atol=1e-6)
     assert errors[0] == "" and "sequence 503" in errors[1] and "is not active" in errors[1]
-    assert list(tail) == ["y"]  # sequence_error is returned as the errors, not an output
+    # sequence_error is returned as the errors; sequence_offset counts each row's time steps
+    assert list(tail) == ["y", "sequence_offset"]
+    assert tail["sequence_offset"].tolist() == [8, 0]

@@ -4,22 +4,28 @@ answer, 1 for a server's refusal (its code and message on one line), 2 for usage
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from security_helpers import TOKENS
 
 from rnnserve.client.client import RnnClient
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def rnnserve(*args: str) -> subprocess.CompletedProcess[str]:
+def rnnserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`rnnserve ARGS` with `env` added to the environment (RNNSERVE_TOKEN left out unless
+    given)."""
+    environment = {k: v for k, v in os.environ.items() if k != "RNNSERVE_TOKEN"}
     return subprocess.run(
         [sys.executable, "-m", "rnnserve", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env={**environment, **(env or {})}, capture_output=True, text=True,
+        timeout=120,
     )  # fmt: skip
 
 
@@ -147,13 +153,42 @@ def test_a_multi_session_request_from_control_inputs(server) -> None:
     assert outputs["text_out"]["shape"] == [2]
 
 
-def test_offset_is_sent_as_the_sequence_offset_parameter(server) -> None:
-    done = infer(server, "sine-gru", "--values", "0", "--sequence-id", "41", "--start",
-                 "--end", "--offset", "0")  # fmt: skip
+@pytest.mark.parametrize(("url", "sequence_id"), [("grpc", "41"), ("http", "42")])
+def test_offset_steps_a_sequence_exactly_once(server, url: str, sequence_id: str) -> None:
+    def step(values: str, offset: int, *flags: str) -> subprocess.CompletedProcess[str]:
+        return infer(server, "sine-gru", "--values", values, "--sequence-id", sequence_id,
+                     "--offset", str(offset), "--json", *flags, url=url)  # fmt: skip
 
+    def counted(done: subprocess.CompletedProcess[str]) -> int:
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["parameters"]["sequence_offset"]
+
+    assert counted(step("0,0.1", 0, "--start")) == 2
+    second = step("0.2", 2)
+    assert counted(second) == 3
+    retried = step("0.2", 2)  # the same step again: answered again, applied no more
+    assert counted(retried) == 3 and retried.stdout == second.stdout
+    gap = step("0.3", 5)
+    assert gap.returncode == 1
+    assert gap.stderr.startswith("rnnserve infer: FAILED_PRECONDITION: sequence_offset 5 ")
+    assert "the server has applied 3 time steps" in gap.stderr
+    assert counted(step("0.3", 3, "--end")) == 4
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_tls_and_a_token_from_the_environment(token_server, pki, protocol: str) -> None:
+    """HOST:PORT with --ca speaks gRPC over TLS, https:// REST over TLS; the token comes
+    from RNNSERVE_TOKEN, never the command line."""
+    url = token_server.address if protocol == "grpc" else token_server.http_url
+    args = ["infer", "sine-lstm", "--values", "0,0.5", "--url", url, "--ca", str(pki.ca)]
+    alice = {"RNNSERVE_TOKEN": TOKENS["alice"][0]}
+
+    done = rnnserve(*args, env=alice)
     assert done.returncode == 0, done.stderr
-    # Until sequence offsets are implemented, the server says it ignores the parameter.
-    assert "ignores request parameter 'sequence_offset'" in server.log()
+    assert len(numbers(done.stdout.strip())) == 2
+    refused = rnnserve(*args)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("rnnserve infer: UNAUTHENTICATED: missing credentials")
 
 
 # Refusals and mistakes -----------------------------------------------------------------
@@ -194,9 +229,20 @@ def test_an_unreachable_server_is_one_line_and_exit_1(url: str) -> None:
         (["--input", "text=[1"], "is not JSON"),
         (["--input", "text"], "expected NAME=VALUE"),
         ([], "give the request an input"),
-        (["--text", "h", "--url", "https://127.0.0.1:1"], "TLS is not supported yet"),
+        (["--text", "h", "--url", "http://127.0.0.1:1", "--ca", "ca.pem"], "use --url https://"),
+        (["--text", "h", "--cert", "client.pem"], "--cert and --key go together"),
+        (["--text", "h", "--ca", "/nonexistent/ca.pem"], "/nonexistent/ca.pem: cannot be read"),
     ],
-    ids=["start-without-id", "unknown-input", "bad-json", "no-value", "no-input", "https"],
+    ids=[
+        "start-without-id",
+        "unknown-input",
+        "bad-json",
+        "no-value",
+        "no-input",
+        "http-ca",
+        "cert-without-key",
+        "missing-ca",
+    ],
 )
 def test_usage_mistakes_exit_2(server, args: list[str], words: str) -> None:
     done = rnnserve("infer", "tagger-gru", "--url", server.address, *args)

@@ -4,6 +4,7 @@ metric names PromQL in the deploy files may use."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -60,9 +61,10 @@ class RunningServer:
             return response.read().decode()
 
 
-def healthcheck(target: str) -> Completed:
-    """The image's HEALTHCHECK command, run against `target`."""
-    return run(sys.executable, HEALTHCHECK, target)
+def healthcheck(target: str, env: dict[str, str] | None = None) -> Completed:
+    """The image's HEALTHCHECK command, run against `target` (with `env` added to the
+    environment)."""
+    return run(sys.executable, HEALTHCHECK, target, env={**os.environ, **(env or {})})
 
 
 def expressions(dashboard: dict) -> list[str]:

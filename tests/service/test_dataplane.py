@@ -139,8 +139,10 @@ def test_sine_metadata_lists_x_and_names_its_states_and_session_controls(plane: 
     assert [(m.name, m.shape) for m in metadata.outputs] == [("y", (-1, -1, 1))]
     parameters = metadata.parameters
     assert (parameters["state_inputs"], parameters["state_outputs"]) == ("h0,c0", "hn,cn")
-    assert parameters["control_inputs"] == "sequence_id,sequence_start,sequence_end"
-    assert parameters["control_outputs"] == "sequence_error"
+    assert parameters["control_inputs"] == (
+        "sequence_id,sequence_start,sequence_end,sequence_offset"
+    )
+    assert parameters["control_outputs"] == "sequence_error,sequence_offset"
     assert metadata.versions == ["1"] and metadata.platform == "onnxruntime_onnx"
     assert parameters["provider"] == "CPUExecutionProvider"
 

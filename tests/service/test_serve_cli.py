@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnserve.cli import build_parser
+from rnnserve.cli import build_parser, main
 from rnnserve.errors import UsageError
 from rnnserve.service.cli import BOOL_FLAGS, LIST_FLAGS, VALUE_FLAGS, settings_from_args
 from rnnserve.service.settings import Settings
@@ -154,3 +154,79 @@ def test_the_server_never_imports_torch() -> None:
     )
 
     assert done.returncode == 0, done.stderr
+
+
+def _sha(token: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+TOKEN_FILES = {  # a malformed token file -> the problem named
+    "two fields": (f"alice {_sha('a')}\n", "line 1: expected 3 fields (name, SHA-256"),
+    "not hex": ("alice xyz infer\n", "line 1: sha256: the SHA-256 must be 64 hex digits"),
+    "unknown role": (f"alice {_sha('a')} infer,root\n", "line 1: roles: unknown role 'root'"),
+    "repeated name": (
+        f"# ops\nalice {_sha('a')} infer\nalice {_sha('b')} admin\n",
+        "line 3: principal 'alice' repeated",
+    ),
+    "shared token": (
+        f"alice {_sha('a')} infer\nbob {_sha('a')} infer\n",
+        "line 2: 'bob' has the token of 'alice'",
+    ),
+    "empty": ("# nobody\n", "names no principal"),
+}
+
+
+@pytest.mark.parametrize("case", TOKEN_FILES)
+def test_a_malformed_token_file_stops_the_server_naming_the_file_and_line(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text, problem = TOKEN_FILES[case]
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(text)
+
+    code = main(["serve", "--model-repository", str(tmp_path), "--auth-tokens", str(tokens)])
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert f"rnnserve serve: --auth-tokens {tokens}: {problem}" in error
+
+
+def test_tls_files_that_cannot_serve_stop_the_server_with_one_line(
+    tmp_path: Path, pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a PEM file\n")
+    cert, key = str(pki.server.cert), str(pki.server.key)
+    cases = [
+        (["--tls-cert", str(garbage), "--tls-key", key], f"--tls-cert {garbage}: holds no PEM"),
+        (["--tls-cert", cert, "--tls-key", str(garbage)], f"--tls-key {garbage}: holds no PEM"),
+        (["--tls-cert", cert, "--tls-key", str(pki.alice.key)],
+         f"--tls-key {pki.alice.key}: is not the key of the certificate in {cert}"),
+        (["--tls-cert", cert, "--tls-key", str(tmp_path / "none.key")],
+         f"--tls-key {tmp_path / 'none.key'}: cannot be read: No such file or directory"),
+        (["--tls-cert", cert], "--tls-cert needs --tls-key"),
+        (["--tls-client-ca", str(pki.ca)], f"--tls-client-ca {pki.ca}: needs --tls-cert"),
+        (["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", str(garbage)],
+         f"--tls-client-ca {garbage}: holds no PEM certificate"),
+    ]  # fmt: skip
+    for flags, problem in cases:
+        assert main(["serve", "--model-repository", str(tmp_path), *flags]) == 2, flags
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and problem in error, (flags, error)
+
+
+def test_a_bad_token_file_exits_2_before_any_worker_starts(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("alice 1234 infer\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "rnnserve", "serve", "--model-repository", str(tmp_path),
+         "--workers", "2", "--state-store", "owned", "--auth-tokens", str(tokens)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert f"--auth-tokens {tokens}: line 1: sha256" in done.stderr

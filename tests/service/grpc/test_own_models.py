@@ -103,6 +103,35 @@ def test_a_session_answers_as_the_whole_sequence(user_exports, own_client, name)
         np.testing.assert_allclose(pieces[-1][state_out], whole[state_out], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["lstm-seq-first", "projected"])
+def test_a_retried_multi_session_step_is_answered_again_in_the_models_layout(
+    user_exports, own_client, name
+) -> None:
+    """Two sessions step in one request with offsets; the second step sent again is answered
+    again (its outputs and states put back in the rows of the graph's own layout), and the
+    pieces still equal the whole sequences."""
+    export = user_exports[name][0]
+    x = np.concatenate([sequence(export, 9, seed) for seed in (3, 4)], axis=export.batch_axis)
+    whole = own_client.infer(name, {export.data_input: x})
+    first, second = (
+        np.take(x, range(a, b), axis=export.sequence_axis) for a, b in ((0, 4), (4, 9))
+    )
+    ids = [f"{name}-rows-1", f"{name}-rows-2"]
+
+    own_client.step_sessions(name, ids, {export.data_input: first}, start=True, offsets=[0, 0])
+    answered, errors = own_client.step_sessions(name, ids, {export.data_input: second},
+                                                offsets=[4, 4])  # fmt: skip
+    retried, _ = own_client.step_sessions(name, ids, {export.data_input: second}, offsets=[4, 4])
+
+    assert errors == ["", ""] and list(answered["sequence_offset"]) == [9, 9]
+    for output, value in answered.items():
+        np.testing.assert_array_equal(retried[output], value)
+    tail = np.take(whole[export.data_output], range(4, 9), axis=export.sequence_axis)
+    np.testing.assert_allclose(answered[export.data_output], tail, rtol=1e-5, atol=1e-6)
+    for state_out in export.states.values():
+        np.testing.assert_allclose(answered[state_out], whole[state_out], rtol=1e-5, atol=1e-6)
+
+
 def test_a_session_may_start_from_a_state_in_the_graphs_layout(user_exports, own_client) -> None:
     export = user_exports["projected"][0]
     x = sequence(export, 6, seed=3)

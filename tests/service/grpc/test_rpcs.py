@@ -270,14 +270,3 @@ def test_model_control_without_its_mode_is_refused_with_the_flag_to_set(server) 
 
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "needs --model-control-mode explicit; this server's is none" in caught.value.details()
-
-
-def test_every_rpc_has_the_role_it_needs() -> None:
-    from rnnserve.protocol import rpc
-    from rnnserve.service.grpc.roles import RPC_ROLES
-
-    assert set(RPC_ROLES) == {method.name for method in rpc.SERVICE.methods}
-    assert {name for name, role in RPC_ROLES.items() if role == "admin"} == {
-        "ModelConfig", "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad",
-        "RepositoryModelUnload",
-    }  # fmt: skip

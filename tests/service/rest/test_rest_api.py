@@ -10,9 +10,11 @@ import struct
 import numpy as np
 import pytest
 from google.protobuf import json_format
-from rest_helpers import SINE_X, curl, post_json, sine_body, text_body
+from rest_helpers import SINE_X, Answer, curl, post_json, sine_body, text_body
 
 from rnnserve.client.client import build_request, decode_response
+from rnnserve.client.errors import InferenceError
+from rnnserve.client.rest import RestClient
 from rnnserve.protocol import messages as pb
 from rnnserve.protocol import rest
 from rnnserve.service.rest.converter import message_to_json
@@ -214,6 +216,49 @@ def test_a_multi_session_request_over_rest(server) -> None:
 
     assert outputs["sequence_error"] == ["", ""]
     assert len(outputs["text_out"]) == 2
+
+
+def test_sequence_offsets_over_rest_apply_once_and_resynchronise(server) -> None:
+    """A retry is answered again, a gap refused with the server's count in a header and a
+    field of the JSON error, which RestClient reads as InferenceError.sequence_offset."""
+    url = infer_url(server, "sine-gru")
+
+    def step(begin: int, end: int, offset: int, start: bool = False) -> Answer:
+        parameters = {"sequence_id": 1701, "sequence_start": start, "sequence_offset": offset}
+        return post_json(url, sine_body(SINE_X[:1, begin:end], parameters=parameters))
+
+    assert step(0, 3, 0, start=True).json()["parameters"]["sequence_offset"] == 3
+    second = step(3, 5, 3)
+    retried = step(3, 5, 3)
+    assert retried.json() == second.json()
+    assert second.json()["parameters"]["sequence_offset"] == 5
+
+    gap = step(5, 7, 6)
+    assert gap.status == 400 and gap.headers["sequence-offset"] == "5"
+    assert gap.json()["code"] == "FAILED_PRECONDITION" and gap.json()["sequence_offset"] == 5
+    assert "the server has applied 5 time steps" in gap.json()["error"]
+    with RestClient(server.http_url) as client, pytest.raises(InferenceError) as raised:
+        client.infer_response("sine-gru", {"x": SINE_X[:1, 5:7]}, ["y"],
+                              {"sequence_id": 1701, "sequence_offset": 4})  # fmt: skip
+    assert raised.value.code == "FAILED_PRECONDITION" and raised.value.sequence_offset == 5
+
+
+def test_multi_session_offsets_over_rest(server) -> None:
+    body = text_body("he", "ll")
+    body["inputs"] += [
+        {"name": "sequence_id", "datatype": "UINT64", "shape": [2], "data": [1801, 1802]},
+        {"name": "sequence_start", "datatype": "BOOL", "shape": [2], "data": [True, False]},
+        {"name": "sequence_offset", "datatype": "INT64", "shape": [2], "data": [0, 4]},
+    ]
+    body["outputs"] = [{"name": "sequence_error"}, {"name": "sequence_offset"}]
+
+    outputs = {
+        o["name"]: o["data"]
+        for o in post_json(infer_url(server, "tagger-rnn"), body).json()["outputs"]
+    }
+
+    assert outputs["sequence_offset"] == [2, 0]  # 1802 was never started
+    assert outputs["sequence_error"][0] == "" and "is not active" in outputs["sequence_error"][1]
 
 
 # Errors --------------------------------------------------------------------------------

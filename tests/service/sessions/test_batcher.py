@@ -17,13 +17,14 @@ from onnx import TensorProto, helper, numpy_helper
 from rnnserve.service.errors import Unavailable
 from rnnserve.service.sessions import (
     Batcher,
+    RowStep,
     Runner,
     SessionKey,
     SessionManager,
     Tensors,
 )
 from rnnserve.service.sessions.memory_store import MemoryStore
-from rnnserve.service.types import State
+from rnnserve.service.types import ANONYMOUS, State
 
 STATES = ["h0", "c0", "hn", "cn"]
 INPUT_SIZE = 3
@@ -221,7 +222,7 @@ async def stream_sessions(
     model = f"model-{uuid.uuid4().hex[:8]}"
 
     async def stream(index: int) -> np.ndarray:
-        key = SessionKey(model, "1", index)
+        key = SessionKey(ANONYMOUS, model, "1", index)
         outputs: list[np.ndarray] = []
         position = 0
         for number, length in enumerate(chunks[index]):
@@ -236,7 +237,9 @@ async def stream_sessions(
             last = number == len(chunks[index]) - 1
             # A continuation's stored state is copied into it.
             initial = {stem: np.zeros(shape, np.float32) for stem, shape in layout.items()}
-            outputs.append(await manager.step(key, number == 0, last, initial, run))
+            row = RowStep(key, number == 0, last, length=length)
+            output, _ = await manager.step(row, initial, run, lambda _: {})
+            outputs.append(output)
         return np.concatenate(outputs, axis=1)[0]
 
     joined = await asyncio.gather(*(stream(i) for i in range(len(sequences))))

@@ -194,9 +194,9 @@ def test_metadata_names_the_control_inputs_and_the_row_errors(client: RnnClient)
     for model in ("sine-lstm", "tagger-gru"):
         parameters = client.model_metadata(model).parameters
         assert parameters["control_inputs"].string_param == (
-            "sequence_id,sequence_start,sequence_end"
+            "sequence_id,sequence_start,sequence_end,sequence_offset"
         )
-        assert parameters["control_outputs"].string_param == "sequence_error"
+        assert parameters["control_outputs"].string_param == "sequence_error,sequence_offset"
     assert "control_inputs" not in client.model_metadata("seq2seq-gru").parameters
 
 
@@ -236,10 +236,22 @@ def uint64(*ids: int) -> dict[str, np.ndarray]:
          "inputs ['sequence_end'] need input 'sequence_id'"),
         ({**uint64(1, 2, 3), "h0": np.zeros((1, 3, 8), np.float32)},
          "input 'h0' is accepted only when every row has sequence_start=true"),
+        ({**uint64(1, 2, 3), "sequence_offset": np.array([0, -2, 5], np.int64)},
+         "sequence_offset[1] must be between 0 and 9223372036854775807, got -2"),
+        ({**uint64(1, 2, 3), "sequence_offset": np.array([0, 2, 5], np.int32)},
+         "input 'sequence_offset' has datatype INT32; expected INT64"),
+        ({**uint64(1, 2, 3), "sequence_offset": np.array([0, 2], np.int64)},
+         "input 'sequence_offset' has 2 rows; expected 3, one per row of 'sequence_id'"),
+        ({**uint64(1, 2, 3), "sequence_start": np.array([False, True, False]),
+          "sequence_offset": np.array([4, 4, 4], np.int64)},
+         "sequence_offset[1] is 4 on a request with sequence_start=true; expected 0"),
+        ({"sequence_offset": np.array([0, 0, 0], np.int64)},
+         "inputs ['sequence_offset'] need input 'sequence_id'"),
     ],
     ids=[
         "duplicate ids", "id zero", "empty string id", "negative id", "FP32 ids", "ids [1, 3]",
         "too few ids", "INT32 start", "short end", "no ids", "h0 on continuations",
+        "negative offset", "INT32 offset", "short offset", "offset on a start", "offset alone",
     ],
 )  # fmt: skip
 def test_malformed_control_tensors_refuse_the_whole_request(

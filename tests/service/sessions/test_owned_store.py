@@ -15,9 +15,11 @@ from test_state_stores import assert_same_state, load_one, lstm_state, save_one,
 from rnnserve.service.errors import Unavailable
 from rnnserve.service.sessions import SessionKey
 from rnnserve.service.sessions.owned_store import OwnedStore
+from rnnserve.service.sessions.state import Progress
 from rnnserve.service.sessions.turns import Turns
+from rnnserve.service.types import ANONYMOUS
 
-KEY = SessionKey("sine-lstm", "1", "device-7")
+KEY = SessionKey(ANONYMOUS, "sine-lstm", "1", "device-7")
 
 
 class Worker:
@@ -105,12 +107,14 @@ def test_one_step_of_sessions_owned_by_two_workers_gathers_both(
             Worker(redis_url, namespace) as b,
             Worker(redis_url, namespace) as c,
         ):
-            keys = [SessionKey("sine-lstm", "1", i) for i in range(4)]
+            keys = [SessionKey(ANONYMOUS, "sine-lstm", "1", i) for i in range(4)]
             batch = lstm_state(rows=4)
-            await a.store.save(keys[:2], batch, [0, 1])
-            await b.store.save(keys[2:], batch, [2, 3])
+            await a.store.save(keys[:2], batch, [0, 1], [Progress(1), Progress(2)])
+            await b.store.save(keys[2:], batch, [2, 3], [Progress(3), Progress(4)])
             into = zeros_like(batch)
-            assert await c.store.load(keys, into, [0, 1, 2, 3]) == [True] * 4
+            assert await c.store.load(keys, into, [0, 1, 2, 3]) == [
+                Progress(n) for n in (1, 2, 3, 4)
+            ]
             assert_same_state(into, batch)
 
     asyncio.run(scenario())
@@ -153,11 +157,11 @@ def test_an_owner_that_does_not_hand_over_fails_the_step_as_unavailable(
 def test_a_clean_stop_leaves_the_states_for_the_next_server(redis_url: str, namespace: str) -> None:
     async def scenario() -> None:
         async with Worker(redis_url, namespace) as before_restart:
-            keys = [SessionKey("sine-lstm", "1", i) for i in range(3)]
-            await before_restart.store.save(keys, lstm_state(rows=3), [0, 1, 2])
+            keys = [SessionKey(ANONYMOUS, "sine-lstm", "1", i) for i in range(3)]
+            await before_restart.store.save(keys, lstm_state(rows=3), [0, 1, 2], [Progress()] * 3)
         async with Worker(redis_url, namespace) as after_restart:
             into = zeros_like(lstm_state(rows=3))
-            assert await after_restart.store.load(keys, into, [0, 1, 2]) == [True] * 3
+            assert await after_restart.store.load(keys, into, [0, 1, 2]) == [Progress()] * 3
             assert_same_state(into, lstm_state(rows=3))
 
     asyncio.run(scenario())

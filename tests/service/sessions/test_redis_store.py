@@ -12,10 +12,11 @@ import redis
 
 from rnnserve.service.errors import FailedPrecondition
 from rnnserve.service.sessions import SessionKey
-from rnnserve.service.sessions.redis_store import RedisStore, encode_state
-from rnnserve.service.types import State
+from rnnserve.service.sessions.redis_store import RedisStore, encode_record
+from rnnserve.service.sessions.state import Progress
+from rnnserve.service.types import ANONYMOUS, State
 
-KEY = SessionKey("sine-gru", "3", "user-42")
+KEY = SessionKey(ANONYMOUS, "sine-gru", "3", "user-42")
 
 
 def gru_state() -> State:
@@ -28,7 +29,7 @@ async def load_gru(store: RedisStore, key: SessionKey) -> State:
     [loaded] = await store.load([key], into, [0])
     if isinstance(loaded, FailedPrecondition):
         raise loaded
-    assert loaded
+    assert loaded is not None
     return into
 
 
@@ -41,7 +42,7 @@ def test_two_stores_on_one_redis_serve_the_same_sessions(redis_url: str, namespa
     async def scenario() -> None:
         first = RedisStore(redis_url, 60.0, namespace)
         second = RedisStore(redis_url, 60.0, namespace)
-        await first.save([KEY], gru_state(), [0])
+        await first.save([KEY], gru_state(), [0], [Progress()])
         np.testing.assert_array_equal((await load_gru(second, KEY))["h"], gru_state()["h"])
         assert await second.count() == 1
         assert await second.delete([KEY]) == [True]
@@ -55,7 +56,7 @@ def test_two_stores_on_one_redis_serve_the_same_sessions(redis_url: str, namespa
 def test_a_session_survives_closing_and_reopening_the_store(redis_url: str, namespace: str) -> None:
     async def scenario() -> None:
         before = RedisStore(redis_url, 60.0, namespace)
-        await before.save([KEY], gru_state(), [0])
+        await before.save([KEY], gru_state(), [0], [Progress()])
         await before.close()
         after = RedisStore(redis_url, 60.0, namespace)
         np.testing.assert_array_equal((await load_gru(after, KEY))["h"], gru_state()["h"])
@@ -69,7 +70,7 @@ def test_a_state_is_stored_as_a_small_header_and_raw_float32(
 ) -> None:
     async def scenario() -> None:
         store = RedisStore(redis_url, 60.0, namespace)
-        await store.save([KEY], gru_state(), [0])
+        await store.save([KEY], gru_state(), [0], [Progress()])
         await store.close()
 
     asyncio.run(scenario())
@@ -84,13 +85,13 @@ def test_a_state_is_stored_as_a_small_header_and_raw_float32(
 def test_a_state_written_for_another_session_is_refused(redis_url: str, namespace: str) -> None:
     async def scenario() -> None:
         store = RedisStore(redis_url, 60.0, namespace)
-        await store.save([KEY], gru_state(), [0])
-        other = SessionKey("sine-gru", "4", "user-42")
+        await store.save([KEY], gru_state(), [0], [Progress()])
+        other = SessionKey(ANONYMOUS, "sine-gru", "4", "user-42")
         # Whatever wrote it, a value under this key that names another model version
         # must not be used as this session's state.
         client = redis.Redis.from_url(redis_url)
         [stored] = client.keys(f"{namespace}:state:*")
-        client.set(stored, encode_state(other, gru_state()))
+        client.set(stored, encode_record(other, gru_state(), Progress()))
         client.close()
         with pytest.raises(FailedPrecondition, match="belongs to sequence 'user-42' for model "
                            "sine-gru version 4"):  # fmt: skip
@@ -104,7 +105,7 @@ def test_an_expiry_is_reported_by_exactly_one_of_two_stores(redis_url: str, name
     async def scenario() -> None:
         first = RedisStore(redis_url, 0.05, namespace)
         second = RedisStore(redis_url, 0.05, namespace)
-        await first.save([KEY], gru_state(), [0])
+        await first.save([KEY], gru_state(), [0], [Progress()])
         reported: list[SessionKey] = []
         while not reported:
             await asyncio.sleep(0.02)

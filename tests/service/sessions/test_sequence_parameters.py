@@ -28,6 +28,12 @@ def test_integer_and_string_ids_open_a_session(sequence_id: int | str) -> None:
     assert sequence.in_session
 
 
+def test_an_offset_is_the_time_steps_before_the_request() -> None:
+    sequence = parse_sequence_parameters({"sequence_id": 7, "sequence_offset": 12})
+    assert sequence == SequenceParameters(7, offset=12)
+    assert parse_sequence_parameters({"sequence_id": 7}).offset is None
+
+
 @pytest.mark.parametrize(
     ("parameters", "message"),
     [
@@ -39,6 +45,18 @@ def test_integer_and_string_ids_open_a_session(sequence_id: int | str) -> None:
         ({"sequence_id": 7, "sequence_end": "true"}, "sequence_end must be a bool, got str"),
         ({"sequence_start": True}, "sequence_start and sequence_end need a non-zero sequence_id"),
         ({"sequence_id": "", "sequence_end": True}, "need a non-zero sequence_id"),
+        (
+            {"sequence_id": 7, "sequence_offset": -1},
+            "sequence_offset must be between 0 and 9223372036854775807, got -1",
+        ),
+        ({"sequence_id": 7, "sequence_offset": "3"}, "sequence_offset must be an int64, got str"),
+        ({"sequence_id": 7, "sequence_offset": 2.0}, "sequence_offset must be an int64, got float"),
+        ({"sequence_id": 7, "sequence_offset": True}, "sequence_offset must be an int64, got bool"),
+        ({"sequence_offset": 3}, "sequence_offset needs a non-zero sequence_id"),
+        (
+            {"sequence_id": 7, "sequence_start": True, "sequence_offset": 3},
+            "sequence_offset is 3 on a request with sequence_start=true; expected 0",
+        ),
     ],
 )
 def test_a_parameter_of_the_wrong_type_is_named_with_the_type_expected(

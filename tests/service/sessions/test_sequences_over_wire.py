@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from session_helpers import AioSessions, random_chunks
@@ -145,9 +146,13 @@ def test_the_end_of_a_sequence_frees_its_state(client: RnnClient) -> None:
         ({"sequence_id": True}, "parameter sequence_id must be an int64/uint64 or a string"),
         ({"sequence_id": 3, "sequence_start": 1}, "parameter sequence_start must be a bool"),
         ({"sequence_id": 3, "sequence_end": "yes"}, "parameter sequence_end must be a bool"),
+        ({"sequence_id": 3, "sequence_offset": -1}, "parameter sequence_offset must be between 0"),
+        ({"sequence_id": 3, "sequence_offset": "1"}, "parameter sequence_offset must be an int64"),
+        ({"sequence_offset": 0}, "parameter sequence_offset needs a non-zero sequence_id"),
     ],
-    ids=["id double", "id bool", "start int", "end string"],
-)
+    ids=["id double", "id bool", "start int", "end string", "negative offset", "offset string",
+         "offset without id"],
+)  # fmt: skip
 def test_sequence_parameters_of_the_wrong_type_are_refused(
     client: RnnClient, parameters: dict, message: str
 ) -> None:
@@ -155,3 +160,26 @@ def test_sequence_parameters_of_the_wrong_type_are_refused(
                             parameters=parameters)  # fmt: skip
     error = refusal(client, request)
     assert error.code == "INVALID_ARGUMENT" and message in error.message
+
+
+def test_a_refused_offset_names_the_servers_count_in_the_trailing_metadata(
+    server, client: RnnClient
+) -> None:
+    x = np.linspace(0, 1, 4, dtype=np.float32)[None, :, None]
+    first = build_request("sine-lstm", {"x": x}, ["y"], {"sequence_id": "trailer",
+                          "sequence_start": True, "sequence_offset": 0})  # fmt: skip
+    assert client.infer_response_of(first).parameters["sequence_offset"] == 4
+    late = build_request("sine-lstm", {"x": x}, ["y"],
+                         {"sequence_id": "trailer", "sequence_offset": 2})  # fmt: skip
+    with pytest.raises(grpc.RpcError) as raised:
+        server.stub.ModelInfer(late)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "the server has applied 4 time steps" in raised.value.details()
+    assert ("sequence-offset", "4") in raised.value.trailing_metadata()
+    # On a stream the error stays in the stream, its details as the response's parameters.
+    replies = list(server.stub.ModelStreamInfer(iter([late, first])))
+    assert "the server has applied 4 time steps" in replies[0].error_message
+    parameters = replies[0].infer_response.parameters
+    assert parameters["sequence_offset"].int64_param == 4
+    assert parameters["error_code"].string_param == "FAILED_PRECONDITION"
+    assert replies[1].infer_response.parameters["sequence_offset"].int64_param == 4  # a retry

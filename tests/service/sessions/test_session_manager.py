@@ -15,9 +15,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from rnnserve.service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from rnnserve.service.sessions import SessionKey, SessionManager, StateStore
-from rnnserve.service.sessions.manager import Computation, RowStep
-from rnnserve.service.types import State
+from rnnserve.service.sessions import RowStep, SessionKey, SessionManager, StateStore
+from rnnserve.service.sessions.manager import Computation
+from rnnserve.service.types import ANONYMOUS, State
 
 
 def zeros() -> State:
@@ -35,9 +35,26 @@ def add(value: float) -> Computation[float]:
     return run
 
 
+def no_answers(result: object) -> dict[str, np.ndarray]:
+    return {}
+
+
+async def step(
+    manager: SessionManager,
+    key: SessionKey,
+    start: bool,
+    end: bool,
+    initial: State,
+    run: Computation[float],
+) -> float | None:
+    """One step without an offset, as a Triton client sends it: what `run` returned."""
+    result, _ = await manager.step(RowStep(key, start, end, length=1), initial, run, no_answers)
+    return result
+
+
 def fresh_key(sequence_id: int | str = 1) -> SessionKey:
     # A model name of its own per test keeps the metric samples of tests apart.
-    return SessionKey(f"model-{uuid.uuid4().hex[:8]}", "1", sequence_id)
+    return SessionKey(ANONYMOUS, f"model-{uuid.uuid4().hex[:8]}", "1", sequence_id)
 
 
 def metric(name: str, key: SessionKey) -> float:
@@ -51,9 +68,9 @@ def test_a_sequence_carries_its_state_from_request_to_request(
     async def scenario() -> None:
         manager = SessionManager(make_store(), max_sessions=10)
         key = fresh_key()
-        assert await manager.step(key, True, False, zeros(), add(1)) == 1
-        assert await manager.step(key, False, False, zeros(), add(2)) == 3
-        assert await manager.step(key, False, True, zeros(), add(3)) == 6
+        assert await step(manager, key, True, False, zeros(), add(1)) == 1
+        assert await step(manager, key, False, False, zeros(), add(2)) == 3
+        assert await step(manager, key, False, True, zeros(), add(3)) == 6
         assert metric("rnnserve_sessions_started_total", key) == 1
         assert metric("rnnserve_sessions_ended_total", key) == 1
         assert metric("rnnserve_sessions_active", key) == 0
@@ -67,7 +84,7 @@ def test_a_start_begins_from_the_given_initial_state() -> None:
         manager = SessionManager(make_memory_store(), max_sessions=10)
         key = fresh_key()
         resumed = {"h": np.full((1, 1, 1), 40.0, np.float32)}  # a snapshot the client kept
-        assert await manager.step(key, True, False, resumed, add(2)) == 42
+        assert await step(manager, key, True, False, resumed, add(2)) == 42
         await manager.close()
 
     asyncio.run(scenario())
@@ -80,7 +97,7 @@ def test_a_continuation_of_an_unknown_id_must_begin_with_the_start_flag(
         manager = SessionManager(make_store(), max_sessions=10)
         key = fresh_key(99)
         with pytest.raises(InvalidArgument) as raised:
-            await manager.step(key, False, False, zeros(), add(1))
+            await step(manager, key, False, False, zeros(), add(1))
         assert raised.value.message.startswith(
             f"sequence 99 for model {key.model} version 1 is not active: "
             "a sequence must begin with sequence_start=true"
@@ -96,9 +113,9 @@ def test_a_start_on_an_id_in_use_restarts_the_session(
     async def scenario() -> None:
         manager = SessionManager(make_store(), max_sessions=10)
         key = fresh_key()
-        await manager.step(key, True, False, zeros(), add(5))
-        assert await manager.step(key, True, False, zeros(), add(1)) == 1
-        assert await manager.step(key, False, False, zeros(), add(1)) == 2
+        await step(manager, key, True, False, zeros(), add(5))
+        assert await step(manager, key, True, False, zeros(), add(1)) == 1
+        assert await step(manager, key, False, False, zeros(), add(1)) == 2
         assert metric("rnnserve_sessions_started_total", key) == 2
         assert metric("rnnserve_sessions_active", key) == 1
         await manager.close()
@@ -111,11 +128,11 @@ def test_an_end_frees_the_state(make_store: Callable[..., StateStore]) -> None:
         store = make_store()
         manager = SessionManager(store, max_sessions=10)
         key = fresh_key()
-        await manager.step(key, True, False, zeros(), add(1))
-        await manager.step(key, False, True, zeros(), add(1))
+        await step(manager, key, True, False, zeros(), add(1))
+        await step(manager, key, False, True, zeros(), add(1))
         assert await store.contains([key]) == [False]
         with pytest.raises(InvalidArgument, match="must begin with sequence_start=true"):
-            await manager.step(key, False, False, zeros(), add(1))
+            await step(manager, key, False, False, zeros(), add(1))
         await manager.close()
 
     asyncio.run(scenario())
@@ -125,14 +142,14 @@ def test_a_failed_step_changes_nothing(make_store: Callable[..., StateStore]) ->
     async def scenario() -> None:
         manager = SessionManager(make_store(), max_sessions=10)
         key = fresh_key()
-        await manager.step(key, True, False, zeros(), add(1))
+        await step(manager, key, True, False, zeros(), add(1))
 
         async def fail(state: State) -> tuple[float, State]:
             raise RuntimeError("the model failed")
 
         with pytest.raises(RuntimeError):
-            await manager.step(key, False, True, zeros(), fail)
-        assert await manager.step(key, False, False, zeros(), add(1)) == 2
+            await step(manager, key, False, True, zeros(), fail)
+        assert await step(manager, key, False, False, zeros(), add(1)) == 2
         await manager.close()
 
     asyncio.run(scenario())
@@ -144,10 +161,10 @@ def test_a_stored_state_the_model_no_longer_fits_is_refused(
     async def scenario() -> None:
         manager = SessionManager(make_store(), max_sessions=10)
         key = fresh_key()
-        await manager.step(key, True, False, zeros(), add(1))
+        await step(manager, key, True, False, zeros(), add(1))
         wider = {"h": np.zeros((1, 1, 2), np.float32)}
         with pytest.raises(FailedPrecondition, match="does not fit the model"):
-            await manager.step(key, False, False, wider, add(1))
+            await step(manager, key, False, False, wider, add(1))
         await manager.close()
 
     asyncio.run(scenario())
@@ -158,14 +175,14 @@ def test_an_idle_session_expires(make_store: Callable[..., StateStore]) -> None:
         manager = SessionManager(make_store(0.05), max_sessions=10)
         await manager.start()
         key = fresh_key()
-        await manager.step(key, True, False, zeros(), add(1))
+        await step(manager, key, True, False, zeros(), add(1))
         # Poll: no timing assumed, but a lost expiry fails here instead of hanging the suite.
         async with asyncio.timeout(30):
             while metric("rnnserve_sessions_expired_total", key) == 0:
                 await asyncio.sleep(0.02)
         assert metric("rnnserve_sessions_active", key) == 0
         with pytest.raises(InvalidArgument, match="is not active"):
-            await manager.step(key, False, False, zeros(), add(1))
+            await step(manager, key, False, False, zeros(), add(1))
         await manager.close()
 
     asyncio.run(scenario())
@@ -177,19 +194,19 @@ def test_the_session_limit_refuses_new_sessions_only(
     async def scenario() -> None:
         manager = SessionManager(make_store(), max_sessions=2)
         first, second, third = fresh_key(1), fresh_key(2), fresh_key(3)
-        await manager.step(first, True, False, zeros(), add(1))
-        await manager.step(second, True, False, zeros(), add(1))
+        await step(manager, first, True, False, zeros(), add(1))
+        await step(manager, second, True, False, zeros(), add(1))
         with pytest.raises(ResourceExhausted) as raised:
-            await manager.step(third, True, False, zeros(), add(1))
+            await step(manager, third, True, False, zeros(), add(1))
         assert raised.value.message.startswith(
             "session limit reached: 2 active sessions (max_sessions=2)"
         )
         assert metric("rnnserve_sessions_rejected_total", third) == 1
         # At the limit, sessions in use go on and may restart.
-        assert await manager.step(first, False, False, zeros(), add(1)) == 2
-        assert await manager.step(first, True, False, zeros(), add(1)) == 1
-        await manager.step(second, False, True, zeros(), add(1))
-        assert await manager.step(third, True, False, zeros(), add(1)) == 1
+        assert await step(manager, first, False, False, zeros(), add(1)) == 2
+        assert await step(manager, first, True, False, zeros(), add(1)) == 1
+        await step(manager, second, False, True, zeros(), add(1))
+        assert await step(manager, third, True, False, zeros(), add(1)) == 1
         await manager.close()
 
     asyncio.run(scenario())
@@ -205,7 +222,7 @@ def test_concurrent_starts_never_exceed_the_session_limit() -> None:
 
         model = fresh_key().model
         starts = [
-            manager.step(SessionKey(model, "1", i), True, False, zeros(), slow_start)
+            step(manager, SessionKey(ANONYMOUS, model, "1", i), True, False, zeros(), slow_start)
             for i in range(1, 9)
         ]
         results = await asyncio.gather(*starts, return_exceptions=True)
@@ -238,15 +255,15 @@ def test_requests_of_one_session_apply_in_arrival_order_one_at_a_time(
 
             return run
 
-        await manager.step(key, True, False, zeros(), append(0))
+        await step(manager, key, True, False, zeros(), append(0))
         await asyncio.gather(
-            *(manager.step(key, False, False, zeros(), append(i)) for i in range(1, 30))
+            *(step(manager, key, False, False, zeros(), append(i)) for i in range(1, 30))
         )
         assert order == list(range(30))
         expected = zeros()["h"]
         for index in range(30):
             expected = expected * 2 + index  # the same float32 arithmetic, in order
-        assert await manager.step(key, False, True, zeros(), add(0)) == expected.item()
+        assert await step(manager, key, False, True, zeros(), add(0)) == expected.item()
         await manager.close()
 
     asyncio.run(scenario())
@@ -258,16 +275,16 @@ def test_a_row_that_cannot_step_fails_alone_and_the_others_keep_their_states(
     async def scenario() -> None:
         manager = SessionManager(make_store(), max_sessions=10)
         first, second = fresh_key(1), fresh_key(2)
-        await manager.step(first, True, False, zeros(), add(1))
+        await step(manager, first, True, False, zeros(), add(1))
         rows = [RowStep(second, False, False), RowStep(first, False, False)]  # second unknown
         batch = {"h": np.zeros((1, 2, 1), np.float32)}
 
         async def add_ten(state: State) -> tuple[None, State]:
             return None, {"h": state["h"] + 10}
 
-        _, errors = await manager.step_rows(rows, batch, add_ten)
-        assert isinstance(errors[0], InvalidArgument) and errors[1] is None
-        assert await manager.step(first, False, False, zeros(), add(0)) == 11
+        _, outcomes = await manager.step_rows(rows, batch, add_ten, no_answers)
+        assert isinstance(outcomes[0].error, InvalidArgument) and outcomes[1].error is None
+        assert await step(manager, first, False, False, zeros(), add(0)) == 11
         await manager.close()
 
     asyncio.run(scenario())
@@ -278,7 +295,7 @@ def test_requests_naming_the_same_sessions_in_opposite_orders_both_finish() -> N
         manager = SessionManager(make_memory_store(), max_sessions=10)
         first, second = fresh_key(1), fresh_key(2)
         for key in (first, second):
-            await manager.step(key, True, False, zeros(), add(0))
+            await step(manager, key, True, False, zeros(), add(0))
 
         async def slow(state: State) -> tuple[None, State]:
             await asyncio.sleep(0.01)  # both requests wait for each other's sessions
@@ -286,12 +303,12 @@ def test_requests_naming_the_same_sessions_in_opposite_orders_both_finish() -> N
 
         def request(keys: list[SessionKey]) -> Awaitable[object]:
             rows = [RowStep(key, False, False) for key in keys]
-            return manager.step_rows(rows, {"h": np.zeros((1, 2, 1), np.float32)}, slow)
+            return manager.step_rows(rows, {"h": np.zeros((1, 2, 1), np.float32)}, slow, no_answers)
 
         async with asyncio.timeout(30):
             await asyncio.gather(*(request([first, second]) for _ in range(5)),
                                  *(request([second, first]) for _ in range(5)))  # fmt: skip
-        assert await manager.step(first, False, False, zeros(), add(0)) == 10
+        assert await step(manager, first, False, False, zeros(), add(0)) == 10
         await manager.close()
 
     asyncio.run(scenario())

@@ -11,9 +11,10 @@ import pytest
 
 from rnnserve.service.errors import FailedPrecondition
 from rnnserve.service.sessions import SessionKey, StateStore
-from rnnserve.service.types import State
+from rnnserve.service.sessions.state import Progress
+from rnnserve.service.types import ANONYMOUS, State
 
-KEY = SessionKey("sine-lstm", "1", 7)
+KEY = SessionKey(ANONYMOUS, "sine-lstm", "1", 7)
 
 
 def lstm_state(seed: int = 0, rows: int = 1, hidden: int = 4) -> State:
@@ -27,7 +28,7 @@ def zeros_like(state: State) -> State:
 
 
 async def save_one(store: StateStore, key: SessionKey, state: State) -> None:
-    await store.save([key], state, [0])
+    await store.save([key], state, [0], [Progress()])
 
 
 async def load_one(store: StateStore, key: SessionKey, like: State) -> State | None:
@@ -37,7 +38,7 @@ async def load_one(store: StateStore, key: SessionKey, like: State) -> State | N
     [loaded] = await store.load([key], into, [0])
     if isinstance(loaded, FailedPrecondition):
         raise loaded
-    return into if loaded else None
+    return into if loaded is not None else None
 
 
 def assert_same_state(found: State | None, expected: State) -> None:
@@ -78,10 +79,10 @@ def test_integer_and_string_ids_are_different_sessions(
 ) -> None:
     async def scenario() -> None:
         store = make_store()
-        await save_one(store, SessionKey("m", "1", 7), lstm_state(0))
-        assert not (await store.contains([SessionKey("m", "1", "7")]))[0]
-        assert not (await store.contains([SessionKey("m", "2", 7)]))[0]
-        assert await load_one(store, SessionKey("other", "1", 7), lstm_state()) is None
+        await save_one(store, SessionKey(ANONYMOUS, "m", "1", 7), lstm_state(0))
+        assert not (await store.contains([SessionKey(ANONYMOUS, "m", "1", "7")]))[0]
+        assert not (await store.contains([SessionKey(ANONYMOUS, "m", "2", 7)]))[0]
+        assert await load_one(store, SessionKey(ANONYMOUS, "other", "1", 7), lstm_state()) is None
         await store.close()
 
     asyncio.run(scenario())
@@ -163,12 +164,12 @@ def test_many_sessions_load_and_save_as_rows_of_one_batch(
     async def scenario() -> None:
         store = make_store()
         batch = lstm_state(rows=5)
-        keys = [SessionKey("sine-lstm", "1", i) for i in range(5)]
-        await store.save(keys[:4], batch, [0, 1, 2, 3])
+        keys = [SessionKey(ANONYMOUS, "sine-lstm", "1", i) for i in range(5)]
+        await store.save(keys[:4], batch, [0, 1, 2, 3], [Progress()] * 4)
         # Gathered into other rows, in another order; the unknown session's row is untouched.
         into = {stem: np.full((2, 5, 4), -1, np.float32) for stem in batch}
         loaded = await store.load([keys[4], keys[3], keys[0]], into, [0, 1, 4])
-        assert loaded == [False, True, True]
+        assert loaded == [None, Progress(), Progress()]
         for stem in batch:
             np.testing.assert_array_equal(into[stem][:, 0], -1)
             np.testing.assert_array_equal(into[stem][:, 1], batch[stem][:, 3])
@@ -186,13 +187,14 @@ def test_thousands_of_sessions_come_and_go_without_mixing_states(
     async def scenario() -> None:
         store = make_store()
         batch, again = lstm_state(rows=3000), lstm_state(1, rows=3000)
-        keys = [SessionKey("sine-lstm", "1", i) for i in range(3000)]
+        keys = [SessionKey(ANONYMOUS, "sine-lstm", "1", i) for i in range(3000)]
         rows = list(range(3000))
-        await store.save(keys, batch, rows)
+        await store.save(keys, batch, rows, [Progress(row) for row in rows])
         await store.delete(keys[::2])  # free slots in the middle, then take them again
-        await store.save(keys[::2], again, rows[::2])
+        await store.save(keys[::2], again, rows[::2], [Progress()] * len(rows[::2]))
         into = zeros_like(batch)
-        assert await store.load(keys, into, rows) == [True] * 3000
+        loaded = await store.load(keys, into, rows)
+        assert [one.offset for one in loaded] == [0 if row % 2 == 0 else row for row in rows]
         for stem in batch:
             np.testing.assert_array_equal(into[stem][:, 1::2], batch[stem][:, 1::2])
             np.testing.assert_array_equal(into[stem][:, ::2], again[stem][:, ::2])

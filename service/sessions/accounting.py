@@ -1,0 +1,158 @@
+"""Step accounting: the time steps each session has consumed, and what a step's
+`sequence_offset` (the steps its sequence consumed before it) makes of it.
+
+A step that carries no offset is applied, as Triton's sequences always are. One that does is
+    - applied when the offset equals the session's count;
+    - answered again, and applied no more, when it is a retry of the session's last step:
+      that step's offset, length and inputs (a digest of them and of the sequence flags).
+      A continuing step gets the answer kept with the session (`replay`); the final step of
+      an ended session, whose record keeps the state it started from, is computed again
+      from that state (`rerun`: a streamed end is decoded after the session is freed, so
+      there is no answer to keep within its turn);
+    - refused otherwise, FAILED_PRECONDITION naming the server's count, which also rides
+      in the error's details (`sequence_offset`) for the client to resynchronise.
+A start carries offset 0 and is applied unless it is a retry of the session's first step
+(the same inputs): starting a sequence again is always allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from rnnserve.protocol import codec
+from rnnserve.service.errors import FailedPrecondition, InvalidArgument, ServiceError
+from rnnserve.service.sessions.parameters import SEQUENCE_OFFSET
+from rnnserve.service.sessions.state import Answer, Loaded, Progress, SessionKey
+from rnnserve.service.types import Tensor
+
+Kind = Literal["apply", "replay", "rerun", "fail"]
+
+
+@dataclass(frozen=True, slots=True)
+class RowStep:
+    """One step of one session: one row of a batch."""
+
+    key: SessionKey
+    start: bool
+    end: bool
+    offset: int | None = None  # sequence_offset, when the request carries it
+    length: int = 0  # time steps the step consumes
+    digest: bytes = b""  # of its inputs and flags, when it carries an offset
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one row's step."""
+
+    kind: Kind = "apply"
+    offset: int = 0  # the session's time steps after the request (known ones, for failures)
+    error: ServiceError | None = None
+    answer: Answer | None = None  # a replay's kept answer (its state outputs left out)
+
+    def fail(self, error: ServiceError) -> None:
+        self.kind, self.error = "fail", error
+
+
+def judge(step: RowStep, found: Loaded) -> Outcome:
+    """The outcome of a step given what its session's store held (`found`: loaded for every
+    continuing step, and for a start that carries an offset)."""
+    if isinstance(found, Progress) and _is_retry(step, found):
+        if found.ended:
+            return Outcome("rerun", found.offset)
+        assert found.last is not None  # _is_retry checked it
+        return Outcome("replay", found.offset, answer=found.last.answer)
+    if step.start:  # a start may always begin the sequence again
+        return Outcome("apply", step.length)
+    if isinstance(found, FailedPrecondition):
+        return Outcome("fail", error=found)
+    if found is None:
+        return Outcome(
+            "fail",
+            error=InvalidArgument(
+                f"{step.key.describe()} is not active: a sequence must begin with "
+                "sequence_start=true (it may have ended or expired)"
+            ),
+        )
+    if found.ended:
+        return Outcome("fail", found.offset, _ended(step, found))
+    if step.offset is None or step.offset == found.offset:
+        return Outcome("apply", found.offset + step.length)
+    return Outcome("fail", found.offset, _out_of_step(step, found))
+
+
+def _is_retry(step: RowStep, found: Progress) -> bool:
+    last = found.last
+    return (
+        step.offset is not None
+        and last is not None
+        and step.offset == found.offset - last.length
+        and step.length == last.length
+        and step.digest == last.digest
+    )
+
+
+def _ended(step: RowStep, found: Progress) -> ServiceError:
+    if step.offset is None:
+        return InvalidArgument(
+            f"{step.key.describe()} is not active: it ended after {found.offset} time steps; "
+            "a sequence must begin with sequence_start=true"
+        )
+    return FailedPrecondition(
+        f"{SEQUENCE_OFFSET} {step.offset} does not match {step.key.describe()}: it ended "
+        f"after {found.offset} time steps, and this is not a retry of its final step",
+        {SEQUENCE_OFFSET: found.offset},
+    )
+
+
+def _out_of_step(step: RowStep, found: Progress) -> ServiceError:
+    last = found.last
+    if last is not None and step.offset == found.offset - last.length:
+        why = (
+            f"a step of {last.length} time steps was applied at that offset with other "
+            f"inputs or flags than this one of {step.length}"
+        )
+    else:
+        why = f"the server has applied {found.offset} time steps"
+    return FailedPrecondition(
+        f"{SEQUENCE_OFFSET} {step.offset} does not match {step.key.describe()}: {why}; "
+        f"send the step that begins at time step {found.offset}",
+        {SEQUENCE_OFFSET: found.offset},
+    )
+
+
+def answer_of(outputs: Answer, row: int) -> Answer:
+    """A row's answer to keep: its row of each output (not of the states; batch axis first),
+    copied."""
+    return {name: array[row : row + 1].copy() for name, array in outputs.items()}
+
+
+# Digests: a retry must be the same step, not merely one of the same length.
+
+
+def request_digest(inputs: Sequence[Tensor], start: bool, end: bool) -> bytes:
+    """The digest of a one-sequence request's inputs and flags."""
+    return _digest(((t.name, t.datatype, t.data) for t in inputs), start, end)
+
+
+def row_digest(
+    inputs: Sequence[Tensor], batch_axes: Mapping[str, int], row: int, start: bool, end: bool
+) -> bytes:
+    """The digest of one row of a multi-session request: its row of each input (a batch of
+    one on each input's batch axis: 0 unless `batch_axes` says otherwise) and its flags."""
+    parts = (
+        (t.name, t.datatype, np.take(t.data, [row], batch_axes.get(t.name, 0))) for t in inputs
+    )
+    return _digest(parts, start, end)
+
+
+def _digest(parts: Iterable[tuple[str, str, np.ndarray]], start: bool, end: bool) -> bytes:
+    digest = hashlib.blake2b(bytes([start, end]), digest_size=16)
+    for name, datatype, data in sorted(parts, key=lambda part: part[0]):
+        digest.update(f"{name}\0{datatype}\0{data.shape}\0".encode())
+        digest.update(codec.raw_of(datatype, data))
+    return digest.digest()
