@@ -93,6 +93,8 @@ class NotFound(StatusError):
 
 
 class AlreadyExists(StatusError):
+    """What the call would create exists already (this server never says it)."""
+
     CODE = "ALREADY_EXISTS"
 
 
@@ -116,10 +118,14 @@ class FailedPrecondition(StatusError):
 
 
 class Aborted(StatusError):
+    """The call was aborted, as by a conflict (this server never says it)."""
+
     CODE = "ABORTED"
 
 
 class OutOfRange(StatusError):
+    """A value past a valid range (this server says INVALID_ARGUMENT instead)."""
+
     CODE = "OUT_OF_RANGE"
 
 
@@ -142,6 +148,8 @@ class Unavailable(StatusError):
 
 
 class DataLoss(StatusError):
+    """Unrecoverable loss of data (this server never says it)."""
+
     CODE = "DATA_LOSS"
 
 
