@@ -118,7 +118,7 @@ class FailedPrecondition(StatusError):
 
 
 class Aborted(StatusError):
-    """The call was aborted, as by a conflict (this server never says it)."""
+    """The call was aborted, as by a conflict with another: the operation may be tried again."""
 
     CODE = "ABORTED"
 
