@@ -139,7 +139,10 @@ def _connect(args: argparse.Namespace) -> Client:
         if scheme in ("", "grpc"):
             from rnnserve.client.client import RnnClient
 
-            return RnnClient(address, timeout_s=args.timeout, tls=args.tls, token=token, **files)
+            # Text is printed from its bytes, over either protocol.
+            return RnnClient(
+                address, args.timeout, tls=args.tls, token=token, decode_text=False, **files
+            )
         if scheme in ("http", "https"):
             if args.stream:
                 raise UsageError(
@@ -199,21 +202,19 @@ def _inputs(args: argparse.Namespace, client: Client) -> dict[str, np.ndarray]:
 def _input_datatypes(client: Client, model: str, version: str) -> dict[str, str]:
     """The model's inputs and their datatypes, from its metadata: the plain inputs, and the
     state and control inputs its parameters name (Triton lists those apart)."""
-    from rnnserve.client.client import RnnClient
+    from rnnserve.client.metadata import ModelMetadata
 
     metadata = client.model_metadata(model, version)
-    if isinstance(client, RnnClient):
-        plain = {tensor.name: tensor.datatype for tensor in metadata.inputs}
-        parameters = {key: value.string_param for key, value in metadata.parameters.items()}
-    else:
-        plain = {tensor["name"]: tensor["datatype"] for tensor in metadata["inputs"]}
-        parameters = metadata.get("parameters", {})
-    states = parameters.get("state_inputs", "").split(",")
-    controls = parameters.get("control_inputs", "").split(",")
+    if not isinstance(metadata, ModelMetadata):  # REST's JSON
+        metadata = ModelMetadata.from_json(metadata)
     return {
-        **{name: STATE_DATATYPE for name in states if name},
-        **{name: CONTROL_DATATYPES[name] for name in controls if name in CONTROL_DATATYPES},
-        **plain,
+        **{name: STATE_DATATYPE for name in metadata.state_inputs},
+        **{
+            name: CONTROL_DATATYPES[name]
+            for name in metadata.control_inputs
+            if name in CONTROL_DATATYPES
+        },
+        **{tensor.name: tensor.datatype for tensor in metadata.inputs},
     }
 
 
@@ -272,8 +273,7 @@ def _results(
     from rnnserve.client.client import build_request
 
     request = build_request(args.model, inputs, outputs, parameters, args.model_version)
-    replies = client.stub.ModelStreamInfer(iter([request]), timeout=args.timeout)
-    yield from client.stream_replies(replies)
+    yield from client.stream(iter([request]), timeout=args.timeout)
 
 
 def _shortcut_outputs(args: argparse.Namespace) -> list[str]:

@@ -2,9 +2,10 @@
 JSON, Triton's binary tensor data extension), for `rnnserve infer --url http://...` and
 anything else that must reach a server through HTTP only.
 
-Tensor encoding is rnnserve.protocol.rest's, shared with the server. Failures raise
-InferenceError with the gRPC status name the server's error body gives (or its HTTP
-status's) and its details (`sequence_offset`). The standard library's http.client carries
+Tensor encoding is rnnserve.protocol.rest's, shared with the server. Failures raise the
+gRPC client's exceptions (client/errors.py): the class of the status the server's error
+body names (or its HTTP status's), with its details (`sequence_offset`). BYTES outputs
+come as `bytes`. The standard library's http.client carries
 it, one keep-alive connection; https:// URLs speak TLS (mutual TLS with a client
 certificate), and a token goes with every request as `Authorization: Bearer <token>`.
 """
@@ -21,8 +22,8 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
-from rnnserve.client.client import InferResult
-from rnnserve.client.errors import InferenceError
+from rnnserve.client.errors import DeadlineExceeded, Internal, Unavailable, from_rest
+from rnnserve.client.wire import InferResult
 from rnnserve.protocol import codec, rest
 from rnnserve.protocol.codec import CodecError, Parameter
 
@@ -133,30 +134,18 @@ class RestClient:
             data = response.read()
         except TimeoutError:
             self._connection.close()
-            raise InferenceError("DEADLINE_EXCEEDED", f"{self.url}: no answer in time") from None
+            raise DeadlineExceeded(f"{self.url}: no answer in time") from None
         except (OSError, http.client.HTTPException) as error:
             self._connection.close()
-            raise InferenceError("UNAVAILABLE", f"{self.url}: {error}") from None
+            raise Unavailable(f"{self.url}: {error}") from None
         if response.status not in ok:
-            raise _error(response.status, data)
+            raise from_rest(response.status, data)
         return response.status, response.headers, data
 
 
 def _model_path(model: str, version: str) -> str:
     path = f"/v2/models/{quote(model, safe='')}"
     return f"{path}/versions/{quote(version, safe='')}" if version else path
-
-
-def _error(status: int, body: bytes) -> InferenceError:
-    """The error a non-200 answer carries: {"error": message, "code": status name}, and
-    its details beside them (`sequence_offset`)."""
-    try:
-        answer = json.loads(body)
-        message, code = answer.pop("error"), answer.pop("code", None)
-    except (ValueError, TypeError, KeyError, AttributeError):
-        message, code, answer = body.decode(errors="replace") or f"HTTP {status}", None, {}
-    code = code or rest.CODE_OF_STATUS.get(status, "UNKNOWN")
-    return InferenceError(code, str(message), answer)
 
 
 def _result(body: bytes, header_length: str | None) -> InferResult:
@@ -169,7 +158,7 @@ def _result(body: bytes, header_length: str | None) -> InferResult:
             outputs[name] = data
         parameters = rest.parameters_from_json(header.get("parameters"), "response")
     except CodecError as error:
-        raise InferenceError("INTERNAL", f"the server's answer does not decode: {error}") from None
+        raise Internal(f"the server's answer does not decode: {error}") from None
     return InferResult(
         model_name=header.get("model_name", ""),
         model_version=header.get("model_version", ""),

@@ -10,9 +10,10 @@ exponentially, with jitter, up to a bound, for a bounded number of attempts.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -48,6 +49,15 @@ DEFAULT_RETRY = RetryPolicy()
 NO_RETRIES = RetryPolicy(max_attempts=1)
 
 
+def _backoff(error: InferenceError, backoffs: Iterator[float]) -> float:
+    """The wait before trying again after `error`; the error raised when it may not be
+    retried or the policy allows no more tries."""
+    backoff = next(backoffs, None) if is_retryable(error) else None
+    if backoff is None:
+        raise error
+    return backoff
+
+
 def retrying(
     call: Callable[[], T],
     policy: RetryPolicy,
@@ -60,8 +70,20 @@ def retrying(
         try:
             return call()
         except InferenceError as error:
-            backoff = next(backoffs, None)
-            if backoff is None or not is_retryable(error):
-                raise
-            time.sleep(backoff)
+            time.sleep(_backoff(error, backoffs))
             before_retry(error)
+
+
+async def retrying_async(
+    call: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    before_retry: Callable[[InferenceError], Awaitable[None]],
+) -> T:
+    """`retrying` for the asyncio client: `await call()`, waiting without blocking."""
+    backoffs = policy.backoffs()
+    while True:
+        try:
+            return await call()
+        except InferenceError as error:
+            await asyncio.sleep(_backoff(error, backoffs))
+            await before_retry(error)

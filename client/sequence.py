@@ -14,29 +14,42 @@ therefore continues exactly after a server crash, or fails with a clear error:
 `SequenceOutOfStep` when the server counts other time steps than the client, the server's
 refusal when it lost the sequence; never with a silently wrong answer. A server that does
 not count steps (no `sequence_offset` in its answers) gets no retries.
+
+Each step waits at most `timeout` seconds for its answer (its final one, streamed: a
+stream not answered in time is cancelled and the next try opens another); a stream lives
+at most `stream_timeout` seconds (None: as long as the session).
+
+`SequenceSteps` is the bookkeeping, without I/O, that SequenceSession (here) and
+`rnnserve.client.aio.AsyncSequenceSession` share.
 """
 
 from __future__ import annotations
 
-import queue
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from rnnserve.client.client import InferResult, RnnClient, build_request
+from rnnserve.client.client import RnnClient
+from rnnserve.client.connection import Connection
 from rnnserve.client.errors import InferenceError, SequenceOutOfStep
 from rnnserve.client.retry import DEFAULT_RETRY, NO_RETRIES, RetryPolicy, retrying
+from rnnserve.client.stream import Stream, closed_stream
+from rnnserve.client.wire import InferResult, Inputs, build_request
 from rnnserve.protocol.codec import Parameter
 from rnnserve.protocol.sequences import SEQUENCE_OFFSET
 
 FINAL = "triton_final_response"
 
 
-class SequenceSession:
+class SequenceSteps:
+    """A sequence's steps as the client counts them: the requests to send, what a failure
+    means, what an answer changes."""
+
     def __init__(
         self,
-        client: RnnClient,
+        client: Connection,
         model: str,
         sequence_id: int | str,
         streaming: bool = False,
@@ -44,59 +57,62 @@ class SequenceSession:
         *,
         offsets: bool = True,
         retry: RetryPolicy = DEFAULT_RETRY,
+        timeout: float | None = None,
+        stream_timeout: float | None = None,
     ) -> None:
+        """A sequence of `model` on `client`. `offsets`: send `sequence_offset` with every
+        step (and retry it); `timeout`: each step's wait for its answer (None: the
+        client's `timeout_s`); `stream_timeout`: a stream's deadline (None: none)."""
         self.client = client
         self.model = model
         self.version = version
         self.sequence_id = sequence_id
+        self.streaming = streaming
         self.offsets = offsets  # send sequence_offset (and retry) with every step
         self.retry = retry
+        self.timeout = timeout
+        self.stream_timeout = stream_timeout
         self.offset = 0  # the sequence's time steps, as the server last counted them
         self.retries = 0  # steps sent again after a failure
         self._started = False
-        self._streaming = streaming
-        self._requests: queue.Queue[Any] | None = None
-        self._replies: Any = None
-        if streaming:
-            self._open_stream()
 
-    def step(
+    def _request(
         self,
-        inputs: Mapping[str, np.ndarray | str | list],
-        outputs: Sequence[str] = (),
-        parameters: Mapping[str, Parameter] | None = None,
-        end: bool = False,
-    ) -> dict[str, np.ndarray]:
-        """One step; returns the outputs of its final response."""
-        return self.step_responses(inputs, outputs, parameters, end)[-1].outputs
-
-    def step_responses(
-        self,
-        inputs: Mapping[str, np.ndarray | str | list],
-        outputs: Sequence[str] = (),
-        parameters: Mapping[str, Parameter] | None = None,
-        end: bool = False,
-    ) -> list[InferResult]:
-        """One step; every response it produced (several for streamed decoding)."""
-        start = not self._started
+        inputs: Inputs,
+        outputs: Sequence[str],
+        parameters: Mapping[str, Parameter] | None,
+        end: bool,
+    ) -> Any:
+        """The next step's request."""
         sequence: dict[str, Parameter] = {
             "sequence_id": self.sequence_id,
-            "sequence_start": start,
+            "sequence_start": not self._started,
         }
         if end:
             sequence["sequence_end"] = True
         if self.offsets:
-            sequence[SEQUENCE_OFFSET] = 0 if start else self.offset
-        request = build_request(
+            sequence[SEQUENCE_OFFSET] = self.offset if self._started else 0
+        return build_request(
             self.model, inputs, outputs, {**(parameters or {}), **sequence}, self.version
         )
-        policy = self.retry if self.offsets else NO_RETRIES
-        try:
-            responses = retrying(lambda: self._send(request), policy, self._before_retry)
-        except InferenceError as error:
-            if self.offsets and error.sequence_offset is not None:
-                raise SequenceOutOfStep(error, 0 if start else self.offset) from None
-            raise
+
+    def _policy(self) -> RetryPolicy:
+        return self.retry if self.offsets else NO_RETRIES
+
+    def _step_timeout(self, timeout: float | None) -> float | None:
+        if timeout is not None:
+            return timeout
+        return self.client.timeout(self.timeout)
+
+    def _refused(self, error: InferenceError) -> InferenceError:
+        """What a step's failure raises: SequenceOutOfStep when the server counts the
+        sequence's time steps otherwise, the failure itself otherwise."""
+        if self.offsets and error.sequence_offset is not None:
+            return SequenceOutOfStep(error, self.offset if self._started else 0)
+        return error
+
+    def _applied(self, responses: list[InferResult], end: bool) -> list[InferResult]:
+        """Counts the step the server answered with `responses`."""
         counted = responses[-1].parameters.get(SEQUENCE_OFFSET)
         if counted is None:  # a server that does not count steps: nothing to retry safely
             self.offsets = False
@@ -105,35 +121,81 @@ class SequenceSession:
         self._started = not end
         return responses
 
-    def _send(self, request: Any) -> list[InferResult]:
-        if self._requests is None:
-            return [self.client.infer_response_of(request)]
-        self._requests.put(request)
-        responses: list[InferResult] = []
-        for reply in self.client.stream_replies(self._replies):
-            responses.append(reply)
-            if reply.parameters.get(FINAL, True):
-                return responses
-        raise InferenceError("UNAVAILABLE", "the server closed the stream")
 
-    def _open_stream(self) -> None:
-        self._requests = queue.Queue()
-        requests: Iterator[Any] = iter(self._requests.get, None)
-        self._replies = self.client.stub.ModelStreamInfer(requests)
+def is_final(result: InferResult) -> bool:
+    """The last response of a step (a streamed seq2seq step answers once per token)."""
+    return bool(result.parameters.get(FINAL, True))
+
+
+def time_left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+def deadline_of(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+class SequenceSession(SequenceSteps):
+    client: RnnClient
+    _stream: Stream | None = None  # open while streaming steps
+
+    def step(
+        self,
+        inputs: Inputs,
+        outputs: Sequence[str] = (),
+        parameters: Mapping[str, Parameter] | None = None,
+        end: bool = False,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One step; returns the outputs of its final response."""
+        return self.step_responses(inputs, outputs, parameters, end, timeout=timeout)[-1].outputs
+
+    def step_responses(
+        self,
+        inputs: Inputs,
+        outputs: Sequence[str] = (),
+        parameters: Mapping[str, Parameter] | None = None,
+        end: bool = False,
+        *,
+        timeout: float | None = None,
+    ) -> list[InferResult]:
+        """One step; every response it produced (several for streamed decoding)."""
+        request = self._request(inputs, outputs, parameters, end)
+        timeout = self._step_timeout(timeout)
+        try:
+            responses = retrying(
+                lambda: self._send(request, timeout), self._policy(), self._before_retry
+            )
+        except InferenceError as error:
+            raise self._refused(error) from None
+        return self._applied(responses, end)
+
+    def _send(self, request: Any, timeout: float | None) -> list[InferResult]:
+        if not self.streaming:
+            return [self.client.infer_response_of(request, timeout=timeout)]
+        if self._stream is None or self._stream.done:
+            self._stream = Stream(self.client, None, self.stream_timeout)
+        self._stream.send(request)
+        deadline = deadline_of(timeout)
+        responses: list[InferResult] = []
+        while (result := self._stream.receive(time_left(deadline))) is not None:
+            responses.append(result)
+            if is_final(result):
+                return responses
+        raise closed_stream()
 
     def _before_retry(self, error: InferenceError) -> None:
         """Counts the retry; on a stream, opens a new one (the old one broke, or its server
         is going away)."""
         self.retries += 1
-        if self._streaming:
-            self._replies.cancel()
-            self.close()
-            self._open_stream()
+        if self._stream is not None:
+            self._stream.cancel()
 
     def close(self) -> None:
-        if self._requests is not None:
-            self._requests.put(None)
-            self._requests = None
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     def __enter__(self) -> SequenceSession:
         return self

@@ -144,8 +144,7 @@ def stop(server: subprocess.Popen[bytes]) -> None:
 
 def show_provider(client: RnnClient) -> None:
     """Where the models run: the provider is in each model's metadata parameters."""
-    parameters = client.model_metadata("sine-lstm").parameters
-    provider = parameters["provider"].string_param if "provider" in parameters else "unknown"
+    provider = client.model_metadata("sine-lstm").parameters.get("provider", "unknown")
     print(f"models run on ONNX Runtime's {provider}")
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rnnserve.protocol.codec import Parameter
+from rnnserve.protocol.codec import CONTENT_TYPE, TEXT, Parameter
 
 __all__ = ["Parameter"]  # request parameter values, as the wire carries them
 
@@ -71,6 +71,17 @@ class TensorMetadata:
     datatype: str
     shape: tuple[int, ...]  # -1 for a dynamic dimension
     optional: bool = False
+    text: bool = False  # BYTES elements that are UTF-8 text
+
+    @property
+    def parameters(self) -> dict[str, Parameter]:
+        """What metadata says of the tensor beyond name, datatype and shape."""
+        parameters: dict[str, Parameter] = {}
+        if self.optional:
+            parameters["optional"] = True
+        if self.text:
+            parameters[CONTENT_TYPE] = TEXT
+        return parameters
 
 
 @dataclass

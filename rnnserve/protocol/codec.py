@@ -53,6 +53,12 @@ CONTENTS_FIELD = {
 
 LENGTH_PREFIX = struct.Struct("<I")
 
+# A tensor's parameter saying how to read its elements, by MLServer's name and values:
+# TEXT for BYTES elements that are UTF-8 text. Model metadata marks text tensors with it, so
+# that clients hand them out as `str`.
+CONTENT_TYPE = "content_type"
+TEXT = "str"
+
 
 class CodecError(ValueError):
     """Data that does not decode: the message names the tensor or parameter at fault."""

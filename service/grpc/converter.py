@@ -120,8 +120,7 @@ def _tensor_metadata(tensor: TensorMetadata) -> Any:
     item = pb.ModelMetadataResponse.TensorMetadata(
         name=tensor.name, datatype=tensor.datatype, shape=tensor.shape
     )
-    if tensor.optional:
-        item.parameters["optional"].bool_param = True
+    codec.parameters_to_proto(tensor.parameters, item.parameters)
     return item
 
 

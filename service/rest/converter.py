@@ -145,8 +145,8 @@ def _tensor_metadata(tensor: TensorMetadata) -> dict[str, Any]:
         "datatype": tensor.datatype,
         "shape": list(tensor.shape),
     }
-    if tensor.optional:
-        item["parameters"] = {"optional": True}
+    if tensor.parameters:
+        item["parameters"] = tensor.parameters
     return item
 
 

@@ -1,104 +1,173 @@
-"""RnnClient: numpy in, numpy out, strings for text models, sequences over both RPCs."""
+"""RnnClient and AsyncRnnClient: numpy in, numpy out, strings for text models, metadata as
+dataclasses, sequences over both RPCs. Every check runs with either client (`any_client`:
+the asyncio one driven through tests/client/conftest.py's Blocking)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
+from client_kinds import session_of
 
-from rnnserve.client.client import RnnClient, build_request
-from rnnserve.client.errors import InferenceError
-from rnnserve.client.sequence import SequenceSession
-
-
-def test_health_and_metadata_calls(client) -> None:
-    assert client.server_live()
-    assert client.server_ready()
-    assert client.model_ready("sine-gru")
-    assert client.server_metadata().name == "rnnserve"
-    assert client.model_metadata("tagger-rnn").outputs[0].name == "text_out"
+from rnnserve.client.aio import AsyncRnnClient, AsyncSequenceSession
+from rnnserve.client.client import build_request
+from rnnserve.client.errors import InferenceError, NotFound
+from rnnserve.client.metadata import ModelMetadata, ServerMetadata, TensorMetadata
+from rnnserve.client.rest import RestClient
+from rnnserve.protocol.sequences import CONTROL_DATATYPES
 
 
-def test_tag_turns_hello_into_ohlol(client) -> None:
-    assert client.tag("hello", model="tagger-lstm") == "ohlol"
+def test_health_and_server_metadata(any_client) -> None:
+    assert any_client.server_live()
+    assert any_client.server_ready()
+    assert any_client.model_ready("sine-gru")
+    assert not any_client.model_ready("sine-gru", "9")
+    metadata = any_client.server_metadata()
+    assert isinstance(metadata, ServerMetadata) and metadata.name == "rnnserve"
+    assert {"sequence", "streaming"} <= set(metadata.extensions)
 
 
-def test_translate_returns_text(client) -> None:
-    assert isinstance(client.translate("hello", model="seq2seq-rnn"), str)
-    assert len(client.translate("hello", model="seq2seq-rnn", max_output_length=1)) <= 1
+def test_model_metadata_names_tensors_states_controls_and_text(any_client) -> None:
+    sine = any_client.model_metadata("sine-lstm")
+    tagger = any_client.model_metadata("tagger-gru", "1")
+    seq2seq = any_client.model_metadata("seq2seq-rnn")
+
+    assert isinstance(sine, ModelMetadata)
+    assert (sine.name, sine.versions, sine.platform) == ("sine-lstm", ["1"], "onnxruntime_onnx")
+    assert sine.inputs == [TensorMetadata("x", "FP32", [-1, -1, 1])]
+    assert sine.state_pairs == {"h0": "hn", "c0": "cn"}
+    assert sine.control_inputs == list(CONTROL_DATATYPES)
+    assert sine.control_outputs == ["sequence_error", "sequence_offset"]
+    assert (sine.parameters["task"], sine.parameters["cell"]) == ("sine", "lstm")
+    assert [(t.name, t.optional, t.text) for t in tagger.inputs] == [
+        ("text", False, True), ("tokens", True, False),
+    ]  # fmt: skip
+    assert tagger.text_outputs == {"text_out"}
+    assert (seq2seq.state_pairs, seq2seq.control_inputs) == ({"h0": "hn"}, [])
+    assert seq2seq.text_outputs == {"text_out"}
 
 
-def test_infer_sine_returns_y_and_states_to_continue_with(client) -> None:
+def test_text_outputs_come_as_str_or_as_bytes_when_asked(server, any_client, connected) -> None:
+    raw_client = connected(server.address, decode_text=False)
+    inputs = {"text": ["hello", "hell"]}
+
+    text = any_client.infer("tagger-gru", inputs, ["text_out", "tokens_out"])
+    raw = raw_client.infer("tagger-gru", inputs, ["text_out", "tokens_out"])
+
+    assert text["text_out"].tolist() == ["ohlol", "ohlo"]
+    assert raw["text_out"].tolist() == [b"ohlol", b"ohlo"]
+    np.testing.assert_array_equal(text["tokens_out"], raw["tokens_out"])
+    assert text["tokens_out"].dtype == np.int64
+
+
+def test_tag_turns_hello_into_ohlol(any_client) -> None:
+    assert any_client.tag("hello", model="tagger-lstm") == "ohlol"
+
+
+def test_translate_returns_text(any_client) -> None:
+    assert isinstance(any_client.translate("hello", model="seq2seq-rnn"), str)
+    assert len(any_client.translate("hello", model="seq2seq-rnn", max_output_length=1)) <= 1
+
+
+def test_infer_sine_returns_y_and_states_to_continue_with(any_client) -> None:
     values = np.sin(np.linspace(0, 2, 10, dtype=np.float32))
-    whole, _ = client.infer_sine(values, model="sine-lstm")
+    whole, _ = any_client.infer_sine(values, model="sine-lstm")
 
-    head, states = client.infer_sine(values[:6], model="sine-lstm")
-    tail, _ = client.infer_sine(values[6:], states, model="sine-lstm")
+    head, states = any_client.infer_sine(values[:6], model="sine-lstm")
+    tail, _ = any_client.infer_sine(values[6:], states, model="sine-lstm")
 
     assert whole.shape == (1, 10, 1)
     assert set(states) == {"h0", "c0"}
     np.testing.assert_allclose(np.concatenate([head, tail], axis=1), whole, atol=1e-6)
 
 
-def test_generic_infer_takes_and_returns_named_arrays(client) -> None:
-    out = client.infer("tagger-gru", {"text": ["hello", "hell"]}, outputs=["tokens_out"])
+def test_generic_infer_takes_and_returns_named_arrays(any_client) -> None:
+    out = any_client.infer("tagger-gru", {"text": ["hello", "hell"]}, outputs=["tokens_out"])
 
     assert list(out) == ["tokens_out"]
     assert out["tokens_out"].shape == (2, 5)
 
 
-def test_server_errors_raise_with_the_status_and_message(client) -> None:
-    with pytest.raises(InferenceError) as caught:
-        client.infer("nope", {"x": np.zeros((1, 1, 1), np.float32)})
+def test_server_errors_raise_with_the_status_and_message(any_client) -> None:
+    with pytest.raises(NotFound) as caught:
+        any_client.infer("nope", {"x": np.zeros((1, 1, 1), np.float32)})
 
+    assert isinstance(caught.value, InferenceError)
     assert caught.value.code == "NOT_FOUND"
     assert "nope" in caught.value.message
 
 
-def test_an_unreachable_server_raises_unavailable() -> None:
-    with RnnClient("127.0.0.1:1", timeout_s=5) as unreachable, pytest.raises(InferenceError) as e:
-        unreachable.server_ready()
-
-    assert e.value.code == "UNAVAILABLE"
-
-
 @pytest.mark.parametrize("streaming", [False, True], ids=["ModelInfer", "ModelStreamInfer"])
-def test_a_sequence_keeps_state_between_steps(client, streaming: bool) -> None:
+def test_a_sequence_keeps_state_between_steps(any_client, streaming: bool) -> None:
     values = np.sin(np.linspace(0, 2, 9, dtype=np.float32))
-    whole, _ = client.infer_sine(values, model="sine-gru")
+    whole, _ = any_client.infer_sine(values, model="sine-gru")
 
-    with SequenceSession(client, "sine-gru", sequence_id=4242, streaming=streaming) as sequence:
+    with session_of(any_client, "sine-gru", f"keeps-{streaming}", streaming) as sequence:
         steps = [
             sequence.step({"x": values[None, i : i + 3, None]}, ["y"], end=i == 6)["y"]
             for i in (0, 3, 6)
         ]
 
     np.testing.assert_allclose(np.concatenate(steps, axis=1), whole, atol=1e-6)
+    assert sequence.offset == 9 and sequence.retries == 0
 
 
-def test_a_stream_yields_every_decoded_seq2seq_token(client) -> None:
+def test_a_stream_yields_every_decoded_seq2seq_token(any_client) -> None:
     request = build_request("seq2seq-gru", {"text": ["hello"]})
 
-    responses = list(client.stream(iter([request])))
+    responses = list(any_client.stream(iter([request])))
 
     finals = [r.parameters["triton_final_response"] for r in responses]
     assert finals[-1] is True and not any(finals[:-1])
-    pieces = [r.outputs["text_out"][0].decode() for r in responses]
-    assert "".join(pieces) == client.translate("hello", model="seq2seq-gru")
+    pieces = [r.outputs["text_out"][0] for r in responses]
+    assert "".join(pieces) == any_client.translate("hello", model="seq2seq-gru")
 
 
-def test_step_sessions_steps_many_sessions_and_returns_each_rows_error(client) -> None:
+def test_step_sessions_steps_many_sessions_and_returns_each_rows_error(any_client) -> None:
     values = np.sin(np.linspace(0, 2, 8, dtype=np.float32))
-    whole, _ = client.infer_sine(values, model="sine-gru")
+    whole, _ = any_client.infer_sine(values, model="sine-gru")
     x = np.stack([values, -values])[..., None]  # two sessions, one row each
+    ids = [f"{id(any_client)}-1", f"{id(any_client)}-2", f"{id(any_client)}-3"]
 
-    head, errors = client.step_sessions("sine-gru", [501, 502], {"x": x[:, :5]}, start=True)
+    head, errors = any_client.step_sessions("sine-gru", ids[:2], {"x": x[:, :5]}, start=True)
     assert errors == ["", ""]
-    tail, errors = client.step_sessions(
-        "sine-gru", [501, 503], {"x": x[:, 5:]}, end=[True, False], outputs=["y"]
+    tail, errors = any_client.step_sessions(
+        "sine-gru", ids[::2], {"x": x[:, 5:]}, end=[True, False], outputs=["y"]
     )
 
     np.testing.assert_allclose(np.concatenate([head["y"][0], tail["y"][0]]), whole[0], atol=1e-6)
-    assert errors[0] == "" and "sequence 503" in errors[1] and "is not active" in errors[1]
+    assert errors[0] == "" and f"sequence '{ids[2]}'" in errors[1] and "not active" in errors[1]
     # sequence_error is returned as the errors; sequence_offset counts each row's time steps
     assert list(tail) == ["y", "sequence_offset"]
     assert tail["sequence_offset"].tolist() == [8, 0]
+
+
+def test_the_asyncio_client_runs_sequences_concurrently(server) -> None:
+    """Natively, in one event loop: eight sequences stepped together, each its own."""
+    values = np.sin(np.linspace(0, 3, 12, dtype=np.float32))
+
+    async def one_sequence(client: AsyncRnnClient, n: int) -> np.ndarray:
+        async with AsyncSequenceSession(client, "sine-gru", f"concurrent-{n}") as sequence:
+            scaled = values * (n + 1) / 8
+            steps = [
+                await sequence.step({"x": scaled[None, i : i + 4, None]}, ["y"], end=i == 8)
+                for i in (0, 4, 8)
+            ]
+        whole = await client.infer("sine-gru", {"x": scaled[None, :, None]}, ["y"])
+        return np.concatenate([step["y"] for step in steps], axis=1) - whole["y"]
+
+    async def main() -> list[np.ndarray]:
+        async with AsyncRnnClient(server.address) as client:
+            return await asyncio.gather(*(one_sequence(client, n) for n in range(8)))
+
+    for difference in asyncio.run(main()):
+        np.testing.assert_allclose(difference, 0, atol=1e-6)
+
+
+def test_rest_metadata_reads_as_the_same_dataclasses(server, client) -> None:
+    with RestClient(server.http_url) as rest:
+        over_rest = ModelMetadata.from_json(rest.model_metadata("tagger-gru"))
+
+    assert over_rest == client.model_metadata("tagger-gru")
+    assert over_rest.text_outputs == {"text_out"}

@@ -26,7 +26,9 @@ def _rnnserve_imports(module: Path) -> set[str]:
     return {name for name in names if name.split(".")[0] == "rnnserve"}
 
 
-@pytest.mark.parametrize("module", sorted(CLIENT.glob("*.py")), ids=lambda path: path.name)
+@pytest.mark.parametrize(
+    "module", sorted(CLIENT.rglob("*.py")), ids=lambda path: str(path.relative_to(CLIENT))
+)
 def test_client_modules_import_only_the_client_and_the_protocol(module: Path) -> None:
     imported = _rnnserve_imports(module)
 
@@ -37,6 +39,7 @@ def test_importing_the_client_loads_no_server_module() -> None:
     script = (
         "import json, sys\n"
         "import rnnserve.client.client, rnnserve.client.sequence, rnnserve.client.cli\n"
+        "import rnnserve.client.aio, rnnserve.client.rest\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

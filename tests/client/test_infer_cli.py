@@ -103,7 +103,7 @@ def test_stream_prints_each_response_as_it_comes(server, client: RnnClient) -> N
     from rnnserve.client.client import build_request
 
     request = build_request("seq2seq-gru", {"text": ["hello"]}, ["text_out"])
-    expected = [r.outputs["text_out"][0].decode() for r in client.stream(iter([request]))]
+    expected = [r.outputs["text_out"][0] for r in client.stream(iter([request]))]
 
     done = infer(server, "seq2seq-gru", "--text", "hello", "--stream")
     as_json = infer(server, "seq2seq-gru", "--text", "hello", "--stream", "--json")

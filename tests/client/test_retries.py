@@ -1,22 +1,22 @@
-"""The client library's retries, against a real server: a step whose answer is lost on its
-way back (the server applied it; the client saw UNAVAILABLE, as when a connection breaks)
-is sent again with the same offset and answered again, never applied twice; a step the
-server counts differently is refused and raised, never answered wrongly."""
+"""The client library's retries, against a real server, with either client: a step whose
+answer is lost on its way back (the server applied it; the client saw UNAVAILABLE, as when
+a connection breaks) is sent again with the same offset and answered again, never applied
+twice; a step the server counts differently is refused and raised, never answered
+wrongly."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from client_kinds import Blocking, session_of
 
 from rnnserve.client.client import RnnClient
-from rnnserve.client.errors import InferenceError, SequenceOutOfStep
+from rnnserve.client.errors import FailedPrecondition, SequenceOutOfStep, Unavailable
 from rnnserve.client.retry import RetryPolicy
-from rnnserve.client.sequence import SequenceSession
 from rnnserve.protocol import rpc
 
 X = np.sin(np.linspace(0, 4, 24, dtype=np.float32))
@@ -37,18 +37,42 @@ class LostAnswer(grpc.RpcError):
         return ()
 
 
-class _Replies:
-    """A stream's replies, of which the chosen ones are lost after arriving."""
+class LoseAnswers(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Loses every third answer, after the server sent it: the sync client's, as an
+    interceptor of its channel; the asyncio client's, through `AsyncLosingStub`."""
 
-    def __init__(self, call: Any, lose: Iterator[bool]) -> None:
-        self._call, self._lose = call, lose
+    def __init__(self) -> None:
+        self._answers = itertools.count()
+        self.lost = 0
+
+    def lose(self) -> bool:
+        lose = next(self._answers) % 3 == 2
+        self.lost += lose
+        return lose
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        outcome = continuation(details, request)
+        outcome.result()  # the server answered
+        if self.lose():
+            raise LostAnswer()
+        return outcome
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return _Replies(continuation(details, requests), self)
+
+
+class _Replies:
+    """A sync stream's replies, of which the chosen ones are lost after arriving."""
+
+    def __init__(self, call: Any, losing: LoseAnswers) -> None:
+        self._call, self._losing = call, losing
 
     def __iter__(self) -> _Replies:
         return self
 
     def __next__(self) -> Any:
         reply = next(self._call)
-        if next(self._lose):
+        if self._losing.lose():
             raise LostAnswer()
         return reply
 
@@ -56,71 +80,103 @@ class _Replies:
         self._call.cancel()
 
 
-class LoseAnswers(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """Loses every third answer, after the server sent it."""
+def _async_lost() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+        "the connection broke before the answer arrived",
+    )  # fmt: skip
 
-    def __init__(self) -> None:
-        self._lose = (n % 3 == 2 for n in itertools.count())
-        self.lost = 0
 
-    def _losing(self) -> Iterator[bool]:
-        for lose in self._lose:
-            self.lost += lose
-            yield lose
+class AsyncLosingStub:
+    """An asyncio client's stub whose chosen answers are lost after arriving."""
 
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        outcome = continuation(details, request)
-        outcome.result()  # the server answered
-        if next(self._losing()):
-            raise LostAnswer()
-        return outcome
+    def __init__(self, stub: rpc.Stub, losing: LoseAnswers) -> None:
+        self._stub, self._losing = stub, losing
 
-    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return _Replies(continuation(details, requests), self._losing())
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+    def ModelInfer(self, request: Any, **options: Any) -> Any:
+        async def answer() -> Any:
+            reply = await self._stub.ModelInfer(request, **options)
+            if self._losing.lose():
+                raise _async_lost()
+            return reply
+
+        return answer()
+
+    def ModelStreamInfer(self, requests: Any = None, **options: Any) -> Any:
+        return _AsyncReplies(self._stub.ModelStreamInfer(requests, **options), self._losing)
+
+
+class _AsyncReplies:
+    """An asyncio stream whose chosen replies are lost after arriving."""
+
+    def __init__(self, call: Any, losing: LoseAnswers) -> None:
+        self._call, self._losing = call, losing
+
+    async def write(self, request: Any) -> None:
+        await self._call.write(request)
+
+    async def done_writing(self) -> None:
+        await self._call.done_writing()
+
+    def cancel(self) -> bool:
+        return self._call.cancel()
+
+    async def read(self) -> Any:
+        reply = await self._call.read()
+        if reply is not grpc.aio.EOF and self._losing.lose():
+            raise _async_lost()
+        return reply
+
+
+def lossy_client(server, connected) -> tuple[Any, LoseAnswers]:
+    """A client of the test's kind that loses every third answer."""
+    losing = LoseAnswers()
+    client = connected(server.address)
+    if isinstance(client, Blocking):
+        client.target.stub = AsyncLosingStub(client.target.stub, losing)
+    else:
+        client.stub = rpc.Stub(grpc.intercept_channel(client.channel, losing))
+    return client, losing
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["unary", "streamed"])
 def test_a_step_whose_answer_was_lost_is_answered_again_not_applied_twice(
-    server, client: RnnClient, streaming: bool
+    server, client: RnnClient, connected, kind: str, streaming: bool
 ) -> None:
     whole = client.infer("sine-lstm", {"x": X[None, :, None]}, ["y"])["y"].reshape(-1)
-    losing = LoseAnswers()
-    with RnnClient(server.address) as lossy:
-        lossy.stub = rpc.Stub(grpc.intercept_channel(grpc.insecure_channel(server.address), losing))
-        session = SequenceSession(lossy, "sine-lstm", f"lossy-{streaming}", streaming, retry=FAST)
-        pieces = [
-            session.step({"x": X[None, a:b, None]}, ["y"], end=b == 24)["y"] for a, b in CHUNKS
-        ]
-        session.close()
+    lossy, losing = lossy_client(server, connected)
+    session = session_of(lossy, "sine-lstm", f"lossy-{kind}-{streaming}", streaming, retry=FAST)
+    pieces = [session.step({"x": X[None, a:b, None]}, ["y"], end=b == 24)["y"] for a, b in CHUNKS]
+    session.close()
 
     np.testing.assert_allclose(np.concatenate(pieces, axis=1).reshape(-1), whole, atol=1e-6)
     assert session.offset == 24
     assert session.retries == losing.lost >= 3
 
 
-def test_without_offsets_a_lost_answer_is_not_retried(server) -> None:
-    with RnnClient(server.address) as lossy:
-        lossy.stub = rpc.Stub(
-            grpc.intercept_channel(grpc.insecure_channel(server.address), LoseAnswers())
-        )
-        session = SequenceSession(lossy, "sine-lstm", "no-offsets", offsets=False, retry=FAST)
-        session.step({"x": X[None, :3, None]})
-        session.step({"x": X[None, 3:6, None]})
-        with pytest.raises(InferenceError) as raised:
-            session.step({"x": X[None, 6:9, None]})  # applied, but it cannot know
-    assert raised.value.code == "UNAVAILABLE" and session.retries == 0
+def test_without_offsets_a_lost_answer_is_not_retried(server, connected, kind: str) -> None:
+    lossy, _ = lossy_client(server, connected)
+    session = session_of(lossy, "sine-lstm", f"no-offsets-{kind}", offsets=False, retry=FAST)
+    session.step({"x": X[None, :3, None]})
+    session.step({"x": X[None, 3:6, None]})
+    with pytest.raises(Unavailable):
+        session.step({"x": X[None, 6:9, None]})  # applied, but it cannot know
+    assert session.retries == 0
 
 
-def test_a_step_the_server_counts_otherwise_raises_out_of_step(client: RnnClient) -> None:
-    mine = SequenceSession(client, "sine-lstm", "shared-id")
+def test_a_step_the_server_counts_otherwise_raises_out_of_step(any_client, kind: str) -> None:
+    mine = session_of(any_client, "sine-lstm", f"shared-id-{kind}")
     mine.step({"x": X[None, :3, None]})
-    other = SequenceSession(client, "sine-lstm", "shared-id")  # one principal, one id
+    other = session_of(any_client, "sine-lstm", f"shared-id-{kind}")  # one principal, one id
     other.step({"x": X[None, :5, None]})  # starts it again, 5 time steps
 
     with pytest.raises(SequenceOutOfStep) as raised:
         mine.step({"x": X[None, 3:6, None]})
     error = raised.value
-    assert error.code == "FAILED_PRECONDITION"
+    assert isinstance(error, FailedPrecondition) and error.code == "FAILED_PRECONDITION"
     assert (error.client_offset, error.server_offset) == (3, 5)
     assert "the server has applied 5 time steps" in error.message
     assert "the sequence cannot go on from here" in error.message

@@ -56,6 +56,9 @@ def test_text_model_metadata_has_text_in_and_out(server, task: str) -> None:
 
     assert _tensors(metadata.inputs)["text"] == ("BYTES", [-1])
     assert _tensors(metadata.outputs)["text_out"] == ("BYTES", [-1])
+    text = {t.name for t in [*metadata.inputs, *metadata.outputs] if "content_type" in t.parameters}
+    assert text == {"text", "text_out"}  # MLServer's mark of text: content_type "str"
+    assert metadata.outputs[0].parameters["content_type"].string_param == "str"
 
 
 def test_model_config_describes_the_model_as_triton_does(server) -> None:

@@ -150,7 +150,7 @@ def test_tagger_rows_of_different_lengths_each_tag_their_own_session(
     )
     assert errors == ["", "", ""]
     tags = [a + b for a, b in zip(first["text_out"], second["text_out"], strict=True)]
-    assert tags == [b"ohlol"] * 3
+    assert tags == ["ohlol"] * 3
 
 
 def test_rows_continue_sessions_started_with_sequence_parameters(client: RnnClient) -> None:
@@ -193,10 +193,10 @@ def test_requests_naming_the_same_sessions_in_opposite_orders_all_complete(
 def test_metadata_names_the_control_inputs_and_the_row_errors(client: RnnClient) -> None:
     for model in ("sine-lstm", "tagger-gru"):
         parameters = client.model_metadata(model).parameters
-        assert parameters["control_inputs"].string_param == (
+        assert parameters["control_inputs"] == (
             "sequence_id,sequence_start,sequence_end,sequence_offset"
         )
-        assert parameters["control_outputs"].string_param == "sequence_error,sequence_offset"
+        assert parameters["control_outputs"] == "sequence_error,sequence_offset"
     assert "control_inputs" not in client.model_metadata("seq2seq-gru").parameters
 
 

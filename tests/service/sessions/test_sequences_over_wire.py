@@ -70,7 +70,7 @@ def test_the_tagger_fed_one_character_at_a_time_answers_ohlol(
             sequence.step({"text": [char]}, ["text_out"], end=index == 4)["text_out"][0]
             for index, char in enumerate("hello")
         ]
-    assert b"".join(tags) == b"ohlol"
+    assert "".join(tags) == "ohlol"
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
@@ -85,16 +85,16 @@ def test_seq2seq_streams_the_translation_token_by_token_after_the_last_piece(
         last = sequence.step_responses({"text": ["2026"]}, end=True)
     # Pieces before the last only feed the encoder: one empty, final answer each.
     for (response,) in early:
-        assert response.outputs["text_out"].tolist() == [b""]
+        assert response.outputs["text_out"].tolist() == [""]
         assert response.parameters["triton_final_response"] is True
-    tokens = [response.outputs["text_out"][0].decode() for response in last]
+    tokens = [response.outputs["text_out"][0] for response in last]
     assert "".join(tokens) == whole and len(last) >= len(whole)
     finals = [response.parameters["triton_final_response"] for response in last]
     assert finals == [False] * (len(last) - 1) + [True]
     # Through ModelInfer the last piece answers the whole translation at once.
     with SequenceSession(client, model, f"translate-unary-{cell}") as sequence:
         sequence.step({"text": ["22 nov"]})
-        assert sequence.step({"text": [" 2026"]}, end=True)["text_out"][0].decode() == whole
+        assert sequence.step({"text": [" 2026"]}, end=True)["text_out"][0] == whole
 
 
 def sine_step(
