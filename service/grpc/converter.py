@@ -33,28 +33,30 @@ from rnnserve.service.types import (
 
 def request_from_proto(message: pb.ModelInferRequest, principal: str = ANONYMOUS) -> InferRequest:
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
+    items = message.inputs
+    if raw and len(raw) != len(items):
         raise InvalidArgument(
-            f"raw_input_contents has {len(raw)} entries; expected one per input "
-            f"({len(message.inputs)})"
+            f"raw_input_contents has {len(raw)} entries; expected one per input ({len(items)})"
         )
     inputs: list[Tensor] = []
+    names: set[str] = set()
     with decoding():
-        for index, item in enumerate(message.inputs):
-            if any(t.name == item.name for t in inputs):
-                raise InvalidArgument(f"input '{item.name}' appears more than once")
-            shape = list(item.shape)
+        for index, item in enumerate(items):
+            name = item.name
+            if name in names:
+                raise InvalidArgument(f"input '{name}' appears more than once")
+            names.add(name)
             if raw:
                 if item.HasField("contents"):
                     raise InvalidArgument(
-                        f"input '{item.name}': give its data in contents or in "
+                        f"input '{name}': give its data in contents or in "
                         "raw_input_contents, not both"
                     )
-                data = codec.array_from_raw(item.name, item.datatype, shape, raw[index])
+                data = codec.array_from_raw(name, item.datatype, item.shape, raw[index])
             else:
-                data = codec.array_from_contents(item.name, item.datatype, shape, item.contents)
-            parameters = codec.parameters_from_proto(item.parameters, f"input '{item.name}'")
-            inputs.append(Tensor(item.name, item.datatype, data.shape, data, parameters))
+                data = codec.array_from_contents(name, item.datatype, item.shape, item.contents)
+            parameters = codec.parameters_from_proto(item.parameters, f"input '{name}'")
+            inputs.append(Tensor(name, item.datatype, data.shape, data, parameters))
         parameters = codec.parameters_from_proto(message.parameters, "request")
     return InferRequest(
         model_name=message.model_name,
