@@ -145,7 +145,7 @@ class MemoryStore:
         for slab, (slab_slots, slab_rows) in slots.items():
             for name, data in slab.data.items():
                 # (sessions, before, after) -> (before, sessions, after)
-                into[name][:, slab_rows] = data[_index(slab_slots)].swapaxes(0, 1)
+                into[name][:, _index(slab_rows)] = data[_index(slab_slots)].swapaxes(0, 1)
         return loaded
 
     def _load_ended(self, key: SessionKey, into: State, row: int, now: float) -> Loaded:
