@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 
 from rnnserve.service import metrics
 from rnnserve.service.logs import ACCESS, FIELDS, REQUEST_ID
@@ -70,7 +70,7 @@ class Recorder:
         # The metrics' children by label values, looked up once: prometheus_client's
         # labels() costs a microsecond or two per call. The labels are bounded (above).
         self._in_flight: dict[tuple[str, str], Gauge] = {}
-        self._counted: dict[tuple[str, ...], tuple[Counter, Histogram | None]] = {}
+        self._counted: dict[tuple[str, ...], tuple[Counter, metrics.Observer | None]] = {}
 
     def call(
         self, rpc: str, model: str = "", version: str = "", request_id: str = "",
@@ -103,7 +103,7 @@ class Recorder:
             timed = call.rpc in INFERENCE_RPCS
             children = self._counted[key] = (
                 metrics.REQUESTS.labels(*labels),
-                metrics.REQUEST_DURATION.labels(*labels) if timed else None,
+                metrics.Observer(metrics.REQUEST_DURATION.labels(*labels)) if timed else None,
             )
         requests, duration = children
         requests.inc()
