@@ -98,7 +98,7 @@ def parameters_to_proto(values: Mapping[str, Parameter], out: MutableMapping[str
 
 
 def checked_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
-    dims = tuple(map(int, shape))
+    dims = tuple(shape)  # ints already (int64 on the wire)
     if dims and min(dims) < 0:
         raise CodecError(
             f"input '{name}': shape {list(shape)} has a negative dimension; expected sizes >= 0"
