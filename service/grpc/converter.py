@@ -74,12 +74,18 @@ def sends_contents(message: pb.ModelInferRequest) -> bool:
     return bool(message.inputs) and not message.raw_input_contents
 
 
-def response_to_proto(response: InferResponse, typed: bool = False) -> pb.ModelInferResponse:
-    """The response message; outputs in typed `contents` when `typed` and every output's
-    datatype has a contents field (FP16 has none: then all go raw), raw otherwise."""
-    message = pb.ModelInferResponse(
-        model_name=response.model_name, model_version=response.model_version, id=response.id
-    )
+def response_to_proto(
+    response: InferResponse, typed: bool = False, message: pb.ModelInferResponse | None = None
+) -> pb.ModelInferResponse:
+    """The response message (written into `message` when given: a stream's reply holds
+    one, which is cheaper to fill than to copy); outputs in typed `contents` when `typed`
+    and every output's datatype has a contents field (FP16 has none: then all go raw), raw
+    otherwise."""
+    if message is None:
+        message = pb.ModelInferResponse()
+    message.model_name = response.model_name
+    message.model_version = response.model_version
+    message.id = response.id
     codec.parameters_to_proto(response.parameters, message.parameters)
     typed = typed and all(t.datatype in codec.CONTENTS_FIELD for t in response.outputs)
     for tensor in response.outputs:

@@ -195,9 +195,10 @@ class InferenceServicer:
                 call.sequence_id = sequence_id_of(infer_request.parameters)
                 typed = converter.sends_contents(request)
                 async for response in self._dataplane.stream_infer(infer_request):
-                    message = converter.response_to_proto(response, typed)
+                    reply = pb.ModelStreamInferResponse()
+                    message = converter.response_to_proto(response, typed, reply.infer_response)
                     triton.mark_final(message, response.final)
-                    yield pb.ModelStreamInferResponse(infer_response=message)
+                    yield reply
             except (Unauthenticated, PermissionDenied) as error:
                 call.code, refusal = error.code, error
             except Exception as failure:
