@@ -12,7 +12,7 @@ from rnnserve.errors import UsageError
 
 SCENARIOS = (
     "compute", "transport", "one_session", "many_sessions", "memory", "multi_session",
-    "perf_analyzer", "security", "streams",
+    "perf_analyzer", "security", "streams", "workers",
 )  # fmt: skip
 
 
@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         sessions,
         streams,
         transport,
+        workers,
     )
     from rnnserve.bench.options import Options
 
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         "perf_analyzer": perf_analyzer.run,
         "security": security.run,
         "streams": streams.run,
+        "workers": workers.run,
     }
     if args.runs is not None and args.runs < 1:
         raise UsageError("--runs must be at least 1")
