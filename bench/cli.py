@@ -12,7 +12,7 @@ from rnnserve.errors import UsageError
 
 SCENARIOS = (
     "compute", "transport", "one_session", "many_sessions", "memory", "multi_session",
-    "perf_analyzer", "security",
+    "perf_analyzer", "security", "streams", "workers",
 )  # fmt: skip
 
 
@@ -84,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
         report,
         security,
         sessions,
+        streams,
         transport,
+        workers,
     )
     from rnnserve.bench.options import Options
 
@@ -97,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         "multi_session": multi_session.run,
         "perf_analyzer": perf_analyzer.run,
         "security": security.run,
+        "streams": streams.run,
+        "workers": workers.run,
     }
     if args.runs is not None and args.runs < 1:
         raise UsageError("--runs must be at least 1")

@@ -95,6 +95,53 @@ def evaluate(results: list[ScenarioResult]) -> list[str]:
             0.95,
             at_most=False,
         ),
+        # Issue 18, read in scenario 9, where rnnserve and the echo floor run side by side.
+        _ratio_goal(
+            "Streams scenario: one-step ModelInfer at 64 sessions, steps/s over echo's "
+            "requests/s at 64",
+            _find(results, "streams", "rnnserve ModelInfer x64"),
+            _find(results, "streams", "echo ModelInfer x64"),
+            "rps",
+            0.8,
+            at_most=False,
+        ),
+        _ratio_goal(
+            "Streams scenario: one session's ModelInfer step p50 over echo's p50",
+            _find(results, "streams", "rnnserve one session ModelInfer (probe)"),
+            _find(results, "streams", "echo one session ModelInfer (probe)"),
+            "p50_ms",
+            1.25,
+            at_most=True,
+        ),
+        _ratio_goal(
+            "Streams scenario: a stream per session at 64 sessions, steps/s over the "
+            "streaming echo's messages/s at 64",
+            _find(results, "streams", "rnnserve ModelStreamInfer x64"),
+            _find(results, "streams", "echo ModelStreamInfer x64"),
+            "rps",
+            0.8,
+            at_most=False,
+        ),
+        _ratio_goal(
+            "Streams scenario: multi-session ModelInfer (64 rows, 16 clients), "
+            "session-steps/s over echo's requests/s at 16",
+            _find(results, "streams", "rnnserve ModelInfer x16, 64 rows each"),
+            _find(results, "streams", "echo ModelInfer x16"),
+            "session_steps_per_s",
+            20.0,
+            at_most=False,
+            floor_metric="rps",
+        ),
+        _ratio_goal(
+            "Streams scenario: multi-session on streams (64 rows, 16 streams), "
+            "session-steps/s over the streaming echo's messages/s at 16",
+            _find(results, "streams", "rnnserve ModelStreamInfer x16, 64 rows each"),
+            _find(results, "streams", "echo ModelStreamInfer x16"),
+            "session_steps_per_s",
+            20.0,
+            at_most=False,
+            floor_metric="rps",
+        ),
         _ratio_goal(
             "100,000 idle sessions, bytes per session over raw state bytes",
             idle,

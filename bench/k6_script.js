@@ -6,11 +6,14 @@
 // the sessions above are `rows` sessions each. With `offsets`, a session's steps carry
 // sequence_offset (each step is one time step). With `ca`, the connection speaks TLS,
 // trusting that CA; with `token`, every call sends it as a bearer token. A warm-up scenario
-// runs first; figures come from `measure` only.
+// runs first; figures come from `measure` only. With `stream`, each VU opens one
+// ModelStreamInfer stream for its session (or rows) and writes its next step when the
+// answer to the last came back; its one iteration lasts warm-up and measurement, and steps
+// answered inside the measurement window count (`stream_steps`, `stream_step_duration`).
 import grpc from 'k6/net/grpc';
 import encoding from 'k6/encoding';
 import exec from 'k6/execution';
-import { Counter } from 'k6/metrics';
+import { Counter, Trend } from 'k6/metrics';
 
 const config = JSON.parse(open(__ENV.BENCH_CONFIG));
 const client = new grpc.Client();
@@ -28,21 +31,36 @@ if (config.token) {
 const failed = new Counter('steps_failed');
 // Rows of multi-session requests whose session could not step (the request itself passed).
 const rowsFailed = new Counter('rows_failed');
+// Streams: k6 times no message of a stream, so steps are counted and timed here.
+const streamSteps = new Counter('stream_steps');
+const streamStepDuration = new Trend('stream_step_duration', true);
 
 const scenarios = {};
-if (config.warmup_s > 0) {
+if (config.warmup_s > 0 && !config.stream) {
   // gracefulStop 0 keeps warm-up and measurement from overlapping, so the same VUs
   // (connections, sessions) carry on into the measurement.
   scenarios.warmup = {
     executor: 'constant-vus', vus: config.vus, duration: `${config.warmup_s}s`, gracefulStop: '0s',
   };
 }
-scenarios.measure = config.iterations > 0
-  ? { executor: 'shared-iterations', vus: config.vus, iterations: config.iterations,
-      maxDuration: '2h', startTime: `${config.warmup_s}s` }
-  : { executor: 'constant-vus', vus: config.vus, duration: `${config.duration_s}s`,
-      startTime: `${config.warmup_s}s` };
-
+if (config.stream) {
+  // One iteration per VU: its stream runs through warm-up and measurement, windows of
+  // the scenario's clock (exec.scenario.startTime) tell them apart.
+  scenarios.measure = {
+    executor: 'per-vu-iterations', vus: config.vus, iterations: 1,
+    maxDuration: `${config.warmup_s + config.duration_s + 60}s`,
+  };
+} else if (config.iterations > 0) {
+  scenarios.measure = {
+    executor: 'shared-iterations', vus: config.vus, iterations: config.iterations,
+    maxDuration: '2h', startTime: `${config.warmup_s}s`,
+  };
+} else {
+  scenarios.measure = {
+    executor: 'constant-vus', vus: config.vus, duration: `${config.duration_s}s`,
+    startTime: `${config.warmup_s}s`,
+  };
+}
 export const options = {
   scenarios,
   summaryTrendStats: ['count', 'med', 'p(90)', 'p(99)', 'avg', 'max'],
@@ -51,6 +69,7 @@ export const options = {
     'grpc_req_duration{scenario:measure}': ['max>=0'],
     'steps_failed{scenario:measure}': ['count>=0'],
     'rows_failed{scenario:measure}': ['count>=0'],
+    'stream_steps': ['count>=0'],
   },
 };
 
@@ -119,10 +138,67 @@ function report(message) {
   }
 }
 
+// The rows a multi-session answer says could not step (0 for none).
+function failedRowsOf(message) {
+  const parameter = ((message && message.parameters) || {}).failed_rows || {};
+  return Number(parameter.int64Param || parameter.int64_param || 0);
+}
+
+// This VU's session (or rows) over one stream: a step is written when the last one's
+// answer came back; the stream ends once the measurement window closed.
+function streamSession() {
+  const begin = exec.scenario.startTime + 1000 * config.warmup_s;
+  const end = begin + 1000 * config.duration_s;
+  const stream = new grpc.Stream(client, config.method, { metadata: callParams.metadata });
+  let sentAt = 0;
+  let start = false;
+  const next = () => {
+    if (Date.now() >= end) {
+      stream.end();
+      return;
+    }
+    const [request, starts] = config.sessions ? sessionRequest() : [config.request, false];
+    start = starts;
+    sentAt = Date.now();
+    stream.write(request);
+  };
+  stream.on('data', (reply) => {
+    const answered = Date.now();
+    const counted = sentAt >= begin && answered <= end;
+    const error = reply.errorMessage || reply.error_message;
+    if (error) {
+      if (counted) failed.add(1);
+      report(`step failed: ${error}`);
+      started = false; // as a client would: begin the sequence again
+      continuing = null;
+    } else {
+      started = true;
+      offset = start ? 1 : offset + 1;
+      const rows = config.rows > 0 ? failedRowsOf(reply.inferResponse || reply.infer_response) : 0;
+      if (counted) {
+        streamSteps.add(1);
+        streamStepDuration.add(answered - sentAt);
+        if (rows > 0) rowsFailed.add(rows);
+      }
+      if (rows > 0) report(`${rows} rows failed`);
+    }
+    next();
+  });
+  stream.on('error', (error) => {
+    failed.add(1);
+    report(`stream failed: ${JSON.stringify(error)}`);
+  });
+  next();
+}
+
 export default function () {
   if (!connected) {
     client.connect(config.target, connectParams);
     connected = true;
+  }
+  if (config.stream) {
+    streamSession();
+    return;
   }
   const [request, start] = config.sessions ? sessionRequest() : [config.request, false];
   // The answer is turned back into JSON only when its rows must be checked (callParams):
@@ -140,8 +216,7 @@ export default function () {
   started = true;
   offset = start ? 1 : offset + 1;
   if (config.rows > 0) {
-    const parameter = (response.message.parameters || {}).failed_rows || {};
-    const rows = Number(parameter.int64Param || parameter.int64_param || 0);
+    const rows = failedRowsOf(response.message);
     if (rows > 0) {
       rowsFailed.add(rows);
       report(`${rows} rows failed`);

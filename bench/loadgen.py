@@ -23,6 +23,7 @@ from rnnserve.protocol.messages import PROTOSET
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).with_name("k6_script.js")
 MODEL_INFER = "inference.GRPCInferenceService/ModelInfer"
+MODEL_STREAM_INFER = "inference.GRPCInferenceService/ModelStreamInfer"
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Load:
     ca: str = ""  # TLS: the PEM file of the CA to trust (plaintext when empty)
     token: str = ""  # a bearer token sent with every call
     offsets: bool = False  # with sessions: each step carries its sequence_offset
+    stream: bool = False  # one ModelStreamInfer stream per VU, one step per message
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -59,7 +61,7 @@ def run(load: Load) -> dict[str, float]:
                 {
                     "protoset": str(PROTOSET),
                     "target": load.target,
-                    "method": load.method,
+                    "method": MODEL_STREAM_INFER if load.stream else load.method,
                     "request": load.request,
                     "vus": load.vus,
                     "duration_s": load.duration_s,
@@ -71,6 +73,7 @@ def run(load: Load) -> dict[str, float]:
                     "ca": load.ca,
                     "token": load.token,
                     "offsets": load.offsets,
+                    "stream": load.stream,
                 }
             )
         )
@@ -115,11 +118,16 @@ def _figures(
     def value(name: str, stat: str) -> float:
         return float(metrics.get(name, {}).get("values", {}).get(stat, 0.0))
 
-    latency = "grpc_req_duration{scenario:measure}"
     failed = value("steps_failed{scenario:measure}", "count")
     failed_rows = value("rows_failed{scenario:measure}", "count")
-    ok = value(latency, "count") - failed
-    all_requests = max(1.0, value("grpc_req_duration", "count"))
+    if load.stream:  # the script counts and times a stream's steps itself, in the window
+        latency = "stream_step_duration"
+        ok = value("stream_steps", "count")
+        all_requests = max(1.0, value("grpc_streams_msgs_received", "count"))
+    else:
+        latency = "grpc_req_duration{scenario:measure}"
+        ok = value(latency, "count") - failed
+        all_requests = max(1.0, value("grpc_req_duration", "count"))
     measured_s = load.duration_s if not load.iterations else max(1e-9, wall - load.warmup_s)
     figures = {
         "requests": ok + failed,

@@ -12,15 +12,15 @@ log but kept out of the metrics: orchestrators call them every few seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import TracebackType
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 
 from rnnserve.service import metrics
 from rnnserve.service.logs import ACCESS, FIELDS, REQUEST_ID
@@ -70,39 +70,30 @@ class Recorder:
         # The metrics' children by label values, looked up once: prometheus_client's
         # labels() costs a microsecond or two per call. The labels are bounded (above).
         self._in_flight: dict[tuple[str, str], Gauge] = {}
-        self._counted: dict[tuple[str, ...], tuple[Counter, Histogram | None]] = {}
+        self._counted: dict[tuple[str, ...], tuple[Counter, metrics.Observer | None]] = {}
 
-    @contextlib.contextmanager
     def call(
         self, rpc: str, model: str = "", version: str = "", request_id: str = "",
         *, counted: bool = True,
-    ) -> Iterator[Call]:  # fmt: skip
+    ) -> Recording:  # fmt: skip
         """Times one request and records it when it is answered (`counted` false: only in
         the access log). A cancelled request is recorded CANCELLED."""
         REQUEST_ID.set(request_id)
         call = Call(rpc, model, version, request_id, self._labels(model, version))
-        in_flight = self._in_flight_of(call.labels) if counted else None
-        if in_flight is not None:
-            in_flight.inc()
-        start = time.perf_counter()
-        try:
-            yield call
-        except asyncio.CancelledError:
-            call.code = "CANCELLED"
-            raise
-        finally:
-            seconds = time.perf_counter() - start
-            if in_flight is not None:
-                in_flight.dec()
-                self._count(call, seconds)
-            if ACCESS.isEnabledFor(logging.INFO):
-                self._log(call, seconds)
+        return Recording(self, call, self._in_flight_of(call.labels) if counted else None)
 
     def _in_flight_of(self, labels: tuple[str, str]) -> Gauge:
         gauge = self._in_flight.get(labels)
         if gauge is None:
             gauge = self._in_flight[labels] = metrics.REQUESTS_IN_FLIGHT.labels(*labels)
         return gauge
+
+    def record(self, call: Call, seconds: float, *, counted: bool) -> None:
+        """An answered request's metrics (when `counted`) and access line."""
+        if counted:
+            self._count(call, seconds)
+        if ACCESS.isEnabledFor(logging.INFO):
+            self._log(call, seconds)
 
     def _count(self, call: Call, seconds: float) -> None:
         key = (*call.labels, call.rpc, call.code)
@@ -112,7 +103,7 @@ class Recorder:
             timed = call.rpc in INFERENCE_RPCS
             children = self._counted[key] = (
                 metrics.REQUESTS.labels(*labels),
-                metrics.REQUEST_DURATION.labels(*labels) if timed else None,
+                metrics.Observer(metrics.REQUEST_DURATION.labels(*labels)) if timed else None,
             )
         requests, duration = children
         requests.inc()
@@ -133,6 +124,39 @@ class Recorder:
         }
         line = " ".join(f"{key}={_text(value)}" for key, value in fields.items())
         ACCESS.info(line, extra={FIELDS: fields})
+
+
+class Recording:
+    """One request's record, as a context manager (a class, not a generator: it is entered
+    on every request): the in-flight gauge while it runs, then its count, latency and access
+    line."""
+
+    __slots__ = ("_call", "_in_flight", "_recorder", "_start")
+
+    def __init__(self, recorder: Recorder, call: Call, in_flight: Gauge | None) -> None:
+        self._recorder = recorder
+        self._call = call
+        self._in_flight = in_flight
+
+    def __enter__(self) -> Call:
+        if self._in_flight is not None:
+            self._in_flight.inc()
+        self._start = time.perf_counter()
+        return self._call
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        seconds = time.perf_counter() - self._start
+        call = self._call
+        if isinstance(error, asyncio.CancelledError):
+            call.code = "CANCELLED"
+        if self._in_flight is not None:
+            self._in_flight.dec()
+        self._recorder.record(call, seconds, counted=self._in_flight is not None)
 
 
 def _text(value: object) -> str:

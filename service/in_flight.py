@@ -4,8 +4,6 @@ before it closes) and each model version's (an unloaded version finishes its own
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
 
 
 class InFlight:
@@ -16,16 +14,19 @@ class InFlight:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
+    def request(self) -> InFlight:
+        """One request in flight while in its `with` block (the counter is its own context
+        manager: entered on every request, it costs no generator)."""
+        return self
+
+    def __enter__(self) -> None:
         self.count += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
+
+    def __exit__(self, *_: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
 
     async def idle(self, grace_period_s: float) -> bool:
         """Waits until none is in flight, at most the grace period; whether none is."""

@@ -17,6 +17,8 @@ info and load time are one series per model however many workers loaded it.
 
 from __future__ import annotations
 
+import bisect
+
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -153,6 +155,26 @@ START_TIME = Gauge(
     "Unix time at which the newest server process (worker) started: it changes on a restart.",
     multiprocess_mode="max",
 )
+
+
+class Observer:
+    """A histogram's labelled child, observed on every request: the same sum and bucket
+    counts as its `observe`, found by bisection instead of prometheus_client's scan of the
+    buckets, and without its per-call checks (a few microseconds a request for the four
+    histograms a step feeds). It writes the child's own values (prometheus_client's `_sum`
+    and `_buckets`, per process or multiprocess files alike)."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self._bounds = child._upper_bounds  # ends with +Inf: every amount has a bucket
+        self._buckets = child._buckets
+        self._sum = child._sum
+
+    def observe(self, amount: float) -> None:
+        self._sum.inc(amount)
+        # The first bucket whose upper bound is >= amount (`le`), as observe() finds it.
+        self._buckets[bisect.bisect_left(self._bounds, amount)].inc(1)
 
 
 def serve(port: int, host: str, registry: CollectorRegistry = REGISTRY) -> None:

@@ -173,6 +173,10 @@ class Repository:
         self.root = Path(settings.model_repository)
         # name -> version -> what became of it
         self._models: dict[str, dict[str, Entry]] = {}
+        # name -> its newest loaded version, as get() found it: asked on every request
+        # that names no version; forgotten on every change.
+        self._newest: dict[str, LoadedVersion] = {}
+        self._session_versions: dict[str, tuple[str, ...]] = {}  # the same, for sessions
         self._policies: dict[str, VersionPolicy] = {}
 
     # The folders (blocking: call these off the event loop).
@@ -216,6 +220,8 @@ class Repository:
 
     def set(self, name: str, version: str, entry: Entry) -> None:
         self._models.setdefault(name, {})[version] = entry
+        self._newest.pop(name, None)
+        self._session_versions.pop(name, None)
 
     def set_policy(self, name: str, policy: VersionPolicy) -> None:
         self._policies[name] = policy
@@ -254,6 +260,9 @@ class Repository:
     def get(self, name: str, version: str = "") -> LoadedVersion:
         """A loaded version; "" selects the newest. NotFound or Unavailable otherwise."""
         if not version:
+            newest = self._newest.get(name)
+            if newest is not None:
+                return newest
             loaded = self.versions(name)
             if not loaded:
                 reasons = "; ".join(
@@ -261,7 +270,8 @@ class Repository:
                     for v, entry in sorted(self._get_model(name).items(), key=lambda i: int(i[0]))
                 )
                 raise Unavailable(f"model '{name}' has no version loaded ({reasons})")
-            version = loaded[-1]
+            newest = self._newest[name] = self.get(name, loaded[-1])
+            return newest  # a known name: get() raised NotFound for any other
         entry = self.entry(name, version)
         if not isinstance(entry, LoadedVersion):
             raise Unavailable(f"model '{name}' version {version} is unavailable: {entry.reason}")
@@ -292,14 +302,22 @@ class Repository:
             if isinstance(entry, Failed)
         ]
 
-    def session_versions(self, name: str) -> list[str]:
-        """Versions that may hold sessions: loaded or unloaded (not failed), newest first."""
-        entries = self._models.get(name, {})
-        return sorted(
-            (v for v, entry in entries.items() if not isinstance(entry, Failed)),
-            key=int,
-            reverse=True,
-        )
+    def session_versions(self, name: str) -> tuple[str, ...]:
+        """Versions that may hold sessions: loaded or unloaded (not failed), newest first
+        (asked by every continuing step that names no version)."""
+        versions = self._session_versions.get(name)
+        if versions is None:
+            entries = self._models.get(name, {})
+            versions = tuple(
+                sorted(
+                    (v for v, entry in entries.items() if not isinstance(entry, Failed)),
+                    key=int,
+                    reverse=True,
+                )
+            )
+            if name in self._models:  # unknown names are not remembered: clients choose them
+                self._session_versions[name] = versions
+        return versions
 
     def entries(self) -> list[RepositoryEntry]:
         return [

@@ -134,9 +134,9 @@ class ModelRuntime:
             for role, names in self._input_names.items()
         }
         self.statistics = Statistics(name, version)
-        self.queue_seconds = metrics.QUEUE_DURATION.labels(name, version)
-        self._compute_seconds = metrics.COMPUTE_DURATION.labels(name, version)
-        self._batch_size = metrics.BATCH_SIZE.labels(name, version)
+        self.queue_seconds = metrics.Observer(metrics.QUEUE_DURATION.labels(name, version))
+        self._compute_seconds = metrics.Observer(metrics.COMPUTE_DURATION.labels(name, version))
+        self._batch_size = metrics.Observer(metrics.BATCH_SIZE.labels(name, version))
 
     @property
     def provider(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,9 @@ DTYPES: dict[str, np.dtype] = {
     "BYTES": np.dtype(object),
 }
 DATATYPE_OF_DTYPE = {dtype: name for name, dtype in DTYPES.items() if name != "BYTES"}
+# The wire's (little-endian) dtype of each datatype but BYTES, made once: newbyteorder()
+# builds a new dtype on every call, and every tensor of every request needs one.
+WIRE_DTYPES = {name: dtype.newbyteorder("<") for name, dtype in DTYPES.items() if name != "BYTES"}
 
 # Which typed `contents` field carries each datatype; FP16 has none (raw only).
 CONTENTS_FIELD = {
@@ -70,6 +73,8 @@ class CodecError(ValueError):
 def parameters_from_proto(params: Mapping[str, Any], where: str) -> dict[str, Parameter]:
     """An `InferParameter` map as Python values."""
     values: dict[str, Parameter] = {}
+    if not params:  # most tensors carry none
+        return values
     for key, param in params.items():
         choice = param.WhichOneof("parameter_choice")
         if choice is None:
@@ -98,12 +103,13 @@ def parameters_to_proto(values: Mapping[str, Parameter], out: MutableMapping[str
 # Tensors ----------------------------------------------------------------------------
 
 
-def checked_shape(name: str, shape: list[int]) -> tuple[int, ...]:
-    if any(dim < 0 for dim in shape):
+def checked_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
+    dims = tuple(shape)  # ints already (int64 on the wire)
+    if dims and min(dims) < 0:
         raise CodecError(
             f"input '{name}': shape {list(shape)} has a negative dimension; expected sizes >= 0"
         )
-    return tuple(int(dim) for dim in shape)
+    return dims
 
 
 def checked_dtype(name: str, datatype: str) -> np.dtype:
@@ -153,7 +159,7 @@ def object_array(items: list[bytes], shape: tuple[int, ...]) -> np.ndarray:
 
 
 def array_from_raw(
-    name: str, datatype: str, shape: list[int], raw: bytes, field: str = "raw_input_contents"
+    name: str, datatype: str, shape: Sequence[int], raw: bytes, field: str = "raw_input_contents"
 ) -> np.ndarray:
     """The array raw little-endian bytes hold; `field` names where they came from."""
     dtype = checked_dtype(name, datatype)
@@ -167,10 +173,12 @@ def array_from_raw(
             f"input '{name}': {field} holds {len(raw)} bytes; "
             f"shape {list(dims)} of {datatype} needs {expected}"
         )
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(dims)
+    return np.frombuffer(raw, dtype=WIRE_DTYPES[datatype]).astype(dtype).reshape(dims)
 
 
-def array_from_contents(name: str, datatype: str, shape: list[int], contents: Any) -> np.ndarray:
+def array_from_contents(
+    name: str, datatype: str, shape: Sequence[int], contents: Any
+) -> np.ndarray:
     """The array an `InferTensorContents` holds, checked against datatype and shape."""
     dtype = checked_dtype(name, datatype)
     dims = checked_shape(name, shape)
@@ -224,5 +232,4 @@ def fill_contents(datatype: str, data: np.ndarray, contents: Any) -> None:
 def raw_of(datatype: str, data: np.ndarray) -> bytes:
     if datatype == "BYTES":
         return encode_bytes(np.asarray(data, dtype=object))
-    dtype = DTYPES[datatype].newbyteorder("<")
-    return np.ascontiguousarray(data, dtype=dtype).tobytes()
+    return np.ascontiguousarray(data, dtype=WIRE_DTYPES[datatype]).tobytes()

@@ -33,28 +33,30 @@ from rnnserve.service.types import (
 
 def request_from_proto(message: pb.ModelInferRequest, principal: str = ANONYMOUS) -> InferRequest:
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
+    items = message.inputs
+    if raw and len(raw) != len(items):
         raise InvalidArgument(
-            f"raw_input_contents has {len(raw)} entries; expected one per input "
-            f"({len(message.inputs)})"
+            f"raw_input_contents has {len(raw)} entries; expected one per input ({len(items)})"
         )
     inputs: list[Tensor] = []
+    names: set[str] = set()
     with decoding():
-        for index, item in enumerate(message.inputs):
-            if any(t.name == item.name for t in inputs):
-                raise InvalidArgument(f"input '{item.name}' appears more than once")
-            shape = list(item.shape)
+        for index, item in enumerate(items):
+            name = item.name
+            if name in names:
+                raise InvalidArgument(f"input '{name}' appears more than once")
+            names.add(name)
             if raw:
                 if item.HasField("contents"):
                     raise InvalidArgument(
-                        f"input '{item.name}': give its data in contents or in "
+                        f"input '{name}': give its data in contents or in "
                         "raw_input_contents, not both"
                     )
-                data = codec.array_from_raw(item.name, item.datatype, shape, raw[index])
+                data = codec.array_from_raw(name, item.datatype, item.shape, raw[index])
             else:
-                data = codec.array_from_contents(item.name, item.datatype, shape, item.contents)
-            parameters = codec.parameters_from_proto(item.parameters, f"input '{item.name}'")
-            inputs.append(Tensor(item.name, item.datatype, data.shape, data, parameters))
+                data = codec.array_from_contents(name, item.datatype, item.shape, item.contents)
+            parameters = codec.parameters_from_proto(item.parameters, f"input '{name}'")
+            inputs.append(Tensor(name, item.datatype, data.shape, data, parameters))
         parameters = codec.parameters_from_proto(message.parameters, "request")
     return InferRequest(
         model_name=message.model_name,
@@ -72,12 +74,18 @@ def sends_contents(message: pb.ModelInferRequest) -> bool:
     return bool(message.inputs) and not message.raw_input_contents
 
 
-def response_to_proto(response: InferResponse, typed: bool = False) -> pb.ModelInferResponse:
-    """The response message; outputs in typed `contents` when `typed` and every output's
-    datatype has a contents field (FP16 has none: then all go raw), raw otherwise."""
-    message = pb.ModelInferResponse(
-        model_name=response.model_name, model_version=response.model_version, id=response.id
-    )
+def response_to_proto(
+    response: InferResponse, typed: bool = False, message: pb.ModelInferResponse | None = None
+) -> pb.ModelInferResponse:
+    """The response message (written into `message` when given: a stream's reply holds
+    one, which is cheaper to fill than to copy); outputs in typed `contents` when `typed`
+    and every output's datatype has a contents field (FP16 has none: then all go raw), raw
+    otherwise."""
+    if message is None:
+        message = pb.ModelInferResponse()
+    message.model_name = response.model_name
+    message.model_version = response.model_version
+    message.id = response.id
     codec.parameters_to_proto(response.parameters, message.parameters)
     typed = typed and all(t.datatype in codec.CONTENTS_FIELD for t in response.outputs)
     for tensor in response.outputs:

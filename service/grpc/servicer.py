@@ -175,38 +175,33 @@ class InferenceServicer:
         stream_id = request_id_of("", headers)
         if stream_id:
             await context.send_initial_metadata(((REQUEST_ID_HEADER, stream_id),))
+        # Each request's replies are yielded from this loop itself, not from a generator
+        # per request: a stream's step is one hop shorter.
         async for request in request_iterator:
-            replies = self._stream_replies(request, request.id or stream_id, headers, context)
-            async for reply in replies:
-                yield reply
-
-    async def _stream_replies(
-        self, request: Any, request_id: str, headers: dict[str, str],
-        context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[Any]:  # fmt: skip
-        model = request.model_name
-        refusal: ServiceError | None = None
-        with self._recorder.call(
-            "ModelStreamInfer", model, request.model_version, request_id
-        ) as call:
-            try:
-                self._admit(call, headers, context)
-                infer_request = converter.request_from_proto(request, call.principal)
-                call.sequence_id = sequence_id_of(infer_request.parameters)
-                typed = converter.sends_contents(request)
-                async for response in self._dataplane.stream_infer(infer_request):
-                    message = converter.response_to_proto(response, typed)
-                    triton.mark_final(message, response.final)
-                    yield pb.ModelStreamInferResponse(infer_response=message)
-            except (Unauthenticated, PermissionDenied) as error:
-                call.code, refusal = error.code, error
-            except Exception as failure:
-                # Reported in the stream, which stays open for the next request.
-                error = client_error(failure, f"ModelStreamInfer for model {model!r}")
-                call.code = error.code
-                yield converter.stream_error_to_proto(request, error)
-        if refusal is not None:  # the stream's credentials: no later request would pass
-            await context.abort(grpc.StatusCode[refusal.code], refusal.message)
+            model = request.model_name
+            refusal: ServiceError | None = None
+            with self._recorder.call(
+                "ModelStreamInfer", model, request.model_version, request.id or stream_id
+            ) as call:
+                try:
+                    self._admit(call, headers, context)
+                    infer_request = converter.request_from_proto(request, call.principal)
+                    call.sequence_id = sequence_id_of(infer_request.parameters)
+                    typed = converter.sends_contents(request)
+                    async for response in self._dataplane.stream_infer(infer_request):
+                        reply = pb.ModelStreamInferResponse()
+                        message = converter.response_to_proto(response, typed, reply.infer_response)
+                        triton.mark_final(message, response.final)
+                        yield reply
+                except (Unauthenticated, PermissionDenied) as error:
+                    call.code, refusal = error.code, error
+                except Exception as failure:
+                    # Reported in the stream, which stays open for the next request.
+                    error = client_error(failure, f"ModelStreamInfer for model {model!r}")
+                    call.code = error.code
+                    yield converter.stream_error_to_proto(request, error)
+            if refusal is not None:  # the stream's credentials: no later request would pass
+                await context.abort(grpc.StatusCode[refusal.code], refusal.message)
 
     def _admit(
         self, call: Call, headers: dict[str, str], context: grpc.aio.ServicerContext

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from rnnserve.service import metrics
@@ -114,7 +114,7 @@ class SessionManager:
         raised instead, before `run`, and `run` is left out when the row is a replay.
         """
         admitted: list[SessionKey] = []
-        async with self._serialized([row.key for row in rows]):
+        async with self._turns.holding([row.key for row in rows], _order):
             try:
                 outcomes, stored = await self._judge(rows, state)
                 admitted = await self._admit(rows, outcomes, stored)
@@ -275,32 +275,6 @@ class SessionManager:
             metrics.SESSIONS_ENDED.labels(*labels).inc(ended)
         if active:
             metrics.SESSIONS_ACTIVE.labels(*labels).inc(active)
-
-    @contextlib.asynccontextmanager
-    async def _serialized(self, keys: list[SessionKey]) -> AsyncIterator[None]:
-        """Holds the turn of every session in `keys` (no key twice), in arrival order.
-
-        When another request holds one of the keys, the turns are taken in one global order
-        (sorted ids), so requests naming the same sessions in any order cannot deadlock;
-        when none is held, all are taken at once, without waiting.
-        """
-        if any(self._turns.held(key) for key in keys):
-            taken: list[SessionKey] = []
-            try:
-                for key in sorted(keys, key=_order):
-                    await self._turns.take(key)
-                    taken.append(key)
-            except BaseException:  # cancelled while waiting: give back what it took
-                for key in taken:
-                    self._turns.give(key)
-                raise
-        else:
-            self._turns.take_free(keys)
-        try:
-            yield
-        finally:
-            for key in keys:
-                self._turns.give(key)
 
     async def _sweep_forever(self) -> None:
         interval = min(1.0, self.store.idle_timeout_s / 4)

@@ -145,7 +145,7 @@ class MemoryStore:
         for slab, (slab_slots, slab_rows) in slots.items():
             for name, data in slab.data.items():
                 # (sessions, before, after) -> (before, sessions, after)
-                into[name][:, slab_rows] = data[_index(slab_slots)].swapaxes(0, 1)
+                into[name][:, _index(slab_rows)] = data[_index(slab_slots)].swapaxes(0, 1)
         return loaded
 
     def _load_ended(self, key: SessionKey, into: State, row: int, now: float) -> Loaded:
@@ -173,10 +173,11 @@ class MemoryStore:
     ) -> None:
         slab = self._slab(row_layout(state))
         slots = [self._slot(key, slab) for key in keys]
+        at, rows_at = _index(slots), _index(rows)
         for name, data in slab.data.items():
-            data[_index(slots)] = state[name][:, _index(rows)].swapaxes(0, 1)
-        slab.deadlines[_index(slots)] = time.monotonic() + self.idle_timeout_s
-        slab.offsets[_index(slots)] = [one.offset for one in progress]
+            data[at] = state[name][:, rows_at].swapaxes(0, 1)
+        slab.deadlines[at] = time.monotonic() + self.idle_timeout_s
+        slab.offsets[at] = [one.offset for one in progress]
         for slot, one in zip(slots, progress, strict=True):
             if one.last is None:
                 slab.last.pop(slot, None)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any
 
 
 class Turns:
@@ -48,3 +49,42 @@ class Turns:
                 turn.set_result(None)
                 return
         del self._waiting[key]
+
+    def holding(self, keys: Sequence[Hashable], order: Callable[[Any], Any]) -> Holding:
+        """The turn of every key in `keys` (no key twice), held in a `async with` block.
+
+        When another holder has one of the keys, the turns are taken one by one in one
+        global order (`order`, a sort key), so holders naming the same keys in any order
+        cannot deadlock; when none is held, all are taken at once, without waiting.
+        """
+        return Holding(self, keys, order)
+
+
+class Holding:
+    """`Turns.holding`'s block (a class, not an async generator: entered on every step)."""
+
+    __slots__ = ("_keys", "_order", "_turns")
+
+    def __init__(self, turns: Turns, keys: Sequence[Hashable], order: Callable[[Any], Any]):
+        self._turns = turns
+        self._keys = keys
+        self._order = order
+
+    async def __aenter__(self) -> None:
+        turns, keys = self._turns, self._keys
+        if not any(map(turns.held, keys)):
+            turns.take_free(keys)
+            return
+        taken: list[Hashable] = []
+        try:
+            for key in sorted(keys, key=self._order):
+                await turns.take(key)
+                taken.append(key)
+        except BaseException:  # cancelled while waiting: give back what it took
+            for key in taken:
+                turns.give(key)
+            raise
+
+    async def __aexit__(self, *_: object) -> None:
+        for key in self._keys:
+            self._turns.give(key)

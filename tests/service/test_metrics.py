@@ -129,3 +129,22 @@ def free_redis_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"redis://127.0.0.1:{port}/0"
+
+
+def test_an_observer_counts_as_the_histograms_own_observe() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from rnnserve.service.metrics import LATENCY_BUCKETS, Observer
+
+    amounts = [0.0, 2.5e-5, 3e-5, 1e-3, 0.0011, 10.0, 11.0, *LATENCY_BUCKETS]
+    pages = []
+    for observe in (lambda child: child.observe, lambda child: Observer(child).observe):
+        registry = CollectorRegistry()
+        histogram = Histogram("h", "h", ["model"], buckets=LATENCY_BUCKETS, registry=registry)
+        record = observe(histogram.labels("m"))
+        for amount in amounts:
+            record(amount)
+        pages.append(generate_latest(registry))
+
+    assert pages[0] == pages[1]
+    assert b'h_bucket{le="2.5e-05",model="m"} 3.0' in pages[0]  # `le`: bounds are inclusive

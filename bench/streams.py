@@ -1,0 +1,191 @@
+"""Scenario 9: streams, and the one-step goals, side by side with the echo floor.
+
+A stateful client naturally talks over one ModelStreamInfer stream per session, one step
+per message: k6 drives 1, 16 and 64 such streams against rnnserve and against the echo
+floor (bench/echo.py answers stream messages too), and multi-session requests (64 rows
+per message, 16 streams) the same way. Beside them, in the same run, the unary figures the
+goals read (one step per ModelInfer from 64 sessions, 64-row requests from 16 clients, one
+session's step latency from the probe), so that every goal is a ratio of two figures
+measured minutes apart on one machine. Both servers run side by side and each run
+measures every load on both in turn: a drift of the (shared) machine weighs on both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+from dataclasses import dataclass
+
+from rnnserve.bench import loadgen, probe, servers
+from rnnserve.bench.multi_session import CLIENTS, QUICK_CLIENTS, QUICK_ROWS, ROWS
+from rnnserve.bench.options import Options
+from rnnserve.bench.payloads import rows_request_json, step_request_json
+from rnnserve.bench.plots import line_plot
+from rnnserve.bench.report import Figure, Metrics, ScenarioResult, environment
+from rnnserve.bench.sessions import session_server
+from rnnserve.bench.transport import probe_steps
+
+SESSIONS, QUICK_SESSIONS = (1, 16, 64), (1, 4)
+Key = tuple[str, str, int, int, bool]  # server, rpc, sessions, rows, probe
+
+
+@dataclass(frozen=True)
+class Load:
+    """One load of the scenario, on one server."""
+
+    server: str  # "echo" or "rnnserve"
+    rpc: str  # "ModelInfer" or "ModelStreamInfer"
+    sessions: int  # connections (streams), one session each, or each stepping `rows`
+    rows: int = 0  # > 0: multi-session requests of this many rows
+    probe: bool = False  # one session's steps from the Python probe instead of k6
+
+    @property
+    def label(self) -> str:
+        if self.probe:
+            return f"{self.server} one session {self.rpc} (probe)"
+        rows = f", {self.rows} rows each" if self.rows else ""
+        return f"{self.server} {self.rpc} x{self.sessions}{rows}"
+
+
+def loads(quick: bool) -> list[Load]:
+    counts = QUICK_SESSIONS if quick else SESSIONS
+    rows, clients = (QUICK_ROWS, QUICK_CLIENTS) if quick else (ROWS, CLIENTS)
+    unary, stream = "ModelInfer", "ModelStreamInfer"
+    every: list[Load] = []
+    for server in ("echo", "rnnserve"):
+        every.append(Load(server, unary, 1, probe=True))
+        every += [Load(server, unary, counts[-1]), Load(server, unary, clients)]
+        every += [Load(server, stream, count) for count in counts]
+        if clients not in counts:
+            every.append(Load(server, stream, clients))
+        if server == "rnnserve":
+            every += [Load(server, unary, clients, rows), Load(server, stream, clients, rows)]
+    return list(dict.fromkeys(every))
+
+
+def _measure(options: Options, load: Load, server: servers.Running, first: int) -> Metrics:
+    if load.probe:
+        steps = probe_steps(options)
+        return probe.unary_steps(server.target, options.model_name, steps, steps // 10, first)
+    request = (
+        rows_request_json(options.model_name, load.rows)
+        if load.rows
+        else step_request_json(options.model_name)
+    )
+    return loadgen.run(
+        loadgen.Load(
+            server.target, request, load.sessions, duration_s=options.duration_s,
+            warmup_s=options.warmup_s, sessions=True, rows=load.rows, server_pid=server.pid,
+            sequence_base=first, stream=load.rpc == "ModelStreamInfer",
+        )
+    )  # fmt: skip
+
+
+def run(options: Options) -> ScenarioResult:
+    every = loads(options.quick)
+    runs: dict[Load, list[Metrics]] = {load: [] for load in every}
+    with contextlib.ExitStack() as stack:
+        running = {
+            "echo": stack.enter_context(servers.echo_server(options.workdir)),
+            "rnnserve": stack.enter_context(session_server(options)),
+        }
+        for run in range(options.runs):
+            for index, load in enumerate(every):
+                first = 1 + (run * len(every) + index) * 100_000  # fresh ids every time
+                runs[load].append(_measure(options, load, running[load.server], first))
+    figures = {
+        load: Figure(
+            load.label,
+            {"server": load.server, "rpc": load.rpc, "sessions": load.sessions, "rows": load.rows},
+            runs[load],
+        )
+        for load in every
+    }
+    line_plot(
+        options.out / "streams.png",
+        "Streams: one step per message, a stream per session",
+        "concurrent sessions (one stream each)",
+        "session-steps per second",
+        {
+            server: [
+                (load.sessions, figure.median["rps"])
+                for load, figure in figures.items()
+                if load.server == server and load.rpc == "ModelStreamInfer" and not load.rows
+            ]
+            for server in ("echo", "rnnserve")
+        },
+        logx=True,
+    )
+    return ScenarioResult(
+        name="streams",
+        title="9. Streams, and the one-step goals, against the echo floor in one run",
+        description=(
+            f"{options.model_name} in sessions on rnnserve (one worker, memory store), beside "
+            "the echo floor, both running throughout; each run measures every row on both in "
+            "turn. `ModelStreamInfer xN` rows: k6, N connections with one stream each, one "
+            "session per stream and one step per message, the next written when the last "
+            "was answered (k6 times stream messages to the millisecond only). `ModelInfer "
+            "xN` rows: one step per request, as in scenario 4. `rows` > 0: each message or "
+            "request steps that many sessions (control tensors), as in scenario 6; `rps` "
+            "counts messages or requests, `session_steps_per_s` the rows. `(probe)` rows: "
+            "one session, one step in flight, from the Python probe of scenario 3."
+        ),
+        figures=list(figures.values()),
+        notes=_ratios(figures, every),
+        environment=environment(options.runs),
+        command=options.command,
+    )
+
+
+def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
+    """The goals of issue 18 run by run: each ratio per run (its floor from the same run),
+    the median and the spread."""
+    find = {(load.server, load.rpc, load.sessions, load.rows, load.probe): load for load in every}
+    notes = []
+
+    def note(text: str, load: Key, floor: Key, metric: str, floor_metric: str) -> None:
+        if load not in find or floor not in find:
+            return
+        ours, base = figures[find[load]].runs, figures[find[floor]].runs
+        ratios = [a[metric] / b[floor_metric] for a, b in zip(ours, base, strict=True)]
+        spread = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+        notes.append(
+            f"{text}: median {statistics.median(ratios):.2f}× (runs: {spread}; "
+            f"spread {min(ratios):.2f}–{max(ratios):.2f})."
+        )
+
+    unary, stream = "ModelInfer", "ModelStreamInfer"
+    top = max(load.sessions for load in every if not load.rows and not load.probe)
+    clients = max(load.sessions for load in every if load.rows)
+    note(
+        f"One-step ModelInfer at {top} sessions, steps/s over echo's requests/s",
+        ("rnnserve", unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
+    )  # fmt: skip
+    note(
+        "One session's step p50 (probe) over echo's p50",
+        ("rnnserve", unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
+    )  # fmt: skip
+    note(
+        f"Streams at {top} sessions, steps/s over the streaming echo's messages/s",
+        ("rnnserve", stream, top, 0, False), ("echo", stream, top, 0, False), "rps", "rps",
+    )  # fmt: skip
+    for rpc in (unary, stream):
+        note(
+            f"Multi-session {rpc} from {clients} clients, session-steps/s over echo's "
+            f"{rpc} requests/s at {clients}",
+            ("rnnserve", rpc, clients, max(load.rows for load in every), False),
+            ("echo", rpc, clients, 0, False),
+            "session_steps_per_s",
+            "rps",
+        )
+    for load in every:
+        if load.server == "rnnserve" and not load.probe:
+            echo = find.get(("echo", load.rpc, load.sessions, 0, False))
+            cpu = figures[load].median.get("server_cpu_us_per_request", 0.0)
+            if echo is not None and not load.rows:
+                floor = figures[echo].median.get("server_cpu_us_per_request", 0.0)
+                notes.append(
+                    f"Server CPU per step, {load.rpc} x{load.sessions}: {cpu:.0f} µs, echo "
+                    f"{floor:.0f} µs: {cpu - floor:.0f} µs beyond the echo server's."
+                )
+    return notes
