@@ -37,6 +37,7 @@ VALUE_FLAGS = [
     ("max_sessions_per_principal", "most sequences one principal (client) may hold at once"),
     ("state_store", "where sequence state lives: memory, redis or owned"),
     ("redis_url", "redis URL for --state-store redis or owned"),
+    ("state_store_timeout_s", "seconds a call to Redis may take before it fails (UNAVAILABLE)"),
     ("batch_max_size", "most sequence steps batched into one ORT run"),
     ("batch_max_queue_delay_us", "longest a step waits for others to batch with"),
     ("log_format", "log lines as text or json"),

@@ -53,6 +53,13 @@ class Unavailable(ServiceError):
     code = "UNAVAILABLE"
 
 
+class Aborted(ServiceError):
+    """What the client relied on was lost to a server fault (a sequence's state): begin
+    again; retrying the same request cannot succeed."""
+
+    code = "ABORTED"
+
+
 class Unauthenticated(ServiceError):
     code = "UNAUTHENTICATED"
 

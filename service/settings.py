@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # process that steps it, handed over through Redis when another process needs it.
     state_store: Literal["memory", "redis", "owned"] = "memory"
     redis_url: str = "redis://localhost:6379/0"
+    # How long a call to Redis may take before it fails (UNAVAILABLE, retryable): a stopped
+    # or unreachable Redis must not hold requests.
+    state_store_timeout_s: float = Field(1.0, gt=0)
 
     # Batching steps of different sessions into one ORT run. Off by default: for small
     # models on the CPU, gathering and splitting states costs more than the runs it merges

@@ -37,6 +37,7 @@ from rnnserve.service.sessions import (
     split_control,
 )
 from rnnserve.service.sessions.control import CONTROL_INPUTS, CONTROL_OUTPUTS
+from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import (
     InferRequest,
@@ -89,6 +90,7 @@ class DataPlane:
         self._unknown_parameters = OncePerCause(log)
         self._models = ModelControl(settings, self.repository, self._compute, self._notify)
         self._watchers: list[Watcher] = []
+        store.reachability.watch(self._notify)  # readiness follows the store
 
     # Lifecycle hooks, called by the server in this order.
 
@@ -117,16 +119,23 @@ class DataPlane:
     def live(self) -> bool:
         return self._lifecycle.live()
 
+    @property
+    def store_reachability(self) -> Reachability:
+        return self._sessions.store.reachability
+
     def ready(self) -> bool:
-        """Serving, with a model loaded and, under strict readiness, no version failed."""
+        """Serving, with a model loaded, the state store reachable and, under strict
+        readiness, no version failed."""
         return (
             self._lifecycle.ready()
             and bool(self.repository.loaded())
+            and self.store_reachability.up
             and not (self.settings.strict_readiness and self.repository.failures())
         )
 
     def watch(self, watcher: Watcher) -> None:
-        """`watcher` is awaited after every change of what is loaded or ready."""
+        """`watcher` is awaited after every change of what is loaded or ready (the state
+        store's reachability too)."""
         self._watchers.append(watcher)
 
     async def _notify(self) -> None:
