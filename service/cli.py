@@ -32,6 +32,8 @@ VALUE_FLAGS = [
     ("max_batch_size", "largest batch accepted"),
     ("max_sequence_length", "longest sequence accepted"),
     ("max_message_bytes", "largest gRPC message accepted or sent"),
+    ("max_request_elements", "most elements one request may imply (inputs, outputs, RNN work)"),
+    ("max_inflight_bytes", "most bytes the requests in flight of a server process may take"),
     ("session_idle_timeout_s", "seconds before an idle sequence's state is dropped"),
     ("max_sessions", "most sequences holding state at once"),
     ("max_sessions_per_principal", "most sequences one principal (client) may hold at once"),

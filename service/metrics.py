@@ -107,6 +107,18 @@ BATCH_SIZE = Histogram(
     ["model", "version"],
     buckets=BATCH_BUCKETS,
 )
+REQUEST_BYTES_IN_FLIGHT = Gauge(
+    "rnnserve_request_bytes_in_flight",
+    "Memory the inference requests in flight may take (inputs, outputs and the recurrent "
+    "work they imply), as admission estimated it against max_inflight_bytes.",
+    multiprocess_mode="livesum",
+)
+REQUEST_BYTES_LIMIT = Gauge(
+    "rnnserve_request_bytes_limit",
+    "max_inflight_bytes: the most memory the inference requests in flight of one server "
+    "process may take; past it requests are refused RESOURCE_EXHAUSTED.",
+    multiprocess_mode="max",
+)
 SESSIONS_STARTED = Counter(
     "rnnserve_sessions_started", "Sessions started (or restarted).", ["model", "version"]
 )

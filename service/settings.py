@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(1024, ge=1)
     max_sequence_length: int = Field(100_000, ge=1)
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # The memory budget (service/dataplane/budget.py), sized for a 2 GB container: the
+    # elements one request implies (inputs, outputs, the recurrent kernels' working memory:
+    # rows x time steps x what a step holds), and the bytes of all requests in flight in
+    # one server process. Past either: RESOURCE_EXHAUSTED, before any work.
+    max_request_elements: int = Field(64 * 1024 * 1024, ge=1)
+    max_inflight_bytes: int = Field(1024 * 1024 * 1024, ge=1)
 
     # Sequences (stateful sessions).
     session_idle_timeout_s: float = Field(60.0, gt=0)

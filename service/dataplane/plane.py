@@ -9,12 +9,14 @@ request, each timed by one RequestTimer. Which versions are loaded is the model 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib import metadata
 from typing import Protocol
 
 from rnnserve.service.dataplane.admitted import Admitted
+from rnnserve.service.dataplane.budget import Budget
 from rnnserve.service.dataplane.compute import Compute
 from rnnserve.service.dataplane.lifecycle import Lifecycle
 from rnnserve.service.dataplane.models import ModelControl
@@ -84,6 +86,7 @@ class DataPlane:
         self._sessions = SessionManager(
             store, settings.max_sessions, settings.max_sessions_per_principal
         )
+        self._budget = Budget(settings.max_request_elements, settings.max_inflight_bytes)
         self._stateless = StatelessPath(self._compute)
         self._sequence = SequencePath(self._sessions, self._compute)
         self._rows = RowsPath(self._sessions, self._compute)
@@ -242,7 +245,7 @@ class DataPlane:
         with self._lifecycle.request():
             admitted, path = await self._admit(request)
             # No await since the version was chosen: an unload waits for this request.
-            with admitted.model.in_flight.request(), RequestTimer(admitted.model.runtime) as timer:
+            with self._running(admitted) as timer:
                 return await path.answer(admitted, timer)
 
     async def stream_infer(self, request: InferRequest) -> AsyncIterator[InferResponse]:
@@ -250,9 +253,21 @@ class DataPlane:
         seq2seq; the last carries `final`."""
         with self._lifecycle.request():
             admitted, path = await self._admit(request)
-            with admitted.model.in_flight.request(), RequestTimer(admitted.model.runtime) as timer:
+            with self._running(admitted) as timer:
                 async for response in path.stream(admitted, timer):
                     yield response
+
+    @contextlib.contextmanager
+    def _running(self, admitted: Admitted) -> Iterator[RequestTimer]:
+        """An admitted request while it runs: its memory held in the budget (refused
+        before any work when it may not be), counted in flight by its version, timed."""
+        footprint = admitted.model.task.footprint(admitted.request)
+        with (
+            self._budget.hold(footprint, admitted.model.name),
+            admitted.model.in_flight.request(),
+            RequestTimer(admitted.model.runtime) as timer,
+        ):
+            yield timer
 
     async def _admit(self, request: InferRequest) -> tuple[Admitted, Path]:
         """The model version a request may run on, its sequence or session rows, the
