@@ -24,6 +24,8 @@ VALUE_FLAGS = [
     ("metrics_port", "Prometheus /metrics port (0 disables it)"),
     ("metrics_host", "address /metrics listens on (default: --host), e.g. a private one"),
     ("workers", "server processes sharing the port"),
+    ("worker_restart_limit", "worker deaths within --worker-restart-window-s that stop the server"),
+    ("worker_restart_window_s", "seconds over which worker deaths are counted"),
     ("grace_period_s", "seconds to finish requests in flight after SIGTERM"),
     ("intra_op_threads", "ONNX Runtime intra-op threads (0: ORT chooses)"),
     ("inter_op_threads", "ONNX Runtime inter-op threads (0: ORT chooses)"),

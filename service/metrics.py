@@ -36,7 +36,7 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from rnnserve.errors import UsageError
 
@@ -183,6 +183,7 @@ START_TIME = Gauge(
 # Series read when scraped.
 
 SESSIONS_ACTIVE = "rnnserve_sessions_active"
+WORKER_RESTARTS = "rnnserve_worker_restarts"
 
 # (model, version) -> sessions holding state, as a state store counts them.
 SessionCounts = Mapping[tuple[str, str], int]
@@ -217,6 +218,28 @@ class SessionsActive:
             "Sessions holding state, counted by the state store when scraped (with the redis "
             "and owned stores: in the Redis every server process shares).",
             labels=["model", "version"],
+        )
+
+
+class WorkerRestarts:
+    """`rnnserve_worker_restarts_total`: workers the supervisor started again after they
+    died (`restarts`, read at each scrape)."""
+
+    def __init__(self, restarts: Callable[[], int]) -> None:
+        self._restarts = restarts
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family(None)
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._family(self._restarts())
+
+    @staticmethod
+    def _family(value: int | None) -> CounterMetricFamily:
+        return CounterMetricFamily(
+            WORKER_RESTARTS,
+            "Workers (--workers) the supervisor started again after one died on its own.",
+            value=value,
         )
 
 

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     metrics_port: int = 8002  # 0 disables the /metrics endpoint
     metrics_host: str = ""  # where /metrics listens ("": on `host`), e.g. a private address
     workers: int = Field(1, ge=1, description="server processes sharing the port")
+    # A worker that dies is started again while the others serve (at once, then after 1, 2,
+    # 4... up to 10 s while deaths follow each other); the server stops (exit 1) once
+    # `worker_restart_limit` workers died within `worker_restart_window_s`.
+    worker_restart_limit: int = Field(5, ge=1)
+    worker_restart_window_s: float = Field(60.0, gt=0)
     grace_period_s: float = Field(30.0, ge=0, description="SIGTERM: time to finish in flight")
 
     # Model control, as Triton's: none (the repository as it was at start), poll (version
