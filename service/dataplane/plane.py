@@ -9,6 +9,7 @@ request, each timed by one RequestTimer. Which versions are loaded is the model 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -108,6 +109,13 @@ class DataPlane:
     def drain(self) -> None:
         """Refuses new requests from now on; those in flight go on."""
         self._lifecycle.drain()
+
+    @property
+    def draining(self) -> asyncio.Event:
+        """Set once the data plane refuses new requests: front ends end their idle streams
+        (UNAVAILABLE, to retry elsewhere) rather than wait for a request that would be
+        refused."""
+        return self._lifecycle.draining
 
     async def close(self) -> None:
         """Drains, waits for the requests in flight (at most the grace period), then stops
