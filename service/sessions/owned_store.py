@@ -271,7 +271,10 @@ class OwnedStore:
 
     # What the session manager calls.
 
-    @guarded("load")
+    # load, save and contains reach Redis only for sessions this process does not hold (and
+    # new ones): what reaches it is guarded below, so that a step of a session held here,
+    # served without Redis, does not count as Redis answering.
+
     async def load(
         self, keys: Sequence[SessionKey], into: State, rows: Sequence[int]
     ) -> list[Loaded]:
@@ -284,12 +287,11 @@ class OwnedStore:
             elif found is not None:
                 loaded[index] = found
         if any(one is None for one in loaded):
-            await self._generation.check()
+            await self._check_generation()
             lost = self._generation.lost(self._tombstone_ms / 1000)
             loaded = [lost if one is None else one for one in loaded]
         return loaded
 
-    @guarded("save")
     async def save(
         self,
         keys: Sequence[SessionKey],
@@ -303,7 +305,6 @@ class OwnedStore:
         await self._local.save(keys, state, rows, progress)
         self._touched.update(keys)
 
-    @guarded("contains")
     async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
         elsewhere = await self._acquire(keys)
         found = await self._local.contains(keys)
@@ -314,9 +315,9 @@ class OwnedStore:
 
     @guarded("delete")
     async def delete(self, keys: Sequence[SessionKey]) -> list[bool]:
-        deleted = await self._local.delete(keys)
-        if keys:
+        if keys:  # Redis first: should it fail, the sessions are as they were
             await self._forget_all(keys)
+        deleted = await self._local.delete(keys)
         self._touched.difference_update(keys)
         return deleted
 
@@ -328,13 +329,13 @@ class OwnedStore:
         rows: Sequence[int],
         progress: Sequence[Progress],
     ) -> None:
-        await self._local.delete(keys)
-        if keys:
+        if keys:  # Redis first: should it fail, a retry of the final step finds the state
             async with self._client.pipeline(transaction=False) as pipe:
                 prefix, keep_s = self._keys.ended, self.idle_timeout_s
                 write_records(pipe, prefix, keys, state, rows, progress, keep_s, ended=True)
                 await self._forget_all(keys, client=pipe)
                 await pipe.execute()
+        await self._local.delete(keys)
         self._touched.difference_update(keys)
 
     @guarded("count")
@@ -352,8 +353,7 @@ class OwnedStore:
     async def expire(self) -> list[SessionKey]:
         """Drops my idle sessions, keeps my ownership records alive and reaps the workers
         that died (the sweeper calls this every second or more often)."""
-        if await self._generation.check():  # Redis lost its data; my states are intact
-            await self._claim(self._local.sessions(), again=True)
+        await self._check_generation()
         expired_keys = await self._local.expire()
         self._touched.difference_update(expired_keys)
         touched, self._touched = self._touched, set()
@@ -411,7 +411,21 @@ class OwnedStore:
             pipe.set(self._keys.liveness + self.worker, 1, px=round(LIVENESS_S * 1000))
             pipe.sadd(self._keys.workers, self.worker)
             await pipe.execute()
-        await self._generation.check()
+        await self._check_generation()
+
+    @guarded("generation")
+    async def _check_generation(self) -> None:
+        """Whichever call notices first that Redis lost its data claims the sessions this
+        process holds again (their states are intact here): a later sweep would otherwise
+        find their ownership records gone and drop them. A claim that fails is tried again
+        by the next check."""
+        seen = self._generation.token
+        if await self._generation.check():
+            try:
+                await self._claim(self._local.sessions(), again=True)
+            except BaseException:
+                self._generation.token = seen
+                raise
 
     async def close(self) -> None:
         """Stops handing over and writes every state to Redis for whoever comes next."""
@@ -489,6 +503,7 @@ class OwnedStore:
                 held.setdefault(value.decode(), []).append(key)
         return held
 
+    @guarded("take")
     async def _take_all(self, keys: Sequence[SessionKey]) -> list[list[bytes]]:
         lost, keep_ms = encode_gone(LOST), self._tombstone_ms
         async with self._client.pipeline(transaction=False) as pipe:
@@ -506,6 +521,7 @@ class OwnedStore:
                 )  # fmt: skip
             return await pipe.execute()
 
+    @guarded("hand_over")
     async def _ask(self, owner: str, keys: list[SessionKey]) -> None:
         """Asks the owner to hand `keys` over and waits for its answer (or the timeout)."""
         log.debug("asking worker %s to hand over %d sessions", owner, len(keys))
@@ -592,6 +608,7 @@ class OwnedStore:
 
     # Ownership records.
 
+    @guarded("claim")
     async def _claim(self, keys: list[SessionKey], again: bool = False) -> None:
         """Records me as the owner of `keys` (new sessions; `again`: mine, after Redis lost
         its data, unless another worker has claimed one since)."""

@@ -154,12 +154,15 @@ def where(url: str) -> str:
 
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
-    """A client whose every call answers or fails within `timeout_s`, never retried."""
+    """A client whose every call answers or fails within `timeout_s`. A call that met a
+    closed connection is tried once more, at once, on a new one: after Redis restarts, each
+    pooled connection fails once that way. A timeout is not retried (a stopped Redis must
+    not hold a request twice as long)."""
     return aioredis.Redis.from_url(
         url,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
-        retry=AsyncRetry(NoBackoff(), 0),
+        retry=AsyncRetry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
     )
 
 
@@ -250,7 +253,7 @@ class Generation:
         self._client = client
         self._key = f"{namespace}:generation"
         self._where = where
-        self._token: bytes | None = None
+        self.token: bytes | None = None  # the one seen last
         self._lost_at: float | None = None  # time.time() of the loss last noticed
 
     async def check(self) -> bool:
@@ -259,7 +262,7 @@ class Generation:
             pipe.set(self._key, uuid.uuid4().hex, nx=True)
             pipe.get(self._key)
             _, token = await pipe.execute()
-        seen, self._token = self._token, token
+        seen, self.token = self.token, token
         if seen is None or token == seen:
             return False
         self._lost_at = time.time()
