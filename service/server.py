@@ -32,6 +32,7 @@ from rnnserve.service import metrics
 from rnnserve.service.auth import Authenticator
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.grpc.frontend import GrpcFrontend
+from rnnserve.service.memory import return_large_buffers
 from rnnserve.service.rest.frontend import RestFrontend
 from rnnserve.service.sessions import open_store
 from rnnserve.service.settings import Settings
@@ -75,6 +76,7 @@ async def serve(
     supervisor serves every worker's metrics.
     """
     started = time.perf_counter()
+    return_large_buffers()  # resident memory comes back after a large request
     metrics.START_TIME.set(time.time())
     tls, authenticator = load_tls(settings), Authenticator.from_settings(settings)
     store = open_store(settings, worker)
