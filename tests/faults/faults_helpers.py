@@ -16,7 +16,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,16 +178,6 @@ def eventually(check, what: str, timeout_s: float = 60) -> None:  # type: ignore
     while not check():
         assert time.monotonic() < deadline, f"never: {what}"
         time.sleep(0.02)
-
-
-def code_counts(log: str) -> Counter[str]:
-    """Lines of a server log by kind, for what a fault may and may not leave there."""
-    return Counter(
-        kind
-        for line in log.splitlines()
-        for kind in ("Traceback", "unreachable", "answers again")
-        if kind in line
-    )
 
 
 class RedisServer:
