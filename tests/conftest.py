@@ -20,7 +20,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from processes import free_port
 from security_helpers import credentials, write_tokens
 
 from rnnserve.bench.pki import Authority, Issued
@@ -91,12 +91,6 @@ def user_exports(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from user_exports import export_all
 
     return export_all(tmp_path_factory.mktemp("user-exports"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # Servers.

@@ -9,11 +9,14 @@ and its status code, and is admitted there by the Authenticator (service/auth.py
 principal from the `authorization` metadata or the client certificate, the role the RPC
 needs); a stream's credentials are the whole stream's, so a refusal ends it. A request's id
 (its `id` field, else the `x-request-id` metadata) is echoed in the `x-request-id` initial
-metadata.
+metadata. Once the server drains (SIGTERM), a stream waiting for its next request ends at
+once, UNAVAILABLE ("shutting down; retry on another instance"), and one answering a request
+ends so once it has answered it: an idle stream never holds a shutdown.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -40,6 +43,7 @@ from rnnserve.service.grpc import converter, triton
 
 T = TypeVar("T")
 CERTIFICATE_NAME = "x509_common_name"  # grpc's auth context property of the subject CN
+SHUTTING_DOWN = "the server is shutting down; retry on another instance"
 
 
 def _headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -175,10 +179,17 @@ class InferenceServicer:
         stream_id = request_id_of("", headers)
         if stream_id:
             await context.send_initial_metadata(((REQUEST_ID_HEADER, stream_id),))
-        async for request in request_iterator:
-            replies = self._stream_replies(request, request.id or stream_id, headers, context)
-            async for reply in replies:
-                yield reply
+        draining = asyncio.ensure_future(self._dataplane.draining.wait())
+        try:
+            requests = aiter(request_iterator)
+            while (request := await _next_unless(requests, draining)) is not None:
+                replies = self._stream_replies(request, request.id or stream_id, headers, context)
+                async for reply in replies:
+                    yield reply
+        finally:
+            draining.cancel()
+        if self._dataplane.draining.is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
     async def _stream_replies(
         self, request: Any, request_id: str, headers: dict[str, str],
@@ -214,6 +225,18 @@ class InferenceServicer:
         self._authenticator.admit(
             call, headers.get(AUTHORIZATION), lambda: _certificate_name(context)
         )
+
+
+async def _next_unless(requests: AsyncIterator[Any], stop: asyncio.Future[Any]) -> Any:
+    """The stream's next request; None at its end, or once `stop` is done."""
+    if stop.done():
+        return None
+    reading = asyncio.ensure_future(anext(requests, None))
+    await asyncio.wait((reading, stop), return_when=asyncio.FIRST_COMPLETED)
+    if reading.done():
+        return reading.result()
+    reading.cancel()
+    return None
 
 
 def _certificate_name(context: grpc.aio.ServicerContext) -> str | None:

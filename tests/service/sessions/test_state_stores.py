@@ -33,12 +33,12 @@ async def save_one(store: StateStore, key: SessionKey, state: State) -> None:
 
 async def load_one(store: StateStore, key: SessionKey, like: State) -> State | None:
     """The key's state loaded into a one-row batch shaped like `like`; None when there is
-    none; its error raised when it cannot serve."""
+    none (a tombstone is none); its error raised when it cannot serve."""
     into = zeros_like(like)
     [loaded] = await store.load([key], into, [0])
     if isinstance(loaded, FailedPrecondition):
         raise loaded
-    return into if loaded is not None else None
+    return into if isinstance(loaded, Progress) else None
 
 
 def assert_same_state(found: State | None, expected: State) -> None:
