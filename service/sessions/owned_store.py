@@ -19,6 +19,9 @@ step) and records in Redis only who owns it:
 - The session index (sorted sets by deadline and by name, as in the redis store) counts
   the sessions for the limits; each owner refreshes its sessions' deadlines, and checks that
   it still owns them, once per sweep rather than once per step.
+- Every key of a session, its index entries and the liveness record its owner is checked
+  by lie in the session's bucket (redis_client.py: one hash slot in a cluster), so that
+  each script touches one slot; a worker's liveness record is kept in every bucket.
 - A session's progress (its step count, and its last step when kept for a retry) travels
   with its state. A session that ends with a step that carried `sequence_offset` leaves a
   record of it in Redis (`ended:<session>`, as the redis store does), written with the
@@ -34,11 +37,12 @@ import time
 import uuid
 from collections.abc import Sequence
 
-import redis.asyncio as redis
+from redis.exceptions import RedisError
 
 from rnnserve.service import metrics
 from rnnserve.service.errors import FailedPrecondition, Unavailable
 from rnnserve.service.sessions.memory_store import MemoryStore
+from rnnserve.service.sessions.redis_client import Command, RedisClient, Script
 from rnnserve.service.sessions.redis_store import (
     SessionIndex,
     decode_record,
@@ -59,58 +63,74 @@ HANDOVER_TIMEOUT_S = 5.0  # how long a worker waits for an owner to hand a sessi
 ATTEMPTS = 3  # tries to take a session, with a hand-over request between two tries
 INBOX_POLL_S = 0.5  # the inbox listener's longest wait in Redis (and at a stop)
 FLUSH_CHUNK = 1000  # sessions per pipeline when a clean stop writes the states out
+KINDS = ("owner", "state", "ended")  # a session's keys, besides its index entries
 
-# KEYS: owner, state, index, names, ended. ARGV: me, the worker-key prefix, the session's
-# index member. Returns {'held', owner} while a live worker owns the session, {'taken',
-# state} when the state was in Redis (now owned by me), {'ended', record} when there is no
-# such session but a record of its recent end, {} when there is neither.
-_TAKE = """
+# Every script touches the keys of one bucket (redis_client.py): one hash slot in a
+# cluster. ARGV[2] is always the bucket's key prefix.
+
+# KEYS: owner, state, index, names, ended. ARGV: me, prefix, the session's index member.
+# Returns {'held', owner} while a live worker owns the session, {'taken', state} when the
+# state waits in Redis (now owned by me), {'ended', record} when there is no such session
+# but a record of its recent end, {} when there is neither. The state stays until my next
+# refresh, so that a take repeated (its reply lost in a failover) gets it again; a copy whose
+# owner died is stale (that owner stepped it further) and is dropped with the session.
+_TAKE = Script("""
 local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
+if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. 'worker:' .. owner) == 1 then
   return {'held', owner}
 end
 local state = redis.call('GET', KEYS[2])
-if not state then
-  if owner then  -- its owner died (or dropped it): the session is gone
-    redis.call('DEL', KEYS[1])
-    redis.call('ZREM', KEYS[3], ARGV[3])
-    redis.call('ZREM', KEYS[4], ARGV[3])
-  end
-  local ended = redis.call('GET', KEYS[5])
-  if ended then return {'ended', ended} end
-  return {}
+if state and (not owner or owner == ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return {'taken', state}
 end
-redis.call('DEL', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1])
-return {'taken', state}
-"""
+if owner then  -- its owner died (or dropped it): the session is gone
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('ZREM', KEYS[4], ARGV[3])
+end
+local ended = redis.call('GET', KEYS[5])
+if ended then return {'ended', ended} end
+return {}
+""")
 # KEYS: owner, state. ARGV: me, state, ttl in ms. Leaves the state for the next owner.
-_RELEASE = """
+_RELEASE = Script("""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[1])
 return 1
-"""
-# KEYS: index, names. ARGV: me, the owner-key prefix, members. Ends sessions I own.
-_FORGET = """
+""")
+# KEYS: index, names. ARGV: me, prefix, deadline, members. Takes the sessions (new ones, or
+# ids started again: a state left by an earlier run of the id goes).
+_CLAIM = Script("""
+for i = 4, #ARGV do
+  redis.call('SET', ARGV[2] .. 'owner:' .. ARGV[i], ARGV[1])
+  redis.call('DEL', ARGV[2] .. 'state:' .. ARGV[i])
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
+  redis.call('ZADD', KEYS[2], 0, ARGV[i])
+end
+""")
+# KEYS: index, names. ARGV: me, prefix, members. Ends sessions I own.
+_FORGET = Script("""
 for i = 3, #ARGV do
-  if redis.call('GET', ARGV[2] .. ARGV[i]) == ARGV[1] then
-    redis.call('DEL', ARGV[2] .. ARGV[i])
+  if redis.call('GET', ARGV[2] .. 'owner:' .. ARGV[i]) == ARGV[1] then
+    redis.call('DEL', ARGV[2] .. 'owner:' .. ARGV[i], ARGV[2] .. 'state:' .. ARGV[i])
     redis.call('ZREM', KEYS[1], ARGV[i])
     redis.call('ZREM', KEYS[2], ARGV[i])
   end
 end
-"""
-# KEYS: index, names, my liveness key. ARGV: me, the owner-key prefix, deadline, liveness
-# ms, cutoff, members. Keeps me alive, moves the deadlines of the members I own, drops
-# index entries past the cutoff (sessions of workers that died) and returns the members I
-# lost.
-_REFRESH = """
+""")
+# KEYS: index, names, my liveness key. ARGV: me, prefix, deadline, liveness ms, cutoff,
+# members. Keeps me alive, moves the deadlines of the members I own (and drops the copies of
+# their states left by my takes), drops index entries past the cutoff (sessions of workers
+# that died) and returns the members I lost.
+_REFRESH = Script("""
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
 local lost = {}
 for i = 6, #ARGV do
-  if redis.call('GET', ARGV[2] .. ARGV[i]) == ARGV[1] then
+  if redis.call('GET', ARGV[2] .. 'owner:' .. ARGV[i]) == ARGV[1] then
     redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
+    redis.call('DEL', ARGV[2] .. 'state:' .. ARGV[i])
   else
     table.insert(lost, ARGV[i])
   end
@@ -120,7 +140,7 @@ for _, stale in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[5])) do
   redis.call('ZREM', KEYS[2], stale)
 end
 return lost
-"""
+""")
 
 
 class OwnedStore:
@@ -130,21 +150,18 @@ class OwnedStore:
         idle_timeout_s: float = 60.0,
         namespace: str = "rnnserve",
         handover_timeout_s: float = HANDOVER_TIMEOUT_S,
+        durability: str = "none",
+        durability_timeout_s: float = 1.0,
     ) -> None:
         self.handover_timeout_s = handover_timeout_s
         self.worker = uuid.uuid4().hex
         self._local = MemoryStore(idle_timeout_s)
         # Longer than any wait we ask of Redis (inbox polls, hand-over replies).
         socket_timeout = max(10.0, 2 * handover_timeout_s)
-        self._client = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout, socket_connect_timeout=5
-        )
-        self._prefix = f"{namespace}:"
-        self._index = SessionIndex(self._client, namespace)
-        self._take = self._client.register_script(_TAKE)
-        self._release = self._client.register_script(_RELEASE)
-        self._forget = self._client.register_script(_FORGET)
-        self._refresh = self._client.register_script(_REFRESH)
+        self._redis = RedisClient(url, namespace, socket_timeout, durability, durability_timeout_s)
+        self._space = self._redis.keys
+        self._namespace = namespace
+        self._index = SessionIndex(self._redis)
         self._touched: set[SessionKey] = set()  # saved since the last refresh
         self._turns = Turns()  # the session manager's, once started
         self._listener: asyncio.Task[None] | None = None
@@ -197,8 +214,7 @@ class OwnedStore:
 
     async def delete(self, keys: Sequence[SessionKey]) -> list[bool]:
         deleted = await self._local.delete(keys)
-        if keys:
-            await self._forget_all(keys)
+        await self._redis.run(self._forgetting(keys), durable=True)
         self._touched.difference_update(keys)
         return deleted
 
@@ -211,11 +227,9 @@ class OwnedStore:
     ) -> None:
         await self._local.delete(keys)
         if keys:
-            async with self._client.pipeline(transaction=False) as pipe:
-                prefix, keep_s = self._ended_prefix, self.idle_timeout_s
-                write_records(pipe, prefix, keys, state, rows, progress, keep_s)
-                await self._forget_all(keys, client=pipe)
-                await pipe.execute()
+            keep_s = self.idle_timeout_s
+            records = write_records(self._space, "ended", keys, state, rows, progress, keep_s)
+            await self._redis.run([*records, *self._forgetting(keys)], durable=True)
         self._touched.difference_update(keys)
 
     async def count(self, principal: str | None = None) -> int:
@@ -228,28 +242,23 @@ class OwnedStore:
         self._touched.difference_update(expired)
         touched, self._touched = self._touched, set()
         now = time.time()
-        async with self._client.pipeline(transaction=False) as pipe:
-            if expired:
-                await self._forget_all(expired, client=pipe)
-            await self._refresh(
-                keys=[
-                    self._index.by_deadline, self._index.by_name, self._liveness_key(self.worker)
-                ],
-                args=[
-                    self.worker, self._owner_prefix, now + self.idle_timeout_s,
-                    round(LIVENESS_S * 1000), now - LIVENESS_S,
-                    *(member(key) for key in touched),
-                ],
-                client=pipe,
-            )  # fmt: skip
-            *_, lost = await pipe.execute()
+        names = [member(key) for key in touched]
+        groups = self._space.by_bucket(names)
+        refreshes = [
+            self._refreshing(bucket, [names[i] for i in groups.get(bucket, [])], now)
+            for bucket in range(self._space.buckets)
+        ]
+        forgetting = self._forgetting(expired)
+        replies = await self._redis.run([*forgetting, *refreshes])
+        lost = [name for names in replies[len(forgetting) :] for name in names]
         if lost:  # another worker started these ids over: my states are stale
             await self._local.delete([session_of(name) for name in lost])
         return expired
 
     async def start(self, turns: Turns) -> None:
         self._turns = turns
-        await self._client.set(self._liveness_key(self.worker), 1, px=round(LIVENESS_S * 1000))
+        await self._redis.check()
+        await self._redis.run(self._liveness(alive=True))
         self._listener = asyncio.create_task(self._serve_inbox())
 
     async def close(self) -> None:
@@ -257,15 +266,16 @@ class OwnedStore:
         # The listener stops at its next poll, and hand-overs under way finish: redis-py
         # can swallow a cancellation that lands inside a command (redis/redis-py#2028).
         self._closing = True
-        if self._listener is not None:
+        if self._listener is not None:  # started: hand everything over
             await self._listener
-        await asyncio.gather(*self._handovers)
-        try:
-            await self._flush()
-            await self._client.delete(self._liveness_key(self.worker))
-        except redis.RedisError:
-            log.exception("writing %d session states to Redis failed", len(self._local.sessions()))
-        await self._client.aclose()
+            await asyncio.gather(*self._handovers)
+            try:
+                await self._flush()
+                await self._redis.run(self._liveness(alive=False))
+            except RedisError:
+                held = len(self._local.sessions())
+                log.exception("writing %d session states to Redis failed", held)
+        await self._redis.close()
         await self._local.close()
 
     # Taking sessions from other workers.
@@ -308,6 +318,7 @@ class OwnedStore:
                 except FailedPrecondition as error:
                     found[key] = error
                 else:
+                    self._touched.add(key)  # the next refresh drops the copy in Redis
                     log.debug("took over %s (its state was handed over in Redis)", key.describe())
             elif kind == b"ended":
                 found[key] = value
@@ -316,36 +327,34 @@ class OwnedStore:
         return held
 
     async def _take_all(self, keys: Sequence[SessionKey]) -> list[list[bytes]]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                name = member(key)
-                await self._take(
-                    keys=[
-                        self._owner_prefix + name, self._state_prefix + name,
-                        self._index.by_deadline, self._index.by_name, self._ended_prefix + name,
-                    ],
-                    args=[self.worker, self._liveness_prefix, name],
-                    client=pipe,
-                )  # fmt: skip
-            return await pipe.execute()
+        commands = []
+        for key in keys:
+            name = member(key)
+            bucket = self._space.bucket(name)
+            owner, state, ended = (self._space.key(kind, name) for kind in KINDS)
+            touched = [owner, state, *self._index.keys(bucket), ended]
+            prefix = self._space.prefix(bucket)
+            commands.append(Command.call(_TAKE, touched, [self.worker, prefix, name]))
+        # On a replica before this worker steps from it: a take lost in a failover would
+        # leave the state in Redis for another worker to take as well.
+        return await self._redis.run(commands, durable=True)
 
     async def _ask(self, owner: str, keys: list[SessionKey]) -> None:
         """Asks the owner to hand `keys` over and waits for its answer (or the timeout)."""
         log.debug("asking worker %s to hand over %d sessions", owner, len(keys))
-        reply = f"{self._prefix}reply:{uuid.uuid4().hex}"
+        reply = f"{self._namespace}:reply:{uuid.uuid4().hex}"
         inbox = self._inbox(owner)
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.rpush(inbox, json.dumps([[member(key) for key in keys], reply]))
-            pipe.pexpire(inbox, round(LIVENESS_S * 1000))  # a dead owner's inbox goes too
-            await pipe.execute()
-        await self._client.blpop([reply], timeout=self.handover_timeout_s)
+        request = json.dumps([[member(key) for key in keys], reply])
+        # A dead owner's inbox goes too.
+        await self._redis.run(self._push(inbox, request, LIVENESS_S))
+        await self._redis.blpop(reply, self.handover_timeout_s)
 
     # Handing my sessions to other workers.
 
     async def _serve_inbox(self) -> None:
         while not self._closing:
             try:
-                request = await self._client.blpop([self._inbox(self.worker)], INBOX_POLL_S)
+                request = await self._redis.blpop(self._inbox(self.worker), INBOX_POLL_S)
                 if request is not None:
                     names, reply = json.loads(request[1])
                     task = asyncio.create_task(
@@ -361,79 +370,92 @@ class OwnedStore:
         for key in keys:
             await self._turns.take(key)  # waits for a step of the session in progress
             try:
-                await self._give_up(key)
+                await self._give_up([key])
             finally:
                 self._turns.give(key)
             log.debug("handed %s over to another worker", key.describe())
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.rpush(reply, 1)
-            pipe.pexpire(reply, round(self.handover_timeout_s * 2000))
-            await pipe.execute()
+        await self._redis.run(self._push(reply, "1", 2 * self.handover_timeout_s))
 
-    async def _give_up(self, key: SessionKey, client: redis.Redis | None = None) -> None:
-        """Leaves the key's state in Redis for the next owner and drops it here."""
-        record = self._local.record_of(key)
-        if record is None:  # expired meanwhile: make that known instead
-            await self._forget_all([key], client=client)
-            return
-        name = member(key)
-        await self._release(
-            keys=[self._owner_prefix + name, self._state_prefix + name],
-            args=[self.worker, encode_record(key, *record), round(self.idle_timeout_s * 1000)],
-            client=client,
-        )
-        await self._local.delete([key])
-        self._touched.discard(key)
-        metrics.SESSIONS_HANDED_OVER.labels(key.model, key.version).inc()
+    async def _give_up(self, keys: Sequence[SessionKey]) -> None:
+        """Leaves the keys' states in Redis for the next owner and drops them here."""
+        commands = []
+        for key in keys:
+            record = self._local.record_of(key)
+            if record is None:  # expired meanwhile: make that known instead
+                commands += self._forgetting([key])
+                continue
+            name = member(key)
+            commands.append(
+                Command.call(
+                    _RELEASE,
+                    [self._space.key("owner", name), self._space.key("state", name)],
+                    [self.worker, encode_record(key, *record), round(self.idle_timeout_s * 1000)],
+                )
+            )
+        await self._redis.run(commands, durable=True)
+        await self._local.delete(keys)
+        self._touched.difference_update(keys)
+        for key in keys:
+            metrics.SESSIONS_HANDED_OVER.labels(key.model, key.version).inc()
 
     async def _flush(self) -> None:
         sessions = self._local.sessions()
         log.debug("leaving %d session states in Redis for the next owner", len(sessions))
         for start in range(0, len(sessions), FLUSH_CHUNK):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key in sessions[start : start + FLUSH_CHUNK]:
-                    await self._give_up(key, client=pipe)
-                await pipe.execute()
+            await self._give_up(sessions[start : start + FLUSH_CHUNK])
 
     # Ownership records.
 
     async def _claim(self, keys: list[SessionKey]) -> None:
         deadline = time.time() + self.idle_timeout_s
         names = [member(key) for key in keys]
-        async with self._client.pipeline(transaction=True) as pipe:
-            for name in names:
-                pipe.set(self._owner_prefix + name, self.worker)
-                pipe.delete(self._state_prefix + name)  # left by an earlier run of this id
-            self._index.add(pipe, names, deadline)
-            await pipe.execute()
+        commands = [
+            Command.call(
+                _CLAIM,
+                self._index.keys(bucket),
+                [self.worker, self._space.prefix(bucket), deadline, *(names[i] for i in group)],
+            )
+            for bucket, group in self._space.by_bucket(names).items()
+        ]
+        await self._redis.run(commands, durable=True)
 
-    async def _forget_all(
-        self, keys: Sequence[SessionKey], client: redis.Redis | None = None
-    ) -> None:
-        await self._forget(
-            keys=[self._index.by_deadline, self._index.by_name],
-            args=[self.worker, self._owner_prefix, *(member(key) for key in keys)],
-            client=client,
+    def _refreshing(self, bucket: int, names: list[str], now: float) -> Command:
+        """The command that keeps me alive in `bucket` and my sessions `names` there."""
+        keys = [*self._index.keys(bucket), self._liveness_key(bucket, self.worker)]
+        deadline, cutoff = now + self.idle_timeout_s, now - LIVENESS_S
+        liveness_ms = round(LIVENESS_S * 1000)
+        prefix = self._space.prefix(bucket)
+        return Command.call(
+            _REFRESH, keys, [self.worker, prefix, deadline, liveness_ms, cutoff, *names]
         )
 
-    @property
-    def _owner_prefix(self) -> str:
-        return self._prefix + "owner:"
+    def _forgetting(self, keys: Sequence[SessionKey]) -> list[Command]:
+        """The commands that end `keys`, those I own."""
+        names = [member(key) for key in keys]
+        return [
+            Command.call(
+                _FORGET,
+                self._index.keys(bucket),
+                [self.worker, self._space.prefix(bucket), *(names[i] for i in group)],
+            )
+            for bucket, group in self._space.by_bucket(names).items()
+        ]
 
-    @property
-    def _state_prefix(self) -> str:
-        return self._prefix + "state:"
+    def _liveness(self, alive: bool) -> list[Command]:
+        """Set (or delete) the key that says I live, in every bucket: ownership scripts
+        read the owner's liveness in the session's own bucket."""
+        keys = [self._liveness_key(bucket, self.worker) for bucket in range(self._space.buckets)]
+        if alive:
+            return [Command.of("SET", key, 1, "PX", round(LIVENESS_S * 1000)) for key in keys]
+        return [Command.of("DEL", key) for key in keys]
 
-    @property
-    def _ended_prefix(self) -> str:
-        return self._prefix + "ended:"
-
-    @property
-    def _liveness_prefix(self) -> str:
-        return self._prefix + "worker:"
-
-    def _liveness_key(self, worker: str) -> str:
-        return self._liveness_prefix + worker
+    def _liveness_key(self, bucket: int, worker: str) -> str:
+        return f"{self._space.prefix(bucket)}worker:{worker}"
 
     def _inbox(self, worker: str) -> str:
-        return f"{self._prefix}inbox:{worker}"
+        return f"{self._namespace}:inbox:{worker}"
+
+    @staticmethod
+    def _push(key: str, value: str, keep_s: float) -> list[Command]:
+        """Appends `value` to the list `key`, which goes `keep_s` after the last push."""
+        return [Command.of("RPUSH", key, value), Command.of("PEXPIRE", key, round(keep_s * 1000))]

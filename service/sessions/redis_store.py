@@ -7,7 +7,10 @@ id, dtype, state names and shapes, its step count and, when its last step carrie
 the answer's raw tensors, expiring after the idle timeout (refreshed by every step). A
 sorted set indexes the sessions by deadline: it gives the session count for the limit and
 lets exactly one process report each expiry; a second one, of the same names in
-lexicographic order, counts each principal's sessions (their names share a prefix).
+lexicographic order, counts each principal's sessions (their names share a prefix). Both
+are kept per bucket, beside the states they index (redis_client.py: one bucket on one
+server, 64 hash slots in a cluster), so that each write is one atomic script on one slot;
+a count adds the buckets' up.
 
 A session that ends with a step that carried `sequence_offset` leaves a record of it
 (`ended:<session>`: the state the step started from and its progress) for the idle timeout,
@@ -24,10 +27,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import redis.asyncio as redis
 
 from rnnserve.protocol import codec
 from rnnserve.service.errors import FailedPrecondition
+from rnnserve.service.sessions.redis_client import Command, Keyspace, RedisClient, Script
 from rnnserve.service.sessions.state import (
     Answer,
     LastStep,
@@ -42,18 +45,39 @@ from rnnserve.service.types import State
 
 _HEADER_LENGTH = struct.Struct("<I")
 _DTYPE = np.dtype("<f4")
-_SWEEP_LIMIT = 1000  # members examined per expire() call, to keep each script short
+_SWEEP_LIMIT = 1000  # members examined per bucket and expire() call, to keep each script short
 
+# Every script touches the keys of one bucket (redis_client.py): one hash slot in a cluster.
+# KEYS: index, names, then each session's state key. ARGV: deadline, ttl in ms, then each
+# session's member and record. Stores the states and indexes them, atomically.
+_SAVE = Script("""
+for i = 3, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[2 * i - 2], 'PX', ARGV[2])
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2 * i - 3])
+  redis.call('ZADD', KEYS[2], 0, ARGV[2 * i - 3])
+end
+""")
+# KEYS: index, names, then each session's state key. ARGV: each session's member. Frees the
+# states; returns, per session, whether there was one.
+_DELETE = Script("""
+local deleted = {}
+for i = 3, #KEYS do
+  deleted[i - 2] = redis.call('DEL', KEYS[i])
+  redis.call('ZREM', KEYS[1], ARGV[i - 2])
+  redis.call('ZREM', KEYS[2], ARGV[i - 2])
+end
+return deleted
+""")
 # A session is expired once its value is gone; an index member whose value is gone is
 # removed here, atomically, so that only one process reports it.
 # KEYS: state, index, names. ARGV: member.
-_FORGET_IF_GONE = """
+_FORGET_IF_GONE = Script("""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 return -redis.call('ZREM', KEYS[2], ARGV[1])
-"""
-# KEYS: index, names. ARGV: now, the state-key prefix, limit.
-_SWEEP = """
+""")
+# KEYS: index, names. ARGV: now, the bucket's state-key prefix, limit.
+_SWEEP = Script("""
 local gone = {}
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 for _, member in ipairs(due) do
@@ -64,45 +88,54 @@ for _, member in ipairs(due) do
   end
 end
 return gone
-"""
+""")
 
 
 class SessionIndex:
-    """The Redis keys that index a namespace's sessions: `sessions` (by deadline) and
-    `names` (every member at score 0, so that ZLEXCOUNT counts one principal's)."""
+    """The Redis keys that index a namespace's sessions, in each bucket: `sessions` (by
+    deadline) and `names` (every member at score 0, so that ZLEXCOUNT counts one
+    principal's). Counts add up the buckets' (one round trip per node)."""
 
-    def __init__(self, client: redis.Redis, namespace: str) -> None:
-        self.client = client
-        self.by_deadline = f"{namespace}:sessions"
-        self.by_name = f"{namespace}:names"
+    def __init__(self, redis: RedisClient) -> None:
+        self.redis = redis
+
+    def by_deadline(self, bucket: int) -> str:
+        return self.redis.keys.prefix(bucket) + "sessions"
+
+    def by_name(self, bucket: int) -> str:
+        return self.redis.keys.prefix(bucket) + "names"
+
+    def keys(self, bucket: int) -> list[str]:
+        return [self.by_deadline(bucket), self.by_name(bucket)]
 
     async def count(self, principal: str | None = None) -> int:
+        buckets = range(self.redis.keys.buckets)
         if principal is None:
-            return await self.client.zcard(self.by_deadline)
-        prefix = principal_prefix(principal)
-        # Names are ASCII JSON (below 0x7f): those of the principal lie in [prefix, prefix\x7f).
-        return await self.client.zlexcount(self.by_name, f"[{prefix}", f"({prefix}\x7f")
-
-    def add(self, pipe: Any, names: Sequence[str], deadline: float) -> None:
-        pipe.zadd(self.by_deadline, dict.fromkeys(names, deadline))
-        pipe.zadd(self.by_name, dict.fromkeys(names, 0))
-
-    def remove(self, pipe: Any, names: Sequence[str]) -> None:
-        pipe.zrem(self.by_deadline, *names)
-        pipe.zrem(self.by_name, *names)
+            commands = [Command.of("ZCARD", self.by_deadline(bucket)) for bucket in buckets]
+        else:
+            prefix = principal_prefix(principal)
+            # Names are ASCII JSON (below 0x7f): the principal's lie in [prefix, prefix\x7f).
+            commands = [
+                Command.of("ZLEXCOUNT", self.by_name(bucket), f"[{prefix}", f"({prefix}\x7f")
+                for bucket in buckets
+            ]
+        return sum(await self.redis.run(commands))
 
 
 class RedisStore:
-    def __init__(self, url: str, idle_timeout_s: float = 60.0, namespace: str = "rnnserve") -> None:
+    def __init__(
+        self,
+        url: str,
+        idle_timeout_s: float = 60.0,
+        namespace: str = "rnnserve",
+        durability: str = "none",
+        durability_timeout_s: float = 1.0,
+    ) -> None:
         self.idle_timeout_s = idle_timeout_s
         # A reply that never comes must fail the request (and let the sweeper go on), not
         # hold the session's lock forever.
-        self._client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-        self._state_prefix = f"{namespace}:state:"
-        self._ended_prefix = f"{namespace}:ended:"
-        self._index = SessionIndex(self._client, namespace)
-        self._forget_if_gone = self._client.register_script(_FORGET_IF_GONE)
-        self._sweep = self._client.register_script(_SWEEP)
+        self._redis = RedisClient(url, namespace, 10.0, durability, durability_timeout_s)
+        self._index = SessionIndex(self._redis)
         self._noticed: list[SessionKey] = []
 
     async def load(
@@ -110,17 +143,31 @@ class RedisStore:
     ) -> list[Loaded]:
         if not keys:
             return []
-        blobs = await self._client.mget([self._state_prefix + member(key) for key in keys])
+        names = [member(key) for key in keys]
+        blobs = await self._get("state", names)
         loaded = [
             load_record(key, blob, into, row)
             for key, row, blob in zip(keys, rows, blobs, strict=True)
         ]
         missing = [index for index, found in enumerate(loaded) if found is None]
         if missing:  # ended lately? (only on this path: a step of a live session never asks)
-            names = [self._ended_prefix + member(keys[index]) for index in missing]
-            for index, blob in zip(missing, await self._client.mget(names), strict=True):
+            ended = await self._get("ended", [names[index] for index in missing])
+            for index, blob in zip(missing, ended, strict=True):
                 loaded[index] = load_record(keys[index], blob, into, rows[index], ended=True)
         return loaded
+
+    async def _get(self, kind: str, names: list[str]) -> list[bytes | None]:
+        """The values of the sessions' `kind` keys: an MGET per bucket."""
+        space = self._redis.keys
+        groups = list(space.by_bucket(names).values())
+        commands = [
+            Command.of("MGET", *(space.key(kind, names[i]) for i in group)) for group in groups
+        ]
+        values: list[bytes | None] = [None] * len(names)
+        for group, got in zip(groups, await self._redis.run(commands), strict=True):
+            for index, value in zip(group, got, strict=True):
+                values[index] = value
+        return values
 
     async def save(
         self,
@@ -132,31 +179,40 @@ class RedisStore:
         if not keys:
             return
         deadline = time.time() + self.idle_timeout_s
-        async with self._client.pipeline(transaction=True) as pipe:
-            prefix, keep_s = self._state_prefix, self.idle_timeout_s
-            write_records(pipe, prefix, keys, state, rows, progress, keep_s)
-            self._index.add(pipe, [member(key) for key in keys], deadline)
-            await pipe.execute()
+        space, names = self._redis.keys, [member(key) for key in keys]
+        commands = []
+        for bucket, group in space.by_bucket(names).items():
+            records = [
+                part
+                for i in group
+                for part in (names[i], encode_record(keys[i], one_row(state, rows[i]), progress[i]))
+            ]
+            state_keys = [space.key("state", names[i]) for i in group]
+            ttl = round(self.idle_timeout_s * 1000)
+            commands.append(
+                Command.call(
+                    _SAVE, [*self._index.keys(bucket), *state_keys], [deadline, ttl, *records]
+                )
+            )
+        await self._redis.run(commands, durable=True)
 
     async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                name = member(key)
-                await self._forget_if_gone(
-                    keys=[self._state_prefix + name, self._index.by_deadline, self._index.by_name],
-                    args=[name],
-                    client=pipe,
-                )
-            found = await pipe.execute()
+        space = self._redis.keys
+        commands = []
+        for key in keys:
+            name = member(key)
+            index = self._index.keys(space.bucket(name))
+            commands.append(
+                Command.call(_FORGET_IF_GONE, [space.key("state", name), *index], [name])
+            )
+        found = await self._redis.run(commands)
         self._noticed += [key for key, one in zip(keys, found, strict=True) if one == -1]
         return [one == 1 for one in found]
 
     async def delete(self, keys: Sequence[SessionKey]) -> list[bool]:
         if not keys:
             return []
-        async with self._client.pipeline(transaction=True) as pipe:
-            deleted = await self._delete(pipe, keys)
-        return deleted
+        return await self._delete(keys, [])
 
     async def end(
         self,
@@ -167,35 +223,54 @@ class RedisStore:
     ) -> None:
         if not keys:
             return
-        async with self._client.pipeline(transaction=True) as pipe:
-            prefix, keep_s = self._ended_prefix, self.idle_timeout_s
-            write_records(pipe, prefix, keys, state, rows, progress, keep_s)
-            await self._delete(pipe, keys)
+        keep_s = self.idle_timeout_s
+        records = write_records(self._redis.keys, "ended", keys, state, rows, progress, keep_s)
+        await self._delete(keys, records)
 
-    async def _delete(self, pipe: Any, keys: Sequence[SessionKey]) -> list[bool]:
-        for key in keys:
-            pipe.delete(self._state_prefix + member(key))
-        self._index.remove(pipe, [member(key) for key in keys])
-        results = await pipe.execute()
-        return [count > 0 for count in results[-2 - len(keys) : -2]]
+    async def _delete(self, keys: Sequence[SessionKey], first: list[Command]) -> list[bool]:
+        """Frees the sessions' states after the commands `first`, in one batch."""
+        space, names = self._redis.keys, [member(key) for key in keys]
+        groups = space.by_bucket(names)
+        commands = [*first]
+        for bucket, group in groups.items():
+            state_keys = [space.key("state", names[i]) for i in group]
+            members = [names[i] for i in group]
+            commands.append(
+                Command.call(_DELETE, [*self._index.keys(bucket), *state_keys], members)
+            )
+        replies = (await self._redis.run(commands, durable=True))[len(first) :]
+        deleted = [False] * len(keys)
+        for group, counts in zip(groups.values(), replies, strict=True):
+            for index, count in zip(group, counts, strict=True):
+                deleted[index] = count > 0
+        return deleted
 
     async def count(self, principal: str | None = None) -> int:
         return await self._index.count(principal)
 
     async def expire(self) -> list[SessionKey]:
-        gone = await self._sweep(
-            keys=[self._index.by_deadline, self._index.by_name],
-            args=[time.time(), self._state_prefix, _SWEEP_LIMIT],
-        )
+        now, space = time.time(), self._redis.keys
+        sweeps = [
+            Command.call(
+                _SWEEP,
+                self._index.keys(bucket),
+                [now, space.prefix(bucket) + "state:", _SWEEP_LIMIT],
+                retry_safe=False,  # it reports what it removes, once
+            )
+            for bucket in range(space.buckets)
+        ]
+        gone = [name for names in await self._redis.run(sweeps) for name in names]
         expired = [session_of(name) for name in gone] + self._noticed
         self._noticed = []
         return expired
 
     async def start(self, turns: Turns) -> None:
-        """Nothing runs in the background: expiry happens in expire()."""
+        """Nothing runs in the background: expiry happens in expire(). Checks that the URL
+        says what the Redis is (a cluster or one server)."""
+        await self._redis.check()
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._redis.close()
 
 
 def member(key: SessionKey) -> str:
@@ -218,19 +293,27 @@ def one_row(state: State, row: int) -> State:
 
 
 def write_records(
-    pipe: Any,
-    prefix: str,
+    space: Keyspace,
+    kind: str,
     keys: Sequence[SessionKey],
     state: State,
     rows: Sequence[int],
     progress: Sequence[Progress],
     keep_s: float,
-) -> None:
-    """Queues on `pipe` each session's record (its row of `state` and its progress) under
-    `prefix` (`state:` for live sessions, `ended:` for ended ones), kept for `keep_s`."""
-    for key, row, one in zip(keys, rows, progress, strict=True):
-        record = encode_record(key, one_row(state, row), one)
-        pipe.set(prefix + member(key), record, px=round(keep_s * 1000))
+) -> list[Command]:
+    """The commands that store each session's record (its row of `state` and its progress)
+    as its `kind` key (`state` for live sessions, `ended` for ended ones), kept for
+    `keep_s`."""
+    return [
+        Command.of(
+            "SET",
+            space.key(kind, member(key)),
+            encode_record(key, one_row(state, row), one),
+            "PX",
+            round(keep_s * 1000),
+        )
+        for key, row, one in zip(keys, rows, progress, strict=True)
+    ]
 
 
 def load_record(

@@ -82,14 +82,17 @@ class StateStore(Protocol):
 
 
 def open_store(settings: Settings) -> StateStore:
+    if settings.state_store == "memory":
+        from rnnserve.service.sessions.memory_store import MemoryStore
+
+        return MemoryStore(settings.session_idle_timeout_s)
     if settings.state_store == "redis":
-        from rnnserve.service.sessions.redis_store import RedisStore
-
-        return RedisStore(settings.redis_url, settings.session_idle_timeout_s)
-    if settings.state_store == "owned":
-        from rnnserve.service.sessions.owned_store import OwnedStore
-
-        return OwnedStore(settings.redis_url, settings.session_idle_timeout_s)
-    from rnnserve.service.sessions.memory_store import MemoryStore
-
-    return MemoryStore(settings.session_idle_timeout_s)
+        from rnnserve.service.sessions.redis_store import RedisStore as kind
+    else:
+        from rnnserve.service.sessions.owned_store import OwnedStore as kind
+    return kind(
+        settings.redis_url,
+        settings.session_idle_timeout_s,
+        durability=settings.state_durability,
+        durability_timeout_s=settings.state_durability_timeout_s,
+    )
