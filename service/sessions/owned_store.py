@@ -163,6 +163,9 @@ class OwnedStore:
         self._namespace = namespace
         self._index = SessionIndex(self._redis)
         self._touched: set[SessionKey] = set()  # saved since the last refresh
+        # Released by a batch that failed (a failover): whether Redis has the release is
+        # unknown, so the copy here is not stepped again before Redis is asked (_take_here).
+        self._unsure: set[SessionKey] = set()
         self._turns = Turns()  # the session manager's, once started
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
@@ -216,6 +219,7 @@ class OwnedStore:
         deleted = await self._local.delete(keys)
         await self._redis.run(self._forgetting(keys), durable=True)
         self._touched.difference_update(keys)
+        self._unsure.difference_update(keys)
         return deleted
 
     async def end(
@@ -240,6 +244,7 @@ class OwnedStore:
         this every second or more often)."""
         expired = await self._local.expire()
         self._touched.difference_update(expired)
+        self._unsure.difference_update(expired)
         touched, self._touched = self._touched, set()
         now = time.time()
         names = [member(key) for key in touched]
@@ -287,7 +292,7 @@ class OwnedStore:
         Returns, of the others, the errors of those whose stored state cannot serve and the
         records of those that ended lately."""
         found: dict[SessionKey, FailedPrecondition | bytes] = {}
-        missing = [key for key in keys if not self._local.holds(key)]
+        missing = [key for key in keys if not self._local.holds(key) or key in self._unsure]
         for attempt in range(ATTEMPTS):
             held = await self._take_here(missing, found) if missing else {}
             if not held:
@@ -308,12 +313,15 @@ class OwnedStore:
         ended, goes into `found`."""
         held: dict[str, list[SessionKey]] = {}
         for key, outcome in zip(keys, await self._take_all(keys), strict=True):
+            mine = await self._unsure_copy(key)
             if not outcome:
                 continue
             kind, value = outcome
             if kind == b"taken":
                 try:
                     state, progress = decode_record(key, value)
+                    if mine is not None and mine[1].offset > progress.offset:
+                        state, progress = mine  # my release was lost: Redis has an older copy
                     await self._local.save([key], state, [0], [progress])
                 except FailedPrecondition as error:
                     found[key] = error
@@ -325,6 +333,18 @@ class OwnedStore:
             else:
                 held.setdefault(value.decode(), []).append(key)
         return held
+
+    async def _unsure_copy(self, key: SessionKey) -> tuple[State, Progress] | None:
+        """My copy of `key` when its release may have been lost, taken out of the sessions
+        stepped here: the take decides. Redis's copy when it has the release (it may have
+        been stepped further elsewhere since), mine when the release was lost in a failover
+        (I still own the session there, with the older copy my own take left)."""
+        if key not in self._unsure:
+            return None
+        self._unsure.discard(key)
+        record = self._local.record_of(key)
+        await self._local.delete([key])
+        return record
 
     async def _take_all(self, keys: Sequence[SessionKey]) -> list[list[bytes]]:
         commands = []
@@ -367,14 +387,17 @@ class OwnedStore:
                 await asyncio.sleep(INBOX_POLL_S)
 
     async def _hand_over(self, keys: list[SessionKey], reply: str) -> None:
-        for key in keys:
-            await self._turns.take(key)  # waits for a step of the session in progress
-            try:
-                await self._give_up([key])
-            finally:
-                self._turns.give(key)
-            log.debug("handed %s over to another worker", key.describe())
-        await self._redis.run(self._push(reply, "1", 2 * self.handover_timeout_s))
+        try:
+            for key in keys:
+                await self._turns.take(key)  # waits for a step of the session in progress
+                try:
+                    await self._give_up([key])
+                finally:
+                    self._turns.give(key)
+                log.debug("handed %s over to another worker", key.describe())
+            await self._redis.run(self._push(reply, "1", 2 * self.handover_timeout_s))
+        except (RedisError, Unavailable) as error:  # a failover: the asker's next take decides
+            log.warning("handing %d session(s) over failed: %s", len(keys), error)
 
     async def _give_up(self, keys: Sequence[SessionKey]) -> None:
         """Leaves the keys' states in Redis for the next owner and drops them here."""
@@ -392,8 +415,13 @@ class OwnedStore:
                     [self.worker, encode_record(key, *record), round(self.idle_timeout_s * 1000)],
                 )
             )
-        await self._redis.run(commands, durable=True)
+        try:
+            await self._redis.run(commands, durable=True)
+        except BaseException:
+            self._unsure.update(keys)
+            raise
         await self._local.delete(keys)
+        self._unsure.difference_update(keys)
         self._touched.difference_update(keys)
         for key in keys:
             metrics.SESSIONS_HANDED_OVER.labels(key.model, key.version).inc()

@@ -246,8 +246,8 @@ class RedisClient:
         return reply
 
     async def blpop(self, key: str, timeout_s: float) -> Any:
-        """BLPOP of one list: blocks its connection, so it is not batched."""
-        return await self.client.blpop([key], timeout=timeout_s)
+        """The first item of the list `key`, waited for up to `timeout_s` (None then)."""
+        return await self.one(Command.of("BLPOP", key, timeout_s))
 
     async def close(self) -> None:
         await self.client.aclose()
