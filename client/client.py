@@ -259,9 +259,16 @@ class RnnClient:
     ) -> InferResult:
         return self.infer_response_of(build_request(model, inputs, outputs, parameters, version))
 
-    def infer_response_of(self, request: Any) -> InferResult:
-        """ModelInfer with a request message built already (see `build_request`)."""
-        reply = call(lambda: self.stub.ModelInfer(request, timeout=self.timeout_s))
+    def infer_response_of(
+        self, request: Any, metadata: Sequence[tuple[str, str]] = ()
+    ) -> InferResult:
+        """ModelInfer with a request message built already (see `build_request`), and
+        `metadata` (gRPC headers) sent with it."""
+        reply = call(
+            lambda: self.stub.ModelInfer(
+                request, timeout=self.timeout_s, metadata=tuple(metadata) or None
+            )
+        )
         return decode_response(reply)
 
     def step_sessions(

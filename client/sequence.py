@@ -14,6 +14,11 @@ therefore continues exactly after a server crash, or fails with a clear error:
 `SequenceOutOfStep` when the server counts other time steps than the client, the server's
 refusal when it lost the sequence; never with a silently wrong answer. A server that does
 not count steps (no `sequence_offset` in its answers) gets no retries.
+
+Every call of a sequence carries its id as the gRPC header `sequence-id` (ROUTING_HEADER),
+for load balancers that do not read the request body: a consistent-hash policy on that
+header (Envoy's ring hash, gRPC's ring_hash) keeps a sequence on one replica, so that the
+owned state store rarely has to hand its state over (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from rnnserve.protocol.codec import Parameter
 from rnnserve.protocol.sequences import SEQUENCE_OFFSET
 
 FINAL = "triton_final_response"
+ROUTING_HEADER = "sequence-id"
 
 
 class SequenceSession:
@@ -52,6 +58,7 @@ class SequenceSession:
         self.offsets = offsets  # send sequence_offset (and retry) with every step
         self.retry = retry
         self.offset = 0  # the sequence's time steps, as the server last counted them
+        self.routing = ((ROUTING_HEADER, str(sequence_id)),)  # headers of every call
         self.retries = 0  # steps sent again after a failure
         self._started = False
         self._streaming = streaming
@@ -107,7 +114,7 @@ class SequenceSession:
 
     def _send(self, request: Any) -> list[InferResult]:
         if self._requests is None:
-            return [self.client.infer_response_of(request)]
+            return [self.client.infer_response_of(request, self.routing)]
         self._requests.put(request)
         responses: list[InferResult] = []
         for reply in self.client.stream_replies(self._replies):
@@ -119,7 +126,7 @@ class SequenceSession:
     def _open_stream(self) -> None:
         self._requests = queue.Queue()
         requests: Iterator[Any] = iter(self._requests.get, None)
-        self._replies = self.client.stub.ModelStreamInfer(requests)
+        self._replies = self.client.stub.ModelStreamInfer(requests, metadata=self.routing)
 
     def _before_retry(self, error: InferenceError) -> None:
         """Counts the retry; on a stream, opens a new one (the old one broke, or its server
