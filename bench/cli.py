@@ -12,7 +12,7 @@ from rnnserve.errors import UsageError
 
 SCENARIOS = (
     "compute", "transport", "one_session", "many_sessions", "memory", "multi_session",
-    "perf_analyzer", "security",
+    "perf_analyzer", "security", "cluster",
 )  # fmt: skip
 
 
@@ -75,6 +75,7 @@ def _repository(args: argparse.Namespace, workdir: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from rnnserve.bench import (
+        cluster,
         compute,
         goals,
         memory,
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         "multi_session": multi_session.run,
         "perf_analyzer": perf_analyzer.run,
         "security": security.run,
+        "cluster": cluster.run,
     }
     if args.runs is not None and args.runs < 1:
         raise UsageError("--runs must be at least 1")

@@ -171,7 +171,7 @@ class LocalCluster:
     def used_memory(self, masters_only: bool = True) -> int:
         """Bytes Redis's allocator holds (INFO memory's used_memory), summed over the
         masters (or every node)."""
-        ports = self.master_ports() if masters_only else [n.port for n in self._live()]
+        ports = self.master_ports() if masters_only else self._live()
         return sum(int(self._info(port, "memory")["used_memory"]) for port in ports)
 
     def command_calls(self) -> int:
