@@ -174,6 +174,13 @@ class LocalCluster:
         ports = self.master_ports() if masters_only else self._live()
         return sum(int(self._info(port, "memory")["used_memory"]) for port in ports)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the masters have used (INFO cpu, system and user), summed."""
+        return sum(
+            float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+            for info in (self._info(port, "cpu") for port in self.master_ports())
+        )
+
     def command_calls(self) -> int:
         """Commands the masters have run (INFO commandstats), summed."""
         total = 0
