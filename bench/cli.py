@@ -12,7 +12,7 @@ from rnnserve.errors import UsageError
 
 SCENARIOS = (
     "compute", "transport", "one_session", "many_sessions", "memory", "multi_session",
-    "perf_analyzer", "security", "soak",
+    "perf_analyzer", "security", "soak", "cluster",
 )  # fmt: skip
 
 
@@ -84,6 +84,7 @@ def _repository(args: argparse.Namespace, workdir: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from rnnserve.bench import (
+        cluster,
         compute,
         goals,
         memory,
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         "perf_analyzer": perf_analyzer.run,
         "security": security.run,
         "soak": soak.run,
+        "cluster": cluster.run,
     }
     if args.runs is not None and args.runs < 1:
         raise UsageError("--runs must be at least 1")

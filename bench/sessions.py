@@ -88,7 +88,7 @@ def session_server(
         yield stack.enter_context(servers.rnnserve(options.workdir, options.repository, settings))
 
 
-def _session_runs(
+def session_runs(
     options: Options, server: servers.Running, sessions: int, first_id: int
 ) -> list[Metrics]:
     """k6 runs of `sessions` sessions, one per connection, one step per request; each run's
@@ -118,7 +118,7 @@ def run_many_sessions(options: Options) -> ScenarioResult:
     def measure(
         server: servers.Running, sessions: int, line: str, label: str, **params: object
     ) -> None:
-        runs = _session_runs(options, server, sessions, len(figures) * 100_000)
+        runs = session_runs(options, server, sessions, len(figures) * 100_000)
         figure = Figure(label, {"sessions": sessions, **params}, runs)
         figures.append(figure)
         lines.setdefault(line, []).append((sessions, figure.median["rps"]))

@@ -40,8 +40,17 @@ VALUE_FLAGS = [
     ("max_sessions", "most sequences holding state at once"),
     ("max_sessions_per_principal", "most sequences one principal (client) may hold at once"),
     ("state_store", "where sequence state lives: memory, redis or owned"),
-    ("redis_url", "redis URL for --state-store redis or owned"),
+    (
+        "redis_url",
+        "Redis for --state-store redis or owned: redis://host:port/0, or a cluster: "
+        "redis+cluster://node:port",
+    ),
     ("state_store_timeout_s", "seconds a call to Redis may take before it fails (UNAVAILABLE)"),
+    ("state_durability", "none, or replica: a step is on a Redis replica before it is answered"),
+    (
+        "state_durability_timeout_s",
+        "replica durability: seconds a write waits for a replica (on top of the timeout)",
+    ),
     ("batch_max_size", "most sequence steps batched into one ORT run"),
     ("batch_max_queue_delay_us", "longest a step waits for others to batch with"),
     ("log_format", "log lines as text or json"),

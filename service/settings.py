@@ -93,10 +93,27 @@ class Settings(BaseSettings):
     # number of processes; survives crashes). owned: each state in the memory of the
     # process that steps it, handed over through Redis when another process needs it.
     state_store: Literal["memory", "redis", "owned"] = "memory"
+    # One Redis (redis://, rediss://, unix://) or a Redis Cluster: redis+cluster:// (or
+    # rediss+cluster://) and any node's address (service/sessions/redis_client.py).
     redis_url: str = "redis://localhost:6379/0"
     # How long a call to Redis may take before it fails (UNAVAILABLE, retryable): a stopped
-    # or unreachable Redis must not hold requests.
+    # or unreachable Redis must not hold requests. (In a Redis Cluster a call is also tried
+    # again through a failover, for a few seconds, before it fails.)
     state_store_timeout_s: float = Field(1.0, gt=0)
+    # none: a write is acknowledged once the Redis master has it. replica: also once at least
+    # one replica has it (WAIT), so that a failover loses no acknowledged step; a write no
+    # replica confirms within state_durability_timeout_s fails the request UNAVAILABLE. That
+    # wait comes on top of state_store_timeout_s: they bound different things.
+    state_durability: Literal["none", "replica"] = "none"
+    state_durability_timeout_s: float = Field(1.0, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _cluster_database(cls, url: str) -> str:
+        from rnnserve.service.sessions.redis_client import check_url
+
+        check_url(url)
+        return url
 
     # Batching steps of different sessions into one ORT run. Off by default: for small
     # models on the CPU, gathering and splitting states costs more than the runs it merges

@@ -95,15 +95,19 @@ class StateStore(Protocol):
 def open_store(settings: Settings, worker: str | None = None) -> StateStore:
     """The configured store; `worker`: the owned store's id for this process (a worker's,
     named by its supervisor)."""
-    idle_s, timeout_s = settings.session_idle_timeout_s, settings.state_store_timeout_s
+    if settings.state_store == "memory":
+        from rnnserve.service.sessions.memory_store import MemoryStore
+
+        return MemoryStore(settings.session_idle_timeout_s)
+    redis = {
+        "timeout_s": settings.state_store_timeout_s,
+        "durability": settings.state_durability,
+        "durability_timeout_s": settings.state_durability_timeout_s,
+    }
     if settings.state_store == "redis":
         from rnnserve.service.sessions.redis_store import RedisStore
 
-        return RedisStore(settings.redis_url, idle_s, timeout_s=timeout_s)
-    if settings.state_store == "owned":
-        from rnnserve.service.sessions.owned_store import OwnedStore
+        return RedisStore(settings.redis_url, settings.session_idle_timeout_s, **redis)
+    from rnnserve.service.sessions.owned_store import OwnedStore
 
-        return OwnedStore(settings.redis_url, idle_s, timeout_s=timeout_s, worker=worker)
-    from rnnserve.service.sessions.memory_store import MemoryStore
-
-    return MemoryStore(idle_s)
+    return OwnedStore(settings.redis_url, settings.session_idle_timeout_s, worker=worker, **redis)

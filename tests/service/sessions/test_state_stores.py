@@ -1,5 +1,6 @@
 """What every state store promises the session manager: the memory store, the Redis store
-and the owned store (both against a real redis-server) pass the same tests."""
+and the owned store (both on a real redis-server and on a real Redis Cluster of three
+masters with a replica each) pass the same tests."""
 
 from __future__ import annotations
 
