@@ -14,9 +14,9 @@ from test_state_stores import assert_same_state, load_one, lstm_state, save_one,
 
 from rnnserve.service.errors import Unavailable
 from rnnserve.service.sessions import SessionKey
-from rnnserve.service.sessions.owned_store import OwnedStore
+from rnnserve.service.sessions.owned_store import OwnedStore, declare_dead
 from rnnserve.service.sessions.redis_client import Keyspace, is_cluster_url
-from rnnserve.service.sessions.state import Progress
+from rnnserve.service.sessions.state import Gone, Progress
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import ANONYMOUS
 
@@ -184,6 +184,32 @@ def test_the_sessions_of_a_worker_that_died_are_gone_at_once(
             client.close()
             assert await load_one(b.store, KEY, lstm_state()) is None
             assert await b.store.count() == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_worker_is_reaped_in_every_bucket_and_its_sessions_are_lost(
+    any_redis: str, namespace: str
+) -> None:
+    """The supervisor's declare_dead reaps a worker that died holding sessions spread over
+    the buckets: each one's next step, on another worker, hears that its state was lost
+    (a tombstone in its bucket), and neither the count nor the census counts it."""
+    keys = [SessionKey(ANONYMOUS, "sine-lstm", "1", f"device-{i}") for i in range(12)]
+
+    async def scenario() -> None:
+        dead = OwnedStore(any_redis, 60.0, namespace)  # never started: its close hands nothing
+        async with Worker(any_redis, namespace) as survivor:
+            for key in keys:
+                await save_one(dead, key, lstm_state(1))
+            await dead.close()  # as when its process is killed: the states go with it
+            assert survivor.store.active() == {("sine-lstm", "1"): len(keys)}
+            args = (any_redis, dead.worker, 60.0, namespace)
+            assert await asyncio.to_thread(declare_dead, *args) == len(keys)
+            for key in keys:
+                [loaded] = await survivor.store.load([key], zeros_like(lstm_state()), [0])
+                assert isinstance(loaded, Gone) and loaded.why == "lost", loaded
+            assert await survivor.store.count() == 0
+            assert survivor.store.active().get(("sine-lstm", "1"), 0) == 0
 
     asyncio.run(scenario())
 

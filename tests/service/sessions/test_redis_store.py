@@ -13,7 +13,8 @@ from redis_helpers import keys_like, sync_client
 from rnnserve.service.errors import FailedPrecondition
 from rnnserve.service.sessions import SessionKey
 from rnnserve.service.sessions.redis_store import RedisStore, encode_record
-from rnnserve.service.sessions.state import Progress
+from rnnserve.service.sessions.state import Gone, Progress
+from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import ANONYMOUS, State
 
 KEY = SessionKey(ANONYMOUS, "sine-gru", "3", "user-42")
@@ -114,5 +115,29 @@ def test_an_expiry_is_reported_by_exactly_one_of_two_stores(any_redis: str, name
         assert await first.expire() + await second.expire() == []
         await first.close()
         await second.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_sequence_whose_state_redis_lost_with_its_data_is_lost_not_unknown(
+    any_redis: str, namespace: str
+) -> None:
+    """Redis (in a cluster: the masters of its buckets) lost the namespace's data: the
+    bucket's generation key says so, and a sequence no longer found there hears that its
+    state was lost (ABORTED), not that it was never started."""
+
+    async def scenario() -> None:
+        store = RedisStore(any_redis, 60.0, namespace)
+        await store.start(Turns())
+        await store.save([KEY], gru_state(), [0], [Progress()])
+        client = sync_client(any_redis)
+        for key in keys_like(any_redis, f"{namespace}:*"):  # as a restart without its data
+            client.delete(key)
+        client.close()
+        [loaded] = await store.load([KEY], {"h": np.zeros((2, 1, 16), np.float32)}, [0])
+        assert isinstance(loaded, Gone) and loaded.why == "lost", loaded
+        assert "lost its data" in loaded.reason
+        assert await store.count() == 0
+        await store.close()
 
     asyncio.run(scenario())

@@ -8,6 +8,7 @@ that hashes on it keeps a sequence on one replica and hand-overs stay rare."""
 
 from __future__ import annotations
 
+import asyncio
 from concurrent import futures
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import numpy as np
 import pytest
 from scrape import scrape, series
 
+from rnnserve.client.aio.client import AsyncRnnClient
+from rnnserve.client.aio.sequence import AsyncSequenceSession
 from rnnserve.client.client import RnnClient
 from rnnserve.client.errors import InferenceError
 from rnnserve.client.sequence import ROUTING_HEADER, SequenceSession
@@ -63,20 +66,37 @@ class _HeaderRecorder(grpc.GenericRpcHandler):
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-def test_every_call_of_a_sequence_names_it_in_a_header(streaming: bool) -> None:
+@pytest.mark.parametrize("kind", ["sync", "asyncio"])
+def test_every_call_of_a_sequence_names_it_in_a_header(streaming: bool, kind: str) -> None:
+    """Both clients' sequences send the header, beside the client's own (its token)."""
     recorder = _HeaderRecorder()
     server = grpc.server(futures.ThreadPoolExecutor(2), handlers=[recorder])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    step = {"x": np.zeros((1, 2, 1), np.float32)}
     try:
-        with RnnClient(f"127.0.0.1:{port}") as client:
-            session = SequenceSession(client, MODEL, "user-7:chat-3", streaming=streaming)
-            with pytest.raises(InferenceError, match="UNIMPLEMENTED"):
-                session.step({"x": np.zeros((1, 2, 1), np.float32)}, ["y"])
-            session.close()
+        if kind == "sync":
+            with RnnClient(f"127.0.0.1:{port}", token="t0ken") as client:
+                session = SequenceSession(client, MODEL, "user-7:chat-3", streaming=streaming)
+                with pytest.raises(InferenceError, match="UNIMPLEMENTED"):
+                    session.step(step, ["y"])
+                session.close()
+        else:
+
+            async def steps() -> None:
+                async with AsyncRnnClient(f"127.0.0.1:{port}", token="t0ken") as client:
+                    session = AsyncSequenceSession(
+                        client, MODEL, "user-7:chat-3", streaming=streaming
+                    )
+                    with pytest.raises(InferenceError, match="UNIMPLEMENTED"):
+                        await session.step(step, ["y"])
+                    await session.close()
+
+            asyncio.run(steps())
     finally:
         server.stop(grace=None)
 
     [(method, headers)] = recorder.calls
     assert method.endswith("ModelStreamInfer" if streaming else "ModelInfer")
     assert headers[ROUTING_HEADER] == "user-7:chat-3"
+    assert headers["authorization"] == "Bearer t0ken"
