@@ -59,6 +59,7 @@ from rnnserve.service.sessions.memory_store import MemoryStore
 from rnnserve.service.sessions.reachability import Reachability, StoreUnavailable
 from rnnserve.service.sessions.redis_client import Command, RedisClient, Script, where
 from rnnserve.service.sessions.redis_store import (
+    INDEX,
     UNINDEX,
     Generation,
     RedisCensus,
@@ -145,7 +146,9 @@ return 1
 # Takes the sessions (new ones, or ids started again: a state left by an earlier run of
 # the id goes; `again`: mine, after Redis lost its data, unless another worker has claimed
 # one since) and keeps me alive and registered in the bucket.
-_CLAIM = Script("""
+_CLAIM = Script(
+    INDEX
+    + """
 redis.call('SET', ARGV[2] .. 'worker:' .. ARGV[1], '1', 'PX', ARGV[4])
 redis.call('SADD', ARGV[2] .. 'workers', ARGV[1])
 for i = 6, #ARGV, 3 do
@@ -156,12 +159,10 @@ for i = 6, #ARGV, 3 do
     redis.call('SET', ARGV[2] .. 'owner:' .. ARGV[i], ARGV[1], 'NX')
   end
   redis.call('SADD', KEYS[5], ARGV[i])
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
-  redis.call('ZADD', KEYS[2], 0, ARGV[i])
-  redis.call('ZADD', KEYS[3], ARGV[i + 1], ARGV[i])
-  redis.call('HSET', KEYS[4], ARGV[i + 1], ARGV[i + 2])
+  index(ARGV[i], ARGV[3], ARGV[i + 1], ARGV[i + 2])
 end
-""")
+"""
+)
 # KEYS: the index (3), my owned list. ARGV: me, prefix, a tombstone to leave ('' for none),
 # its ttl in ms, members. Ends sessions I own.
 _FORGET = Script(

@@ -85,19 +85,29 @@ local function unindex(member)
   redis.call('ZREM', KEYS[3], member)
 end
 """
+# Lua shared by the scripts that index sessions: KEYS[1..3] as above, KEYS[4] the bucket's
+# version tags (tag -> the model version it stands for).
+INDEX = """
+local function index(member, deadline, tag, version)
+  redis.call('ZADD', KEYS[1], deadline, member)
+  redis.call('ZADD', KEYS[2], 0, member)
+  redis.call('ZADD', KEYS[3], tag, member)
+  redis.call('HSET', KEYS[4], tag, version)
+end
+"""
 # KEYS: the index (3), the version tags, then each session's state key. ARGV: deadline, ttl
 # in ms, then per session its member, record, version tag and version. Stores the states and
 # indexes them, atomically.
-_SAVE = Script("""
+_SAVE = Script(
+    INDEX
+    + """
 for i = 5, #KEYS do
   local at = 4 * (i - 5) + 3
   redis.call('SET', KEYS[i], ARGV[at + 1], 'PX', ARGV[2])
-  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[at])
-  redis.call('ZADD', KEYS[2], 0, ARGV[at])
-  redis.call('ZADD', KEYS[3], ARGV[at + 2], ARGV[at])
-  redis.call('HSET', KEYS[4], ARGV[at + 2], ARGV[at + 3])
+  index(ARGV[at], ARGV[1], ARGV[at + 2], ARGV[at + 3])
 end
-""")
+"""
+)
 # KEYS: the index (3), then each session's state key. ARGV: each session's member. Frees the
 # states; returns, per session, whether there was one.
 _DELETE = Script(
