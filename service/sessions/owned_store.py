@@ -558,7 +558,12 @@ class OwnedStore:
         request = json.dumps([[member(key) for key in keys], reply])
         # A dead owner's inbox goes too.
         await self._redis.run(_push(inbox_of(self._namespace, owner), request, LIVENESS_S))
-        await self._waiting.blpop(reply, self.handover_timeout_s)
+        # Then, not with it: an owner declared dead since our take has had its inbox
+        # emptied (reap) after its liveness records went, maybe before our request came:
+        # waiting would be waiting for nobody. The next take says what became of the keys.
+        bucket = self._space.bucket(member(keys[0]))
+        if await self._redis.one(Command.of("EXISTS", liveness_key(self._redis, bucket, owner))):
+            await self._waiting.blpop(reply, self.handover_timeout_s)
 
     # Handing my sessions to other workers.
 
