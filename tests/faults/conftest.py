@@ -1,5 +1,6 @@
 """Fixtures of the fault tests: a redis-server of each test's own, which the test may pause,
-kill and start again (the shared one of tests/conftest.py must stay up for the others)."""
+kill and start again (the shared one of tests/conftest.py must stay up for the others), and
+for the tests that leave Redis alone, that or the shared Redis Cluster, emptied first."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 from faults_helpers import RedisServer
 from processes import free_port
+from redis.cluster import RedisCluster
+from redis_helpers import sync_client
 
 
 @pytest.fixture
@@ -22,3 +25,16 @@ def own_redis(redis_url: str, tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["server", "cluster"])
+def some_redis(request: pytest.FixtureRequest) -> str:
+    """The URL of a Redis with no sessions in it: a redis-server of the test's own, or the
+    shared Redis Cluster (redis+cluster://), flushed (the gauges count what it holds)."""
+    if request.param == "server":
+        return request.getfixturevalue("own_redis").url
+    url: str = request.getfixturevalue("redis_cluster").url
+    client = sync_client(url)
+    client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    client.close()
+    return url
