@@ -244,7 +244,9 @@ class OwnedStore:
         self._waiting = connect(url, max(10.0, 2 * handover_timeout_s))
         self._keys = _Keys(namespace)
         self._index = SessionIndex(self._client, namespace)
-        self._generation = Generation(self._client, namespace, where(url))
+        self._generation = Generation(
+            self._client, namespace, where(url), "this process claims the sequences it holds again"
+        )
         self._take = self._client.register_script(_TAKE)
         self._release = self._client.register_script(_RELEASE)
         self._forget = self._client.register_script(_FORGET)
@@ -421,11 +423,16 @@ class OwnedStore:
         by the next check."""
         seen = self._generation.token
         if await self._generation.check():
+            held = self._local.sessions()
             try:
-                await self._claim(self._local.sessions(), again=True)
+                await self._claim(held, again=True)
             except BaseException:
                 self._generation.token = seen
                 raise
+            # Those that ended while being claimed: their end found no record to drop.
+            ended = [key for key in held if not self._local.holds(key)]
+            if ended:
+                await self._forget_all(ended)
 
     async def close(self) -> None:
         """Stops handing over and writes every state to Redis for whoever comes next."""

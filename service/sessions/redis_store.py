@@ -249,10 +249,14 @@ class Generation:
     creates when missing, holding a random token. Another token (or none) than the one
     seen means Redis restarted empty or was flushed: the sessions it held are lost."""
 
-    def __init__(self, client: aioredis.Redis, namespace: str, where: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis, namespace: str, where: str, consequence: str
+    ) -> None:
+        """`consequence`: what the loss means for the store, for the log line."""
         self._client = client
         self._key = f"{namespace}:generation"
         self._where = where
+        self._consequence = consequence
         self.token: bytes | None = None  # the one seen last
         self._lost_at: float | None = None  # time.time() of the loss last noticed
 
@@ -267,10 +271,9 @@ class Generation:
             return False
         self._lost_at = time.time()
         log.warning(
-            "Redis at %s lost its data (it restarted without persistence, or was flushed): "
-            "the sequences whose states it held are lost",
-            self._where,
-        )
+            "Redis at %s lost its data (it restarted without persistence, or was flushed): %s",
+            self._where, self._consequence,
+        )  # fmt: skip
         return True
 
     def lost(self, within_s: float) -> Gone | None:
@@ -301,7 +304,9 @@ class RedisStore:
         self._state_prefix = f"{namespace}:state:"
         self._ended_prefix = f"{namespace}:ended:"
         self._index = SessionIndex(self._client, namespace)
-        self._generation = Generation(self._client, namespace, where(url))
+        self._generation = Generation(
+            self._client, namespace, where(url), "the sequences whose states it held are lost"
+        )
         self._forget_if_gone = self._client.register_script(_FORGET_IF_GONE)
         self._sweep = self._client.register_script(_SWEEP)
         self._noticed: list[SessionKey] = []
