@@ -28,7 +28,7 @@ def workers_args(store: str, redis_url: str, *more: str) -> list[str]:
 
 @pytest.mark.parametrize("store", ["redis", "owned"])
 def test_a_killed_worker_is_started_again_while_the_other_serves(
-    start_server, sine_repository: Path, own_redis, store: str
+    own_redis, start_server, sine_repository: Path, store: str
 ) -> None:
     server = start_server(sine_repository, args=workers_args(store, own_redis.url))
     dying, surviving = worker_pids(server.process.pid)
@@ -66,7 +66,7 @@ def test_a_killed_worker_is_started_again_while_the_other_serves(
 
 
 def test_a_worker_that_keeps_dying_stops_the_server_with_one_line(
-    start_server, sine_repository: Path, own_redis
+    own_redis, start_server, sine_repository: Path
 ) -> None:
     args = workers_args("owned", own_redis.url, "--worker-restart-limit", "2")
     server = start_server(sine_repository, args=args, exit_code=1)
