@@ -269,7 +269,9 @@ class OwnedStore:
         self._waiting = RedisClient(url, namespace, max(10.0, 2 * handover_timeout_s))
         self._space = self._redis.keys
         self._index = SessionIndex(self._redis)
-        self._generation = Generation(self._redis, where(url))
+        self._generation = Generation(
+            self._redis, where(url), "this process claims the sequences it holds again"
+        )
         self._touched: set[SessionKey] = set()  # saved since the last refresh
         # Released by a batch that failed (a failover): whether Redis has the release is
         # unknown, so the copy here is not stepped again before Redis is asked (_take_here).
@@ -443,6 +445,10 @@ class OwnedStore:
         except BaseException:
             self._generation.tokens = seen
             raise
+        # Those that ended while being claimed: their end found no record to drop.
+        ended = [key for key in held if not self._local.holds(key)]
+        if ended:
+            await self._redis.run(self._forgetting(ended))
 
     async def close(self) -> None:
         """Stops handing over and writes every state to Redis for whoever comes next."""

@@ -286,9 +286,11 @@ class Generation:
     none) than the one seen means Redis (in a cluster: the master of that bucket) restarted
     empty or was flushed: the sessions it held are lost."""
 
-    def __init__(self, redis: RedisClient, where: str) -> None:
+    def __init__(self, redis: RedisClient, where: str, consequence: str) -> None:
+        """`consequence`: what the loss means for the store, for the log line."""
         self._redis = redis
         self._where = where
+        self._consequence = consequence
         self.tokens: list[bytes | None] = [None] * redis.keys.buckets  # the ones seen last
         self._lost_at: list[float | None] = [None] * redis.keys.buckets  # time.time()
 
@@ -314,9 +316,10 @@ class Generation:
                 self._lost_at[bucket] = now
             log.warning(
                 "Redis at %s lost its data (it restarted without persistence, or was flushed"
-                "%s): the sequences whose states it held are lost",
+                "%s): %s",
                 self._where,
                 "" if space.buckets == 1 else f"; {len(lost)} of {space.buckets} buckets",
+                self._consequence,
             )
         return lost
 
@@ -353,7 +356,9 @@ class RedisStore:
         self._url, self._namespace, self._timeout_s = url, namespace, timeout_s
         self._redis = RedisClient(url, namespace, timeout_s, durability, durability_timeout_s)
         self._index = SessionIndex(self._redis)
-        self._generation = Generation(self._redis, where(url))
+        self._generation = Generation(
+            self._redis, where(url), "the sequences whose states it held are lost"
+        )
         self._noticed: list[SessionKey] = []
         self._census: RedisCensus | None = None
 

@@ -18,7 +18,8 @@ from redis_helpers import sync_client
 @pytest.fixture
 def own_redis(redis_url: str, tmp_path: Path) -> Iterator[RedisServer]:
     """A fresh redis-server on a free port (`redis_url` first: it installs redis-server
-    where the machine lacks it)."""
+    where the machine lacks it). Tests ask for it before `start_server`, so that it stops
+    after their servers: a server's stop writes to it."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server is not on PATH"
     server = RedisServer(binary, free_port(), tmp_path)
@@ -30,7 +31,8 @@ def own_redis(redis_url: str, tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture(params=["server", "cluster"])
 def some_redis(request: pytest.FixtureRequest) -> str:
     """The URL of a Redis with no sessions in it: a redis-server of the test's own, or the
-    shared Redis Cluster (redis+cluster://), flushed (the gauges count what it holds)."""
+    shared Redis Cluster (redis+cluster://), flushed (the gauges count what it holds). Asked
+    for before `start_server`, as `own_redis` is."""
     if request.param == "server":
         return request.getfixturevalue("own_redis").url
     url: str = request.getfixturevalue("redis_cluster").url

@@ -41,7 +41,7 @@ def requests_with(code: str, samples: dict[str, float]) -> float:
 
 
 def test_a_stopped_redis_answers_unavailable_and_the_sequences_go_on_exactly(
-    start_server, sine_repository: Path, own_redis
+    own_redis, start_server, sine_repository: Path
 ) -> None:
     server = start_server(sine_repository, args=["--state-store", "redis", "--redis-url",
                                                  own_redis.url])  # fmt: skip
@@ -83,7 +83,7 @@ def test_a_stopped_redis_answers_unavailable_and_the_sequences_go_on_exactly(
 
 @pytest.mark.parametrize("store", ["redis", "owned"])
 def test_redis_killed_and_started_again_empty(
-    start_server, sine_repository: Path, own_redis, store: str
+    own_redis, start_server, sine_repository: Path, store: str
 ) -> None:
     server = start_server(sine_repository, args=["--state-store", store, "--redis-url",
                                                  own_redis.url])  # fmt: skip

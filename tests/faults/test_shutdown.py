@@ -59,7 +59,7 @@ class Stream:
 
 
 def test_sigterm_closes_idle_streams_at_once_and_answers_the_busy_one(
-    start_server, sine_repository: Path, own_redis
+    own_redis, start_server, sine_repository: Path
 ) -> None:
     server = start_server(sine_repository, args=[
         "--state-store", "owned", "--redis-url", own_redis.url,

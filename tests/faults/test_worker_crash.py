@@ -35,7 +35,7 @@ def workers_args(store: str, redis_url: str, *more: str) -> list[str]:
 
 @pytest.mark.parametrize("store", ["redis", "owned"])
 def test_a_killed_worker_is_started_again_while_the_other_serves(
-    start_server, sine_repository: Path, some_redis: str, store: str
+    some_redis: str, start_server, sine_repository: Path, store: str
 ) -> None:
     """On one redis-server and on a Redis Cluster alike."""
     server = start_server(sine_repository, args=workers_args(store, some_redis))
@@ -74,7 +74,7 @@ def test_a_killed_worker_is_started_again_while_the_other_serves(
 
 
 def test_a_worker_that_keeps_dying_stops_the_server_with_one_line(
-    start_server, sine_repository: Path, own_redis
+    own_redis, start_server, sine_repository: Path
 ) -> None:
     args = workers_args("owned", own_redis.url, "--worker-restart-limit", "2")
     server = start_server(sine_repository, args=args, exit_code=1)
