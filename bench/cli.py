@@ -12,7 +12,7 @@ from rnnserve.errors import UsageError
 
 SCENARIOS = (
     "compute", "transport", "one_session", "many_sessions", "memory", "multi_session",
-    "perf_analyzer", "security", "streams", "workers",
+    "perf_analyzer", "security", "streams", "workers", "soak", "cluster",
 )  # fmt: skip
 
 
@@ -49,6 +49,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="instead of the scenarios: sample the server with py-spy under the goal loads "
         "and write profile.md",
     )
+    parser.add_argument(
+        "--soak",
+        action="store_true",
+        help="only the soak: 200 sequences stepped at once, every answer checked, resident "
+        "memory watched (same as --only soak)",
+    )
+    parser.add_argument(
+        "--soak-seconds", type=float, default=60.0, help="length of the soak (default 60)"
+    )
     parser.add_argument("--runs", type=int, help="repetitions per figure (default 3; 1 quick)")
     parser.add_argument("--duration", type=float, help="seconds of load per figure (default 10)")
     parser.set_defaults(run=run)
@@ -75,6 +84,7 @@ def _repository(args: argparse.Namespace, workdir: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from rnnserve.bench import (
+        cluster,
         compute,
         goals,
         memory,
@@ -84,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         report,
         security,
         sessions,
+        soak,
         streams,
         transport,
         workers,
@@ -101,13 +112,15 @@ def run(args: argparse.Namespace) -> int:
         "security": security.run,
         "streams": streams.run,
         "workers": workers.run,
+        "soak": soak.run,
+        "cluster": cluster.run,
     }
     if args.runs is not None and args.runs < 1:
         raise UsageError("--runs must be at least 1")
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rnnserve-bench-") as scratch:
         workdir = Path(scratch)
-        selected = [] if args.profile else args.only or SCENARIOS
+        selected = [] if args.profile else ["soak"] if args.soak else args.only or SCENARIOS
         # Only the transport floor runs without models.
         needs_models = args.profile or any(name != "transport" for name in selected)
         options = Options(
@@ -119,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             duration_s=args.duration or (1.0 if args.quick else 10.0),
             warmup_s=1.0 if args.quick else 2.0,
             command=shlex.join(["rnnserve", *sys.argv[1:]]),
+            soak_s=args.soak_seconds,
         )
         if args.profile:
             print(f"wrote {profile.run(options)}", file=sys.stderr)

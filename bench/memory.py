@@ -58,6 +58,29 @@ def sessions_active(metrics_url: str) -> float:
     )
 
 
+def start_idle_sessions(server: servers.Running, model_name: str, count: int, first: int) -> None:
+    """Starts `count` sessions (a multiple of FILL_ROWS; ids above 1,000,000 + `first`) and
+    leaves them idle: each request starts FILL_ROWS of them."""
+    requests = count // FILL_ROWS
+    filled = loadgen.run(
+        loadgen.Load(
+            server.target,
+            rows_request_json(model_name, FILL_ROWS),
+            min(FILL_CLIENTS, requests),  # k6 wants no more clients than requests
+            warmup_s=0,
+            sessions=True,
+            iterations=requests,
+            rows=FILL_ROWS,
+            sequence_base=1_000_000 + first,
+        )
+    )
+    if filled["errors"] or filled["failed_rows"]:
+        raise UsageError(
+            f"{filled['errors']:.0f} fill requests and "
+            f"{filled['failed_rows']:.0f} session starts failed"
+        )
+
+
 def _settled_rss(pid: int) -> int:
     time.sleep(1.0)  # let the server finish answering and the allocator settle
     return procs.rss_bytes(pid)
@@ -74,26 +97,7 @@ def run(options: Options) -> ScenarioResult:
             held = 0
             for count in counts:
                 if count > held:
-                    # Each request starts FILL_ROWS new sessions and leaves them idle;
-                    # k6 wants no more clients than requests.
-                    requests = (count - held) // FILL_ROWS
-                    filled = loadgen.run(
-                        loadgen.Load(
-                            server.target,
-                            rows_request_json(options.model_name, FILL_ROWS),
-                            min(FILL_CLIENTS, requests),
-                            warmup_s=0,
-                            sessions=True,
-                            iterations=requests,
-                            rows=FILL_ROWS,
-                            sequence_base=1_000_000 + held,
-                        )
-                    )
-                    if filled["errors"] or filled["failed_rows"]:
-                        raise UsageError(
-                            f"{filled['errors']:.0f} fill requests and "
-                            f"{filled['failed_rows']:.0f} session starts failed"
-                        )
+                    start_idle_sessions(server, options.model_name, count - held, held)
                     held = count
                 rss = _settled_rss(server.pid)
                 per_session = (rss - baseline) / count if count else 0.0

@@ -16,6 +16,7 @@ class Options:
     duration_s: float  # k6 measurement per figure
     warmup_s: float
     command: str  # the command line, quoted beside every figure
+    soak_s: float = 60.0  # the soak's length (--soak-seconds)
 
     @property
     def model_name(self) -> str:

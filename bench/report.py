@@ -132,7 +132,7 @@ def read_scenarios(out: Path) -> list[ScenarioResult]:
         data = json.loads(path.read_text())
         figures = [Figure(**figure) for figure in data.pop("figures")]
         results.append(ScenarioResult(figures=figures, **data))
-    return results
+    return sorted(results, key=lambda result: int(result.title.split(".", 1)[0]))  # by number
 
 
 def _cell(value: Any) -> str:

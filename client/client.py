@@ -53,11 +53,17 @@ class RnnClient(Connection):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, request: Any, timeout: float | None) -> Any:
+    def _call(
+        self,
+        method: str,
+        request: Any,
+        timeout: float | None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> Any:
         """One unary call; its failure raised as the InferenceError of its status."""
         try:
             return getattr(self.stub, method)(
-                request, timeout=self.timeout(timeout), metadata=self.metadata
+                request, timeout=self.timeout(timeout), metadata=self.headers(headers)
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
@@ -119,9 +125,16 @@ class RnnClient(Connection):
         request = build_request(model, inputs, outputs, parameters, version)
         return self.infer_response_of(request, timeout=timeout)
 
-    def infer_response_of(self, request: Any, *, timeout: float | None = None) -> InferResult:
-        """ModelInfer with a request message built already (see `build_request`)."""
-        reply = self._call("ModelInfer", request, timeout)
+    def infer_response_of(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> InferResult:
+        """ModelInfer with a request message built already (see `build_request`), and
+        `headers` (gRPC metadata) sent with it besides the client's own."""
+        reply = self._call("ModelInfer", request, timeout, headers)
         return self.text_decoded(decode_response(reply), timeout)
 
     def text_decoded(self, result: InferResult, timeout: float | None = None) -> InferResult:

@@ -9,6 +9,7 @@ against `root_certificates`, or the system's roots; with `private_key` and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
@@ -65,6 +66,11 @@ class Connection:
             () if token is None else (("authorization", f"Bearer {token}"),)
         )
         self.text = TextOutputs(decode_text)
+
+    def headers(self, extra: Sequence[tuple[str, str]] = ()) -> tuple[tuple[str, str], ...]:
+        """A call's gRPC metadata: the client's own (its token), then the call's (a
+        sequence's routing header)."""
+        return (*self.metadata, *extra)
 
     def timeout(self, timeout: float | None) -> float | None:
         """A call's timeout: its own, else the client's."""

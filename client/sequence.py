@@ -19,6 +19,11 @@ Each step waits at most `timeout` seconds for its answer (its final one, streame
 stream not answered in time is cancelled and the next try opens another); a stream lives
 at most `stream_timeout` seconds (None: as long as the session).
 
+Every call of a sequence carries its id as the gRPC header `sequence-id` (ROUTING_HEADER),
+for load balancers that do not read the request body: a consistent-hash policy on that
+header (Envoy's ring hash, gRPC's ring_hash) keeps a sequence on one replica, so that the
+owned state store rarely has to hand its state over (docs/scaling.md).
+
 `SequenceSteps` is the bookkeeping, without I/O, that SequenceSession (here) and
 `rnnserve.client.aio.AsyncSequenceSession` share.
 """
@@ -41,6 +46,7 @@ from rnnserve.protocol.codec import Parameter
 from rnnserve.protocol.sequences import SEQUENCE_OFFSET
 
 FINAL = "triton_final_response"
+ROUTING_HEADER = "sequence-id"
 
 
 class SequenceSteps:
@@ -73,6 +79,7 @@ class SequenceSteps:
         self.timeout = timeout
         self.stream_timeout = stream_timeout
         self.offset = 0  # the sequence's time steps, as the server last counted them
+        self.routing = ((ROUTING_HEADER, str(sequence_id)),)  # headers of every call
         self.retries = 0  # steps sent again after a failure
         self._started = False
 
@@ -173,9 +180,9 @@ class SequenceSession(SequenceSteps):
 
     def _send(self, request: Any, timeout: float | None) -> list[InferResult]:
         if not self.streaming:
-            return [self.client.infer_response_of(request, timeout=timeout)]
+            return [self.client.infer_response_of(request, timeout=timeout, headers=self.routing)]
         if self._stream is None or self._stream.done:
-            self._stream = Stream(self.client, None, self.stream_timeout)
+            self._stream = Stream(self.client, None, self.stream_timeout, self.routing)
         self._stream.send(request)
         deadline = deadline_of(timeout)
         responses: list[InferResult] = []

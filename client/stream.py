@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -35,17 +35,22 @@ def closed_stream() -> Unavailable:
 
 class Stream:
     def __init__(
-        self, client: RnnClient, requests: Iterator[Any] | None, timeout: float | None
+        self,
+        client: RnnClient,
+        requests: Iterator[Any] | None,
+        timeout: float | None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None:
         """A stream sending `requests`, or, when None, what `send` is given; `timeout` is
-        the whole stream's deadline (None: none)."""
+        the whole stream's deadline (None: none); `headers` go with it besides the
+        client's own."""
         self._client = client
         self._requests: queue.Queue[Any] | None = None
         if requests is None:
             self._requests = queue.Queue()
             requests = iter(self._requests.get, None)
         self._call = client.stub.ModelStreamInfer(
-            requests, timeout=timeout, metadata=client.metadata
+            requests, timeout=timeout, metadata=client.headers(headers)
         )
         self._replies: queue.Queue[Any] = queue.Queue()
         self.done = False  # ended, broke or cancelled: nothing more will come

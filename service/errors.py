@@ -53,6 +53,13 @@ class Unavailable(ServiceError):
     code = "UNAVAILABLE"
 
 
+class Aborted(ServiceError):
+    """What the client relied on was lost to a server fault (a sequence's state): begin
+    again; retrying the same request cannot succeed."""
+
+    code = "ABORTED"
+
+
 class Unauthenticated(ServiceError):
     code = "UNAUTHENTICATED"
 
@@ -72,6 +79,10 @@ def client_error(error: Exception, what: str) -> ServiceError:
     errors verbatim; anything else is a bug, logged here with its traceback and answered
     INTERNAL without its details (no traceback ever reaches a client)."""
     if isinstance(error, ServiceError):
+        # Its traceback is not needed any more, and the caller keeps the error beside the
+        # frames it references (a cycle): without this, the request's arrays in those
+        # frames stay resident until the cyclic collector happens to run.
+        error.__traceback__ = error.__context__ = None
         return error
     log.error("%s failed", what, exc_info=error)
     return ServiceError(f"internal error in {what}; the server log has the details")

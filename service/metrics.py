@@ -11,13 +11,22 @@ histogram for a timestamp nobody queries (`rnnserve_start_time_seconds` tells re
 
 With `--workers N` every worker records into prometheus_client's multiprocess files and the
 supervisor serves the sum (service/workers.py). Counters and histograms add up; each gauge
-names how its workers' values combine: sessions held by live workers add up, and a model's
-info and load time are one series per model however many workers loaded it.
+names how its workers' values combine: requests in flight of live workers add up, and a
+model's info and load time are one series per model however many workers loaded it.
+
+Two series are not recorded but read when scraped, by collectors (below): the sessions
+holding state, counted by the state store itself (`SessionsActive`: a crash, a restart or a
+store that lost its data cannot skew a count nobody increments), and the supervisor's
+worker restarts (`WorkerRestarts`). A lone server registers the first with the store it
+opened; with workers the supervisor registers both, counting the sessions once in the Redis
+every worker shares (summing each worker's view of it would multiply them).
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import (
     REGISTRY,
@@ -28,8 +37,11 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from rnnserve.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 disable_created_metrics()
 
@@ -96,11 +108,17 @@ BATCH_SIZE = Histogram(
     ["model", "version"],
     buckets=BATCH_BUCKETS,
 )
-SESSIONS_ACTIVE = Gauge(
-    "rnnserve_sessions_active",
-    "Sessions holding state.",
-    ["model", "version"],
+REQUEST_BYTES_IN_FLIGHT = Gauge(
+    "rnnserve_request_bytes_in_flight",
+    "Memory the inference requests in flight may take (inputs, outputs and the recurrent "
+    "work they imply), as admission estimated it against max_inflight_bytes.",
     multiprocess_mode="livesum",
+)
+REQUEST_BYTES_LIMIT = Gauge(
+    "rnnserve_request_bytes_limit",
+    "max_inflight_bytes: the most memory the inference requests in flight of one server "
+    "process may take; past it requests are refused RESOURCE_EXHAUSTED.",
+    multiprocess_mode="max",
 )
 SESSIONS_STARTED = Counter(
     "rnnserve_sessions_started", "Sessions started (or restarted).", ["model", "version"]
@@ -146,9 +164,15 @@ MODEL_LOAD_DURATION = Gauge(
 )
 STATE_STORE_UP = Gauge(
     "rnnserve_state_store_up",
-    "1 while the session state store answered its last sweep, 0 when it failed (Redis "
-    "unreachable); the lowest of the workers.",
+    "1 while the session state store answers, 0 from a call that could not reach it (Redis "
+    "unreachable) until one does again; the lowest of the workers.",
     multiprocess_mode="livemin",
+)
+STATE_STORE_ERRORS = Counter(
+    "rnnserve_state_store_errors",
+    "Calls to the session state store that could not reach it (each answered UNAVAILABLE, "
+    "or retried by the sweeper), by store and operation.",
+    ["store", "operation"],
 )
 START_TIME = Gauge(
     "rnnserve_start_time_seconds",
@@ -175,6 +199,69 @@ class Observer:
         self._sum.inc(amount)
         # The first bucket whose upper bound is >= amount (`le`), as observe() finds it.
         self._buckets[bisect.bisect_left(self._bounds, amount)].inc(1)
+
+
+# Series read when scraped.
+
+SESSIONS_ACTIVE = "rnnserve_sessions_active"
+WORKER_RESTARTS = "rnnserve_worker_restarts"
+
+# (model, version) -> sessions holding state, as a state store counts them.
+SessionCounts = Mapping[tuple[str, str], int]
+
+
+class SessionsActive:
+    """`rnnserve_sessions_active{model,version}`, counted by the state store at each scrape
+    (`count`, called in the scrape's thread). A store that cannot count (Redis unreachable)
+    leaves the series out of that scrape rather than show a stale number."""
+
+    def __init__(self, count: Callable[[], SessionCounts]) -> None:
+        self._count = count
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        try:
+            counts = self._count()
+        except Exception as error:  # the store's outage is told elsewhere, once
+            log.debug("counting sessions for /metrics failed: %s", error)
+        else:
+            for (model, version), count in sorted(counts.items()):
+                family.add_metric([model, version], count)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            SESSIONS_ACTIVE,
+            "Sessions holding state, counted by the state store when scraped (with the redis "
+            "and owned stores: in the Redis every server process shares).",
+            labels=["model", "version"],
+        )
+
+
+class WorkerRestarts:
+    """`rnnserve_worker_restarts_total`: workers the supervisor started again after they
+    died (`restarts`, read at each scrape)."""
+
+    def __init__(self, restarts: Callable[[], int]) -> None:
+        self._restarts = restarts
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family(None)
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._family(self._restarts())
+
+    @staticmethod
+    def _family(value: int | None) -> CounterMetricFamily:
+        return CounterMetricFamily(
+            WORKER_RESTARTS,
+            "Workers (--workers) the supervisor started again after one died on its own.",
+            value=value,
+        )
 
 
 def serve(port: int, host: str, registry: CollectorRegistry = REGISTRY) -> None:

@@ -49,6 +49,11 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     options.intra_op_num_threads = settings.intra_op_threads
     options.inter_op_num_threads = settings.inter_op_threads
     options.log_severity_level = 3  # errors only: ORT warns about benign graph rewrites
+    # No CPU memory arena: the arena keeps, for the life of the process, the peak of the
+    # largest request it ever ran (gigabytes, for a long batch). Without it each run's
+    # buffers go back to the allocator, and the large ones (mmapped) to the system, so
+    # resident memory returns to its level; small runs measured no slower (tens of µs).
+    options.enable_cpu_mem_arena = False
     return options
 
 

@@ -32,6 +32,7 @@ from rnnserve.service import metrics
 from rnnserve.service.auth import Authenticator
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.grpc.frontend import GrpcFrontend
+from rnnserve.service.memory import return_large_buffers
 from rnnserve.service.rest.frontend import RestFrontend
 from rnnserve.service.sessions import open_store
 from rnnserve.service.settings import Settings
@@ -65,16 +66,21 @@ class Frontend(Protocol):
         ...
 
 
-async def serve(settings: Settings, start_gate: StartGate | None = None) -> None:
+async def serve(
+    settings: Settings, start_gate: StartGate | None = None, worker: str | None = None
+) -> None:
     """Run until SIGTERM/SIGINT. Raises if the repository cannot be loaded.
 
     Without a start gate the server stands alone and also serves /metrics; with one it is
-    a worker, and the supervisor serves every worker's metrics.
+    a worker (`worker`: its id in the owned store, named by the supervisor), and the
+    supervisor serves every worker's metrics.
     """
     started = time.perf_counter()
+    return_large_buffers()  # resident memory comes back after a large request
     metrics.START_TIME.set(time.time())
     tls, authenticator = load_tls(settings), Authenticator.from_settings(settings)
-    dataplane = DataPlane(settings, open_store(settings))
+    store = open_store(settings, worker)
+    dataplane = DataPlane(settings, store)
     shared_port = start_gate is not None
     frontends: list[Frontend] = [GrpcFrontend(settings, dataplane, shared_port, tls, authenticator)]
     if settings.http_port:
@@ -84,6 +90,7 @@ async def serve(settings: Settings, start_gate: StartGate | None = None) -> None
     if start_gate is None:  # before anything is logged: a port in use is one line
         address = settings.metrics_address
         if settings.metrics_port:
+            metrics.REGISTRY.register(metrics.SessionsActive(store.active))
             metrics.serve(settings.metrics_port, address)
         await _listen(frontends, f"metrics on {address}:{settings.metrics_port}")
     if settings.auth_tokens and tls is None:
@@ -129,10 +136,16 @@ def _report_loading(dataplane: DataPlane, seconds: float) -> None:
     if dataplane.settings.exit_on_error and failures:
         name, version, reason = failures[0]
         raise UsageError(f"--exit-on-error: {counts}; {name} version {version}: {reason}")
+    reachability = dataplane.store_reachability
     if dataplane.ready():
         log.info("ready: %s in %.2f s", counts, seconds)
     elif not loaded:
         log.warning("not ready: %s: no model to serve", counts)
+    elif not reachability.up:
+        log.warning(
+            "not ready: %s; the %s state store at %s is unreachable (ready once it answers)",
+            counts, reachability.store, reachability.where,
+        )  # fmt: skip
     else:
         log.warning("not ready (--strict-readiness): %s", counts)
 

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     metrics_port: int = 8002  # 0 disables the /metrics endpoint
     metrics_host: str = ""  # where /metrics listens ("": on `host`), e.g. a private address
     workers: int = Field(1, ge=1, description="server processes sharing the port")
+    # A worker that dies is started again while the others serve (at once, then after 1, 2,
+    # 4... up to 10 s while deaths follow each other); the server stops (exit 1) once
+    # `worker_restart_limit` workers died within `worker_restart_window_s`.
+    worker_restart_limit: int = Field(5, ge=1)
+    worker_restart_window_s: float = Field(60.0, gt=0)
     grace_period_s: float = Field(30.0, ge=0, description="SIGTERM: time to finish in flight")
 
     # Model control, as Triton's: none (the repository as it was at start), poll (version
@@ -71,6 +76,12 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(1024, ge=1)
     max_sequence_length: int = Field(100_000, ge=1)
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # The memory budget (service/dataplane/budget.py), sized for a 2 GB container: the
+    # elements one request implies (inputs, outputs, the recurrent kernels' working memory:
+    # rows x time steps x what a step holds), and the bytes of all requests in flight in
+    # one server process. Past either: RESOURCE_EXHAUSTED, before any work.
+    max_request_elements: int = Field(64 * 1024 * 1024, ge=1)
+    max_inflight_bytes: int = Field(1024 * 1024 * 1024, ge=1)
 
     # Sequences (stateful sessions).
     session_idle_timeout_s: float = Field(60.0, gt=0)
@@ -82,7 +93,27 @@ class Settings(BaseSettings):
     # number of processes; survives crashes). owned: each state in the memory of the
     # process that steps it, handed over through Redis when another process needs it.
     state_store: Literal["memory", "redis", "owned"] = "memory"
+    # One Redis (redis://, rediss://, unix://) or a Redis Cluster: redis+cluster:// (or
+    # rediss+cluster://) and any node's address (service/sessions/redis_client.py).
     redis_url: str = "redis://localhost:6379/0"
+    # How long a call to Redis may take before it fails (UNAVAILABLE, retryable): a stopped
+    # or unreachable Redis must not hold requests. (In a Redis Cluster a call is also tried
+    # again through a failover, for a few seconds, before it fails.)
+    state_store_timeout_s: float = Field(1.0, gt=0)
+    # none: a write is acknowledged once the Redis master has it. replica: also once at least
+    # one replica has it (WAIT), so that a failover loses no acknowledged step; a write no
+    # replica confirms within state_durability_timeout_s fails the request UNAVAILABLE. That
+    # wait comes on top of state_store_timeout_s: they bound different things.
+    state_durability: Literal["none", "replica"] = "none"
+    state_durability_timeout_s: float = Field(1.0, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _cluster_database(cls, url: str) -> str:
+        from rnnserve.service.sessions.redis_client import check_url
+
+        check_url(url)
+        return url
 
     # Batching steps of different sessions into one ORT run. Off by default: for small
     # models on the CPU, gathering and splitting states costs more than the runs it merges

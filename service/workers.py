@@ -14,15 +14,24 @@ request lands elsewhere) or the redis store (every step in Redis).
 
 Metrics: prometheus_client's multiprocess mode. The supervisor points PROMETHEUS_MULTIPROC_DIR
 at a fresh folder before any worker starts, serves /metrics adding up what the workers wrote
-there (service/metrics.py says how each gauge combines), and removes the folder on exit.
-Model statistics (the ModelStatistics RPC) stay per worker: they describe the worker that
-answers.
+there (service/metrics.py says how each gauge combines; a dead worker's live gauges go with
+it), and removes the folder on exit. It adds two series of its own, read when scraped: the
+sessions, counted once in the Redis the workers share, and its worker restarts. Model
+statistics (the ModelStatistics RPC) stay per worker: they describe the worker that answers.
+
+A worker that dies on its own (a crash, the OOM killer, SIGKILL) is started again while the
+others keep serving: at once, then after a backoff that doubles (1 s, 2 s, ... at most
+MAX_BACKOFF_S) while deaths follow each other; the new worker loads and starts listening
+without waiting at the start gate, which opened long ago. The sessions the dead worker held
+in memory (owned store) are declared lost at once, so that their next steps are answered
+ABORTED ("state ... was lost") from the other workers rather than waited for; with the
+redis store they continue exactly. After `worker_restart_limit` deaths within
+`worker_restart_window_s` the supervisor stops the others and exits 1 with one line: a
+worker that cannot live is the orchestrator's to see.
 
 Stopping: SIGTERM or SIGINT to the supervisor is forwarded to every worker as SIGTERM; each
 drains as a lone server does, and the supervisor exits 0 once all have (workers still running
-after the grace period and a margin are killed). A worker that dies on its own is logged, the
-others are stopped and the supervisor exits 1: the orchestrator restarts the server whole,
-rather than one worker reloading its models while the others serve.
+after the grace period and a margin are killed).
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ import shutil
 import signal
 import tempfile
 import time
+import uuid
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -50,6 +61,7 @@ MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LOADED, OPEN = "loaded", "open"  # the start gate's two messages
 KILL_MARGIN_S = 10.0  # after the grace period, time a worker gets to close before SIGKILL
 POLL_S = 1.0  # how often the supervisor looks at the kill deadline while workers stop
+MAX_BACKOFF_S = 10.0  # the longest wait before a dead worker is started again
 
 
 def serve_workers(settings: Settings, log_level: str) -> int:
@@ -57,22 +69,28 @@ def serve_workers(settings: Settings, log_level: str) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="rnnserve-metrics-")
     # Set before any worker starts: prometheus_client picks its storage at import time.
     os.environ[MULTIPROCESS_DIR_ENV] = metrics_dir
+    supervisor = Supervisor(settings, log_level)
     try:
         if settings.metrics_port:
-            _serve_metrics(settings, metrics_dir)
-        return Supervisor(settings, log_level).run()
+            _serve_metrics(settings, metrics_dir, supervisor)
+        return supervisor.run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _serve_metrics(settings: Settings, metrics_dir: str) -> None:
+def _serve_metrics(settings: Settings, metrics_dir: str, supervisor: Supervisor) -> None:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     from rnnserve.service import metrics
+    from rnnserve.service.sessions.redis_store import RedisCensus
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=metrics_dir)
+    # Workers share one Redis (several workers need the redis or owned store): counted once.
+    census = RedisCensus(settings.redis_url, "rnnserve", settings.state_store_timeout_s)
+    registry.register(metrics.SessionsActive(census))
+    registry.register(metrics.WorkerRestarts(lambda: supervisor.restarts))
     metrics.serve(settings.metrics_port, settings.metrics_address, registry)
 
 
@@ -81,6 +99,8 @@ class Worker:
     index: int
     process: SpawnProcess
     gate: Connection  # the supervisor's end of the start gate
+    id: str  # its id in the owned store, to declare it dead
+    loaded: bool = False
 
     @property
     def name(self) -> str:
@@ -93,13 +113,20 @@ class Supervisor:
         self.log_level = log_level
         self.workers: list[Worker] = []
         self.stop_deadline: float | None = None  # set once the workers are told to stop
-        self.failed = False  # a worker died on its own or stopped badly: exit 1
+        self.failed = False  # workers died too often, or stopped badly: exit 1
+        self.restarts = 0  # workers started again after dying
+        self._opened = False  # the start gate, opened once every first worker loaded
+        self._deaths: deque[float] = deque()  # when workers died, within the window
+        self._due: list[tuple[float, int]] = []  # (when, index): restarts waiting
+        self._context = multiprocessing.get_context("spawn")
+        self._loading: dict[object, Worker] = {}  # by gate
+        self._running: dict[object, Worker] = {}  # by process sentinel
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-        context = multiprocessing.get_context("spawn")
-        self.workers = [self._start(context, index) for index in range(self.settings.workers)]
+        for index in range(self.settings.workers):
+            self._start(index)
         log.info(
             "started %d workers on %s:%s (metrics on %s:%s)",
             len(self.workers), self.settings.host, self.settings.grpc_port,
@@ -107,33 +134,38 @@ class Supervisor:
         )  # fmt: skip
         return self._watch()
 
-    def _start(self, context: multiprocessing.context.SpawnContext, index: int) -> Worker:
-        ours, theirs = context.Pipe()
-        process = context.Process(
+    def _start(self, index: int) -> Worker:
+        ours, theirs = self._context.Pipe()
+        worker_id = uuid.uuid4().hex
+        process = self._context.Process(
             target=run_worker,
-            args=(self.settings, theirs, self.log_level),
+            args=(self.settings, theirs, self.log_level, worker_id),
             name=f"rnnserve-worker-{index}",
         )
         process.start()
         theirs.close()  # the worker holds it now; its death closes the pipe for us to see
-        return Worker(index, process, ours)
+        worker = Worker(index, process, ours, worker_id)
+        if index < len(self.workers):
+            self.workers[index] = worker
+        else:
+            self.workers.append(worker)
+        self._loading[worker.gate] = worker
+        self._running[worker.process.sentinel] = worker
+        return worker
 
     def _watch(self) -> int:
-        """Open the gate when all have loaded; wait until every worker has exited."""
-        loading: dict[object, Worker] = {worker.gate: worker for worker in self.workers}
-        running: dict[object, Worker] = {w.process.sentinel: w for w in self.workers}
-        loaded = 0
-        while running:
-            for ready in wait([*loading, *running], timeout=self._wait_timeout()):
-                if ready in loading:
-                    loaded += self._loaded(loading.pop(ready))
-                    if loaded == len(self.workers) and not self.stopping:
-                        self._open_gates()
+        """Open the gate when all have loaded, start again those that die; wait until
+        every worker has exited."""
+        while self._running or (self._due and not self.stopping):
+            for ready in wait([*self._loading, *self._running], timeout=self._wait_timeout()):
+                if ready in self._loading:
+                    self._loaded(self._loading.pop(ready))
                     continue
-                worker = running.pop(ready)
-                loading.pop(worker.gate, None)
+                worker = self._running.pop(ready)
+                self._loading.pop(worker.gate, None)
                 self._exited(worker)
-            self._kill_if_overdue(running.values())
+            self._restart_due()
+            self._kill_if_overdue(self._running.values())
         return 1 if self.failed else 0
 
     @property
@@ -141,21 +173,36 @@ class Supervisor:
         return self.stop_deadline is not None
 
     def _wait_timeout(self) -> float | None:
-        return POLL_S if self.stopping else None
+        if self.stopping:
+            return POLL_S
+        if self._due:
+            return max(0.0, min(when for when, _ in self._due) - time.monotonic())
+        return None
+
+    def _loaded(self, worker: Worker) -> None:
+        """The worker says it has loaded (if it died loading, its sentinel tells): the gate
+        opens once every first worker has; a restarted one goes through at once."""
+        try:
+            if worker.gate.recv() != LOADED:
+                return
+        except EOFError:
+            return
+        worker.loaded = True
+        if self.stopping:
+            return
+        if self._opened:
+            self._open(worker)
+            log.info("%s loaded: serving again beside the others", worker.name)
+        elif all(each.loaded for each in self.workers):
+            self._opened = True
+            for each in self.workers:
+                self._open(each)
+            log.info("all %d workers loaded: serving", len(self.workers))
 
     @staticmethod
-    def _loaded(worker: Worker) -> bool:
-        """Whether the worker says it has loaded; if it died loading, its sentinel tells."""
-        try:
-            return worker.gate.recv() == LOADED
-        except EOFError:
-            return False
-
-    def _open_gates(self) -> None:
-        for worker in self.workers:
-            with contextlib.suppress(BrokenPipeError):  # it just died: its sentinel tells
-                worker.gate.send(OPEN)
-        log.info("all %d workers loaded: serving", len(self.workers))
+    def _open(worker: Worker) -> None:
+        with contextlib.suppress(BrokenPipeError):  # it just died: its sentinel tells
+            worker.gate.send(OPEN)
 
     def _exited(self, worker: Worker) -> None:
         from prometheus_client import multiprocess
@@ -163,13 +210,63 @@ class Supervisor:
         worker.process.join()
         multiprocess.mark_process_dead(worker.process.pid)  # drops its live gauges
         code = worker.process.exitcode
-        if not self.stopping:
-            log.error("%s exited unexpectedly with %s: stopping the others", worker.name, code)
+        if self.stopping:
+            if code not in (0, -signal.SIGTERM):  # SIGTERM kills a worker still importing
+                log.error("%s exited with %s while stopping", worker.name, code)
+                self.failed = True
+            return
+        how = _death(code)
+        lost = self._declare_dead(worker)
+        now = time.monotonic()
+        self._deaths.append(now)
+        while self._deaths[0] < now - self.settings.worker_restart_window_s:
+            self._deaths.popleft()
+        deaths, window = len(self._deaths), self.settings.worker_restart_window_s
+        if deaths >= self.settings.worker_restart_limit:
+            log.error(
+                "%s %s: %d workers died within %g s (--worker-restart-limit %d): stopping the "
+                "server", worker.name, how, deaths, window, self.settings.worker_restart_limit,
+            )  # fmt: skip
             self.failed = True
             self._stop_workers()
-        elif code not in (0, -signal.SIGTERM):  # SIGTERM kills a worker still importing
-            log.error("%s exited with %s while stopping", worker.name, code)
-            self.failed = True
+            return
+        backoff = 0.0 if deaths == 1 else min(2.0 ** (deaths - 2), MAX_BACKOFF_S)
+        log.error(
+            "%s %s%s: the others keep serving; starting it again in %g s (%d deaths within "
+            "%g s of %d allowed)", worker.name, how, lost, backoff, deaths, window,
+            self.settings.worker_restart_limit,
+        )  # fmt: skip
+        self._due.append((now + backoff, worker.index))
+
+    def _declare_dead(self, worker: Worker) -> str:
+        """With the owned store, the sessions the worker held are lost: said at once (its
+        reaping), so that their next steps hear it rather than wait for the dead worker.
+        What to add to the log line."""
+        if self.settings.state_store != "owned":
+            return ""
+        import redis
+
+        from rnnserve.service.sessions.owned_store import declare_dead
+
+        settings = self.settings
+        try:
+            lost = declare_dead(
+                settings.redis_url, worker.id, settings.session_idle_timeout_s,
+                timeout_s=settings.state_store_timeout_s,
+            )  # fmt: skip
+        except redis.RedisError as error:  # the workers' sweeps reap it once Redis answers
+            return f" (its sequences could not be declared lost now: {error})"
+        return f"; the {lost} sequences it held are lost"
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for when, index in [due for due in self._due if due[0] <= now]:
+            self._due.remove((when, index))
+            if self.stopping:
+                continue
+            worker = self._start(index)
+            self.restarts += 1
+            log.info("started %s again", worker.name)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("%s: stopping the workers", signal.Signals(signum).name)
@@ -212,8 +309,16 @@ class _PipeGate:
         self.connection.recv()  # OPEN; EOFError if the supervisor is gone: do not serve
 
 
-def run_worker(settings: Settings, gate: Connection, log_level: str) -> None:
-    """A worker's main function (it runs in a fresh interpreter)."""
+def _death(code: int | None) -> str:
+    """How a process ended, in words: its exit status, or the signal that killed it."""
+    if code is not None and code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited unexpectedly with {code}"
+
+
+def run_worker(settings: Settings, gate: Connection, log_level: str, worker_id: str) -> None:
+    """A worker's main function (it runs in a fresh interpreter); `worker_id` names it in
+    the owned store."""
     # Ctrl-C reaches the whole process group: the supervisor forwards it as SIGTERM, and
     # until the server installs its own handlers the worker must not die of it mid-import.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -223,4 +328,4 @@ def run_worker(settings: Settings, gate: Connection, log_level: str) -> None:
 
     from rnnserve.service.server import serve
 
-    asyncio.run(serve(settings, start_gate=_PipeGate(gate)))
+    asyncio.run(serve(settings, start_gate=_PipeGate(gate), worker=worker_id))

@@ -9,6 +9,8 @@ health service says SERVING, stopped with SIGTERM and required to exit 0:
     def test_y(start_server, tiny_repository):   # a private one with its own settings
         other = start_server(tiny_repository, env={"RNNSERVE_STATE_STORE": "redis"})
 
+Redis: `redis_url` is one redis-server, `redis_cluster` a Redis Cluster of six (three
+masters, a replica each), `any_redis` each of the two in turn.
 `token_server` (TLS, bearer tokens) and `mtls_server` (mutual TLS) serve sine-lstm to the
 security tests of both protocols (tests/security_helpers.py has the principals' tokens).
 `user_exports` are users' own models, exported as users export them (tests/user_exports.py).
@@ -20,7 +22,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,9 +32,11 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from processes import free_port
 from security_helpers import credentials, write_tokens
 
 from rnnserve.bench.pki import Authority, Issued
+from rnnserve.bench.redis_cluster import LocalCluster
 from rnnserve.client.client import RnnClient
 from rnnserve.protocol import rpc
 
@@ -91,12 +94,6 @@ def user_exports(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from user_exports import export_all
 
     return export_all(tmp_path_factory.mktemp("user-exports"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # Servers.
@@ -333,6 +330,24 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A Redis Cluster of real redis-server processes on 127.0.0.1: three masters with a
+    replica each (redis-cli --cluster create), stopped after the tests."""
+    _redis_server_binary()
+    with LocalCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["server", "cluster"])
+def any_redis(request: pytest.FixtureRequest) -> str:
+    """Each Redis the stores run on, in turn: one redis-server (`redis_url`) and the
+    cluster (`redis_cluster`, redis+cluster://)."""
+    if request.param == "server":
+        return request.getfixturevalue("redis_url")
+    return request.getfixturevalue("redis_cluster").url
 
 
 def _apt_install(package: str) -> None:

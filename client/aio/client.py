@@ -46,11 +46,17 @@ class AsyncRnnClient(Connection):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(self, method: str, request: Any, timeout: float | None) -> Any:
+    async def _call(
+        self,
+        method: str,
+        request: Any,
+        timeout: float | None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> Any:
         """One unary call; its failure raised as the InferenceError of its status."""
         try:
             return await getattr(self.stub, method)(
-                request, timeout=self.timeout(timeout), metadata=self.metadata
+                request, timeout=self.timeout(timeout), metadata=self.headers(headers)
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
@@ -112,8 +118,14 @@ class AsyncRnnClient(Connection):
         request = build_request(model, inputs, outputs, parameters, version)
         return await self.infer_response_of(request, timeout=timeout)
 
-    async def infer_response_of(self, request: Any, *, timeout: float | None = None) -> InferResult:
-        reply = await self._call("ModelInfer", request, timeout)
+    async def infer_response_of(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> InferResult:
+        reply = await self._call("ModelInfer", request, timeout, headers)
         return await self.text_decoded(decode_response(reply), timeout)
 
     async def text_decoded(self, result: InferResult, timeout: float | None = None) -> InferResult:

@@ -61,9 +61,11 @@ class AsyncSequenceSession(SequenceSteps):
 
     async def _send(self, request: Any, timeout: float | None) -> list[InferResult]:
         if not self.streaming:
-            return [await self.client.infer_response_of(request, timeout=timeout)]
+            return [
+                await self.client.infer_response_of(request, timeout=timeout, headers=self.routing)
+            ]
         if self._stream is None or self._stream.done:
-            self._stream = AsyncStream(self.client, None, self.stream_timeout)
+            self._stream = AsyncStream(self.client, None, self.stream_timeout, self.routing)
         await self._stream.send(request)
         deadline = deadline_of(timeout)
         responses: list[InferResult] = []

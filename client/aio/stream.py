@@ -5,7 +5,7 @@ client's Stream is)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -24,12 +24,14 @@ class AsyncStream:
         client: AsyncRnnClient,
         requests: Iterable[Any] | AsyncIterable[Any] | None,
         timeout: float | None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None:
         """A stream sending `requests`, or, when None, what `send` is given; `timeout` is
-        the whole stream's deadline (None: none)."""
+        the whole stream's deadline (None: none); `headers` go with it besides the
+        client's own."""
         self._client = client
         self._call = client.stub.ModelStreamInfer(
-            requests, timeout=timeout, metadata=client.metadata
+            requests, timeout=timeout, metadata=client.headers(headers)
         )
         self.done = False  # ended, broke or cancelled: nothing more will come
         self._cancelled = False

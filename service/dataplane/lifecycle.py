@@ -2,11 +2,13 @@
 
     loading --load()--> ready --drain()--> draining --close()--> closed
 
-Only a ready data plane admits requests; draining lets those in flight finish.
+Only a ready data plane admits requests; draining lets those in flight finish, and tells
+whoever waits on `draining` (front ends close their idle streams at once).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ Phase = Literal["loading", "ready", "draining", "closed"]
 class Lifecycle:
     def __init__(self) -> None:
         self.phase: Phase = "loading"
+        self.draining = asyncio.Event()  # set once new requests are refused
         self._in_flight = InFlight()
 
     def live(self) -> bool:
@@ -49,6 +52,7 @@ class Lifecycle:
         """Refuses new requests from now on."""
         if self.phase in ("loading", "ready"):
             self.phase = "draining"
+            self.draining.set()
 
     async def idle(self, grace_period_s: float) -> None:
         """Waits for the requests in flight to finish, at most the grace period."""

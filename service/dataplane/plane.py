@@ -9,12 +9,15 @@ request, each timed by one RequestTimer. Which versions are loaded is the model 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib import metadata
 from typing import Protocol
 
 from rnnserve.service.dataplane.admitted import Admitted
+from rnnserve.service.dataplane.budget import Budget
 from rnnserve.service.dataplane.compute import Compute
 from rnnserve.service.dataplane.lifecycle import Lifecycle
 from rnnserve.service.dataplane.models import ModelControl
@@ -37,6 +40,7 @@ from rnnserve.service.sessions import (
     split_control,
 )
 from rnnserve.service.sessions.control import CONTROL_INPUTS, CONTROL_OUTPUTS
+from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import (
     InferRequest,
@@ -83,12 +87,14 @@ class DataPlane:
         self._sessions = SessionManager(
             store, settings.max_sessions, settings.max_sessions_per_principal
         )
+        self._budget = Budget(settings.max_request_elements, settings.max_inflight_bytes)
         self._stateless = StatelessPath(self._compute)
         self._sequence = SequencePath(self._sessions, self._compute)
         self._rows = RowsPath(self._sessions, self._compute)
         self._unknown_parameters = OncePerCause(log)
         self._models = ModelControl(settings, self.repository, self._compute, self._notify)
         self._watchers: list[Watcher] = []
+        store.reachability.watch(self._notify)  # readiness follows the store
 
     # Lifecycle hooks, called by the server in this order.
 
@@ -104,6 +110,13 @@ class DataPlane:
         """Refuses new requests from now on; those in flight go on."""
         self._lifecycle.drain()
 
+    @property
+    def draining(self) -> asyncio.Event:
+        """Set once the data plane refuses new requests: front ends end their idle streams
+        (UNAVAILABLE, to retry elsewhere) rather than wait for a request that would be
+        refused."""
+        return self._lifecycle.draining
+
     async def close(self) -> None:
         """Drains, waits for the requests in flight (at most the grace period), then stops
         the polling, the batchers, the sessions (and their store) and the threads."""
@@ -117,16 +130,23 @@ class DataPlane:
     def live(self) -> bool:
         return self._lifecycle.live()
 
+    @property
+    def store_reachability(self) -> Reachability:
+        return self._sessions.store.reachability
+
     def ready(self) -> bool:
-        """Serving, with a model loaded and, under strict readiness, no version failed."""
+        """Serving, with a model loaded, the state store reachable and, under strict
+        readiness, no version failed."""
         return (
             self._lifecycle.ready()
             and bool(self.repository.loaded())
+            and self.store_reachability.up
             and not (self.settings.strict_readiness and self.repository.failures())
         )
 
     def watch(self, watcher: Watcher) -> None:
-        """`watcher` is awaited after every change of what is loaded or ready."""
+        """`watcher` is awaited after every change of what is loaded or ready (the state
+        store's reachability too)."""
         self._watchers.append(watcher)
 
     async def _notify(self) -> None:
@@ -233,7 +253,7 @@ class DataPlane:
         with self._lifecycle.request():
             admitted, path = await self._admit(request)
             # No await since the version was chosen: an unload waits for this request.
-            with admitted.model.in_flight.request(), RequestTimer(admitted.model.runtime) as timer:
+            with self._running(admitted) as timer:
                 return await path.answer(admitted, timer)
 
     async def stream_infer(self, request: InferRequest) -> AsyncIterator[InferResponse]:
@@ -241,9 +261,21 @@ class DataPlane:
         seq2seq; the last carries `final`."""
         with self._lifecycle.request():
             admitted, path = await self._admit(request)
-            with admitted.model.in_flight.request(), RequestTimer(admitted.model.runtime) as timer:
+            with self._running(admitted) as timer:
                 async for response in path.stream(admitted, timer):
                     yield response
+
+    @contextlib.contextmanager
+    def _running(self, admitted: Admitted) -> Iterator[RequestTimer]:
+        """An admitted request while it runs: its memory held in the budget (refused
+        before any work when it may not be), counted in flight by its version, timed."""
+        footprint = admitted.model.task.footprint(admitted.request)
+        with (
+            self._budget.hold(footprint, admitted.model.name),
+            admitted.model.in_flight.request(),
+            RequestTimer(admitted.model.runtime) as timer,
+        ):
+            yield timer
 
     async def _admit(self, request: InferRequest) -> tuple[Admitted, Path]:
         """The model version a request may run on, its sequence or session rows, the

@@ -9,11 +9,14 @@ and its status code, and is admitted there by the Authenticator (service/auth.py
 principal from the `authorization` metadata or the client certificate, the role the RPC
 needs); a stream's credentials are the whole stream's, so a refusal ends it. A request's id
 (its `id` field, else the `x-request-id` metadata) is echoed in the `x-request-id` initial
-metadata.
+metadata. Once the server drains (SIGTERM), a stream waiting for its next request ends at
+once, UNAVAILABLE ("shutting down; retry on another instance"), and one answering a request
+ends so once it has answered it: an idle stream never holds a shutdown.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -40,6 +43,7 @@ from rnnserve.service.grpc import converter, triton
 
 T = TypeVar("T")
 CERTIFICATE_NAME = "x509_common_name"  # grpc's auth context property of the subject CN
+SHUTTING_DOWN = "the server is shutting down; retry on another instance"
 
 
 def _headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -175,33 +179,46 @@ class InferenceServicer:
         stream_id = request_id_of("", headers)
         if stream_id:
             await context.send_initial_metadata(((REQUEST_ID_HEADER, stream_id),))
-        # Each request's replies are yielded from this loop itself, not from a generator
-        # per request: a stream's step is one hop shorter.
-        async for request in request_iterator:
-            model = request.model_name
-            refusal: ServiceError | None = None
-            with self._recorder.call(
-                "ModelStreamInfer", model, request.model_version, request.id or stream_id
-            ) as call:
-                try:
-                    self._admit(call, headers, context)
-                    infer_request = converter.request_from_proto(request, call.principal)
-                    call.sequence_id = sequence_id_of(infer_request.parameters)
-                    typed = converter.sends_contents(request)
-                    async for response in self._dataplane.stream_infer(infer_request):
-                        reply = pb.ModelStreamInferResponse()
-                        message = converter.response_to_proto(response, typed, reply.infer_response)
-                        triton.mark_final(message, response.final)
-                        yield reply
-                except (Unauthenticated, PermissionDenied) as error:
-                    call.code, refusal = error.code, error
-                except Exception as failure:
-                    # Reported in the stream, which stays open for the next request.
-                    error = client_error(failure, f"ModelStreamInfer for model {model!r}")
-                    call.code = error.code
-                    yield converter.stream_error_to_proto(request, error)
-            if refusal is not None:  # the stream's credentials: no later request would pass
-                await context.abort(grpc.StatusCode[refusal.code], refusal.message)
+        draining = asyncio.ensure_future(self._dataplane.draining.wait())
+        try:
+            requests = aiter(request_iterator)
+            while (request := await _next_unless(requests, draining)) is not None:
+                replies = self._stream_replies(request, request.id or stream_id, headers, context)
+                async for reply in replies:
+                    yield reply
+        finally:
+            draining.cancel()
+        if self._dataplane.draining.is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+
+    async def _stream_replies(
+        self, request: Any, request_id: str, headers: dict[str, str],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[Any]:  # fmt: skip
+        model = request.model_name
+        refusal: ServiceError | None = None
+        with self._recorder.call(
+            "ModelStreamInfer", model, request.model_version, request_id
+        ) as call:
+            try:
+                self._admit(call, headers, context)
+                infer_request = converter.request_from_proto(request, call.principal)
+                call.sequence_id = sequence_id_of(infer_request.parameters)
+                typed = converter.sends_contents(request)
+                async for response in self._dataplane.stream_infer(infer_request):
+                    reply = pb.ModelStreamInferResponse()
+                    message = converter.response_to_proto(response, typed, reply.infer_response)
+                    triton.mark_final(message, response.final)
+                    yield reply
+            except (Unauthenticated, PermissionDenied) as error:
+                call.code, refusal = error.code, error
+            except Exception as failure:
+                # Reported in the stream, which stays open for the next request.
+                error = client_error(failure, f"ModelStreamInfer for model {model!r}")
+                call.code = error.code
+                yield converter.stream_error_to_proto(request, error)
+        if refusal is not None:  # the stream's credentials: no later request would pass
+            await context.abort(grpc.StatusCode[refusal.code], refusal.message)
 
     def _admit(
         self, call: Call, headers: dict[str, str], context: grpc.aio.ServicerContext
@@ -209,6 +226,18 @@ class InferenceServicer:
         self._authenticator.admit(
             call, headers.get(AUTHORIZATION), lambda: _certificate_name(context)
         )
+
+
+async def _next_unless(requests: AsyncIterator[Any], stop: asyncio.Future[Any]) -> Any:
+    """The stream's next request; None at its end, or once `stop` is done."""
+    if stop.done():
+        return None
+    reading = asyncio.ensure_future(anext(requests, None))
+    await asyncio.wait((reading, stop), return_when=asyncio.FIRST_COMPLETED)
+    if reading.done():
+        return reading.result()
+    reading.cancel()
+    return None
 
 
 def _certificate_name(context: grpc.aio.ServicerContext) -> str | None:

@@ -13,6 +13,11 @@ A step that carries no offset is applied, as Triton's sequences always are. One 
       in the error's details (`sequence_offset`) for the client to resynchronise.
 A start carries offset 0 and is applied unless it is a retry of the session's first step
 (the same inputs): starting a sequence again is always allowed.
+
+A continuation of a session without state is refused, saying what became of it: unknown
+(never started, or forgotten), ended by the client or expired (INVALID_ARGUMENT, or
+FAILED_PRECONDITION for an offset step after an end), or lost to a server fault (ABORTED:
+the request was right, the server lost what it needed; begin the sequence again).
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ from typing import Literal
 import numpy as np
 
 from rnnserve.protocol import codec
-from rnnserve.service.errors import FailedPrecondition, InvalidArgument, ServiceError
+from rnnserve.service.errors import Aborted, FailedPrecondition, InvalidArgument, ServiceError
 from rnnserve.service.sessions.parameters import SEQUENCE_OFFSET
-from rnnserve.service.sessions.state import Answer, Loaded, Progress, SessionKey
+from rnnserve.service.sessions.state import Answer, Gone, Loaded, Progress, SessionKey
 from rnnserve.service.types import Tensor
 
 Kind = Literal["apply", "replay", "rerun", "fail"]
@@ -70,12 +75,15 @@ def judge(step: RowStep, found: Loaded) -> Outcome:
         return Outcome("apply", step.length)
     if isinstance(found, FailedPrecondition):
         return Outcome("fail", error=found)
+    if isinstance(found, Gone):
+        return Outcome("fail", error=_gone(step.key, found))
     if found is None:
         return Outcome(
             "fail",
             error=InvalidArgument(
-                f"{step.key.describe()} is not active: a sequence must begin with "
-                "sequence_start=true (it may have ended or expired)"
+                f"{step.key.describe()} is not active: the server knows no such sequence "
+                "(never started, or it ended or expired longer ago than the server "
+                "remembers); a sequence must begin with sequence_start=true"
             ),
         )
     if found.ended:
@@ -96,11 +104,23 @@ def _is_retry(step: RowStep, found: Progress) -> bool:
     )
 
 
+def _gone(key: SessionKey, gone: Gone) -> ServiceError:
+    if gone.why == "lost":
+        return Aborted(
+            f"state of {key.describe()} was lost: {gone.reason}; start it again with "
+            "sequence_start=true"
+        )
+    return InvalidArgument(
+        f"{key.describe()} is not active: {gone.reason}; a sequence must begin with "
+        "sequence_start=true"
+    )
+
+
 def _ended(step: RowStep, found: Progress) -> ServiceError:
     if step.offset is None:
         return InvalidArgument(
-            f"{step.key.describe()} is not active: it ended after {found.offset} time steps; "
-            "a sequence must begin with sequence_start=true"
+            f"{step.key.describe()} is not active: it ended (sequence_end) after "
+            f"{found.offset} time steps; a sequence must begin with sequence_start=true"
         )
     return FailedPrecondition(
         f"{SEQUENCE_OFFSET} {step.offset} does not match {step.key.describe()}: it ended "

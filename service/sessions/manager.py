@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from rnnserve.service import metrics
-from rnnserve.service.errors import ResourceExhausted
+from rnnserve.service.errors import FailedPrecondition, ResourceExhausted
 from rnnserve.service.sessions.accounting import Outcome, RowStep, answer_of, judge
+from rnnserve.service.sessions.reachability import StoreUnavailable
 from rnnserve.service.sessions.state import Answer, LastStep, Loaded, Progress, SessionKey
 from rnnserve.service.sessions.store import StateStore
 from rnnserve.service.sessions.turns import Turns
@@ -56,10 +57,13 @@ class SessionManager:
         self._closing = asyncio.Event()
 
     async def start(self) -> None:
-        """Starts the store and the sweeper that drops idle sessions."""
+        """Starts the store and the sweeper that drops idle sessions. A store that cannot
+        be reached yet does not stop the server: its requests answer UNAVAILABLE, and
+        health says NOT_SERVING, until it answers."""
         metrics.SESSIONS_LIMIT.set(self.max_sessions)
-        await self.store.start(self._turns)
-        metrics.STATE_STORE_UP.set(1)
+        with contextlib.suppress(StoreUnavailable):  # said by the store's reachability
+            await self.store.start(self._turns)
+        metrics.STATE_STORE_UP.set(int(self.store.reachability.up))
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def close(self) -> None:
@@ -130,7 +134,7 @@ class SessionManager:
                 if admitted:
                     self._admitting -= len(admitted)
                     self._admitting_by.subtract(key.principal for key in admitted)
-        self._count(rows, outcomes, stored)
+        self._count(rows, outcomes)
         return result, outcomes
 
     async def _judge(
@@ -155,7 +159,10 @@ class SessionManager:
         outcomes = [judge(row, one) for row, one in zip(rows, found, strict=True)]
         for position, index in enumerate(starts):
             one = found[index]
-            stored[index] = not (one is None or (isinstance(one, Progress) and one.ended))
+            # Holding state: a live session's progress, or a state that cannot serve.
+            stored[index] = isinstance(one, FailedPrecondition) or (
+                isinstance(one, Progress) and not one.ended
+            )
             if outcomes[index].kind == "apply":
                 for name, array in state.items():
                     array[:, index] = initial[name][:, position]
@@ -227,18 +234,13 @@ class SessionManager:
     ) -> None:
         """Stores each applied row's new state and progress (its answer kept when the step
         carried an offset); an ended row's state is freed instead, leaving a record of its
-        final step (and of `state`, the state it started from) when it carried an offset."""
+        end (with its final step, and `state`, the state it started from, when it carried
+        an offset)."""
         kept: list[int] = []  # one pass sorts the applied rows: most steps are one row
         recorded: list[int] = []
-        forgotten: list[int] = []
         for index, (row, outcome) in enumerate(zip(rows, outcomes, strict=True)):
             if outcome.kind == "apply":
-                if not row.end:
-                    kept.append(index)
-                elif row.offset is not None:
-                    recorded.append(index)
-                else:
-                    forgotten.append(index)
+                (recorded if row.end else kept).append(index)
         if kept:
             answered = answers(result) if any(rows[i].offset is not None for i in kept) else {}
             progress = [self._progress(rows[i], outcomes[i], answered, i) for i in kept]
@@ -246,8 +248,6 @@ class SessionManager:
         if recorded:
             progress = [self._progress(rows[i], outcomes[i], {}, i) for i in recorded]
             await self.store.end([rows[i].key for i in recorded], state, recorded, progress)
-        if forgotten:
-            await self.store.delete([rows[i].key for i in forgotten])
 
     @staticmethod
     def _progress(row: RowStep, outcome: Outcome, outputs: Answer, index: int) -> Progress:
@@ -258,13 +258,12 @@ class SessionManager:
         return Progress(outcome.offset, LastStep(row.length, row.digest, answer_of(outputs, index)))
 
     @staticmethod
-    def _count(rows: Sequence[RowStep], outcomes: list[Outcome], stored: list[bool | None]) -> None:
-        started = ended = active = retried = 0
-        for row, outcome, was_stored in zip(rows, outcomes, stored, strict=True):
+    def _count(rows: Sequence[RowStep], outcomes: list[Outcome]) -> None:
+        started = ended = retried = 0
+        for row, outcome in zip(rows, outcomes, strict=True):
             if outcome.kind == "apply":
                 started += row.start
                 ended += row.end
-                active += int(not row.end) - int(bool(was_stored))
             retried += outcome.kind in ("replay", "rerun")
         labels = (rows[0].key.model, rows[0].key.version)
         if retried:
@@ -273,8 +272,6 @@ class SessionManager:
             metrics.SESSIONS_STARTED.labels(*labels).inc(started)
         if ended:
             metrics.SESSIONS_ENDED.labels(*labels).inc(ended)
-        if active:
-            metrics.SESSIONS_ACTIVE.labels(*labels).inc(active)
 
     async def _sweep_forever(self) -> None:
         interval = min(1.0, self.store.idle_timeout_s / 4)
@@ -285,12 +282,11 @@ class SessionManager:
                 return
             try:
                 expired = await self.store.expire()
-            except Exception:  # a store outage must not end the sweeper
-                metrics.STATE_STORE_UP.set(0)
+            except StoreUnavailable:  # said once by the store's reachability; try again
+                continue
+            except Exception:  # a bug must not end the sweeper either
                 log.exception("sweeping expired sessions failed")
                 continue
-            metrics.STATE_STORE_UP.set(1)
             for key in expired:
                 log.debug("%s expired (idle for %g s)", key.describe(), self.store.idle_timeout_s)
                 metrics.SESSIONS_EXPIRED.labels(key.model, key.version).inc()
-                metrics.SESSIONS_ACTIVE.labels(key.model, key.version).dec()

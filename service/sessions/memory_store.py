@@ -6,9 +6,11 @@ indexing operation, and an idle session costs little more than its state's bytes
 session's step count sits beside its row (an int64 array); the last step of a session is
 kept (a side table) only when it carried `sequence_offset`, for a retry of it.
 
-Sessions that ended with a step that carried `sequence_offset` leave a record of that step
-(the state it started from and its progress) for a retry of it: at most ENDED_KEPT records,
-each for at most the idle timeout.
+Sessions that end leave a record of their end (at most ENDED_KEPT records, each for at most
+the idle timeout): a client's end its step count and, when its final step carried
+`sequence_offset`, that step and the state it started from, for a retry of it; an expiry a
+tombstone, so that a late step hears what became of its sequence. The sessions of each
+model version are counted as they come and go, for `rnnserve_sessions_active`.
 """
 
 from __future__ import annotations
@@ -21,20 +23,24 @@ from dataclasses import dataclass
 import numpy as np
 
 from rnnserve.service.errors import FailedPrecondition
+from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.sessions.state import (
+    Gone,
     LastStep,
     Layout,
     Loaded,
     Progress,
     SessionKey,
     check_layout,
+    expired,
     row_layout,
+    tombstone_s,
 )
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import State
 
 _GROWTH = 1.25  # a slab grows by a quarter: at most a fifth of its rows are spare
-ENDED_KEPT = 10_000  # records of recently ended sessions kept for retries of their last step
+ENDED_KEPT = 10_000  # records of recently ended and expired sessions
 
 
 class _Slab:
@@ -104,19 +110,23 @@ class _Entry:
 
 @dataclass(slots=True)
 class _Ended:
-    """A recently ended session: its final step, and the state that step started from."""
+    """A recently ended session: a client's end (its progress, `ended` set, and the state
+    its final step started from when that step carried an offset, else none) or an
+    expiry's tombstone (Gone, no state)."""
 
     deadline: float
-    state: State  # one row
-    progress: Progress
+    state: State  # one row, or empty
+    record: Progress | Gone
 
 
 class MemoryStore:
     def __init__(self, idle_timeout_s: float = 60.0) -> None:
         self.idle_timeout_s = idle_timeout_s
+        self.reachability = Reachability("memory", "this process")  # always answers
         self._entries: dict[SessionKey, _Entry] = {}
         self._slabs: dict[tuple, _Slab] = {}  # by layout
         self._principals: Counter[str] = Counter()  # sessions held by each principal
+        self._versions: Counter[tuple[str, str]] = Counter()  # by (model, version)
         self._ended: OrderedDict[SessionKey, _Ended] = OrderedDict()  # oldest first
         # Expired entries noticed outside expire(), waiting to be reported by it.
         self._noticed: list[SessionKey] = []
@@ -149,20 +159,22 @@ class MemoryStore:
         return loaded
 
     def _load_ended(self, key: SessionKey, into: State, row: int, now: float) -> Loaded:
-        """The record of the key's recent end, its state copied into `row`; else None."""
+        """The record of the key's recent end, its state (if it kept one) copied into
+        `row`; else None."""
         ended = self._ended.get(key)
         if ended is None:
             return None
         if ended.deadline < now:
             del self._ended[key]
             return None
-        try:
-            check_layout(key, row_layout(ended.state), row_layout(into))
-        except FailedPrecondition as error:
-            return error
-        for name, array in ended.state.items():
-            into[name][:, row] = array[:, 0]
-        return ended.progress
+        if ended.state:
+            try:
+                check_layout(key, row_layout(ended.state), row_layout(into))
+            except FailedPrecondition as error:
+                return error
+            for name, array in ended.state.items():
+                into[name][:, row] = array[:, 0]
+        return ended.record
 
     async def save(
         self,
@@ -205,31 +217,47 @@ class MemoryStore:
         progress: Sequence[Progress],
     ) -> None:
         await self.delete(keys)
-        deadline = time.monotonic() + self.idle_timeout_s
         for key, row, one in zip(keys, rows, progress, strict=True):
-            one_row = {name: array[:, row : row + 1].copy() for name, array in state.items()}
-            self._ended.pop(key, None)  # the newest record goes last
-            self._ended[key] = _Ended(deadline, one_row, Progress(one.offset, one.last, True))
+            kept: State = {}  # the state is needed only to answer a retry of the final step
+            if one.last is not None:
+                kept = {name: array[:, row : row + 1].copy() for name, array in state.items()}
+            self._record(key, kept, Progress(one.offset, one.last, True))
+
+    def _record(self, key: SessionKey, state: State, record: Progress | Gone) -> None:
+        keep_s = self.idle_timeout_s if isinstance(record, Progress) else self._tombstone_s
+        self._ended.pop(key, None)  # the newest record goes last
+        self._ended[key] = _Ended(time.monotonic() + keep_s, state, record)
         while len(self._ended) > ENDED_KEPT:
             self._ended.popitem(last=False)
+
+    @property
+    def _tombstone_s(self) -> float:
+        return tombstone_s(self.idle_timeout_s)
 
     async def count(self, principal: str | None = None) -> int:
         return len(self._entries) if principal is None else self._principals[principal]
 
+    def active(self) -> dict[tuple[str, str], int]:
+        """Sessions holding state by (model, version); safe from any thread (one dict
+        copy, atomic under the GIL)."""
+        return dict(self._versions)
+
     async def expire(self) -> list[SessionKey]:
         now = time.monotonic()
-        expired = []
+        gone = expired(self.idle_timeout_s)
+        expired_keys = []
         for slab in self._slabs.values():
             for slot in np.flatnonzero(slab.deadlines < now).tolist():
                 key = slab.owners[slot]
                 if key is not None:
-                    expired.append(key)
+                    expired_keys.append(key)
                     self._drop(key, self._entries[key])
+                    self._record(key, {}, gone)
         while self._ended and next(iter(self._ended.values())).deadline < now:
             self._ended.popitem(last=False)
-        expired += self._noticed
+        expired_keys += self._noticed
         self._noticed = []
-        return expired
+        return expired_keys
 
     async def start(self, turns: Turns) -> None:
         """Nothing runs in the background: expiry happens in expire()."""
@@ -239,6 +267,7 @@ class MemoryStore:
         self._slabs.clear()
         self._principals.clear()
         self._ended.clear()
+        self._versions.clear()
 
     # For the owned store, which keeps a worker's sessions here.
 
@@ -271,6 +300,7 @@ class MemoryStore:
             return entry.slot
         if entry is None:
             self._principals[key.principal] += 1
+            self._versions[key.model, key.version] += 1
             self._ended.pop(key, None)  # started again: the record of its last run is void
         else:  # the same id with another layout: move it
             entry.slab.release(entry.slot)
@@ -283,6 +313,7 @@ class MemoryStore:
         if entry is not None and entry.slab.deadlines[entry.slot] < now:
             self._drop(key, entry)
             self._noticed.append(key)
+            self._record(key, {}, expired(self.idle_timeout_s))
             return None
         return entry
 
@@ -292,3 +323,4 @@ class MemoryStore:
         self._principals[key.principal] -= 1
         if not self._principals[key.principal]:
             del self._principals[key.principal]
+        self._versions[key.model, key.version] -= 1  # a version at 0 stays: the gauge says 0

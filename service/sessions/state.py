@@ -7,7 +7,7 @@ models' `(layers*directions, rows, hidden)`; service/model_spec.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -59,9 +59,33 @@ class Progress:
     ended: bool = False
 
 
-# What loading one session gave: its progress (its state copied), None (no such session),
-# or why its stored state cannot serve.
-Loaded = Progress | FailedPrecondition | None
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """A session that holds no state any more, remembered a while (a tombstone, as the
+    record of a client's end is): it expired, idle too long, or its state was lost to a
+    server fault (the process holding it died, or the store lost its data). `reason` says
+    which, for the client."""
+
+    why: Literal["expired", "lost"]
+    reason: str
+
+
+TOMBSTONE_S = 60.0  # the least time a tombstone is kept (the idle timeout, when longer)
+
+
+def tombstone_s(idle_timeout_s: float) -> float:
+    """How long a tombstone is kept: a client back from a long pause still hears why."""
+    return max(idle_timeout_s, TOMBSTONE_S)
+
+
+def expired(idle_timeout_s: float) -> Gone:
+    return Gone("expired", f"it expired after {idle_timeout_s:g} s idle (session_idle_timeout_s)")
+
+
+# What loading one session gave: its progress (its state copied; `ended` for the record of
+# a client's end), a tombstone (Gone), None (no such session known), or why its stored
+# state cannot serve.
+Loaded = Progress | FailedPrecondition | Gone | None
 
 
 def row_layout(state: State) -> Layout:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.sessions.state import Loaded, Progress, SessionKey
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.settings import Settings
@@ -18,20 +19,23 @@ class StateStore(Protocol):
     Every call takes many sessions at once (a multi-session request steps many: one call,
     one Redis round trip). States travel as rows of batch states: `keys[i]` is row
     `rows[i]` (axis 1) of the state given, `progress[i]` its progress. Every expiry is
-    reported exactly once, by `expire()`, whichever call noticed it.
+    reported exactly once, by `expire()`, whichever call noticed it. A call that cannot
+    reach the store's backend raises StoreUnavailable, through `reachability`.
     """
 
     idle_timeout_s: float
+    reachability: Reachability
 
     async def load(
         self, keys: Sequence[SessionKey], into: State, rows: Sequence[int]
     ) -> list[Loaded]:
         """Copies each session's stored state into its row of `into`. Per key: its
         Progress when copied; for a session without state that `end` recorded lately, the
-        record's Progress (`ended` set) with the state its final step started from copied;
-        None when the session is unknown or expired; FailedPrecondition when the stored
-        state does not fit `into` (or belongs to another key). Rows not copied keep what
-        they held."""
+        record's Progress (`ended` set) with the state its final step started from copied
+        (when that step carried an offset); Gone for a session that expired or was lost
+        lately; None when the session is unknown; FailedPrecondition when the stored state
+        does not fit `into` (or belongs to another key). Rows not copied keep what they
+        held."""
         ...
 
     async def save(
@@ -61,16 +65,23 @@ class StateStore(Protocol):
         progress: Sequence[Progress],
     ) -> None:
         """Frees the sessions, recording for a while (at most the idle timeout; the memory
-        store keeps a bounded number) each one's final step: its `progress` and its row of
-        `state`, the state that step started from, for `load` to find on a retry of it."""
+        store keeps a bounded number) each one's end: its `progress` and, when its final
+        step carried an offset, its row of `state`, the state that step started from, for
+        `load` to find on a retry of it."""
         ...
 
     async def count(self, principal: str | None = None) -> int:
         """Sessions holding state (those of `principal` when given), for the limits."""
         ...
 
+    def active(self) -> dict[tuple[str, str], int]:
+        """Sessions holding state by (model, version), counted now, from any thread (the
+        /metrics scrape's): `rnnserve_sessions_active`."""
+        ...
+
     async def expire(self) -> list[SessionKey]:
-        """Drops the sessions idle for too long and returns those not reported before."""
+        """Drops the sessions idle for too long (leaving a tombstone) and returns those not
+        reported before."""
         ...
 
     async def start(self, turns: Turns) -> None:
@@ -81,15 +92,22 @@ class StateStore(Protocol):
     async def close(self) -> None: ...
 
 
-def open_store(settings: Settings) -> StateStore:
+def open_store(settings: Settings, worker: str | None = None) -> StateStore:
+    """The configured store; `worker`: the owned store's id for this process (a worker's,
+    named by its supervisor)."""
+    if settings.state_store == "memory":
+        from rnnserve.service.sessions.memory_store import MemoryStore
+
+        return MemoryStore(settings.session_idle_timeout_s)
+    redis = {
+        "timeout_s": settings.state_store_timeout_s,
+        "durability": settings.state_durability,
+        "durability_timeout_s": settings.state_durability_timeout_s,
+    }
     if settings.state_store == "redis":
         from rnnserve.service.sessions.redis_store import RedisStore
 
-        return RedisStore(settings.redis_url, settings.session_idle_timeout_s)
-    if settings.state_store == "owned":
-        from rnnserve.service.sessions.owned_store import OwnedStore
+        return RedisStore(settings.redis_url, settings.session_idle_timeout_s, **redis)
+    from rnnserve.service.sessions.owned_store import OwnedStore
 
-        return OwnedStore(settings.redis_url, settings.session_idle_timeout_s)
-    from rnnserve.service.sessions.memory_store import MemoryStore
-
-    return MemoryStore(settings.session_idle_timeout_s)
+    return OwnedStore(settings.redis_url, settings.session_idle_timeout_s, worker=worker, **redis)

@@ -27,6 +27,10 @@ from rnnserve.service.types import InferRequest, Parameter, State, Tensor, Tenso
 
 Execute = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]  # role, feeds -> outputs
 
+# Gates an ONNX RNN kernel computes per hidden unit (an unknown cell counts as an LSTM's).
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+WORK_ITEM_BYTES = 4  # FP32: outputs and the kernels' working memory
+
 # Every task class, by the name a ModelSpec's `task` field gives (filled by subclassing).
 TASKS: dict[str, type[Task]] = {}
 
@@ -42,6 +46,30 @@ class Prepared:
     lengths: list[int]  # time steps of each row: what a session's step consumes
     text_shape: tuple[int, ...] = ()  # the text input's shape, which text_out mirrors
     options: dict[str, Any] = field(default_factory=dict)  # validated request parameters
+
+
+@dataclass(frozen=True, slots=True)
+class Footprint:
+    """The memory a request implies, in elements, read off its tensors' shapes before any
+    work (service/dataplane/budget.py holds it against the limits): its inputs, the outputs
+    it asks for, and the recurrent kernels' working memory, which for a long sequence is
+    most of it (ONNX Runtime computes the gates of every time step at once, and keeps every
+    step's hidden state): `rows` x `steps` x what a step holds per row."""
+
+    inputs: int
+    input_bytes: int
+    outputs: int
+    work: int
+    rows: int
+    steps: int
+
+    @property
+    def elements(self) -> int:
+        return self.inputs + self.outputs + self.work
+
+    @property
+    def bytes(self) -> int:
+        return self.input_bytes + WORK_ITEM_BYTES * (self.outputs + self.work)
 
 
 @dataclass
@@ -157,6 +185,37 @@ class Task(ABC):
         """Task facts for ModelMetadata parameters."""
         return {}
 
+    def footprint(self, request: InferRequest) -> Footprint:
+        """What the request implies (see Footprint), from the shapes of its tensors, before
+        any validation: a malformed request is estimated as well as it can be and refused
+        by `prepare`."""
+        rows, steps = self.rows_and_steps(request)
+        return Footprint(
+            inputs=sum(_elements(tensor) for tensor in request.inputs),
+            input_bytes=sum(_bytes(tensor) for tensor in request.inputs),
+            outputs=self.output_elements(request, rows, steps),
+            work=rows * steps * self.step_elements,
+            rows=rows,
+            steps=steps,
+        )
+
+    @abstractmethod
+    def rows_and_steps(self, request: InferRequest) -> tuple[int, int]:
+        """The batch rows and time steps the request's tensors say (0 where they say none)."""
+
+    @abstractmethod
+    def output_elements(self, request: InferRequest, rows: int, steps: int) -> int:
+        """Elements of the outputs a request of `rows` x `steps` gets."""
+
+    @cached_property
+    def step_elements(self) -> int:
+        """Elements the recurrent kernels hold per row and time step: per layer (one at a
+        time), every gate and the step's hidden output, the previous layer's output, and
+        the copy a head reads."""
+        spec = self.spec
+        hidden = spec.hidden_size or max((state.after for state in spec.states), default=0)
+        return hidden * spec.num_directions * (GATES.get(spec.cell or "lstm", 4) + 3)
+
     # State helpers shared by the tasks that expose it.
 
     def state_metadata(self, outputs: bool, optional: bool) -> list[TensorMetadata]:
@@ -195,6 +254,35 @@ class Task(ABC):
                 data = data.reshape(prepared.text_shape)
             tensors.append(Tensor(name, datatypes[name], tuple(data.shape), data))
         return tensors
+
+
+def _elements(tensor: Tensor) -> int:
+    """A tensor's elements; a text tensor's characters (each becomes a token)."""
+    if tensor.data.dtype == object:
+        return sum(len(item) for item in tensor.data.flat if isinstance(item, bytes))
+    return int(tensor.data.size)
+
+
+def _bytes(tensor: Tensor) -> int:
+    if tensor.data.dtype == object:
+        return _elements(tensor)
+    return int(tensor.data.nbytes)
+
+
+def dims(request: InferRequest, name: str, *axes: int) -> tuple[int, ...]:
+    """The sizes of a tensor's `axes` (0 where the request lacks it or them)."""
+    tensor = next((t for t in request.inputs if t.name == name), None)
+    shape = tuple(tensor.shape) if tensor is not None else ()
+    return tuple(int(shape[axis]) if axis < len(shape) else 0 for axis in axes)
+
+
+def text_dims(request: InferRequest, name: str) -> tuple[int, int]:
+    """A text input's rows and its longest row in bytes (characters are at most that)."""
+    tensor = next((t for t in request.inputs if t.name == name), None)
+    if tensor is None or tensor.data.dtype != object:
+        return 0, 0
+    lengths = [len(item) for item in tensor.data.flat if isinstance(item, bytes)]
+    return len(lengths), max(lengths, default=0)
 
 
 def take_rows(state: State, rows: Sequence[int]) -> State:

@@ -11,6 +11,7 @@ default models' `h0` -> `hn` are. One ORT run per request.
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 
 import numpy as np
@@ -80,6 +81,31 @@ class RecurrentTask(Task):
         # A graph without a sequence axis steps once per request.
         lengths = [1 if length is None else length] * rows
         return Prepared(rows, arrays, self.initial_state(inputs, rows), outputs, lengths)
+
+    def rows_and_steps(self, request: InferRequest) -> tuple[int, int]:
+        rows = steps = 0
+        shapes = {tensor.name: tuple(tensor.shape) for tensor in request.inputs}
+        for spec in self.input_specs:
+            shape = shapes.get(spec.name, ())
+            if spec.batch_axis < len(shape):
+                rows = max(rows, int(shape[spec.batch_axis]))
+            if spec.sequence_axis is not None and spec.sequence_axis < len(shape):
+                steps = max(steps, int(shape[spec.sequence_axis]))
+        return rows, max(steps, 1)  # a graph without a sequence axis steps once
+
+    def output_elements(self, request: InferRequest, rows: int, steps: int) -> int:
+        """Each output's shape, its batch and sequence axes sized as the request's (other
+        dynamic dimensions as 1: what they hold is the graph's own)."""
+        total = 0
+        for spec in self.output_specs:
+            sizes = [
+                rows if axis == spec.batch_axis
+                else steps if axis == spec.sequence_axis
+                else max(size, 1)
+                for axis, size in enumerate(spec.shape)
+            ]  # fmt: skip
+            total += math.prod(sizes)
+        return total
 
     def run(self, prepared: Prepared, execute: Execute) -> Result:
         states = {s.input: s.fed(prepared.state[s.input]) for s in self.spec.states}

@@ -24,6 +24,7 @@ from rnnserve.service.tasks.base import (
     rows_by_length,
     take_rows,
     text_array,
+    text_dims,
 )
 from rnnserve.service.types import InferRequest, Parameter, State, TensorMetadata
 
@@ -91,6 +92,18 @@ class Seq2SeqTask(Task):
             tuple(inputs["text"].shape),
             {MAX_OUTPUT_LENGTH: limit},
         )
+
+    def rows_and_steps(self, request: InferRequest) -> tuple[int, int]:
+        return text_dims(request, "text")
+
+    def output_elements(self, request: InferRequest, rows: int, steps: int) -> int:
+        """The translation's tokens, and each decoding step's logits (one step at a time)."""
+        limit = request.parameters.get(MAX_OUTPUT_LENGTH, self.spec.max_output_length)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            limit = self.spec.max_output_length or 1  # prepare refuses it
+        limit = min(limit, self.settings.max_sequence_length)
+        assert self.spec.target_vocab is not None  # ModelSpec guarantees it for seq2seq
+        return rows * (limit + len(self.spec.target_vocab) + self.step_elements)
 
     def run(self, prepared: Prepared, execute: Execute) -> Result:
         texts = [""] * prepared.rows

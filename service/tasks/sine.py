@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 
 from rnnserve.service.tasks import validation
-from rnnserve.service.tasks.base import Execute, Prepared, Result, Task
+from rnnserve.service.tasks.base import Execute, Prepared, Result, Task, dims
 from rnnserve.service.types import InferRequest, TensorMetadata
 
 
@@ -35,6 +35,14 @@ class SineTask(Task):
         outputs = validation.check_output_names(request, self.output_names, self.output_names)
         state = self.initial_state(inputs, batch)
         return Prepared(batch, {"x": x}, state, outputs, [length] * batch)
+
+    def rows_and_steps(self, request: InferRequest) -> tuple[int, int]:
+        rows, steps = dims(request, "x", 0, 1)
+        return rows, steps
+
+    def output_elements(self, request: InferRequest, rows: int, steps: int) -> int:
+        assert self.spec.output_size is not None  # the sine task's spec has it
+        return rows * steps * self.spec.output_size
 
     def run(self, prepared: Prepared, execute: Execute) -> Result:
         graph = execute("model", {"x": prepared.inputs["x"], **prepared.state})

@@ -18,10 +18,12 @@ from rnnserve.service.tasks.base import (
     Prepared,
     Result,
     Task,
+    dims,
     put_rows,
     rows_by_length,
     take_rows,
     text_array,
+    text_dims,
 )
 from rnnserve.service.types import InferRequest, Parameter, Tensor, TensorMetadata
 
@@ -102,6 +104,15 @@ class TaggerTask(Task):
                 f"expected ids from 0 to {len(self.vocab) - 1}"
             )
         return tokens.tolist()
+
+    def rows_and_steps(self, request: InferRequest) -> tuple[int, int]:
+        if any(tensor.name == "tokens" for tensor in request.inputs):
+            rows, steps = dims(request, "tokens", 0, 1)
+            return rows, steps
+        return text_dims(request, "text")
+
+    def output_elements(self, request: InferRequest, rows: int, steps: int) -> int:
+        return rows * steps * (len(self.vocab) + 2)  # logits, and tokens_out or text_out
 
     def run(self, prepared: Prepared, execute: Execute) -> Result:
         token_rows: list[list[int]] = prepared.inputs["tokens"]

@@ -31,7 +31,7 @@ from rnnserve.service.sessions.owned_store import INBOX_POLL_S
 from rnnserve.service.settings import Settings
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
-OVERLAYS = ["trial", "production"]
+OVERLAYS = ["trial", "production", "production-cluster"]
 # The oldest: 1.30 turns the preStop sleep action on by default (native gRPC probes: 1.27).
 VERSIONS = ["1.30", kubernetes_validate.latest_version()]
 PROJECT_VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -218,7 +218,7 @@ def test_the_redis_url_comes_from_a_secret(overlay: str, objects: list[dict]) ->
     reference = environment(objects, server(objects))["RNNSERVE_REDIS_URL"]
     assert isinstance(reference, dict), "the URL may carry a password: a Secret, not a value"
     name = reference["secretKeyRef"]["name"]
-    if overlay == "production":
+    if overlay.startswith("production"):
         # The operator creates it (the overlay's header): nothing here may shadow it.
         assert name == "rnnserve-redis"
         assert not [o for o in objects if o["kind"] == "Secret"]
@@ -230,6 +230,16 @@ def test_the_redis_url_comes_from_a_secret(overlay: str, objects: list[dict]) ->
     assert int(port) in [p["port"] for p in service["spec"]["ports"]]
     [redis_pod] = [t for w, t in templates(objects) if w["metadata"]["name"] == "redis"]
     assert selects(service["spec"]["selector"], redis_pod)
+
+
+def test_over_a_redis_cluster_every_acknowledged_write_is_on_a_replica(
+    overlay: str, settings: Settings
+) -> None:
+    # The cluster overlay's Secret names a redis+cluster:// URL (its header); the stores
+    # then WAIT for a replica, within a bound the clients' retries cover.
+    durable = overlay == "production-cluster"
+    assert settings.state_durability == ("replica" if durable else "none")
+    assert settings.state_durability_timeout_s <= settings.grace_period_s
 
 
 def test_trial_redis_refuses_writes_rather_than_evicting_states() -> None:
@@ -406,5 +416,5 @@ def test_resources_are_sized_from_the_benchmarks(
     # One request at the largest gRPC message, and its decoded copy, on top.
     assert quantity(resources["limits"]["memory"]) >= sessions + 2 * settings.max_message_bytes
     assert quantity(resources["limits"]["cpu"]) >= 1  # one process saturates about a core
-    if overlay == "production":
+    if overlay.startswith("production"):
         assert quantity(resources["requests"]["cpu"]) == 1

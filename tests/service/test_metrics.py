@@ -11,6 +11,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from scrape import scrape, series
 
 from rnnserve.client.client import RnnClient, build_request
@@ -21,6 +22,8 @@ from rnnserve.protocol import messages as pb
 X = np.zeros((1, 2, 1), np.float32)
 EMPTY = np.zeros((0, 2, 1), np.float32)
 STORE_DOWN_TIMEOUT_S = 60.0
+STORE_UP = "rnnserve_state_store_up{}"
+STORE_ERRORS = 'rnnserve_state_store_errors_total{operation="start",store="redis"}'
 
 
 def requests(**labels: str) -> str:
@@ -114,12 +117,35 @@ def test_an_unreachable_state_store_is_down(start_server, tiny_repository, free_
         tiny_repository,
         args=["--state-store", "redis", "--redis-url", free_redis_url,
               "--session-idle-timeout-s", "1"],
+        wait_ready=False,
     )  # fmt: skip
+    health = health_pb2_grpc.HealthStub(server.channel)
 
     deadline = time.monotonic() + STORE_DOWN_TIMEOUT_S
-    while scrape(server.metrics_url)["rnnserve_state_store_up{}"] != 0:
+    while "not ready" not in server.log() or scrape_when_up(server).get(STORE_UP) != 0:
         assert time.monotonic() < deadline, "the store never went down"
         time.sleep(0.1)
+    with RnnClient(server.address) as client:
+        answered = client.infer("sine-lstm", {"x": X}, ["y"])  # no state needed: served
+        with pytest.raises(InferenceError) as refused:
+            client.infer("sine-lstm", {"x": X}, ["y"], {"sequence_id": 1, "sequence_start": True})
+    checked = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+
+    assert answered["y"].shape == (1, 2, 1)
+    assert refused.value.code == "UNAVAILABLE"
+    assert f"the redis state store at {free_redis_url[8:]} is unreachable" in refused.value.message
+    assert "the request may be retried" in refused.value.message
+    assert checked.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert scrape(server.metrics_url)[STORE_ERRORS] >= 1
+    assert "the redis state store at" in server.log().split("not ready: ")[1].splitlines()[0]
+
+
+def scrape_when_up(server) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """The metrics once /metrics listens (it does before the models load); {} before."""
+    try:
+        return scrape(server.metrics_url)
+    except OSError:
+        return {}
 
 
 @pytest.fixture

@@ -9,24 +9,19 @@ different workers.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from processes import alive, worker_pids
 from scrape import scrape, series
 
-from rnnserve.client.client import RnnClient, build_request, decode_response
+from rnnserve.client.client import build_request, decode_response
 from rnnserve.client.rest import RestClient
-from rnnserve.client.retry import RetryPolicy
-from rnnserve.client.sequence import SequenceSession
 from rnnserve.protocol import messages as pb
 from rnnserve.protocol import rpc
 
@@ -64,23 +59,6 @@ def other_worker(address: str, first: rpc.Stub) -> tuple[grpc.Channel, rpc.Stub]
             return channel, stub
         channel.close()
     raise AssertionError(f"{MAX_CONNECTIONS} new connections all reached one worker")
-
-
-def worker_pids(supervisor: int) -> list[int]:
-    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    return [int(pid) for pid in children if b"spawn_main" in _cmdline(int(pid))]
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return b""
-
-
-def alive(pid: int) -> bool:
-    # A worker of an exited supervisor is reparented, and reaped, elsewhere: look it up.
-    return bool(_cmdline(pid))
 
 
 def workers_args(redis_url: str, workers: int = 2) -> list[str]:
@@ -173,75 +151,6 @@ def test_sigterm_stops_every_worker_and_exits_0(start_server, tiny_repository, r
     assert len(pids) == 2
     assert server.stop() == 0
     assert not any(alive(pid) for pid in pids)
-
-
-def test_a_worker_that_dies_stops_the_others_and_the_server_fails(
-    start_server, tiny_repository, redis_url
-) -> None:
-    server = start_server(tiny_repository, args=workers_args(redis_url), exit_code=1)
-    dying, other = worker_pids(server.process.pid)
-
-    os.kill(dying, signal.SIGKILL)
-    code = server.process.wait(timeout=60)
-
-    assert code == 1
-    assert "exited unexpectedly" in server.log()
-    deadline = time.monotonic() + 60
-    while alive(other) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive(other)
-
-
-CRASH_SEQUENCES = 20
-CRASH_CHUNKS = [(start, start + 3) for start in range(0, 60, 3)]  # 20 steps of 3
-
-
-def test_sequences_retried_through_a_worker_crash_end_exactly_as_the_whole(
-    start_server, sine_repository: Path, redis_url: str
-) -> None:
-    """Twenty sequences step through `--workers 2 --state-store redis`, half of them on
-    streams; one worker is killed (SIGKILL) mid-run, so the server stops (exit 1), and a new
-    one comes up on the same port. The client library sends the steps that failed again,
-    with their offsets, until the new server answers: every sequence equals its whole
-    sequence, no step applied twice or lost."""
-    args = ["--workers", "2", "--state-store", "redis", "--redis-url", redis_url,
-            "--grace-period-s", "2"]  # fmt: skip
-    first = start_server(sine_repository, args=args, exit_code=1)
-    rng = np.random.default_rng(12)
-    xs = [rng.normal(0, 1, 60).astype(np.float32) for _ in range(CRASH_SEQUENCES)]
-    with RnnClient(first.address) as client:
-        wholes = [client.infer("sine-lstm", {"x": x[None, :, None]}, ["y"])["y"] for x in xs]
-    retry = RetryPolicy(max_attempts=400, initial_backoff_s=0.02, max_backoff_s=0.25)
-    answered, third = iter(range(1, 10**6)), threading.Event()  # counts steps answered
-    retries: list[int] = []
-
-    def sequence(index: int) -> np.ndarray:
-        with (
-            RnnClient(first.address, timeout_s=10) as client,
-            SequenceSession(client, "sine-lstm", f"crash-{index}", index % 2 == 1,
-                            retry=retry) as session,
-        ):  # fmt: skip
-            pieces = []
-            for number, (begin, end) in enumerate(CRASH_CHUNKS):
-                x = xs[index][None, begin:end, None]
-                last = number == len(CRASH_CHUNKS) - 1
-                pieces.append(session.step({"x": x}, ["y"], end=last)["y"])
-                if next(answered) >= CRASH_SEQUENCES * len(CRASH_CHUNKS) // 3:
-                    third.set()
-            assert session.offset == 60
-            retries.append(session.retries)
-            return np.concatenate(pieces, axis=1)
-
-    with ThreadPoolExecutor(CRASH_SEQUENCES) as pool:
-        results = [pool.submit(sequence, index) for index in range(CRASH_SEQUENCES)]
-        assert third.wait(timeout=120), "the sequences never got a third of the way"
-        dying, _ = worker_pids(first.process.pid)
-        os.kill(dying, signal.SIGKILL)
-        assert first.process.wait(timeout=60) == 1
-        start_server(sine_repository, args=args, grpc_port=first.grpc_port)
-        for got, whole in zip(results, wholes, strict=True):
-            np.testing.assert_allclose(got.result(timeout=180), whole, rtol=0, atol=1e-5)
-    assert sum(retries) > 0, retries  # the crash was crossed, not missed
 
 
 def test_several_workers_with_the_memory_store_are_refused(tiny_repository: Path) -> None:

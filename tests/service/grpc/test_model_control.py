@@ -110,7 +110,12 @@ def test_an_unloaded_version_finishes_its_requests_then_refuses_its_sessions(
     tiny_repository, tmp_path, start_server
 ) -> None:
     root = repository(tiny_repository, tmp_path, "sine-lstm")
-    server = start_server(root, args=["--model-control-mode", "explicit", "--load-model", "*"])
+    # The long request implies more than the default max_request_elements allows.
+    server = start_server(
+        root,
+        args=["--model-control-mode", "explicit", "--load-model", "*",
+              "--max-request-elements", "200000000"],
+    )  # fmt: skip
     client = triton.InferenceServerClient(server.address)
     client.infer("sine-lstm", [sine_input(4)], sequence_id=9, sequence_start=True)
     # A request long enough to be in flight when the unload comes (~1 s of ORT work).

@@ -22,8 +22,10 @@ IN_FLIGHT_TIMEOUT_S = 60.0
 
 
 def test_a_request_in_flight_at_sigterm_is_answered(start_server, tiny_repository) -> None:
-    server = start_server(tiny_repository)
-    # About a second of ONNX Runtime work: long enough to be seen running.
+    # About a second of ONNX Runtime work: long enough to be seen running, and more than the
+    # default memory budget lets one request imply.
+    budget = ["--max-request-elements", str(10**9), "--max-inflight-bytes", str(10**10)]
+    server = start_server(tiny_repository, args=budget)
     x = np.zeros((128, 20_000, 1), np.float32)
     started = series("rnnserve_queue_duration_seconds_count", model="sine-gru", version="1")
 

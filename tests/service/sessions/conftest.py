@@ -13,15 +13,25 @@ from rnnserve.service.sessions.memory_store import MemoryStore
 from rnnserve.service.sessions.owned_store import OwnedStore
 from rnnserve.service.sessions.redis_store import RedisStore
 
+STORES = ["memory", "redis", "owned", "redis-cluster", "owned-cluster"]
 
-@pytest.fixture(params=["memory", "redis", "owned"])
-def make_store(
-    request: pytest.FixtureRequest,
-) -> Callable[[float], StateStore]:
-    """Builds stores of one kind; stores in Redis of one test share a fresh namespace."""
-    if request.param == "memory":
+
+def store_factory(request: pytest.FixtureRequest, kind: str) -> Callable[..., StateStore]:
+    """Builds stores of one `kind` of STORES (those in Redis on one redis-server, or on the
+    cluster when the kind says so); stores in Redis of one test share a fresh namespace."""
+    if kind == "memory":
         return MemoryStore
-    url = request.getfixturevalue("redis_url")
-    namespace = f"test-{request.node.name}-{time.monotonic_ns()}"
-    kind = RedisStore if request.param == "redis" else OwnedStore
-    return lambda idle_timeout_s=60.0: kind(url, idle_timeout_s, namespace)
+    store, _, cluster = kind.partition("-")
+    if cluster:
+        url = request.getfixturevalue("redis_cluster").url
+    else:
+        url = request.getfixturevalue("redis_url")
+    namespace = f"test-{time.monotonic_ns()}"
+    build = RedisStore if store == "redis" else OwnedStore
+    return lambda idle_timeout_s=60.0: build(url, idle_timeout_s, namespace)
+
+
+@pytest.fixture(params=STORES)
+def make_store(request: pytest.FixtureRequest) -> Callable[..., StateStore]:
+    """Builds stores of one kind (make_store(idle_timeout_s))."""
+    return store_factory(request, request.param)

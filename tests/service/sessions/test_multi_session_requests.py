@@ -302,9 +302,9 @@ def test_the_converter_keeps_control_tensors_as_sent() -> None:
 
 
 def test_rows_keep_their_states_in_redis_and_hand_over_between_servers(
-    start_server, tiny_repository, redis_url: str
+    start_server, tiny_repository, any_redis: str
 ) -> None:
-    env = {"RNNSERVE_STATE_STORE": "redis", "RNNSERVE_REDIS_URL": redis_url}
+    env = {"RNNSERVE_STATE_STORE": "redis", "RNNSERVE_REDIS_URL": any_redis}
     servers = [start_server(tiny_repository, env=env) for _ in range(2)]
     clients = [RnnClient(server.address) for server in servers]
     x = np.random.default_rng(5).normal(0, 1, (6, 9)).astype(np.float32)

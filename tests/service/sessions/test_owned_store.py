@@ -1,6 +1,6 @@
-"""The owned store against a real redis-server: two stores stand for two workers. A
-session's state stays with the worker that steps it, without a Redis round trip, and moves
-to another worker, always at its latest, when that worker steps it."""
+"""The owned store on a real redis-server and on a real Redis Cluster: two stores stand for
+two workers. A session's state stays with the worker that steps it, without a Redis round
+trip, and moves to another worker, always at its latest, when that worker steps it."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import logging
 import uuid
 
 import pytest
-import redis
+from redis_helpers import command_calls, sync_client
 from test_state_stores import assert_same_state, load_one, lstm_state, save_one, zeros_like
 
 from rnnserve.service.errors import Unavailable
 from rnnserve.service.sessions import SessionKey
-from rnnserve.service.sessions.owned_store import OwnedStore
-from rnnserve.service.sessions.state import Progress
+from rnnserve.service.sessions.owned_store import OwnedStore, declare_dead
+from rnnserve.service.sessions.redis_client import Keyspace, is_cluster_url
+from rnnserve.service.sessions.state import Gone, Progress
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import ANONYMOUS
 
@@ -44,34 +45,36 @@ def namespace() -> str:
 
 def data_commands(url: str) -> dict[str, int]:
     """Commands Redis has run, by name, leaving out the inbox listeners' polls and the
-    handshakes of new connections (this function's own among them)."""
-    stats = redis.Redis.from_url(url).info("commandstats")
+    handshakes of new connections (this function's own among them, and a cluster client's
+    questions about the cluster)."""
     overhead = ("cmdstat_blpop", "cmdstat_info", "cmdstat_hello", "cmdstat_client")
-    return {name: entry["calls"] for name, entry in stats.items() if not name.startswith(overhead)}
+    # REPLCONF: a cluster replica's acknowledgement to its master, every second.
+    overhead += ("cmdstat_replconf",)
+    return command_calls(url, (*overhead, "cmdstat_cluster", "cmdstat_command"))
 
 
 def test_steps_on_the_owning_worker_make_no_redis_round_trip(
-    redis_url: str, namespace: str
+    any_redis: str, namespace: str
 ) -> None:
     async def scenario() -> None:
-        async with Worker(redis_url, namespace) as worker:
+        async with Worker(any_redis, namespace) as worker:
             await save_one(worker.store, KEY, lstm_state(0))  # the start claims the session
-            before = data_commands(redis_url)
+            before = data_commands(any_redis)
             for step in range(1, 50):
                 assert_same_state(
                     await load_one(worker.store, KEY, lstm_state()), lstm_state(step - 1)
                 )
                 await save_one(worker.store, KEY, lstm_state(step))
-            assert data_commands(redis_url) == before
+            assert data_commands(any_redis) == before
 
     asyncio.run(scenario())
 
 
 def test_a_session_moves_to_the_worker_that_steps_it_and_back(
-    redis_url: str, namespace: str
+    any_redis: str, namespace: str
 ) -> None:
     async def scenario() -> None:
-        async with Worker(redis_url, namespace) as a, Worker(redis_url, namespace) as b:
+        async with Worker(any_redis, namespace) as a, Worker(any_redis, namespace) as b:
             await save_one(a.store, KEY, lstm_state(0))
             assert_same_state(await load_one(b.store, KEY, lstm_state()), lstm_state(0))
             await save_one(b.store, KEY, lstm_state(1))
@@ -82,10 +85,10 @@ def test_a_session_moves_to_the_worker_that_steps_it_and_back(
 
 
 def test_hand_overs_are_logged_at_debug(
-    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+    any_redis: str, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
-        async with Worker(redis_url, namespace) as a, Worker(redis_url, namespace) as b:
+        async with Worker(any_redis, namespace) as a, Worker(any_redis, namespace) as b:
             await save_one(a.store, KEY, lstm_state(0))
             await load_one(b.store, KEY, lstm_state())
 
@@ -99,13 +102,13 @@ def test_hand_overs_are_logged_at_debug(
 
 
 def test_one_step_of_sessions_owned_by_two_workers_gathers_both(
-    redis_url: str, namespace: str
+    any_redis: str, namespace: str
 ) -> None:
     async def scenario() -> None:
         async with (
-            Worker(redis_url, namespace) as a,
-            Worker(redis_url, namespace) as b,
-            Worker(redis_url, namespace) as c,
+            Worker(any_redis, namespace) as a,
+            Worker(any_redis, namespace) as b,
+            Worker(any_redis, namespace) as c,
         ):
             keys = [SessionKey(ANONYMOUS, "sine-lstm", "1", i) for i in range(4)]
             batch = lstm_state(rows=4)
@@ -120,9 +123,9 @@ def test_one_step_of_sessions_owned_by_two_workers_gathers_both(
     asyncio.run(scenario())
 
 
-def test_a_hand_over_waits_for_the_owners_step_in_progress(redis_url: str, namespace: str) -> None:
+def test_a_hand_over_waits_for_the_owners_step_in_progress(any_redis: str, namespace: str) -> None:
     async def scenario() -> None:
-        async with Worker(redis_url, namespace) as a, Worker(redis_url, namespace) as b:
+        async with Worker(any_redis, namespace) as a, Worker(any_redis, namespace) as b:
             await save_one(a.store, KEY, lstm_state(0))
             a.turns.take_free([KEY])  # a step of the session is running on a
             moving = asyncio.create_task(load_one(b.store, KEY, lstm_state()))
@@ -136,12 +139,12 @@ def test_a_hand_over_waits_for_the_owners_step_in_progress(redis_url: str, names
 
 
 def test_an_owner_that_does_not_hand_over_fails_the_step_as_unavailable(
-    redis_url: str, namespace: str
+    any_redis: str, namespace: str
 ) -> None:
     async def scenario() -> None:
         async with (
-            Worker(redis_url, namespace) as a,
-            Worker(redis_url, namespace, handover_timeout_s=0.1) as b,
+            Worker(any_redis, namespace) as a,
+            Worker(any_redis, namespace, handover_timeout_s=0.1) as b,
         ):
             await save_one(a.store, KEY, lstm_state(0))
             a.turns.take_free([KEY])  # a step that does not end
@@ -154,12 +157,12 @@ def test_an_owner_that_does_not_hand_over_fails_the_step_as_unavailable(
     asyncio.run(scenario())
 
 
-def test_a_clean_stop_leaves_the_states_for_the_next_server(redis_url: str, namespace: str) -> None:
+def test_a_clean_stop_leaves_the_states_for_the_next_server(any_redis: str, namespace: str) -> None:
     async def scenario() -> None:
-        async with Worker(redis_url, namespace) as before_restart:
+        async with Worker(any_redis, namespace) as before_restart:
             keys = [SessionKey(ANONYMOUS, "sine-lstm", "1", i) for i in range(3)]
             await before_restart.store.save(keys, lstm_state(rows=3), [0, 1, 2], [Progress()] * 3)
-        async with Worker(redis_url, namespace) as after_restart:
+        async with Worker(any_redis, namespace) as after_restart:
             into = zeros_like(lstm_state(rows=3))
             assert await after_restart.store.load(keys, into, [0, 1, 2]) == [Progress()] * 3
             assert_same_state(into, lstm_state(rows=3))
@@ -168,24 +171,54 @@ def test_a_clean_stop_leaves_the_states_for_the_next_server(redis_url: str, name
 
 
 def test_the_sessions_of_a_worker_that_died_are_gone_at_once(
-    redis_url: str, namespace: str
+    any_redis: str, namespace: str
 ) -> None:
     async def scenario() -> None:
-        async with Worker(redis_url, namespace) as a, Worker(redis_url, namespace) as b:
+        async with Worker(any_redis, namespace) as a, Worker(any_redis, namespace) as b:
             await save_one(a.store, KEY, lstm_state(0))
-            # As when a's process is killed: its liveness record lapses, its states are lost.
-            redis.Redis.from_url(redis_url).delete(f"{namespace}:worker:{a.store.worker}")
+            # As when a's process is killed: its liveness records lapse, its states are lost.
+            space = Keyspace(namespace, is_cluster_url(any_redis))
+            client = sync_client(any_redis)
+            for bucket in range(space.buckets):
+                client.delete(f"{space.prefix(bucket)}worker:{a.store.worker}")
+            client.close()
             assert await load_one(b.store, KEY, lstm_state()) is None
             assert await b.store.count() == 0
 
     asyncio.run(scenario())
 
 
+def test_a_dead_worker_is_reaped_in_every_bucket_and_its_sessions_are_lost(
+    any_redis: str, namespace: str
+) -> None:
+    """The supervisor's declare_dead reaps a worker that died holding sessions spread over
+    the buckets: each one's next step, on another worker, hears that its state was lost
+    (a tombstone in its bucket), and neither the count nor the census counts it."""
+    keys = [SessionKey(ANONYMOUS, "sine-lstm", "1", f"device-{i}") for i in range(12)]
+
+    async def scenario() -> None:
+        dead = OwnedStore(any_redis, 60.0, namespace)  # never started: its close hands nothing
+        async with Worker(any_redis, namespace) as survivor:
+            for key in keys:
+                await save_one(dead, key, lstm_state(1))
+            await dead.close()  # as when its process is killed: the states go with it
+            assert survivor.store.active() == {("sine-lstm", "1"): len(keys)}
+            args = (any_redis, dead.worker, 60.0, namespace)
+            assert await asyncio.to_thread(declare_dead, *args) == len(keys)
+            for key in keys:
+                [loaded] = await survivor.store.load([key], zeros_like(lstm_state()), [0])
+                assert isinstance(loaded, Gone) and loaded.why == "lost", loaded
+            assert await survivor.store.count() == 0
+            assert survivor.store.active().get(("sine-lstm", "1"), 0) == 0
+
+    asyncio.run(scenario())
+
+
 def test_a_worker_whose_session_was_started_again_elsewhere_drops_its_copy(
-    redis_url: str, namespace: str
+    any_redis: str, namespace: str
 ) -> None:
     async def scenario() -> None:
-        async with Worker(redis_url, namespace) as a, Worker(redis_url, namespace) as b:
+        async with Worker(any_redis, namespace) as a, Worker(any_redis, namespace) as b:
             await save_one(a.store, KEY, lstm_state(0))
             await save_one(b.store, KEY, lstm_state(1))  # a start on b, racing with a's step
             await a.store.expire()  # a's sweep finds it no longer owns the session

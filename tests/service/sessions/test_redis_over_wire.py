@@ -1,6 +1,7 @@
-"""Sessions shared through a real redis-server, with every step in Redis (the redis store)
-or each state in the server that steps it (the owned store): servers pointed at one Redis
-serve the same sessions, and a session outlives the server process that started it."""
+"""Sessions shared through a real redis-server or a real Redis Cluster, with every step in
+Redis (the redis store) or each state in the server that steps it (the owned store):
+servers pointed at one Redis serve the same sessions, and a session outlives the server
+process that started it."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def send_piece(client: RnnClient, x: np.ndarray, sequence_id: str, index: int) -
 
 
 @pytest.fixture(params=["redis", "owned"])
-def env(request: pytest.FixtureRequest, redis_url: str) -> dict[str, str]:
-    return {"RNNSERVE_STATE_STORE": request.param, "RNNSERVE_REDIS_URL": redis_url}
+def env(request: pytest.FixtureRequest, any_redis: str) -> dict[str, str]:
+    """Each store on one redis-server and on a Redis Cluster."""
+    return {"RNNSERVE_STATE_STORE": request.param, "RNNSERVE_REDIS_URL": any_redis}
 
 
 def test_a_session_started_on_one_server_continues_on_another(

@@ -50,7 +50,7 @@ def test_a_sequence_idle_past_the_timeout_is_dropped(start_server, repository: P
         error = refused(client, "idle", start=False)
     assert error.code == "INVALID_ARGUMENT"
     assert "sequence 'idle' for model sine-lstm version 1 is not active" in error.message
-    assert "must begin with sequence_start=true (it may have ended or expired)" in error.message
+    assert f"it expired after {IDLE_TIMEOUT_S:g} s idle (session_idle_timeout_s)" in error.message
     # The sweeper reports each expiry once, whoever noticed it first.
     expired = 'rnnserve_sessions_expired_total{model="sine-lstm",version="1"}'
     for _ in range(100):

@@ -1,14 +1,14 @@
 """Step accounting (`sequence_offset`) through the data plane, in process with real ONNX
-Runtime, for every state store (memory; redis and owned against a real redis-server): each
-response says how many time steps its sequence consumed; a step at the server's count is
-applied; a retry of the last step is answered again, exactly, and not applied twice; any
-other offset is refused with FAILED_PRECONDITION naming the server's count. Unary, streamed
-and multi-session requests alike; hand-overs and clean restarts keep all of it."""
+Runtime, for every state store (memory; redis and owned on a real redis-server and on a
+real Redis Cluster): each response says how many time steps its sequence consumed; a step
+at the server's count is applied; a retry of the last step is answered again, exactly, and
+not applied twice; any other offset is refused with FAILED_PRECONDITION naming the server's
+count. Unary, streamed and multi-session requests alike; hand-overs and clean restarts keep
+all of it."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -20,8 +20,6 @@ from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.errors import FailedPrecondition, ServiceError
 from rnnserve.service.sessions import StateStore
 from rnnserve.service.sessions.memory_store import MemoryStore
-from rnnserve.service.sessions.owned_store import OwnedStore
-from rnnserve.service.sessions.redis_store import RedisStore
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import ANONYMOUS, InferRequest, InferResponse, Parameter, Tensor
 
@@ -39,18 +37,7 @@ def repository(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) 
     return root
 
 
-MakeStore = Callable[[], StateStore]
-
-
-@pytest.fixture(params=["memory", "redis", "owned"])
-def make_store(request: pytest.FixtureRequest) -> MakeStore:
-    """Stores of one kind; those in Redis share a fresh namespace (one per test)."""
-    if request.param == "memory":
-        return MemoryStore
-    url = request.getfixturevalue("redis_url")
-    namespace = f"test-{time.monotonic_ns()}"
-    kind = RedisStore if request.param == "redis" else OwnedStore
-    return lambda: kind(url, 60.0, namespace)
+MakeStore = Callable[[], StateStore]  # the make_store fixture (conftest.py): every store
 
 
 class Plane:

@@ -1,0 +1,66 @@
+"""The memory budget: what one request may imply, and what the requests in flight may take
+together, held before any work.
+
+Batch and sequence length are capped apart (max_batch_size, max_sequence_length), so a
+request inside both may still imply gigabytes: ONNX Runtime computes an RNN's gates for
+every time step of every row at once. Each request's footprint (tasks/base.py: inputs,
+outputs, the recurrent kernels' working memory) is read off its shapes at admission;
+past `max_request_elements`, or when the requests in flight would take more than
+`max_inflight_bytes` with it, it is refused RESOURCE_EXHAUSTED naming the limit and its
+size. The bytes held are the gauge `rnnserve_request_bytes_in_flight`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rnnserve.service import metrics
+from rnnserve.service.errors import ResourceExhausted
+from rnnserve.service.tasks.base import Footprint
+
+SMALLER = "send fewer rows or shorter pieces of the sequence"
+
+
+class Budget:
+    def __init__(self, max_request_elements: int, max_inflight_bytes: int) -> None:
+        self.max_request_elements = max_request_elements
+        self.max_inflight_bytes = max_inflight_bytes
+        self.held = 0  # bytes of the requests in flight
+        metrics.REQUEST_BYTES_LIMIT.set(max_inflight_bytes)
+
+    @contextlib.contextmanager
+    def hold(self, footprint: Footprint, model: str) -> Iterator[None]:
+        """Holds the request's bytes while it runs; ResourceExhausted when it may not."""
+        self._check(footprint, model)
+        self.held += footprint.bytes
+        metrics.REQUEST_BYTES_IN_FLIGHT.inc(footprint.bytes)
+        try:
+            yield
+        finally:
+            self.held -= footprint.bytes
+            metrics.REQUEST_BYTES_IN_FLIGHT.dec(footprint.bytes)
+
+    def _check(self, footprint: Footprint, model: str) -> None:
+        size = (
+            f"{footprint.elements:,} elements (inputs {footprint.inputs:,}, outputs "
+            f"{footprint.outputs:,}, recurrent work {footprint.work:,}: {footprint.rows:,} "
+            f"rows x {footprint.steps:,} time steps of model '{model}'), {footprint.bytes:,} "
+            "bytes"
+        )
+        if footprint.elements > self.max_request_elements:
+            raise ResourceExhausted(
+                f"the request implies {size}; at most {self.max_request_elements:,} elements "
+                f"are accepted (max_request_elements): {SMALLER}"
+            )
+        if footprint.bytes > self.max_inflight_bytes:
+            raise ResourceExhausted(
+                f"the request implies {size}; the requests in flight may take at most "
+                f"{self.max_inflight_bytes:,} bytes together (max_inflight_bytes): {SMALLER}"
+            )
+        if self.held + footprint.bytes > self.max_inflight_bytes:
+            raise ResourceExhausted(
+                f"the request implies {size}, and the requests in flight hold {self.held:,} "
+                f"bytes of at most {self.max_inflight_bytes:,} (max_inflight_bytes); retry "
+                "later"
+            )

@@ -1,0 +1,39 @@
+"""The process's allocator: large buffers go back to the system when freed.
+
+glibc's malloc serves a large allocation with its own mapping, returned to the system on
+free, but it raises that threshold (up to 32 MiB) each time such a mapping is freed, so
+after one large request the buffers of the next (a received message, ORT's intermediate
+tensors) come from heaps that keep their peak for the life of the process. Fixing the
+threshold keeps every large buffer a mapping of its own, and trimming the heaps once they
+hold TRIM_BYTES free returns the rest: resident memory comes back near its level after a
+large request (ORT's own arena is off too: service/runtime.py). Elsewhere than glibc,
+nothing is changed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+# mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_BYTES = 1024 * 1024  # buffers from 1 MiB up: a mapping each, unmapped when freed
+TRIM_BYTES = 16 * 1024 * 1024  # free memory a heap may keep at its top
+
+
+def return_large_buffers() -> None:
+    """Sets glibc's malloc to give large buffers back (see above); a no-op elsewhere."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
+        return
+    if not (
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_BYTES) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_BYTES)
+    ):
+        log.debug("mallopt refused: large buffers may stay resident after use")

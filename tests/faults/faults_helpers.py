@@ -1,0 +1,232 @@
+"""What the fault tests share: clients stepping sequences through a fault and checking every
+answer, a redis-server the test may stop, kill and restart, and the server's processes.
+
+`Sequences` runs client threads, each on a connection of its own (so that with workers the
+kernel spreads them over the workers), each stepping sequences of sine-lstm through the
+client library's SequenceSession (every step with its offset, retried after UNAVAILABLE),
+chunk after chunk, and comparing every answer with its reference: the same whole sequence
+answered at once. A sequence refused ABORTED ("state ... was lost") starts over, as its
+client is told to; any other refusal is recorded for the test to judge.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import redis
+
+from rnnserve.client.client import RnnClient
+from rnnserve.client.errors import InferenceError
+from rnnserve.client.retry import RetryPolicy
+from rnnserve.client.sequence import SequenceSession
+from rnnserve.protocol import rpc
+
+MODEL = "sine-lstm"
+LENGTH = 60  # time steps of every sequence
+CHUNK = 3  # time steps per request
+# Retries long enough to outlast a worker's restart or a Redis pause, short between tries.
+RETRY = RetryPolicy(max_attempts=60, initial_backoff_s=0.02, max_backoff_s=0.25)
+TOLERANCE = 1e-5  # pieces against the whole: the same ORT kernels, state carried exactly
+
+
+def own_connection(client: RnnClient, address: str) -> RnnClient:
+    """`client` on a connection of its own: channels of one process share connections by
+    default, and all would land on one worker."""
+    channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    client.stub = rpc.Stub(channel)
+    return client
+
+
+@dataclass
+class Client:
+    """One client's record."""
+
+    index: int
+    answered: list[float] = field(default_factory=list)  # when each step was answered
+    sequences: int = 0  # sequences completed, each equal to its reference
+    lost: list[str] = field(default_factory=list)  # ABORTED messages
+    refused: list[InferenceError] = field(default_factory=list)  # any other refusal
+    wrong: list[str] = field(default_factory=list)  # answers unequal to the reference
+    retries: int = 0
+    active: bool = False  # a sequence started and not ended when it stopped
+
+
+class Sequences:
+    """`clients` threads stepping sequences against `address` until `stop()`."""
+
+    def __init__(self, address: str, clients: int, streaming: bool = False, seed: int = 0) -> None:
+        self.address = address
+        self.streaming = streaming
+        self.clients = [Client(index) for index in range(clients)]
+        rng = np.random.default_rng(seed)
+        self.xs = [rng.normal(0, 1, LENGTH).astype(np.float32) for _ in range(clients)]
+        with RnnClient(address) as client:  # each whole sequence, answered at once
+            self.wholes = [
+                client.infer(MODEL, {"x": x[None, :, None]}, ["y"])["y"][0, :, 0] for x in self.xs
+            ]
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(client,), daemon=True)
+            for client in self.clients
+        ]
+
+    def __enter__(self) -> Sequences:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+            assert not thread.is_alive(), "a client never stopped"
+
+    def wait_for_steps(self, steps: int, timeout_s: float = 120) -> None:
+        """Until every client has had `steps` more steps answered."""
+        targets = [len(client.answered) + steps for client in self.clients]
+        deadline = time.monotonic() + timeout_s
+        while any(len(c.answered) < t for c, t in zip(self.clients, targets, strict=True)):
+            assert time.monotonic() < deadline, f"clients stalled: {self.summary()}"
+            assert all(thread.is_alive() for thread in self._threads), self.summary()
+            time.sleep(0.02)
+
+    def served_again(self, since: float) -> float:
+        """Seconds from `since` until every client had an answer again (the longest wait
+        of any client), once all have one."""
+        return max(
+            min(when for when in client.answered if when > since) - since for client in self.clients
+        )
+
+    def summary(self) -> str:
+        return ", ".join(
+            f"client {c.index}: {len(c.answered)} answered, {c.sequences} sequences, "
+            f"{len(c.lost)} lost, {[e.code for e in c.refused]} refused, {c.retries} retries"
+            for c in self.clients
+        )
+
+    @property
+    def lost(self) -> list[str]:
+        return [message for client in self.clients for message in client.lost]
+
+    @property
+    def refused(self) -> list[InferenceError]:
+        return [error for client in self.clients for error in client.refused]
+
+    @property
+    def wrong(self) -> list[str]:
+        return [message for client in self.clients for message in client.wrong]
+
+    @property
+    def active(self) -> int:
+        return sum(client.active for client in self.clients)
+
+    def _run(self, record: Client) -> None:
+        x, whole = self.xs[record.index], self.wholes[record.index]
+        with own_connection(RnnClient(self.address, timeout_s=10), self.address) as client:
+            run = 0
+            while not self._stop.is_set():
+                run += 1
+                sequence_id = f"client-{record.index}-{run}"
+                with SequenceSession(
+                    client, MODEL, sequence_id, self.streaming, retry=RETRY
+                ) as session:
+                    try:
+                        self._sequence(session, record, x, whole)
+                    except InferenceError as error:
+                        record.active = False
+                        if error.code == "ABORTED":
+                            record.lost.append(error.message)
+                        else:
+                            record.refused.append(error)
+                            time.sleep(0.1)  # recorded for the test: do not flood
+                    record.retries += session.retries
+
+    def _sequence(
+        self, session: SequenceSession, record: Client, x: np.ndarray, whole: np.ndarray
+    ) -> None:
+        for begin in range(0, LENGTH, CHUNK):
+            if self._stop.is_set():
+                return  # stops mid-sequence: the sequence stays active
+            end = begin + CHUNK == LENGTH
+            y = session.step({"x": x[None, begin : begin + CHUNK, None]}, ["y"], end=end)["y"]
+            record.answered.append(time.monotonic())
+            record.active = not end
+            expected = whole[begin : begin + CHUNK]
+            if not np.allclose(y[0, :, 0], expected, rtol=0, atol=TOLERANCE):
+                record.wrong.append(f"{session.sequence_id} at {begin}: {y[0, :, 0]} != {expected}")
+        record.sequences += 1
+
+
+# Processes.
+
+
+def eventually(check, what: str, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
+    """Until `check()` holds; fails naming `what` after `timeout_s` (polled, no sleep
+    assumed long enough)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.02)
+
+
+class RedisServer:
+    """A redis-server of the test's own on `port`, without persistence: it can be paused
+    (SIGSTOP), killed (SIGKILL) and started again, empty, on the same port."""
+
+    def __init__(self, binary: str, port: int, directory: Path) -> None:
+        self.binary, self.port, self.directory = binary, port, directory
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.directory), "--save", "", "--appendonly", "no",
+                "--daemonize", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        try:
+            eventually(lambda: self._answers(client), f"redis-server on {self.port} answers")
+        finally:
+            client.close()
+
+    def _answers(self, client: redis.Redis) -> bool:
+        assert self.process is not None and self.process.poll() is None, "redis-server exited"
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    def pause(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.resume()
+            self.process.terminate()
+            self.process.wait(timeout=30)

@@ -1,0 +1,69 @@
+"""A request inside every other limit (batch and length are capped apart) that implies
+gigabytes of work is refused RESOURCE_EXHAUSTED before any work, naming the limit and its
+size; the largest request the budget accepts is answered, and resident memory returns to
+within 1.5x of its level before it (ONNX Runtime's arena does not keep its peak)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from faults_helpers import eventually
+from processes import rss_bytes
+from scrape import scrape
+
+from rnnserve.client.client import RnnClient
+from rnnserve.client.errors import InferenceError
+
+ROWS = 1024
+PROBE_STEPS = 2_000  # past the budget, in a small message: its figures
+HUGE_STEPS = 15_000  # 59 MiB of input, the issue's: 10 GB of ORT work before the budget
+IMPLIES = re.compile(r"implies ([\d,]+) elements .*?: ([\d,]+) rows x ([\d,]+) time steps")
+LIMIT = re.compile(r"at most ([\d,]+) elements are accepted \(max_request_elements\)")
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def test_a_request_past_the_budget_is_refused_and_the_largest_accepted_leaves_no_peak(
+    start_server, sine_repository: Path
+) -> None:
+    server = start_server(sine_repository)
+    pid = server.process.pid
+    with RnnClient(server.address, timeout_s=120) as client:
+        client.infer("sine-lstm", {"x": np.zeros((ROWS, 2, 1), np.float32)}, ["y"])
+        before = rss_bytes(pid)
+        # The largest accepted request, from the budget's own figures in a refusal.
+        with pytest.raises(InferenceError) as probe:
+            client.infer("sine-lstm", {"x": np.zeros((ROWS, PROBE_STEPS, 1), np.float32)})
+        elements, rows, steps = map(number, IMPLIES.search(probe.value.message).groups())
+        [limit] = map(number, LIMIT.search(probe.value.message).groups())
+        largest = int(limit / (elements / (rows * steps) * ROWS))
+        x = np.random.default_rng(0).standard_normal((ROWS, largest, 1)).astype(np.float32)
+        y = client.infer("sine-lstm", {"x": x}, ["y"])["y"]
+        eventually(lambda: rss_bytes(pid) <= 1.5 * before, "resident memory came back")
+        after = rss_bytes(pid)
+        with pytest.raises(InferenceError) as one_more:  # one step more per row: refused
+            client.infer("sine-lstm", {"x": np.zeros((ROWS, largest + 1, 1), np.float32)})
+        with pytest.raises(InferenceError) as huge:
+            client.infer("sine-lstm", {"x": np.zeros((ROWS, HUGE_STEPS, 1), np.float32)})
+    mib = 2**20
+    print(
+        f"\nrefused: {huge.value.message}\nlargest accepted: x [{ROWS}, {largest}, 1]; RSS "
+        f"before {before / mib:.0f} MiB, after it {after / mib:.0f} MiB ({after / before:.2f}x), "
+        f"after the refusal {rss_bytes(pid) / mib:.0f} MiB"
+    )
+
+    for refused in (probe, one_more, huge):
+        assert refused.value.code == "RESOURCE_EXHAUSTED"
+        assert "model 'sine-lstm'" in refused.value.message
+        assert refused.value.message.endswith("send fewer rows or shorter pieces of the sequence")
+    elements, rows, steps = map(number, IMPLIES.search(huge.value.message).groups())
+    assert (rows, steps) == (ROWS, HUGE_STEPS) and elements > 100_000_000
+    assert y.shape == (ROWS, largest, 1) and np.isfinite(y).all()
+    samples = scrape(server.metrics_url)
+    assert samples["rnnserve_request_bytes_in_flight{}"] == 0
+    assert "Traceback" not in server.log()
