@@ -1,7 +1,8 @@
 """A request inside every other limit (batch and length are capped apart) that implies
 gigabytes of work is refused RESOURCE_EXHAUSTED before any work, naming the limit and its
 size; the largest request the budget accepts is answered, and resident memory returns to
-within 1.5x of its level before it (ONNX Runtime's arena does not keep its peak)."""
+within 1.5x of its level before it (ONNX Runtime's arena does not keep its peak); refused
+requests leave nothing behind."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from rnnserve.client.errors import InferenceError
 ROWS = 1024
 PROBE_STEPS = 2_000  # past the budget, in a small message: its figures
 HUGE_STEPS = 15_000  # 59 MiB of input, the issue's: 10 GB of ORT work before the budget
+REFUSALS = 8
 IMPLIES = re.compile(r"implies ([\d,]+) elements .*?: ([\d,]+) rows x ([\d,]+) time steps")
 LIMIT = re.compile(r"at most ([\d,]+) elements are accepted \(max_request_elements\)")
 
@@ -67,3 +69,20 @@ def test_a_request_past_the_budget_is_refused_and_the_largest_accepted_leaves_no
     samples = scrape(server.metrics_url)
     assert samples["rnnserve_request_bytes_in_flight{}"] == 0
     assert "Traceback" not in server.log()
+
+
+def test_refused_requests_leave_nothing_behind(start_server, sine_repository: Path) -> None:
+    server = start_server(sine_repository)
+    pid = server.process.pid
+    x = np.zeros((ROWS, HUGE_STEPS, 1), np.float32)
+    with RnnClient(server.address, timeout_s=120) as client:
+        client.infer("sine-lstm", {"x": np.zeros((1, 2, 1), np.float32)}, ["y"])
+        before = rss_bytes(pid)
+        for _ in range(REFUSALS):
+            with pytest.raises(InferenceError) as refused:
+                client.infer("sine-lstm", {"x": x})
+            assert refused.value.code == "RESOURCE_EXHAUSTED"
+        grown = rss_bytes(pid) - before
+    # The allocator keeps some of the buffers the messages arrived in; a process that kept
+    # each refused request would have grown by REFUSALS times its size.
+    assert grown < REFUSALS / 2 * x.nbytes, f"{grown / 2**20:.0f} MiB more after the refusals"
