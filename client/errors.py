@@ -118,7 +118,8 @@ class FailedPrecondition(StatusError):
 
 
 class Aborted(StatusError):
-    """The call was aborted, as by a conflict with another: the operation may be tried again."""
+    """The call was aborted. From this server: a sequence's state was lost through a server
+    fault (its worker died, or Redis lost its data); begin the sequence again."""
 
     CODE = "ABORTED"
 

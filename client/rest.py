@@ -47,6 +47,7 @@ class RestClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected an http:// or https://HOST:PORT URL, got {url!r}")
         self.url = url
+        self.timeout_s = timeout_s
         self._prefix = parts.path.rstrip("/")
         self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         if parts.scheme == "http":
@@ -74,12 +75,14 @@ class RestClient:
 
     # Health and metadata ------------------------------------------------------------
 
-    def server_ready(self) -> bool:
-        return self._request("GET", "/v2/health/ready", ok=(200, 400))[0] == 200
+    def server_ready(self, timeout: float | None = None) -> bool:
+        return self._request("GET", "/v2/health/ready", ok=(200, 400), timeout=timeout)[0] == 200
 
-    def model_metadata(self, model: str, version: str = "") -> dict[str, Any]:
+    def model_metadata(
+        self, model: str, version: str = "", timeout: float | None = None
+    ) -> dict[str, Any]:
         """The model's metadata, as the REST API's JSON."""
-        return json.loads(self._request("GET", _model_path(model, version))[2])
+        return json.loads(self._request("GET", _model_path(model, version), timeout=timeout)[2])
 
     # Inference -------------------------------------------------------------------------
 
@@ -91,9 +94,10 @@ class RestClient:
         parameters: Mapping[str, Parameter] | None = None,
         version: str = "",
         binary: bool = True,
+        timeout: float | None = None,
     ) -> InferResult:
         """One request. `binary`: tensors both ways in the binary data extension (exact
-        and compact) rather than JSON `data`."""
+        and compact) rather than JSON `data`. `timeout`: see _request."""
         buffers: list[bytes] = []
         tensors = []
         for name, data in inputs.items():
@@ -112,7 +116,7 @@ class RestClient:
         if length is not None:
             headers[rest.HEADER_LENGTH] = str(length)
         _, reply_headers, reply = self._request(
-            "POST", _model_path(model, version) + "/infer", body, headers
+            "POST", _model_path(model, version) + "/infer", body, headers, timeout=timeout
         )
         return _result(reply, reply_headers.get(rest.HEADER_LENGTH))
 
@@ -125,7 +129,16 @@ class RestClient:
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         ok: tuple[int, ...] = (200,),
+        timeout: float | None = None,
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """One exchange. `timeout` (the client's `timeout_s` unless given): the seconds
+        connecting, and then each wait for the server's bytes, may take; past it the call
+        raises DeadlineExceeded. http.client bounds each socket operation, not the whole
+        exchange, unlike a gRPC deadline."""
+        seconds = self.timeout_s if timeout is None else timeout
+        self._connection.timeout = seconds  # for the connection it may open
+        if self._connection.sock is not None:  # the kept-alive one
+            self._connection.sock.settimeout(seconds)
         try:
             self._connection.request(
                 method, self._prefix + path, body, {**self._headers, **(headers or {})}

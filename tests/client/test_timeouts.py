@@ -1,7 +1,7 @@
-"""Timeouts, with either client: each call's own `timeout` (the client's `timeout_s` unless
-given), a stream's deadline, and a sequence step's wait for its answer, after which the
-step is sent again the same and answered once. The slow request is a sine sequence of
-100,000 time steps (tens of milliseconds of ONNX Runtime), given a millisecond."""
+"""Timeouts, with either gRPC client and over REST: each call's own `timeout` (the client's
+`timeout_s` unless given), a stream's deadline, and a sequence step's wait for its answer,
+after which the step is sent again the same and answered once. The slow request is a sine
+sequence of 100,000 time steps (tens of milliseconds of ONNX Runtime), given a millisecond."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from client_kinds import session_of
 
 from rnnserve.client.client import build_request
 from rnnserve.client.errors import DeadlineExceeded
+from rnnserve.client.rest import RestClient
 from rnnserve.client.retry import NO_RETRIES
 
 LONG = np.sin(np.linspace(0, 600, 100_000, dtype=np.float32)).reshape(1, -1, 1)
@@ -27,6 +28,24 @@ def test_a_call_past_its_timeout_raises_deadline_exceeded(server, any_client, co
 
     assert impatient.infer("sine-gru", {"x": LONG}, ["y"], timeout=60)["y"].shape == LONG.shape
     assert impatient.model_metadata("sine-gru", timeout=60).name == "sine-gru"
+
+
+def test_a_rest_call_past_its_timeout_raises_deadline_exceeded(server) -> None:
+    with (
+        RestClient(server.http_url, timeout_s=TINY) as impatient,
+        RestClient(server.http_url) as patient,
+    ):
+        with pytest.raises(DeadlineExceeded):
+            impatient.infer_response("sine-gru", {"x": LONG}, ["y"])
+        with pytest.raises(DeadlineExceeded):
+            patient.infer_response("sine-gru", {"x": LONG}, ["y"], timeout=TINY)
+
+        answered = impatient.infer_response("sine-gru", {"x": LONG}, ["y"], timeout=60)
+        assert answered.outputs["y"].shape == LONG.shape
+        assert patient.infer_response("sine-gru", {"x": LONG}, ["y"]).outputs["y"].shape == (
+            LONG.shape
+        )
+        assert impatient.model_metadata("sine-gru", timeout=60)["name"] == "sine-gru"
 
 
 def test_a_stream_past_its_deadline_raises_deadline_exceeded(any_client) -> None:
