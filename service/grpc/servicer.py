@@ -185,15 +185,14 @@ class InferenceServicer:
         stream_id = request_id_of("", headers)
         if stream_id:
             await context.send_initial_metadata(((REQUEST_ID_HEADER, stream_id),))
-        draining = asyncio.ensure_future(self._dataplane.draining.wait())
+        requests = _Requests(request_iterator, self._dataplane.draining)
         try:
-            requests = aiter(request_iterator)
-            while (request := await _next_unless(requests, draining)) is not None:
+            while (request := await requests.next()) is not None:
                 replies = self._stream_replies(request, request.id or stream_id, headers, context)
                 async for reply in replies:
                     yield reply
         finally:
-            draining.cancel()
+            requests.close()
         if self._dataplane.draining.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
@@ -234,16 +233,43 @@ class InferenceServicer:
         )
 
 
-async def _next_unless(requests: AsyncIterator[Any], stop: asyncio.Future[Any]) -> Any:
-    """The stream's next request; None at its end, or once `stop` is done."""
-    if stop.done():
-        return None
-    reading = asyncio.ensure_future(anext(requests, None))
-    await asyncio.wait((reading, stop), return_when=asyncio.FIRST_COMPLETED)
-    if reading.done():
-        return reading.result()
-    reading.cancel()
-    return None
+class _Requests:
+    """A stream's requests, which end once the data plane drains: a read waiting for the
+    next request is cancelled then, while a request being answered is answered first.
+    Reads are plain awaits of the stream; only the drain, once, wakes a waiting one."""
+
+    def __init__(self, requests: AsyncIterator[Any], draining: asyncio.Event) -> None:
+        self._requests = aiter(requests)
+        self._handler = asyncio.current_task()
+        self._reading = self._drained = False
+        self._draining = asyncio.ensure_future(draining.wait())
+        self._draining.add_done_callback(self._drain)
+
+    def _drain(self, waited: asyncio.Future[Any]) -> None:
+        if waited.cancelled():  # the stream ended first (close)
+            return
+        self._drained = True
+        if self._reading and self._handler is not None:
+            self._handler.cancel()
+
+    async def next(self) -> Any:
+        """The next request; None at the stream's end, or once the data plane drains."""
+        if self._drained:
+            return None
+        self._reading = True
+        try:
+            return await anext(self._requests, None)
+        except asyncio.CancelledError:
+            if not self._drained:  # the call itself was cancelled
+                raise
+            if self._handler is not None:
+                self._handler.uncancel()  # the drain's cancellation, handled here
+            return None
+        finally:
+            self._reading = False
+
+    def close(self) -> None:
+        self._draining.cancel()
 
 
 def _certificate_name(context: grpc.aio.ServicerContext) -> str | None:
