@@ -12,9 +12,7 @@ INTERNAL; `decoding()` makes wire data that does not decode INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 
 from rnnserve.protocol.codec import CodecError
 from rnnserve.service.types import Parameter
@@ -88,11 +86,26 @@ def client_error(error: Exception, what: str) -> ServiceError:
     return ServiceError(f"internal error in {what}; the server log has the details")
 
 
-@contextlib.contextmanager
-def decoding() -> Iterator[None]:
+class _Decoding:
+    """`decoding()`'s block (a class, not a generator: entered on every request)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: object
+    ) -> None:
+        if isinstance(error, CodecError):
+            raise InvalidArgument(str(error)) from None
+
+
+_DECODING = _Decoding()
+
+
+def decoding() -> _Decoding:
     """Wire data that does not decode (the protocol codec's CodecError, which names the
-    tensor or field at fault) is the client's mistake: INVALID_ARGUMENT."""
-    try:
-        yield
-    except CodecError as error:
-        raise InvalidArgument(str(error)) from None
+    tensor or field at fault) is the client's mistake: INVALID_ARGUMENT, in a `with`
+    block."""
+    return _DECODING

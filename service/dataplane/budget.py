@@ -12,9 +12,6 @@ size. The bytes held are the gauge `rnnserve_request_bytes_in_flight`.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 from rnnserve.service import metrics
 from rnnserve.service.errors import ResourceExhausted
 from rnnserve.service.tasks.base import Footprint
@@ -29,38 +26,60 @@ class Budget:
         self.held = 0  # bytes of the requests in flight
         metrics.REQUEST_BYTES_LIMIT.set(max_inflight_bytes)
 
-    @contextlib.contextmanager
-    def hold(self, footprint: Footprint, model: str) -> Iterator[None]:
-        """Holds the request's bytes while it runs; ResourceExhausted when it may not."""
+    def hold(self, footprint: Footprint, model: str) -> Held:
+        """Holds the request's bytes, from now until the end of the `with` block of what it
+        returns; ResourceExhausted when it may not."""
         self._check(footprint, model)
         self.held += footprint.bytes
         metrics.REQUEST_BYTES_IN_FLIGHT.inc(footprint.bytes)
-        try:
-            yield
-        finally:
-            self.held -= footprint.bytes
-            metrics.REQUEST_BYTES_IN_FLIGHT.dec(footprint.bytes)
+        return Held(self, footprint.bytes)
+
+    def release(self, size: int) -> None:
+        self.held -= size
+        metrics.REQUEST_BYTES_IN_FLIGHT.dec(size)
 
     def _check(self, footprint: Footprint, model: str) -> None:
-        size = (
-            f"{footprint.elements:,} elements (inputs {footprint.inputs:,}, outputs "
-            f"{footprint.outputs:,}, recurrent work {footprint.work:,}: {footprint.rows:,} "
-            f"rows x {footprint.steps:,} time steps of model '{model}'), {footprint.bytes:,} "
-            "bytes"
-        )
         if footprint.elements > self.max_request_elements:
             raise ResourceExhausted(
-                f"the request implies {size}; at most {self.max_request_elements:,} elements "
-                f"are accepted (max_request_elements): {SMALLER}"
+                f"the request implies {_size(footprint, model)}; at most "
+                f"{self.max_request_elements:,} elements are accepted (max_request_elements): "
+                f"{SMALLER}"
             )
         if footprint.bytes > self.max_inflight_bytes:
             raise ResourceExhausted(
-                f"the request implies {size}; the requests in flight may take at most "
-                f"{self.max_inflight_bytes:,} bytes together (max_inflight_bytes): {SMALLER}"
+                f"the request implies {_size(footprint, model)}; the requests in flight may "
+                f"take at most {self.max_inflight_bytes:,} bytes together "
+                f"(max_inflight_bytes): {SMALLER}"
             )
         if self.held + footprint.bytes > self.max_inflight_bytes:
             raise ResourceExhausted(
-                f"the request implies {size}, and the requests in flight hold {self.held:,} "
-                f"bytes of at most {self.max_inflight_bytes:,} (max_inflight_bytes); retry "
-                "later"
+                f"the request implies {_size(footprint, model)}, and the requests in flight "
+                f"hold {self.held:,} bytes of at most {self.max_inflight_bytes:,} "
+                "(max_inflight_bytes); retry later"
             )
+
+
+class Held:
+    """A request's bytes held in the budget until its `with` block ends (a class, not a
+    generator: entered on every request)."""
+
+    __slots__ = ("_budget", "_size")
+
+    def __init__(self, budget: Budget, size: int) -> None:
+        self._budget = budget
+        self._size = size
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *_: object) -> None:
+        self._budget.release(self._size)
+
+
+def _size(footprint: Footprint, model: str) -> str:
+    """A refused request's footprint in words (written only for a refusal)."""
+    return (
+        f"{footprint.elements:,} elements (inputs {footprint.inputs:,}, outputs "
+        f"{footprint.outputs:,}, recurrent work {footprint.work:,}: {footprint.rows:,} "
+        f"rows x {footprint.steps:,} time steps of model '{model}'), {footprint.bytes:,} bytes"
+    )

@@ -9,9 +9,7 @@ whoever waits on `draining` (front ends close their idle streams at once).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Iterator
 from typing import Literal
 
 from rnnserve.service.errors import Unavailable
@@ -38,15 +36,14 @@ class Lifecycle:
         if self.phase == "loading":
             self.phase = "ready"
 
-    @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
-        """Admits one request (UNAVAILABLE unless ready) and counts it while in flight."""
+    def request(self) -> InFlight:
+        """Admits one request (UNAVAILABLE unless ready), counted while in flight in the
+        `with` block of what it returns."""
         if self.phase == "loading":
             raise Unavailable("the server is still loading its models; retry shortly")
         if self.phase != "ready":
             raise Unavailable("the server is shutting down; retry on another instance")
-        with self._in_flight.request():
-            yield
+        return self._in_flight.request()
 
     def drain(self) -> None:
         """Refuses new requests from now on."""

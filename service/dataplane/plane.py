@@ -10,14 +10,13 @@ request, each timed by one RequestTimer. Which versions are loaded is the model 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata
 from typing import Protocol
 
 from rnnserve.service.dataplane.admitted import Admitted
-from rnnserve.service.dataplane.budget import Budget
+from rnnserve.service.dataplane.budget import Budget, Held
 from rnnserve.service.dataplane.compute import Compute
 from rnnserve.service.dataplane.lifecycle import Lifecycle
 from rnnserve.service.dataplane.models import ModelControl
@@ -253,7 +252,12 @@ class DataPlane:
         with self._lifecycle.request():
             admitted, path = await self._admit(request)
             # No await since the version was chosen: an unload waits for this request.
-            with self._running(admitted) as timer:
+            model = admitted.model
+            with (
+                self._hold(admitted),
+                model.in_flight.request(),
+                RequestTimer(model.runtime) as timer,
+            ):
                 return await path.answer(admitted, timer)
 
     async def stream_infer(self, request: InferRequest) -> AsyncIterator[InferResponse]:
@@ -261,21 +265,21 @@ class DataPlane:
         seq2seq; the last carries `final`."""
         with self._lifecycle.request():
             admitted, path = await self._admit(request)
-            with self._running(admitted) as timer:
+            model = admitted.model
+            with (
+                self._hold(admitted),
+                model.in_flight.request(),
+                RequestTimer(model.runtime) as timer,
+            ):
                 async for response in path.stream(admitted, timer):
                     yield response
 
-    @contextlib.contextmanager
-    def _running(self, admitted: Admitted) -> Iterator[RequestTimer]:
-        """An admitted request while it runs: its memory held in the budget (refused
-        before any work when it may not be), counted in flight by its version, timed."""
+    def _hold(self, admitted: Admitted) -> Held:
+        """An admitted request's memory, held in the budget while it runs (refused before
+        any work when it may not be); it is also counted in flight by its version, and
+        timed."""
         footprint = admitted.model.task.footprint(admitted.request)
-        with (
-            self._budget.hold(footprint, admitted.model.name),
-            admitted.model.in_flight.request(),
-            RequestTimer(admitted.model.runtime) as timer,
-        ):
-            yield timer
+        return self._budget.hold(footprint, admitted.model.name)
 
     async def _admit(self, request: InferRequest) -> tuple[Admitted, Path]:
         """The model version a request may run on, its sequence or session rows, the
