@@ -111,12 +111,13 @@ class StateSpec(BaseModel):
             )
         return self
 
-    @property
+    # Read on every step (a state's layout): computed once, as the spec never changes.
+    @cached_property
     def before(self) -> int:
         """The state's dimensions before its batch axis, multiplied together."""
         return math.prod(self.shape[: self.batch_axis])
 
-    @property
+    @cached_property
     def after(self) -> int:
         """The state's dimensions after its batch axis, multiplied together."""
         return math.prod(self.shape[self.batch_axis + 1 :])

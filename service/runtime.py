@@ -159,7 +159,7 @@ class ModelRuntime:
         name, axis = self._rows_at[role]
         rows = int(feeds[name].shape[axis])
         start = time.perf_counter_ns()
-        values = self.sessions[role].run(None, feeds)
+        values = self.sessions[role].run(self._output_names[role], feeds)
         ns = time.perf_counter_ns() - start
         self.statistics.record_execution(rows, ns)
         self._compute_seconds.observe(ns / 1e9)
