@@ -8,6 +8,7 @@ server wraps it in its own types, the client hands the arrays to its caller.
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -145,11 +146,13 @@ def decode_bytes(name: str, raw: bytes, count: int) -> list[bytes]:
 
 
 def encode_bytes(items: np.ndarray) -> bytes:
-    parts: list[bytes] = []
-    for item in items.reshape(-1):
-        data = item.encode() if isinstance(item, str) else bytes(item)
-        parts += [LENGTH_PREFIX.pack(len(data)), data]
-    return b"".join(parts)
+    """BYTES elements, each after its length (a multi-session answer has one per row)."""
+    elements = [
+        item if isinstance(item, bytes) else item.encode() if isinstance(item, str) else bytes(item)
+        for item in items.reshape(-1).tolist()
+    ]
+    prefixes = map(LENGTH_PREFIX.pack, map(len, elements))
+    return b"".join(itertools.chain.from_iterable(zip(prefixes, elements, strict=True)))
 
 
 def object_array(items: list[bytes], shape: tuple[int, ...]) -> np.ndarray:

@@ -73,7 +73,7 @@ class _Slab:
         self._free.append(slot)
 
     def progress(self, slot: int) -> Progress:
-        return Progress(int(self.offsets[slot]), self.last.get(slot))
+        return Progress(self.offsets.item(slot), self.last.get(slot))
 
     def state(self, slot: int) -> State:
         """A copy of the slot's state as a one-row batch state."""
@@ -92,12 +92,16 @@ class _Slab:
         self._free.extend(range(new - 1, old - 1, -1))  # lowest slots first
 
 
-def _index(positions: Sequence[int]) -> slice | list[int]:
-    """Positions to index an axis with: one position as a slice (basic indexing, several
-    times faster than the fancy indexing a list gets)."""
-    if len(positions) == 1:
-        return slice(positions[0], positions[0] + 1)
-    return list(positions)
+def _index(positions: Sequence[int]) -> slice | np.ndarray:
+    """Positions to index an axis with: consecutive ones (one position, or the rows of a
+    whole batch) as a slice, basic indexing, several times faster than fancy indexing;
+    others as one index array, converted once for every state it indexes."""
+    count = len(positions)
+    if count and positions[-1] - positions[0] == count - 1:
+        first = positions[0]
+        if count == 1 or list(positions) == list(range(first, first + count)):
+            return slice(first, first + count)
+    return np.fromiter(positions, np.intp, count)
 
 
 class _Entry:
@@ -153,9 +157,10 @@ class MemoryStore:
             slab_rows.append(row)
             loaded.append(entry.slab.progress(entry.slot))
         for slab, (slab_slots, slab_rows) in slots.items():
+            at, rows_at = _index(slab_slots), _index(slab_rows)
             for name, data in slab.data.items():
                 # (sessions, before, after) -> (before, sessions, after)
-                into[name][:, _index(slab_rows)] = data[_index(slab_slots)].swapaxes(0, 1)
+                into[name][:, rows_at] = data[at].swapaxes(0, 1)
         return loaded
 
     def _load_ended(self, key: SessionKey, into: State, row: int, now: float) -> Loaded:
@@ -310,7 +315,7 @@ class MemoryStore:
 
     def _live(self, key: SessionKey, now: float) -> _Entry | None:
         entry = self._entries.get(key)
-        if entry is not None and entry.slab.deadlines[entry.slot] < now:
+        if entry is not None and entry.slab.deadlines.item(entry.slot) < now:
             self._drop(key, entry)
             self._noticed.append(key)
             self._record(key, {}, expired(self.idle_timeout_s))
