@@ -50,7 +50,8 @@ class RowsPath:
         assert result is not None  # every row runs in a multi-session request
         with timer.responding():
             failed = [row for row, outcome in enumerate(outcomes) if outcome.error is not None]
-            _blank_rows(result, failed, model.spec)
+            if failed:
+                _blank_rows(result, failed, model.spec)
             for row, outcome in enumerate(outcomes):
                 if outcome.answer is not None:  # a retry: its kept answer again
                     _put_row(result, row, outcome.answer, prepared.state, model.spec)

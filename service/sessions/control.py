@@ -119,8 +119,15 @@ def _values(tensor: Tensor, datatypes: tuple[str, ...]) -> list:
 
 
 def _ids(tensor: Tensor) -> list[int | str]:
+    values = _values(tensor, ID_DATATYPES)
+    # Numeric ids (most requests) are checked at once; row by row only to name the row at
+    # fault.
+    if tensor.datatype != "BYTES":
+        numbers = np.asarray(tensor.data).reshape(-1)
+        if (numbers > 0).all() and np.unique(numbers).size == numbers.size:
+            return values
     ids: list[int | str] = []
-    for row, value in enumerate(_values(tensor, ID_DATATYPES)):
+    for row, value in enumerate(values):
         if isinstance(value, bytes):
             try:
                 value = value.decode("utf-8")

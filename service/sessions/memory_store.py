@@ -142,16 +142,19 @@ class MemoryStore:
         loaded: list[Loaded] = []
         slots: dict[_Slab, tuple[list[int], list[int]]] = {}  # slab -> (its slots, rows)
         now = time.monotonic()
+        fitting: _Slab | None = None  # the last slab whose layout fits: most rows share it
         for key, row in zip(keys, rows, strict=True):
             entry = self._live(key, now)
             if entry is None:
                 loaded.append(self._load_ended(key, into, row, now))
                 continue
-            try:
-                check_layout(key, entry.slab.layout, expected)
-            except FailedPrecondition as error:
-                loaded.append(error)
-                continue
+            if entry.slab is not fitting:
+                try:
+                    check_layout(key, entry.slab.layout, expected)
+                except FailedPrecondition as error:
+                    loaded.append(error)
+                    continue
+                fitting = entry.slab
             slab_slots, slab_rows = slots.setdefault(entry.slab, ([], []))
             slab_slots.append(entry.slot)
             slab_rows.append(row)

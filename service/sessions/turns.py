@@ -15,22 +15,24 @@ from typing import Any
 
 class Turns:
     def __init__(self) -> None:
-        self._waiting: dict[Hashable, deque[asyncio.Future[None]]] = {}  # held keys
+        # Held keys and their waiters: () until one waits (most steps never see another).
+        self._waiting: dict[Hashable, deque[asyncio.Future[None]] | tuple[()]] = {}
 
     def held(self, key: Hashable) -> bool:
         return key in self._waiting
 
     def take_free(self, keys: Iterable[Hashable]) -> None:
         """Takes keys that no one holds (the caller checked), without waiting."""
-        for key in keys:
-            self._waiting[key] = deque()
+        self._waiting.update(dict.fromkeys(keys, ()))
 
     async def take(self, key: Hashable) -> None:
         """Takes the key's turn once every earlier taker has given it back."""
         waiting = self._waiting.get(key)
         if waiting is None:
-            self._waiting[key] = deque()
+            self._waiting[key] = ()
             return
+        if not isinstance(waiting, deque):
+            waiting = self._waiting[key] = deque()
         turn = asyncio.get_running_loop().create_future()
         waiting.append(turn)
         try:
@@ -43,7 +45,7 @@ class Turns:
     def give(self, key: Hashable) -> None:
         """Gives the key's turn to its first waiter still waiting, or frees it."""
         waiting = self._waiting[key]
-        while waiting:
+        while isinstance(waiting, deque) and waiting:
             turn = waiting.popleft()
             if not turn.done():  # a cancelled waiter's turn is done: skip it
                 turn.set_result(None)
