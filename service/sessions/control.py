@@ -122,10 +122,8 @@ def _ids(tensor: Tensor) -> list[int | str]:
     values = _values(tensor, ID_DATATYPES)
     # Numeric ids (most requests) are checked at once; row by row only to name the row at
     # fault.
-    if tensor.datatype != "BYTES":
-        numbers = np.asarray(tensor.data).reshape(-1)
-        if (numbers > 0).all() and np.unique(numbers).size == numbers.size:
-            return values
+    if tensor.datatype != "BYTES" and min(values) > 0 and len(set(values)) == len(values):
+        return values
     ids: list[int | str] = []
     for row, value in enumerate(values):
         if isinstance(value, bytes):
