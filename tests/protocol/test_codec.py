@@ -20,6 +20,13 @@ def test_bytes_travel_with_four_byte_little_endian_length_prefixes() -> None:
     assert decoded.tolist() == [b"hi", "héllo".encode()]
 
 
+def test_empty_bytes_elements_travel_as_their_length_alone() -> None:
+    raw = codec.raw_of("BYTES", np.array([b"", b"x", ""], dtype=object))
+
+    assert raw == b"\x00\x00\x00\x00" + b"\x01\x00\x00\x00x" + b"\x00\x00\x00\x00"
+    assert codec.array_from_raw("row", "BYTES", [3], raw).tolist() == [b"", b"x", b""]
+
+
 def test_numbers_travel_little_endian_whatever_the_array_byte_order() -> None:
     big_endian = np.array([1.5, -2.0], dtype=">f4")
 
