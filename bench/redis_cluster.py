@@ -9,15 +9,17 @@ makes one, and the means to fail one over for real (SIGKILL a master, start it a
         cluster.wait_failed_over(port)         # a replica took its slots
         cluster.restart(port)                  # it comes back as that replica's replica
 
-Every node listens on 127.0.0.1 only, on free ports (its cluster bus on a second one), keeps
-no snapshot or append-only file (a restarted node syncs from its master) and says a node
-that is silent for `node_timeout_ms` failed.
+Every node listens on 127.0.0.1 only, on free ports below the ephemeral range (its cluster
+bus on a second one), keeps no snapshot or append-only file (a restarted node syncs from
+its master) and says a node that is silent for `node_timeout_ms` failed.
 """
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from rnnserve.errors import UsageError
 
 SLOTS = 16384
 START_TIMEOUT_S = 60.0
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 @dataclass
@@ -73,7 +76,7 @@ class LocalCluster:
         for index in range(self.masters * (1 + self.replicas)):
             directory = self.workdir / f"redis-node-{index}"
             directory.mkdir(parents=True, exist_ok=True)
-            node = Node(free_port(), free_port(), directory)
+            node = Node(_node_port(), _node_port(), directory)
             self.nodes.append(node)
             self._launch(binary, node)
         for node in self.nodes:
@@ -267,3 +270,21 @@ def _binary(name: str) -> str:
     if not found:
         raise UsageError(f"{name} not found: install it (apt-get install redis-server)")
     return found
+
+
+def _node_port() -> int:
+    """A free port below the kernel's ephemeral range. A node killed in a test restarts on
+    its own port, which an outgoing connection could otherwise have taken meanwhile as its
+    source port ("Address already in use"); below the range only a listener can take it."""
+    if not EPHEMERAL_PORTS.exists():
+        return free_port()
+    lowest_ephemeral = int(EPHEMERAL_PORTS.read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(10_000, lowest_ephemeral)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
