@@ -1,32 +1,62 @@
-"""The issue's goals, each read as a ratio of two figures of the same run folder."""
+"""The issues' goals, each read as a ratio of two figures of the same run folder, judged
+only when both come from one `rnnserve bench` run."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from rnnserve.bench.report import Figure, ScenarioResult
 
+DATE = "%Y-%m-%dT%H:%M:%S%z"  # as report.environment writes it
 
-def _find(results: list[ScenarioResult], scenario: str, label: str) -> Figure | None:
+Found = tuple[ScenarioResult, Figure] | None
+
+
+def _find(results: list[ScenarioResult], scenario: str, label: str) -> Found:
     for result in results:
         if result.name == scenario:
-            return next((f for f in result.figures if f.label == label), None)
+            figure = next((f for f in result.figures if f.label == label), None)
+            return (result, figure) if figure is not None else None
     return None
 
 
 def _ratio_goal(
     text: str,
-    figure: Figure | None,
-    floor: Figure | None,
+    found: Found,
+    floor_found: Found,
     metric: str,
     limit: float,
     at_most: bool,
     floor_metric: str = "",
 ) -> str:
-    if figure is None or floor is None:
+    if found is None or floor_found is None:
         return f"{text}: not measured in this folder."
+    (result, figure), (floor_result, floor) = found, floor_found
     ratio = figure.median[metric] / floor.median[floor_metric or metric]
-    met = ratio <= limit if at_most else ratio >= limit
     bound = "≤" if at_most else "≥"
-    return f"{text}: {ratio:.2f}× (goal {bound} {limit}×) — {'met' if met else 'NOT met'}."
+    measured = f"{text}: {ratio:.2f}× (goal {bound} {limit}×)"
+    if not _one_run(result, floor_result):  # another day's floor says nothing of this figure
+        return (
+            f"{measured} — not judged: the figure ({result.environment.get('date')}) and its "
+            f"floor ({floor_result.environment.get('date')}) come from different "
+            "`rnnserve bench` runs; run both scenarios in one."
+        )
+    met = ratio <= limit if at_most else ratio >= limit
+    return f"{measured} — {'met' if met else 'NOT met'}."
+
+
+def _one_run(first: ScenarioResult, second: ScenarioResult) -> bool:
+    """Whether one `rnnserve bench` process measured both scenarios; for files written
+    before runs were named, whether the same command wrote both within an hour."""
+    if first is second:
+        return True
+    named = first.environment.get("invocation"), second.environment.get("invocation")
+    if None not in named:
+        return named[0] == named[1]
+    if first.command != second.command:
+        return False
+    dates = [datetime.strptime(r.environment["date"], DATE) for r in (first, second)]
+    return abs(dates[0] - dates[1]) < timedelta(hours=1)
 
 
 def evaluate(results: list[ScenarioResult]) -> list[str]:

@@ -95,6 +95,11 @@ def gpu_model() -> str:
     return found.stdout.strip().splitlines()[0] if found.stdout.strip() else ""
 
 
+# Which `rnnserve bench` process measured a scenario: a goal's ratio is of one run only
+# when its figure and its floor share it (bench/goals.py).
+INVOCATION = f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} pid {os.getpid()}"
+
+
 def environment(runs: int) -> dict[str, Any]:
     versions = {}
     for package in PACKAGES:
@@ -116,6 +121,7 @@ def environment(runs: int) -> dict[str, Any]:
         "versions": versions,
         "runs": runs,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "invocation": INVOCATION,
     }
 
 
