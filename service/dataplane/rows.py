@@ -85,18 +85,22 @@ def _check(admitted: Admitted, rows: SessionRows, prepared: Prepared) -> None:
 def _row_steps(admitted: Admitted, rows: SessionRows, prepared: Prepared) -> list[RowStep]:
     """Each row's step; with offsets, each with the digest of its row of the inputs."""
     model, request = admitted.model, admitted.request
+    session = (request.principal, model.name, model.version)
+    offsets = rows.offsets if rows.offsets is not None else [None] * rows.rows
     axes = model.spec.batch_axes() if rows.offsets is not None else {}
-    steps = []
-    for row, (sequence_id, start, end) in enumerate(
-        zip(rows.ids, rows.starts, rows.ends, strict=True)
-    ):
-        key = SessionKey(request.principal, model.name, model.version, sequence_id)
-        offset, digest = None, b""
-        if rows.offsets is not None:
-            offset = rows.offsets[row]
-            digest = row_digest(request.inputs, axes, row, start, end)
-        steps.append(RowStep(key, start, end, offset, prepared.lengths[row], digest))
-    return steps
+    return [
+        RowStep(
+            SessionKey(*session, sequence_id),
+            start,
+            end,
+            offset,
+            length,
+            b"" if offset is None else row_digest(request.inputs, axes, row, start, end),
+        )
+        for row, (sequence_id, start, end, offset, length) in enumerate(
+            zip(rows.ids, rows.starts, rows.ends, offsets, prepared.lengths, strict=True)
+        )
+    ]
 
 
 def _put_row(result: Result, row: int, answer: Answer, state: State, spec: ModelSpec) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -38,9 +38,9 @@ from rnnserve.service.types import Tensor
 Kind = Literal["apply", "replay", "rerun", "fail"]
 
 
-@dataclass(frozen=True, slots=True)
-class RowStep:
-    """One step of one session: one row of a batch."""
+class RowStep(NamedTuple):
+    """One step of one session: one row of a batch. A tuple: made for every row of every
+    request, it costs a third of what a frozen dataclass does."""
 
     key: SessionKey
     start: bool
