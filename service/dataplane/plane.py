@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata
+from types import TracebackType
 from typing import Protocol
 
 from rnnserve.service.dataplane.admitted import Admitted
@@ -26,9 +27,11 @@ from rnnserve.service.dataplane.stateless import StatelessPath
 from rnnserve.service.dataplane.timer import RequestTimer
 from rnnserve.service.describe import TOLERANCE as CHUNK_TOLERANCE
 from rnnserve.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
+from rnnserve.service.in_flight import InFlight
 from rnnserve.service.logs import OncePerCause
 from rnnserve.service.model_spec import ModelSpec
 from rnnserve.service.repository import LoadedVersion, NotLoaded, Repository
+from rnnserve.service.runtime import ModelRuntime
 from rnnserve.service.sessions import (
     SEQUENCE_PARAMETERS,
     SequenceParameters,
@@ -65,6 +68,33 @@ class Path(Protocol):
     async def answer(self, admitted: Admitted, timer: RequestTimer) -> InferResponse: ...
 
     def stream(self, admitted: Admitted, timer: RequestTimer) -> AsyncIterator[InferResponse]: ...
+
+
+class _Running:
+    """`DataPlane._running`'s block (a class, not a generator: entered on every request)."""
+
+    __slots__ = ("_held", "_in_flight", "_timer")
+
+    def __init__(self, held: Held, in_flight: InFlight, runtime: ModelRuntime) -> None:
+        self._held = held
+        self._in_flight = in_flight
+        self._timer = RequestTimer(runtime)
+
+    def __enter__(self) -> RequestTimer:
+        self._in_flight.__enter__()
+        return self._timer
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self._timer.__exit__(kind, error, traceback)
+        finally:
+            self._in_flight.__exit__()
+            self._held.__exit__()
 
 
 def _package_version() -> str:
@@ -252,12 +282,7 @@ class DataPlane:
         with self._lifecycle.request():
             admitted, path = await self._admit(request)
             # No await since the version was chosen: an unload waits for this request.
-            model = admitted.model
-            with (
-                self._hold(admitted),
-                model.in_flight.request(),
-                RequestTimer(model.runtime) as timer,
-            ):
+            with self._running(admitted) as timer:
                 return await path.answer(admitted, timer)
 
     async def stream_infer(self, request: InferRequest) -> AsyncIterator[InferResponse]:
@@ -265,21 +290,17 @@ class DataPlane:
         seq2seq; the last carries `final`."""
         with self._lifecycle.request():
             admitted, path = await self._admit(request)
-            model = admitted.model
-            with (
-                self._hold(admitted),
-                model.in_flight.request(),
-                RequestTimer(model.runtime) as timer,
-            ):
+            with self._running(admitted) as timer:
                 async for response in path.stream(admitted, timer):
                     yield response
 
-    def _hold(self, admitted: Admitted) -> Held:
-        """An admitted request's memory, held in the budget while it runs (refused before
-        any work when it may not be); it is also counted in flight by its version, and
-        timed."""
-        footprint = admitted.model.task.footprint(admitted.request)
-        return self._budget.hold(footprint, admitted.model.name)
+    def _running(self, admitted: Admitted) -> _Running:
+        """An admitted request while it runs, in the `with` block of what this returns:
+        its memory held in the budget (refused here, before any work, when it may not
+        be), counted in flight by its version, timed."""
+        model = admitted.model
+        held = self._budget.hold(model.task.footprint(admitted.request), model.name)
+        return _Running(held, model.in_flight, model.runtime)
 
     async def _admit(self, request: InferRequest) -> tuple[Admitted, Path]:
         """The model version a request may run on, its sequence or session rows, the
