@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from rnnserve.bench.report import Figure, ScenarioResult
-
-DATE = "%Y-%m-%dT%H:%M:%S%z"  # as report.environment writes it
+from rnnserve.bench.report import DATE, Figure, ScenarioResult
 
 Found = tuple[ScenarioResult, Figure] | None
 

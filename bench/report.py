@@ -95,9 +95,10 @@ def gpu_model() -> str:
     return found.stdout.strip().splitlines()[0] if found.stdout.strip() else ""
 
 
+DATE = "%Y-%m-%dT%H:%M:%S%z"  # a scenario's `date`
 # Which `rnnserve bench` process measured a scenario: a goal's ratio is of one run only
 # when its figure and its floor share it (bench/goals.py).
-INVOCATION = f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} pid {os.getpid()}"
+INVOCATION = f"{time.strftime(DATE)} pid {os.getpid()}"
 
 
 def environment(runs: int) -> dict[str, Any]:
@@ -120,7 +121,7 @@ def environment(runs: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": versions,
         "runs": runs,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "date": time.strftime(DATE),
         "invocation": INVOCATION,
     }
 
