@@ -44,17 +44,22 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     RNNSERVE_MODEL_REPOSITORY=/models
 
-# The dependencies of the server, read from pyproject.toml alone: this layer is rebuilt when
-# they change, not when the code does.
+# The dependencies of the server, read from the parts' pyproject.toml files and pinned by
+# requirements.lock: this layer is rebuilt when they change, not when the code does.
 FROM runtime AS deps-cpu
 ARG WHEELS=deploy/wheels
 ARG PIP_NO_INDEX
 ARG PIP_INDEX_URL
-COPY pyproject.toml /tmp/pyproject.toml
+COPY pyproject.toml requirements.lock /tmp/project/
+COPY protos/pyproject.toml /tmp/project/protos/
+COPY model/pyproject.toml /tmp/project/model/
+COPY client/pyproject.toml /tmp/project/client/
+COPY service/pyproject.toml /tmp/project/service/
+COPY export/pyproject.toml /tmp/project/export/
 COPY ${WHEELS}/ /tmp/wheels/
 RUN /opt/rnnserve/install.sh deps cpu
 
-# The rnnserve wheel, from the build context that .dockerignore leaves (pip wheel .).
+# The parts' wheels, from the build context that .dockerignore leaves (pip wheel PART).
 FROM runtime AS wheel
 ARG WHEELS=deploy/wheels
 ARG PIP_NO_INDEX
@@ -80,7 +85,12 @@ ARG WHEELS=deploy/wheels
 ARG PIP_NO_INDEX
 ARG PIP_INDEX_URL
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-COPY pyproject.toml /tmp/pyproject.toml
+COPY pyproject.toml requirements.lock /tmp/project/
+COPY protos/pyproject.toml /tmp/project/protos/
+COPY model/pyproject.toml /tmp/project/model/
+COPY client/pyproject.toml /tmp/project/client/
+COPY service/pyproject.toml /tmp/project/service/
+COPY export/pyproject.toml /tmp/project/export/
 COPY ${WHEELS}/ /tmp/wheels/
 RUN /opt/rnnserve/install.sh deps cpu,export
 
@@ -111,7 +121,12 @@ FROM runtime-gpu AS deps-gpu
 ARG WHEELS=deploy/wheels
 ARG PIP_NO_INDEX
 ARG PIP_INDEX_URL
-COPY pyproject.toml /tmp/pyproject.toml
+COPY pyproject.toml requirements.lock /tmp/project/
+COPY protos/pyproject.toml /tmp/project/protos/
+COPY model/pyproject.toml /tmp/project/model/
+COPY client/pyproject.toml /tmp/project/client/
+COPY service/pyproject.toml /tmp/project/service/
+COPY export/pyproject.toml /tmp/project/export/
 COPY ${WHEELS}/ /tmp/wheels/
 RUN /opt/rnnserve/install.sh deps gpu
 

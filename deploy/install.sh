@@ -3,11 +3,13 @@
 #   runtime         trust the *.crt in /tmp/ca-certificates; make the user rnnserve (uid and
 #                   gid 10001, home /home/rnnserve) and the model repository /models it owns,
 #                   so that a fresh named volume mounted there is writable by that user
-#   deps EXTRAS     a virtualenv at /opt/venv with the dependencies that /tmp/pyproject.toml
-#                   lists for rnnserve[EXTRAS], from the wheels in /tmp/wheels first
-#   wheel WHEELS    /dist/rnnserve-*.whl built from /src, build requirements from the wheels
-#                   in WHEELS first
-#   rnnserve EXTRAS install /dist/rnnserve-*.whl[EXTRAS] into /opt/venv, which must already
+#   deps EXTRAS     a virtualenv at /opt/venv with the dependencies of rnnserve[EXTRAS] as
+#                   the pyproject.toml files under /tmp/project list them (the parts' own,
+#                   followed through their rnnserve-* requirements), at the versions that
+#                   /tmp/project/requirements.lock pins, from the wheels in /tmp/wheels first
+#   wheel WHEELS    /dist/rnnserve*.whl, one per part, built from /src, build requirements
+#                   from the wheels in WHEELS first
+#   rnnserve EXTRAS install rnnserve[EXTRAS] from /dist into /opt/venv, which must already
 #                   hold every dependency (no index is asked)
 # From the environment (the build arguments): PIP_NO_INDEX and PIP_INDEX_URL, read by pip, and
 # TORCH_INDEX_URL, the index of torch's CPU build for `deps` when /tmp/wheels has no torch.
@@ -17,15 +19,33 @@ set -eu
 export PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
-# The requirements of rnnserve[EXTRAS] in /tmp/pyproject.toml, one a line.
+# The requirements of rnnserve[EXTRAS], one a line: the parts' own, found by following the
+# rnnserve-* requirements through the parts' pyproject.toml files under /tmp/project.
 requirements() {
     python3 - "$1" <<'EOF'
+import re
 import sys
 import tomllib
+from pathlib import Path
 
-project = tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]
-extras = project["optional-dependencies"]
-print("\n".join(project["dependencies"] + [r for e in sys.argv[1].split(",") for r in extras[e]]))
+parts = {}
+for path in Path("/tmp/project").glob("**/pyproject.toml"):
+    project = tomllib.loads(path.read_text())["project"]
+    parts[project["name"]] = project
+
+
+def requirements(name, extras):
+    project = parts[name]
+    optional = project.get("optional-dependencies", {})
+    for requirement in project["dependencies"] + [r for e in extras for r in optional[e]]:
+        part = re.match(r"([A-Za-z0-9_.-]+)(?:\[([^\]]*)\])?", requirement)
+        if part[1] in parts:
+            yield from requirements(part[1], part[2].split(",") if part[2] else [])
+        else:
+            yield requirement
+
+
+print("\n".join(dict.fromkeys(requirements("rnnserve", sys.argv[1].split(",")))))
 EOF
 }
 
@@ -59,17 +79,19 @@ deps)
     fi
     [ -x /opt/venv/bin/pip ] || python3 -m venv /opt/venv
     requirements "$extras" >/tmp/requirements.txt
-    /opt/venv/bin/pip install "$@" --requirement /tmp/requirements.txt
-    rm -rf /tmp/wheels /tmp/pyproject.toml /tmp/requirements.txt
+    /opt/venv/bin/pip install "$@" --constraint /tmp/project/requirements.lock \
+        --requirement /tmp/requirements.txt
+    rm -rf /tmp/wheels /tmp/project /tmp/requirements.txt
     ;;
 wheel)
     find_links "$2"
     python3 -m venv /tmp/venv
-    /tmp/venv/bin/pip wheel --no-deps --wheel-dir /dist /src
+    for part in protos model client service export .; do
+        /tmp/venv/bin/pip wheel --no-deps --wheel-dir /dist "/src/$part"
+    done
     ;;
 rnnserve)
-    set -- /dist/rnnserve-*.whl "$2"
-    /opt/venv/bin/pip install --no-index "$1[$2]"
+    /opt/venv/bin/pip install --no-index --find-links /dist "rnnserve[$2]"
     rm -rf /dist
     if [ "$2" = gpu ]; then
         # ONNX Runtime falls back to the CPU quietly when its CUDA provider cannot be loaded:

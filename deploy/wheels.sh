@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fill a local wheel folder (default deploy/wheels, the Dockerfile's WHEELS) with every wheel
-# the images install: the dependencies of rnnserve[cpu,export] and the build requirements of
-# pyproject.toml, resolved by the Python given, which must be the images' own on the same
+# the images install: the dependencies of rnnserve[cpu,export] at the versions
+# requirements.lock pins, and the build requirements of the parts, resolved by the Python given, which must be the images' own on the same
 # architecture (dependencies can differ by patch release: redis needs async-timeout before
 # 3.11.3); for deploy/base-image.sh's image that is Debian bookworm's /usr/bin/python3.
 # Then the images build with no index at all:
@@ -16,7 +16,8 @@ dir=${1:-deploy/wheels}
 python=${PYTHON:-python3}
 stamp="$dir/.filled-for"
 
-digest=$({ cat pyproject.toml; "$python" -VV; } | sha256sum | cut -d' ' -f1)
+digest=$({ cat pyproject.toml ./*/pyproject.toml requirements.lock; "$python" -VV; } \
+    | sha256sum | cut -d' ' -f1)
 if [[ -f $stamp && $(cat "$stamp") == "$digest" ]]; then
     exit 0
 fi
@@ -27,16 +28,19 @@ fi
 venv=$(mktemp -d)
 trap 'rm -rf "$venv"' EXIT
 "$python" -m venv "$venv"
-mapfile -t build_requires < <("$python" -c 'import tomllib
-print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
+mapfile -t build_requires < <("$python" -c 'import glob, tomllib
+requires = [r for p in ["pyproject.toml", *glob.glob("*/pyproject.toml")]
+            for r in tomllib.load(open(p, "rb"))["build-system"]["requires"]]
+print("\n".join(dict.fromkeys(requires)))')
 extra_index=()
 if [[ -n ${TORCH_INDEX_URL:-} ]]; then
     extra_index=(--extra-index-url "$TORCH_INDEX_URL")
 fi
 mkdir -p "$dir"
 "$venv/bin/pip" wheel --quiet "${extra_index[@]}" --wheel-dir "$dir" \
+    --constraint requirements.lock ./protos ./model ./client ./service ./export \
     '.[cpu,export]' "${build_requires[@]}"
-rm -f "$dir"/rnnserve-*.whl  # the images build their own
+rm -f "$dir"/rnnserve*.whl  # the images build their own
 if ! ls "$dir"/torch-*+cpu-*.whl >/dev/null 2>&1; then
     echo "wheels.sh: pip did not pick torch's CPU build; set TORCH_INDEX_URL" >&2
     exit 1

@@ -1,6 +1,7 @@
-# Sourced by demo.sh and test.sh: make ./.venv hold rnnserve and everything its demo and
-# tests need. Creating the virtualenv and installing take minutes the first time; after
-# that a stamp file newer than pyproject.toml makes this a no-op.
+# Sourced by demo.sh and test.sh: make ./.venv hold every part of rnnserve (editable) and
+# everything its demo and tests need, at the versions requirements.lock pins. Creating the
+# virtualenv and installing take minutes the first time; after that a stamp file newer
+# than every input makes this a no-op.
 # shellcheck shell=bash
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,15 +26,19 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 
 stamp=.venv/.rnnserve-installed
-# Reinstall when anything the install depends on changed: the dependencies, or the protos
-# that the build hook compiles into rnnserve/protocol/inference.protoset.
+# Reinstall when anything the install depends on changed: the parts' dependencies, the lock,
+# or the protos that the build hook compiles into the protocol's inference.protoset.
 stale=0
-for input in pyproject.toml hatch_build.py protos/*.proto; do
+for input in pyproject.toml ./*/pyproject.toml requirements.lock protos/hatch_build.py \
+    protos/*.proto; do
     [[ "$stamp" -nt "$input" ]] || stale=1
 done
 if [[ $stale -eq 1 ]]; then
-    echo "==> installing rnnserve with its cpu, export, bench and dev extras into .venv"
-    # The export extra pins torch==2.13.0; -e keeps the source tree importable as edited.
-    .venv/bin/python -m pip install --quiet -e '.[cpu,export,bench,dev]'
+    echo "==> installing rnnserve's parts (editable) with requirements.lock into .venv"
+    # Every part editable: the source tree stays importable as edited. The lock pins torch to
+    # the CPU build 2.13.0 (export's `train` extra).
+    .venv/bin/python -m pip install --quiet --constraint requirements.lock \
+        -e protos -e model -e client -e 'service[cpu]' -e 'export[train]' -e bench \
+        -e '.[cpu,export,bench,dev]'
     touch "$stamp"
 fi

@@ -1,10 +1,10 @@
-"""The client stands alone: it imports the shared protocol package and nothing of the
-server, and it lives in one process with tritonclient, whose copies of the same .proto
-files would clash with protobuf's default descriptor pool."""
+"""The client stands alone: installed alone it brings the protocol and nothing of the
+server (its imports are the import contract's, pyproject.toml), and it lives in one process
+with tritonclient, whose copies of the same .proto files would clash with protobuf's
+default descriptor pool."""
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -12,27 +12,7 @@ from pathlib import Path
 
 import pytest
 
-CLIENT = Path(__file__).resolve().parents[2] / "client"
-ALLOWED = ("rnnserve.client", "rnnserve.protocol", "rnnserve.errors")
-
-
-def _rnnserve_imports(module: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(module.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-        elif isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-    return {name for name in names if name.split(".")[0] == "rnnserve"}
-
-
-@pytest.mark.parametrize(
-    "module", sorted(CLIENT.rglob("*.py")), ids=lambda path: str(path.relative_to(CLIENT))
-)
-def test_client_modules_import_only_the_client_and_the_protocol(module: Path) -> None:
-    imported = _rnnserve_imports(module)
-
-    assert all(name.startswith(ALLOWED) for name in imported), imported
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_importing_the_client_loads_no_server_module() -> None:
@@ -83,3 +63,47 @@ def test_tritonclient_and_our_client_share_one_process(server, first: str) -> No
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "both answered"
+
+
+SEQUENCE = """
+import sys
+import numpy as np
+from rnnserve.client.client import RnnClient
+from rnnserve.client.sequence import SequenceSession
+
+x = np.sin(np.linspace(0, 3, 12, dtype=np.float32)).reshape(1, 12, 1)
+with RnnClient(sys.argv[1]) as client:
+    whole = client.infer("sine-lstm", {"x": x}, ["y"])["y"]
+    with SequenceSession(client, "sine-lstm", sequence_id=77) as session:
+        pieces = [session.step({"x": x[:, i : i + 4]}, ["y"])["y"] for i in (0, 4, 8)]
+assert np.allclose(np.concatenate(pieces, axis=1), whole, atol=1e-5)
+print("sequence equals whole")
+"""
+SERVER_SIDE = ["onnxruntime", "starlette", "uvicorn", "redis", "torch", "pydantic-settings"]
+
+
+@pytest.mark.slow
+def test_the_client_installs_alone_and_steps_a_sequence(server, tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    installed = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--constraint", ROOT / "requirements.lock",
+         ROOT / "protos", ROOT / "client"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    listed = subprocess.run(
+        [python, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True
+    )
+    names = {package["name"].lower() for package in json.loads(listed.stdout)}
+
+    ran = subprocess.run(
+        [python, "-c", SEQUENCE, server.address], capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+    )  # fmt: skip
+
+    assert {"rnnserve-client", "rnnserve-protocol", "grpcio", "numpy"} <= names
+    assert not names & {*SERVER_SIDE, "rnnserve-server", "rnnserve-model"}, names
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "sequence equals whole"

@@ -103,12 +103,14 @@ def test_servers_run_unprivileged_with_a_grpc_health_check(server: str, extra: s
 
 def test_the_gpu_build_is_pinned_to_the_cuda_of_its_base() -> None:
     """onnxruntime-gpu 1.31.1's CUDA provider links libcudart.so.13 and libcublas.so.13."""
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert extras["optional-dependencies"]["gpu"] == ["onnxruntime-gpu==1.31.1"]
+    model = tomllib.loads((ROOT / "model" / "pyproject.toml").read_text())["project"]
+    assert model["optional-dependencies"]["gpu"] == ["onnxruntime-gpu>=1.31,<1.32"]
+    assert "onnxruntime-gpu==1.31.1" in (ROOT / "requirements.lock").read_text().splitlines()
     assert "ARG CUDA_IMAGE=nvidia/cuda:13." in DOCKERFILE.read_text()
     assert "cudnn-runtime" in DOCKERFILE.read_text()
     assert "install.sh deps gpu" in stage("deps-gpu")
-    server_requirements = " ".join(extras["dependencies"])
+    server = tomllib.loads((ROOT / "service" / "pyproject.toml").read_text())["project"]
+    server_requirements = " ".join(server["dependencies"])
     assert "torch" not in server_requirements and "onnx>" not in server_requirements
 
 
@@ -116,7 +118,7 @@ def test_only_the_builder_gets_torch() -> None:
     assert "install.sh deps cpu,export" in stage("deps-builder")
     assert "COPY --from=deps-builder /opt/venv /opt/venv" in stage("builder")
     for name in ("runtime", "deps-cpu", "wheel", "server-cpu", "deps-gpu", "server-gpu"):
-        assert "export" not in stage(name), name
+        assert "cpu,export" not in stage(name) and "torch" not in stage(name), name
 
 
 def test_the_wheel_is_built_from_the_filtered_context() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rnnserve.errors import UsageError
 from rnnserve.export.build import build_repository, summary_table
-from rnnserve.service.model_spec import METADATA_KEY, ModelSpec
+from rnnserve.model.spec import METADATA_KEY, ModelSpec
+from rnnserve.protocol.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 

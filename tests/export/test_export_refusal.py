@@ -9,10 +9,10 @@ import torch
 from torch import Tensor
 
 from rnnserve.export.config import config_for_name
+from rnnserve.export.errors import VerificationError
 from rnnserve.export.exporter import export_version
 from rnnserve.export.tasks.tagger import Tagger
 from rnnserve.export.training import train_model
-from rnnserve.export.verify import VerificationError
 
 
 class DiffersWhenTraced(Tagger):

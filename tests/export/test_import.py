@@ -12,9 +12,10 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from rnnserve.errors import UsageError, VerificationError
+from rnnserve.export.errors import VerificationError
 from rnnserve.export.importer import import_graph
-from rnnserve.service.model_spec import METADATA_KEY, ModelSpec
+from rnnserve.model.spec import METADATA_KEY, ModelSpec
+from rnnserve.protocol.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ import pytest
 
 from rnnserve.export.config import DEFAULT_NAMES
 from rnnserve.export.tasks import seq2seq, tagger
-from rnnserve.service.model_spec import METADATA_KEY, ModelSpec
+from rnnserve.model.spec import METADATA_KEY, ModelSpec
 
 
 def _session(path: Path) -> ort.InferenceSession:

@@ -15,8 +15,7 @@ from rnnserve.export.exporter import export_version
 from rnnserve.export.tasks import seq2seq
 from rnnserve.export.training import train_model
 from rnnserve.export.verify import open_session
-from rnnserve.service.model_spec import cell_states
-from rnnserve.service.tasks.base import rows_by_length
+from rnnserve.model.spec import cell_states, rows_by_length
 
 
 def test_dates_are_written_two_ways_and_normalised_to_iso() -> None:

@@ -16,9 +16,9 @@ import onnxruntime as ort
 import pytest
 from prometheus_client import REGISTRY
 
+from rnnserve.model.spec import ModelSpec
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.errors import InvalidArgument, NotFound, ServiceError, Unavailable
-from rnnserve.service.model_spec import ModelSpec
 from rnnserve.service.sessions import open_store
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import InferRequest, InferResponse, Tensor

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from user_exports import export_stateless, export_step_cell
 
-from rnnserve.service.describe import TOLERANCE, describe
-from rnnserve.service.sidecar import Sidecar, VersionPolicy, read_sidecar
+from rnnserve.model.describe import TOLERANCE, describe
+from rnnserve.model.sidecar import Sidecar, VersionPolicy, read_sidecar
 
 
 @pytest.mark.parametrize("name", ["gru2", "lstm-seq-first", "bilstm", "projected"])

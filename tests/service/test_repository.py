@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from rnnserve.errors import UsageError
 from rnnserve.export.metadata import write_spec
+from rnnserve.model.spec import ModelSpec
+from rnnserve.protocol.errors import UsageError
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.errors import NotFound, Unavailable
-from rnnserve.service.model_spec import ModelSpec
 from rnnserve.service.repository import Repository
 from rnnserve.service.sessions import open_store
 from rnnserve.service.settings import Settings

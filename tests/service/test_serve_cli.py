@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rnnserve.cli import build_parser, main
-from rnnserve.errors import UsageError
+from rnnserve.protocol.errors import UsageError
 from rnnserve.service.cli import BOOL_FLAGS, LIST_FLAGS, VALUE_FLAGS, settings_from_args
 from rnnserve.service.settings import Settings
 

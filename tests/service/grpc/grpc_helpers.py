@@ -1,6 +1,6 @@
 """Helpers for the gRPC tests: building requests, and an in-process ONNX Runtime oracle
 that runs the repository's graphs directly, as the graph contracts in
-service/model_spec.py describe them, for comparing the server's answers with."""
+model/spec.py describe them, for comparing the server's answers with."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnserve.client.client import build_request, decode_response
+from rnnserve.model.spec import METADATA_KEY, ModelSpec
 from rnnserve.protocol import messages as pb
 from rnnserve.protocol.codec import Parameter
-from rnnserve.service.model_spec import METADATA_KEY, ModelSpec
 
 CELLS = ["rnn", "lstm", "gru"]
 MODEL_NAMES = [f"{task}-{cell}" for task in ("sine", "tagger", "seq2seq") for cell in CELLS]

@@ -21,7 +21,7 @@ from redis_helpers import command_calls, keys_like
 from test_state_stores import lstm_state
 
 from rnnserve.bench.redis_cluster import LocalCluster
-from rnnserve.errors import UsageError
+from rnnserve.protocol.errors import UsageError
 from rnnserve.service.errors import Unavailable
 from rnnserve.service.sessions import SessionKey
 from rnnserve.service.sessions.owned_store import OwnedStore

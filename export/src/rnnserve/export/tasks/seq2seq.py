@@ -1,0 +1,313 @@
+"""Character encoder–decoder: written dates to ISO dates.
+
+The rule to learn: a date between 2000-01-01 and 2099-12-31, written in one of two
+ways, comes out as YYYY-MM-DD:
+
+    "22 nov 2026"   day, three-letter month, four-digit year
+    "11/22/26"      US month/day/two-digit year (years 2000–2099, so "26" is 2026)
+                    -> "2026-11-22"
+
+Examples come from a seeded RNG. Held out: dates whose proleptic ordinal is a multiple of
+10 are never trained on and are the test set. Sources are never padded: an RNN steps
+through pad tokens too, so a padded row's state would depend on the longest row of its
+batch. Training, evaluation and the server encode the rows of each source length together
+(`rows_by_length`, shared with the server). The decoder starts at <bos> from the encoder's
+final state (no attention) and stops at <eos>.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from rnnserve.export.cells import State, make_cell, run_cell, zero_state
+from rnnserve.export.config import TrainConfig
+from rnnserve.export.tasks.base import Graph, random_tokens
+from rnnserve.export.verify import VerificationError, open_session
+from rnnserve.model.spec import StatePair, cell_states, rows_by_length
+
+SPECIALS = ["<pad>", "<bos>", "<eos>"]
+PAD, BOS, EOS = 0, 1, 2
+SOURCE_VOCAB = SPECIALS + list(" ,/0123456789abcdefghijklmnopqrstuvwxyz")
+TARGET_VOCAB = SPECIALS + list("-0123456789")
+MAX_OUTPUT_LENGTH = 16
+BATCHES_PER_EPOCH = 50
+HELD_OUT_SIZE = 1000
+QUALITY_NAME = "heldout_exact_match"
+GREEDY_EXAMPLES = 64  # held-out examples decoded through the exported graphs
+# An epoch is BATCHES_PER_EPOCH generated batches.
+PRESETS = {
+    "default": dict(
+        num_layers=1, hidden_size=128, epochs=16, batch_size=128, learning_rate=1e-2,
+        weight_decay=0.1, embedding_size=32,
+    ),
+    "tiny": dict(
+        num_layers=1, hidden_size=16, epochs=1, batch_size=32, learning_rate=1e-2,
+        embedding_size=8,
+    ),
+}  # fmt: skip
+# The plain RNN learns the date rule poorly at the gated cells' learning rate; slower and
+# four times as long it gets every held-out date (42 % with twice as long, 2 % at the gated
+# cells' settings).
+CELL_PRESETS = {("default", "rnn"): dict(learning_rate=3e-3, epochs=64)}
+BIDIRECTIONAL = False
+
+FIRST_DAY = datetime.date(2000, 1, 1).toordinal()
+LAST_DAY = datetime.date(2099, 12, 31).toordinal()
+MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+
+
+def write_date(date: datetime.date, style: int) -> str:
+    """The date as a person might write it, in one of the two styles."""
+    if style == 0:
+        return f"{date.day} {MONTHS[date.month - 1]} {date.year}"
+    return f"{date.month}/{date.day}/{date.year % 100:02d}"
+
+
+def is_held_out(date: datetime.date) -> bool:
+    return date.toordinal() % 10 == 0
+
+
+def sample_pairs(rng: random.Random, count: int, held_out: bool) -> list[tuple[str, str]]:
+    pairs = []
+    while len(pairs) < count:
+        date = datetime.date.fromordinal(rng.randint(FIRST_DAY, LAST_DAY))
+        if is_held_out(date) == held_out:
+            pairs.append((write_date(date, rng.randrange(2)), date.isoformat()))
+    return pairs
+
+
+def encode_sources(texts: list[str]) -> Tensor:
+    """Source ids (batch, length) of texts of one length."""
+    if len({len(t) for t in texts}) != 1:
+        raise ValueError("sources of one batch must have one length (see rows_by_length)")
+    return torch.tensor([[SOURCE_VOCAB.index(ch) for ch in t] for t in texts])
+
+
+def encode_targets(texts: list[str]) -> Tensor:
+    """Target ids followed by <eos> (batch, length + 1); all ISO dates have one length."""
+    return torch.tensor([[TARGET_VOCAB.index(ch) for ch in t] + [EOS] for t in texts])
+
+
+def decode_target(ids: list[int]) -> str:
+    """Characters up to the first <eos>."""
+    text = []
+    for i in ids:
+        if i == EOS:
+            break
+        text.append(TARGET_VOCAB[i])
+    return "".join(text)
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__()
+        size, hidden, layers = config.embedding_size, config.hidden_size, config.num_layers
+        self.source_embedding = nn.Embedding(len(SOURCE_VOCAB), size, padding_idx=PAD)
+        self.encoder = make_cell(config.cell, size, hidden, layers)
+        self.target_embedding = nn.Embedding(len(TARGET_VOCAB), size)
+        self.decoder = make_cell(config.cell, size, hidden, layers)
+        self.head = nn.Linear(hidden, len(TARGET_VOCAB))
+
+    def encode(self, tokens: Tensor, *state: Tensor) -> State:
+        return run_cell(self.encoder, self.source_embedding(tokens), state)[1]
+
+    def encode_texts(self, texts: list[str]) -> State:
+        """Each text's final encoder state from zeros, rows in the order of `texts`."""
+        rows: list[int] = []
+        finals: list[State] = []
+        for group in rows_by_length(texts).values():
+            tokens = encode_sources([texts[row] for row in group])
+            finals.append(self.encode(tokens, *zero_state(self.encoder, len(group))))
+            rows.extend(group)
+        order = torch.argsort(torch.tensor(rows))
+        return tuple(torch.cat(parts, dim=1)[:, order] for parts in zip(*finals, strict=True))
+
+    def step(self, token: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        """One decoder step: previous token (batch,) -> logits, argmax token, next state."""
+        output, final = run_cell(self.decoder, self.target_embedding(token).unsqueeze(1), state)
+        logits = self.head(output[:, 0])
+        return (logits, logits.argmax(-1), *final)
+
+    def teacher_forced(self, sources: list[str], targets: Tensor) -> Tensor:
+        """Logits for every target position, feeding the true previous token."""
+        state = self.encode_texts(sources)
+        previous = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
+        output, _ = run_cell(self.decoder, self.target_embedding(previous), state)
+        return self.head(output)
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model: Seq2Seq) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor, *state: Tensor) -> State:
+        return self.model.encode(tokens, *state)
+
+
+class DecoderGraph(nn.Module):
+    def __init__(self, model: Seq2Seq) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, token: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        return self.model.step(token, *state)
+
+
+def build_model(config: TrainConfig) -> Seq2Seq:
+    return Seq2Seq(config)
+
+
+def train(model: Seq2Seq, config: TrainConfig, progress: bool) -> list[float]:
+    rng = random.Random(config.seed)
+    steps = config.epochs * BATCHES_PER_EPOCH
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.learning_rate, steps)
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc=config.name, disable=not progress, leave=False)
+    for _ in bar:
+        pairs = sample_pairs(rng, config.batch_size, held_out=False)
+        targets = encode_targets([t for _, t in pairs])
+        logits = model.teacher_forced([s for s, _ in pairs], targets)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return losses
+
+
+@torch.no_grad()
+def greedy(model: Seq2Seq, sources: list[str], steps: int = MAX_OUTPUT_LENGTH) -> Tensor:
+    """Greedy decoding for a fixed number of steps: token ids (batch, steps)."""
+    state = model.encode_texts(sources)
+    token = torch.full((len(sources),), BOS)
+    tokens = []
+    for _ in range(steps):
+        _, token, *state = model.step(token, *state)
+        tokens.append(token)
+    return torch.stack(tokens, dim=1)
+
+
+def held_out_sources(seed: int, count: int = HELD_OUT_SIZE) -> list[tuple[str, str]]:
+    # A seed apart from training's, so the held-out examples do not follow its sequence.
+    return sample_pairs(random.Random(seed + 10_000), count, held_out=True)
+
+
+def evaluate(model: Seq2Seq, config: TrainConfig) -> float:
+    """Exact-match rate of greedy decoding on held-out dates."""
+    pairs = held_out_sources(config.seed)
+    tokens = greedy(model.eval(), [s for s, _ in pairs])
+    hits = sum(decode_target(row) == t for row, (_, t) in zip(tokens.tolist(), pairs, strict=True))
+    return hits / len(pairs)
+
+
+def quality_ok(quality: float) -> bool:
+    return True  # measured and reported; the bar applies to the default preset's LSTM/GRU
+
+
+def graphs(model: Seq2Seq, config: TrainConfig) -> list[Graph]:
+    common = dict(
+        states=cell_states(config.cell),
+        hidden_size=config.hidden_size,
+        state_rows=config.num_layers,
+    )
+    return [
+        Graph(
+            role="encoder",
+            module=EncoderGraph(model),
+            inputs=["tokens"],
+            outputs=[],
+            sequence=True,
+            one_way=True,
+            make_input=random_tokens(len(SOURCE_VOCAB)),
+            **common,
+        ),
+        Graph(
+            role="decoder",
+            module=DecoderGraph(model),
+            inputs=["token"],
+            outputs=["logits", "next_token"],
+            sequence=False,
+            one_way=True,
+            make_input=lambda batch, _seq, gen: torch.randint(
+                len(TARGET_VOCAB), (batch,), generator=gen
+            ),
+            **common,
+        ),
+    ]
+
+
+def spec_fields(config: TrainConfig) -> dict[str, object]:
+    return dict(
+        input_size=len(SOURCE_VOCAB),
+        output_size=len(TARGET_VOCAB),
+        vocab=SOURCE_VOCAB,
+        target_vocab=TARGET_VOCAB,
+        pad_id=PAD,
+        bos_id=BOS,
+        eos_id=EOS,
+        max_output_length=MAX_OUTPUT_LENGTH,
+        # The encoder is one-way and passes the chunk check: a sequence's text may arrive
+        # in pieces, and decoding runs from the carried state when the sequence ends.
+        streamable=True,
+    )
+
+
+def verify(model: nn.Module, folder: Path, config: TrainConfig) -> None:
+    """Check (e): greedy decoding through the ONNX graphs, as the server runs it, equals
+    torch's on held-out examples."""
+    pairs = held_out_sources(config.seed, GREEDY_EXAMPLES)
+    sources = [source for source, _ in pairs]
+    expected = greedy(model.eval(), sources).numpy()  # type: ignore[arg-type]
+    encoder, decoder = open_session(folder / "encoder.onnx"), open_session(folder / "decoder.onnx")
+    actual = onnx_greedy(encoder, decoder, sources, cell_states(config.cell), MAX_OUTPUT_LENGTH)
+    differing = int((expected != actual).any(axis=1).sum())
+    if differing:
+        raise VerificationError(
+            f"check (e) greedy decoding failed: ONNX and torch differ on {differing} of "
+            f"{len(pairs)} held-out examples"
+        )
+
+
+def onnx_greedy(
+    encoder: ort.InferenceSession,
+    decoder: ort.InferenceSession,
+    sources: list[str],
+    states: list[StatePair],
+    steps: int,
+) -> np.ndarray:
+    """Greedy decoding for `steps` steps, as the server runs it (the sources of each length
+    encoded together): token ids (batch, steps)."""
+    layers, _, hidden = encoder.get_inputs()[1].shape
+    state = {pair.input: np.zeros((layers, len(sources), hidden), np.float32) for pair in states}
+    for group in rows_by_length(sources).values():
+        tokens = encode_sources([sources[row] for row in group]).numpy()
+        zeros = np.zeros((layers, len(group), hidden), np.float32)
+        finals = encoder.run(None, {"tokens": tokens, **dict.fromkeys(state, zeros)})
+        for name, final in zip(state, finals, strict=True):
+            state[name][:, group] = final
+    token = np.full(len(sources), BOS, np.int64)
+    tokens = []
+    for _ in range(steps):
+        _, token, *finals = decoder.run(None, {"token": token, **state})
+        state = dict(zip(state, finals, strict=True))
+        tokens.append(token)
+    return np.stack(tokens, axis=1)
+
+
+def save_plots(model: nn.Module, config: TrainConfig, run_dir: Path) -> None:
+    """None beyond the loss curve."""

@@ -1,0 +1,122 @@
+"""The gRPC front end: GRPCInferenceService, the gRPC health service and reflection (unless
+turned off) on one grpc.aio server, started and stopped by the server process
+(service/server.py). The port speaks TLS when the settings name a certificate (mutual TLS
+with a client CA); the inference service admits each call with the Authenticator
+(servicer.py, service/auth.py), while health and reflection stay open.
+
+The health service answers for the server ("" and the inference service: SERVING while
+the data plane is ready) and for each model by name (SERVING while a version of it is
+loaded), following every change of the model control."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from rnnserve.protocol import messages, rpc
+from rnnserve.protocol.errors import UsageError
+from rnnserve.service.auth import Authenticator
+from rnnserve.service.dataplane import DataPlane
+from rnnserve.service.grpc.servicer import InferenceServicer
+from rnnserve.service.settings import Settings
+from rnnserve.service.tls import TlsFiles
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class GrpcFrontend:
+    def __init__(
+        self,
+        settings: Settings,
+        dataplane: DataPlane,
+        shared_port: bool,
+        tls: TlsFiles | None,
+        authenticator: Authenticator,
+    ) -> None:
+        self._settings = settings
+        self._dataplane = dataplane
+        self._tls = tls
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ]
+        # Workers bind one port and the kernel spreads connections over them. gRPC sets
+        # SO_REUSEPORT by default: a lone server turns it off, so that a second server on its
+        # port fails to start rather than silently taking half the connections.
+        options.append(("grpc.so_reuseport", 1 if shared_port else 0))
+        self._server = grpc.aio.server(options=options)
+        self._serving = False
+        rpc.add_servicer(InferenceServicer(dataplane, authenticator), self._server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                [rpc.SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME],
+                self._server,
+                _reflection_pool(),
+            )
+
+    @property
+    def name(self) -> str:
+        return "gRPC over TLS" if self._tls is not None else "gRPC"
+
+    async def start(self) -> str:
+        """Listens (the health service says NOT_SERVING until `set_serving`); returns the
+        address. UsageError when the port cannot be bound."""
+        await self.set_serving(False)
+        address = f"{self._settings.host}:{self._settings.grpc_port}"
+        try:
+            if self._tls is None:
+                self._server.add_insecure_port(address)
+            else:
+                self._server.add_secure_port(address, self._credentials(self._tls))
+        except RuntimeError:  # gRPC says only "Failed to bind"
+            raise UsageError(
+                f"--grpc-port {self._settings.grpc_port}: cannot listen on {address} "
+                "(in use by another process, or not an address of this machine)"
+            ) from None
+        await self._server.start()
+        return address
+
+    @staticmethod
+    def _credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(tls.private_key, tls.certificate_chain)],
+            root_certificates=tls.client_ca,
+            require_client_auth=tls.client_ca is not None,
+        )
+
+    async def set_serving(self, serving: bool) -> None:
+        """Whether the front end serves: until it does, health says NOT_SERVING for all."""
+        self._serving = serving
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """The health service's answers, as the data plane sees things now."""
+        for name in ["", rpc.SERVICE_NAME]:
+            await self._health.set(name, self._status(self._dataplane.ready()))
+        for name in self._dataplane.model_names():
+            await self._health.set(name, self._status(self._dataplane.model_ready(name)))
+
+    def _status(self, ok: bool) -> int:
+        if self._serving and ok:
+            return health_pb2.HealthCheckResponse.SERVING
+        return health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def stop(self, grace_period_s: float) -> None:
+        """Health NOT_SERVING, then RPCs in flight get the grace period to finish."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace_period_s)
+
+
+def _reflection_pool() -> descriptor_pool.DescriptorPool:
+    """The protocol's descriptors, which live in a pool of their own (never protobuf's
+    default one), beside those of the health and reflection services."""
+    pool = descriptor_pool.DescriptorPool()
+    for file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        pool.Add(descriptor_pb2.FileDescriptorProto.FromString(file.serialized_pb))
+    for proto in messages.FILES:
+        pool.Add(proto)
+    return pool

@@ -1,0 +1,274 @@
+"""Prometheus metrics: every name the server exports is defined here, once.
+
+Labels `model` and `version` identify a loaded model version: a request's are those of the
+version that answered it, or would have (the newest for a request naming none), also when
+it failed; a model the repository does not know is labelled "" (clients choose the names
+they send, and must not grow the series without bound). `rpc` is the protocol's RPC name
+(REST routes are named after the RPC they mirror), `code` the gRPC status name, `protocol`
+"grpc" or "http". Buckets run from tens of microseconds (one ORT step of a small RNN) to
+seconds (long sequences, queueing). No `_created` series: they double every counter and
+histogram for a timestamp nobody queries (`rnnserve_start_time_seconds` tells restarts).
+
+With `--workers N` every worker records into prometheus_client's multiprocess files and the
+supervisor serves the sum (service/workers.py). Counters and histograms add up; each gauge
+names how its workers' values combine: requests in flight of live workers add up, and a
+model's info and load time are one series per model however many workers loaded it.
+
+Two series are not recorded but read when scraped, by collectors (below): the sessions
+holding state, counted by the state store itself (`SessionsActive`: a crash, a restart or a
+store that lost its data cannot skew a count nobody increments), and the supervisor's
+worker restarts (`WorkerRestarts`). A lone server registers the first with the store it
+opened; with workers the supervisor registers both, counting the sessions once in the Redis
+every worker shares (summing each worker's view of it would multiply them).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from rnnserve.protocol.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+disable_created_metrics()
+
+LATENCY_BUCKETS = (
+    2.5e-5,
+    5e-5,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    1e-2,
+    2.5e-2,
+    5e-2,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+REQUESTS = Counter(
+    "rnnserve_requests",
+    "Requests answered (health probes aside), by RPC and gRPC status code name.",
+    ["model", "version", "rpc", "code", "protocol"],
+)
+REQUEST_DURATION = Histogram(
+    "rnnserve_request_duration_seconds",
+    "Inference requests: time from receiving one to its last response, by outcome.",
+    ["model", "version", "rpc", "code", "protocol"],
+    buckets=LATENCY_BUCKETS,
+)
+REQUESTS_IN_FLIGHT = Gauge(
+    "rnnserve_requests_in_flight",
+    "Requests being answered (those rnnserve_requests_total counts once answered).",
+    ["model", "version"],
+    multiprocess_mode="livesum",
+)
+AUTH_REFUSED = Counter(
+    "rnnserve_auth_refused",
+    "Calls refused before their handler: UNAUTHENTICATED (no valid credentials) or "
+    "PERMISSION_DENIED (a principal without the role the RPC needs).",
+    ["rpc", "code"],
+)
+QUEUE_DURATION = Histogram(
+    "rnnserve_queue_duration_seconds",
+    "Time a step waited before its ORT run started.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+COMPUTE_DURATION = Histogram(
+    "rnnserve_compute_duration_seconds",
+    "Time of one ONNX Runtime run.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "rnnserve_batch_size",
+    "Rows per ONNX Runtime run.",
+    ["model", "version"],
+    buckets=BATCH_BUCKETS,
+)
+REQUEST_BYTES_IN_FLIGHT = Gauge(
+    "rnnserve_request_bytes_in_flight",
+    "Memory the inference requests in flight may take (inputs, outputs and the recurrent "
+    "work they imply), as admission estimated it against max_inflight_bytes.",
+    multiprocess_mode="livesum",
+)
+REQUEST_BYTES_LIMIT = Gauge(
+    "rnnserve_request_bytes_limit",
+    "max_inflight_bytes: the most memory the inference requests in flight of one server "
+    "process may take; past it requests are refused RESOURCE_EXHAUSTED.",
+    multiprocess_mode="max",
+)
+SESSIONS_STARTED = Counter(
+    "rnnserve_sessions_started", "Sessions started (or restarted).", ["model", "version"]
+)
+SESSIONS_ENDED = Counter(
+    "rnnserve_sessions_ended", "Sessions ended by the client.", ["model", "version"]
+)
+SESSIONS_EXPIRED = Counter(
+    "rnnserve_sessions_expired", "Sessions dropped after idling too long.", ["model", "version"]
+)
+SESSIONS_HANDED_OVER = Counter(
+    "rnnserve_sessions_handed_over",
+    "Sessions a worker gave up to another worker, or to Redis at a clean stop (state_store=owned).",
+    ["model", "version"],
+)
+SESSIONS_LIMIT = Gauge(
+    "rnnserve_sessions_limit",
+    "The most sessions that may hold state at once (max_sessions).",
+    multiprocess_mode="max",
+)
+SEQUENCE_RETRIES = Counter(
+    "rnnserve_sequence_retries",
+    "Retries of a sequence's last step (same sequence_offset and inputs) answered again "
+    "without applying the step twice.",
+    ["model", "version"],
+)
+SESSIONS_REJECTED = Counter(
+    "rnnserve_sessions_rejected",
+    "Session starts refused at the session limit.",
+    ["model", "version"],
+)
+MODEL_INFO = Gauge(
+    "rnnserve_model_info",
+    "A loaded model version (always 1).",
+    ["model", "version", "task", "cell", "provider"],
+    multiprocess_mode="max",
+)
+MODEL_LOAD_DURATION = Gauge(
+    "rnnserve_model_load_duration_seconds",
+    "Time taken to load a model version.",
+    ["model", "version"],
+    multiprocess_mode="max",
+)
+STATE_STORE_UP = Gauge(
+    "rnnserve_state_store_up",
+    "1 while the session state store answers, 0 from a call that could not reach it (Redis "
+    "unreachable) until one does again; the lowest of the workers.",
+    multiprocess_mode="livemin",
+)
+STATE_STORE_ERRORS = Counter(
+    "rnnserve_state_store_errors",
+    "Calls to the session state store that could not reach it (each answered UNAVAILABLE, "
+    "or retried by the sweeper), by store and operation.",
+    ["store", "operation"],
+)
+START_TIME = Gauge(
+    "rnnserve_start_time_seconds",
+    "Unix time at which the newest server process (worker) started: it changes on a restart.",
+    multiprocess_mode="max",
+)
+
+
+class Observer:
+    """A histogram's labelled child, observed on every request: the same sum and bucket
+    counts as its `observe`, found by bisection instead of prometheus_client's scan of the
+    buckets, and without its per-call checks (a few microseconds a request for the four
+    histograms a step feeds). It writes the child's own values (prometheus_client's `_sum`
+    and `_buckets`, per process or multiprocess files alike)."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self._bounds = child._upper_bounds  # ends with +Inf: every amount has a bucket
+        self._buckets = child._buckets
+        self._sum = child._sum
+
+    def observe(self, amount: float) -> None:
+        self._sum.inc(amount)
+        # The first bucket whose upper bound is >= amount (`le`), as observe() finds it.
+        self._buckets[bisect.bisect_left(self._bounds, amount)].inc(1)
+
+
+# Series read when scraped.
+
+SESSIONS_ACTIVE = "rnnserve_sessions_active"
+WORKER_RESTARTS = "rnnserve_worker_restarts"
+
+# (model, version) -> sessions holding state, as a state store counts them.
+SessionCounts = Mapping[tuple[str, str], int]
+
+
+class SessionsActive:
+    """`rnnserve_sessions_active{model,version}`, counted by the state store at each scrape
+    (`count`, called in the scrape's thread). A store that cannot count (Redis unreachable)
+    leaves the series out of that scrape rather than show a stale number."""
+
+    def __init__(self, count: Callable[[], SessionCounts]) -> None:
+        self._count = count
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        try:
+            counts = self._count()
+        except Exception as error:  # the store's outage is told elsewhere, once
+            log.debug("counting sessions for /metrics failed: %s", error)
+        else:
+            for (model, version), count in sorted(counts.items()):
+                family.add_metric([model, version], count)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            SESSIONS_ACTIVE,
+            "Sessions holding state, counted by the state store when scraped (with the redis "
+            "and owned stores: in the Redis every server process shares).",
+            labels=["model", "version"],
+        )
+
+
+class WorkerRestarts:
+    """`rnnserve_worker_restarts_total`: workers the supervisor started again after they
+    died (`restarts`, read at each scrape)."""
+
+    def __init__(self, restarts: Callable[[], int]) -> None:
+        self._restarts = restarts
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family(None)
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._family(self._restarts())
+
+    @staticmethod
+    def _family(value: int | None) -> CounterMetricFamily:
+        return CounterMetricFamily(
+            WORKER_RESTARTS,
+            "Workers (--workers) the supervisor started again after one died on its own.",
+            value=value,
+        )
+
+
+def serve(port: int, host: str, registry: CollectorRegistry = REGISTRY) -> None:
+    """The /metrics endpoint, in a thread; UsageError when its port cannot be bound."""
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise UsageError(
+            f"--metrics-port {port}: cannot listen on {host}:{port}: {error.strerror}"
+        ) from None

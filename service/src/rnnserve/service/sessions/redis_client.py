@@ -1,0 +1,395 @@
+"""The Redis that the `redis` and `owned` stores talk to: one server (`redis://`,
+`rediss://`, `unix://`) or a Redis Cluster (`redis+cluster://` or `rediss+cluster://` and
+any node's address: the client finds the others), where the stores' keys live, and how
+their commands travel.
+
+Keys. A session's keys (its state, the record of its end, its owner) and the index entries
+that count it lie in one *bucket*, and every script that must be atomic touches the keys of
+one bucket. On one server there is one bucket and the keys are named as they always were
+(`rnnserve:state:<session>`, `rnnserve:sessions`). In a cluster a bucket is one hash slot:
+its keys carry the bucket's hash tag (`rnnserve:{s1234}:state:<session>`), a session's
+bucket is a hash of its name, and the buckets' tags are picked to spread evenly over the
+16384 slots, so that masters holding equal ranges of slots hold equal shares of the
+sessions (64 buckets: 21 or 22 on each of three masters). Counting and expiry sum and
+sweep the buckets' indexes; no key is global.
+
+Batches. A store hands `run` the commands one request needs, each routed by its bucket:
+one pipeline to a server, one per master in a cluster, sent concurrently (one round trip
+per node the request touches). Scripts go as EVALSHA; one that the server does not know
+(a restarted server, a promoted replica) is sent again as EVAL.
+
+Failover. In a cluster, a batch that meets a failover (a master that does not answer,
+CLUSTERDOWN, slots that moved) is sent again, with the cluster's layout read afresh, for up
+to CLUSTER_RETRY_S: enough for a replica to take over from a failed master with a
+cluster-node-timeout of a second or two. Only commands safe to repeat are sent again after a
+connection broke mid-command (whether it ran is unknown); the others fail with the error.
+
+Timeouts. `timeout_s` (the setting state_store_timeout_s) bounds each call to Redis (a
+stopped Redis must not hold requests); a write under replica durability may also wait up to
+state_durability_timeout_s for its WAIT, so its connection allows for both. A call that met
+a closed connection on one server is tried once more, at once, on a new one (after a restart
+each pooled connection fails once that way); a timeout is not. What still fails is
+UNREACHABLE: the stores turn it into StoreUnavailable (reachability.py), in a cluster only
+once the failover retries below have given up.
+
+Durability (`state_durability = "replica"`). A batch that writes what a client was, or will
+be, told is stored ends with WAIT on each master it wrote to, on the connection that wrote:
+the batch returns only once at least one replica has every write, else it fails UNAVAILABLE
+(retryable; with `sequence_offset` a retried step is applied once). A master that fails
+over after that loses none of it: its replica has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ConnectionError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    TimeoutError,
+    TryAgainError,
+)
+
+from rnnserve.protocol.errors import UsageError
+from rnnserve.service.errors import Unavailable
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+CLUSTER_BUCKETS = 64
+CLUSTER_RETRY_S = 5.0  # how long a batch keeps trying through a failover
+RETRY_PAUSE_S = 0.1
+REPLICAS = 1  # replicas that must hold a write under state_durability = "replica"
+
+# The command did not run: the slot moved, is moving, or has no master right now.
+_NOT_RUN = (AskError, TryAgainError, ClusterDownError, RedisClusterException)
+# The connection broke: the command may or may not have run.
+_BROKEN = (ConnectionError, TimeoutError)
+# Redis could not be reached or could not serve (not a bad command of ours), once run() has
+# retried what it retries: the request may be retried. (MovedError is an AskError,
+# MasterDownError a ClusterDownError; a RedisClusterException arrives as a ConnectionError.)
+UNREACHABLE = (
+    ConnectionError,
+    TimeoutError,
+    ReadOnlyError,
+    AskError,
+    TryAgainError,
+    ClusterDownError,
+)
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0] in CLUSTER_SCHEMES
+
+
+def where(url: str) -> str:
+    """host:port/db of a Redis URL, without its credentials: what logs and errors name."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
+
+
+def check_url(url: str) -> None:
+    """A cluster URL names database 0 or none: a cluster has no other (ValueError)."""
+    if not is_cluster_url(url):
+        return
+    path = url.split("://", 1)[1].split("?", 1)[0].partition("/")[2]
+    if path not in ("", "0"):
+        raise ValueError(f"a Redis Cluster has only database 0, not {path!r}: end the URL with /0")
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script, sent by its SHA-1 while the server knows it."""
+
+    body: str
+
+    @functools.cached_property
+    def sha(self) -> str:
+        return hashlib.sha1(self.body.encode()).hexdigest()
+
+
+@dataclass
+class Command:
+    """One command of a batch. `key` routes it (a key it touches: every key a command
+    touches lies in one slot). `retry_safe`: repeating it after it ran does no harm."""
+
+    args: tuple[Any, ...]
+    key: str
+    script: Script | None = None
+    retry_safe: bool = True
+
+    @classmethod
+    def of(cls, *args: Any, retry_safe: bool = True) -> Command:
+        """A plain command whose first argument after the name is a key."""
+        return cls(args, str(args[1]), retry_safe=retry_safe)
+
+    @classmethod
+    def call(
+        cls, script: Script, keys: Sequence[str], args: Sequence[Any] = (), retry_safe: bool = True
+    ) -> Command:
+        return cls((len(keys), *keys, *args), keys[0], script, retry_safe)
+
+    def wire(self, by_body: bool) -> tuple[Any, ...]:
+        if self.script is None:
+            return self.args
+        return (
+            ("EVAL", self.script.body, *self.args)
+            if by_body
+            else ("EVALSHA", self.script.sha, *self.args)
+        )
+
+
+class Keyspace:
+    """Where a namespace's keys lie: `prefix(bucket)` starts every key of a bucket."""
+
+    def __init__(self, namespace: str, cluster: bool) -> None:
+        if "{" in namespace or "}" in namespace:
+            raise ValueError(f"namespace {namespace!r}: braces would make a hash tag")
+        self.buckets = CLUSTER_BUCKETS if cluster else 1
+        if cluster:
+            self._prefixes = [f"{namespace}:{{{tag}}}:" for tag in spread_tags(self.buckets)]
+        else:
+            self._prefixes = [f"{namespace}:"]
+
+    def bucket(self, name: str) -> int:
+        if self.buckets == 1:
+            return 0
+        return zlib.crc32(name.encode()) % self.buckets
+
+    def prefix(self, bucket: int) -> str:
+        return self._prefixes[bucket]
+
+    def key(self, kind: str, name: str) -> str:
+        """The key of `kind` (state, ended, owner) of the session named `name`."""
+        return f"{self._prefixes[self.bucket(name)]}{kind}:{name}"
+
+    def by_bucket(self, names: Sequence[str]) -> dict[int, list[int]]:
+        """The positions of `names`, grouped by bucket."""
+        groups: dict[int, list[int]] = {}
+        for position, name in enumerate(names):
+            groups.setdefault(self.bucket(name), []).append(position)
+        return groups
+
+
+@functools.cache
+def spread_tags(buckets: int) -> tuple[str, ...]:
+    """A hash tag per bucket, the i-th hashing into the i-th of `buckets` equal ranges of
+    slots (the first of `s0`, `s1`, ... that does): the same in every process."""
+    width = REDIS_CLUSTER_HASH_SLOTS / buckets
+    tags, candidate = [], 0
+    for bucket in range(buckets):
+        while True:
+            tag = f"s{candidate}"
+            candidate += 1
+            if int(key_slot(tag.encode()) // width) == bucket:
+                tags.append(tag)
+                break
+            if candidate > 1_000_000:  # cannot happen: CRC16 fills every range
+                raise AssertionError(f"no tag hashes into slot range {bucket}")
+        candidate = 0
+    return tuple(tags)
+
+
+class RedisClient:
+    """The connection of one store, its keyspace and its durability."""
+
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        timeout_s: float,
+        durability: str = "none",
+        durability_timeout_s: float = 1.0,
+    ) -> None:
+        """`timeout_s`: the longest a call may wait for Redis's answer (see Timeouts)."""
+        self.url = url
+        self.cluster = is_cluster_url(url)
+        self.keys = Keyspace(namespace, self.cluster)
+        self.durable = durability == "replica"
+        self._wait_ms = max(1, round(durability_timeout_s * 1000))
+        socket_timeout = timeout_s + (durability_timeout_s if self.durable else 0.0)
+        timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": timeout_s}
+        self.client: redis.Redis | RedisCluster
+        if self.cluster:
+            scheme, rest = url.split("://", 1)
+            # No retries inside redis-py: run() retries whole batches, keeping each WAIT on
+            # the connection that wrote.
+            self.client = RedisCluster.from_url(
+                f"{CLUSTER_SCHEMES[scheme]}://{rest}", retry=Retry(NoBackoff(), 0), **timeouts
+            )
+        else:
+            once = Retry(NoBackoff(), 1, supported_errors=(ConnectionError,))
+            self.client = redis.Redis.from_url(url, retry=once, **timeouts)
+
+    async def check(self) -> None:
+        """A URL that names a cluster node without saying so, or a server that is no cluster
+        with `+cluster`, stops the server at start with one line. An unreachable Redis is
+        left for the requests to find."""
+        try:
+            if self.cluster:
+                await self.client.initialize()
+                return
+            enabled = (await self.client.info("cluster")).get("cluster_enabled")
+        except RedisClusterException as error:
+            if "not enabled" in str(error):
+                raise UsageError(
+                    f"--redis-url {self.url}: this Redis is not a cluster: use redis:// "
+                    "(or rediss://) for one server"
+                ) from None
+            return
+        except RedisError:
+            return
+        if enabled:
+            raise UsageError(
+                f"--redis-url {self.url}: this Redis is a cluster node: name the cluster with "
+                "redis+cluster:// (or rediss+cluster://) and the node's address"
+            )
+
+    async def run(self, commands: Sequence[Command], durable: bool = False) -> list[Any]:
+        """Every command's reply, in order (the first error raised). `durable`: the batch
+        writes what must survive a failover (WAIT, when state_durability is replica)."""
+        if not commands:
+            return []
+        wait = durable and self.durable
+        if self.cluster:
+            return await self._run_on_cluster(commands, wait)
+        return await self._run_on_server(commands, wait)
+
+    async def one(self, command: Command, durable: bool = False) -> Any:
+        [reply] = await self.run([command], durable)
+        return reply
+
+    async def blpop(self, key: str, timeout_s: float) -> Any:
+        """The first item of the list `key`, waited for up to `timeout_s` (None then)."""
+        return await self.one(Command.of("BLPOP", key, timeout_s))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # One server.
+
+    async def _run_on_server(self, commands: Sequence[Command], wait: bool) -> list[Any]:
+        replies = await self._pipeline(commands, wait, by_body=False)
+        unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if unknown:  # the server restarted or flushed its scripts: send those again
+            again = await self._pipeline([commands[i] for i in unknown], wait, by_body=True)
+            for index, reply in zip(unknown, again, strict=True):
+                replies[index] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def _pipeline(self, commands: Sequence[Command], wait: bool, by_body: bool) -> list[Any]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command.wire(by_body))
+            if wait:
+                pipe.execute_command("WAIT", REPLICAS, self._wait_ms)
+            replies = await pipe.execute(raise_on_error=False)
+        if wait:
+            self._check_confirmed(replies.pop())
+        return replies
+
+    # A cluster.
+
+    async def _run_on_cluster(self, commands: Sequence[Command], wait: bool) -> list[Any]:
+        cluster = self.client
+        assert isinstance(cluster, RedisCluster)
+        replies: list[Any] = [_PENDING] * len(commands)
+        by_body: set[int] = set()  # scripts the master did not know
+        pending = list(range(len(commands)))
+        deadline = time.monotonic() + CLUSTER_RETRY_S
+        while pending:
+            try:
+                await cluster.initialize()
+                failed = await self._send(cluster, commands, pending, by_body, wait, replies)
+            except (*_NOT_RUN, *_BROKEN) as error:  # no reply at all: none known to have run
+                if not all(commands[i].retry_safe for i in pending):
+                    raise _as_redis_error(error) from error
+                failed = error
+            pending = [i for i in pending if replies[i] is _PENDING]
+            if failed is None:  # at most scripts to send by body: at once
+                continue
+            if time.monotonic() > deadline:
+                raise _as_redis_error(failed) from failed
+            await cluster.aclose()  # read the cluster's layout again
+            await asyncio.sleep(RETRY_PAUSE_S)
+        return replies
+
+    async def _send(
+        self,
+        cluster: RedisCluster,
+        commands: Sequence[Command],
+        pending: list[int],
+        by_body: set[int],
+        wait: bool,
+        replies: list[Any],
+    ) -> Exception | None:
+        """Sends the pending commands, and a WAIT to each master they write to, in one
+        pipeline, and fills in their replies (those to send again stay _PENDING). Returns
+        the error that calls for another try after a pause, if any."""
+        pipe = cluster.pipeline()
+        nodes: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for index in pending:
+            pipe.execute_command(*commands[index].wire(index in by_body))
+            if wait:
+                node = cluster.get_node_from_key(commands[index].key)
+                nodes.setdefault(node.name, (node, []))[1].append(index)
+        for node, _ in nodes.values():
+            pipe.execute_command("WAIT", REPLICAS, self._wait_ms, target_nodes=node)
+        got = await pipe.execute(raise_on_error=False, allow_redirections=False)
+        failed: Exception | None = None
+        for index, reply in zip(pending, got, strict=False):
+            if isinstance(reply, NoScriptError):
+                by_body.add(index)
+            elif isinstance(reply, _NOT_RUN) or (
+                isinstance(reply, _BROKEN) and commands[index].retry_safe
+            ):
+                failed = reply
+            elif isinstance(reply, Exception):
+                raise _as_redis_error(reply)
+            else:
+                replies[index] = reply
+        for (_, written), confirmed in zip(nodes.values(), got[len(pending) :], strict=True):
+            if any(replies[i] is not _PENDING for i in written):
+                self._check_confirmed(confirmed)
+        return failed
+
+    def _check_confirmed(self, replicas: Any) -> None:
+        if isinstance(replicas, int) and replicas >= REPLICAS:
+            return
+        raise Unavailable(
+            f"the write was not confirmed by a Redis replica within {self._wait_ms} ms "
+            "(state_durability=replica): retry (a step that carries sequence_offset is "
+            "applied once)"
+        )
+
+
+_PENDING = object()  # a reply still to get
+
+
+def _as_redis_error(error: Exception) -> RedisError:
+    """redis-py raises some cluster failures outside RedisError (RedisClusterException):
+    they reach the store's callers as the RedisError they are."""
+    if isinstance(error, RedisError):
+        return error
+    wrapped = ConnectionError(f"Redis Cluster: {error}")
+    wrapped.__cause__ = error
+    return wrapped

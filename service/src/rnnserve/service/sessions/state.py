@@ -1,0 +1,103 @@
+"""What a session holds: its identity, its recurrent state (one batch row of each state
+tensor, keyed by state input name: "h0", and "c0" for LSTM) and its progress (the time steps
+it has consumed and what a retry of its last step needs). Stores move the states of many
+sessions at once, as rows of batch states held as `(before, rows, after)` (the default
+models' `(layers*directions, rows, hidden)`; model/spec.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from rnnserve.service.errors import FailedPrecondition
+from rnnserve.service.types import State
+
+Layout = dict[str, tuple[int, ...]]  # state name -> the shape one session's tensor must have
+# A step's outputs other than the states, by output name, each with its batch axis moved
+# first and its batch row kept as a batch of one.
+Answer = dict[str, np.ndarray]
+
+
+class SessionKey(NamedTuple):
+    """A session is one sequence id of one model version, held by one principal: two
+    principals using the same id never meet. 7 and "7" are different ids.
+
+    A tuple: hashed and compared in C (a step of 64 sessions looks keys up hundreds of
+    times), and small (100,000 idle sessions hold 100,000 keys)."""
+
+    principal: str
+    model: str
+    version: str
+    sequence_id: int | str
+
+    def describe(self) -> str:
+        return f"sequence {self.sequence_id!r} for model {self.model} version {self.version}"
+
+
+@dataclass(slots=True)
+class LastStep:
+    """A session's last step, kept when it carried `sequence_offset`, so that a retry of it
+    (the same offset, length and inputs) is answered again without being applied twice."""
+
+    length: int  # time steps it consumed
+    digest: bytes  # of its inputs and sequence flags
+    # Its answer. Empty in the record of an ending step: that one is computed again from
+    # the state it started from (a streamed end is decoded after the session is freed).
+    answer: Answer
+
+
+@dataclass(slots=True)
+class Progress:
+    """A session's step accounting, stored with its state by every store."""
+
+    offset: int = 0  # time steps consumed, its last step included
+    last: LastStep | None = None
+    # A record of a recently ended session (kept a while for a retry of its final step):
+    # the state stored with it is the one that step started from.
+    ended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """A session that holds no state any more, remembered a while (a tombstone, as the
+    record of a client's end is): it expired, idle too long, or its state was lost to a
+    server fault (the process holding it died, or the store lost its data). `reason` says
+    which, for the client."""
+
+    why: Literal["expired", "lost"]
+    reason: str
+
+
+TOMBSTONE_S = 60.0  # the least time a tombstone is kept (the idle timeout, when longer)
+
+
+def tombstone_s(idle_timeout_s: float) -> float:
+    """How long a tombstone is kept: a client back from a long pause still hears why."""
+    return max(idle_timeout_s, TOMBSTONE_S)
+
+
+def expired(idle_timeout_s: float) -> Gone:
+    return Gone("expired", f"it expired after {idle_timeout_s:g} s idle (session_idle_timeout_s)")
+
+
+# What loading one session gave: its progress (its state copied; `ended` for the record of
+# a client's end), a tombstone (Gone), None (no such session known), or why its stored
+# state cannot serve.
+Loaded = Progress | FailedPrecondition | Gone | None
+
+
+def row_layout(state: State) -> Layout:
+    """The layout of one row of a batch state."""
+    return {name: (array.shape[0], 1, *array.shape[2:]) for name, array in state.items()}
+
+
+def check_layout(key: SessionKey, found: Layout, expected: Layout) -> None:
+    """A stored state that no longer fits the model (re-exported with other sizes, or
+    written by something else) must not reach ONNX Runtime."""
+    if found != expected:
+        raise FailedPrecondition(
+            f"stored state of {key.describe()} does not fit the model: it has {found}, "
+            f"the model expects {expected}; begin the sequence again with sequence_start=true"
+        )

@@ -1,0 +1,301 @@
+"""What every task shares: a request prepared for ONNX Runtime, the result of running it,
+and the registry every task joins by subclassing `Task`.
+
+A request becomes a `Prepared` (validated inputs for one or many rows, plus the state to
+start from), a task runs it with an `Execute` callable that makes the ORT runs, and the
+`Result` holds the wire outputs, the final state among them (`hn`, `cn`). States are held
+as `(before, rows, after)` arrays, rows on axis 1, keyed by state input name (for the
+default models the graph's own `(layers*directions, rows, hidden)`; see
+model/spec.py): that is the seam stateful sessions use: take a prepared request's
+state from a store, run it, put `Result.state(spec)` back.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar
+
+import numpy as np
+
+from rnnserve.model.spec import ModelSpec
+from rnnserve.service.settings import Settings
+from rnnserve.service.tasks import validation
+from rnnserve.service.types import InferRequest, Parameter, State, Tensor, TensorMetadata
+
+Execute = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]  # role, feeds -> outputs
+
+# Gates an ONNX RNN kernel computes per hidden unit (an unknown cell counts as an LSTM's).
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+WORK_ITEM_BYTES = 4  # FP32: outputs and the kernels' working memory
+
+# Every task class, by the name a ModelSpec's `task` field gives (filled by subclassing).
+TASKS: dict[str, type[Task]] = {}
+
+
+@dataclass
+class Prepared:
+    """A validated request, ready for ONNX Runtime."""
+
+    rows: int
+    inputs: dict[str, Any]  # task-specific: arrays or per-row token lists
+    state: State
+    outputs: list[str]  # wire outputs to return
+    lengths: list[int]  # time steps of each row: what a session's step consumes
+    text_shape: tuple[int, ...] = ()  # the text input's shape, which text_out mirrors
+    options: dict[str, Any] = field(default_factory=dict)  # validated request parameters
+
+
+@dataclass(frozen=True, slots=True)
+class Footprint:
+    """The memory a request implies, in elements, read off its tensors' shapes before any
+    work (service/dataplane/budget.py holds it against the limits): its inputs, the outputs
+    it asks for, and the recurrent kernels' working memory, which for a long sequence is
+    most of it (ONNX Runtime computes the gates of every time step at once, and keeps every
+    step's hidden state): `rows` x `steps` x what a step holds per row."""
+
+    inputs: int
+    input_bytes: int
+    outputs: int
+    work: int
+    rows: int
+    steps: int
+
+    @property
+    def elements(self) -> int:
+        return self.inputs + self.outputs + self.work
+
+    @property
+    def bytes(self) -> int:
+        return self.input_bytes + WORK_ITEM_BYTES * (self.outputs + self.work)
+
+
+@dataclass
+class Result:
+    outputs: dict[str, np.ndarray]  # wire name -> array (text as an object array of bytes)
+    final: bool = True  # streaming: the last response of the request
+
+    def state(self, spec: ModelSpec) -> State:
+        """The state this result leaves, keyed by the inputs that carry it on; none where
+        the outputs hold no state (seq2seq's translation)."""
+        return {
+            state.input: state.held(self.outputs[state.output])
+            for state in spec.states
+            if state.output in self.outputs
+        }
+
+
+class Task(ABC):
+    """One task's wire tensors and how a request for them runs on the task's graphs.
+
+    A subclass names its task (`name`, the ModelSpec's `task`) and the graph roles its
+    spec must have; defining it registers it in TASKS.
+    """
+
+    name: ClassVar[str]
+    graph_roles: ClassVar[frozenset[str]]
+    # (graph role, the names its data inputs must have, those of its data outputs), states
+    # following them: a task reads its graphs' tensors by these names.
+    graph_tensors: ClassVar[tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]] = ()
+    # Whether each batch row may be one step of its own session (multi-session requests):
+    # true for tasks whose every piece answers as `run` does, from the state it starts with.
+    session_rows: ClassVar[bool] = True
+    # The request parameters the task reads (beyond the sequence parameters every task has).
+    request_parameters: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        TASKS[cls.name] = cls
+
+    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+        self.spec = spec
+        self.settings = settings
+
+    @classmethod
+    def check_spec(cls, spec: ModelSpec) -> None:
+        """Raises ValueError when the spec lacks what this task needs."""
+        if set(spec.graphs) != cls.graph_roles:
+            raise ValueError(f"task {cls.name} needs graphs {sorted(cls.graph_roles)}")
+        for role, inputs, outputs in cls.graph_tensors:
+            for kind, expected, named in (
+                ("inputs", [*inputs, *spec.state_inputs], spec.graph_inputs[role]),
+                ("outputs", [*outputs, *spec.state_outputs], spec.graph_outputs[role]),
+            ):
+                if named != expected:
+                    raise ValueError(
+                        f"task {cls.name} reads graph '{role}' {kind} {expected}; this one has "
+                        f"{named}: a graph with tensors of its own names is served by the "
+                        "recurrent task (rnnserve import, or no rnnserve metadata at all)"
+                    )
+
+    # Subclasses compute their tensor metadata once (a cached_property): the model's spec
+    # never changes, and every request reads it.
+    @property
+    @abstractmethod
+    def inputs(self) -> list[TensorMetadata]: ...
+
+    @property
+    @abstractmethod
+    def outputs(self) -> list[TensorMetadata]: ...
+
+    @cached_property
+    def input_names(self) -> list[str]:
+        return [meta.name for meta in self.inputs]
+
+    @cached_property
+    def output_names(self) -> list[str]:
+        return [meta.name for meta in self.outputs]
+
+    @cached_property
+    def data_inputs(self) -> list[TensorMetadata]:
+        """The inputs that are not states: what every request of the model carries."""
+        return [meta for meta in self.inputs if meta.name not in self.spec.state_inputs]
+
+    @cached_property
+    def data_outputs(self) -> list[TensorMetadata]:
+        """The outputs that are not states."""
+        return [meta for meta in self.outputs if meta.name not in self.spec.state_outputs]
+
+    @cached_property
+    def _output_datatypes(self) -> dict[str, str]:
+        return {meta.name: meta.datatype for meta in self.outputs}
+
+    @abstractmethod
+    def prepare(self, request: InferRequest) -> Prepared:
+        """Validate the request completely; nothing unchecked may reach ORT."""
+
+    @abstractmethod
+    def run(self, prepared: Prepared, execute: Execute) -> Result:
+        """The whole answer to a prepared request (runs in a compute thread)."""
+
+    def stream(self, prepared: Prepared, execute: Execute) -> Iterator[Result]:
+        """The answer as a series of responses; one unless the task decodes token by token."""
+        yield self.run(prepared, execute)
+
+    def session_piece(self, prepared: Prepared, execute: Execute) -> tuple[Result, State]:
+        """A piece of a session's sequence that is not its last, run from `prepared.state`:
+        its answer and the state to carry to the next piece. Most tasks answer each piece
+        as `run` does; a task that answers only once it has the whole input overrides this."""
+        result = self.run(prepared, execute)
+        return result, result.state(self.spec)
+
+    def parameters(self) -> dict[str, Parameter]:
+        """Task facts for ModelMetadata parameters."""
+        return {}
+
+    def footprint(self, request: InferRequest) -> Footprint:
+        """What the request implies (see Footprint), from the shapes of its tensors, before
+        any validation: a malformed request is estimated as well as it can be and refused
+        by `prepare`."""
+        rows, steps = self.rows_and_steps(request)
+        return Footprint(
+            inputs=sum(_elements(tensor) for tensor in request.inputs),
+            input_bytes=sum(_bytes(tensor) for tensor in request.inputs),
+            outputs=self.output_elements(request, rows, steps),
+            work=rows * steps * self.step_elements,
+            rows=rows,
+            steps=steps,
+        )
+
+    @abstractmethod
+    def rows_and_steps(self, request: InferRequest) -> tuple[int, int]:
+        """The batch rows and time steps the request's tensors say (0 where they say none)."""
+
+    @abstractmethod
+    def output_elements(self, request: InferRequest, rows: int, steps: int) -> int:
+        """Elements of the outputs a request of `rows` x `steps` gets."""
+
+    @cached_property
+    def step_elements(self) -> int:
+        """Elements the recurrent kernels hold per row and time step: per layer (one at a
+        time), every gate and the step's hidden output, the previous layer's output, and
+        the copy a head reads."""
+        spec = self.spec
+        hidden = spec.hidden_size or max((state.after for state in spec.states), default=0)
+        return hidden * spec.num_directions * (GATES.get(spec.cell or "lstm", 4) + 3)
+
+    # State helpers shared by the tasks that expose it.
+
+    def state_metadata(self, outputs: bool, optional: bool) -> list[TensorMetadata]:
+        """The state inputs (or, with `outputs`, the state outputs) as wire tensors, in the
+        graph's layout."""
+        return [
+            TensorMetadata(state.output if outputs else state.input, "FP32", state.shape, optional)
+            for state in self.spec.states
+        ]
+
+    def initial_state(self, inputs: dict[str, Tensor], rows: int) -> State:
+        """The state the client sent (`h0`, `c0`), zeros for any it left out, as held."""
+        state = self.spec.zero_state(rows)
+        for spec in self.spec.states:
+            tensor = inputs.get(spec.input)
+            if tensor is not None:
+                array = validation.state_array(tensor, spec.graph_shape(rows), spec.batch_axis)
+                state[spec.input] = spec.held(array)
+        return state
+
+    def state_outputs(self, graph_outputs: dict[str, np.ndarray]) -> State:
+        """The state a graph run returned, keyed by the inputs that carry it on, as held."""
+        return {state.input: state.held(graph_outputs[state.output]) for state in self.spec.states}
+
+    def state_results(self, state: State) -> dict[str, np.ndarray]:
+        """A held state as the wire outputs that return it (`hn`, `cn`)."""
+        return {spec.output: spec.fed(state[spec.input]) for spec in self.spec.states}
+
+    def respond(self, prepared: Prepared, result: Result) -> list[Tensor]:
+        """The requested outputs as wire tensors."""
+        datatypes = self._output_datatypes
+        tensors = []
+        for name in prepared.outputs:
+            data = result.outputs[name]
+            if datatypes[name] == "BYTES":
+                data = data.reshape(prepared.text_shape)
+            tensors.append(Tensor(name, datatypes[name], tuple(data.shape), data))
+        return tensors
+
+
+def _elements(tensor: Tensor) -> int:
+    """A tensor's elements; a text tensor's characters (each becomes a token)."""
+    if tensor.data.dtype == object:
+        return sum(len(item) for item in tensor.data.flat if isinstance(item, bytes))
+    return int(tensor.data.size)
+
+
+def _bytes(tensor: Tensor) -> int:
+    if tensor.data.dtype == object:
+        return _elements(tensor)
+    return int(tensor.data.nbytes)
+
+
+def dims(request: InferRequest, name: str, *axes: int) -> tuple[int, ...]:
+    """The sizes of a tensor's `axes` (0 where the request lacks it or them)."""
+    tensor = next((t for t in request.inputs if t.name == name), None)
+    shape = tuple(tensor.shape) if tensor is not None else ()
+    return tuple(int(shape[axis]) if axis < len(shape) else 0 for axis in axes)
+
+
+def text_dims(request: InferRequest, name: str) -> tuple[int, int]:
+    """A text input's rows and its longest row in bytes (characters are at most that)."""
+    tensor = next((t for t in request.inputs if t.name == name), None)
+    if tensor is None or tensor.data.dtype != object:
+        return 0, 0
+    lengths = [len(item) for item in tensor.data.flat if isinstance(item, bytes)]
+    return len(lengths), max(lengths, default=0)
+
+
+def take_rows(state: State, rows: Sequence[int]) -> State:
+    return {name: np.ascontiguousarray(value[:, rows]) for name, value in state.items()}
+
+
+def put_rows(target: State, rows: Sequence[int], source: State) -> None:
+    for name, value in source.items():
+        target[name][:, rows] = value
+
+
+def text_array(texts: Sequence[str]) -> np.ndarray:
+    """Strings as the object array of UTF-8 bytes a BYTES tensor holds."""
+    array = np.empty(len(texts), dtype=object)
+    array[:] = [text.encode("utf-8") for text in texts]
+    return array
