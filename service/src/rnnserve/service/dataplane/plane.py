@@ -19,6 +19,7 @@ from rnnserve.service.dataplane.admission import Admission
 from rnnserve.service.dataplane.admitted import Admitted
 from rnnserve.service.dataplane.budget import Budget, Held
 from rnnserve.service.dataplane.compute import Compute
+from rnnserve.service.dataplane.configuration import PLATFORM, model_config
 from rnnserve.service.dataplane.lifecycle import Lifecycle
 from rnnserve.service.dataplane.models import ModelControl
 from rnnserve.service.dataplane.timer import RequestTimer
@@ -33,6 +34,7 @@ from rnnserve.service.settings import Settings
 from rnnserve.service.types import (
     InferRequest,
     InferResponse,
+    ModelConfig,
     ModelMetadata,
     ModelStatistics,
     Parameter,
@@ -40,7 +42,6 @@ from rnnserve.service.types import (
     ServerMetadata,
 )
 
-PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX Runtime model
 # Open Inference Protocol / Triton extensions this server implements.
 EXTENSIONS = [
     "model_repository", "model_configuration", "statistics", "streaming", "parameters",
@@ -186,8 +187,7 @@ class DataPlane:
         return ServerMetadata("rnnserve", _package_version(), list(EXTENSIONS))
 
     def model(self, name: str, version: str = "") -> LoadedVersion:
-        """A loaded model version ("" for the newest), for views of it such as Triton's
-        ModelConfig; NotFound or Unavailable otherwise."""
+        """A loaded model version ("" for the newest); NotFound or Unavailable otherwise."""
         return self.repository.get(name, version)
 
     def model_ready(self, name: str, version: str = "") -> bool:
@@ -225,6 +225,11 @@ class DataPlane:
             outputs=model.task.data_outputs,
             parameters=parameters,
         )
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        """Triton's configuration of a loaded version ("" for the newest)."""
+        model = self.repository.get(name, version)
+        return model_config(model, self.settings, self.repository.policy(name))
 
     def model_statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
         """Every loaded version's statistics, or one model's (all its versions, or one)."""
