@@ -16,12 +16,21 @@ import onnxruntime as ort
 import pytest
 from prometheus_client import REGISTRY
 
+from rnnserve.model.sidecar import ALL_VERSIONS
 from rnnserve.model.spec import ModelSpec
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from rnnserve.service.sessions import open_store
 from rnnserve.service.settings import Settings
-from rnnserve.service.types import InferRequest, InferResponse, Tensor
+from rnnserve.service.types import (
+    ConfigState,
+    ConfigTensor,
+    InferRequest,
+    InferResponse,
+    SequenceBatching,
+    SequenceControl,
+    Tensor,
+)
 
 CELLS = ("rnn", "lstm", "gru")
 MAX_BATCH = 8
@@ -162,6 +171,50 @@ def test_tagger_and_seq2seq_metadata_list_their_text_tensors(plane: Plane) -> No
     assert [(m.name, m.shape) for m in seq2seq.outputs] == [("text_out", (-1,))]
     assert seq2seq.parameters["max_output_length"] == 16
     assert "control_inputs" not in seq2seq.parameters  # no multi-session requests
+
+
+def test_model_config_is_tritons_view_of_a_batched_model_with_state(plane: Plane) -> None:
+    config = plane.plane.model_config("sine-lstm")
+    hidden = plane.plane.model_metadata("sine-lstm").parameters["hidden_size"]
+    assert isinstance(hidden, int)
+
+    assert (config.name, config.platform, config.backend) == (
+        "sine-lstm", "onnxruntime_onnx", "onnxruntime",
+    )  # fmt: skip
+    assert config.max_batch_size == MAX_BATCH
+    # Triton's dims leave the batch dimension out; states are not plain tensors.
+    assert config.inputs == [ConfigTensor("x", "FP32", (-1, 1))]
+    assert config.outputs == [ConfigTensor("y", "FP32", (-1, 1))]
+    assert config.version_policy == ALL_VERSIONS  # no model.json says otherwise
+    assert config.instance_kind == "CPU"
+    assert config.max_queue_delay_us == 0  # no batching of sessions' steps
+    assert config.sequence_batching == SequenceBatching(
+        max_idle_us=60_000_000,  # session_idle_timeout_s
+        states=[
+            ConfigState("h0", "hn", "FP32", (1, hidden), starts_at_zeros=True),
+            ConfigState("c0", "cn", "FP32", (1, hidden), starts_at_zeros=True),
+        ],
+        controls=[  # a multi-session request's control tensors; sequence_offset has no kind
+            SequenceControl("sequence_id", "SEQUENCE_CORRID", "UINT64"),
+            SequenceControl("sequence_start", "SEQUENCE_START", "BOOL"),
+            SequenceControl("sequence_end", "SEQUENCE_END", "BOOL"),
+        ],
+    )
+    assert config.parameters == {
+        "provider": "CPUExecutionProvider", "task": "sine", "cell": "lstm",
+        "state_batch_axes": "h0:1,c0:1",
+    }  # fmt: skip
+
+
+def test_model_config_of_seq2seq_has_sequences_but_no_session_rows(plane: Plane) -> None:
+    config = plane.plane.model_config("seq2seq-gru", "1")
+
+    assert config.inputs == [ConfigTensor("text", "BYTES", (1,))]  # [batch], written [1]
+    assert config.sequence_batching is not None
+    assert [state.input for state in config.sequence_batching.states] == ["h0"]
+    assert config.sequence_batching.controls == []  # it answers a session at its end only
+    with pytest.raises(NotFound, match="no version '7'"):
+        plane.plane.model_config("seq2seq-gru", "7")
 
 
 def test_unknown_model_or_version_is_not_found(plane: Plane) -> None:

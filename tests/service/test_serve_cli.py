@@ -23,10 +23,45 @@ def parse(*flags: str) -> argparse.Namespace:
     return build_parser().parse_args(["serve", *flags])
 
 
-def test_every_setting_has_a_flag() -> None:
-    flagged = {field for field, _ in VALUE_FLAGS + LIST_FLAGS + BOOL_FLAGS}
+def test_every_setting_has_a_flag_and_a_description() -> None:
+    flagged = VALUE_FLAGS + LIST_FLAGS + BOOL_FLAGS
 
-    assert flagged == set(Settings.model_fields)
+    assert sorted(flagged) == sorted(Settings.model_fields)
+    assert [name for name, info in Settings.model_fields.items() if not info.description] == []
+
+
+def test_help_is_each_settings_description_with_flags_and_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse("--help")
+
+    assert exited.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    limit = Settings.model_fields["worker_restart_limit"].description
+    assert limit is not None and "`worker_restart_window_s`" in limit
+    # Another field is named as its flag; the default comes from Settings.
+    assert limit.replace("`worker_restart_window_s`", "--worker-restart-window-s") in help_text
+    assert "--grpc-port GRPC_PORT gRPC port (default: 8001)" in help_text
+    assert "--tls-key TLS_KEY PEM private key of --tls-cert --tls-client-ca" in help_text
+    assert "in preference, comma-separated (default: CUDAExecutionProvider,CPU" in help_text
+    reflection = Settings.model_fields["reflection"].description
+    assert f"--reflection, --no-reflection {reflection} (default: on)" in help_text
+
+
+def test_building_the_parser_imports_no_settings() -> None:
+    """Every `rnnserve` command builds the whole parser: pydantic waits for `serve`."""
+    code = (
+        "import sys\n"
+        "from rnnserve.cli import build_parser\n"
+        "build_parser().parse_args(['serve', '--grpc-port', '1'])\n"
+        "assert 'pydantic' not in sys.modules, 'pydantic was imported'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 0, done.stderr
 
 
 def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

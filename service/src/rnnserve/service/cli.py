@@ -1,101 +1,123 @@
 """`rnnserve serve`: load the model repository and serve it over gRPC and HTTP/REST.
 
 Every flag overrides the Settings field of the same name; flags left out fall back to
-the environment (RNNSERVE_*) and then to the defaults in service/settings.py.
+the environment (RNNSERVE_*) and then to the defaults in service/settings.py, whose field
+descriptions are the flags' help.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import re
+import textwrap
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from rnnserve.protocol.errors import UsageError
 
 if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
+
     from rnnserve.service.settings import Settings
 
-# (Settings field, help). Values go to Settings as typed text and pydantic checks them,
-# so the limits and types live in one place: service/settings.py.
-VALUE_FLAGS = [
-    ("model_repository", "folder holding <name>/<version>/ model folders"),
-    ("host", "address to listen on"),
-    ("grpc_port", "gRPC port"),
-    ("http_port", "HTTP/REST port (0 disables REST)"),
-    ("metrics_port", "Prometheus /metrics port (0 disables it)"),
-    ("metrics_host", "address /metrics listens on (default: --host), e.g. a private one"),
-    ("workers", "server processes sharing the port"),
-    ("worker_restart_limit", "worker deaths within --worker-restart-window-s that stop the server"),
-    ("worker_restart_window_s", "seconds over which worker deaths are counted"),
-    ("grace_period_s", "seconds to finish requests in flight after SIGTERM"),
-    ("intra_op_threads", "ONNX Runtime intra-op threads (0: ORT chooses)"),
-    ("inter_op_threads", "ONNX Runtime inter-op threads (0: ORT chooses)"),
-    ("compute_threads", "threads running models off the event loop"),
-    ("inline_max_bytes", "largest request, in input bytes, run on the event loop (0: none)"),
-    ("max_batch_size", "largest batch accepted"),
-    ("max_sequence_length", "longest sequence accepted"),
-    ("max_message_bytes", "largest gRPC message accepted or sent"),
-    ("max_request_elements", "most elements one request may imply (inputs, outputs, RNN work)"),
-    ("max_inflight_bytes", "most bytes the requests in flight of a server process may take"),
-    ("session_idle_timeout_s", "seconds before an idle sequence's state is dropped"),
-    ("max_sessions", "most sequences holding state at once"),
-    ("max_sessions_per_principal", "most sequences one principal (client) may hold at once"),
-    ("state_store", "where sequence state lives: memory, redis or owned"),
-    (
-        "redis_url",
-        "Redis for --state-store redis or owned: redis://host:port/0, or a cluster: "
-        "redis+cluster://node:port",
-    ),
-    ("state_store_timeout_s", "seconds a call to Redis may take before it fails (UNAVAILABLE)"),
-    ("state_durability", "none, or replica: a step is on a Redis replica before it is answered"),
-    (
-        "state_durability_timeout_s",
-        "replica durability: seconds a write waits for a replica (on top of the timeout)",
-    ),
-    ("batch_max_size", "most sequence steps batched into one ORT run"),
-    ("batch_max_queue_delay_us", "longest a step waits for others to batch with"),
-    ("log_format", "log lines as text or json"),
-    ("model_control_mode", "none, poll (follow the repository) or explicit (load/unload RPCs)"),
-    ("repository_poll_s", "poll mode: seconds between scans of the repository"),
-    ("tls_cert", "PEM certificate chain: serve TLS on the gRPC and REST ports (with --tls-key)"),
-    ("tls_key", "PEM private key of --tls-cert"),
-    ("tls_client_ca", "PEM CA: require client certificates it signed (mutual TLS)"),
-    ("auth_tokens", "token file: a line per principal (name, SHA-256 of its token, roles)"),
-]
-LIST_FLAGS = [
-    ("providers", "comma-separated ONNX Runtime execution providers, in preference"),
-    ("load_model", "explicit mode: comma-separated models loaded at start ('*': all)"),
-]
-BOOL_FLAGS = [
-    ("batching", "batch steps of different sequences into one ORT run"),
-    ("access_log", "log one line per request (model, rpc, code, duration, request id)"),
-    ("strict_readiness", "not ready while any model version failed to load"),
-    ("exit_on_error", "stop at start if any model version failed to load"),
-    ("reflection", "gRPC server reflection (on by default)"),
-]
+# Settings fields by how their flag reads its value. Values go to Settings as typed text and
+# pydantic checks them, so the limits, types and help live in one place: settings.py.
+VALUE_FLAGS = (
+    "model_repository", "host", "grpc_port", "http_port", "metrics_port", "metrics_host",
+    "workers", "worker_restart_limit", "worker_restart_window_s", "grace_period_s",
+    "intra_op_threads", "inter_op_threads", "compute_threads", "inline_max_bytes",
+    "max_batch_size", "max_sequence_length", "max_message_bytes", "max_request_elements",
+    "max_inflight_bytes", "session_idle_timeout_s", "max_sessions",
+    "max_sessions_per_principal", "state_store", "redis_url", "state_store_timeout_s",
+    "state_durability", "state_durability_timeout_s", "batch_max_size",
+    "batch_max_queue_delay_us", "log_format", "model_control_mode", "repository_poll_s",
+    "tls_cert", "tls_key", "tls_client_ca", "auth_tokens",
+)  # fmt: skip
+LIST_FLAGS = ("providers", "load_model")  # comma-separated
+BOOL_FLAGS = ("batching", "access_log", "strict_readiness", "exit_on_error", "reflection")
+FIELD_NAME = re.compile(r"`(\w+)`")  # another field, named in a description
 
 
 def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("serve", help="serve the model repository over gRPC and HTTP/REST")
-    for field, text in VALUE_FLAGS:
-        parser.add_argument(_flag(field), dest=field, default=None, help=text)
-    for field, text in LIST_FLAGS:
-        parser.add_argument(
-            _flag(field), dest=field, default=None, type=lambda s: s.split(","), help=text
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="serve the model repository over gRPC and HTTP/REST",
+        description="Serve the model repository over gRPC and HTTP/REST.",
+        epilog="Each flag overrides the environment variable of its name (--grpc-port: "
+        "RNNSERVE_GRPC_PORT; lists as JSON there), which overrides the default.",
+        add_help=False,
+        formatter_class=_Formatter,
+    )
+    flags: dict[str, argparse.Action] = {}
+    parser.add_argument("-h", "--help", action=_Help, flags=flags)
+    for field in VALUE_FLAGS:
+        flags[field] = parser.add_argument(_flag(field), dest=field, default=None)
+    for field in LIST_FLAGS:
+        flags[field] = parser.add_argument(
+            _flag(field), dest=field, default=None, type=lambda s: s.split(",")
         )
-    for field, text in BOOL_FLAGS:
-        parser.add_argument(
-            _flag(field),
-            dest=field,
-            default=None,
-            action=argparse.BooleanOptionalAction,
-            help=text,
+    for field in BOOL_FLAGS:
+        flags[field] = parser.add_argument(
+            _flag(field), dest=field, default=None, action=argparse.BooleanOptionalAction
         )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     parser.set_defaults(run=run)
+
+
+class _Help(argparse.Action):
+    """`-h`, `--help`: the flags' help is read from the Settings fields' descriptions only
+    now, since building the parser must not import pydantic: every `rnnserve` command
+    builds it."""
+
+    def __init__(
+        self, option_strings: Sequence[str], dest: str, flags: dict[str, argparse.Action]
+    ) -> None:
+        super().__init__(
+            option_strings, argparse.SUPPRESS, nargs=0, help="show this help message and exit"
+        )
+        self._flags = flags
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        from rnnserve.service.settings import Settings
+
+        for field, action in self._flags.items():
+            action.help = _help_text(Settings.model_fields[field], list_flag=field in LIST_FLAGS)
+        parser.print_help()
+        parser.exit()
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps help between words only: a flag named in a help text never breaks at its
+    hyphens."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(text, width, break_on_hyphens=False)
+
+
+def _help_text(info: FieldInfo, list_flag: bool) -> str:
+    """A field's description, other fields named as their flags, and its default."""
+    text = FIELD_NAME.sub(lambda name: _flag(name[1]), info.description or "")
+    if list_flag:
+        text += ", comma-separated"
+    default = info.default
+    if isinstance(default, bool):
+        default = "on" if default else "off"
+    elif isinstance(default, list):
+        default = ",".join(default)
+    if default not in (None, ""):
+        text += f" (default: {default})"
+    # argparse formats help with %: a literal % must be doubled.
+    return text.replace("%", "%%")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -104,7 +126,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
     from rnnserve.service.settings import Settings
 
-    fields = [field for field, _ in VALUE_FLAGS + LIST_FLAGS + BOOL_FLAGS]
+    fields = VALUE_FLAGS + LIST_FLAGS + BOOL_FLAGS
     overrides = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
     try:
         return Settings(**overrides)

@@ -11,45 +11,77 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
+    """Each field's description is its help: `rnnserve serve --help` shows it (a name in
+    backquotes is another field, shown there as its flag)."""
+
     model_config = SettingsConfigDict(env_prefix="RNNSERVE_", protected_namespaces=())
+    # Each default by keyword (Field(default=...)): the one a type checker reads as such.
 
     # Where and how to listen.
-    model_repository: Path = Path("models")
-    host: str = "0.0.0.0"
-    grpc_port: int = 8001
-    http_port: int = Field(8000, ge=0, description="HTTP/REST port (0 disables REST)")
-    metrics_port: int = 8002  # 0 disables the /metrics endpoint
-    metrics_host: str = ""  # where /metrics listens ("": on `host`), e.g. a private address
-    workers: int = Field(1, ge=1, description="server processes sharing the port")
-    # A worker that dies is started again while the others serve (at once, then after 1, 2,
-    # 4... up to 10 s while deaths follow each other); the server stops (exit 1) once
-    # `worker_restart_limit` workers died within `worker_restart_window_s`.
-    worker_restart_limit: int = Field(5, ge=1)
-    worker_restart_window_s: float = Field(60.0, gt=0)
-    grace_period_s: float = Field(30.0, ge=0, description="SIGTERM: time to finish in flight")
+    model_repository: Path = Field(
+        default=Path("models"), description="folder holding <name>/<version>/ model folders"
+    )
+    host: str = Field(default="0.0.0.0", description="address to listen on")
+    grpc_port: int = Field(default=8001, description="gRPC port")
+    http_port: int = Field(default=8000, ge=0, description="HTTP/REST port (0 disables REST)")
+    metrics_port: int = Field(default=8002, description="Prometheus /metrics port (0 disables it)")
+    metrics_host: str = Field(
+        default="", description="address /metrics listens on, e.g. a private one (default: `host`)"
+    )
+    workers: int = Field(default=1, ge=1, description="server processes sharing the port")
+    # A worker that dies is started again while the others serve: at once, then after 1, 2,
+    # 4... up to 10 s while deaths follow each other.
+    worker_restart_limit: int = Field(
+        default=5,
+        ge=1,
+        description="worker deaths within `worker_restart_window_s` that stop the server (exit 1)",
+    )
+    worker_restart_window_s: float = Field(
+        default=60.0, gt=0, description="seconds over which worker deaths are counted"
+    )
+    grace_period_s: float = Field(
+        default=30.0, ge=0, description="seconds to finish requests in flight after SIGTERM"
+    )
 
-    # Model control, as Triton's: none (the repository as it was at start), poll (version
-    # folders added and removed while running are loaded and unloaded), explicit (only
-    # RepositoryModelLoad and RepositoryModelUnload change what is loaded; `load_model`
-    # names the models loaded at start, "*" for all).
-    model_control_mode: Literal["none", "poll", "explicit"] = "none"
-    repository_poll_s: float = Field(15.0, gt=0, description="poll mode: seconds between scans")
-    load_model: list[str] = []
-    # Readiness: with strict_readiness the server is not ready while any version failed to
-    # load; with exit_on_error it stops at start if any did. Either way a server with no
-    # model loaded is not ready.
-    strict_readiness: bool = False
-    exit_on_error: bool = False
+    # Model control, as Triton's. A server with no model loaded is never ready.
+    model_control_mode: Literal["none", "poll", "explicit"] = Field(
+        default="none",
+        description="none (the repository as it was at start), poll (version folders added "
+        "or removed while running are loaded or unloaded) or explicit (only the load and "
+        "unload RPCs change what is loaded)",
+    )
+    repository_poll_s: float = Field(
+        default=15.0, gt=0, description="poll mode: seconds between scans of the repository"
+    )
+    load_model: list[str] = Field(
+        default=[], description="explicit mode: models loaded at start ('*': all)"
+    )
+    strict_readiness: bool = Field(
+        default=False, description="not ready while any model version failed to load"
+    )
+    exit_on_error: bool = Field(
+        default=False, description="stop at start if any model version failed to load"
+    )
 
-    # Security (service/tls.py, service/auth.py). PEM files: with a certificate and its key
-    # the gRPC and REST ports speak TLS; with a client CA too they require client
-    # certificates signed by it (mutual TLS), whose subject common name is the principal.
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    # One line per principal: name, SHA-256 of its bearer token, roles (infer, admin).
-    auth_tokens: Path | None = None
-    reflection: bool = True  # gRPC server reflection (open to all, like health checks)
+    # Security (service/tls.py, service/auth.py).
+    tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate chain: serve TLS on the gRPC and REST ports (with `tls_key`)",
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of `tls_cert`")
+    tls_client_ca: Path | None = Field(
+        default=None,
+        description="PEM CA: require client certificates it signed (mutual TLS); a "
+        "certificate's subject common name is its principal",
+    )
+    auth_tokens: Path | None = Field(
+        default=None,
+        description="token file: a line per principal (name, SHA-256 of its bearer token, "
+        "roles: infer, admin)",
+    )
+    reflection: bool = Field(
+        default=True, description="gRPC server reflection (open to all, like health checks)"
+    )
 
     @field_validator("tls_cert", "tls_key", "tls_client_ca", "auth_tokens", mode="before")
     @classmethod
@@ -63,49 +95,95 @@ class Settings(BaseSettings):
         return self.metrics_host or self.host
 
     # ONNX Runtime.
-    providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    intra_op_threads: int = Field(1, ge=0, description="0 lets ORT choose")
-    inter_op_threads: int = Field(1, ge=0, description="0 lets ORT choose")
-    compute_threads: int = Field(4, ge=1, description="threads running models off the event loop")
-    # A request this small runs on the event loop: its work (tens of µs for a step of the
-    # default models) costs less than the hand-off to a compute thread and back. 0 sends
-    # every request to the compute threads (models whose one step takes milliseconds).
-    inline_max_bytes: int = Field(1024, ge=0, description="largest request run on the loop")
+    providers: list[str] = Field(
+        default=["CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="ONNX Runtime execution providers, in preference",
+    )
+    intra_op_threads: int = Field(
+        default=1, ge=0, description="ONNX Runtime intra-op threads (0: ORT chooses)"
+    )
+    inter_op_threads: int = Field(
+        default=1, ge=0, description="ONNX Runtime inter-op threads (0: ORT chooses)"
+    )
+    compute_threads: int = Field(
+        default=4, ge=1, description="threads running models off the event loop"
+    )
+    # A small request runs on the event loop: its work (tens of µs for a step of the default
+    # models) costs less than the hand-off to a compute thread and back. 0 suits models
+    # whose one step takes milliseconds.
+    inline_max_bytes: int = Field(
+        default=1024,
+        ge=0,
+        description="largest request, in input bytes, run on the event loop (0: none)",
+    )
 
     # Input limits, checked before ONNX Runtime sees a tensor.
-    max_batch_size: int = Field(1024, ge=1)
-    max_sequence_length: int = Field(100_000, ge=1)
-    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    # The memory budget (service/dataplane/budget.py), sized for a 2 GB container: the
-    # elements one request implies (inputs, outputs, the recurrent kernels' working memory:
-    # rows x time steps x what a step holds), and the bytes of all requests in flight in
-    # one server process. Past either: RESOURCE_EXHAUSTED, before any work.
-    max_request_elements: int = Field(64 * 1024 * 1024, ge=1)
-    max_inflight_bytes: int = Field(1024 * 1024 * 1024, ge=1)
+    max_batch_size: int = Field(default=1024, ge=1, description="largest batch accepted")
+    max_sequence_length: int = Field(default=100_000, ge=1, description="longest sequence accepted")
+    max_message_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="largest gRPC message accepted or sent, and REST request body accepted",
+    )
+    # The memory budget (service/dataplane/budget.py), sized for a 2 GB container. Past
+    # either limit: RESOURCE_EXHAUSTED, before any work.
+    max_request_elements: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="most elements one request may imply (inputs, outputs, the recurrent "
+        "kernels' work: rows x time steps x what a step holds)",
+    )
+    max_inflight_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=1,
+        description="most bytes the requests in flight of a server process may take",
+    )
 
     # Sequences (stateful sessions).
-    session_idle_timeout_s: float = Field(60.0, gt=0)
-    max_sessions: int = Field(100_000, ge=1)
-    # Sessions one principal (an authenticated client; everyone is `anonymous` without
-    # authentication) may hold at once; None: only max_sessions limits them.
-    max_sessions_per_principal: int | None = Field(None, ge=1)
-    # memory: this process only. redis: every step read from and written to Redis (any
-    # number of processes; survives crashes). owned: each state in the memory of the
-    # process that steps it, handed over through Redis when another process needs it.
-    state_store: Literal["memory", "redis", "owned"] = "memory"
-    # One Redis (redis://, rediss://, unix://) or a Redis Cluster: redis+cluster:// (or
-    # rediss+cluster://) and any node's address (service/sessions/redis_client.py).
-    redis_url: str = "redis://localhost:6379/0"
-    # How long a call to Redis may take before it fails (UNAVAILABLE, retryable): a stopped
-    # or unreachable Redis must not hold requests. (In a Redis Cluster a call is also tried
-    # again through a failover, for a few seconds, before it fails.)
-    state_store_timeout_s: float = Field(1.0, gt=0)
-    # none: a write is acknowledged once the Redis master has it. replica: also once at least
-    # one replica has it (WAIT), so that a failover loses no acknowledged step; a write no
-    # replica confirms within state_durability_timeout_s fails the request UNAVAILABLE. That
-    # wait comes on top of state_store_timeout_s: they bound different things.
-    state_durability: Literal["none", "replica"] = "none"
-    state_durability_timeout_s: float = Field(1.0, gt=0)
+    session_idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="seconds before an idle sequence's state is dropped"
+    )
+    max_sessions: int = Field(
+        default=100_000, ge=1, description="most sequences holding state at once"
+    )
+    max_sessions_per_principal: int | None = Field(
+        default=None,
+        ge=1,
+        description="most sequences one principal (an authenticated client; without "
+        "authentication all are one) may hold at once (default: no limit but `max_sessions`)",
+    )
+    state_store: Literal["memory", "redis", "owned"] = Field(
+        default="memory",
+        description="where sequence state lives: memory (this process only), redis (every "
+        "step read from and written to Redis: any number of processes; survives crashes) or "
+        "owned (each state in the process that steps it, handed over through Redis)",
+    )
+    redis_url: str = Field(
+        default="redis://localhost:6379/0",
+        description="Redis for `state_store` redis or owned: redis://host:port/0 (or "
+        "rediss://, unix://), or any node of a Redis Cluster: redis+cluster://node:port (or "
+        "rediss+cluster://)",
+    )
+    # A stopped or unreachable Redis must not hold requests. (In a Redis Cluster a call is
+    # also tried again through a failover, for a few seconds, before it fails.)
+    state_store_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="seconds a call to Redis may take before it fails (UNAVAILABLE, retryable)",
+    )
+    # replica: a write waits (WAIT) until a replica has it too, so that a failover loses no
+    # acknowledged step.
+    state_durability: Literal["none", "replica"] = Field(
+        default="none",
+        description="none (a step is answered once the Redis master has it), or replica "
+        "(once a replica has it too; a write none confirms in time fails UNAVAILABLE)",
+    )
+    state_durability_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="replica durability: seconds a write waits for a replica (on top of "
+        "`state_store_timeout_s`: they bound different things)",
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -118,10 +196,21 @@ class Settings(BaseSettings):
     # Batching steps of different sessions into one ORT run. Off by default: for small
     # models on the CPU, gathering and splitting states costs more than the runs it merges
     # (docs/performance.md); it pays for large models and on a GPU.
-    batching: bool = False
-    batch_max_size: int = Field(64, ge=1)
-    batch_max_queue_delay_us: int = Field(500, ge=0)
+    batching: bool = Field(
+        default=False, description="batch steps of different sequences into one ORT run"
+    )
+    batch_max_size: int = Field(
+        default=64, ge=1, description="most sequence steps batched into one ORT run"
+    )
+    batch_max_queue_delay_us: int = Field(
+        default=500, ge=0, description="microseconds a step waits at most for others to batch with"
+    )
 
-    # Logs (service/logs.py): text or JSON lines; the access log writes one per request.
-    log_format: Literal["text", "json"] = "text"
-    access_log: bool = False
+    # Logs (service/logs.py).
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="log lines as text or json"
+    )
+    access_log: bool = Field(
+        default=False,
+        description="log one line per request (model, rpc, code, duration, request id)",
+    )

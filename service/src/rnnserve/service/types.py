@@ -7,9 +7,11 @@ Datatype names are the Open Inference Protocol's ("FP32", "INT64", "BYTES", "BOO
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
+from rnnserve.model.sidecar import VersionPolicy
 from rnnserve.model.spec import State
 from rnnserve.protocol.codec import CONTENT_TYPE, TEXT, Parameter
 
@@ -89,6 +91,61 @@ class ModelMetadata:
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
     parameters: dict[str, Parameter] = field(default_factory=dict)
+
+
+# A model's configuration as Triton's model_configuration extension describes it (its
+# ModelConfig message, read by Triton's tools), with the Open Inference Protocol's datatype
+# names (Triton's configuration calls BYTES "STRING").
+
+
+@dataclass(frozen=True)
+class ConfigTensor:
+    name: str
+    datatype: str
+    dims: tuple[int, ...]  # without the batch dimension when the model batches
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class ConfigState:
+    """A pair of state tensors, as Triton's implicit state management describes it."""
+
+    input: str
+    output: str
+    datatype: str
+    dims: tuple[int, ...]  # without the batch axis when the model batches
+    starts_at_zeros: bool  # an initial state of zeros is described (models that batch)
+
+
+@dataclass(frozen=True)
+class SequenceControl:
+    """A control input of Triton's sequence batching (a multi-session request's tensors)."""
+
+    name: str
+    kind: Literal["SEQUENCE_START", "SEQUENCE_END", "SEQUENCE_CORRID"]
+    datatype: str
+
+
+@dataclass(frozen=True)
+class SequenceBatching:
+    max_idle_us: int  # how long an idle sequence's state is kept
+    states: list[ConfigState]
+    controls: list[SequenceControl]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    platform: str
+    backend: str
+    max_batch_size: int  # 0: the model has no batch dimension (dims are whole shapes)
+    inputs: list[ConfigTensor]
+    outputs: list[ConfigTensor]
+    version_policy: VersionPolicy
+    instance_kind: Literal["CPU", "GPU"]
+    max_queue_delay_us: int  # of its batcher: dynamic, or the oldest sequence's
+    sequence_batching: SequenceBatching | None  # None: batched dynamically, no sequences
+    parameters: dict[str, str]
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """The data plane: the protocol-neutral core every front end calls (`DataPlane`).
 
-plane.py      DataPlane, the facade: metadata, lifecycle hooks, admission and dispatch
+plane.py      DataPlane, the facade: lifecycle hooks, metadata, infer and stream_infer
 lifecycle.py  phases (loading, ready, draining, closed) and the requests in flight
+admission.py  whether a request may run, on which version, by which path (the refusals)
+configuration.py  a loaded version's configuration as Triton describes it (ModelConfig)
 admitted.py   a request admitted to run: its model version, sequence, and where it runs
 compute.py    where model work runs: the event loop, compute threads, batchers
 timer.py      one request's statistics and metrics, recorded alike for every path

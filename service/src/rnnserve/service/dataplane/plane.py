@@ -1,52 +1,40 @@
 """DataPlane: the protocol-neutral core every front end calls.
 
 It speaks only `rnnserve.service.types` and raises `rnnserve.service.errors` for what a
-client should hear. A request is admitted (lifecycle, model version, sequence or session
-rows), then answered by one of three paths: stateless, one sequence, or a multi-session
-request, each timed by one RequestTimer. Which versions are loaded is the model control's
+client should hear. A request enters the lifecycle, is admitted (admission.py: model
+version, sequence or session rows, path), held in the memory budget while it runs, and
+answered by its path: stateless, one sequence, or a multi-session request, each timed by one
+RequestTimer. Which versions are loaded is the model control's
 (models.py); front ends `watch` for its changes, to keep their health checks true.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata
 from types import TracebackType
-from typing import Protocol
 
-from rnnserve.model.describe import TOLERANCE as CHUNK_TOLERANCE
-from rnnserve.model.spec import ModelSpec
+from rnnserve.service.dataplane.admission import Admission
 from rnnserve.service.dataplane.admitted import Admitted
 from rnnserve.service.dataplane.budget import Budget, Held
 from rnnserve.service.dataplane.compute import Compute
+from rnnserve.service.dataplane.configuration import PLATFORM, model_config
 from rnnserve.service.dataplane.lifecycle import Lifecycle
 from rnnserve.service.dataplane.models import ModelControl
-from rnnserve.service.dataplane.rows import RowsPath
-from rnnserve.service.dataplane.sequence import SequencePath
-from rnnserve.service.dataplane.stateless import StatelessPath
 from rnnserve.service.dataplane.timer import RequestTimer
-from rnnserve.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
+from rnnserve.service.errors import InvalidArgument, NotFound, ServiceError
 from rnnserve.service.in_flight import InFlight
-from rnnserve.service.logs import OncePerCause
-from rnnserve.service.repository import LoadedVersion, NotLoaded, Repository
+from rnnserve.service.repository import LoadedVersion, Repository
 from rnnserve.service.runtime import ModelRuntime
-from rnnserve.service.sessions import (
-    SEQUENCE_PARAMETERS,
-    SequenceParameters,
-    SessionKey,
-    SessionManager,
-    StateStore,
-    parse_sequence_parameters,
-    split_control,
-)
+from rnnserve.service.sessions import SessionManager, StateStore
 from rnnserve.service.sessions.control import CONTROL_INPUTS, CONTROL_OUTPUTS
 from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import (
     InferRequest,
     InferResponse,
+    ModelConfig,
     ModelMetadata,
     ModelStatistics,
     Parameter,
@@ -54,20 +42,11 @@ from rnnserve.service.types import (
     ServerMetadata,
 )
 
-log = logging.getLogger(__name__)
-
-PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX Runtime model
 # Open Inference Protocol / Triton extensions this server implements.
 EXTENSIONS = [
     "model_repository", "model_configuration", "statistics", "streaming", "parameters",
     "sequence",
 ]  # fmt: skip
-
-
-class Path(Protocol):
-    async def answer(self, admitted: Admitted, timer: RequestTimer) -> InferResponse: ...
-
-    def stream(self, admitted: Admitted, timer: RequestTimer) -> AsyncIterator[InferResponse]: ...
 
 
 class _Running:
@@ -117,10 +96,7 @@ class DataPlane:
             store, settings.max_sessions, settings.max_sessions_per_principal
         )
         self._budget = Budget(settings.max_request_elements, settings.max_inflight_bytes)
-        self._stateless = StatelessPath(self._compute)
-        self._sequence = SequencePath(self._sessions, self._compute)
-        self._rows = RowsPath(self._sessions, self._compute)
-        self._unknown_parameters = OncePerCause(log)
+        self._admission = Admission(self.repository, self._sessions, self._compute)
         self._models = ModelControl(settings, self.repository, self._compute, self._notify)
         self._watchers: list[Watcher] = []
         store.reachability.watch(self._notify)  # readiness follows the store
@@ -211,8 +187,7 @@ class DataPlane:
         return ServerMetadata("rnnserve", _package_version(), list(EXTENSIONS))
 
     def model(self, name: str, version: str = "") -> LoadedVersion:
-        """A loaded model version ("" for the newest), for views of it such as Triton's
-        ModelConfig; NotFound or Unavailable otherwise."""
+        """A loaded model version ("" for the newest); NotFound or Unavailable otherwise."""
         return self.repository.get(name, version)
 
     def model_ready(self, name: str, version: str = "") -> bool:
@@ -251,6 +226,11 @@ class DataPlane:
             parameters=parameters,
         )
 
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        """Triton's configuration of a loaded version ("" for the newest)."""
+        model = self.repository.get(name, version)
+        return model_config(model, self.settings, self.repository.policy(name))
+
     def model_statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
         """Every loaded version's statistics, or one model's (all its versions, or one)."""
         if not name:
@@ -280,7 +260,7 @@ class DataPlane:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         with self._lifecycle.request():
-            admitted, path = await self._admit(request)
+            admitted, path = await self._admission.admit(request)
             # No await since the version was chosen: an unload waits for this request.
             with self._running(admitted) as timer:
                 return await path.answer(admitted, timer)
@@ -289,7 +269,7 @@ class DataPlane:
         """Responses as they come: one for sine and tagger, one per decoded token for
         seq2seq; the last carries `final`."""
         with self._lifecycle.request():
-            admitted, path = await self._admit(request)
+            admitted, path = await self._admission.admit(request)
             with self._running(admitted) as timer:
                 async for response in path.stream(admitted, timer):
                     yield response
@@ -301,78 +281,6 @@ class DataPlane:
         model = admitted.model
         held = self._budget.hold(model.task.footprint(admitted.request), model.name)
         return _Running(held, model.in_flight, model.runtime)
-
-    async def _admit(self, request: InferRequest) -> tuple[Admitted, Path]:
-        """The model version a request may run on, its sequence or session rows, the
-        request as its task sees it (without control tensors) and the path that answers
-        it; or why it may not run."""
-        sequence = parse_sequence_parameters(request.parameters)
-        rows, request = split_control(request)
-        model = await self._version_for(request, sequence if rows is None else None)
-        self._warn_unknown_parameters(model, request)
-        if (sequence.in_session or rows is not None) and not model.spec.streamable:
-            raise FailedPrecondition(f"model '{model.name}' {_why_not_streamable(model.spec)}")
-        if rows is not None and not model.takes_session_rows:
-            raise FailedPrecondition(
-                f"model '{model.name}' ({model.spec.task}) takes no multi-session requests "
-                "(control inputs 'sequence_id', 'sequence_start', 'sequence_end'): it answers "
-                "a session only after its last piece; send each session's pieces in requests "
-                "of their own, with sequence parameters"
-            )
-        admitted = Admitted(model, request, sequence, rows, self._compute.threads_for(request))
-        if rows is not None:
-            return admitted, self._rows
-        if sequence.in_session:
-            return admitted, self._sequence
-        return admitted, self._stateless
-
-    def _warn_unknown_parameters(self, model: LoadedVersion, request: InferRequest) -> None:
-        """Parameters no part of the server reads are accepted, as Triton accepts them, but
-        said once per model and name: a misspelt `sequence_strat` must not pass unseen."""
-        if not request.parameters:
-            return
-        known = SEQUENCE_PARAMETERS | model.task.request_parameters
-        for name in request.parameters.keys() - known:
-            self._unknown_parameters.warn(
-                (model.name, name),
-                "model %s ignores request parameter %r (it reads %s); said once per parameter",
-                model.name,
-                name,
-                ", ".join(sorted(known)),
-            )
-
-    async def _version_for(
-        self, request: InferRequest, sequence: SequenceParameters | None
-    ) -> LoadedVersion:
-        """The version a request runs on. A continuation of a sequence that names no version
-        continues on the version holding its state (versions come and go while sessions
-        run); a continuation on a version unloaded since is refused: its state went with it."""
-        name, version = request.model_name, request.model_version
-        continuing = sequence is not None and sequence.in_session and not sequence.start
-        if not continuing:
-            return self.repository.get(name, version)
-        assert sequence is not None
-        if not version:
-            version = await self._version_holding(request.principal, name, sequence.sequence_id)
-        entry = self.repository.entry(name, version) if version else None
-        if isinstance(entry, NotLoaded):
-            raise FailedPrecondition(
-                f"sequence {sequence.sequence_id!r} of model '{name}' continues on version "
-                f"{version}, which is not loaded any more ({entry.reason}): its state went "
-                "with it; begin the sequence again with sequence_start=true"
-            )
-        return self.repository.get(name, version)
-
-    async def _version_holding(self, principal: str, name: str, sequence_id: int | str) -> str:
-        """The version whose sessions hold `principal`'s `sequence_id`: the only one that
-        may, or the one that does, "" (the newest) when none does. One store call, only for
-        models with several versions loaded or unloaded."""
-        candidates = self.repository.session_versions(name)
-        if len(candidates) < 2:
-            return candidates[0] if candidates else ""
-        keys = [SessionKey(principal, name, version, sequence_id) for version in candidates]
-        found = await self._sessions.store.contains(keys)
-        return next((key.version for key, held in zip(keys, found, strict=True) if held), "")
 
 
 def _check_repository_call(
@@ -386,29 +294,3 @@ def _check_repository_call(
             f"parameters {refused} are not supported: a model is loaded from its folder in "
             "the repository, as it is there"
         )
-
-
-def _why_not_streamable(spec: ModelSpec) -> str:
-    """The refusal of a session, in the words its export metadata justifies."""
-    if spec.num_directions == 2:
-        return (
-            "is bidirectional and cannot stream: its backward direction needs the whole "
-            "sequence; send the whole sequence, no 'sequence_id'"
-        )
-    if not spec.states:
-        return (
-            "keeps no state between requests, so it has no sequences: send each request on "
-            "its own, no 'sequence_id'"
-        )
-    chunk_error = spec.training.get("chunk_error")
-    if isinstance(chunk_error, float) and chunk_error > CHUNK_TOLERANCE:
-        return (
-            "cannot stream: fed in chunks with its state carried, it answers differently "
-            f"from the whole sequence (by {chunk_error:.2g}, measured when it was loaded), as "
-            "a bidirectional or attention model does; send the whole sequence, no "
-            "'sequence_id'"
-        )
-    return (
-        "is exported as not streamable (its chunked runs were not verified equal to whole "
-        "ones); send the whole sequence, no 'sequence_id'"
-    )

@@ -19,14 +19,14 @@ from rnnserve.service.types import (
     ANONYMOUS,
     InferRequest,
     InferResponse,
-    InferStatistics,
     ModelMetadata,
-    ModelStatistics,
     RepositoryEntry,
     ServerMetadata,
     Tensor,
     TensorMetadata,
 )
+
+FINAL_RESPONSE = "triton_final_response"
 
 # Requests and responses ---------------------------------------------------------------
 
@@ -100,6 +100,17 @@ def response_to_proto(
     return message
 
 
+def stream_response_to_proto(
+    response: InferResponse, typed: bool = False
+) -> pb.ModelStreamInferResponse:
+    """A response on a stream, with Triton's flag that says whether it is its request's
+    last (its streaming extension)."""
+    reply = pb.ModelStreamInferResponse()
+    message = response_to_proto(response, typed, reply.infer_response)
+    message.parameters[FINAL_RESPONSE].bool_param = response.final
+    return reply
+
+
 def stream_error_to_proto(
     request: pb.ModelInferRequest, error: ServiceError
 ) -> pb.ModelStreamInferResponse:
@@ -142,37 +153,6 @@ def model_metadata_to_proto(metadata: ModelMetadata) -> pb.ModelMetadataResponse
     )
     codec.parameters_to_proto(metadata.parameters, message.parameters)
     return message
-
-
-def _duration(stats: InferStatistics) -> pb.StatisticDuration:
-    return pb.StatisticDuration(count=stats.count, ns=stats.ns)
-
-
-def model_statistics_to_proto(stats: list[ModelStatistics]) -> pb.ModelStatisticsResponse:
-    return pb.ModelStatisticsResponse(
-        model_stats=[
-            pb.ModelStatistics(
-                name=s.name,
-                version=s.version,
-                last_inference=s.last_inference_ms,
-                inference_count=s.inference_count,
-                execution_count=s.execution_count,
-                inference_stats=pb.InferStatistics(
-                    success=_duration(s.success),
-                    fail=_duration(s.fail),
-                    queue=_duration(s.queue),
-                    compute_input=_duration(s.compute_input),
-                    compute_infer=_duration(s.compute_infer),
-                    compute_output=_duration(s.compute_output),
-                ),
-                batch_stats=[
-                    pb.InferBatchStatistics(batch_size=size, compute_infer=_duration(batch))
-                    for size, batch in sorted(s.batch_stats.items())
-                ],
-            )
-            for s in stats
-        ]
-    )
 
 
 def repository_index_to_proto(

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
 from rnnserve.protocol import messages as pb
+from rnnserve.service import triton
 from rnnserve.service.access import (
     REQUEST_ID_HEADER,
     Call,
@@ -39,14 +40,16 @@ from rnnserve.service.errors import (
     client_error,
     detail_headers,
 )
-from rnnserve.service.grpc import converter, triton
+from rnnserve.service.grpc import converter
 
 T = TypeVar("T")
+# The call's context; requests and responses are messages of our own descriptor pool (Any).
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 CERTIFICATE_NAME = "x509_common_name"  # grpc's auth context property of the subject CN
 SHUTTING_DOWN = "the server is shutting down; retry on another instance"
 
 
-def _headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
+def _headers(context: Context) -> dict[str, str]:
     return {
         key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
     }
@@ -63,7 +66,7 @@ class InferenceServicer:
         rpc: str,
         model: str,
         version: str,
-        context: grpc.aio.ServicerContext,
+        context: Context,
         work: Callable[[Call], Awaitable[T]],
         request_id: str = "",
         counted: bool = True,
@@ -94,25 +97,25 @@ class InferenceServicer:
     # ServerLive and ServerReady are probes, called every few seconds by orchestrators:
     # they stay out of the request metrics.
 
-    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ServerLive(self, request: Any, context: Context) -> Any:
         async def work(call: Call) -> Any:
             return pb.ServerLiveResponse(live=self._dataplane.live())
 
         return await self._answer("ServerLive", "", "", context, work, counted=False)
 
-    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ServerReady(self, request: Any, context: Context) -> Any:
         async def work(call: Call) -> Any:
             return pb.ServerReadyResponse(ready=self._dataplane.ready())
 
         return await self._answer("ServerReady", "", "", context, work, counted=False)
 
-    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ServerMetadata(self, request: Any, context: Context) -> Any:
         async def work(call: Call) -> Any:
             return converter.server_metadata_to_proto(self._dataplane.server_metadata())
 
         return await self._answer("ServerMetadata", "", "", context, work)
 
-    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelReady(self, request: Any, context: Context) -> Any:
         async def work(call: Call) -> Any:
             return pb.ModelReadyResponse(
                 ready=self._dataplane.model_ready(request.name, request.version)
@@ -120,34 +123,35 @@ class InferenceServicer:
 
         return await self._answer("ModelReady", request.name, request.version, context, work)
 
-    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelMetadata(self, request: Any, context: Context) -> Any:
         async def work(call: Call) -> Any:
             metadata = self._dataplane.model_metadata(request.name, request.version)
             return converter.model_metadata_to_proto(metadata)
 
         return await self._answer("ModelMetadata", request.name, request.version, context, work)
 
-    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelConfig(self, request: Any, context: Context) -> Any:
         async def work(call: Call) -> Any:
-            return triton.model_config_of(self._dataplane, request.name, request.version)
+            config = self._dataplane.model_config(request.name, request.version)
+            return pb.ModelConfigResponse(config=triton.model_config_to_proto(config))
 
         return await self._answer("ModelConfig", request.name, request.version, context, work)
 
-    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelStatistics(self, request: Any, context: Context) -> Any:
         async def work(call: Call) -> Any:
             stats = self._dataplane.model_statistics(request.name, request.version)
-            return converter.model_statistics_to_proto(stats)
+            return triton.model_statistics_to_proto(stats)
 
         return await self._answer("ModelStatistics", request.name, request.version, context, work)
 
-    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def RepositoryIndex(self, request: Any, context: Context) -> Any:
         async def work(call: Call) -> Any:
             entries = self._dataplane.repository_index()
             return converter.repository_index_to_proto(entries, ready_only=request.ready)
 
         return await self._answer("RepositoryIndex", "", "", context, work)
 
-    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
         async def work(call: Call) -> Any:
             self._dataplane.check_repository_name(request.repository_name)
             await self._dataplane.load_model(request.model_name, list(request.parameters))
@@ -155,7 +159,7 @@ class InferenceServicer:
 
         return await self._answer("RepositoryModelLoad", request.model_name, "", context, work)
 
-    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
         async def work(call: Call) -> Any:
             self._dataplane.check_repository_name(request.repository_name)
             await self._dataplane.unload_model(request.model_name, list(request.parameters))
@@ -165,7 +169,7 @@ class InferenceServicer:
 
     # Inference ----------------------------------------------------------------------
 
-    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelInfer(self, request: Any, context: Context) -> Any:
         async def work(call: Call) -> Any:
             infer_request = converter.request_from_proto(request, call.principal)
             call.sequence_id = sequence_id_of(infer_request.parameters)
@@ -177,7 +181,7 @@ class InferenceServicer:
         )
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[Any], context: Context
     ) -> AsyncIterator[Any]:
         # One request at a time, in arrival order: steps of a sequence depend on the
         # state the previous step left. Other streams run concurrently.
@@ -198,7 +202,7 @@ class InferenceServicer:
 
     async def _stream_replies(
         self, request: Any, request_id: str, headers: dict[str, str],
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> AsyncIterator[Any]:  # fmt: skip
         model = request.model_name
         refusal: ServiceError | None = None
@@ -211,12 +215,9 @@ class InferenceServicer:
                 call.sequence_id = sequence_id_of(infer_request.parameters)
                 typed = converter.sends_contents(request)
                 async for response in self._dataplane.stream_infer(infer_request):
-                    reply = pb.ModelStreamInferResponse()
-                    message = converter.response_to_proto(response, typed, reply.infer_response)
-                    triton.mark_final(message, response.final)
-                    yield reply
-            except (Unauthenticated, PermissionDenied) as error:
-                call.code, refusal = error.code, error
+                    yield converter.stream_response_to_proto(response, typed)
+            except (Unauthenticated, PermissionDenied) as denied:
+                call.code, refusal = denied.code, denied
             except Exception as failure:
                 # Reported in the stream, which stays open for the next request.
                 error = client_error(failure, f"ModelStreamInfer for model {model!r}")
@@ -225,9 +226,7 @@ class InferenceServicer:
         if refusal is not None:  # the stream's credentials: no later request would pass
             await context.abort(grpc.StatusCode[refusal.code], refusal.message)
 
-    def _admit(
-        self, call: Call, headers: dict[str, str], context: grpc.aio.ServicerContext
-    ) -> None:
+    def _admit(self, call: Call, headers: dict[str, str], context: Context) -> None:
         self._authenticator.admit(
             call, headers.get(AUTHORIZATION), lambda: _certificate_name(context)
         )
@@ -272,7 +271,7 @@ class _Requests:
         self._draining.cancel()
 
 
-def _certificate_name(context: grpc.aio.ServicerContext) -> str | None:
+def _certificate_name(context: Context) -> str | None:
     """The subject CN of the client certificate the handshake verified (mutual TLS)."""
-    names = context.auth_context().get(CERTIFICATE_NAME)
-    return names[0].decode() if names else None
+    names = context.auth_context().get(CERTIFICATE_NAME, ())
+    return next((name.decode() for name in names), None)

@@ -42,6 +42,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rnnserve.protocol import rest
+from rnnserve.service import triton
 from rnnserve.service.access import (
     REQUEST_ID_HEADER,
     Call,
@@ -58,8 +59,6 @@ from rnnserve.service.errors import (
     client_error,
     detail_headers,
 )
-from rnnserve.service.grpc import converter as grpc_converter
-from rnnserve.service.grpc import triton
 from rnnserve.service.logs import REQUEST_ID
 from rnnserve.service.rest import converter
 
@@ -196,15 +195,15 @@ class RestApi:
 
     async def model_config(self, request: Request) -> Response:
         async def work(call: Call) -> Response:
-            config = triton.model_config_of(self._dataplane, call.model, call.version).config
-            return JSONResponse(converter.message_to_json(config))
+            config = self._dataplane.model_config(call.model, call.version)
+            return JSONResponse(converter.message_to_json(triton.model_config_to_proto(config)))
 
         return await self._answer(request, "ModelConfig", work)
 
     async def statistics(self, request: Request) -> Response:
         async def work(call: Call) -> Response:
             stats = self._dataplane.model_statistics(call.model, call.version)
-            message = grpc_converter.model_statistics_to_proto(stats)
+            message = triton.model_statistics_to_proto(stats)
             return JSONResponse(converter.message_to_json(message))
 
         return await self._answer(request, "ModelStatistics", work)

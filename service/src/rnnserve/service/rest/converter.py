@@ -2,15 +2,16 @@
 protocol-neutral types: the REST twin of service/grpc/converter.py. Tensor data goes through
 rnnserve.protocol.rest and codec, which the client uses too.
 
-Views Triton defines by a protobuf message (ModelConfig, statistics) are built by the gRPC
-side's builders and written as JSON by protobuf's json_format, with 64-bit integers as JSON
-numbers (json_format writes them as strings), as Triton's REST API writes them.
+Views Triton defines by a protobuf message (ModelConfig, statistics) are built by
+service/triton.py, for every front end, and written as JSON by protobuf's json_format, with
+64-bit integers as JSON numbers (json_format writes them as strings), as Triton's REST API
+writes them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -177,7 +178,8 @@ def message_to_json(message: Message) -> dict[str, Any]:
     value = json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
-    _int64_as_numbers(value, message.DESCRIPTOR)
+    # Typed as either protobuf implementation's; upb's is the one `Descriptor` names here.
+    _int64_as_numbers(value, cast(Descriptor, message.DESCRIPTOR))
     return value
 
 

@@ -1,0 +1,166 @@
+"""Admission: whether a request may run, on which model version, and by which path.
+
+A request's sequence parameters are parsed once, here, and travel in its `Admitted` from
+then on. A continuation of a sequence that names no version runs on the version holding
+its state (versions come and go while sessions run), so admission may ask the state store
+once. Every refusal is a ServiceError whose message says what the client should send
+instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from rnnserve.model.describe import TOLERANCE as CHUNK_TOLERANCE
+from rnnserve.model.spec import ModelSpec
+from rnnserve.service.dataplane.admitted import Admitted
+from rnnserve.service.dataplane.compute import Compute
+from rnnserve.service.dataplane.rows import RowsPath
+from rnnserve.service.dataplane.sequence import SequencePath
+from rnnserve.service.dataplane.stateless import StatelessPath
+from rnnserve.service.dataplane.timer import RequestTimer
+from rnnserve.service.errors import FailedPrecondition
+from rnnserve.service.logs import OncePerCause
+from rnnserve.service.repository import LoadedVersion, NotLoaded, Repository
+from rnnserve.service.sessions import (
+    SEQUENCE_PARAMETERS,
+    SequenceParameters,
+    SessionKey,
+    SessionManager,
+    SessionRows,
+    parse_sequence_parameters,
+    split_control,
+)
+from rnnserve.service.types import InferRequest, InferResponse
+
+log = logging.getLogger(__name__)
+
+
+class Path(Protocol):
+    """How an admitted request is answered: whole, or response by response."""
+
+    async def answer(self, admitted: Admitted, timer: RequestTimer) -> InferResponse: ...
+
+    def stream(self, admitted: Admitted, timer: RequestTimer) -> AsyncIterator[InferResponse]: ...
+
+
+class Admission:
+    def __init__(self, repository: Repository, sessions: SessionManager, compute: Compute) -> None:
+        self._repository = repository
+        self._sessions = sessions
+        self._compute = compute
+        self._stateless = StatelessPath(compute)
+        self._sequence = SequencePath(sessions, compute)
+        self._rows = RowsPath(sessions, compute)
+        self._unknown_parameters = OncePerCause(log)
+
+    async def admit(self, request: InferRequest) -> tuple[Admitted, Path]:
+        """The request admitted (its model version, its sequence or session rows, the
+        request as its task sees it: without control tensors) and the path that answers
+        it; or why it may not run."""
+        sequence = parse_sequence_parameters(request.parameters)
+        # Control tensors and sequence parameters exclude each other (split_control refuses
+        # both): a request with session rows has no sequence of its own.
+        rows, request = split_control(request)
+        model = await self._version_for(request, sequence)
+        self._warn_unknown_parameters(model, request)
+        _check_sessions(model, sequence, rows)
+        admitted = Admitted(model, request, sequence, rows, self._compute.threads_for(request))
+        if rows is not None:
+            return admitted, self._rows
+        if sequence.in_session:
+            return admitted, self._sequence
+        return admitted, self._stateless
+
+    async def _version_for(
+        self, request: InferRequest, sequence: SequenceParameters
+    ) -> LoadedVersion:
+        """The version a request runs on: the one it names (the newest for none), but a
+        continuation of a sequence that names none continues on the version holding its
+        state, and one continuing on a version unloaded since is refused: its state went
+        with it."""
+        name, version = request.model_name, request.model_version
+        if not sequence.in_session or sequence.start:
+            return self._repository.get(name, version)
+        version = version or await self._version_holding(request, sequence)
+        entry = self._repository.entry(name, version) if version else None
+        if isinstance(entry, NotLoaded):
+            raise FailedPrecondition(
+                f"sequence {sequence.sequence_id!r} of model '{name}' continues on version "
+                f"{version}, which is not loaded any more ({entry.reason}): its state went "
+                "with it; begin the sequence again with sequence_start=true"
+            )
+        return self._repository.get(name, version)
+
+    async def _version_holding(self, request: InferRequest, sequence: SequenceParameters) -> str:
+        """The version whose sessions hold the request's sequence (for its principal): the
+        only one that may, or the one that does, "" (the newest) when none does. One store
+        call, only for models with several versions loaded or unloaded."""
+        candidates = self._repository.session_versions(request.model_name)
+        if len(candidates) < 2:
+            return candidates[0] if candidates else ""
+        keys = [
+            SessionKey(request.principal, request.model_name, version, sequence.sequence_id)
+            for version in candidates
+        ]
+        found = await self._sessions.store.contains(keys)
+        return next((key.version for key, held in zip(keys, found, strict=True) if held), "")
+
+    def _warn_unknown_parameters(self, model: LoadedVersion, request: InferRequest) -> None:
+        """Parameters no part of the server reads are accepted, as Triton accepts them, but
+        said once per model and name: a misspelt `sequence_strat` must not pass unseen."""
+        if not request.parameters:
+            return
+        known = SEQUENCE_PARAMETERS | model.task.request_parameters
+        for name in request.parameters.keys() - known:
+            self._unknown_parameters.warn(
+                (model.name, name),
+                "model %s ignores request parameter %r (it reads %s); said once per parameter",
+                model.name,
+                name,
+                ", ".join(sorted(known)),
+            )
+
+
+def _check_sessions(
+    model: LoadedVersion, sequence: SequenceParameters, rows: SessionRows | None
+) -> None:
+    """A request of a session (a sequence, or session rows) needs a model that streams,
+    and session rows one that answers each step at once."""
+    if (sequence.in_session or rows is not None) and not model.spec.streamable:
+        raise FailedPrecondition(f"model '{model.name}' {_why_not_streamable(model.spec)}")
+    if rows is not None and not model.takes_session_rows:
+        raise FailedPrecondition(
+            f"model '{model.name}' ({model.spec.task}) takes no multi-session requests "
+            "(control inputs 'sequence_id', 'sequence_start', 'sequence_end'): it answers "
+            "a session only after its last piece; send each session's pieces in requests "
+            "of their own, with sequence parameters"
+        )
+
+
+def _why_not_streamable(spec: ModelSpec) -> str:
+    """The refusal of a session, in the words its export metadata justifies."""
+    if spec.num_directions == 2:
+        return (
+            "is bidirectional and cannot stream: its backward direction needs the whole "
+            "sequence; send the whole sequence, no 'sequence_id'"
+        )
+    if not spec.states:
+        return (
+            "keeps no state between requests, so it has no sequences: send each request on "
+            "its own, no 'sequence_id'"
+        )
+    chunk_error = spec.training.get("chunk_error")
+    if isinstance(chunk_error, float) and chunk_error > CHUNK_TOLERANCE:
+        return (
+            "cannot stream: fed in chunks with its state carried, it answers differently "
+            f"from the whole sequence (by {chunk_error:.2g}, measured when it was loaded), as "
+            "a bidirectional or attention model does; send the whole sequence, no "
+            "'sequence_id'"
+        )
+    return (
+        "is exported as not streamable (its chunked runs were not verified equal to whole "
+        "ones); send the whole sequence, no 'sequence_id'"
+    )
