@@ -209,7 +209,7 @@ def array_from_contents(
         raise CodecError(f"input '{name}': a value does not fit {datatype}") from error
 
 
-def wire_array(name: str, data: np.ndarray | list | str | bytes) -> tuple[str, np.ndarray]:
+def wire_array(name: str, data: np.ndarray | list[Any] | str | bytes) -> tuple[str, np.ndarray]:
     """The datatype and array to send for numpy data; str/bytes (or arrays of them) are
     BYTES."""
     array = np.asarray(data)
