@@ -21,7 +21,7 @@ from rnnserve.protocol import messages as pb
 from rnnserve.protocol.codec import Parameter
 from rnnserve.protocol.sequences import SEQUENCE_ERROR
 
-Inputs = Mapping[str, np.ndarray | str | list]
+Inputs = Mapping[str, np.ndarray | str | list[Any]]
 
 
 @dataclass
