@@ -155,7 +155,9 @@ def encode_bytes(items: np.ndarray) -> bytes:
     return b"".join(itertools.chain.from_iterable(zip(prefixes, elements, strict=True)))
 
 
-def object_array(items: list[bytes], shape: tuple[int, ...]) -> np.ndarray:
+def object_array(items: Sequence[bytes | str], shape: tuple[int, ...]) -> np.ndarray:
+    """A BYTES tensor as numpy holds it: its elements (bytes, or str once decoded as text)
+    in an object array."""
     array = np.empty(len(items), dtype=object)
     array[:] = items
     return array.reshape(shape)
