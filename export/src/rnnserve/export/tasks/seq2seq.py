@@ -18,10 +18,11 @@ final state (no attention) and stops at <eos>.
 from __future__ import annotations
 
 import datetime
+import functools
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypedDict, cast
+from typing import cast
 
 import numpy as np
 import onnxruntime as ort
@@ -222,22 +223,15 @@ def quality_ok(quality: float) -> bool:
     return True  # measured and reported; the bar applies to the default preset's LSTM/GRU
 
 
-class _GraphSizes(TypedDict):
-    """What the encoder and decoder graphs share."""
-
-    states: list[StatePair]
-    hidden_size: int
-    state_rows: int
-
-
 def graphs(model: Seq2Seq, config: TrainConfig) -> list[Graph]:
-    common = _GraphSizes(
+    graph = functools.partial(  # what the encoder and decoder graphs share
+        Graph,
         states=cell_states(config.cell),
         hidden_size=config.hidden_size,
         state_rows=config.num_layers,
     )
     return [
-        Graph(
+        graph(
             role="encoder",
             module=EncoderGraph(model),
             inputs=["tokens"],
@@ -245,9 +239,8 @@ def graphs(model: Seq2Seq, config: TrainConfig) -> list[Graph]:
             sequence=True,
             one_way=True,
             make_input=random_tokens(len(SOURCE_VOCAB)),
-            **common,
         ),
-        Graph(
+        graph(
             role="decoder",
             module=DecoderGraph(model),
             inputs=["token"],
@@ -257,7 +250,6 @@ def graphs(model: Seq2Seq, config: TrainConfig) -> list[Graph]:
             make_input=lambda batch, _seq, gen: torch.randint(
                 len(TARGET_VOCAB), (batch,), generator=gen
             ),
-            **common,
         ),
     ]
 
