@@ -31,7 +31,7 @@ SINE_WARM_UP = 32
 SEQ2SEQ_EXAMPLES = ("22 nov 2026", "3 mar 2041", "7/4/76")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "demo", help="build the default models if absent, serve them and drive the server"
     )
@@ -54,14 +54,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     ensure_models(args.model_repository, args.preset)
-    ports = [args.grpc_port or free_port(), args.http_port or free_port()]
+    grpc_port, http_port = args.grpc_port or free_port(), args.http_port or free_port()
     metrics_port = args.metrics_port or free_port()
-    with served(args.model_repository, *ports, metrics_port, args.startup_timeout_s) as client:
+    with served(
+        args.model_repository, grpc_port, http_port, metrics_port, args.startup_timeout_s
+    ) as client:
         show_provider(client)
         stream_sine(client)
         tag_hello(client)
         translate_dates(client)
-        print(f"\nREST: curl http://127.0.0.1:{ports[1]}/v2/models/sine-gru (while it runs)")
+        print(f"\nREST: curl http://127.0.0.1:{http_port}/v2/models/sine-gru (while it runs)")
         print(f"metrics: http://127.0.0.1:{metrics_port}/metrics (while the server runs)")
     print("server stopped cleanly (SIGTERM, exit 0)")
     return 0
@@ -88,7 +90,7 @@ def ensure_models(root: Path, preset: str) -> None:
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
+from typing import cast
 
 from rnnserve.protocol.errors import UsageError
 
@@ -16,7 +17,7 @@ SCENARIOS = (
 )  # fmt: skip
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this package's subcommands to the `rnnserve` parser."""
     parser = sub.add_parser("bench", help="run the benchmarks and write reports")
     parser.add_argument(
@@ -69,7 +70,7 @@ def _repository(args: argparse.Namespace, workdir: Path) -> Path:
     from rnnserve.bench.compute import SINE_MODELS
 
     if (args.model_repository / "sine-lstm").exists():
-        return args.model_repository
+        return cast(Path, args.model_repository)  # Any: the --model-repository Path
     try:
         from rnnserve.export.build import build_repository
     except ImportError as error:

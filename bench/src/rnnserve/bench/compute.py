@@ -13,7 +13,7 @@ import numpy as np
 from rnnserve.bench.options import Options
 from rnnserve.bench.plots import bar_plot
 from rnnserve.bench.report import Figure, ScenarioResult, environment
-from rnnserve.model.folder import read_spec
+from rnnserve.model.folder import read_version
 
 SHAPES = ((1, 1), (256, 1), (1, 1000))
 SINE_MODELS = ("sine-rnn", "sine-lstm", "sine-gru")
@@ -22,7 +22,7 @@ SINE_MODELS = ("sine-rnn", "sine-lstm", "sine-gru")
 def _seconds_per_call(call: Callable[[], object], budget_s: float) -> float:
     """Median time of one call, calling for about `budget_s` after one warm-up call."""
     call()
-    samples = []
+    samples: list[int] = []
     deadline = time.perf_counter() + budget_s
     while time.perf_counter() < deadline or len(samples) < 5:
         started = time.perf_counter_ns()
@@ -51,7 +51,7 @@ def _torch_call(name: str, model_file: Path, feeds: dict[str, np.ndarray]) -> Ca
     from rnnserve.export.config import config_for_name
     from rnnserve.export.tasks.sine import build_model
 
-    spec = read_spec(model_file)
+    spec = read_version(model_file.parent)[0]
     module = build_model(
         config_for_name(name, hidden_size=spec.hidden_size, num_layers=spec.num_layers)
     ).eval()
@@ -65,7 +65,8 @@ def _torch_call(name: str, model_file: Path, feeds: dict[str, np.ndarray]) -> Ca
 
 
 def _feeds(model_file: Path, batch: int, seq: int) -> dict[str, np.ndarray]:
-    spec = read_spec(model_file)
+    spec = read_version(model_file.parent)[0]
+    assert spec.input_size is not None  # a sine model's spec has it
     rng = np.random.default_rng(0)
     feeds = {"x": rng.standard_normal((batch, seq, spec.input_size), dtype=np.float32)}
     return feeds | spec.zero_state(batch)
@@ -84,7 +85,7 @@ def run(options: Options) -> ScenarioResult:
     figures = []
     for name in SINE_MODELS:
         model_file = options.repository / name / "1" / "model.onnx"
-        spec = read_spec(model_file)
+        spec = read_version(model_file.parent)[0]
         for batch, seq in SHAPES:
             feeds = _feeds(model_file, batch, seq)
             ort_call = _ort_call(model_file, feeds)

@@ -22,16 +22,16 @@ def handler(model_name: str) -> grpc.GenericRpcHandler:
     from rnnserve.protocol.rpc import SERVICE_NAME
 
     # Serialised once: the floor should not pay for building its answer.
-    unary_answer = step_response(model_name).SerializeToString()
-    stream_answer = pb.ModelStreamInferResponse(
+    unary_answer: bytes = step_response(model_name).SerializeToString()
+    stream_answer: bytes = pb.ModelStreamInferResponse(
         infer_response=step_response(model_name)
     ).SerializeToString()
 
-    async def model_infer(request: Any, context: grpc.aio.ServicerContext) -> bytes:
+    async def model_infer(request: Any, context: grpc.aio.ServicerContext[Any, bytes]) -> bytes:
         return unary_answer
 
     async def model_stream_infer(
-        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, bytes]
     ) -> AsyncIterator[bytes]:
         async for _ in requests:
             yield stream_answer

@@ -15,7 +15,7 @@ from rnnserve.bench.payloads import rows_request_json
 from rnnserve.bench.plots import line_plot
 from rnnserve.bench.report import Figure, ScenarioResult, environment
 from rnnserve.bench.sessions import SERVER_SETTINGS
-from rnnserve.model.folder import read_spec
+from rnnserve.model.folder import read_version
 from rnnserve.protocol.errors import UsageError
 
 COUNTS = (0, 10_000, 100_000)
@@ -43,8 +43,8 @@ def goal_repository(options: Options) -> Path:
 
 def raw_state_bytes(repository: Path, model_name: str) -> int:
     """Bytes of one session's state tensors (h, and c for an LSTM), FP32."""
-    spec = read_spec(repository / model_name / "1" / "model.onnx")
-    return len(spec.states) * spec.state_rows * spec.hidden_size * 4
+    spec = read_version(repository / model_name / "1")[0]
+    return sum(state.nbytes for state in spec.zero_state(1).values())
 
 
 def sessions_active(metrics_url: str) -> float:

@@ -14,6 +14,7 @@ rates.
 from __future__ import annotations
 
 import collections
+import functools
 import re
 import subprocess
 import sys
@@ -125,23 +126,23 @@ def run(options: Options) -> Path:
     for batching in (True, False):
         settings = {**SERVER_SETTINGS, "batching": str(batching).lower()}
         with servers.rnnserve(options.workdir, options.repository, settings) as server:
-            common = dict(
+            load_of = functools.partial(
+                loadgen.Load,
                 duration_s=options.duration_s,
                 warmup_s=options.warmup_s,
                 sessions=True,
                 server_pid=server.pid,
             )
             loads = {
-                f"{sessions} sessions, one step per request": loadgen.Load(
-                    server.target, step_request_json(model), sessions, **common
+                f"{sessions} sessions, one step per request": load_of(
+                    server.target, step_request_json(model), sessions
                 ),
-                f"{rows} rows x {clients} clients": loadgen.Load(
+                f"{rows} rows x {clients} clients": load_of(
                     server.target,
                     rows_request_json(model, rows),
                     clients,
                     rows=rows,
                     sequence_base=10_000_000,
-                    **common,
                 ),
             }
             for name, load in loads.items():

@@ -237,7 +237,7 @@ class LocalCluster:
         return replication.get("role") == "master" or replication.get("master_link_status") == "up"
 
     def _cluster_ok(self, port: int) -> bool:
-        return self._ask(port, "CLUSTER INFO").get("cluster_state") == "ok"
+        return bool(self._ask(port, "CLUSTER INFO").get("cluster_state") == "ok")
 
     def _master_ports(self, port: int) -> set[int]:
         return {master for *_, master in self._slot_ranges(port)}
@@ -248,7 +248,9 @@ class LocalCluster:
         ranges = self._ask(port, "CLUSTER SLOTS") or []
         return [(int(first), int(last), int(master[1])) for first, last, master, *_ in ranges]
 
-    def _info(self, port: int, section: str) -> dict[str, object]:
+    def _info(self, port: int, section: str) -> dict[str, Any]:
+        """INFO's fields as redis-py parses them: numbers, text, or a dict (a replica, a
+        command's stats); {} when the node does not answer."""
         return self._ask(port, "INFO", section) or {}
 
     @staticmethod
@@ -258,7 +260,7 @@ class LocalCluster:
 
         client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
         try:
-            return client.execute_command(*command)
+            return client.execute_command(*command)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         except redis.RedisError:
             return None
         finally:

@@ -60,7 +60,9 @@ def wait_ready(running: Running, timeout_s: float, log: Path) -> None:
             if running.process.poll() is not None:
                 raise UsageError(f"server exited with {running.process.returncode}: {_tail(log)}")
             with contextlib.suppress(grpc.RpcError):
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == serving:
+                # The stubs' HealthStub declares none of the methods its __init__ sets.
+                check = health.Check  # type: ignore[attr-defined]
+                if check(health_pb2.HealthCheckRequest(), timeout=1).status == serving:
                     return
             time.sleep(0.1)
     raise UsageError(f"server at {running.target} not ready after {timeout_s:.0f} s: {_tail(log)}")

@@ -50,7 +50,8 @@ class _Tally:
 def run(options: Options) -> ScenarioResult:
     sessions = QUICK_SESSIONS if options.quick else SESSIONS
     seconds = QUICK_SECONDS if options.quick else options.soak_s
-    figures, samples = [], []
+    figures: list[dict[str, float]] = []
+    samples: list[tuple[float, float]] = []
     for _ in range(options.runs):
         with servers.rnnserve(options.workdir, options.repository, SERVER_SETTINGS) as server:
             figure, samples = _soak(server.target, server.pid, sessions, seconds)

@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rnnserve.protocol.errors import UsageError
 from rnnserve.protocol.sequences import CONTROL_DATATYPES, STATE_DATATYPE
@@ -55,7 +55,7 @@ def _named(text: str) -> tuple[str, str]:
     return name, value
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "infer",
         help="send one inference request to a running server",
@@ -254,7 +254,7 @@ def _load(name: str, path: Path) -> np.ndarray:
     import numpy as np
 
     try:
-        return np.load(path, allow_pickle=False)
+        return cast(np.ndarray, np.load(path, allow_pickle=False))  # Any: a .npy file's array
     except (OSError, ValueError) as error:
         raise UsageError(f"--input {name}=@{path}: not a readable .npy file ({error})") from None
 
@@ -270,8 +270,9 @@ def _results(
     if not args.stream:
         yield client.infer_response(args.model, inputs, outputs, parameters, args.model_version)
         return
-    from rnnserve.client.client import build_request
+    from rnnserve.client.client import RnnClient, build_request
 
+    assert isinstance(client, RnnClient), "_connect refuses --stream over REST"
     request = build_request(args.model, inputs, outputs, parameters, args.model_version)
     yield from client.stream(iter([request]), timeout=args.timeout)
 

@@ -10,7 +10,8 @@ client/connection.py).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from types import ModuleType
+from typing import Any, ClassVar
 
 import grpc
 import numpy as np
@@ -42,7 +43,7 @@ __all__ = [
 
 
 class RnnClient(Connection):
-    GRPC = grpc
+    GRPC: ClassVar[ModuleType] = grpc
 
     def close(self) -> None:
         self.channel.close()
@@ -71,14 +72,14 @@ class RnnClient(Connection):
     # Health and metadata -------------------------------------------------------------
 
     def server_live(self, *, timeout: float | None = None) -> bool:
-        return self._call("ServerLive", pb.ServerLiveRequest(), timeout).live
+        return bool(self._call("ServerLive", pb.ServerLiveRequest(), timeout).live)
 
     def server_ready(self, *, timeout: float | None = None) -> bool:
-        return self._call("ServerReady", pb.ServerReadyRequest(), timeout).ready
+        return bool(self._call("ServerReady", pb.ServerReadyRequest(), timeout).ready)
 
     def model_ready(self, model: str, version: str = "", *, timeout: float | None = None) -> bool:
         request = pb.ModelReadyRequest(name=model, version=version)
-        return self._call("ModelReady", request, timeout).ready
+        return bool(self._call("ModelReady", request, timeout).ready)
 
     def server_metadata(self, *, timeout: float | None = None) -> ServerMetadata:
         reply = self._call("ServerMetadata", pb.ServerMetadataRequest(), timeout)

@@ -19,6 +19,7 @@ asyncio and REST clients.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import grpc
@@ -189,11 +190,13 @@ def error_for(
 def from_rpc_error(error: grpc.RpcError) -> InferenceError:
     """A failed gRPC call (sync or asyncio), with its trailing metadata as details
     (`sequence-offset` -> `sequence_offset`)."""
-    trailers = error.trailing_metadata() or ()  # type: ignore[attr-defined]
+    # Pairs either way: grpc's sync errors hold (key, value) namedtuples, which its stubs
+    # declare as a class without iteration; grpc.aio's Metadata iterates as pairs.
+    trailers: Iterable[tuple[str, str | bytes]] = error.trailing_metadata() or ()  # type: ignore[assignment]
     details: dict[str, Parameter] = {
         key.replace("-", "_"): value for key, value in trailers if isinstance(value, str)
     }
-    return error_for(error.code().name, error.details() or "", details)  # type: ignore[attr-defined]
+    return error_for(error.code().name, error.details() or "", details)
 
 
 def from_stream_reply(reply: Any) -> InferenceError:

@@ -17,13 +17,11 @@ import json
 import ssl
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
-import numpy as np
-
 from rnnserve.client.errors import DeadlineExceeded, Internal, Unavailable, from_rest
-from rnnserve.client.wire import InferResult
+from rnnserve.client.wire import InferResult, Inputs
 from rnnserve.protocol import codec, rest
 from rnnserve.protocol.codec import CodecError, Parameter
 
@@ -82,14 +80,15 @@ class RestClient:
         self, model: str, version: str = "", timeout: float | None = None
     ) -> dict[str, Any]:
         """The model's metadata, as the REST API's JSON."""
-        return json.loads(self._request("GET", _model_path(model, version), timeout=timeout)[2])
+        body = self._request("GET", _model_path(model, version), timeout=timeout)[2]
+        return cast(dict[str, Any], json.loads(body))  # the metadata response: a JSON object
 
     # Inference -------------------------------------------------------------------------
 
     def infer_response(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray | str | list],
+        inputs: Inputs,
         outputs: Sequence[str] = (),
         parameters: Mapping[str, Parameter] | None = None,
         version: str = "",

@@ -80,9 +80,9 @@ class Stream:
         if reply is _END or isinstance(reply, grpc.RpcError):
             self.done = True
             self._replies.put(reply)  # for any later receive
-            if reply is _END:
-                return None
-            raise from_rpc_error(reply)
+            if isinstance(reply, grpc.RpcError):
+                raise from_rpc_error(reply)
+            return None
         return self._client.text_decoded(decode_stream_reply(reply))
 
     def close(self) -> None:

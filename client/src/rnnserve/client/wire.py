@@ -21,7 +21,7 @@ from rnnserve.protocol import messages as pb
 from rnnserve.protocol.codec import Parameter
 from rnnserve.protocol.sequences import SEQUENCE_ERROR
 
-Inputs = Mapping[str, np.ndarray | str | list]
+Inputs = Mapping[str, np.ndarray | str | list[Any]]
 
 
 @dataclass
@@ -132,7 +132,7 @@ def _as_str(name: str, data: np.ndarray) -> np.ndarray:
         items = [bytes(item).decode() for item in data.reshape(-1)]
     except UnicodeDecodeError:
         raise Internal(f"output '{name}' is text by the model's metadata, but not UTF-8") from None
-    return codec.object_array(items, data.shape)  # type: ignore[arg-type]
+    return codec.object_array(items, data.shape)
 
 
 def session_controls(

@@ -59,10 +59,10 @@ def build_repository(
     ]
     ensure_writable(root)
     if not (skip_existing or new_version):
-        present = [c.name for c in configs if versions(root, c.name)]
-        if present:  # say so before spending minutes on training
+        built = [c.name for c in configs if versions(root, c.name)]
+        if built:  # say so before spending minutes on training
             raise UsageError(
-                f"{', '.join(present)} already in {root}: pass --skip-existing or --new-version"
+                f"{', '.join(built)} already in {root}: pass --skip-existing or --new-version"
             )
     torch.set_num_threads(TRAIN_THREADS)
     results = []

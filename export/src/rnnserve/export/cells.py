@@ -7,10 +7,27 @@ State tensors are always (layers*directions, batch, hidden), whatever `batch_fir
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor, nn
 
-CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+class CellClass(Protocol):
+    """nn.RNN, nn.LSTM and nn.GRU as built here (nn.RNNBase's own takes a mode first)."""
+
+    def __call__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        *,
+        batch_first: bool,
+        bidirectional: bool,
+    ) -> nn.RNNBase: ...
+
+
+CELLS: dict[str, CellClass] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 State = tuple[Tensor, ...]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from rnnserve.protocol.errors import UsageError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this package's subcommands to the `rnnserve` parser."""
     build = sub.add_parser("build", help="train, export and verify the model repository")
     build.add_argument("--out", type=Path, default=Path("models"), help="repository folder")

@@ -10,19 +10,20 @@ parity and chunk checks, far longer than anything these models were trained on.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 from rnnserve.export.tasks import NAMES, task_module
+from rnnserve.model.spec import Cell
 from rnnserve.protocol.errors import UsageError
 
-CELL_NAMES = ("rnn", "lstm", "gru")
+CELL_NAMES: tuple[Cell, ...] = ("rnn", "lstm", "gru")
 DEFAULT_NAMES = tuple(f"{task}-{cell}" for task in NAMES for cell in CELL_NAMES)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     task: str
-    cell: str
+    cell: Cell
     num_layers: int
     hidden_size: int
     epochs: int
@@ -42,6 +43,10 @@ class TrainConfig:
 
 
 PRESET_NAMES = ("default", "tiny")
+
+
+def is_cell(name: str) -> TypeGuard[Cell]:
+    return name in CELL_NAMES
 
 
 def parse_name(name: str) -> tuple[str, str, bool]:
@@ -65,7 +70,7 @@ def make_config(
 ) -> TrainConfig:
     """A validated config; `overrides` with value None are ignored."""
     module = task_module(task)
-    if cell not in CELL_NAMES:
+    if not is_cell(cell):
         raise UsageError(f"unknown cell {cell!r}: expected one of {', '.join(CELL_NAMES)}")
     if preset not in PRESET_NAMES:
         raise UsageError(f"unknown preset {preset!r}: expected one of {', '.join(PRESET_NAMES)}")

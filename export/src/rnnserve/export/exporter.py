@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rnnserve.export.errors import VerificationError
 from rnnserve.export.metadata import write_spec
 from rnnserve.export.onnx_graphs import export_graph
 from rnnserve.export.repository import staged_version
 from rnnserve.export.tasks import task_module
 from rnnserve.export.tasks.base import count_parameters
 from rnnserve.export.training import TrainedModel
-from rnnserve.export.verify import VerificationError, check_graph
+from rnnserve.export.verify import check_graph
 from rnnserve.model.spec import ModelSpec
 
 

@@ -155,7 +155,9 @@ def encode_bytes(items: np.ndarray) -> bytes:
     return b"".join(itertools.chain.from_iterable(zip(prefixes, elements, strict=True)))
 
 
-def object_array(items: list[bytes], shape: tuple[int, ...]) -> np.ndarray:
+def object_array(items: Sequence[bytes | str], shape: tuple[int, ...]) -> np.ndarray:
+    """A BYTES tensor as numpy holds it: its elements (bytes, or str once decoded as text)
+    in an object array."""
     array = np.empty(len(items), dtype=object)
     array[:] = items
     return array.reshape(shape)
@@ -209,7 +211,7 @@ def array_from_contents(
         raise CodecError(f"input '{name}': a value does not fit {datatype}") from error
 
 
-def wire_array(name: str, data: np.ndarray | list | str | bytes) -> tuple[str, np.ndarray]:
+def wire_array(name: str, data: np.ndarray | list[Any] | str | bytes) -> tuple[str, np.ndarray]:
     """The datatype and array to send for numpy data; str/bytes (or arrays of them) are
     BYTES."""
     array = np.asarray(data)

@@ -4,7 +4,7 @@ neither side can drift from it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -45,6 +45,11 @@ class Stub:
                     response_deserializer=response.FromString,
                 ),
             )
+
+    if TYPE_CHECKING:
+        # The RPCs are set on each stub from the service descriptor, and their messages are
+        # the pool's (Any to mypy): to mypy, every attribute is one of them.
+        def __getattr__(self, name: str) -> Any: ...
 
 
 def add_servicer(servicer: object, server: grpc.Server | grpc.aio.Server) -> None:

@@ -124,7 +124,10 @@ def load_tokens(path: Path) -> list[TokenEntry]:
                 f"hex, roles), found {len(fields)}"
             )
         try:
-            entry = TokenEntry(name=fields[0], sha256=fields[1], roles=fields[2])
+            # The line's text, parsed by the validators: hex digits, comma-separated roles.
+            entry = TokenEntry.model_validate(
+                {"name": fields[0], "sha256": fields[1], "roles": fields[2]}
+            )
         except ValidationError as error:
             raise UsageError(f"{where}: line {number}: {_reason(error)}") from None
         for other in entries:

@@ -43,7 +43,7 @@ from rnnserve.protocol.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
 LATENCY_BUCKETS = (
     2.5e-5,

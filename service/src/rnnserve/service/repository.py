@@ -234,8 +234,9 @@ class Repository:
             loaded = self.versions(name)
             if not loaded:
                 reasons = "; ".join(
-                    f"version {v}: {entry.reason}"  # type: ignore[union-attr]
+                    f"version {v}: {entry.reason}"
                     for v, entry in sorted(self._get_model(name).items(), key=lambda i: int(i[0]))
+                    if not isinstance(entry, LoadedVersion)  # none is, as none is loaded
                 )
                 raise Unavailable(f"model '{name}' has no version loaded ({reasons})")
             newest = self._newest[name] = self.get(name, loaded[-1])

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnxruntime as ort
@@ -146,7 +147,8 @@ class ModelRuntime:
     @property
     def provider(self) -> str:
         """The provider actually serving the graphs (the first one ORT accepted)."""
-        return next(iter(self.sessions.values())).get_providers()[0]
+        providers = next(iter(self.sessions.values())).get_providers()
+        return cast(str, providers[0])  # ORT has no types: a list of provider names
 
     def input_names(self, role: str) -> list[str]:
         return self._input_names[role]

@@ -27,6 +27,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from prometheus_client import REGISTRY
+
 from rnnserve.protocol.errors import UsageError
 from rnnserve.service import metrics
 from rnnserve.service.auth import Authenticator
@@ -47,7 +49,10 @@ StartGate = Callable[[], Awaitable[None]]
 class Frontend(Protocol):
     """A protocol front end over the data plane."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """What the log calls it."""
+        ...
 
     async def start(self) -> str:
         """Listens; returns the address."""
@@ -90,7 +95,7 @@ async def serve(
     if start_gate is None:  # before anything is logged: a port in use is one line
         address = settings.metrics_address
         if settings.metrics_port:
-            metrics.REGISTRY.register(metrics.SessionsActive(store.active))
+            REGISTRY.register(metrics.SessionsActive(store.active))
             metrics.serve(settings.metrics_port, address)
         await _listen(frontends, f"metrics on {address}:{settings.metrics_port}")
     if settings.auth_tokens and tls is None:

@@ -9,7 +9,8 @@ it, inside one running event loop.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from types import ModuleType
+from typing import Any, ClassVar
 
 import grpc
 import numpy as np
@@ -35,7 +36,7 @@ from rnnserve.protocol.codec import Parameter
 
 
 class AsyncRnnClient(Connection):
-    GRPC = grpc.aio
+    GRPC: ClassVar[ModuleType] = grpc.aio
 
     async def close(self) -> None:
         await self.channel.close()
@@ -64,16 +65,16 @@ class AsyncRnnClient(Connection):
     # Health and metadata -------------------------------------------------------------
 
     async def server_live(self, *, timeout: float | None = None) -> bool:
-        return (await self._call("ServerLive", pb.ServerLiveRequest(), timeout)).live
+        return bool((await self._call("ServerLive", pb.ServerLiveRequest(), timeout)).live)
 
     async def server_ready(self, *, timeout: float | None = None) -> bool:
-        return (await self._call("ServerReady", pb.ServerReadyRequest(), timeout)).ready
+        return bool((await self._call("ServerReady", pb.ServerReadyRequest(), timeout)).ready)
 
     async def model_ready(
         self, model: str, version: str = "", *, timeout: float | None = None
     ) -> bool:
         request = pb.ModelReadyRequest(name=model, version=version)
-        return (await self._call("ModelReady", request, timeout)).ready
+        return bool((await self._call("ModelReady", request, timeout)).ready)
 
     async def server_metadata(self, *, timeout: float | None = None) -> ServerMetadata:
         reply = await self._call("ServerMetadata", pb.ServerMetadataRequest(), timeout)

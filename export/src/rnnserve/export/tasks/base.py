@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Required, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,22 @@ if TYPE_CHECKING:
 
 # (batch, seq, generator) -> the graph's first input; seq is ignored by step graphs.
 InputMaker = Callable[[int, int, torch.Generator], Tensor]
+
+
+class SpecFields(TypedDict, total=False):
+    """What a task adds to its models' ModelSpec (model/spec.py) beyond what every export
+    writes."""
+
+    input_size: int
+    output_size: int
+    vocab: list[str]
+    target_vocab: list[str]
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    max_output_length: int
+    num_directions: Literal[1, 2]
+    streamable: Required[bool]
 
 
 @dataclass
@@ -77,7 +93,7 @@ class ExportTask(Protocol):
 
     def graphs(self, model: nn.Module, config: TrainConfig) -> list[Graph]: ...
 
-    def spec_fields(self, config: TrainConfig) -> dict[str, object]: ...
+    def spec_fields(self, config: TrainConfig) -> SpecFields: ...
 
     def verify(self, model: nn.Module, folder: Path, config: TrainConfig) -> None:
         """Checks of the exported graphs beyond each graph's own (export/verify.py)."""

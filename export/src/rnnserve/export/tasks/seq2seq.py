@@ -18,8 +18,11 @@ final state (no attention) and stops at <eos>.
 from __future__ import annotations
 
 import datetime
+import functools
 import random
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnxruntime as ort
@@ -29,8 +32,9 @@ from tqdm import tqdm
 
 from rnnserve.export.cells import State, make_cell, run_cell, zero_state
 from rnnserve.export.config import TrainConfig
-from rnnserve.export.tasks.base import Graph, random_tokens
-from rnnserve.export.verify import VerificationError, open_session
+from rnnserve.export.errors import VerificationError
+from rnnserve.export.tasks.base import Graph, SpecFields, random_tokens
+from rnnserve.export.verify import open_session
 from rnnserve.model.spec import StatePair, cell_states, rows_by_length
 
 SPECIALS = ["<pad>", "<bos>", "<eos>"]
@@ -76,7 +80,7 @@ def is_held_out(date: datetime.date) -> bool:
 
 
 def sample_pairs(rng: random.Random, count: int, held_out: bool) -> list[tuple[str, str]]:
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     while len(pairs) < count:
         date = datetime.date.fromordinal(rng.randint(FIRST_DAY, LAST_DAY))
         if is_held_out(date) == held_out:
@@ -141,7 +145,7 @@ class Seq2Seq(nn.Module):
         state = self.encode_texts(sources)
         previous = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
         output, _ = run_cell(self.decoder, self.target_embedding(previous), state)
-        return self.head(output)
+        return cast(Tensor, self.head(output))  # Any: nn.Linear's output
 
 
 class EncoderGraph(nn.Module):
@@ -181,7 +185,7 @@ def train(model: Seq2Seq, config: TrainConfig, progress: bool) -> list[float]:
         logits = model.teacher_forced([s for s, _ in pairs], targets)
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
         optimizer.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
@@ -193,7 +197,7 @@ def train(model: Seq2Seq, config: TrainConfig, progress: bool) -> list[float]:
 @torch.no_grad()
 def greedy(model: Seq2Seq, sources: list[str], steps: int = MAX_OUTPUT_LENGTH) -> Tensor:
     """Greedy decoding for a fixed number of steps: token ids (batch, steps)."""
-    state = model.encode_texts(sources)
+    state: Sequence[Tensor] = model.encode_texts(sources)
     token = torch.full((len(sources),), BOS)
     tokens = []
     for _ in range(steps):
@@ -220,13 +224,14 @@ def quality_ok(quality: float) -> bool:
 
 
 def graphs(model: Seq2Seq, config: TrainConfig) -> list[Graph]:
-    common = dict(
+    graph = functools.partial(  # what the encoder and decoder graphs share
+        Graph,
         states=cell_states(config.cell),
         hidden_size=config.hidden_size,
         state_rows=config.num_layers,
     )
     return [
-        Graph(
+        graph(
             role="encoder",
             module=EncoderGraph(model),
             inputs=["tokens"],
@@ -234,9 +239,8 @@ def graphs(model: Seq2Seq, config: TrainConfig) -> list[Graph]:
             sequence=True,
             one_way=True,
             make_input=random_tokens(len(SOURCE_VOCAB)),
-            **common,
         ),
-        Graph(
+        graph(
             role="decoder",
             module=DecoderGraph(model),
             inputs=["token"],
@@ -246,13 +250,12 @@ def graphs(model: Seq2Seq, config: TrainConfig) -> list[Graph]:
             make_input=lambda batch, _seq, gen: torch.randint(
                 len(TARGET_VOCAB), (batch,), generator=gen
             ),
-            **common,
         ),
     ]
 
 
-def spec_fields(config: TrainConfig) -> dict[str, object]:
-    return dict(
+def spec_fields(config: TrainConfig) -> SpecFields:
+    return SpecFields(
         input_size=len(SOURCE_VOCAB),
         output_size=len(TARGET_VOCAB),
         vocab=SOURCE_VOCAB,
@@ -267,12 +270,12 @@ def spec_fields(config: TrainConfig) -> dict[str, object]:
     )
 
 
-def verify(model: nn.Module, folder: Path, config: TrainConfig) -> None:
+def verify(model: Seq2Seq, folder: Path, config: TrainConfig) -> None:
     """Check (e): greedy decoding through the ONNX graphs, as the server runs it, equals
     torch's on held-out examples."""
     pairs = held_out_sources(config.seed, GREEDY_EXAMPLES)
     sources = [source for source, _ in pairs]
-    expected = greedy(model.eval(), sources).numpy()  # type: ignore[arg-type]
+    expected = greedy(model.eval(), sources).numpy()
     encoder, decoder = open_session(folder / "encoder.onnx"), open_session(folder / "decoder.onnx")
     actual = onnx_greedy(encoder, decoder, sources, cell_states(config.cell), MAX_OUTPUT_LENGTH)
     differing = int((expected != actual).any(axis=1).sum())
@@ -301,12 +304,12 @@ def onnx_greedy(
         for name, final in zip(state, finals, strict=True):
             state[name][:, group] = final
     token = np.full(len(sources), BOS, np.int64)
-    tokens = []
+    emitted: list[np.ndarray] = []
     for _ in range(steps):
         _, token, *finals = decoder.run(None, {"token": token, **state})
         state = dict(zip(state, finals, strict=True))
-        tokens.append(token)
-    return np.stack(tokens, axis=1)
+        emitted.append(token)
+    return np.stack(emitted, axis=1)
 
 
 def save_plots(model: nn.Module, config: TrainConfig, run_dir: Path) -> None:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from rnnserve.export.cells import detach, make_cell, run_cell, zero_state
 from rnnserve.export.config import TrainConfig
-from rnnserve.export.tasks.base import Graph
+from rnnserve.export.tasks.base import Graph, SpecFields
 from rnnserve.model.spec import cell_states
 
 DT = 0.1  # time step: about 63 steps per period
@@ -78,7 +78,7 @@ def train(model: SineModel, config: TrainConfig, progress: bool) -> list[float]:
             state = detach(tuple(state))
             loss = nn.functional.mse_loss(prediction, y[:, span])
             optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
@@ -126,17 +126,17 @@ def graphs(model: SineModel, config: TrainConfig) -> list[Graph]:
     ]
 
 
-def spec_fields(config: TrainConfig) -> dict[str, object]:
-    return dict(input_size=1, output_size=1, streamable=True)
+def spec_fields(config: TrainConfig) -> SpecFields:
+    return SpecFields(input_size=1, output_size=1, streamable=True)
 
 
 def verify(model: nn.Module, folder: Path, config: TrainConfig) -> None:
     """Nothing beyond each graph's own checks."""
 
 
-def save_plots(model: nn.Module, config: TrainConfig, run_dir: Path) -> None:
+def save_plots(model: SineModel, config: TrainConfig, run_dir: Path) -> None:
     """The held-out stream: target against prediction (stream.png)."""
     from rnnserve.export.plots import plot_stream  # matplotlib only when runs are kept
 
-    target, prediction = predict_stream(model, config.seed)  # type: ignore[arg-type]
+    target, prediction = predict_stream(model, config.seed)
     plot_stream(target.tolist(), prediction.tolist(), run_dir / "stream.png", config.name)

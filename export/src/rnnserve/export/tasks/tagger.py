@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from rnnserve.export.cells import make_cell, run_cell, zero_state
 from rnnserve.export.config import TrainConfig
-from rnnserve.export.tasks.base import Graph, random_tokens
+from rnnserve.export.tasks.base import Graph, SpecFields, random_tokens
 from rnnserve.model.spec import cell_states
 
 VOCAB = ["e", "h", "l", "o"]
@@ -80,7 +80,7 @@ def train(model: Tagger, config: TrainConfig, progress: bool) -> list[float]:
         logits = model(sources, *zero_state(model.rnn, len(PAIRS)))[0]
         loss = nn.functional.cross_entropy(logits.reshape(-1, len(VOCAB)), targets.reshape(-1))
         optimizer.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         optimizer.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -120,8 +120,8 @@ def graphs(model: Tagger, config: TrainConfig) -> list[Graph]:
     ]
 
 
-def spec_fields(config: TrainConfig) -> dict[str, object]:
-    return dict(
+def spec_fields(config: TrainConfig) -> SpecFields:
+    return SpecFields(
         input_size=len(VOCAB),
         output_size=len(VOCAB),
         vocab=VOCAB,

@@ -135,6 +135,7 @@ class Seq2SeqTask(Task):
         """Each step's output token per row (`eos_id` once a row has finished) and whether
         it is the last step."""
         bos, eos = self.spec.bos_id, self.spec.eos_id
+        assert bos is not None and eos is not None  # check_spec guarantees them
         limit = prepared.options[MAX_OUTPUT_LENGTH]
         state = self.encode(prepared, execute)
         token = np.full(prepared.rows, bos, np.int64)

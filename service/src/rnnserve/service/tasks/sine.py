@@ -15,13 +15,20 @@ class SineTask(Task):
     graph_tensors = (("model", ("x",), ("y",)),)
 
     @cached_property
+    def feature_sizes(self) -> tuple[int, int]:
+        """Features per step of `x` and of `y`, which a sine spec states."""
+        input_size, output_size = self.spec.input_size, self.spec.output_size
+        assert input_size is not None and output_size is not None  # the exporter writes them
+        return input_size, output_size
+
+    @cached_property
     def inputs(self) -> list[TensorMetadata]:
-        x = TensorMetadata("x", "FP32", (-1, -1, self.spec.input_size))
+        x = TensorMetadata("x", "FP32", (-1, -1, self.feature_sizes[0]))
         return [x, *self.state_metadata(outputs=False, optional=True)]
 
     @cached_property
     def outputs(self) -> list[TensorMetadata]:
-        y = TensorMetadata("y", "FP32", (-1, -1, self.spec.output_size))
+        y = TensorMetadata("y", "FP32", (-1, -1, self.feature_sizes[1]))
         return [y, *self.state_metadata(outputs=True, optional=True)]
 
     def prepare(self, request: InferRequest) -> Prepared:
@@ -30,7 +37,7 @@ class SineTask(Task):
         batch, length, features = x.shape
         validation.check_batch("x", batch, self.settings)
         validation.check_sequence("x", length, self.settings)
-        validation.check_dim("x", "feature size (last dimension)", features, self.spec.input_size)
+        validation.check_dim("x", "feature size (last dimension)", features, self.feature_sizes[0])
         validation.check_finite("x", x)
         outputs = validation.check_output_names(request, self.output_names, self.output_names)
         state = self.initial_state(inputs, batch)
@@ -41,8 +48,7 @@ class SineTask(Task):
         return rows, steps
 
     def output_elements(self, request: InferRequest, rows: int, steps: int) -> int:
-        assert self.spec.output_size is not None  # the sine task's spec has it
-        return rows * steps * self.spec.output_size
+        return rows * steps * self.feature_sizes[1]
 
     def run(self, prepared: Prepared, execute: Execute) -> Result:
         graph = execute("model", {"x": prepared.inputs["x"], **prepared.state})

@@ -7,6 +7,7 @@ the token-level outputs are padded (`pad_id` or -1 tokens, zero logits) to the l
 from __future__ import annotations
 
 from functools import cached_property
+from typing import cast
 
 import numpy as np
 
@@ -102,7 +103,7 @@ class TaggerTask(Task):
                 f"input 'tokens' has token id {int(bad[0])}; "
                 f"expected ids from 0 to {len(self.vocab) - 1}"
             )
-        return tokens.tolist()
+        return cast(list[list[int]], tokens.tolist())  # Any: a 2-D int array's rows
 
     def rows_and_steps(self, request: InferRequest) -> tuple[int, int]:
         if any(tensor.name == "tokens" for tensor in request.inputs):
@@ -127,8 +128,8 @@ class TaggerTask(Task):
         tokens_out = logits.argmax(axis=2)
         # Past a row's end: the pad token, or -1 (no token) for a vocabulary without one.
         pad = -1 if self.spec.pad_id is None else self.spec.pad_id
-        for row, tokens in enumerate(token_rows):
-            tokens_out[row, len(tokens) :] = pad
+        for row, row_tokens in enumerate(token_rows):
+            tokens_out[row, len(row_tokens) :] = pad
         texts = [
             self._text(tokens_out[row, : len(tokens)]) for row, tokens in enumerate(token_rows)
         ]
