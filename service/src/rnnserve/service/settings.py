@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rnnserve.service.redis_url import check_url
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RNNSERVE_", protected_namespaces=())
@@ -94,7 +96,8 @@ class Settings(BaseSettings):
     # process that steps it, handed over through Redis when another process needs it.
     state_store: Literal["memory", "redis", "owned"] = "memory"
     # One Redis (redis://, rediss://, unix://) or a Redis Cluster: redis+cluster:// (or
-    # rediss+cluster://) and any node's address (service/sessions/redis_client.py).
+    # rediss+cluster://) and any node's address (service/redis_url.py; how the stores use it:
+    # service/sessions/redis/client.py).
     redis_url: str = "redis://localhost:6379/0"
     # How long a call to Redis may take before it fails (UNAVAILABLE, retryable): a stopped
     # or unreachable Redis must not hold requests. (In a Redis Cluster a call is also tried
@@ -110,8 +113,6 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _cluster_database(cls, url: str) -> str:
-        from rnnserve.service.sessions.redis_client import check_url
-
         check_url(url)
         return url
 

@@ -55,9 +55,10 @@ from redis.exceptions import RedisError
 
 from rnnserve.service import metrics
 from rnnserve.service.errors import FailedPrecondition, Unavailable
+from rnnserve.service.redis_url import where
 from rnnserve.service.sessions.memory_store import MemoryStore
 from rnnserve.service.sessions.reachability import Reachability, StoreUnavailable
-from rnnserve.service.sessions.redis_client import Command, RedisClient, Script, where
+from rnnserve.service.sessions.redis_client import Command, RedisClient, Script
 from rnnserve.service.sessions.redis_store import (
     INDEX,
     UNINDEX,

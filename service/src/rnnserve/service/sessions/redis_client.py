@@ -49,7 +49,6 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -70,8 +69,8 @@ from redis.exceptions import (
 
 from rnnserve.protocol.errors import UsageError
 from rnnserve.service.errors import Unavailable
+from rnnserve.service.redis_url import CLUSTER_SCHEMES, is_cluster_url
 
-CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 CLUSTER_BUCKETS = 64
 CLUSTER_RETRY_S = 5.0  # how long a batch keeps trying through a failover
 RETRY_PAUSE_S = 0.1
@@ -92,25 +91,6 @@ UNREACHABLE = (
     TryAgainError,
     ClusterDownError,
 )
-
-
-def is_cluster_url(url: str) -> bool:
-    return url.split("://", 1)[0] in CLUSTER_SCHEMES
-
-
-def where(url: str) -> str:
-    """host:port/db of a Redis URL, without its credentials: what logs and errors name."""
-    parts = urlsplit(url)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
-
-
-def check_url(url: str) -> None:
-    """A cluster URL names database 0 or none: a cluster has no other (ValueError)."""
-    if not is_cluster_url(url):
-        return
-    path = url.split("://", 1)[1].split("?", 1)[0].partition("/")[2]
-    if path not in ("", "0"):
-        raise ValueError(f"a Redis Cluster has only database 0, not {path!r}: end the URL with /0")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ import numpy as np
 
 from rnnserve.protocol import codec
 from rnnserve.service.errors import FailedPrecondition
+from rnnserve.service.redis_url import where
 from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.sessions.redis_client import (
     UNREACHABLE,
@@ -52,7 +53,6 @@ from rnnserve.service.sessions.redis_client import (
     Keyspace,
     RedisClient,
     Script,
-    where,
 )
 from rnnserve.service.sessions.state import (
     Answer,
