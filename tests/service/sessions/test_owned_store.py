@@ -16,7 +16,7 @@ from rnnserve.service.errors import Unavailable
 from rnnserve.service.redis_url import is_cluster_url
 from rnnserve.service.sessions import SessionKey
 from rnnserve.service.sessions.owned_store import OwnedStore, declare_dead
-from rnnserve.service.sessions.redis_client import Keyspace
+from rnnserve.service.sessions.redis.keys import Keyspace
 from rnnserve.service.sessions.state import Gone, Progress
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import ANONYMOUS

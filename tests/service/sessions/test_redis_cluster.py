@@ -25,8 +25,8 @@ from rnnserve.protocol.errors import UsageError
 from rnnserve.service.errors import Unavailable
 from rnnserve.service.sessions import SessionKey
 from rnnserve.service.sessions.owned_store import OwnedStore
-from rnnserve.service.sessions.redis_client import CLUSTER_BUCKETS, Keyspace, spread_tags
-from rnnserve.service.sessions.redis_store import RedisStore, member
+from rnnserve.service.sessions.redis.keys import CLUSTER_BUCKETS, Keyspace, member, spread_tags
+from rnnserve.service.sessions.redis_store import RedisStore
 from rnnserve.service.sessions.state import Progress
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import ANONYMOUS
@@ -61,9 +61,7 @@ def test_buckets_cover_the_slots_evenly_and_the_same_in_every_process() -> None:
     tags = spread_tags(CLUSTER_BUCKETS)
     width = REDIS_CLUSTER_HASH_SLOTS // CLUSTER_BUCKETS
     assert [key_slot(tag.encode()) // width for tag in tags] == list(range(CLUSTER_BUCKETS))
-    script = (
-        "from rnnserve.service.sessions.redis_client import spread_tags; print(spread_tags(64))"
-    )
+    script = "from rnnserve.service.sessions.redis.keys import spread_tags; print(spread_tags(64))"
     again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert again.stdout.strip() == str(tags)
 

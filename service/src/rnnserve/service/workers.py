@@ -83,7 +83,7 @@ def _serve_metrics(settings: Settings, metrics_dir: str, supervisor: Supervisor)
     from prometheus_client.multiprocess import MultiProcessCollector
 
     from rnnserve.service import metrics
-    from rnnserve.service.sessions.redis_store import RedisCensus
+    from rnnserve.service.sessions.redis.census import RedisCensus
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=metrics_dir)

@@ -58,21 +58,17 @@ from rnnserve.service.errors import FailedPrecondition, Unavailable
 from rnnserve.service.redis_url import where
 from rnnserve.service.sessions.memory_store import MemoryStore
 from rnnserve.service.sessions.reachability import Reachability, StoreUnavailable
-from rnnserve.service.sessions.redis_client import Command, RedisClient, Script
-from rnnserve.service.sessions.redis_store import (
-    INDEX,
-    UNINDEX,
-    Generation,
-    RedisCensus,
-    SessionIndex,
+from rnnserve.service.sessions.redis.census import RedisCensus
+from rnnserve.service.sessions.redis.client import Command, RedisClient, Script
+from rnnserve.service.sessions.redis.generation import Generation
+from rnnserve.service.sessions.redis.guard import guarded
+from rnnserve.service.sessions.redis.index import INDEX, UNINDEX, SessionIndex, version_tag
+from rnnserve.service.sessions.redis.keys import member, session_of
+from rnnserve.service.sessions.redis.records import (
     decode_record,
     encode_gone,
     encode_record,
-    guarded,
     load_record,
-    member,
-    session_of,
-    version_tag,
     write_records,
 )
 from rnnserve.service.sessions.state import (
