@@ -24,7 +24,7 @@ from rnnserve.bench.redis_cluster import LocalCluster
 from rnnserve.protocol.errors import UsageError
 from rnnserve.service.errors import Unavailable
 from rnnserve.service.sessions import SessionKey
-from rnnserve.service.sessions.owned_store import OwnedStore
+from rnnserve.service.sessions.owned.store import OwnedStore
 from rnnserve.service.sessions.redis.keys import CLUSTER_BUCKETS, Keyspace, member, spread_tags
 from rnnserve.service.sessions.redis_store import RedisStore
 from rnnserve.service.sessions.state import Progress

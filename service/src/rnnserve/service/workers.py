@@ -246,7 +246,7 @@ class Supervisor:
             return ""
         import redis
 
-        from rnnserve.service.sessions.owned_store import declare_dead
+        from rnnserve.service.sessions.owned.reaping import declare_dead
 
         settings = self.settings
         try:
