@@ -1,10 +1,10 @@
 """What a Redis Cluster asks of the stores beyond what every Redis does (the same store and
 sequence tests run on one redis-server and on the cluster: test_state_stores.py,
-test_redis_store.py, test_owned_store.py, test_step_accounting.py, test_redis_over_wire.py):
-a session's keys share a hash slot, sessions spread evenly over the masters, a
-multi-session request makes one round trip per master it touches, an acknowledged write
-is on a replica when state_durability is replica, and a URL that says the wrong kind of
-Redis stops the server at start with one line."""
+test_redis_store.py, owned/test_owned_store.py, test_step_accounting.py,
+test_redis_over_wire.py): a session's keys share a hash slot, sessions spread evenly over
+the masters, a multi-session request makes one round trip per master it touches, an
+acknowledged write is on a replica when state_durability is replica, and a URL that says
+the wrong kind of Redis stops the server at start with one line."""
 
 from __future__ import annotations
 
