@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 from redis.cluster import RedisCluster
 
-from rnnserve.service.sessions.redis_client import CLUSTER_SCHEMES, is_cluster_url
+from rnnserve.service.redis_url import CLUSTER_SCHEMES, is_cluster_url
 
 
 def sync_client(url: str) -> redis.Redis | RedisCluster:

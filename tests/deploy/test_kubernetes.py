@@ -27,7 +27,7 @@ import pytest
 import yaml
 from deploytools import ROOT, run
 
-from rnnserve.service.sessions.owned_store import INBOX_POLL_S
+from rnnserve.service.sessions.owned.handover import INBOX_POLL_S
 from rnnserve.service.settings import Settings
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"

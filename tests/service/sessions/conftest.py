@@ -10,7 +10,7 @@ import pytest
 
 from rnnserve.service.sessions import StateStore
 from rnnserve.service.sessions.memory_store import MemoryStore
-from rnnserve.service.sessions.owned_store import OwnedStore
+from rnnserve.service.sessions.owned.store import OwnedStore
 from rnnserve.service.sessions.redis_store import RedisStore
 
 STORES = ["memory", "redis", "owned", "redis-cluster", "owned-cluster"]

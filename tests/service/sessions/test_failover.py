@@ -22,8 +22,7 @@ from rnnserve.client.client import RnnClient
 from rnnserve.client.retry import RetryPolicy
 from rnnserve.client.sequence import SequenceSession
 from rnnserve.service.sessions import SessionKey
-from rnnserve.service.sessions.redis_client import Keyspace
-from rnnserve.service.sessions.redis_store import member
+from rnnserve.service.sessions.redis.keys import Keyspace, member
 from rnnserve.service.types import ANONYMOUS
 
 SEQUENCES = 12

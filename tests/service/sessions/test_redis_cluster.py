@@ -1,10 +1,10 @@
 """What a Redis Cluster asks of the stores beyond what every Redis does (the same store and
 sequence tests run on one redis-server and on the cluster: test_state_stores.py,
-test_redis_store.py, test_owned_store.py, test_step_accounting.py, test_redis_over_wire.py):
-a session's keys share a hash slot, sessions spread evenly over the masters, a
-multi-session request makes one round trip per master it touches, an acknowledged write
-is on a replica when state_durability is replica, and a URL that says the wrong kind of
-Redis stops the server at start with one line."""
+test_redis_store.py, owned/test_owned_store.py, test_step_accounting.py,
+test_redis_over_wire.py): a session's keys share a hash slot, sessions spread evenly over
+the masters, a multi-session request makes one round trip per master it touches, an
+acknowledged write is on a replica when state_durability is replica, and a URL that says
+the wrong kind of Redis stops the server at start with one line."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from rnnserve.bench.redis_cluster import LocalCluster
 from rnnserve.protocol.errors import UsageError
 from rnnserve.service.errors import Unavailable
 from rnnserve.service.sessions import SessionKey
-from rnnserve.service.sessions.owned_store import OwnedStore
-from rnnserve.service.sessions.redis_client import CLUSTER_BUCKETS, Keyspace, spread_tags
-from rnnserve.service.sessions.redis_store import RedisStore, member
+from rnnserve.service.sessions.owned.store import OwnedStore
+from rnnserve.service.sessions.redis.keys import CLUSTER_BUCKETS, Keyspace, member, spread_tags
+from rnnserve.service.sessions.redis_store import RedisStore
 from rnnserve.service.sessions.state import Progress
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import ANONYMOUS
@@ -61,9 +61,7 @@ def test_buckets_cover_the_slots_evenly_and_the_same_in_every_process() -> None:
     tags = spread_tags(CLUSTER_BUCKETS)
     width = REDIS_CLUSTER_HASH_SLOTS // CLUSTER_BUCKETS
     assert [key_slot(tag.encode()) // width for tag in tags] == list(range(CLUSTER_BUCKETS))
-    script = (
-        "from rnnserve.service.sessions.redis_client import spread_tags; print(spread_tags(64))"
-    )
+    script = "from rnnserve.service.sessions.redis.keys import spread_tags; print(spread_tags(64))"
     again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert again.stdout.strip() == str(tags)
 

@@ -12,7 +12,8 @@ from redis_helpers import keys_like, sync_client
 
 from rnnserve.service.errors import FailedPrecondition
 from rnnserve.service.sessions import SessionKey
-from rnnserve.service.sessions.redis_store import RedisStore, encode_record
+from rnnserve.service.sessions.redis.records import encode_record
+from rnnserve.service.sessions.redis_store import RedisStore
 from rnnserve.service.sessions.state import Gone, Progress
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import ANONYMOUS, State

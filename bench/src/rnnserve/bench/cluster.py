@@ -27,7 +27,7 @@ from rnnserve.bench.plots import bar_plot
 from rnnserve.bench.redis_cluster import LocalCluster
 from rnnserve.bench.report import Figure, Metrics, ScenarioResult, environment, quantiles_ms
 from rnnserve.bench.sessions import SERVER_SETTINGS, SHARED_STORES, session_runs
-from rnnserve.service.sessions.redis_client import Command, RedisClient
+from rnnserve.service.sessions.redis.client import Command, RedisClient
 
 WORKERS = 4
 SESSIONS = (64, 256)

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rnnserve.service.redis_url import check_url
+
 
 class Settings(BaseSettings):
     """Each field's description is its help: `rnnserve serve --help` shows it (a name in
@@ -188,8 +190,6 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _cluster_database(cls, url: str) -> str:
-        from rnnserve.service.sessions.redis_client import check_url
-
         check_url(url)
         return url
 

@@ -83,10 +83,11 @@ def _serve_metrics(settings: Settings, metrics_dir: str, supervisor: Supervisor)
     from prometheus_client.multiprocess import MultiProcessCollector
 
     from rnnserve.service import metrics
-    from rnnserve.service.sessions.redis_store import RedisCensus
+    from rnnserve.service.sessions.redis.census import RedisCensus
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=metrics_dir)
+    # prometheus_client's multiprocess module has no annotations.
+    MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
     # Workers share one Redis (several workers need the redis or owned store): counted once.
     census = RedisCensus(settings.redis_url, "rnnserve", settings.state_store_timeout_s)
     registry.register(metrics.SessionsActive(census))
@@ -119,8 +120,8 @@ class Supervisor:
         self._deaths: deque[float] = deque()  # when workers died, within the window
         self._due: list[tuple[float, int]] = []  # (when, index): restarts waiting
         self._context = multiprocessing.get_context("spawn")
-        self._loading: dict[object, Worker] = {}  # by gate
-        self._running: dict[object, Worker] = {}  # by process sentinel
+        self._loading: dict[Connection, Worker] = {}  # by gate
+        self._running: dict[int, Worker] = {}  # by process sentinel
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -161,6 +162,7 @@ class Supervisor:
                 if ready in self._loading:
                     self._loaded(self._loading.pop(ready))
                     continue
+                assert isinstance(ready, int)  # not a gate: a process sentinel
                 worker = self._running.pop(ready)
                 self._loading.pop(worker.gate, None)
                 self._exited(worker)
@@ -208,7 +210,8 @@ class Supervisor:
         from prometheus_client import multiprocess
 
         worker.process.join()
-        multiprocess.mark_process_dead(worker.process.pid)  # drops its live gauges
+        # Drops its live gauges (prometheus_client's multiprocess module has no annotations).
+        multiprocess.mark_process_dead(worker.process.pid)  # type: ignore[no-untyped-call]
         code = worker.process.exitcode
         if self.stopping:
             if code not in (0, -signal.SIGTERM):  # SIGTERM kills a worker still importing
@@ -246,7 +249,7 @@ class Supervisor:
             return ""
         import redis
 
-        from rnnserve.service.sessions.owned_store import declare_dead
+        from rnnserve.service.sessions.owned.reaping import declare_dead
 
         settings = self.settings
         try:
@@ -277,6 +280,7 @@ class Supervisor:
             self.stop_deadline = time.monotonic() + self.settings.grace_period_s + KILL_MARGIN_S
         for worker in self.workers:
             if worker.process.exitcode is None:
+                assert worker.process.pid is not None  # every worker listed was started
                 os.kill(worker.process.pid, signal.SIGTERM)
 
     def _kill_if_overdue(self, running: Iterable[Worker]) -> None:
@@ -301,7 +305,12 @@ class _PipeGate:
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[None] = loop.create_future()
         fd = self.connection.fileno()
-        loop.add_reader(fd, lambda: opened.done() or opened.set_result(None))
+
+        def open_gate() -> None:
+            if not opened.done():
+                opened.set_result(None)
+
+        loop.add_reader(fd, open_gate)
         try:
             await opened
         finally:

@@ -1,100 +1,65 @@
 """States in Redis, so that several server processes serve the same sessions and a
 session outlives the process that started it.
 
-Each session is one Redis string holding a small JSON header (principal, model, version,
-id, dtype, state names and shapes, its step count and, when its last step carried
-`sequence_offset`, that step's length, digest and answer layout), the raw float32 state and
-the answer's raw tensors, expiring after the idle timeout (refreshed by every step). Sorted
-sets index the sessions (SessionIndex): by deadline, for the session count and so that
-exactly one process reports each expiry; by name, which counts each principal's sessions
-(their names share a prefix); by model version, which `rnnserve_sessions_active` counts
-when scraped (RedisCensus). The indexes are kept per bucket, beside the states they index
-(redis_client.py: one bucket on one server, 64 hash slots in a cluster), so that each write
+Each session is one Redis string (redis/records.py: a small JSON header, the raw float32
+state and, when its last step carried `sequence_offset`, that step's answer), expiring
+after the idle timeout (refreshed by every step). The session index (redis/index.py) counts
+the sessions, each principal's and each model version's (redis/census.py), and has exactly
+one process report each expiry. The index is kept per bucket, beside the states it indexes
+(redis/keys.py: one bucket on one server, 64 hash slots in a cluster), so that each write
 is one atomic script on one slot; a count adds the buckets' up.
 
 A session that ends leaves a record of its end (`ended:<session>`, in its bucket) for the
 idle timeout: a client's end its step count and, when its final step carried
 `sequence_offset`, that step and the state it started from, for a retry of it; an expiry,
 noticed by the sweep, a tombstone saying so. When Redis loses its data (a restart without
-persistence, a flush), `Generation` notices (per bucket: in a cluster one master may lose
-its data alone), and for the idle timeout after it a step of a sequence Redis no longer
-knows hears that its state was lost (ABORTED), not that it was never started.
+persistence, a flush), `Generation` notices (redis/generation.py), and for the idle
+timeout after it a step of a sequence Redis no longer knows hears that its state was lost
+(ABORTED), not that it was never started.
 
-Redis faults: every call is bounded by `state_store_timeout_s` (redis_client.py: Timeouts);
-a call that cannot reach Redis (in a cluster: once redis_client's failover retries gave up)
-raises StoreUnavailable through the store's Reachability (reachability.py): UNAVAILABLE for
-the client, one warning in the log.
+Redis faults: every call is bounded by `state_store_timeout_s` (redis/client.py: Timeouts);
+a call that cannot reach Redis (in a cluster: once the client's failover retries gave up)
+raises StoreUnavailable through the store's Reachability (redis/guard.py,
+reachability.py): UNAVAILABLE for the client, one warning in the log.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import hashlib
 import json
-import logging
-import math
-import struct
-import threading
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ParamSpec, Protocol, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-import numpy as np
-
-from rnnserve.protocol import codec
-from rnnserve.service.errors import FailedPrecondition
+from rnnserve.service.redis_url import where
 from rnnserve.service.sessions.reachability import Reachability
-from rnnserve.service.sessions.redis_client import (
-    UNREACHABLE,
-    Command,
-    Keyspace,
-    RedisClient,
-    Script,
-    where,
+from rnnserve.service.sessions.redis.census import RedisCensus
+from rnnserve.service.sessions.redis.client import Command, RedisClient, Script
+from rnnserve.service.sessions.redis.generation import Generation
+from rnnserve.service.sessions.redis.guard import guarded
+from rnnserve.service.sessions.redis.index import INDEX, UNINDEX, SessionIndex, version_tag
+from rnnserve.service.sessions.redis.keys import member, session_of
+from rnnserve.service.sessions.redis.records import (
+    encode_gone,
+    encode_record,
+    load_record,
+    one_row,
+    write_records,
 )
 from rnnserve.service.sessions.state import (
-    Answer,
-    Gone,
-    LastStep,
     Loaded,
     Progress,
     SessionKey,
-    check_layout,
     expired,
-    row_layout,
     tombstone_s,
 )
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import State
 
-log = logging.getLogger(__name__)
-
-_HEADER_LENGTH = struct.Struct("<I")
-_DTYPE = np.dtype("<f4")
 _SWEEP_LIMIT = 1000  # members examined per bucket and expire() call, to keep each script short
 
-# Every script touches the keys of one bucket (redis_client.py): one hash slot in a cluster.
-# Lua shared by the scripts that drop sessions from the index. KEYS[1..3] are the bucket's
-# index: by deadline, by name, by model version.
-UNINDEX = """
-local function unindex(member)
-  redis.call('ZREM', KEYS[1], member)
-  redis.call('ZREM', KEYS[2], member)
-  redis.call('ZREM', KEYS[3], member)
-end
-"""
-# Lua shared by the scripts that index sessions: KEYS[1..3] as above, KEYS[4] the bucket's
-# version tags (tag -> the model version it stands for).
-INDEX = """
-local function index(member, deadline, tag, version)
-  redis.call('ZADD', KEYS[1], deadline, member)
-  redis.call('ZADD', KEYS[2], 0, member)
-  redis.call('ZADD', KEYS[3], tag, member)
-  redis.call('HSET', KEYS[4], tag, version)
-end
-"""
+# Every script touches the keys of one bucket (redis/keys.py): one hash slot in a cluster;
+# KEYS[1..3] are the bucket's index (redis/index.py).
+
 # KEYS: the index (3), the version tags, then each session's state key. ARGV: deadline, ttl
 # in ms, then per session its member, record, version tag and version. Stores the states and
 # indexes them, atomically.
@@ -151,191 +116,6 @@ end
 return gone
 """
 )
-# KEYS: a bucket's generation. ARGV: a fresh token. The token Redis holds (this one, when it
-# had none).
-_GENERATION = Script("""
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return redis.call('GET', KEYS[1])
-""")
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-class _Guarded(Protocol):
-    reachability: Reachability
-
-
-def guarded(
-    operation: str,
-) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
-    """A store method that reaches Redis: a failure to reach it (redis_client.UNREACHABLE)
-    becomes StoreUnavailable, and every outcome tells the store's Reachability."""
-
-    def decorate(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-        @functools.wraps(method)
-        async def call(*args: P.args, **kwargs: P.kwargs) -> T:
-            store: _Guarded = args[0]  # type: ignore[assignment]
-            try:
-                result = await method(*args, **kwargs)
-            except UNREACHABLE as error:
-                raise store.reachability.failed(operation, error) from None
-            store.reachability.answered()
-            return result
-
-        return call
-
-    return decorate
-
-
-def version_tag(model: str, version: str) -> int:
-    """The score of a model version's sessions in the index by model version: 48 bits of a
-    hash, exact in a float."""
-    digest = hashlib.blake2b(json.dumps([model, version]).encode(), digest_size=6).digest()
-    return int.from_bytes(digest, "big")
-
-
-class SessionIndex:
-    """The Redis keys that index a namespace's sessions, in each bucket: `sessions` (by
-    deadline), `names` (every member at score 0, so that ZLEXCOUNT counts one principal's)
-    and `versions` (by the tag of their model version; the hash `version-tags` names each
-    tag's version). Counts add up the buckets' (one round trip per node)."""
-
-    def __init__(self, redis: RedisClient) -> None:
-        self.redis = redis
-
-    def by_deadline(self, bucket: int) -> str:
-        return self.redis.keys.prefix(bucket) + "sessions"
-
-    def by_name(self, bucket: int) -> str:
-        return self.redis.keys.prefix(bucket) + "names"
-
-    def by_version(self, bucket: int) -> str:
-        return self.redis.keys.prefix(bucket) + "versions"
-
-    def tags(self, bucket: int) -> str:
-        return self.redis.keys.prefix(bucket) + "version-tags"
-
-    def keys(self, bucket: int) -> list[str]:
-        """The sorted sets, in the order scripts take them (KEYS[1..3], UNINDEX)."""
-        return [self.by_deadline(bucket), self.by_name(bucket), self.by_version(bucket)]
-
-    async def count(self, principal: str | None = None) -> int:
-        buckets = range(self.redis.keys.buckets)
-        if principal is None:
-            commands = [Command.of("ZCARD", self.by_deadline(bucket)) for bucket in buckets]
-        else:
-            prefix = principal_prefix(principal)
-            # Names are ASCII JSON (below 0x7f): the principal's lie in [prefix, prefix\x7f).
-            commands = [
-                Command.of("ZLEXCOUNT", self.by_name(bucket), f"[{prefix}", f"({prefix}\x7f")
-                for bucket in buckets
-            ]
-        return sum(await self.redis.run(commands))
-
-    async def by_versions(self) -> dict[tuple[str, str], int]:
-        """Sessions by model version, over the buckets (two round trips per node)."""
-        buckets = range(self.redis.keys.buckets)
-        tags = await self.redis.run([Command.of("HGETALL", self.tags(b)) for b in buckets])
-        counted = [(b, tag, version) for b in buckets for tag, version in tags[b].items()]
-        counts = await self.redis.run(
-            [Command.of("ZCOUNT", self.by_version(b), tag, tag) for b, tag, _ in counted]
-        )
-        active: dict[tuple[str, str], int] = {}
-        for (_, _, version), count in zip(counted, counts, strict=True):
-            model, number = json.loads(version)
-            active[model, number] = active.get((model, number), 0) + count
-        return active
-
-
-class RedisCensus:
-    """Counts the sessions of each model version in a namespace's index, from any thread
-    (the /metrics scrape's), with a client of its own on an event loop of its own, in a
-    thread of its own: `rnnserve_sessions_active` when scraped (a lone server's store, or
-    the supervisor of workers sharing the Redis)."""
-
-    def __init__(self, url: str, namespace: str, timeout_s: float) -> None:
-        self._url, self._namespace, self._timeout_s = url, namespace, timeout_s
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="rnnserve-census", daemon=True
-        )
-        self._thread.start()
-        self._index: SessionIndex | None = None
-
-    def __call__(self) -> dict[tuple[str, str], int]:
-        return asyncio.run_coroutine_threadsafe(self._count(), self._loop).result()
-
-    async def _count(self) -> dict[tuple[str, str], int]:
-        if self._index is None:  # made in the loop that uses it
-            redis = RedisClient(self._url, self._namespace, self._timeout_s)
-            self._index = SessionIndex(redis)
-        return await self._index.by_versions()
-
-    def close(self) -> None:
-        if self._index is not None:
-            asyncio.run_coroutine_threadsafe(self._index.redis.close(), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-
-
-class Generation:
-    """Whether Redis lost its data since this process first looked: a key in each bucket
-    that every process creates when missing, holding a random token. Another token (or
-    none) than the one seen means Redis (in a cluster: the master of that bucket) restarted
-    empty or was flushed: the sessions it held are lost."""
-
-    def __init__(self, redis: RedisClient, where: str, consequence: str) -> None:
-        """`consequence`: what the loss means for the store, for the log line."""
-        self._redis = redis
-        self._where = where
-        self._consequence = consequence
-        self.tokens: list[bytes | None] = [None] * redis.keys.buckets  # the ones seen last
-        self._lost_at: list[float | None] = [None] * redis.keys.buckets  # time.time()
-
-    async def check(self) -> list[int]:
-        """The buckets whose data was lost since the last check (logged once per loss)."""
-        space = self._redis.keys
-        token = uuid.uuid4().hex
-        found = await self._redis.run(
-            [
-                Command.call(_GENERATION, [space.prefix(bucket) + "generation"], [token])
-                for bucket in range(space.buckets)
-            ]
-        )
-        lost = [
-            bucket
-            for bucket, (seen, now) in enumerate(zip(self.tokens, found, strict=True))
-            if seen is not None and now != seen
-        ]
-        self.tokens = list(found)
-        if lost:
-            now = time.time()
-            for bucket in lost:
-                self._lost_at[bucket] = now
-            log.warning(
-                "Redis at %s lost its data (it restarted without persistence, or was flushed"
-                "%s): %s",
-                self._where,
-                "" if space.buckets == 1 else f"; {len(lost)} of {space.buckets} buckets",
-                self._consequence,
-            )
-        return lost
-
-    def lost(self, name: str, within_s: float) -> Gone | None:
-        """The tombstone of a sequence (named `name`) Redis no longer knows, when its
-        bucket lost its data within the last `within_s` seconds (such a sequence most likely
-        lived there)."""
-        lost_at = self._lost_at[self._redis.keys.bucket(name)]
-        if lost_at is None or time.time() - lost_at > within_s:
-            return None
-        at = time.strftime("%H:%M:%S", time.gmtime(lost_at))
-        return Gone(
-            "lost",
-            f"Redis at {self._where} lost its data at {at} UTC (it restarted without "
-            "persistence, or was flushed)",
-        )
 
 
 class RedisStore:
@@ -350,7 +130,7 @@ class RedisStore:
         timeout_s: float = 1.0,
     ) -> None:
         """`timeout_s`: state_store_timeout_s; `durability` and `durability_timeout_s`:
-        state_durability and its timeout (redis_client.py)."""
+        state_durability and its timeout (redis/client.py)."""
         self.idle_timeout_s = idle_timeout_s
         self.reachability = Reachability("redis", where(url))
         self._url, self._namespace, self._timeout_s = url, namespace, timeout_s
@@ -542,143 +322,3 @@ class RedisStore:
         await self._redis.close()
         if self._census is not None:
             self._census.close()
-
-
-def member(key: SessionKey) -> str:
-    """The session's name in Redis. JSON keeps 7 and "7" apart, turns back into the key
-    and starts with the principal (`principal_prefix`)."""
-    return json.dumps(list(key), separators=(",", ":"))
-
-
-def principal_prefix(principal: str) -> str:
-    """What the name of every session of `principal`, and of no other, starts with."""
-    return json.dumps([principal], separators=(",", ":"))[:-1] + ","
-
-
-def session_of(name: bytes | str) -> SessionKey:
-    return SessionKey(*json.loads(name))
-
-
-def one_row(state: State, row: int) -> State:
-    return {name: array[:, row : row + 1] for name, array in state.items()}
-
-
-def write_records(
-    space: Keyspace,
-    kind: str,
-    keys: Sequence[SessionKey],
-    state: State,
-    rows: Sequence[int],
-    progress: Sequence[Progress],
-    keep_s: float,
-    *,
-    ended: bool = False,
-) -> list[Command]:
-    """The commands that store each session's record (its row of `state` and its progress)
-    as its `kind` key (`state` for live sessions, `ended` for ended ones), kept for
-    `keep_s`. The record of an end keeps its state only when its final step carried an
-    offset: for a retry of that step."""
-    return [
-        Command.of(
-            "SET",
-            space.key(kind, member(key)),
-            encode_record(key, {} if ended and one.last is None else one_row(state, row), one),
-            "PX",
-            round(keep_s * 1000),
-        )
-        for key, row, one in zip(keys, rows, progress, strict=True)
-    ]
-
-
-def load_record(
-    key: SessionKey, blob: bytes | None, into: State, row: int, *, ended: bool = False
-) -> Loaded:
-    """A stored record copied into `row` of `into`: its progress (None without a record,
-    FailedPrecondition when it cannot serve), or the tombstone it is."""
-    if blob is None:
-        return None
-    try:
-        decoded = decode_record(key, blob)
-        if isinstance(decoded, Gone):
-            return decoded
-        state, progress = decoded
-        if state or not ended:  # the record of an end keeps a state only for a retry
-            check_layout(key, row_layout(state), row_layout(into))
-    except FailedPrecondition as error:
-        return error
-    for name, array in state.items():
-        into[name][:, row] = array[:, 0]
-    progress.ended = ended
-    return progress
-
-
-def encode_gone(gone: Gone) -> bytes:
-    """A tombstone (an expired or lost session's record) as one Redis value."""
-    header = json.dumps({"gone": gone.why, "reason": gone.reason}).encode()
-    return _HEADER_LENGTH.pack(len(header)) + header
-
-
-def encode_record(key: SessionKey, state: State, progress: Progress) -> bytes:
-    """A session's one-row state and progress as one Redis value."""
-    header: dict[str, Any] = {
-        "principal": key.principal,
-        "model": key.model,
-        "version": key.version,
-        "sequence_id": key.sequence_id,
-        "dtype": _DTYPE.str,
-        "names": list(state),
-        "shapes": [list(array.shape) for array in state.values()],
-        "offset": progress.offset,
-    }
-    arrays = (np.ascontiguousarray(array, dtype=_DTYPE) for array in state.values())
-    parts = [array.tobytes() for array in arrays]
-    if progress.last is not None:
-        answer = [
-            (name, _datatype(array), list(array.shape), codec.raw_of(_datatype(array), array))
-            for name, array in progress.last.answer.items()
-        ]
-        header["last"] = {
-            "length": progress.last.length,
-            "digest": progress.last.digest.hex(),
-            "answer": [[name, datatype, shape, len(raw)] for name, datatype, shape, raw in answer],
-        }
-        parts += [raw for *_, raw in answer]
-    encoded = json.dumps(header).encode()
-    return _HEADER_LENGTH.pack(len(encoded)) + encoded + b"".join(parts)
-
-
-def decode_record(key: SessionKey, blob: bytes) -> tuple[State, Progress] | Gone:
-    """The one-row state and progress `encode_record` wrote, or the tombstone `encode_gone`
-    wrote; FailedPrecondition when it was written for another session or in another dtype."""
-    (length,) = _HEADER_LENGTH.unpack_from(blob)
-    header = json.loads(blob[_HEADER_LENGTH.size : _HEADER_LENGTH.size + length])
-    if "gone" in header:
-        return Gone(header["gone"], header["reason"])
-    owner = SessionKey(
-        header["principal"], header["model"], header["version"], header["sequence_id"]
-    )
-    if owner != key or header["dtype"] != _DTYPE.str:
-        raise FailedPrecondition(
-            f"stored state of {key.describe()} belongs to {owner.describe()} "
-            f"with dtype {header['dtype']}; begin the sequence again with sequence_start=true"
-        )
-    state: State = {}
-    offset = _HEADER_LENGTH.size + length
-    for name, shape in zip(header["names"], header["shapes"], strict=True):
-        count = math.prod(shape)
-        state[name] = np.frombuffer(blob, _DTYPE, count, offset).reshape(shape)
-        offset += count * _DTYPE.itemsize
-    last = header.get("last")
-    if last is None:
-        return state, Progress(header["offset"])
-    answer: Answer = {}
-    for name, datatype, shape, size in last["answer"]:
-        raw = blob[offset : offset + size]
-        answer[name] = codec.array_from_raw(name, datatype, shape, raw)
-        offset += size
-    step = LastStep(last["length"], bytes.fromhex(last["digest"]), answer)
-    return state, Progress(header["offset"], step)
-
-
-def _datatype(array: np.ndarray) -> str:
-    return "BYTES" if array.dtype == object else codec.DATATYPE_OF_DTYPE[array.dtype]

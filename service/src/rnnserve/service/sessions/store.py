@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.sessions.state import Loaded, Progress, SessionKey
@@ -99,15 +99,23 @@ def open_store(settings: Settings, worker: str | None = None) -> StateStore:
         from rnnserve.service.sessions.memory_store import MemoryStore
 
         return MemoryStore(settings.session_idle_timeout_s)
-    redis = {
-        "timeout_s": settings.state_store_timeout_s,
-        "durability": settings.state_durability,
-        "durability_timeout_s": settings.state_durability_timeout_s,
-    }
+    redis = _RedisOptions(
+        timeout_s=settings.state_store_timeout_s,
+        durability=settings.state_durability,
+        durability_timeout_s=settings.state_durability_timeout_s,
+    )
     if settings.state_store == "redis":
         from rnnserve.service.sessions.redis_store import RedisStore
 
         return RedisStore(settings.redis_url, settings.session_idle_timeout_s, **redis)
-    from rnnserve.service.sessions.owned_store import OwnedStore
+    from rnnserve.service.sessions.owned.store import OwnedStore
 
     return OwnedStore(settings.redis_url, settings.session_idle_timeout_s, worker=worker, **redis)
+
+
+class _RedisOptions(TypedDict):
+    """What both Redis stores take from the settings (as keywords)."""
+
+    timeout_s: float
+    durability: str
+    durability_timeout_s: float

@@ -1,17 +1,6 @@
-"""The Redis that the `redis` and `owned` stores talk to: one server (`redis://`,
-`rediss://`, `unix://`) or a Redis Cluster (`redis+cluster://` or `rediss+cluster://` and
-any node's address: the client finds the others), where the stores' keys live, and how
-their commands travel.
-
-Keys. A session's keys (its state, the record of its end, its owner) and the index entries
-that count it lie in one *bucket*, and every script that must be atomic touches the keys of
-one bucket. On one server there is one bucket and the keys are named as they always were
-(`rnnserve:state:<session>`, `rnnserve:sessions`). In a cluster a bucket is one hash slot:
-its keys carry the bucket's hash tag (`rnnserve:{s1234}:state:<session>`), a session's
-bucket is a hash of its name, and the buckets' tags are picked to spread evenly over the
-16384 slots, so that masters holding equal ranges of slots hold equal shares of the
-sessions (64 buckets: 21 or 22 on each of three masters). Counting and expiry sum and
-sweep the buckets' indexes; no key is global.
+"""The client both Redis stores talk through: to one server or to a Redis Cluster, as the
+URL says (service/redis_url.py: in a cluster, any node's address; the client finds the
+others), and how their commands travel. Where their keys lie: keys.py.
 
 Batches. A store hands `run` the commands one request needs, each routed by its bucket:
 one pipeline to a server, one per master in a cluster, sent concurrently (one round trip
@@ -29,8 +18,8 @@ stopped Redis must not hold requests); a write under replica durability may also
 state_durability_timeout_s for its WAIT, so its connection allows for both. A call that met
 a closed connection on one server is tried once more, at once, on a new one (after a restart
 each pooled connection fails once that way); a timeout is not. What still fails is
-UNREACHABLE: the stores turn it into StoreUnavailable (reachability.py), in a cluster only
-once the failover retries below have given up.
+UNREACHABLE: the stores' guarded calls turn it into StoreUnavailable (guard.py), in a
+cluster only once the failover retries (Failover) have given up.
 
 Durability (`state_durability = "replica"`). A batch that writes what a client was, or will
 be, told is stored ends with WAIT on each master it wrote to, on the connection that wrote:
@@ -45,17 +34,14 @@ import asyncio
 import functools
 import hashlib
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -70,9 +56,9 @@ from redis.exceptions import (
 
 from rnnserve.protocol.errors import UsageError
 from rnnserve.service.errors import Unavailable
+from rnnserve.service.redis_url import CLUSTER_SCHEMES, is_cluster_url
+from rnnserve.service.sessions.redis.keys import Keyspace
 
-CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-CLUSTER_BUCKETS = 64
 CLUSTER_RETRY_S = 5.0  # how long a batch keeps trying through a failover
 RETRY_PAUSE_S = 0.1
 REPLICAS = 1  # replicas that must hold a write under state_durability = "replica"
@@ -92,25 +78,6 @@ UNREACHABLE = (
     TryAgainError,
     ClusterDownError,
 )
-
-
-def is_cluster_url(url: str) -> bool:
-    return url.split("://", 1)[0] in CLUSTER_SCHEMES
-
-
-def where(url: str) -> str:
-    """host:port/db of a Redis URL, without its credentials: what logs and errors name."""
-    parts = urlsplit(url)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
-
-
-def check_url(url: str) -> None:
-    """A cluster URL names database 0 or none: a cluster has no other (ValueError)."""
-    if not is_cluster_url(url):
-        return
-    path = url.split("://", 1)[1].split("?", 1)[0].partition("/")[2]
-    if path not in ("", "0"):
-        raise ValueError(f"a Redis Cluster has only database 0, not {path!r}: end the URL with /0")
 
 
 @dataclass(frozen=True)
@@ -155,57 +122,6 @@ class Command:
         )
 
 
-class Keyspace:
-    """Where a namespace's keys lie: `prefix(bucket)` starts every key of a bucket."""
-
-    def __init__(self, namespace: str, cluster: bool) -> None:
-        if "{" in namespace or "}" in namespace:
-            raise ValueError(f"namespace {namespace!r}: braces would make a hash tag")
-        self.buckets = CLUSTER_BUCKETS if cluster else 1
-        if cluster:
-            self._prefixes = [f"{namespace}:{{{tag}}}:" for tag in spread_tags(self.buckets)]
-        else:
-            self._prefixes = [f"{namespace}:"]
-
-    def bucket(self, name: str) -> int:
-        if self.buckets == 1:
-            return 0
-        return zlib.crc32(name.encode()) % self.buckets
-
-    def prefix(self, bucket: int) -> str:
-        return self._prefixes[bucket]
-
-    def key(self, kind: str, name: str) -> str:
-        """The key of `kind` (state, ended, owner) of the session named `name`."""
-        return f"{self._prefixes[self.bucket(name)]}{kind}:{name}"
-
-    def by_bucket(self, names: Sequence[str]) -> dict[int, list[int]]:
-        """The positions of `names`, grouped by bucket."""
-        groups: dict[int, list[int]] = {}
-        for position, name in enumerate(names):
-            groups.setdefault(self.bucket(name), []).append(position)
-        return groups
-
-
-@functools.cache
-def spread_tags(buckets: int) -> tuple[str, ...]:
-    """A hash tag per bucket, the i-th hashing into the i-th of `buckets` equal ranges of
-    slots (the first of `s0`, `s1`, ... that does): the same in every process."""
-    width = REDIS_CLUSTER_HASH_SLOTS / buckets
-    tags, candidate = [], 0
-    for bucket in range(buckets):
-        while True:
-            tag = f"s{candidate}"
-            candidate += 1
-            if int(key_slot(tag.encode()) // width) == bucket:
-                tags.append(tag)
-                break
-            if candidate > 1_000_000:  # cannot happen: CRC16 fills every range
-                raise AssertionError(f"no tag hashes into slot range {bucket}")
-        candidate = 0
-    return tuple(tags)
-
-
 class RedisClient:
     """The connection of one store, its keyspace and its durability."""
 
@@ -224,18 +140,22 @@ class RedisClient:
         self.durable = durability == "replica"
         self._wait_ms = max(1, round(durability_timeout_s * 1000))
         socket_timeout = timeout_s + (durability_timeout_s if self.durable else 0.0)
-        timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": timeout_s}
         self.client: redis.Redis | RedisCluster
         if self.cluster:
             scheme, rest = url.split("://", 1)
             # No retries inside redis-py: run() retries whole batches, keeping each WAIT on
             # the connection that wrote.
             self.client = RedisCluster.from_url(
-                f"{CLUSTER_SCHEMES[scheme]}://{rest}", retry=Retry(NoBackoff(), 0), **timeouts
+                f"{CLUSTER_SCHEMES[scheme]}://{rest}",
+                retry=Retry(NoBackoff(), 0),
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=timeout_s,
             )
         else:
             once = Retry(NoBackoff(), 1, supported_errors=(ConnectionError,))
-            self.client = redis.Redis.from_url(url, retry=once, **timeouts)
+            self.client = redis.Redis.from_url(
+                url, retry=once, socket_timeout=socket_timeout, socket_connect_timeout=timeout_s
+            )
 
     async def check(self) -> None:
         """A URL that names a cluster node without saying so, or a server that is no cluster
@@ -351,6 +271,7 @@ class RedisClient:
             pipe.execute_command(*commands[index].wire(index in by_body))
             if wait:
                 node = cluster.get_node_from_key(commands[index].key)
+                assert node is not None  # None only when a replica is asked for
                 nodes.setdefault(node.name, (node, []))[1].append(index)
         for node, _ in nodes.values():
             pipe.execute_command("WAIT", REPLICAS, self._wait_ms, target_nodes=node)

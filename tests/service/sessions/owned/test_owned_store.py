@@ -13,9 +13,11 @@ from redis_helpers import command_calls, sync_client
 from test_state_stores import assert_same_state, load_one, lstm_state, save_one, zeros_like
 
 from rnnserve.service.errors import Unavailable
+from rnnserve.service.redis_url import is_cluster_url
 from rnnserve.service.sessions import SessionKey
-from rnnserve.service.sessions.owned_store import OwnedStore, declare_dead
-from rnnserve.service.sessions.redis_client import Keyspace, is_cluster_url
+from rnnserve.service.sessions.owned.reaping import declare_dead
+from rnnserve.service.sessions.owned.store import OwnedStore
+from rnnserve.service.sessions.redis.keys import Keyspace
 from rnnserve.service.sessions.state import Gone, Progress
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import ANONYMOUS
@@ -92,7 +94,7 @@ def test_hand_overs_are_logged_at_debug(
             await save_one(a.store, KEY, lstm_state(0))
             await load_one(b.store, KEY, lstm_state())
 
-    with caplog.at_level(logging.DEBUG, logger="rnnserve.service.sessions.owned_store"):
+    with caplog.at_level(logging.DEBUG, logger="rnnserve.service.sessions.owned"):
         asyncio.run(scenario())
 
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]

@@ -1,0 +1,56 @@
+"""Redis losing its data, for the owned store: the states of the sessions a worker holds
+are intact in its memory, so it claims them again; a sequence nobody holds any longer
+hears that its state was lost."""
+
+from __future__ import annotations
+
+from rnnserve.service.sessions.owned.held import Held
+from rnnserve.service.sessions.owned.ownership import Ownership
+from rnnserve.service.sessions.owned.worker import Worker
+from rnnserve.service.sessions.redis.generation import Generation
+from rnnserve.service.sessions.redis.guard import guarded
+from rnnserve.service.sessions.redis.keys import member
+from rnnserve.service.sessions.state import Gone, SessionKey
+
+
+class GenerationCheck:
+    """Whether Redis lost its data (in a cluster: which buckets did), and what follows for
+    the sessions held here."""
+
+    def __init__(self, worker: Worker, held: Held, ownership: Ownership) -> None:
+        self.reachability = worker.reachability
+        self._worker = worker
+        self._held = held
+        self._ownership = ownership
+        self._generation = Generation(
+            worker.redis,
+            worker.reachability.where,
+            "this process claims the sequences it holds again",
+        )
+
+    @guarded("generation")
+    async def check(self) -> None:
+        """Whichever call notices first that Redis lost its data claims the sessions this
+        process holds there again (their states are intact here): a later sweep would
+        otherwise find their ownership records gone and drop them. A claim that fails is
+        tried again by the next check."""
+        seen = list(self._generation.tokens)
+        lost = set(await self._generation.check())
+        if not lost:
+            return
+        space, states = self._worker.space, self._held.states
+        held = [key for key in states.sessions() if space.bucket(member(key)) in lost]
+        try:
+            await self._ownership.claim(held, again=True)
+        except BaseException:
+            self._generation.tokens = seen
+            raise
+        # Those that ended while being claimed: their end found no record to drop.
+        ended = [key for key in held if not states.holds(key)]
+        if ended:
+            await self._worker.redis.run(self._ownership.forgetting(ended))
+
+    def lost(self, key: SessionKey) -> Gone | None:
+        """The tombstone of a sequence Redis no longer knows, when its bucket lost its data
+        lately (Generation.lost)."""
+        return self._generation.lost(member(key), self._held.tombstone_ms / 1000)

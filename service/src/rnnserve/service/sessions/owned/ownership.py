@@ -1,0 +1,123 @@
+"""This worker's ownership records in Redis: `owner:<session>` naming it, the set of the
+sessions it owns in each bucket (`owned:<id>`), and their entries in the session index."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rnnserve.service.sessions.owned.held import Held
+from rnnserve.service.sessions.owned.liveness import LIVENESS_S
+from rnnserve.service.sessions.owned.worker import Worker, owned_key
+from rnnserve.service.sessions.redis.client import Command, Script
+from rnnserve.service.sessions.redis.guard import guarded
+from rnnserve.service.sessions.redis.index import INDEX, UNINDEX, SessionIndex, version_tag
+from rnnserve.service.sessions.redis.keys import member
+from rnnserve.service.sessions.state import SessionKey
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1000  # sessions per script of a claim, and per batch of a clean stop's flush
+
+# Every script touches the keys of one bucket (redis/keys.py): one hash slot in a
+# cluster. ARGV[2] is always the bucket's key prefix; KEYS[1..3] the bucket's index
+# (redis/index.py).
+
+# KEYS: the index (3), the version tags, my owned list. ARGV: me, prefix, deadline,
+# liveness ms, again ('1' or ''), then per session its member, version tag and version.
+# Takes the sessions (new ones, or ids started again: a state left by an earlier run of
+# the id goes; `again`: mine, after Redis lost its data, unless another worker has claimed
+# one since) and keeps me alive and registered in the bucket.
+_CLAIM = Script(
+    INDEX
+    + """
+redis.call('SET', ARGV[2] .. 'worker:' .. ARGV[1], '1', 'PX', ARGV[4])
+redis.call('SADD', ARGV[2] .. 'workers', ARGV[1])
+for i = 6, #ARGV, 3 do
+  if ARGV[5] == '' then
+    redis.call('SET', ARGV[2] .. 'owner:' .. ARGV[i], ARGV[1])
+    redis.call('DEL', ARGV[2] .. 'state:' .. ARGV[i])
+  else
+    redis.call('SET', ARGV[2] .. 'owner:' .. ARGV[i], ARGV[1], 'NX')
+  end
+  redis.call('SADD', KEYS[5], ARGV[i])
+  index(ARGV[i], ARGV[3], ARGV[i + 1], ARGV[i + 2])
+end
+"""
+)
+# KEYS: the index (3), my owned list. ARGV: me, prefix, a tombstone to leave ('' for none),
+# its ttl in ms, members. Ends sessions I own.
+_FORGET = Script(
+    UNINDEX
+    + """
+for i = 5, #ARGV do
+  if redis.call('GET', ARGV[2] .. 'owner:' .. ARGV[i]) == ARGV[1] then
+    redis.call('DEL', ARGV[2] .. 'owner:' .. ARGV[i], ARGV[2] .. 'state:' .. ARGV[i])
+    unindex(ARGV[i])
+    redis.call('SREM', KEYS[4], ARGV[i])
+    if ARGV[3] ~= '' then
+      redis.call('SET', ARGV[2] .. 'ended:' .. ARGV[i], ARGV[3], 'PX', ARGV[4])
+    end
+  end
+end
+"""
+)
+
+
+class Ownership:
+    """Claims sessions for this worker (new ones, and its own again after Redis lost its
+    data) and ends those it owns."""
+
+    def __init__(self, worker: Worker, held: Held) -> None:
+        self.reachability = worker.reachability
+        self._worker = worker
+        self._held = held
+        self._index = SessionIndex(worker.redis)
+
+    @guarded("claim")
+    async def claim(self, keys: list[SessionKey], again: bool = False) -> None:
+        """Records me as the owner of `keys` (new sessions; `again`: mine, after Redis lost
+        its data, unless another worker has claimed one since)."""
+        if not keys:
+            return
+        me, space = self._worker.id, self._worker.space
+        deadline = time.time() + self._held.idle_timeout_s
+        names = [member(key) for key in keys]
+        commands = []
+        for bucket, group in space.by_bucket(names).items():
+            for start in range(0, len(group), CHUNK):
+                args: list[Any] = [
+                    me, space.prefix(bucket), deadline, round(LIVENESS_S * 1000),
+                    "1" if again else "",
+                ]  # fmt: skip
+                for i in group[start : start + CHUNK]:
+                    model, version = keys[i].model, keys[i].version
+                    args += [names[i], version_tag(model, version), json.dumps([model, version])]
+                owned = owned_key(space, bucket, me)
+                touched = [*self._index.keys(bucket), self._index.tags(bucket), owned]
+                commands.append(Command.call(_CLAIM, touched, args))
+        await self._worker.redis.run(commands, durable=True)
+        if again:
+            log.warning("claimed the %d sequences this process holds again", len(keys))
+
+    def forgetting(self, keys: Sequence[SessionKey], tombstone: bytes = b"") -> list[Command]:
+        """The commands that end `keys`, those I own (leaving `tombstone`, if any)."""
+        me, space = self._worker.id, self._worker.space
+        names = [member(key) for key in keys]
+        return [
+            Command.call(
+                _FORGET,
+                [*self._index.keys(bucket), owned_key(space, bucket, me)],
+                [
+                    me,
+                    space.prefix(bucket),
+                    tombstone,
+                    self._held.tombstone_ms,
+                    *(names[i] for i in group),
+                ],
+            )
+            for bucket, group in space.by_bucket(names).items()
+        ]

@@ -1,0 +1,49 @@
+"""The store methods that reach Redis, guarded: the one place where a failure to reach it
+(client.UNREACHABLE) becomes StoreUnavailable, told to the store's Reachability
+(../reachability.py) with every outcome."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+
+from rnnserve.service.sessions.reachability import Reachability
+from rnnserve.service.sessions.redis.client import UNREACHABLE
+
+
+class Guarded(Protocol):
+    """What a guarded method's object has: the Reachability it tells."""
+
+    reachability: Reachability
+
+
+G = TypeVar("G", bound=Guarded)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def guarded(
+    operation: str,
+) -> Callable[
+    [Callable[Concatenate[G, P], Awaitable[T]]],
+    Callable[Concatenate[G, P], Coroutine[Any, Any, T]],
+]:
+    """A store method that reaches Redis: a failure to reach it (client.UNREACHABLE)
+    becomes StoreUnavailable, and every outcome tells the store's Reachability."""
+
+    def decorate(
+        method: Callable[Concatenate[G, P], Awaitable[T]],
+    ) -> Callable[Concatenate[G, P], Coroutine[Any, Any, T]]:
+        @functools.wraps(method)
+        async def call(store: G, /, *args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                result = await method(store, *args, **kwargs)
+            except UNREACHABLE as error:
+                raise store.reachability.failed(operation, error) from None
+            store.reachability.answered()
+            return result
+
+        return call
+
+    return decorate
