@@ -33,6 +33,7 @@ from rnnserve.service.dataplane.compute import Compute
 from rnnserve.service.errors import FailedPrecondition, NotFound
 from rnnserve.service.repository import (
     Failed,
+    Fingerprint,
     LoadedVersion,
     ModelFolder,
     NotLoaded,
@@ -189,19 +190,19 @@ class ModelControl:
                 self.repository.set(name, version, NotLoaded(f"not loaded: {left_out}"))
         failures = []
         for version in wanted:
-            entry = entries.get(version)
-            if isinstance(entry, LoadedVersion):
+            held = entries.get(version)
+            if isinstance(held, LoadedVersion):
                 continue
             fingerprint = await self.compute.load(functools.partial(folder.fingerprint, version))
-            if isinstance(entry, Failed) and entry.fingerprint == fingerprint and not retry:
+            if isinstance(held, Failed) and held.fingerprint == fingerprint and not retry:
                 continue
-            entry = await self._load(folder, version, fingerprint)
-            if isinstance(entry, Failed):
-                failures.append(f"version {version}: {entry.reason}")
+            loaded = await self._load(folder, version, fingerprint)
+            if isinstance(loaded, Failed):
+                failures.append(f"version {version}: {loaded.reason}")
         return failures
 
     async def _load(
-        self, folder: ModelFolder, version: str, fingerprint: tuple
+        self, folder: ModelFolder, version: str, fingerprint: Fingerprint
     ) -> LoadedVersion | Failed:
         name = folder.name
         start = time.perf_counter()

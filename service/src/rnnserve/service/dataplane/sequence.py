@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 
+from rnnserve.protocol.sequences import SEQUENCE_OFFSET
 from rnnserve.service.dataplane.admitted import Admitted
 from rnnserve.service.dataplane.compute import Compute
 from rnnserve.service.dataplane.stateless import stream_responses
@@ -17,9 +18,8 @@ from rnnserve.service.dataplane.timer import RequestTimer
 from rnnserve.service.errors import InvalidArgument
 from rnnserve.service.sessions import RowStep, SessionKey, SessionManager
 from rnnserve.service.sessions.accounting import request_digest
-from rnnserve.service.sessions.parameters import SEQUENCE_OFFSET
 from rnnserve.service.tasks.base import Execute, Prepared, Result
-from rnnserve.service.types import InferResponse, State
+from rnnserve.service.types import InferResponse, Parameter, State
 
 
 class SequencePath:
@@ -43,7 +43,7 @@ class SequencePath:
         result, offset = await self._step(
             admitted, prepared, execute, threads, timer, answer_last=False
         )
-        parameters = {SEQUENCE_OFFSET: offset}
+        parameters: dict[str, Parameter] = {SEQUENCE_OFFSET: offset}
         if result is not None:  # not the last piece: answered already
             with timer.responding():
                 yield admitted.response(prepared, result, parameters)

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -33,8 +34,9 @@ log = logging.getLogger(__name__)
 class _Server(uvicorn.Server):
     """uvicorn without its signal handlers: SIGTERM drains the whole server, in order."""
 
-    def capture_signals(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class _CertifiedProtocol(HttpToolsProtocol):
@@ -55,7 +57,7 @@ def _common_name(certificate: dict[str, Any] | None) -> str | None:
     for relative_name in (certificate or {}).get("subject", ()):
         for key, value in relative_name:
             if key == "commonName":
-                return value
+                return str(value)
     return None
 
 
@@ -87,7 +89,9 @@ class RestFrontend:
             access_log=False,  # the Recorder writes the access log
             lifespan="off",
             server_header=False,
-            timeout_graceful_shutdown=settings.grace_period_s,
+            # uvicorn waits with asyncio.wait_for, which takes any number of seconds;
+            # its annotation says int.
+            timeout_graceful_shutdown=settings.grace_period_s,  # type: ignore[arg-type]
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None

@@ -30,8 +30,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from rnnserve.protocol import codec
+from rnnserve.protocol.sequences import SEQUENCE_OFFSET
 from rnnserve.service.errors import Aborted, FailedPrecondition, InvalidArgument, ServiceError
-from rnnserve.service.sessions.parameters import SEQUENCE_OFFSET
 from rnnserve.service.sessions.state import Answer, Gone, Loaded, Progress, SessionKey
 from rnnserve.service.types import Tensor
 

@@ -139,7 +139,7 @@ class Batcher:
 
     def _by_shape(self, steps: list[_Step]) -> list[list[_Step]]:
         """Steps that can share a run: equal in every dimension but the batch axis."""
-        groups: dict[tuple, list[_Step]] = {}
+        groups: dict[tuple[tuple[str, str, tuple[int, ...]], ...], list[_Step]] = {}
         for step in steps:
             key = tuple(
                 (name, array.dtype.str, self._other_dims(name, array))
@@ -178,4 +178,4 @@ class Batcher:
 
     def _rows(self, feeds: Tensors) -> int:
         name, array = next(iter(feeds.items()))
-        return array.shape[self._axis(name)]
+        return int(array.shape[self._axis(name)])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +97,7 @@ def split_control(request: InferRequest) -> tuple[SessionRows | None, InferReque
     return rows, task_request
 
 
-def _values(tensor: Tensor, datatypes: tuple[str, ...]) -> list:
+def _values(tensor: Tensor, datatypes: tuple[str, ...]) -> list[Any]:
     """A control tensor's values, one per row: shape [batch] or [batch, 1]."""
     if tensor.datatype not in datatypes:
         raise InvalidArgument(

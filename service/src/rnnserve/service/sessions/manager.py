@@ -92,7 +92,8 @@ class SessionManager:
         computes it again from the state that step started from (copied into `initial`)
         and nothing is stored.
         """
-        result, [outcome] = await self.step_rows([row], initial, run, answers, row_errors=False)
+        stepped = await self.step_rows([row], initial, run, answers, row_errors=False)
+        result, [outcome] = stepped
         return result, outcome
 
     async def step_rows(

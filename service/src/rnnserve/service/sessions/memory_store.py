@@ -128,7 +128,7 @@ class MemoryStore:
         self.idle_timeout_s = idle_timeout_s
         self.reachability = Reachability("memory", "this process")  # always answers
         self._entries: dict[SessionKey, _Entry] = {}
-        self._slabs: dict[tuple, _Slab] = {}  # by layout
+        self._slabs: dict[tuple[tuple[str, tuple[int, ...]], ...], _Slab] = {}  # by layout
         self._principals: Counter[str] = Counter()  # sessions held by each principal
         self._versions: Counter[tuple[str, str]] = Counter()  # by (model, version)
         self._ended: OrderedDict[SessionKey, _Ended] = OrderedDict()  # oldest first

@@ -15,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from rnnserve.service import metrics
 from rnnserve.service.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
-Watcher = Callable[[], Awaitable[None]]
+Watcher = Callable[[], Coroutine[Any, Any, None]]
 
 
 class StoreUnavailable(Unavailable):
