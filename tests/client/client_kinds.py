@@ -1,17 +1,39 @@
-"""The sync and the asyncio client behind one face, for checks that both must pass: an
-asyncio client is driven from the test's synchronous code (Blocking); `session_of` opens
-the sequence session that goes with a client of either kind."""
+"""Every kind of client behind one face, for checks that all must pass: the sync and the
+asyncio client of each protocol (gRPC, REST). An asyncio client is driven from the test's
+synchronous code (Blocking); `session_of` opens the sequence session that goes with a
+client of any kind."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Protocol
 
-from rnnserve.client.aio import AsyncRnnClient, AsyncSequenceSession
+import pytest
+
+from rnnserve.client.aio import AsyncRestClient, AsyncRnnClient, AsyncSequenceSession
+from rnnserve.client.api import Client
 from rnnserve.client.client import RnnClient
+from rnnserve.client.rest import RestClient
 from rnnserve.client.sequence import SequenceSession
+
+CLIENTS: dict[str, type[Any]] = {
+    "sync": RnnClient, "aio": AsyncRnnClient, "rest": RestClient, "rest-aio": AsyncRestClient,
+}  # fmt: skip
+GRPC_KINDS = ["sync", "aio"]
+REST_KINDS = ["rest", "rest-aio"]
+ASYNC_KINDS = ["aio", "rest-aio"]
+
+
+class Served(Protocol):
+    """A running server's addresses (tests/conftest.py's RunningServer)."""
+
+    @property
+    def address(self) -> str: ...  # gRPC's HOST:PORT
+
+    @property
+    def http_url(self) -> str: ...  # REST's http(s)://HOST:PORT
 
 
 class Blocking:
@@ -63,21 +85,33 @@ def made_in(loop: asyncio.AbstractEventLoop, factory: Any, *args: Any, **kwargs:
     return Blocking(loop.run_until_complete(made()), loop)
 
 
-def connect(kind: str, address: str, **options: Any) -> RnnClient | Blocking:
-    """A client of `kind` ("sync" or "aio"); an asyncio one on an event loop of its own."""
-    if kind == "sync":
-        return RnnClient(address, **options)
-    return made_in(asyncio.new_event_loop(), AsyncRnnClient, address, **options)
+def connect(kind: str, target: Served | str, **options: Any) -> Client | Blocking:
+    """A client of `kind` (a key of CLIENTS) to `target`: a server (its gRPC or its REST
+    port, as the kind speaks) or an address; an asyncio one on an event loop of its own."""
+    if isinstance(target, str):
+        address = target
+    else:
+        address = target.http_url if kind in REST_KINDS else target.address
+    if kind in ASYNC_KINDS:
+        return made_in(asyncio.new_event_loop(), CLIENTS[kind], address, **options)
+    return CLIENTS[kind](address, **options)
 
 
-def disconnect(client: RnnClient | Blocking) -> None:
+def disconnect(client: Client | Blocking) -> None:
     client.close()
     if isinstance(client, Blocking):
         client.loop.close()
 
 
-def session_of(client: RnnClient | Blocking, *args: Any, **kwargs: Any) -> Any:
+def session_of(client: Client | Blocking, *args: Any, **kwargs: Any) -> Any:
     """SequenceSession(client, ...), or AsyncSequenceSession for an asyncio client."""
     if isinstance(client, Blocking):
         return Blocking(AsyncSequenceSession(client.target, *args, **kwargs), client.loop)
     return SequenceSession(client, *args, **kwargs)
+
+
+def streaming_needs_grpc(kind: str, streaming: bool) -> None:
+    """Skips a streaming run of a check with a REST client: the REST API has no streaming
+    (tests/client/test_rest.py checks that a streaming session over REST is refused)."""
+    if streaming and kind in REST_KINDS:
+        pytest.skip("streaming is gRPC's alone")

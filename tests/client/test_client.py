@@ -1,6 +1,7 @@
-"""RnnClient and AsyncRnnClient: numpy in, numpy out, strings for text models, metadata as
-dataclasses, sequences over both RPCs. Every check runs with either client (`any_client`:
-the asyncio one driven through tests/client/conftest.py's Blocking)."""
+"""The clients, sync and asyncio, over gRPC and over REST: numpy in, numpy out, strings for
+text models, metadata as dataclasses, sequences over unary calls and (gRPC) streams. Every
+check runs with each client (`any_client`: the asyncio ones driven through
+tests/client/client_kinds.py's Blocking), streams with the gRPC ones."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ import asyncio
 
 import numpy as np
 import pytest
-from client_kinds import session_of
+from client_kinds import session_of, streaming_needs_grpc
 
 from rnnserve.client.aio import AsyncRnnClient, AsyncSequenceSession
 from rnnserve.client.client import build_request
 from rnnserve.client.errors import InferenceError, NotFound
 from rnnserve.client.metadata import ModelMetadata, ServerMetadata, TensorMetadata
-from rnnserve.client.rest import RestClient
 from rnnserve.protocol.sequences import CONTROL_DATATYPES
 
 
@@ -49,7 +49,7 @@ def test_model_metadata_names_tensors_states_controls_and_text(any_client) -> No
 
 
 def test_text_outputs_come_as_str_or_as_bytes_when_asked(server, any_client, connected) -> None:
-    raw_client = connected(server.address, decode_text=False)
+    raw_client = connected(server, decode_text=False)
     inputs = {"text": ["hello", "hell"]}
 
     text = any_client.infer("tagger-gru", inputs, ["text_out", "tokens_out"])
@@ -99,11 +99,12 @@ def test_server_errors_raise_with_the_status_and_message(any_client) -> None:
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["ModelInfer", "ModelStreamInfer"])
-def test_a_sequence_keeps_state_between_steps(any_client, streaming: bool) -> None:
+def test_a_sequence_keeps_state_between_steps(any_client, kind: str, streaming: bool) -> None:
+    streaming_needs_grpc(kind, streaming)
     values = np.sin(np.linspace(0, 2, 9, dtype=np.float32))
     whole, _ = any_client.infer_sine(values, model="sine-gru")
 
-    with session_of(any_client, "sine-gru", f"keeps-{streaming}", streaming) as sequence:
+    with session_of(any_client, "sine-gru", f"keeps-{kind}-{streaming}", streaming) as sequence:
         steps = [
             sequence.step({"x": values[None, i : i + 3, None]}, ["y"], end=i == 6)["y"]
             for i in (0, 3, 6)
@@ -113,6 +114,7 @@ def test_a_sequence_keeps_state_between_steps(any_client, streaming: bool) -> No
     assert sequence.offset == 9 and sequence.retries == 0
 
 
+@pytest.mark.grpc_only
 def test_a_stream_yields_every_decoded_seq2seq_token(any_client) -> None:
     request = build_request("seq2seq-gru", {"text": ["hello"]})
 
@@ -165,9 +167,7 @@ def test_the_asyncio_client_runs_sequences_concurrently(server) -> None:
         np.testing.assert_allclose(difference, 0, atol=1e-6)
 
 
-def test_rest_metadata_reads_as_the_same_dataclasses(server, client) -> None:
-    with RestClient(server.http_url) as rest:
-        over_rest = ModelMetadata.from_json(rest.model_metadata("tagger-gru"))
-
-    assert over_rest == client.model_metadata("tagger-gru")
-    assert over_rest.text_outputs == {"text_out"}
+def test_every_client_reads_the_same_metadata(any_client, client) -> None:
+    for model in ("sine-lstm", "tagger-gru", "seq2seq-rnn"):
+        assert any_client.model_metadata(model) == client.model_metadata(model)
+    assert any_client.server_metadata() == client.server_metadata()

@@ -1,6 +1,7 @@
 """One exception class per status code, each raised from a real refusal where a server
-gives one: by either gRPC client, by the REST client, and from raw calls through the one
-mapping (`from_rpc_error`) for the statuses the client's own methods cannot meet."""
+gives one: by every client (sync and asyncio, gRPC and REST), and from raw calls through
+the one mapping (`from_rpc_error`, `from_rest`) for the statuses the clients' own methods
+cannot meet."""
 
 from __future__ import annotations
 
@@ -30,7 +31,6 @@ from rnnserve.client.errors import (
     from_rpc_error,
     from_stream_reply,
 )
-from rnnserve.client.rest import RestClient
 from rnnserve.client.stream import Stream
 from rnnserve.protocol import messages as pb
 from rnnserve.protocol import rpc
@@ -67,7 +67,7 @@ def test_a_session_limit_raises_resource_exhausted(
     start_module_server, sine_repository, connected
 ) -> None:
     limited = start_module_server(sine_repository, env={"RNNSERVE_MAX_SESSIONS": "1"})
-    client = connected(limited.address)
+    client = connected(limited)
     first = session_of(client, "sine-lstm", "the-one")
     first.step({"x": X})
 
@@ -82,23 +82,20 @@ def test_an_unreachable_server_raises_unavailable(connected) -> None:
     unreachable = connected("127.0.0.1:1", timeout_s=5)
 
     refusal(unreachable.server_ready, Unavailable)
-    with RestClient("http://127.0.0.1:1", timeout_s=5) as rest:
-        refusal(rest.server_ready, Unavailable)
 
 
 def test_credentials_refused_raise_unauthenticated_and_permission_denied(
     token_server, pki, connected
 ) -> None:
-    nobody = connected(token_server.address, root_certificates=pki.ca)
-    alice = connected(token_server.address, root_certificates=pki.ca, token=TOKENS["alice"][0])
+    nobody = connected(token_server, root_certificates=pki.ca)
+    alice = connected(token_server, root_certificates=pki.ca, token=TOKENS["alice"][0])
 
     refusal(lambda: nobody.infer("sine-lstm", {"x": X}), Unauthenticated)
+    refusal(lambda: nobody.model_metadata("sine-lstm"), Unauthenticated)
     assert alice.infer("sine-lstm", {"x": X}, ["y"])["y"].shape == (1, 6, 1)
     with pytest.raises(grpc.RpcError) as raised:  # statistics need the admin role
         token_server.stub.ModelStatistics(pb.ModelStatisticsRequest(), metadata=bearer("alice"))
     assert isinstance(from_rpc_error(raised.value), PermissionDenied)
-    with RestClient(token_server.http_url, root_certificates=pki.ca) as rest:
-        refusal(lambda: rest.model_metadata("sine-lstm"), Unauthenticated)
 
 
 def test_an_rpc_the_server_lacks_raises_unimplemented(server) -> None:
@@ -108,6 +105,7 @@ def test_an_rpc_the_server_lacks_raises_unimplemented(server) -> None:
     assert isinstance(from_rpc_error(raised.value), Unimplemented)
 
 
+@pytest.mark.grpc_only
 def test_a_cancelled_stream_raises_cancelled(any_client) -> None:
     if isinstance(any_client, Blocking):
         stream = made_in(any_client.loop, AsyncStream, any_client.target, None, None)
@@ -117,12 +115,6 @@ def test_a_cancelled_stream_raises_cancelled(any_client) -> None:
 
     refusal(stream.receive, Cancelled)
     assert stream.done
-
-
-def test_rest_refusals_have_the_same_classes(server) -> None:
-    with RestClient(server.http_url) as rest:
-        refusal(lambda: rest.infer_response("nope", {"x": X}), NotFound)
-        refusal(lambda: rest.infer_response("sine-gru", {"x": X[0]}), InvalidArgument)
 
 
 def test_out_of_step_is_a_failed_precondition_with_both_counts() -> None:

@@ -1,4 +1,4 @@
-"""The client library's retries, against a real server, with either client: a step whose
+"""The client library's retries, against a real server, with every client: a step whose
 answer is lost on its way back (the server applied it; the client saw UNAVAILABLE, as when
 a connection breaks) is sent again with the same offset and answered again, never applied
 twice; a step the server counts differently is refused and raised, never answered
@@ -6,13 +6,17 @@ wrongly."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import socket
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from client_kinds import Blocking, session_of
+from client_kinds import REST_KINDS, Blocking, session_of, streaming_needs_grpc
 
 from rnnserve.client.client import RnnClient
 from rnnserve.client.errors import FailedPrecondition, SequenceOutOfStep, Unavailable
@@ -131,23 +135,103 @@ class _AsyncReplies:
         return reply
 
 
-def lossy_client(server, connected) -> tuple[Any, LoseAnswers]:
+class LosingProxy:
+    """A TCP proxy on 127.0.0.1 in front of a REST port that loses the answers `losing`
+    chooses: it breaks the client's connection when the server's answer starts to arrive,
+    as a network that fails after the server answered does."""
+
+    def __init__(self, port: int, losing: LoseAnswers) -> None:
+        self._port, self._losing = port, losing
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            server = socket.create_connection(("127.0.0.1", self._port))
+            asked = threading.Event()  # a request went out, not yet answered
+            threading.Thread(
+                target=self._requests, args=(client, server, asked), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._answers, args=(server, client, asked), daemon=True
+            ).start()
+
+    @staticmethod
+    def _requests(client: socket.socket, server: socket.socket, asked: threading.Event) -> None:
+        with client:
+            while data := _received(client):
+                asked.set()  # before sending: the server may answer at once
+                if not _sent(server, data):
+                    break
+        _shut(server)
+
+    def _answers(
+        self, server: socket.socket, client: socket.socket, asked: threading.Event
+    ) -> None:
+        with server:
+            while data := _received(server):
+                if asked.is_set():  # the first bytes of an answer
+                    asked.clear()
+                    if self._losing.lose():
+                        break
+                if not _sent(client, data):
+                    break
+        _shut(client)
+
+    def close(self) -> None:
+        _shut(self._listener)  # wakes its accept
+        self._listener.close()
+
+
+def _received(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(1 << 16)
+    except OSError:  # the other side broke it off
+        return b""
+
+
+def _sent(sock: socket.socket, data: bytes) -> bool:
+    try:
+        sock.sendall(data)
+    except OSError:  # the other side broke it off
+        return False
+    return True
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # shut already
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def lossy_client(server, connected, kind: str) -> Iterator[tuple[Any, LoseAnswers]]:
     """A client of the test's kind that loses every third answer."""
     losing = LoseAnswers()
-    client = connected(server.address)
+    if kind in REST_KINDS:
+        proxy = LosingProxy(server.http_port, losing)
+        yield connected(proxy.address), losing
+        proxy.close()
+        return
+    client = connected(server)
     if isinstance(client, Blocking):
         client.target.stub = AsyncLosingStub(client.target.stub, losing)
     else:
         client.stub = rpc.Stub(grpc.intercept_channel(client.channel, losing))
-    return client, losing
+    yield client, losing
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["unary", "streamed"])
 def test_a_step_whose_answer_was_lost_is_answered_again_not_applied_twice(
-    server, client: RnnClient, connected, kind: str, streaming: bool
+    client: RnnClient, lossy_client, kind: str, streaming: bool
 ) -> None:
+    streaming_needs_grpc(kind, streaming)
     whole = client.infer("sine-lstm", {"x": X[None, :, None]}, ["y"])["y"].reshape(-1)
-    lossy, losing = lossy_client(server, connected)
+    lossy, losing = lossy_client
     session = session_of(lossy, "sine-lstm", f"lossy-{kind}-{streaming}", streaming, retry=FAST)
     pieces = [session.step({"x": X[None, a:b, None]}, ["y"], end=b == 24)["y"] for a, b in CHUNKS]
     session.close()
@@ -157,8 +241,8 @@ def test_a_step_whose_answer_was_lost_is_answered_again_not_applied_twice(
     assert session.retries == losing.lost >= 3
 
 
-def test_without_offsets_a_lost_answer_is_not_retried(server, connected, kind: str) -> None:
-    lossy, _ = lossy_client(server, connected)
+def test_without_offsets_a_lost_answer_is_not_retried(lossy_client, kind: str) -> None:
+    lossy, _ = lossy_client
     session = session_of(lossy, "sine-lstm", f"no-offsets-{kind}", offsets=False, retry=FAST)
     session.step({"x": X[None, :3, None]})
     session.step({"x": X[None, 3:6, None]})

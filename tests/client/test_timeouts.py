@@ -1,17 +1,16 @@
-"""Timeouts, with either gRPC client and over REST: each call's own `timeout` (the client's
-`timeout_s` unless given), a stream's deadline, and a sequence step's wait for its answer,
-after which the step is sent again the same and answered once. The slow request is a sine
+"""Timeouts, with every client: each call's own `timeout` (the client's `timeout_s` unless
+given), a stream's deadline (gRPC), and a sequence step's wait for its answer, after which
+the step is sent again the same and answered once. The slow request is a sine
 sequence of 100,000 time steps (tens of milliseconds of ONNX Runtime), given a millisecond."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from client_kinds import session_of
+from client_kinds import session_of, streaming_needs_grpc
 
 from rnnserve.client.client import build_request
 from rnnserve.client.errors import DeadlineExceeded
-from rnnserve.client.rest import RestClient
 from rnnserve.client.retry import NO_RETRIES
 
 LONG = np.sin(np.linspace(0, 600, 100_000, dtype=np.float32)).reshape(1, -1, 1)
@@ -19,7 +18,7 @@ TINY = 0.001
 
 
 def test_a_call_past_its_timeout_raises_deadline_exceeded(server, any_client, connected) -> None:
-    impatient = connected(server.address, timeout_s=TINY)  # every call's default
+    impatient = connected(server, timeout_s=TINY)  # every call's default
 
     with pytest.raises(DeadlineExceeded):
         any_client.infer("sine-gru", {"x": LONG}, ["y"], timeout=TINY)
@@ -30,24 +29,7 @@ def test_a_call_past_its_timeout_raises_deadline_exceeded(server, any_client, co
     assert impatient.model_metadata("sine-gru", timeout=60).name == "sine-gru"
 
 
-def test_a_rest_call_past_its_timeout_raises_deadline_exceeded(server) -> None:
-    with (
-        RestClient(server.http_url, timeout_s=TINY) as impatient,
-        RestClient(server.http_url) as patient,
-    ):
-        with pytest.raises(DeadlineExceeded):
-            impatient.infer_response("sine-gru", {"x": LONG}, ["y"])
-        with pytest.raises(DeadlineExceeded):
-            patient.infer_response("sine-gru", {"x": LONG}, ["y"], timeout=TINY)
-
-        answered = impatient.infer_response("sine-gru", {"x": LONG}, ["y"], timeout=60)
-        assert answered.outputs["y"].shape == LONG.shape
-        assert patient.infer_response("sine-gru", {"x": LONG}, ["y"]).outputs["y"].shape == (
-            LONG.shape
-        )
-        assert impatient.model_metadata("sine-gru", timeout=60)["name"] == "sine-gru"
-
-
+@pytest.mark.grpc_only
 def test_a_stream_past_its_deadline_raises_deadline_exceeded(any_client) -> None:
     request = build_request("sine-gru", {"x": LONG}, ["y"])
 
@@ -62,6 +44,7 @@ def test_a_step_not_answered_in_time_is_answered_when_sent_again(
 ) -> None:
     """The late step may or may not have been applied; sent again with its offset, it is
     applied once either way, and the sequence goes on exactly."""
+    streaming_needs_grpc(kind, streaming)
     whole = any_client.infer("sine-lstm", {"x": LONG}, ["y"])["y"]
     head, tail = LONG[:, :10], LONG[:, 10:]
     sequence = session_of(
@@ -79,6 +62,7 @@ def test_a_step_not_answered_in_time_is_answered_when_sent_again(
     assert sequence.offset == LONG.shape[1]
 
 
+@pytest.mark.grpc_only
 def test_a_session_stream_past_its_deadline_raises_deadline_exceeded(any_client, kind) -> None:
     sequence = session_of(
         any_client, "sine-lstm", f"stream-deadline-{kind}", streaming=True, retry=NO_RETRIES,

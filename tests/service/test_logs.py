@@ -4,6 +4,7 @@ access log (a line per request, over gRPC and REST, with the request id taken fr
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 from typing import Any
@@ -13,7 +14,6 @@ import numpy as np
 import pytest
 
 from rnnserve.client.client import RnnClient, build_request
-from rnnserve.client.rest import RestClient
 
 X = np.zeros((1, 2, 1), np.float32)
 EXPIRY_TIMEOUT_S = 60.0
@@ -97,8 +97,10 @@ def test_a_refusal_is_logged_with_its_code_and_the_version_that_would_run(json_s
 
 
 def test_rest_access_line_takes_the_x_request_id_header(json_server) -> None:
-    with RestClient(json_server.http_url) as client:
-        client._request("GET", "/v2/models/tagger-gru", headers={"x-request-id": "rest-1"})
+    connection = http.client.HTTPConnection("127.0.0.1", json_server.http_port, timeout=30)
+    connection.request("GET", "/v2/models/tagger-gru", headers={"x-request-id": "rest-1"})
+    assert connection.getresponse().status == 200
+    connection.close()
 
     [line] = access_lines(json_server, "rest-1")
     assert (line["protocol"], line["rpc"], line["model"]) == ("http", "ModelMetadata", "tagger-gru")

@@ -31,10 +31,8 @@ from rnnserve.protocol.sequences import CONTROL_DATATYPES, STATE_DATATYPE
 if TYPE_CHECKING:
     import numpy as np
 
-    from rnnserve.client.client import InferResult, RnnClient
-    from rnnserve.client.rest import RestClient
-
-    Client = RnnClient | RestClient
+    from rnnserve.client.api import Client
+    from rnnserve.client.wire import InferResult
 
 TOKEN_ENV = "RNNSERVE_TOKEN"  # a bearer token, kept off the command line (and its history)
 
@@ -153,7 +151,7 @@ def _connect(args: argparse.Namespace) -> Client:
                 raise UsageError("--tls, --ca and --cert speak TLS: use --url https://HOST:PORT")
             from rnnserve.client.rest import RestClient
 
-            return RestClient(args.url, timeout_s=args.timeout, token=token, **files)
+            return RestClient(args.url, args.timeout, token=token, decode_text=False, **files)
     except OSError as error:  # a certificate or key file (ssl.SSLError is an OSError too)
         what = error.filename or "--ca, --cert or --key"
         raise UsageError(f"{what}: cannot be read: {error.strerror or error}") from None
@@ -202,11 +200,7 @@ def _inputs(args: argparse.Namespace, client: Client) -> dict[str, np.ndarray]:
 def _input_datatypes(client: Client, model: str, version: str) -> dict[str, str]:
     """The model's inputs and their datatypes, from its metadata: the plain inputs, and the
     state and control inputs its parameters name (Triton lists those apart)."""
-    from rnnserve.client.metadata import ModelMetadata
-
     metadata = client.model_metadata(model, version)
-    if not isinstance(metadata, ModelMetadata):  # REST's JSON
-        metadata = ModelMetadata.from_json(metadata)
     return {
         **{name: STATE_DATATYPE for name in metadata.state_inputs},
         **{

@@ -26,6 +26,11 @@ class ServerMetadata:
     def from_proto(cls, message: Any) -> ServerMetadata:
         return cls(message.name, message.version, list(message.extensions))
 
+    @classmethod
+    def from_json(cls, answer: dict[str, Any]) -> ServerMetadata:
+        """From the REST API's JSON (`GET /v2`)."""
+        return cls(answer["name"], answer["version"], answer.get("extensions", []))
+
 
 @dataclass
 class TensorMetadata:
@@ -109,7 +114,7 @@ class ModelMetadata:
 
     @classmethod
     def from_json(cls, answer: dict[str, Any]) -> ModelMetadata:
-        """From the REST API's JSON (`RestClient.model_metadata`)."""
+        """From the REST API's JSON (`GET /v2/models/{name}`)."""
         return cls(
             name=answer["name"],
             versions=answer.get("versions", []),

@@ -1,8 +1,10 @@
 """A stateful sequence: steps sharing a `sequence_id`, the server keeping the RNN state.
 
 The first step carries `sequence_start`, the step passed `end=True` carries
-`sequence_end` (Triton's sequence parameters). Steps go over unary ModelInfer or, with
-`streaming=True`, over one ModelStreamInfer stream that stays open between steps.
+`sequence_end` (Triton's sequence parameters). Steps go over unary ModelInfer, through any
+client (`api.Client`: RnnClient over gRPC, RestClient over REST) or, with
+`streaming=True`, over one ModelStreamInfer stream that stays open between steps (gRPC
+only: a streaming sequence over REST is refused with ValueError).
 
 Every step carries `sequence_offset`, the time steps the server said the sequence had
 consumed before it, so that the server applies each step exactly once. A step that failed
@@ -19,10 +21,11 @@ Each step waits at most `timeout` seconds for its answer (its final one, streame
 stream not answered in time is cancelled and the next try opens another); a stream lives
 at most `stream_timeout` seconds (None: as long as the session).
 
-Every call of a sequence carries its id as the gRPC header `sequence-id` (ROUTING_HEADER),
-for load balancers that do not read the request body: a consistent-hash policy on that
-header (Envoy's ring hash, gRPC's ring_hash) keeps a sequence on one replica, so that the
-owned state store rarely has to hand its state over (docs/scaling.md).
+Every call of a sequence carries its id as the header `sequence-id` (ROUTING_HEADER: gRPC
+metadata, or an HTTP header over REST), for load balancers that do not read the request
+body: a consistent-hash policy on that header (Envoy's ring hash, gRPC's ring_hash) keeps
+a sequence on one replica, so that the owned state store rarely has to hand its state
+over (docs/scaling.md).
 
 `SequenceSteps` is the bookkeeping, without I/O, that SequenceSession (here) and
 `rnnserve.client.aio.AsyncSequenceSession` share.
@@ -36,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from rnnserve.client.api import Client, Options
 from rnnserve.client.client import RnnClient
 from rnnserve.client.connection import Connection
 from rnnserve.client.errors import InferenceError, SequenceOutOfStep
@@ -55,7 +59,7 @@ class SequenceSteps:
 
     def __init__(
         self,
-        client: Connection,
+        client: Options,
         model: str,
         sequence_id: int | str,
         streaming: bool = False,
@@ -68,7 +72,14 @@ class SequenceSteps:
     ) -> None:
         """A sequence of `model` on `client`. `offsets`: send `sequence_offset` with every
         step (and retry it); `timeout`: each step's wait for its answer (None: the
-        client's `timeout_s`); `stream_timeout`: a stream's deadline (None: none)."""
+        client's `timeout_s`); `stream_timeout`: a stream's deadline (None: none).
+        `streaming` needs a gRPC client (Connection): ValueError otherwise."""
+        if streaming and not isinstance(client, Connection):
+            raise ValueError(
+                f"a streaming sequence needs gRPC's ModelStreamInfer, which "
+                f"{type(client).__name__} cannot call (the REST API has no streaming): "
+                "use a gRPC client, or streaming=False"
+            )
         self.client = client
         self.model = model
         self.version = version
@@ -143,7 +154,7 @@ def deadline_of(timeout: float | None) -> float | None:
 
 
 class SequenceSession(SequenceSteps):
-    client: RnnClient
+    client: Client
     _stream: Stream | None = None  # open while streaming steps
 
     def step(
@@ -181,6 +192,7 @@ class SequenceSession(SequenceSteps):
     def _send(self, request: Any, timeout: float | None) -> list[InferResult]:
         if not self.streaming:
             return [self.client.infer_response_of(request, timeout=timeout, headers=self.routing)]
+        assert isinstance(self.client, RnnClient), "SequenceSteps refuses to stream otherwise"
         if self._stream is None or self._stream.done:
             self._stream = Stream(self.client, None, self.stream_timeout, self.routing)
         self._stream.send(request)

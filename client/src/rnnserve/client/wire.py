@@ -1,6 +1,7 @@
-"""What the sync and asyncio clients do alike, without I/O: requests built from numpy
-arrays, responses decoded into them (text outputs as `str`), the inputs of the default
-models and of multi-session requests.
+"""What every client does alike, without I/O: requests built from numpy arrays (a
+ModelInferRequest, which the REST clients send as REST's JSON: client/rest_wire.py),
+responses decoded into them (text outputs as `str`), the inputs of the default models and
+of multi-session requests.
 
 Tensor encoding is rnnserve.protocol.codec's, shared with the server, so both ends agree
 on the wire format by construction.
@@ -66,25 +67,32 @@ def build_request(
     return message
 
 
-def decode_response(message: Any) -> InferResult:
-    """A ModelInferResponse's outputs, raw or typed, as any server may send them (BYTES
-    outputs as `bytes`)."""
-    raw = message.raw_output_contents
-    outputs = {
-        item.name: (
+def tensors_of(items: Any, raw: Sequence[bytes]) -> list[tuple[str, str, np.ndarray]]:
+    """The tensors of a message (a request's inputs, a response's outputs), each's name,
+    datatype and array, from its raw or its typed contents, as any sender may put them
+    (BYTES as `bytes`)."""
+    return [
+        (
+            item.name,
+            item.datatype,
             codec.array_from_raw(item.name, item.datatype, list(item.shape), raw[index])
             if raw
             else codec.array_from_contents(
                 item.name, item.datatype, list(item.shape), item.contents
-            )
+            ),
         )
-        for index, item in enumerate(message.outputs)
-    }
+        for index, item in enumerate(items)
+    ]
+
+
+def decode_response(message: Any) -> InferResult:
+    """A ModelInferResponse's outputs (BYTES outputs as `bytes`)."""
+    tensors = tensors_of(message.outputs, message.raw_output_contents)
     return InferResult(
         model_name=message.model_name,
         model_version=message.model_version,
         id=message.id,
-        outputs=outputs,
+        outputs={name: data for name, _, data in tensors},
         parameters=codec.parameters_from_proto(message.parameters, "response"),
     )
 

@@ -1,4 +1,5 @@
-"""AsyncSequenceSession: SequenceSession for the asyncio client, its steps to await.
+"""AsyncSequenceSession: SequenceSession for the asyncio clients (AsyncRnnClient, and
+AsyncRestClient without streaming), its steps to await.
 
 The bookkeeping (requests, offsets, what a failure means) is SequenceSteps', shared with the
 sync session; only sending, waiting and retrying are its own (client/sequence.py says how
@@ -14,6 +15,7 @@ import numpy as np
 
 from rnnserve.client.aio.client import AsyncRnnClient
 from rnnserve.client.aio.stream import AsyncStream
+from rnnserve.client.api import AsyncClient
 from rnnserve.client.errors import InferenceError
 from rnnserve.client.retry import retrying_async
 from rnnserve.client.sequence import SequenceSteps, deadline_of, is_final, time_left
@@ -23,7 +25,7 @@ from rnnserve.protocol.codec import Parameter
 
 
 class AsyncSequenceSession(SequenceSteps):
-    client: AsyncRnnClient
+    client: AsyncClient
     _stream: AsyncStream | None = None  # open while streaming steps
 
     async def step(
@@ -64,6 +66,7 @@ class AsyncSequenceSession(SequenceSteps):
             return [
                 await self.client.infer_response_of(request, timeout=timeout, headers=self.routing)
             ]
+        assert isinstance(self.client, AsyncRnnClient), "SequenceSteps refuses to stream otherwise"
         if self._stream is None or self._stream.done:
             self._stream = AsyncStream(self.client, None, self.stream_timeout, self.routing)
         await self._stream.send(request)
