@@ -14,14 +14,14 @@ from deploytools import ROOT, run
 SCRIPTS = [ROOT / "scripts" / name for name in ("bootstrap.sh", "demo.sh", "test.sh")]
 
 
-def test_readme_opens_with_the_two_commands() -> None:
+def test_readme_opens_with_its_title_then_the_two_commands() -> None:
     lines = (ROOT / "README.md").read_text().splitlines()
-    assert lines[0] == "```bash"
-    assert [line.split("#")[0].strip() for line in lines[1:3]] == [
+    assert lines[:3] == ["# rnnserve", "", "```bash"]
+    assert [line.split("#")[0].strip() for line in lines[3:5]] == [
         "./scripts/demo.sh",
         "./scripts/test.sh",
     ]
-    assert lines[3] == "```"
+    assert lines[5] == "```"
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
