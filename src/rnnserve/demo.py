@@ -6,6 +6,7 @@ through a sequence, "hello" -> "ohlol", a seq2seq date), then stops it with SIGT
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import signal
 import socket
@@ -53,18 +54,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Line by line: the server's log shares the terminal (or pipe), and the two read in the
+    # order things happened only if neither holds lines back.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     ensure_models(args.model_repository, args.preset)
     grpc_port, http_port = args.grpc_port or free_port(), args.http_port or free_port()
     metrics_port = args.metrics_port or free_port()
     with served(
         args.model_repository, grpc_port, http_port, metrics_port, args.startup_timeout_s
     ) as client:
+        show_addresses(grpc_port, http_port, metrics_port)
         show_provider(client)
         stream_sine(client)
         tag_hello(client)
         translate_dates(client)
-        print(f"\nREST: curl http://127.0.0.1:{http_port}/v2/models/sine-gru (while it runs)")
-        print(f"metrics: http://127.0.0.1:{metrics_port}/metrics (while the server runs)")
+        print("\nstopping the server (SIGTERM)")
     print("server stopped cleanly (SIGTERM, exit 0)")
     return 0
 
@@ -106,10 +111,7 @@ def served(
     command = [sys.executable, "-m", "rnnserve", "serve", "--model-repository", str(root)]
     command += ["--host", "127.0.0.1", "--grpc-port", str(grpc_port)]
     command += ["--http-port", str(http_port), "--metrics-port", str(metrics_port)]
-    print(
-        f"starting: rnnserve serve on 127.0.0.1: gRPC :{grpc_port}, REST :{http_port} "
-        f"(metrics on :{metrics_port})"
-    )
+    print(f"starting: {' '.join(command[2:])}")
     server = subprocess.Popen(command)
     try:
         with RnnClient(f"127.0.0.1:{grpc_port}", timeout_s=30.0) as client:
@@ -142,6 +144,14 @@ def stop(server: subprocess.Popen[bytes]) -> None:
     code = server.wait(timeout=60)
     if code != 0:
         raise UsageError(f"the server exited with status {code} after SIGTERM, expected 0")
+
+
+def show_addresses(grpc_port: int, http_port: int, metrics_port: int) -> None:
+    """Where the server answers, for as long as the demo runs."""
+    print("\nthe server answers until the demo stops it:")
+    print(f"  gRPC     rnnserve infer tagger-gru --text hello --url 127.0.0.1:{grpc_port}")
+    print(f"  REST     curl http://127.0.0.1:{http_port}/v2/models/sine-gru")
+    print(f"  metrics  curl http://127.0.0.1:{metrics_port}/metrics")
 
 
 def show_provider(client: RnnClient) -> None:

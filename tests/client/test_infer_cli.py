@@ -63,6 +63,18 @@ def test_infer_text_prints_the_tagged_text(server, url: str) -> None:
     assert done.stdout == "ohlol\n"
 
 
+@pytest.mark.parametrize("values", [["--values", "-0.75,0.1"], ["--values=-0.75,0.1"]])
+def test_values_may_start_negative(server, values: list[str]) -> None:
+    """A list that starts with a minus is a value, not an option, in either spelling."""
+    x = np.array([[[-0.75], [0.1]]], np.float32)
+
+    done = infer(server, "sine-gru", *values)
+    by_json = infer(server, "sine-gru", "--input", f"x={json.dumps(x.tolist())}", "--output", "y")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == by_json.stdout and len(numbers(done.stdout)) == 2
+
+
 def test_input_as_json_and_as_npy_file_equal_values(server, tmp_path: Path) -> None:
     x = np.array([[[0.0], [0.25], [0.5]]], np.float32)
     np.save(tmp_path / "x.npy", x)

@@ -141,6 +141,42 @@ def test_the_test_override_keeps_every_container_on_127_0_0_1(compose_binary: Pa
     assert services["redis"]["command"][1:3] == ["--bind", "127.0.0.1"]
 
 
+# The host ports, each moved by a variable: (service, port in the container) -> variable.
+HOST_PORTS = {
+    ("rnnserve", 8000): "RNNSERVE_HTTP_PORT",
+    ("rnnserve", 8001): "RNNSERVE_GRPC_PORT",
+    ("rnnserve", 8002): "RNNSERVE_METRICS_PORT",
+    ("prometheus", 9090): "RNNSERVE_PROMETHEUS_PORT",
+    ("grafana", 3000): "RNNSERVE_GRAFANA_PORT",
+}
+
+
+def published(services: dict) -> dict[tuple[str, int], int]:
+    return {
+        (name, port["target"]): int(port["published"])
+        for name, service in services.items()
+        for port in service.get("ports", [])
+    }
+
+
+def test_host_ports_default_to_the_containers_own(compose_binary: Path) -> None:
+    unset = {variable: None for variable in HOST_PORTS.values()}
+    services = resolved(compose_binary, COMPOSE_FILE, env=unset)["services"]
+
+    assert published(services) == {key: key[1] for key in HOST_PORTS}
+
+
+def test_each_host_port_moves_with_its_variable(compose_binary: Path) -> None:
+    """A machine whose ports are taken runs the stack elsewhere; inside, nothing moves."""
+    moved = {variable: str(18000 + index) for index, variable in enumerate(HOST_PORTS.values())}
+    services = resolved(compose_binary, COMPOSE_FILE, env=moved)["services"]
+
+    assert published(services) == {
+        key: int(moved[variable]) for key, variable in HOST_PORTS.items()
+    }
+    assert "RNNSERVE_HTTP_PORT" not in services["rnnserve"]["environment"]
+
+
 def test_redis_runs_only_with_its_profile(compose_binary: Path) -> None:
     assert "redis" not in resolved(compose_binary, COMPOSE_FILE)["services"]
     with_redis = resolved(compose_binary, COMPOSE_FILE, profile="redis")["services"]

@@ -14,14 +14,14 @@ from deploytools import ROOT, run
 SCRIPTS = [ROOT / "scripts" / name for name in ("bootstrap.sh", "demo.sh", "test.sh")]
 
 
-def test_readme_opens_with_the_two_commands() -> None:
+def test_readme_opens_with_its_title_then_the_two_commands() -> None:
     lines = (ROOT / "README.md").read_text().splitlines()
-    assert lines[0] == "```bash"
-    assert [line.split("#")[0].strip() for line in lines[1:3]] == [
+    assert lines[:3] == ["# rnnserve", "", "```bash"]
+    assert [line.split("#")[0].strip() for line in lines[3:5]] == [
         "./scripts/demo.sh",
         "./scripts/test.sh",
     ]
-    assert lines[3] == "```"
+    assert lines[5] == "```"
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
@@ -59,14 +59,25 @@ def test_install_is_skipped_once_done() -> None:
 
 
 def test_demo_drives_the_server_and_stops_it_cleanly(tiny_repository: Path) -> None:
+    """Its lines and the server's log, through one pipe, read in the order things happened:
+    the server ready, its addresses while it answers, the lessons, then stopped."""
     result = subprocess.run(
         [sys.executable, "-m", "rnnserve", "demo", "--model-repository", str(tiny_repository)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout
     out = result.stdout
     assert "building" not in out  # every default model was already there
     assert "sin(t) streamed in chunks" in out and "cos(t)" in out
     assert "tagger-gru: 'hello' -> 'ohlol'" in out
     assert "seq2seq-gru: written dates to ISO dates" in out
+    in_order = [
+        "rnnserve.service.server: rnnserve ",  # the server's start-up line, its version
+        "the server answers until the demo stops it:",
+        "  REST     curl http://127.0.0.1:",
+        "sin(t) streamed in chunks",
+        "stopping the server (SIGTERM)",
+        "rnnserve.service.server: stopped",
+    ]
+    assert [out.index(line) for line in in_order] == sorted(out.index(line) for line in in_order)
     assert out.rstrip().endswith("server stopped cleanly (SIGTERM, exit 0)")

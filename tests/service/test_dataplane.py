@@ -159,7 +159,7 @@ def test_sine_metadata_lists_x_and_names_its_states_and_session_controls(plane: 
 def test_tagger_and_seq2seq_metadata_list_their_text_tensors(plane: Plane) -> None:
     tagger = plane.plane.model_metadata("tagger-gru")
     assert [(m.name, m.datatype, m.shape, m.optional) for m in tagger.inputs] == [
-        ("text", "BYTES", (-1,), False), ("tokens", "INT64", (-1, -1), True),
+        ("text", "BYTES", (-1, 1), False), ("tokens", "INT64", (-1, -1), True),
     ]  # fmt: skip
     assert [(m.name, m.datatype) for m in tagger.outputs] == [
         ("text_out", "BYTES"), ("tokens_out", "INT64"), ("logits", "FP32"),
@@ -167,8 +167,8 @@ def test_tagger_and_seq2seq_metadata_list_their_text_tensors(plane: Plane) -> No
     assert tagger.outputs[2].shape == (-1, -1, 4)
     assert tagger.parameters["state_inputs"] == "h0"
     seq2seq = plane.plane.model_metadata("seq2seq-rnn")
-    assert [(m.name, m.datatype, m.shape) for m in seq2seq.inputs] == [("text", "BYTES", (-1,))]
-    assert [(m.name, m.shape) for m in seq2seq.outputs] == [("text_out", (-1,))]
+    assert [(m.name, m.datatype, m.shape) for m in seq2seq.inputs] == [("text", "BYTES", (-1, 1))]
+    assert [(m.name, m.shape) for m in seq2seq.outputs] == [("text_out", (-1, 1))]
     assert seq2seq.parameters["max_output_length"] == 16
     assert "control_inputs" not in seq2seq.parameters  # no multi-session requests
 

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,14 @@ def test_a_second_server_on_a_running_servers_port_does_not_start(server) -> Non
     )
 
     assert_one_line(done, f"--grpc-port {server.grpc_port}: cannot listen")
+
+
+def test_the_start_up_line_names_the_servers_version(server) -> None:
+    """One line tells which release answers, beside what loaded: the version every part of
+    rnnserve shares (tests/test_parts.py)."""
+    version = tomllib.loads((ROOT / "service" / "pyproject.toml").read_text())["project"]
+
+    assert f"rnnserve {version['version']} ready: 9 models loaded, 0 failed" in server.log()
 
 
 def test_the_server_never_imports_torch() -> None:

@@ -216,7 +216,11 @@ def test_perf_analyzer_runs_a_sequence_benchmark_of_a_users_model(
 ) -> None:
     failed, succeeded = failures_and_successes(own_server, name)
     arguments = sequence_arguments(
-        own_server.address, name, shape, window_requests=50, stability_percentage=ANY_SPREAD
+        own_server.address,
+        name,
+        ["--shape", shape],
+        window_requests=50,
+        stability_percentage=ANY_SPREAD,
     )
 
     done = perf_analyzer.run(arguments)

@@ -54,8 +54,9 @@ def test_sine_metadata_lists_its_tensors_with_dynamic_dimensions(server) -> None
 def test_text_model_metadata_has_text_in_and_out(server, task: str) -> None:
     metadata = server.stub.ModelMetadata(pb.ModelMetadataRequest(name=f"{task}-gru"))
 
-    assert _tensors(metadata.inputs)["text"] == ("BYTES", [-1])
-    assert _tensors(metadata.outputs)["text_out"] == ("BYTES", [-1])
+    # One string per row, as Triton describes it ([batch] is accepted as well).
+    assert _tensors(metadata.inputs)["text"] == ("BYTES", [-1, 1])
+    assert _tensors(metadata.outputs)["text_out"] == ("BYTES", [-1, 1])
     text = {t.name for t in [*metadata.inputs, *metadata.outputs] if "content_type" in t.parameters}
     assert text == {"text", "text_out"}  # MLServer's mark of text: content_type "str"
     assert metadata.outputs[0].parameters["content_type"].string_param == "str"
@@ -82,6 +83,19 @@ def test_model_config_writes_dims_without_the_batch_dimension(server) -> None:
     assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
     text = server.stub.ModelConfig(pb.ModelConfigRequest(name="seq2seq-gru")).config
     assert [list(tensor.dims) for tensor in text.input] == [[1]]
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_model_config_dims_agree_with_the_metadata(server, model: str) -> None:
+    """Triton's tools shape their requests from ModelMetadata and read ModelConfig's batch
+    size: each tensor's shape is the batch dimension followed by its configured dims."""
+    metadata = server.stub.ModelMetadata(pb.ModelMetadataRequest(name=model))
+    config = server.stub.ModelConfig(pb.ModelConfigRequest(name=model)).config
+
+    assert config.max_batch_size > 0
+    for listed, configured in [(metadata.inputs, config.input), (metadata.outputs, config.output)]:
+        shapes = {tensor.name: list(tensor.shape) for tensor in listed}
+        assert shapes == {tensor.name: [-1, *tensor.dims] for tensor in configured}
 
 
 def test_model_config_describes_states_as_triton_implicit_state(server) -> None:

@@ -21,7 +21,12 @@ from grpc_helpers import MODEL_NAMES, failures_and_successes, infer_request
 from scrape import scrape, series
 from tritonclient.utils import InferenceServerException
 
-from rnnserve.bench.perf_analyzer import ANY_SPREAD, figures_of, sequence_arguments
+from rnnserve.bench.perf_analyzer import (
+    ANY_SPREAD,
+    figures_of,
+    input_arguments,
+    sequence_arguments,
+)
 
 
 @pytest.fixture(params=["grpc", "http"])
@@ -204,24 +209,28 @@ def test_metrics_count_requests_by_rpc_and_code(server) -> None:
     assert samples[series("rnnserve_requests_total", code="INVALID_ARGUMENT", **labels)] >= 1
 
 
-def test_perf_analyzer_runs_tritons_sequence_benchmark_with_no_error(server, perf_analyzer) -> None:
-    """perf_analyzer 2.51 as a Triton user runs it: two sequences at a time, the state
-    never sent (ModelConfig describes it as implicit state), every request answered."""
-    failed, succeeded = failures_and_successes(server, "sine-lstm")
+@pytest.mark.parametrize("model", ["sine-lstm", "tagger-gru", "seq2seq-gru"])
+def test_perf_analyzer_runs_tritons_sequence_benchmark_with_no_error(
+    server, perf_analyzer, model: str, tmp_path: Path
+) -> None:
+    """perf_analyzer 2.51 as a Triton user runs it, on a model of each task: two sequences
+    at a time, the state never sent (ModelConfig describes it as implicit state), every
+    request answered. Its inputs are shaped from ModelMetadata, so they match ModelConfig."""
+    failed, succeeded = failures_and_successes(server, model)
 
     done = perf_analyzer.run(
         sequence_arguments(
             server.address,
-            "sine-lstm",
-            "x:1,1",
+            model,
+            input_arguments(model, tmp_path),
             2,
-            window_requests=100,
+            window_requests=50,
             stability_percentage=ANY_SPREAD,
         )
     )
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert figures_of(done.stdout)["infer_per_s"] > 0
-    after_failed, after_succeeded = failures_and_successes(server, "sine-lstm")
+    after_failed, after_succeeded = failures_and_successes(server, model)
     assert after_failed == failed
-    assert after_succeeded - succeeded >= 300  # three windows of 100
+    assert after_succeeded - succeeded >= 150  # three windows of 50

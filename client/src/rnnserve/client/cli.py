@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +61,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # `--values -0.75,0.1`: argparse reads an argument that starts with "-" as an option
+    # unless it is one plain negative number; no option here looks like a number, so a "-"
+    # before a digit (or a point and a digit) starts a value.
+    parser._negative_number_matcher = re.compile(r"^-\.?\d")
     parser.add_argument("model", help="model name, e.g. sine-lstm, tagger-gru, seq2seq-lstm")
     data = parser.add_argument_group("inputs (at least one)")
     data.add_argument("--values", type=_floats, help="sine input `x` as one sequence: 0,0.1,0.2")

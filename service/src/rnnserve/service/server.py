@@ -12,7 +12,8 @@ flight finish within the grace period, and the data plane closes (its state stor
 The TLS files and the token file are read first: the front ends serve TLS and admit
 callers with them (service/tls.py, service/auth.py).
 
-Once loaded, one line tells what loaded and what failed, and whether the server is ready
+Once loaded, one line tells the server's version (its installed distribution's, which every
+part of rnnserve shares), what loaded and what failed, and whether the server is ready
 (no model loaded, or a failure under --strict-readiness, is not ready); with
 --exit-on-error a failure stops the server instead. Front ends follow every later change
 of what is loaded (`refresh`).
@@ -25,6 +26,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from importlib import metadata
 from typing import Protocol
 
 from prometheus_client import REGISTRY
@@ -142,17 +144,18 @@ def _report_loading(dataplane: DataPlane, seconds: float) -> None:
         name, version, reason = failures[0]
         raise UsageError(f"--exit-on-error: {counts}; {name} version {version}: {reason}")
     reachability = dataplane.store_reachability
+    server = f"rnnserve {metadata.version('rnnserve-server')}"
     if dataplane.ready():
-        log.info("ready: %s in %.2f s", counts, seconds)
+        log.info("%s ready: %s in %.2f s", server, counts, seconds)
     elif not loaded:
-        log.warning("not ready: %s: no model to serve", counts)
+        log.warning("%s not ready: %s: no model to serve", server, counts)
     elif not reachability.up:
         log.warning(
-            "not ready: %s; the %s state store at %s is unreachable (ready once it answers)",
-            counts, reachability.store, reachability.where,
+            "%s not ready: %s; the %s state store at %s is unreachable (ready once it answers)",
+            server, counts, reachability.store, reachability.where,
         )  # fmt: skip
     else:
-        log.warning("not ready (--strict-readiness): %s", counts)
+        log.warning("%s not ready (--strict-readiness): %s", server, counts)
 
 
 def _models(count: int) -> str:

@@ -2,8 +2,11 @@
 extension, read by Triton's tools), in the protocol-neutral types of types.py; every front
 end writes it as Triton's message through service/triton.py.
 
-With max_batch_size > 0 Triton's dims leave out the batch dimension, and a [batch] tensor
-is written [1] (Triton's convention, which we accept on the wire as [batch, 1]). A model
+With max_batch_size > 0 Triton's dims leave out the batch dimension, and ModelMetadata's
+shape is the batch followed by them: Triton's tools shape their requests from the metadata
+(perf_analyzer), so the two agree. A text tensor is [batch, 1] in the metadata for that
+reason, dims [1] (tasks/validation.py's TEXT_SHAPE; [batch] is accepted too); a tensor of
+[batch] alone is written [1], since Triton needs a dimension. A model
 whose data tensors have their batch elsewhere than axis 0 (a sequence-first export) gets
 max_batch_size 0 and full dims, as Triton writes a model without a batch.
 

@@ -58,11 +58,11 @@ class Seq2SeqTask(Task):
 
     @cached_property
     def inputs(self) -> list[TensorMetadata]:
-        return [TensorMetadata("text", "BYTES", (-1,), text=True)]
+        return [TensorMetadata("text", "BYTES", validation.TEXT_SHAPE, text=True)]
 
     @cached_property
     def outputs(self) -> list[TensorMetadata]:
-        return [TensorMetadata("text_out", "BYTES", (-1,), text=True)]
+        return [TensorMetadata("text_out", "BYTES", validation.TEXT_SHAPE, text=True)]
 
     def parameters(self) -> dict[str, Parameter]:
         assert self.spec.max_output_length is not None  # ModelSpec guarantees it for seq2seq

@@ -52,7 +52,7 @@ class TaggerTask(Task):
     @cached_property
     def inputs(self) -> list[TensorMetadata]:
         return [
-            TensorMetadata("text", "BYTES", (-1,), text=True),
+            TensorMetadata("text", "BYTES", validation.TEXT_SHAPE, text=True),
             TensorMetadata("tokens", "INT64", (-1, -1), optional=True),
             *self.state_metadata(outputs=False, optional=True),
         ]
@@ -60,7 +60,7 @@ class TaggerTask(Task):
     @cached_property
     def outputs(self) -> list[TensorMetadata]:
         return [
-            TensorMetadata("text_out", "BYTES", (-1,), text=True),
+            TensorMetadata("text_out", "BYTES", validation.TEXT_SHAPE, text=True),
             TensorMetadata("tokens_out", "INT64", (-1, -1)),
             TensorMetadata("logits", "FP32", (-1, -1, len(self.vocab))),
             *self.state_metadata(outputs=True, optional=True),

@@ -138,6 +138,13 @@ def state_array(tensor: Tensor, expected: tuple[int, ...], batch_axis: int) -> n
     return data
 
 
+# A text tensor's shape in ModelMetadata: one string per row, [batch, 1], as Triton describes
+# a string per row (ModelConfig dims [1] below the batch), so that tools which shape their
+# requests from the metadata (perf_analyzer) send what the configuration says; text_rows
+# accepts [batch] as well, and an output comes back in its request's shape.
+TEXT_SHAPE = (-1, 1)
+
+
 def text_rows(tensor: Tensor, settings: Settings) -> list[bytes]:
     """A BYTES text input: shape [batch] or Triton's [batch, 1]; one string per row."""
     if tensor.datatype != "BYTES":
