@@ -17,7 +17,8 @@ trap 'rm -rf "$venv"' EXIT
 {
     echo "# Written by scripts/lock.sh with $("$venv/bin/python" -V); do not edit by hand."
     "$venv/bin/pip" freeze --all --exclude pip --exclude setuptools --exclude wheel \
-        | grep -v '^rnnserve'
+        | grep -v '^rnnserve' \
+        | sed 's/^torch==\([0-9.]*\)+cpu$/torch==\1/'  # the release, whichever build serves it
     # The GPU image's ONNX Runtime, which cannot be installed beside the CPU build above: the
     # release whose CUDA provider links CUDA 13, the CUDA of the GPU image's base.
     echo "onnxruntime-gpu==1.31.1"
