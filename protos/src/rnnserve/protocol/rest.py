@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,34 +42,88 @@ HTTP_STATUS = {
 CODE_OF_STATUS = {**{s: c for c, s in reversed(HTTP_STATUS.items())}, 413: "RESOURCE_EXHAUSTED"}
 
 _INTEGER_KINDS = "iu"
+# JSON nesting accepted: a body is an object, its inputs an array, each an object whose
+# data nests as deep as its tensor's rank.
+MAX_DEPTH = 64
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_STEPS = np.zeros(256, np.int64)  # what each byte does to the depth
+_STEPS[[ord("["), ord("{")]] = 1
+_STEPS[[ord("]"), ord("}")]] = -1
+_DEPTH_BLOCK = 1 << 16  # bytes scanned at once
 _JSON_TYPES = {"BOOL": (bool,), "BYTES": (str,)}  # others: numbers (ints for integer types)
 
 
 # Bodies ------------------------------------------------------------------------------
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+def split_body(
+    body: bytes | bytearray, header_length: str | None
+) -> tuple[dict[str, Any], memoryview]:
     """A body's JSON object and the binary data after it (`header_length`: the value of
-    the Inference-Header-Content-Length header, None when there is no binary part)."""
+    the Inference-Header-Content-Length header, None when there is no binary part), which
+    stays a view of the body. The JSON must be UTF-8 text of valid Unicode (no lone
+    surrogate, escaped or not) nested at most MAX_DEPTH deep; it is read in time linear in
+    its length."""
     length = len(body)
     if header_length is not None:
-        try:
-            length = int(header_length)
-        except ValueError:
-            raise CodecError(
-                f"header {HEADER_LENGTH} must be a byte count, got {header_length!r}"
-            ) from None
-        if not 0 <= length <= len(body):
+        if not header_length.isdigit():
+            raise CodecError(f"header {HEADER_LENGTH} must be a byte count, got {header_length!r}")
+        length = int(header_length)
+        if length > len(body):
             raise CodecError(
                 f"header {HEADER_LENGTH} says {length} bytes of JSON; the body has {len(body)}"
             )
+    view = memoryview(body)
+    header = _json_object(view[:length])
+    return header, view[length:]
+
+
+def _json_object(raw: memoryview) -> dict[str, Any]:
     try:
-        header = json.loads(body[:length])
-    except (UnicodeDecodeError, ValueError) as error:
+        text = str(raw, "utf-8")
+    except UnicodeDecodeError as error:
+        raise CodecError(f"the body is not UTF-8 text: {error}") from None
+    if text.count("[") + text.count("{") > MAX_DEPTH:  # else it cannot nest deeper
+        _check_depth(np.frombuffer(raw, np.uint8))
+    try:
+        header = json.loads(text)
+    except ValueError as error:
         raise CodecError(f"the body is not JSON: {error}") from None
+    if _SURROGATE_ESCAPE.search(text):  # then a string may hold one alone
+        try:
+            json.dumps(header, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise CodecError(
+                "the body's JSON escapes a lone surrogate (such as \\ud800): it is no "
+                "Unicode character"
+            ) from None
     if not isinstance(header, dict):
         raise CodecError(f"the body must be a JSON object, got {type(header).__name__}")
-    return header, body[length:]
+    return header
+
+
+def _check_depth(codes: np.ndarray) -> None:
+    """JSON text (its bytes) nested at most MAX_DEPTH deep: Python's parser recurses, and
+    fails with no clear word for a body nested 100,000 deep. The brackets outside strings
+    are counted with numpy, a block at a time, carrying the depth, whether the block starts
+    inside a string, and the backslashes that end the block before."""
+    depth, in_string, backslashes = 0, 0, 0
+    for start in range(0, len(codes), _DEPTH_BLOCK):
+        block = codes[start : start + _DEPTH_BLOCK]
+        # A quote starts or ends a string unless an odd run of backslashes precedes it.
+        index = np.arange(len(block))
+        plain = np.maximum.accumulate(np.where(block != _BACKSLASH, index, -1))
+        before = np.concatenate(([-1], plain[:-1]))  # each byte's last non-backslash before
+        run = np.where(before >= 0, index - 1 - before, index + backslashes)
+        quotes = (block == _QUOTE) & (run % 2 == 0)
+        inside = (np.cumsum(quotes) + in_string) % 2 == 1
+        levels = np.cumsum(np.where(inside, 0, _STEPS[block])) + depth
+        if levels.max() > MAX_DEPTH:
+            raise CodecError(f"the body's JSON nests deeper than {MAX_DEPTH} levels")
+        depth, in_string = int(levels[-1]), int(inside[-1])
+        last = int(plain[-1])
+        backslashes = len(block) - 1 - last if last >= 0 else backslashes + len(block)
 
 
 def join_body(header: Mapping[str, Any], binary: list[bytes]) -> tuple[bytes, int | None]:
@@ -83,11 +138,11 @@ def join_body(header: Mapping[str, Any], binary: list[bytes]) -> tuple[bytes, in
 class BinaryData:
     """The binary part of a body, read tensor by tensor in order."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self._data = memoryview(data)
         self._offset = 0
 
-    def take(self, where: str, size: object) -> bytes:
+    def take(self, where: str, size: object) -> memoryview:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise CodecError(f"{where}: parameter {BINARY_DATA_SIZE} must be a byte count >= 0")
         end = self._offset + size
@@ -96,7 +151,7 @@ class BinaryData:
                 f"{where}: {BINARY_DATA_SIZE} is {size}, but only "
                 f"{len(self._data) - self._offset} bytes of binary data remain"
             )
-        chunk = bytes(self._data[self._offset : end])
+        chunk = self._data[self._offset : end]
         self._offset = end
         return chunk
 
@@ -182,8 +237,9 @@ def array_from_json(
     if datatype == "BYTES":
         return codec.object_array([value.encode() for value in values], dims)
     try:
-        return np.array(values, dtype=dtype).reshape(dims)
-    except OverflowError:
+        with np.errstate(over="raise"):  # a finite number past FP32's range: not inf
+            return np.array(values, dtype=dtype).reshape(dims)
+    except (OverflowError, FloatingPointError):
         raise CodecError(f"{where}: a value does not fit {datatype}") from None
 
 
