@@ -5,6 +5,7 @@ another exception."""
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,39 @@ def test_nesting_counts_brackets_outside_strings_only() -> None:
     assert header_of(escaped_quote)["b"] == 1
     with pytest.raises(CodecError, match="nests deeper"):
         header_of(after_backslash)
+
+
+def deepest(text: bytes) -> int:
+    """How deep `text` nests, read a byte at a time: a quote after an odd run of
+    backslashes is no string's end (nor start), brackets in strings are text."""
+    depth = most = backslashes = 0
+    inside = False
+    for byte in text:
+        if byte == ord('"') and backslashes % 2 == 0:
+            inside = not inside
+        elif not inside and byte in b"[{":
+            depth += 1
+            most = max(most, depth)
+        elif not inside and byte in b"]}":
+            depth -= 1
+        backslashes = backslashes + 1 if byte == ord("\\") else 0
+    return most
+
+
+def test_nesting_is_counted_as_read_a_byte_at_a_time_whatever_the_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(0)
+    monkeypatch.setattr(rest, "MAX_DEPTH", 3)
+    for _ in range(2_000):
+        text = bytes(rng.choice(b'[]{}"\\ax') for _ in range(rng.randint(1, 60)))
+        monkeypatch.setattr(rest, "_DEPTH_BLOCK", rng.randint(1, 9))
+        codes = np.frombuffer(text, np.uint8)
+        if deepest(text) > 3:
+            with pytest.raises(CodecError, match="nests deeper than 3 levels"):
+                rest._check_depth(codes)
+        else:
+            rest._check_depth(codes)
 
 
 @pytest.mark.parametrize("backslashes", [1, 2, 3, 4])

@@ -119,7 +119,7 @@ def checked_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
             f"input '{name}': shape has {len(dims)} dimensions; at most {MAX_RANK} are accepted"
         )
     # numpy refuses such a shape even with a dimension 0 (no array has so many elements).
-    if math.prod(dim for dim in dims if dim) > MAX_ELEMENTS:
+    if math.prod(filter(None, dims)) > MAX_ELEMENTS:
         raise CodecError(
             f"input '{name}': shape {list(shape)} has more elements than any tensor may hold "
             f"(at most {MAX_ELEMENTS:,}, zero dimensions aside)"
