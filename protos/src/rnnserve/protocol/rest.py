@@ -13,10 +13,12 @@ element (FP32 as the double it converts to), so JSON loses nothing.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -88,7 +90,8 @@ def _json_object(raw: memoryview) -> dict[str, Any]:
     if text.count("[") + text.count("{") > MAX_DEPTH:  # else it cannot nest deeper
         _check_depth(np.frombuffer(raw, np.uint8))
     try:
-        header = json.loads(text)
+        with _uncollected():
+            header = json.loads(text)
     except ValueError as error:
         raise CodecError(f"the body is not JSON: {error}") from None
     if _SURROGATE_ESCAPE.search(text):  # then a string may hold one alone
@@ -102,6 +105,20 @@ def _json_object(raw: memoryview) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise CodecError(f"the body must be a JSON object, got {type(header).__name__}")
     return header
+
+
+@contextlib.contextmanager
+def _uncollected() -> Iterator[None]:
+    """Python's cyclic collector paused: parsing JSON makes a container per array and
+    object, none in a cycle, and each collection it set off would scan every object of
+    the process again (in a server, most of the parse's time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _check_depth(codes: np.ndarray) -> None:
