@@ -125,3 +125,21 @@ def test_a_message_that_could_never_fit_is_refused_at_once() -> None:
             await budget.receive(10_001)
 
     asyncio.run(scenario())
+
+
+def test_a_message_that_found_no_room_in_time_is_told_what_holds_the_budget() -> None:
+    async def scenario() -> None:
+        budget = Budget(max_request_elements=10**9, max_inflight_bytes=10_000)
+        with budget.hold(footprint(10, 10), "m"), await budget.receive(3_000):
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(budget.receive(5_000), 0.01)
+            refused = budget.waited(5_000)
+        assert (budget.held, budget.receiving) == (0, 0)
+        assert refused.code == "RESOURCE_EXHAUSTED"
+        assert refused.message == (
+            "the requests in flight hold 4,000 bytes and messages being received 3,000 of at "
+            "most 10,000 (max_inflight_bytes): no room for a message of up to 5,000 bytes; "
+            "retry later"
+        )
+
+    asyncio.run(scenario())

@@ -7,7 +7,8 @@ every time step of every row at once. Each request's footprint (tasks/base.py: i
 outputs, the recurrent kernels' working memory) is read off its shapes at admission;
 past `max_request_elements`, or when the requests in flight would take more than
 `max_inflight_bytes` with it, it is refused RESOURCE_EXHAUSTED naming the limit and its
-size. The bytes held are the gauge `rnnserve_request_bytes_in_flight`.
+size. The bytes held are the gauge `rnnserve_request_bytes_in_flight`, those being
+received `rnnserve_request_bytes_receiving`.
 
 A request's message is held from the moment it arrives, refused or not, so that messages
 cannot take the memory that requests are refused to spare: the front ends receive each
@@ -73,7 +74,7 @@ class Budget:
         if self._waiting or not self._fits(largest):
             await self._wait(largest)
         else:
-            self.receiving += largest
+            self._receive(largest)
         return Arrival(self, largest)
 
     def waited(self, largest: int) -> ResourceExhausted:
@@ -84,9 +85,14 @@ class Budget:
             f"no room for a message of up to {largest:,} bytes; retry later"
         )
 
+    def _receive(self, size: int) -> None:
+        """`size` more bytes being received (negative: fewer)."""
+        self.receiving += size
+        metrics.REQUEST_BYTES_RECEIVING.inc(size)
+
     def _arrived(self, largest: int, size: int) -> None:
         """A message received as one of at most `largest` bytes came with `size`."""
-        self.receiving -= largest
+        self._receive(-largest)
         self.held += size
         metrics.REQUEST_BYTES_IN_FLIGHT.inc(size)
         if self._waiting:
@@ -106,7 +112,7 @@ class Budget:
                 with contextlib.suppress(ValueError):
                     self._waiting.remove((largest, turn))
             else:  # its turn had come: given back
-                self.receiving -= largest
+                self._receive(-largest)
             self._admit_waiting()
             raise
 
@@ -120,7 +126,7 @@ class Budget:
             if not self._fits(largest):
                 return
             self._waiting.popleft()
-            self.receiving += largest
+            self._receive(largest)
             turn.set_result(None)
 
     def _check(self, footprint: Footprint, model: str) -> None:
@@ -182,8 +188,9 @@ class Arrival:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._budget.receiving -= self._receiving
-        self._receiving = 0
+        if self._receiving:  # it never came
+            self._budget._receive(-self._receiving)
+            self._receiving = 0
         self._budget.release(self._size)
 
 
