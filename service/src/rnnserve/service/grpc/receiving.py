@@ -30,6 +30,7 @@ from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.dataplane.budget import Arrival
 from rnnserve.service.errors import DeadlineExceeded, InvalidArgument, ServiceError
 from rnnserve.service.grpc.servicer import Context, InferenceServicer
+from rnnserve.service.stalls import Stalls
 
 
 class ReceivedModelInfer:
@@ -39,7 +40,7 @@ class ReceivedModelInfer:
         self._servicer = servicer
         self._budget = dataplane.budget
         self._largest = dataplane.settings.max_received_bytes
-        self._timeout_s = dataplane.settings.request_body_timeout_s
+        self._stalls = Stalls(dataplane.settings.request_body_timeout_s)
         self._recorder = Recorder("grpc", dataplane.labels)  # refusals before the message
 
     def handler(self) -> grpc.RpcMethodHandler[bytes, Any]:
@@ -48,41 +49,45 @@ class ReceivedModelInfer:
         )
 
     async def _call(self, messages: AsyncIterator[bytes], context: Context) -> Any:
-        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        task = asyncio.current_task()
+        assert task is not None
+        self._stalls.watch(task)
         try:
-            async with asyncio.timeout_at(deadline):
-                arrival = await self._budget.receive(self._largest)
-        except TimeoutError:
-            return self._refuse(context, self._budget.waited(self._largest))
-        with arrival:  # left once the message is dropped: its memory can go back
-            return await self._answer(arrival, context, deadline)
-
-    async def _answer(self, arrival: Arrival, context: Context, deadline: float) -> Any:
-        try:
-            async with asyncio.timeout_at(deadline):
-                raw = await context.read()
-        except TimeoutError:
-            return self._refuse(
-                context,
-                DeadlineExceeded(
-                    f"the request's message did not arrive within {self._timeout_s:g} s "
-                    "(request_body_timeout_s)"
-                ),
+            arrival = await self._stalls.within(
+                task, self._budget.receive(self._largest), self._no_room
             )
+            with arrival:  # its bytes go once the message is dropped
+                return await self._answer(task, arrival, context)
+        except ServiceError as error:  # the servicer answers its own
+            return self._refuse(context, error)
+        finally:
+            self._stalls.forget(task)
+
+    async def _answer(self, task: asyncio.Task[Any], arrival: Arrival, context: Context) -> Any:
+        raw = await self._stalls.within(task, context.read(), self._too_late)
+        self._stalls.forget(task)  # in: the request takes as long as it needs
         if raw is grpc.aio.EOF:
-            return self._refuse(context, InvalidArgument("the call carried no request message"))
+            raise InvalidArgument("the call carried no request message")
         arrival.arrived(len(raw))
         try:
             request = pb.ModelInferRequest.FromString(raw)
         except DecodeError:
-            return self._refuse(
-                context, InvalidArgument("the request message is not a ModelInferRequest")
-            )
+            raise InvalidArgument("the request message is not a ModelInferRequest") from None
         del raw  # parsed: the request holds its own copy
         return await self._servicer.ModelInfer(request, context)
 
+    def _no_room(self) -> ServiceError:
+        return self._budget.waited(self._largest)
+
+    def _too_late(self) -> ServiceError:
+        return DeadlineExceeded(
+            f"the request's message did not arrive within {self._stalls.timeout_s:g} s "
+            "(request_body_timeout_s)"
+        )
+
     def _refuse(self, context: Context, error: ServiceError) -> None:
         """Recorded and answered as the servicer answers a refusal (a status, no message)."""
+        error.__traceback__ = None  # it would keep the frames, and the message, alive
         with self._recorder.call("ModelInfer") as call:
             call.code = error.code
         context.set_code(grpc.StatusCode[error.code])

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gzip
 import json
 import zlib
@@ -64,6 +65,7 @@ from rnnserve.service.errors import (
 )
 from rnnserve.service.logs import REQUEST_ID
 from rnnserve.service.rest import converter
+from rnnserve.service.stalls import Stalls
 
 JSON = "application/json"
 BINARY = "application/octet-stream"
@@ -129,7 +131,7 @@ class RestApi:
             if self._max_bytes == settings.max_message_bytes
             else "max_inflight_bytes"
         )
-        self._timeout_s = settings.request_body_timeout_s
+        self._stalls = Stalls(settings.request_body_timeout_s)
         self._inline_max_bytes = settings.inline_max_bytes
         routes = [
             Route("/v2/health/live", self.live),
@@ -295,26 +297,28 @@ class RestApi:
         largest once inflated too). Refused past `max_received_bytes` (413), after waiting
         `request_body_timeout_s` for room (429), or when it has not arrived by then (408,
         and the connection closes)."""
-        deadline = asyncio.get_running_loop().time() + self._timeout_s
         largest = self._largest_body(request.headers)
+        task = asyncio.current_task()
+        assert task is not None
+        self._stalls.watch(task)
         try:
-            async with asyncio.timeout_at(deadline):
-                arrival = await self._budget.receive(largest)
-        except TimeoutError:
-            raise self._budget.waited(largest) from None
-        with arrival:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    read = await self._read(request)
-            except TimeoutError:
-                raise BodyTimeout(
-                    f"the request body did not arrive within {self._timeout_s:g} s "
-                    "(request_body_timeout_s)"
-                ) from None
-            body = self._inflated(read, request.headers)
-            del read  # inflated: the compressed bytes go
-            arrival.arrived(len(body))
-            yield body
+            no_room = functools.partial(self._budget.waited, largest)
+            arrival = await self._stalls.within(task, self._budget.receive(largest), no_room)
+            with arrival:
+                read = await self._stalls.within(task, self._read(request), self._too_late)
+                self._stalls.forget(task)  # in: the request takes as long as it needs
+                body = self._inflated(read, request.headers)
+                del read  # inflated: the compressed bytes go
+                arrival.arrived(len(body))
+                yield body
+        finally:
+            self._stalls.forget(task)
+
+    def _too_late(self) -> BodyTimeout:
+        return BodyTimeout(
+            f"the request body did not arrive within {self._stalls.timeout_s:g} s "
+            "(request_body_timeout_s)"
+        )
 
     def _largest_body(self, headers: Headers) -> int:
         """The most bytes the request's body may take once read (and inflated)."""
