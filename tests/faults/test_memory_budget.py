@@ -163,5 +163,7 @@ def test_a_flood_of_huge_requests_stays_within_the_container_and_leaves_no_peak(
     assert codes == ["RESOURCE_EXHAUSTED"] * FLOOD
     assert peak < CONTAINER_BYTES
     assert after <= 1.5 * before
-    assert scrape(server.metrics_url)["rnnserve_request_bytes_in_flight{}"] == 0
+    samples = scrape(server.metrics_url)
+    assert samples["rnnserve_request_bytes_in_flight{}"] == 0
+    assert samples["rnnserve_request_message_bytes{}"] == 0
     assert "Traceback" not in server.log()

@@ -24,7 +24,7 @@ from rnnserve.protocol import rpc
 TIMEOUT_S = 5  # request_body_timeout_s
 LARGEST = 2**20  # max_message_bytes
 METHOD = f"/{rpc.SERVICE_NAME}/ModelInfer"
-RECEIVING = "rnnserve_request_bytes_receiving{}"
+MESSAGES = "rnnserve_request_message_bytes{}"
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_no_more_messages_are_received_at_once_than_the_budget_has_room_for(
         call = channel.stream_unary(METHOD)
         holding = [call.future(withheld(release, good_request()), timeout=60) for _ in range(2)]
         eventually(
-            lambda: scrape(small_server.metrics_url)[RECEIVING] == 2 * LARGEST,
+            lambda: scrape(small_server.metrics_url)[MESSAGES] == 2 * LARGEST,
             "two calls receiving, each counted at the largest message",
         )
         third = channel.unary_unary(METHOD).future(good_request(), timeout=60)
@@ -81,7 +81,7 @@ def test_no_more_messages_are_received_at_once_than_the_budget_has_room_for(
         answers = [future.result() for future in [*holding, third]]
 
     assert len(answers) == 3
-    eventually(lambda: scrape(small_server.metrics_url)[RECEIVING] == 0, "nothing received")
+    eventually(lambda: scrape(small_server.metrics_url)[MESSAGES] == 0, "no message held")
 
 
 def test_a_call_without_a_request_message_or_with_one_that_is_none_is_refused(

@@ -111,14 +111,14 @@ BATCH_SIZE = Histogram(
 REQUEST_BYTES_IN_FLIGHT = Gauge(
     "rnnserve_request_bytes_in_flight",
     "Memory the inference requests in flight may take (inputs, outputs and the recurrent "
-    "work they imply, as admission estimated it), and their messages, against "
-    "max_inflight_bytes.",
+    "work they imply), as admission estimated it against max_inflight_bytes.",
     multiprocess_mode="livesum",
 )
-REQUEST_BYTES_RECEIVING = Gauge(
-    "rnnserve_request_bytes_receiving",
-    "Memory the inference messages being received may take: each counts as the largest "
-    "received until it is in (a REST body as its Content-Length).",
+REQUEST_MESSAGE_BYTES = Gauge(
+    "rnnserve_request_message_bytes",
+    "Memory the inference requests' messages take in the budget beside their footprints: "
+    "while one arrives, the largest received (a REST body: its Content-Length), then its "
+    "size until its request ends.",
     multiprocess_mode="livesum",
 )
 REQUEST_BYTES_LIMIT = Gauge(

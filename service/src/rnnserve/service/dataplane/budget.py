@@ -7,8 +7,8 @@ every time step of every row at once. Each request's footprint (tasks/base.py: i
 outputs, the recurrent kernels' working memory) is read off its shapes at admission;
 past `max_request_elements`, or when the requests in flight would take more than
 `max_inflight_bytes` with it, it is refused RESOURCE_EXHAUSTED naming the limit and its
-size. The bytes held are the gauge `rnnserve_request_bytes_in_flight`, those being
-received `rnnserve_request_bytes_receiving`.
+size. The footprints held are the gauge `rnnserve_request_bytes_in_flight`, the messages
+(below) `rnnserve_request_message_bytes`.
 
 A request's message is held from the moment it arrives, refused or not, so that messages
 cannot take the memory that requests are refused to spare: the front ends receive each
@@ -37,7 +37,7 @@ class Budget:
     def __init__(self, max_request_elements: int, max_inflight_bytes: int) -> None:
         self.max_request_elements = max_request_elements
         self.max_inflight_bytes = max_inflight_bytes
-        self.held = 0  # bytes of the requests in flight, and of the messages that arrived
+        self.held = 0  # bytes of the requests in flight, and of the messages that came
         self.receiving = 0  # bytes of the messages being received, each at its largest
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._freed = 0  # bytes released since memory last went back to the system
@@ -52,14 +52,9 @@ class Budget:
         return Held(self, footprint.bytes)
 
     def release(self, size: int) -> None:
-        self.held -= size
+        """A request's footprint is given back."""
         metrics.REQUEST_BYTES_IN_FLIGHT.dec(size)
-        if self._waiting:
-            self._admit_waiting()
-        self._freed += size
-        if self._freed >= memory.TRIM_BYTES:
-            self._freed = 0
-            memory.give_back()
+        self._freed_bytes(size)
 
     async def receive(self, largest: int) -> Arrival:
         """Waits until a message of at most `largest` bytes may be received; what it returns
@@ -74,7 +69,8 @@ class Budget:
         if self._waiting or not self._fits(largest):
             await self._wait(largest)
         else:
-            self._receive(largest)
+            self.receiving += largest
+        metrics.REQUEST_MESSAGE_BYTES.inc(largest)
         return Arrival(self, largest)
 
     def waited(self, largest: int) -> ResourceExhausted:
@@ -85,18 +81,30 @@ class Budget:
             f"no room for a message of up to {largest:,} bytes; retry later"
         )
 
-    def _receive(self, size: int) -> None:
-        """`size` more bytes being received (negative: fewer)."""
-        self.receiving += size
-        metrics.REQUEST_BYTES_RECEIVING.inc(size)
-
     def _arrived(self, largest: int, size: int) -> None:
         """A message received as one of at most `largest` bytes came with `size`."""
-        self._receive(-largest)
+        self.receiving -= largest
         self.held += size
-        metrics.REQUEST_BYTES_IN_FLIGHT.inc(size)
+        metrics.REQUEST_MESSAGE_BYTES.inc(size - largest)
         if self._waiting:
             self._admit_waiting()
+
+    def _departed(self, receiving: int, size: int) -> None:
+        """A message's bytes are given back: `receiving` when it never came, else `size`."""
+        self.receiving -= receiving
+        metrics.REQUEST_MESSAGE_BYTES.dec(receiving + size)
+        self._freed_bytes(size)
+
+    def _freed_bytes(self, size: int) -> None:
+        """`size` bytes held no more: room for those in line, and every TRIM_BYTES, the
+        heaps' free memory back to the system."""
+        self.held -= size
+        if self._waiting:
+            self._admit_waiting()
+        self._freed += size
+        if self._freed >= memory.TRIM_BYTES:
+            self._freed = 0
+            memory.give_back()
 
     def _fits(self, size: int) -> bool:
         return self.held + self.receiving + size <= self.max_inflight_bytes
@@ -112,7 +120,7 @@ class Budget:
                 with contextlib.suppress(ValueError):
                     self._waiting.remove((largest, turn))
             else:  # its turn had come: given back
-                self._receive(-largest)
+                self.receiving -= largest
             self._admit_waiting()
             raise
 
@@ -126,7 +134,7 @@ class Budget:
             if not self._fits(largest):
                 return
             self._waiting.popleft()
-            self._receive(largest)
+            self.receiving += largest
             turn.set_result(None)
 
     def _check(self, footprint: Footprint, model: str) -> None:
@@ -188,10 +196,7 @@ class Arrival:
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self._receiving:  # it never came
-            self._budget._receive(-self._receiving)
-            self._receiving = 0
-        self._budget.release(self._size)
+        self._budget._departed(self._receiving, self._size)
 
 
 def _size(footprint: Footprint, model: str) -> str:
