@@ -1,5 +1,5 @@
 """The processes of a server under test: free ports to start it on, and from /proc a
-`--workers` server's workers, whether one is alive, resident memory."""
+`--workers` server's workers, whether one is alive, resident memory and its peak."""
 
 from __future__ import annotations
 
@@ -32,7 +32,16 @@ def alive(pid: int) -> bool:
 
 
 def rss_bytes(pid: int) -> int:
+    return _status_bytes(pid, "VmRSS")
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The most resident memory the process has had (the kernel's high-water mark)."""
+    return _status_bytes(pid, "VmHWM")
+
+
+def _status_bytes(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
+    raise AssertionError(f"no {field} for {pid}")

@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import redis
+from polling import eventually
 
 from rnnserve.client.client import RnnClient
 from rnnserve.client.errors import InferenceError
@@ -169,15 +170,6 @@ class Sequences:
 
 
 # Processes.
-
-
-def eventually(check, what: str, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
-    """Until `check()` holds; fails naming `what` after `timeout_s` (polled, no sleep
-    assumed long enough)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.02)
 
 
 class RedisServer:

@@ -1,17 +1,22 @@
 """Malformed requests get a clear status naming the field and what was expected, and
 never hurt the server: after the whole table the same server still answers correctly.
-Batch 0 and sequence length 0 would abort ONNX Runtime itself for LSTM and GRU."""
+Batch 0 and sequence length 0 would abort ONNX Runtime itself for LSTM and GRU. A client
+that streams requests without reading the answers is held back by flow control: the
+server neither buffers its answers nor stops serving others."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
 import pytest
 from grpc_helpers import CELLS, infer_request, outputs_of
+from polling import eventually
+from processes import rss_bytes
 
+from rnnserve.client.client import RnnClient
 from rnnserve.protocol import messages as pb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -29,6 +34,26 @@ def sine(inputs: dict, outputs: list[str] | None = None, **kw) -> pb.ModelInferR
 def raw_size_mismatch() -> pb.ModelInferRequest:
     request = sine({"x": x_of(1, 3, 1)})
     request.raw_input_contents[0] = request.raw_input_contents[0][:-4]
+    return request
+
+
+def raw_past_the_shape() -> pb.ModelInferRequest:
+    request = sine({"x": x_of(1, 3, 1)})
+    request.raw_input_contents[0] += b"\x00" * 4
+    return request
+
+
+def raw_shape(shape: list[int]) -> pb.ModelInferRequest:
+    """sine's x with `shape` and no bytes."""
+    request = pb.ModelInferRequest(model_name="sine-lstm")
+    request.inputs.add(name="x", datatype="FP32", shape=shape)
+    request.raw_input_contents.append(b"")
+    return request
+
+
+def bytes_prefix_past_the_data() -> pb.ModelInferRequest:
+    request = infer_request("tagger-gru", {"text": ["hello"]})
+    request.raw_input_contents[0] = b"\xff\xff\xff\x7fhello"
     return request
 
 
@@ -122,6 +147,16 @@ OTHER_CASES = [
          INVALID, "unknown datatype 'FP8'"),
     Case("negative dimension", lambda: typed("FP32", [1, -3, 1]),
          INVALID, "negative dimension"),
+    Case("raw bytes past the shape", raw_past_the_shape,
+         INVALID, "raw_input_contents holds 16 bytes; shape [1, 3, 1] of FP32 needs 12"),
+    Case("shape past any array, empty", lambda: raw_shape([2**62, 4, 0]),
+         INVALID, "shape [4611686018427387904, 4, 0] has more elements than any tensor"),
+    Case("shape whose bytes overflow int64", lambda: raw_shape([2**62, 2**62, 1]),
+         INVALID, "more elements than any tensor may hold"),
+    Case("shape of 65 dimensions", lambda: raw_shape([1] * 65),
+         INVALID, "shape has 65 dimensions; at most 64 are accepted"),
+    Case("text with a length prefix past its bytes", bytes_prefix_past_the_data,
+         INVALID, "BYTES element 0 claims 2147483647 bytes, only 5 remain"),
     Case("unknown output", lambda: sine({"x": x_of(1, 1, 1)}, ["nope"]),
          INVALID, "unknown output 'nope'"),
     Case("parameter of the wrong type",
@@ -162,3 +197,38 @@ def test_after_the_table_the_server_still_answers(server, reference) -> None:
     assert server.process.poll() is None
     assert server.stub.ServerReady(pb.ServerReadyRequest()).ready
     np.testing.assert_array_equal(y, reference.sine("sine-lstm", x))
+
+
+def test_ten_thousand_requests_on_a_stream_never_read_hold_the_server_back_not_up(
+    start_server, sine_repository
+) -> None:
+    server = start_server(sine_repository)
+    pid = server.process.pid
+    request = sine({"x": x_of(1, 1_000, 1)}, ["y"])  # 4 kB each way: 40 MB in all
+    handed = [0]  # requests the client handed to gRPC so far
+
+    def requests() -> Iterator[pb.ModelInferRequest]:
+        for _ in range(10_000):
+            handed[0] += 1
+            yield request
+
+    before = rss_bytes(pid)
+    answers = server.stub.ModelStreamInfer(requests())  # never read
+    seen: list[int] = []
+
+    def held_back() -> bool:  # the client could hand over none for 25 polls
+        seen.append(handed[0])
+        return len(seen) > 25 and seen[-1] == seen[-26]
+
+    eventually(held_back, "the stream's requests held back by flow control")
+    with RnnClient(server.address) as client:  # meanwhile, others are answered
+        y = client.infer("sine-lstm", {"x": x_of(1, 2, 1)}, ["y"])["y"]
+    grown = rss_bytes(pid) - before
+    answers.cancel()
+    print(f"\n{handed[0]:,} of 10,000 requests sent; the server grew {grown / 2**20:.1f} MiB")
+
+    assert handed[0] < 10_000  # the rest held back in the client
+    assert y.shape == (1, 2, 1)
+    assert grown < 32 * 2**20, f"{grown / 2**20:.0f} MiB more for a stream never read"
+    assert server.stub.ServerReady(pb.ServerReadyRequest()).ready
+    assert "Traceback" not in server.log()

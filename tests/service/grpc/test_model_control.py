@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from polling import eventually
 from tritonclient.utils import InferenceServerException
 
 from rnnserve.client.client import RnnClient
@@ -34,15 +33,6 @@ def add_version(source: Path, model: Path, version: str) -> None:
     staging = model.parent / f".staging-{model.name}-{version}"
     shutil.copytree(source, staging)
     staging.rename(model / version)
-
-
-def eventually(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"never: {what}")
 
 
 def health(server, service: str) -> int:

@@ -56,6 +56,10 @@ CONTENTS_FIELD = {
 }
 
 LENGTH_PREFIX = struct.Struct("<I")
+# The largest shapes: numpy's most dimensions, and the most elements it can index at 8
+# bytes an element.
+MAX_RANK = 64
+MAX_ELEMENTS = 2**60 - 1
 
 # A tensor's parameter saying how to read its elements, by MLServer's name and values:
 # TEXT for BYTES elements that are UTF-8 text. Model metadata marks text tensors with it, so
@@ -110,6 +114,16 @@ def checked_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
         raise CodecError(
             f"input '{name}': shape {list(shape)} has a negative dimension; expected sizes >= 0"
         )
+    if len(dims) > MAX_RANK:
+        raise CodecError(
+            f"input '{name}': shape has {len(dims)} dimensions; at most {MAX_RANK} are accepted"
+        )
+    # numpy refuses such a shape even with a dimension 0 (no array has so many elements).
+    if math.prod(filter(None, dims)) > MAX_ELEMENTS:
+        raise CodecError(
+            f"input '{name}': shape {list(shape)} has more elements than any tensor may hold "
+            f"(at most {MAX_ELEMENTS:,}, zero dimensions aside)"
+        )
     return dims
 
 
@@ -122,7 +136,7 @@ def checked_dtype(name: str, datatype: str) -> np.dtype:
     return dtype
 
 
-def decode_bytes(name: str, raw: bytes, count: int) -> list[bytes]:
+def decode_bytes(name: str, raw: bytes | memoryview, count: int) -> list[bytes]:
     """Split length-prefixed BYTES elements; the buffer must hold exactly `count`."""
     items: list[bytes] = []
     offset = 0
@@ -164,7 +178,11 @@ def object_array(items: Sequence[bytes | str], shape: tuple[int, ...]) -> np.nda
 
 
 def array_from_raw(
-    name: str, datatype: str, shape: Sequence[int], raw: bytes, field: str = "raw_input_contents"
+    name: str,
+    datatype: str,
+    shape: Sequence[int],
+    raw: bytes | memoryview,
+    field: str = "raw_input_contents",
 ) -> np.ndarray:
     """The array raw little-endian bytes hold; `field` names where they came from."""
     dtype = checked_dtype(name, datatype)

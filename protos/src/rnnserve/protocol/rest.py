@@ -13,9 +13,12 @@ element (FP32 as the double it converts to), so JSON loses nothing.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -41,34 +44,131 @@ HTTP_STATUS = {
 CODE_OF_STATUS = {**{s: c for c, s in reversed(HTTP_STATUS.items())}, 413: "RESOURCE_EXHAUSTED"}
 
 _INTEGER_KINDS = "iu"
+_INTEGER = {int}  # the types a shape's dimensions may have (not bool)
+# JSON nesting accepted: a body is an object, its inputs an array, each an object whose
+# data nests as deep as its tensor's rank.
+MAX_DEPTH = 64
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_STEPS = np.zeros(256, np.int8)  # what each byte does to the depth
+_STEPS[[ord("["), ord("{")]] = 1
+_STEPS[[ord("]"), ord("}")]] = -1
+_DEPTH_BLOCK = 1 << 16  # bytes scanned at once
 _JSON_TYPES = {"BOOL": (bool,), "BYTES": (str,)}  # others: numbers (ints for integer types)
 
 
 # Bodies ------------------------------------------------------------------------------
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+def split_body(
+    body: bytes | bytearray, header_length: str | None
+) -> tuple[dict[str, Any], memoryview]:
     """A body's JSON object and the binary data after it (`header_length`: the value of
-    the Inference-Header-Content-Length header, None when there is no binary part)."""
+    the Inference-Header-Content-Length header, None when there is no binary part), which
+    stays a view of the body. The JSON must be UTF-8 text of valid Unicode (no lone
+    surrogate, escaped or not) nested at most MAX_DEPTH deep; it is read in time linear in
+    its length."""
     length = len(body)
     if header_length is not None:
-        try:
-            length = int(header_length)
-        except ValueError:
-            raise CodecError(
-                f"header {HEADER_LENGTH} must be a byte count, got {header_length!r}"
-            ) from None
-        if not 0 <= length <= len(body):
+        if not header_length.isdigit():
+            raise CodecError(f"header {HEADER_LENGTH} must be a byte count, got {header_length!r}")
+        length = int(header_length)
+        if length > len(body):
             raise CodecError(
                 f"header {HEADER_LENGTH} says {length} bytes of JSON; the body has {len(body)}"
             )
+    view = memoryview(body)
+    header = _json_object(view[:length])
+    return header, view[length:]
+
+
+def _json_object(raw: memoryview) -> dict[str, Any]:
     try:
-        header = json.loads(body[:length])
-    except (UnicodeDecodeError, ValueError) as error:
+        text = str(raw, "utf-8")
+    except UnicodeDecodeError as error:
+        raise CodecError(f"the body is not UTF-8 text: {error}") from None
+    if text.count("[") + text.count("{") > MAX_DEPTH:  # else it cannot nest deeper
+        _check_depth(np.frombuffer(raw, np.uint8))
+    try:
+        with _uncollected():
+            header = json.loads(text)
+    except ValueError as error:
         raise CodecError(f"the body is not JSON: {error}") from None
+    if _SURROGATE_ESCAPE.search(text):  # then a string may hold one alone
+        try:
+            json.dumps(header, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise CodecError(
+                "the body's JSON escapes a lone surrogate (such as \\ud800): it is no "
+                "Unicode character"
+            ) from None
     if not isinstance(header, dict):
         raise CodecError(f"the body must be a JSON object, got {type(header).__name__}")
-    return header, body[length:]
+    return header
+
+
+@contextlib.contextmanager
+def _uncollected() -> Iterator[None]:
+    """Python's cyclic collector paused: parsing JSON makes a container per array and
+    object, none in a cycle, and each collection it set off would scan every object of
+    the process again (in a server, most of the parse's time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _check_depth(codes: np.ndarray) -> None:
+    """JSON text (its bytes) nested at most MAX_DEPTH deep: Python's parser recurses, and
+    fails with no clear word for a body nested 100,000 deep. The brackets outside strings
+    are counted with numpy, a block at a time: each block's quotes and brackets are found
+    in a pass apiece, the rest is done on their positions alone. Carried from block to
+    block: the depth, whether it ends inside a string, and the backslashes it ends with."""
+    depth, in_string, backslashes = 0, 0, 0
+    for start in range(0, len(codes), _DEPTH_BLOCK):
+        block = codes[start : start + _DEPTH_BLOCK]
+        quotes = np.flatnonzero(block == _QUOTE)
+        quotes = quotes[~_escaped(block, quotes, backslashes)]
+        brackets = np.flatnonzero(_STEPS[block])
+        outside = (np.searchsorted(quotes, brackets) + in_string) % 2 == 0
+        levels = np.cumsum(_STEPS[block[brackets[outside]]]) + depth
+        if len(levels):
+            if levels.max() > MAX_DEPTH:
+                raise CodecError(f"the body's JSON nests deeper than {MAX_DEPTH} levels")
+            depth = int(levels[-1])
+        in_string = (in_string + len(quotes)) % 2
+        backslashes = (
+            int(_backslash_runs(block, backslashes)[1][-1]) if block[-1] == _BACKSLASH else 0
+        )
+
+
+def _escaped(block: np.ndarray, quotes: np.ndarray, before: int) -> np.ndarray:
+    """Which of the quotes an odd run of backslashes escapes (`before`: the run that ended
+    the block before). A quote after a backslash is rare: only then are runs measured."""
+    escaped = np.zeros(len(quotes), bool)
+    behind = np.flatnonzero(block[quotes - 1] == _BACKSLASH)  # quotes[i] - 1 >= 0 below
+    if len(quotes) and quotes[0] == 0:
+        escaped[0] = before % 2 == 1
+        behind = behind[behind > 0]
+    if len(behind):
+        ends, lengths = _backslash_runs(block, before)
+        escaped[behind] = lengths[np.searchsorted(ends, quotes[behind] - 1)] % 2 == 1
+    return escaped
+
+
+def _backslash_runs(block: np.ndarray, before: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each run of backslashes in `block` ends, and its length (the first counting
+    the `before` that ended the block before, when it starts the block)."""
+    at = np.flatnonzero(block == _BACKSLASH)
+    starts = np.flatnonzero(np.diff(at, prepend=-2) != 1)
+    ends = np.append(starts[1:], len(at)) - 1
+    lengths = ends - starts + 1
+    if at[0] == 0:
+        lengths[0] += before
+    return at[ends], lengths
 
 
 def join_body(header: Mapping[str, Any], binary: list[bytes]) -> tuple[bytes, int | None]:
@@ -83,11 +183,11 @@ def join_body(header: Mapping[str, Any], binary: list[bytes]) -> tuple[bytes, in
 class BinaryData:
     """The binary part of a body, read tensor by tensor in order."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self._data = memoryview(data)
         self._offset = 0
 
-    def take(self, where: str, size: object) -> bytes:
+    def take(self, where: str, size: object) -> memoryview:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise CodecError(f"{where}: parameter {BINARY_DATA_SIZE} must be a byte count >= 0")
         end = self._offset + size
@@ -96,7 +196,7 @@ class BinaryData:
                 f"{where}: {BINARY_DATA_SIZE} is {size}, but only "
                 f"{len(self._data) - self._offset} bytes of binary data remain"
             )
-        chunk = bytes(self._data[self._offset : end])
+        chunk = self._data[self._offset : end]
         self._offset = end
         return chunk
 
@@ -145,9 +245,7 @@ def tensor_from_json(
     shape = item.get("shape")
     if not isinstance(datatype, str):
         raise CodecError(f"{where} lacks its 'datatype' (a string such as \"FP32\")")
-    if not isinstance(shape, list) or not all(
-        isinstance(dim, int) and not isinstance(dim, bool) for dim in shape
-    ):
+    if not isinstance(shape, list) or not set(map(type, shape)) <= _INTEGER:
         raise CodecError(f"{where} lacks its 'shape' (a list of integers)")
     parameters = dict(parameters_from_json(item.get("parameters"), where))
     size = parameters.pop(BINARY_DATA_SIZE, None)
@@ -172,26 +270,31 @@ def array_from_json(
     dims = codec.checked_shape(name, shape)
     if datatype == "FP16":
         raise CodecError(f"{where}: FP16 data must come as binary data")
-    values = _flat(data, where)
+    values, types = _flat(data, where)
     count = math.prod(dims)
     if len(values) != count:
         raise CodecError(
             f"{where}: data holds {len(values)} elements, shape {list(dims)} needs {count}"
         )
-    _check_types(values, datatype, dtype, where)
+    _check_types(values, types, datatype, dtype, where)
     if datatype == "BYTES":
         return codec.object_array([value.encode() for value in values], dims)
     try:
-        return np.array(values, dtype=dtype).reshape(dims)
-    except OverflowError:
+        if datatype != "FP32":
+            return np.array(values, dtype=dtype).reshape(dims)
+        with np.errstate(over="raise"):  # a finite number past FP32's range: not inf
+            return np.array(values, dtype=dtype).reshape(dims)
+    except (OverflowError, FloatingPointError):
         raise CodecError(f"{where}: a value does not fit {datatype}") from None
 
 
-def _flat(data: object, where: str) -> list[Any]:
+def _flat(data: object, where: str) -> tuple[list[Any], set[type]]:
+    """The elements of `data`, flat or nested, row-major, and their types (C loops)."""
     if not isinstance(data, list):
         raise CodecError(f"{where}: 'data' must be a JSON array")
-    if not any(isinstance(value, list) for value in data):
-        return data
+    types = set(map(type, data))
+    if list not in types:
+        return data, types
     values: list[Any] = []
     pending = [iter(data)]
     while pending:
@@ -202,10 +305,12 @@ def _flat(data: object, where: str) -> list[Any]:
             values.append(value)
         else:
             pending.pop()
-    return values
+    return values, set(map(type, values))
 
 
-def _check_types(values: list[Any], datatype: str, dtype: np.dtype, where: str) -> None:
+def _check_types(
+    values: list[Any], types: set[type], datatype: str, dtype: np.dtype, where: str
+) -> None:
     if datatype in _JSON_TYPES:
         allowed: tuple[type, ...] = _JSON_TYPES[datatype]
         expected = "true or false" if datatype == "BOOL" else "strings"
@@ -213,11 +318,10 @@ def _check_types(values: list[Any], datatype: str, dtype: np.dtype, where: str) 
         allowed, expected = (int,), "integers"
     else:
         allowed, expected = (int, float), "numbers"
-    for value in values:
-        if type(value) not in allowed:
-            raise CodecError(
-                f"{where}: {datatype} data must be JSON {expected}, found {json.dumps(value)}"
-            )
+    if types <= set(allowed):
+        return
+    wrong = next(value for value in values if type(value) not in allowed)
+    raise CodecError(f"{where}: {datatype} data must be JSON {expected}, found {json.dumps(wrong)}")
 
 
 def tensor_to_json(

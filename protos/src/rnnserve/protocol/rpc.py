@@ -4,6 +4,7 @@ neither side can drift from it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -52,10 +53,17 @@ class Stub:
         def __getattr__(self, name: str) -> Any: ...
 
 
-def add_servicer(servicer: object, server: grpc.Server | grpc.aio.Server) -> None:
-    """Serves each RPC with the servicer's method of the same name."""
-    handlers = {}
+def add_servicer(
+    servicer: object,
+    server: grpc.Server | grpc.aio.Server,
+    own: Mapping[str, grpc.RpcMethodHandler[Any, Any]] | None = None,
+) -> None:
+    """Serves each RPC with the servicer's method of the same name, or with the handler
+    `own` gives for it (by method name)."""
+    handlers = dict(own or {})
     for method in SERVICE.methods:
+        if method.name in handlers:
+            continue
         request, response = _classes(method)
         make_handler = getattr(grpc, f"{_kind(method)}_rpc_method_handler")
         handlers[method.name] = make_handler(

@@ -27,7 +27,7 @@ VALUE_FLAGS = (
     "workers", "worker_restart_limit", "worker_restart_window_s", "grace_period_s",
     "intra_op_threads", "inter_op_threads", "compute_threads", "inline_max_bytes",
     "max_batch_size", "max_sequence_length", "max_message_bytes", "max_request_elements",
-    "max_inflight_bytes", "session_idle_timeout_s", "max_sessions",
+    "max_inflight_bytes", "request_body_timeout_s", "session_idle_timeout_s", "max_sessions",
     "max_sessions_per_principal", "state_store", "redis_url", "state_store_timeout_s",
     "state_durability", "state_durability_timeout_s", "batch_max_size",
     "batch_max_queue_delay_us", "log_format", "model_control_mode", "repository_poll_s",

@@ -51,6 +51,10 @@ class Unavailable(ServiceError):
     code = "UNAVAILABLE"
 
 
+class DeadlineExceeded(ServiceError):
+    code = "DEADLINE_EXCEEDED"
+
+
 class Aborted(ServiceError):
     """What the client relied on was lost to a server fault (a sequence's state): begin
     again; retrying the same request cannot succeed."""

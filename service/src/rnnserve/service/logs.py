@@ -9,6 +9,7 @@
   service/access.py; off, its logger drops the lines before they are formatted.
 - `OncePerCause`: a warning given once per cause (an unknown request parameter, a missing
   execution provider), however often the cause comes back.
+- A client gone before its answer was sent is one line, not grpc.aio's traceback.
 """
 
 from __future__ import annotations
@@ -74,6 +75,20 @@ def _add_request_id(record: logging.LogRecord) -> bool:
     return True
 
 
+_GONE = "ExecuteBatchError raised in core by servicer method "
+
+
+def _one_line_when_gone(record: logging.LogRecord) -> bool:
+    """grpc.aio logs an ERROR with a traceback when it could not send an answer because
+    its client went away (cancelled, disconnected) before it noticed: a line of INFO."""
+    if isinstance(record.msg, str) and record.msg.startswith(_GONE):
+        record.args = (record.msg[len(_GONE) :],)  # the method, in brackets
+        record.msg = "a client went away before its answer was sent: %s"
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info = record.exc_text = None
+    return True
+
+
 def configure(level: str, log_format: LogFormat, access_log: bool, worker: bool = False) -> None:
     """Sends every log line to stderr in `log_format`, from `level` up; the access log's
     lines (INFO) whenever `access_log` is on, whatever the level."""
@@ -85,6 +100,7 @@ def configure(level: str, log_format: LogFormat, access_log: bool, worker: bool 
     handler.addFilter(_add_request_id)
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     ACCESS.setLevel(logging.INFO if access_log else logging.CRITICAL + 1)
+    logging.getLogger("grpc._cython.cygrpc").addFilter(_one_line_when_gone)
 
 
 class OncePerCause:

@@ -114,6 +114,13 @@ REQUEST_BYTES_IN_FLIGHT = Gauge(
     "work they imply), as admission estimated it against max_inflight_bytes.",
     multiprocess_mode="livesum",
 )
+REQUEST_MESSAGE_BYTES = Gauge(
+    "rnnserve_request_message_bytes",
+    "Memory the inference requests' messages take in the budget beside their footprints: "
+    "while one arrives, the largest received (a REST body: its Content-Length), then its "
+    "size until its request ends.",
+    multiprocess_mode="livesum",
+)
 REQUEST_BYTES_LIMIT = Gauge(
     "rnnserve_request_bytes_limit",
     "max_inflight_bytes: the most memory the inference requests in flight of one server "

@@ -125,7 +125,16 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024,
-        description="largest gRPC message accepted or sent, and REST request body accepted",
+        description="largest gRPC message accepted or sent, and REST request body accepted "
+        "(at most `max_inflight_bytes`)",
+    )
+    # A body still arriving holds its bytes in the memory budget (below), and a client
+    # that stops sending must not hold them, nor its connection, for long.
+    request_body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds from a request's start until its body (REST) or ModelInfer "
+        "message (gRPC) must have arrived; a later one is dropped",
     )
     # The memory budget (service/dataplane/budget.py), sized for a 2 GB container. Past
     # either limit: RESOURCE_EXHAUSTED, before any work.
@@ -138,8 +147,15 @@ class Settings(BaseSettings):
     max_inflight_bytes: int = Field(
         default=1024 * 1024 * 1024,
         ge=1,
-        description="most bytes the requests in flight of a server process may take",
+        description="most bytes the requests in flight of a server process may take, "
+        "their messages from the moment they arrive",
     )
+
+    @property
+    def max_received_bytes(self) -> int:
+        """The largest message or body received: `max_message_bytes`, within the budget
+        (a larger one could never be held)."""
+        return min(self.max_message_bytes, self.max_inflight_bytes)
 
     # Sequences (stateful sessions).
     session_idle_timeout_s: float = Field(

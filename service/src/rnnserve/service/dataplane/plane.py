@@ -116,6 +116,11 @@ class DataPlane:
         self._lifecycle.drain()
 
     @property
+    def budget(self) -> Budget:
+        """The memory budget, which also holds the messages the front ends receive."""
+        return self._budget
+
+    @property
     def draining(self) -> asyncio.Event:
         """Set once the data plane refuses new requests: front ends end their idle streams
         (UNAVAILABLE, to retry elsewhere) rather than wait for a request that would be

@@ -2,7 +2,8 @@
 turned off) on one grpc.aio server, started and stopped by the server process
 (service/server.py). The port speaks TLS when the settings name a certificate (mutual TLS
 with a client CA); the inference service admits each call with the Authenticator
-(servicer.py, service/auth.py), while health and reflection stay open.
+(servicer.py, service/auth.py), while health and reflection stay open. ModelInfer receives
+its message within the memory budget (receiving.py).
 
 The health service answers for the server ("" and the inference service: SERVING while
 the data plane is ready) and for each model by name (SERVING while a version of it is
@@ -19,6 +20,7 @@ from rnnserve.protocol import messages, rpc
 from rnnserve.protocol.errors import UsageError
 from rnnserve.service.auth import Authenticator
 from rnnserve.service.dataplane import DataPlane
+from rnnserve.service.grpc.receiving import ReceivedModelInfer
 from rnnserve.service.grpc.servicer import InferenceServicer
 from rnnserve.service.settings import Settings
 from rnnserve.service.tls import TlsFiles
@@ -39,8 +41,12 @@ class GrpcFrontend:
         self._dataplane = dataplane
         self._tls = tls
         options: list[tuple[str, int]] = [
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_receive_message_length", settings.max_received_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            # A call waiting for its turn to receive its message (receiving.py) holds its
+            # stream's window of bytes: the BDP probe would grow every window to megabytes,
+            # while a message being received opens its own to its size.
+            ("grpc.http2.bdp_probe", 0),
         ]
         # Workers bind one port and the kernel spreads connections over them. gRPC sets
         # SO_REUSEPORT by default: a lone server turns it off, so that a second server on its
@@ -48,7 +54,9 @@ class GrpcFrontend:
         options.append(("grpc.so_reuseport", 1 if shared_port else 0))
         self._server = grpc.aio.server(options=options)
         self._serving = False
-        rpc.add_servicer(InferenceServicer(dataplane, authenticator), self._server)
+        servicer = InferenceServicer(dataplane, authenticator)
+        model_infer = ReceivedModelInfer(servicer, dataplane).handler()
+        rpc.add_servicer(servicer, self._server, {"ModelInfer": model_infer})
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if settings.reflection:

@@ -29,15 +29,18 @@ Bearer`) or 403.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import gzip
 import json
 import zlib
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -53,6 +56,7 @@ from rnnserve.service.access import (
 from rnnserve.service.auth import AUTHORIZATION, Authenticator
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.errors import (
+    DeadlineExceeded,
     InvalidArgument,
     ResourceExhausted,
     ServiceError,
@@ -61,6 +65,7 @@ from rnnserve.service.errors import (
 )
 from rnnserve.service.logs import REQUEST_ID
 from rnnserve.service.rest import converter
+from rnnserve.service.stalls import Stalls
 
 JSON = "application/json"
 BINARY = "application/octet-stream"
@@ -78,10 +83,18 @@ class PayloadTooLarge(ResourceExhausted):
     http_status = 413
 
 
+class BodyTimeout(DeadlineExceeded):
+    """A body still arriving after request_body_timeout_s: the client's delay, HTTP 408;
+    the connection closes (the rest of the body is not waited for)."""
+
+    http_status = 408
+    headers: ClassVar[dict[str, str]] = {"Connection": "close"}
+
+
 def error_response(error: ServiceError) -> JSONResponse:
     """`{"error": message, "code": status name, **details}`, its details as headers too."""
     status = getattr(error, "http_status", rest.HTTP_STATUS.get(error.code, 500))
-    headers = dict(detail_headers(error))
+    headers = {**getattr(error, "headers", {}), **dict(detail_headers(error))}
     if error.code == "UNAUTHENTICATED":
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(
@@ -110,8 +123,16 @@ class RestApi:
         self._serving = serving
         self._authenticator = authenticator
         self._recorder = Recorder("http", dataplane.labels)
-        self._max_bytes = dataplane.settings.max_message_bytes
-        self._inline_max_bytes = dataplane.settings.inline_max_bytes
+        settings = dataplane.settings
+        self._budget = dataplane.budget
+        self._max_bytes = settings.max_received_bytes
+        self._max_bytes_setting = (
+            "max_message_bytes"
+            if self._max_bytes == settings.max_message_bytes
+            else "max_inflight_bytes"
+        )
+        self._stalls = Stalls(settings.request_body_timeout_s)
+        self._inline_max_bytes = settings.inline_max_bytes
         routes = [
             Route("/v2/health/live", self.live),
             Route("/v2/health/ready", self.ready),
@@ -143,6 +164,9 @@ class RestApi:
                         lambda: request.scope.get(CERTIFICATE_NAME),
                     )
                 response = await work(call)
+            except ClientDisconnect:  # gone before its body arrived: no one to answer
+                call.code = "CANCELLED"
+                return Response(status_code=499)
             except Exception as failure:
                 error = client_error(failure, f"{rpc} for model {model!r}")
                 call.code = error.code
@@ -210,11 +234,11 @@ class RestApi:
 
     async def repository_index(self, request: Request) -> Response:
         async def work(call: Call) -> Response:
-            body = await self._body(request)
-            try:
-                options = json.loads(body) if body.strip() else {}
-            except ValueError:
-                options = None
+            async with self._body(request) as body:
+                try:
+                    options = json.loads(body) if body.strip() else {}
+                except ValueError:  # UnicodeDecodeError too
+                    options = None
             ready_only = options.get("ready", False) if isinstance(options, dict) else None
             if not isinstance(ready_only, bool):
                 raise InvalidArgument('the body must be a JSON object such as {"ready": true}')
@@ -228,32 +252,35 @@ class RestApi:
     async def infer(self, request: Request) -> Response:
         async def work(call: Call) -> Response:
             self._dataplane.model(call.model, call.version)  # NOT_FOUND before any body error
-            body = await self._body(request)
-            infer_request, output_format = await self._convert(
-                len(body),
-                converter.request_from_json,
-                body, request.headers.get(rest.HEADER_LENGTH), call.model, call.version,
-                call.principal,
-            )  # fmt: skip
-            if infer_request.id:
-                call.request_id = infer_request.id
-                REQUEST_ID.set(infer_request.id)
-            call.sequence_id = sequence_id_of(infer_request.parameters)
-            response = await self._dataplane.infer(infer_request)
-            size = sum(tensor.data.nbytes for tensor in response.outputs)
-            content, header_length = await self._convert(
-                size, converter.response_to_json, response, output_format
-            )
-            headers = {} if header_length is None else {rest.HEADER_LENGTH: str(header_length)}
-            content, encoding = await self._convert(
-                len(content), _compressed, content, request.headers.get("accept-encoding", "")
-            )
-            if encoding:
-                headers["Content-Encoding"] = encoding
-            media_type = JSON if header_length is None else BINARY
-            return Response(content, headers=headers, media_type=media_type)
+            async with self._body(request) as body:
+                return await self._infer(request, call, body)
 
         return await self._answer(request, "ModelInfer", work)
+
+    async def _infer(self, request: Request, call: Call, body: bytes | bytearray) -> Response:
+        infer_request, output_format = await self._convert(
+            len(body),
+            converter.request_from_json,
+            body, request.headers.get(rest.HEADER_LENGTH), call.model, call.version,
+            call.principal,
+        )  # fmt: skip
+        if infer_request.id:
+            call.request_id = infer_request.id
+            REQUEST_ID.set(infer_request.id)
+        call.sequence_id = sequence_id_of(infer_request.parameters)
+        response = await self._dataplane.infer(infer_request)
+        size = sum(tensor.data.nbytes for tensor in response.outputs)
+        content, header_length = await self._convert(
+            size, converter.response_to_json, response, output_format
+        )
+        headers = {} if header_length is None else {rest.HEADER_LENGTH: str(header_length)}
+        content, encoding = await self._convert(
+            len(content), _compressed, content, request.headers.get("accept-encoding", "")
+        )
+        if encoding:
+            headers["Content-Encoding"] = encoding
+        media_type = JSON if header_length is None else BINARY
+        return Response(content, headers=headers, media_type=media_type)
 
     async def _convert(self, size: int, convert: Callable[..., T], *args: Any) -> T:
         """`convert(*args)`, in a thread when `size` (bytes) is past inline_max_bytes: JSON
@@ -262,39 +289,83 @@ class RestApi:
             return convert(*args)
         return await asyncio.to_thread(convert, *args)
 
-    async def _body(self, request: Request) -> bytes:
-        """The request's body, decompressed, refused past max_message_bytes."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self._max_bytes:
-            raise self._too_large(int(declared))
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self._max_bytes:
-                raise self._too_large(size)
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    @contextlib.asynccontextmanager
+    async def _body(self, request: Request) -> AsyncIterator[bytes | bytearray]:
+        """The request's body, decompressed, held in the memory budget from before it
+        arrives to the end of the block: its reading waits until the budget has room for
+        its Content-Length (or, without one, the largest body received; compressed, the
+        largest once inflated too). Refused past `max_received_bytes` (413), after waiting
+        `request_body_timeout_s` for room (429), or when it has not arrived by then (408,
+        and the connection closes)."""
+        largest = self._largest_body(request.headers)
+        task = asyncio.current_task()
+        assert task is not None
+        self._stalls.watch(task)
+        try:
+            no_room = functools.partial(self._budget.waited, largest)
+            arrival = await self._stalls.within(task, self._budget.receive(largest), no_room)
+            with arrival:
+                read = await self._stalls.within(task, self._read(request), self._too_late)
+                self._stalls.forget(task)  # in: the request takes as long as it needs
+                body = self._inflated(read, request.headers)
+                del read  # inflated: the compressed bytes go
+                arrival.arrived(len(body))
+                yield body
+        finally:
+            self._stalls.forget(task)
+
+    def _too_late(self) -> BodyTimeout:
+        return BodyTimeout(
+            f"the request body did not arrive within {self._stalls.timeout_s:g} s "
+            "(request_body_timeout_s)"
+        )
+
+    def _largest_body(self, headers: Headers) -> int:
+        """The most bytes the request's body may take once read (and inflated)."""
+        declared = headers.get("content-length", "")
+        size = int(declared) if declared.isdigit() else self._max_bytes
+        if size > self._max_bytes:
+            raise self._too_large(size)
+        encoding = _encoding(headers)
         if encoding == "identity":
-            return body
+            return size
         if encoding not in _COMPRESSIONS:
             raise InvalidArgument(
                 f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none"
             )
+        return size + self._max_bytes
+
+    async def _read(self, request: Request) -> bytearray:
+        body = bytearray()
+        async with contextlib.aclosing(request.stream()) as chunks:
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > self._max_bytes:
+                    raise self._too_large(len(body))
+        return body
+
+    def _inflated(self, body: bytearray, headers: Headers) -> bytes | bytearray:
+        encoding = _encoding(headers)
+        if encoding == "identity":
+            return body
         inflater = zlib.decompressobj(_COMPRESSIONS[encoding])
         try:
-            body = inflater.decompress(body, self._max_bytes + 1)
+            inflated = inflater.decompress(body, self._max_bytes + 1)
         except zlib.error as error:
             raise InvalidArgument(f"the body does not decompress as {encoding}: {error}") from None
-        if len(body) > self._max_bytes:
-            raise self._too_large(len(body))
-        return body
+        if len(inflated) > self._max_bytes:
+            raise self._too_large(len(inflated))
+        return inflated
 
     def _too_large(self, size: int) -> PayloadTooLarge:
         return PayloadTooLarge(
             f"the request body holds at least {size} bytes; at most {self._max_bytes} are "
-            "accepted (max_message_bytes)"
+            f"accepted ({self._max_bytes_setting})"
         )
+
+
+def _encoding(headers: Headers) -> str:
+    return headers.get("content-encoding", "identity").strip().lower()
 
 
 def _yes_or_no(answer: bool) -> Response:

@@ -49,7 +49,11 @@ class OutputFormat:
 
 
 def request_from_json(
-    body: bytes, header_length: str | None, model: str, version: str, principal: str = ANONYMOUS
+    body: bytes | bytearray,
+    header_length: str | None,
+    model: str,
+    version: str,
+    principal: str = ANONYMOUS,
 ) -> tuple[InferRequest, OutputFormat]:
     """An infer request of `principal` for `model` (and `version`, "" for the newest) from
     its body, and how it wants its outputs."""
@@ -63,10 +67,12 @@ def request_from_json(
         if not isinstance(items, list):
             raise InvalidArgument("'inputs' must be a JSON array of input tensors")
         inputs: list[Tensor] = []
+        names: set[str] = set()
         for item in items:
             name, datatype, data, parameters = rest.tensor_from_json(item, binary)
-            if any(t.name == name for t in inputs):
+            if name in names:
                 raise InvalidArgument(f"input '{name}' appears more than once")
+            names.add(name)
             inputs.append(Tensor(name, datatype, data.shape, data, parameters))
         binary.check_consumed()
         parameters = dict(rest.parameters_from_json(header.get("parameters"), "request"))
