@@ -9,11 +9,13 @@ neither torch nor the onnx package), for the recurrent task (service/tasks/recur
 3. Axes: a data input with one dynamic dimension has its batch there; with two (batch and
    sequence, in either order) the graph is run both ways, and the way ORT accepts with the
    states' batch wins. That run's batch and sequence sizes differ from every fixed
-   dimension of the graph; a second run swaps them. The outputs' axes are read off the two
-   runs: an axis that follows the batch (or the sequence) from one run to the other is
-   that axis, even where the graph declares it fixed (torch's dynamo exporter declares the
-   example's length in outputs it computes at any length). A graph that fails the second
-   run computes a length fixed at export. The sidecar's hints come first.
+   dimension of the graph; a second run takes the first's sequence size as its batch, and
+   SHORT steps. The outputs' axes are read off the two runs: an axis that follows the batch
+   (or the sequence) from one run to the other is that axis, even where the graph declares
+   it fixed (torch's dynamo exporter declares the example's length in outputs it computes
+   at any length). A graph that fails the short run computes a length fixed at export
+   (the dynamo exporter unrolls nn.RNN over the example's steps). The sidecar's hints come
+   first.
 4. Streaming is earned: a sequence fed in random chunks, the state carried from chunk to
    chunk, must give the whole run's outputs and final states (CHUNK_STEPS steps, within
    TOLERANCE). The measured deviation goes into the spec as `training.chunk_error`.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +44,11 @@ ROLE = "model"
 TOLERANCE = 1e-5
 CHUNK_ROWS, CHUNK_STEPS, LONGEST_CHUNK = 2, 96, 24
 SIZES = (3, 5, 7, 11, 13, 17, 19, 23, 29, 31)  # probe sizes: the first two unlike any fixed dim
-# What fixes a graph that computes a batch or sequence length fixed at export.
+SHORT = 2  # the second run's steps: fewer than any example a length was traced from
+# What fixes a graph that computes a length fixed at export, its inputs dynamic.
 REEXPORT = (
-    "export it with the axis in torch.onnx.export's dynamic_shapes=, or with dynamo=False "
-    "(torch's dynamo exporter unrolls nn.RNN over the example's steps)"
+    "export it with dynamo=False (torch 2.13's dynamo exporter fixes the example's length in "
+    "an nn.RNN, and in a sequence-first nn.GRU or nn.LSTM)"
 )
 ORT_DATATYPES = {
     "tensor(bool)": "BOOL",
@@ -278,6 +282,56 @@ def _candidates(tensor: GraphTensor, hint: AxesHint | None) -> list[Axes]:
     )
 
 
+Run = tuple[list[TensorSpec], dict[str, np.ndarray]]  # the inputs' axes, the outputs
+
+
+def _working(
+    session: ort.InferenceSession,
+    layouts: list[list[TensorSpec]],
+    states: list[StateSpec],
+    rows: int,
+    steps: int,
+) -> tuple[list[Run], str]:
+    """The layouts of the inputs' axes that the graph runs with at `rows` rows of `steps`
+    steps, its states coming back with as many rows, each with its outputs; and the last
+    refusal (ORT's)."""
+    working, failure = [], ""
+    for inputs in layouts:
+        try:
+            values = run(
+                session, random_feeds(inputs, states, rows, steps, random.Random(0)), QUIET
+            )
+        except ValueError as error:  # ORT refuses this layout: try the next one
+            failure = str(error)
+            continue
+        if all(values[s.output].shape[s.batch_axis] == rows for s in states):
+            working.append((inputs, values))
+    return working, failure
+
+
+def _rows_independent(
+    session: ort.InferenceSession,
+    inputs: list[TensorSpec],
+    values: dict[str, np.ndarray],
+    rows: int,
+    steps: int,
+) -> bool:
+    """Whether the first row of the data inputs, changed, changes no more of each output than
+    one row of it: true of a batch axis, not of a sequence axis (whose first step every later
+    step reads)."""
+    feeds = random_feeds(inputs, [], rows, steps, random.Random(0))
+    for tensor in inputs:
+        np.moveaxis(feeds[tensor.name], tensor.batch_axis, 0)[0] += 1  # a view: feeds change
+    try:
+        changed = run(session, feeds, QUIET)
+    except ValueError:  # an id out of an embedding's range, say: no answer
+        return False
+    return all(
+        np.count_nonzero(changed[name] != value) * rows <= value.size
+        for name, value in values.items()
+    )
+
+
 def probe_sizes(shapes: Iterable[tuple[int, ...]]) -> tuple[int, int]:
     """Two sizes to probe a graph's batch and sequence with, unlike any of its fixed
     dimensions (so that where they show in an output, they came from the probe)."""
@@ -297,25 +351,25 @@ def find_axes(
     choices = [_candidates(tensor, hints.inputs.get(tensor.name)) for tensor in data_in]
     if sum(len(c) > 1 for c in choices) > 4:
         raise ValueError("too many inputs of undecided axes: give them in model.json")
-    working: list[tuple[list[TensorSpec], dict[str, np.ndarray]]] = []
-    failure = ""
-    for combination in itertools.product(*choices):
-        inputs = [
+    layouts = [
+        [
             TensorSpec(
                 name=t.name, datatype=t.datatype, shape=t.shape, batch_axis=b, sequence_axis=s
             )
             for t, (b, s) in zip(data_in, combination, strict=True)
         ]
-        try:
-            values = run(
-                session, random_feeds(inputs, states, rows, steps, random.Random(0)), QUIET
-            )
-        except ValueError as error:  # ORT refuses this layout: try the next one
-            failure = str(error)
-            continue
-        if all(values[s.output].shape[s.batch_axis] == rows for s in states):
-            working.append((inputs, values))
+        for combination in itertools.product(*choices)
+    ]
+    working, failure = _working(session, layouts, states, rows, steps)
     if not working:
+        # A graph that runs only at a length its outputs declare (the example's, fixed), at
+        # two batch sizes: one may fit a Reshape by accident.
+        for length in sorted({size for t in data_out for size in t.shape if size > 1}):
+            if all(_working(session, layouts, states, batch, length)[0] for batch in (rows, steps)):
+                raise ValueError(
+                    f"the graph runs at {length} steps but not at {steps} ({failure}): it "
+                    f"computes a length fixed at export; {REEXPORT}"
+                )
         raise ValueError(
             "the graph runs with no layout of batch and sequence axes tried for its inputs, "
             f"at {rows} rows of {steps} steps ({failure}): give the axes in model.json; "
@@ -326,14 +380,16 @@ def find_axes(
             "the graph runs with the batch on either dynamic axis of its inputs: give each "
             "input's batch_axis and sequence_axis in model.json"
         )
-    inputs, values = working[0]  # for a stateless graph: its first dynamic axis is the batch
-    swapped = random_feeds(inputs, states, steps, rows, random.Random(1))
-    try:  # the second run: batch and sequence sizes swapped
-        second = run(session, swapped, QUIET)
+    if len(working) > 1:  # a stateless graph: its batch is where rows are independent
+        working = [w for w in working if _rows_independent(session, *w, rows, steps)] or working
+    inputs, values = working[0]  # else: its first dynamic axis is the batch
+    short = random_feeds(inputs, states, steps, SHORT, random.Random(1))
+    try:
+        second = run(session, short, QUIET)
     except ValueError as error:
         raise ValueError(
             f"the graph runs at {rows} rows of {steps} steps but fails with "
-            f"{_shapes(inputs, swapped)} ({error}): it computes a length fixed at export; "
+            f"{_shapes(inputs, short)} ({error}): it computes a length fixed at export; "
             f"{REEXPORT}"
         ) from None
     outputs = [
@@ -352,7 +408,7 @@ def _output(
     hint: AxesHint | None,
 ) -> TensorSpec:
     """A data output's axes, read off a run of `rows` rows of `steps` steps (`first`) and one
-    of `steps` rows of `rows` steps (`second`): the axis whose size follows the rows is the
+    of `steps` rows of SHORT steps (`second`): the axis whose size follows the rows is the
     batch, the one that follows the steps the sequence, whatever size the graph declares
     there (the example's, where torch traced it as a constant)."""
     where = (
@@ -363,7 +419,7 @@ def _output(
         raise ValueError(cannot_tell)
     sizes = list(zip(first.shape, second.shape, strict=True))
     batch = [axis for axis, pair in enumerate(sizes) if pair == (rows, steps)]
-    sequence = [axis for axis, pair in enumerate(sizes) if pair == (steps, rows)]
+    sequence = [axis for axis, pair in enumerate(sizes) if pair == (steps, SHORT)]
     declared = tensor.shape if len(tensor.shape) == first.ndim else (-1,) * first.ndim
     shape = tuple(-1 if axis in batch + sequence else size for axis, size in enumerate(declared))
     dynamic = [axis for axis, size in enumerate(shape) if size == -1]
@@ -398,8 +454,15 @@ def run(
     try:
         values = session.run(None, feeds, options)
     except Exception as error:  # ORT's errors share no base class narrower than Exception
-        raise ValueError(f"ORT: {str(error).strip().splitlines()[0]}") from None
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(f"ORT: {_ORT_NOISE.sub('', first)}") from None
     return dict(zip(names, values, strict=True))
+
+
+# What ORT's messages say besides the cause: its status code and the C++ check that failed.
+_ORT_NOISE = re.compile(
+    r"^\[ONNXRuntimeError\] : \d+ : \w+ : |/onnxruntime_src/\S+ .*? was false\. "
+)
 
 
 def _shapes(inputs: Sequence[TensorSpec], feeds: dict[str, np.ndarray]) -> str:
