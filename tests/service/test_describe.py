@@ -14,7 +14,7 @@ from rnnserve.model.describe import TOLERANCE, describe
 from rnnserve.model.sidecar import Sidecar, VersionPolicy, read_sidecar
 
 
-@pytest.mark.parametrize("name", ["gru2", "lstm-seq-first", "bilstm", "projected"])
+@pytest.mark.parametrize("name", ["gru2", "lstm-seq-first", "bilstm", "projected", "gru2-dynamo"])
 def test_a_users_export_is_described_by_its_own_names_and_axes(user_exports, name: str) -> None:
     export, path = user_exports[name]
 
@@ -33,6 +33,25 @@ def test_a_users_export_is_described_by_its_own_names_and_axes(user_exports, nam
     # Streaming is earned: the bidirectional LSTM answers differently fed in chunks.
     assert spec.streamable is not export.bidirectional
     assert (spec.training["chunk_error"] > TOLERANCE) is export.bidirectional
+
+
+def test_an_output_declared_with_the_examples_length_is_described_dynamic_there(
+    user_exports,
+) -> None:
+    """torch's dynamo exporter declares `out` [batch, 5, 16], 5 the example's steps; the
+    graph computes the request's length, which the runs prove."""
+    spec = describe(user_exports["gru2-dynamo"][1])
+
+    assert [(t.name, t.shape) for t in spec.data_outputs or []] == [("out", (-1, -1, 16))]
+    assert spec.streamable
+
+
+def test_a_graph_that_computes_the_examples_length_is_refused_with_the_fix(user_exports) -> None:
+    """torch's dynamo exporter unrolls an nn.RNN over the example's steps."""
+    with pytest.raises(ValueError, match="computes a length fixed at export") as refused:
+        describe(user_exports["rnn-dynamo"][1])
+
+    assert "dynamo=False" in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_states_keep_their_own_shape_and_batch_axis(user_exports) -> None:
@@ -73,6 +92,25 @@ def test_hints_naming_what_the_graph_lacks_are_refused(user_exports) -> None:
         describe(path, Sidecar.model_validate({"inputs": {"feature": {"batch_axis": 0}}}))
     with pytest.raises(ValueError, match="is not dynamic at axis 2"):
         describe(path, Sidecar.model_validate({"inputs": {"features": {"batch_axis": 2}}}))
+
+
+@pytest.mark.parametrize(
+    ("hints", "line"),
+    [
+        ({"inputs": {"features": {"batch_axis": 0, "sequence_axis": 0}}},
+         "model.json: inputs.features: batch_axis and sequence_axis are both 0"),
+        ({"outputs": {"out": {"sequence_axis": 2}}},
+         "model.json: outputs.out.sequence_axis: output 'out' (of shape [3, 7, 16] for 3 rows "
+         "of 7 steps) is not dynamic at axis 2"),
+    ],
+)  # fmt: skip
+def test_hints_that_do_not_fit_the_graph_are_one_line_naming_the_field(
+    user_exports, hints: dict, line: str
+) -> None:
+    with pytest.raises(ValueError) as refused:
+        describe(user_exports["gru2-dynamo"][1], Sidecar.model_validate(hints))
+
+    assert str(refused.value) == line  # no pydantic dump
 
 
 def test_a_sidecar_is_validated_and_its_faults_named(tmp_path: Path) -> None:

@@ -1,7 +1,11 @@
 """Users' own exports served over the wire (tests/user_exports.py): imported with
 `rnnserve import`, or dropped into the repository as exported, described at load. Each
 answers whole sequences as ONNX Runtime does, and a sequence sent in pieces through a
-session answers as the whole sequence does."""
+session answers as the whole sequence does.
+
+The matrix (slow): every kind of own model, exported by both of torch's exporters, is
+either imported and answers as PyTorch does (in pieces as whole, where it streams), or
+refused at import in one line that says the fix."""
 
 from __future__ import annotations
 
@@ -13,17 +17,22 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 from grpc_helpers import failures_and_successes
+from user_exports import MATRIX, Case
 
 from rnnserve.bench.perf_analyzer import ANY_SPREAD, sequence_arguments
 from rnnserve.client.client import RnnClient
 from rnnserve.client.errors import InferenceError
-from rnnserve.export.importer import import_graph
+from rnnserve.export.errors import VerificationError
+from rnnserve.export.importer import describe_import, import_graph
 from rnnserve.protocol import messages as pb
 
 IMPORTED = ("gru2", "projected", "bilstm")  # `rnnserve import`
-AS_EXPORTED = ("lstm-seq-first",)  # no metadata: described when the server loads it
-STREAMABLE = ("gru2", "projected", "lstm-seq-first")
+# No metadata: described when the server loads it. gru2-dynamo as torch's dynamo exporter
+# writes it: weights in model.onnx.data, `out` declared with the example's length.
+AS_EXPORTED = ("lstm-seq-first", "gru2-dynamo")
+STREAMABLE = ("gru2", "projected", "lstm-seq-first", "gru2-dynamo")
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +40,8 @@ def own_repository(user_exports, tmp_path_factory: pytest.TempPathFactory) -> Pa
     root = tmp_path_factory.mktemp("own-models")
     for name in IMPORTED:
         import_graph(user_exports[name][1], root, name)
-    for name in AS_EXPORTED:
-        (root / name / "1").mkdir(parents=True)
-        shutil.copyfile(user_exports[name][1], root / name / "1" / "model.onnx")
+    for name in (*AS_EXPORTED, "rnn-dynamo"):  # with the files beside the graph
+        shutil.copytree(user_exports[name][1].parent, root / name / "1")
     # A sidecar that does not validate: that model is unavailable, never the server.
     (root / "misdescribed" / "1").mkdir(parents=True)
     shutil.copyfile(user_exports["gru2"][1], root / "misdescribed" / "1" / "model.onnx")
@@ -204,6 +212,17 @@ def test_a_wrong_sidecar_makes_its_model_unavailable_with_the_reason(own_server)
     assert all(states[(name, "1")][0] == "READY" for name in [*IMPORTED, *AS_EXPORTED])
 
 
+def test_a_graph_computing_the_examples_length_is_unavailable_with_the_fix(own_server) -> None:
+    """torch's dynamo exporter unrolls an nn.RNN over the example's steps: the graph runs
+    at that length only, and is refused at load in the line `rnnserve import` refuses it."""
+    index = own_server.stub.RepositoryIndex(pb.RepositoryIndexRequest())
+    (entry,) = [m for m in index.models if m.name == "rnn-dynamo"]
+
+    assert entry.state == "UNAVAILABLE"
+    assert "computes a length fixed at export" in entry.reason
+    assert "dynamo=False" in entry.reason and "\n" not in entry.reason
+
+
 @pytest.mark.parametrize(
     ("name", "shape"),
     [
@@ -228,3 +247,124 @@ def test_perf_analyzer_runs_a_sequence_benchmark_of_a_users_model(
     assert done.returncode == 0, done.stdout + done.stderr
     after_failed, after_succeeded = failures_and_successes(own_server, name)
     assert after_failed == failed and after_succeeded - succeeded >= 150
+
+
+# The matrix of own models (slow: exported once per session, a few minutes) ------------
+
+
+def refusal(case: Case) -> str:
+    """The gist of the line `rnnserve import` refuses a case with; "" for one it imports.
+    torch's dynamo exporter fixes the example's length in an nn.RNN (it unrolls it) and in
+    a sequence-first GRU or LSTM (a Reshape to it)."""
+    fixed = case.dynamo and (case.cell == "RNN" or not case.batch_first)
+    return "computes a length fixed at export" if fixed else ""
+
+
+SERVED = [pytest.param(case, id=case.name) for case in MATRIX if not refusal(case)]
+
+
+@pytest.fixture(scope="module")
+def matrix_imports(own_model_matrix, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """Every case through `rnnserve import`: the repository, and per case what the import
+    printed, or the one line it refused the case with."""
+    root = tmp_path_factory.mktemp("matrix-repository")
+    said = {}
+    for name, export in own_model_matrix.items():
+        try:
+            said[name] = describe_import(import_graph(export.path, root, name))
+        except VerificationError as error:
+            said[name] = f"refused: {error}"
+    return root, said
+
+
+@pytest.fixture(scope="module")
+def matrix_client(start_module_server, matrix_imports):
+    server = start_module_server(matrix_imports[0])
+    with RnnClient(server.address) as client:
+        yield client
+
+
+def pytorch(export, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The export's module run by PyTorch: its outputs under the graph's names."""
+    with torch.no_grad():
+        values = export.module(*inputs.values())
+    values = values if isinstance(values, tuple) else (values,)
+    names = ["out", *export.case.states.values()]
+    return {name: value.numpy() for name, value in zip(names, values, strict=True)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.name) for case in MATRIX])
+def test_an_own_model_is_imported_saying_what_it_serves_or_refused_in_one_line(
+    matrix_imports, case: Case
+) -> None:
+    said = matrix_imports[1][case.name]
+
+    if refusal(case):
+        assert said.startswith("refused: ") and "\n" not in said
+        assert refusal(case) in said and "dynamo=False" in said  # the cause and the fix
+    else:
+        assert said.startswith("imported ")
+        streams = "serves  sequences in pieces" in said
+        assert streams is case.streams
+        assert "serves  multi-session rows" in said if streams else "refuses sequences" in said
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SERVED)
+def test_an_imported_own_model_answers_as_pytorch(own_model_matrix, matrix_client, case) -> None:
+    export = own_model_matrix[case.name]
+    inputs = case.inputs(rows=3, steps=9, seed=5)  # states too, where the graph takes them
+
+    served = matrix_client.infer(case.name, {name: v.numpy() for name, v in inputs.items()})
+
+    expected = pytorch(export, inputs)
+    assert set(served) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(served[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [p for p in SERVED if p.values[0].streams])
+def test_an_own_model_that_streams_answers_in_pieces_as_whole(
+    own_model_matrix, matrix_client, case
+) -> None:
+    inputs = case.inputs(rows=1, steps=10, seed=6)
+    if case.kind == "lengths":  # every step of each piece is valid
+        inputs["lengths"] = torch.tensor([10])
+    whole = pytorch(own_model_matrix[case.name], inputs)
+
+    pieces = []
+    for index, (start, stop) in enumerate(itertools.pairwise([0, 3, 4, 10])):
+        piece = {case.data_input: np.take(inputs[case.data_input].numpy(), range(start, stop),
+                                          axis=case.sequence_axis)}  # fmt: skip
+        if case.kind == "lengths":
+            piece["lengths"] = np.array([stop - start])
+        if index == 0:  # the session starts from the states sent with its first piece
+            piece |= {name: inputs[name].numpy() for name in case.states}
+        parameters = {"sequence_id": case.name, "sequence_start": index == 0,
+                      "sequence_end": stop == 10}  # fmt: skip
+        pieces.append(matrix_client.infer(case.name, piece, parameters=parameters))
+
+    joined = (
+        pieces[-1]["out"]  # one output per sequence: the last piece's
+        if case.kind == "per-sequence"
+        else np.concatenate([p["out"] for p in pieces], axis=case.sequence_axis)
+    )
+    np.testing.assert_allclose(joined, whole["out"], rtol=1e-5, atol=1e-5)
+    for state_out in case.states.values():
+        np.testing.assert_allclose(pieces[-1][state_out], whole[state_out], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [p for p in SERVED if not p.values[0].streams])
+def test_an_own_model_that_cannot_stream_refuses_a_session_saying_why(matrix_client, case) -> None:
+    inputs = case.inputs(rows=1, steps=4, seed=7)
+    data = {name: inputs[name].numpy() for name in case.data_inputs}
+
+    with pytest.raises(InferenceError) as refused:
+        matrix_client.infer(case.name, data, parameters={"sequence_id": 9, "sequence_start": True})
+
+    assert refused.value.code == "FAILED_PRECONDITION"
+    why = "is bidirectional and cannot stream" if case.directions == 2 else "keeps no state"
+    assert why in str(refused.value)

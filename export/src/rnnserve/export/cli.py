@@ -136,9 +136,9 @@ def run_import(args: argparse.Namespace) -> int:
     from rnnserve.export.importer import describe_import, import_graph
 
     try:
-        path, spec = import_graph(args.graph, args.out, args.name, args.version, args.sidecar)
+        imported = import_graph(args.graph, args.out, args.name, args.version, args.sidecar)
     except VerificationError as error:
         print(f"rnnserve import: import refused: {error}", file=sys.stderr)
         return 1
-    print(describe_import(path, spec))
+    print(describe_import(imported))
     return 0

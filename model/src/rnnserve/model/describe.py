@@ -8,8 +8,14 @@ neither torch nor the onnx package), for the recurrent task (service/tasks/recur
    The sidecar's `states` replaces the matching. The other tensors are data.
 3. Axes: a data input with one dynamic dimension has its batch there; with two (batch and
    sequence, in either order) the graph is run both ways, and the way ORT accepts with the
-   states' batch wins. The outputs' axes are read off that run, whose batch and sequence
-   sizes differ from every fixed dimension of the graph. The sidecar's hints come first.
+   states' batch wins. That run's batch and sequence sizes differ from every fixed
+   dimension of the graph; a second run takes the first's sequence size as its batch, and
+   SHORT steps. The outputs' axes are read off the two runs: an axis that follows the batch
+   (or the sequence) from one run to the other is that axis, even where the graph declares
+   it fixed (torch's dynamo exporter declares the example's length in outputs it computes
+   at any length). A graph that fails the short run computes a length fixed at export
+   (the dynamo exporter unrolls nn.RNN over the example's steps). The sidecar's hints come
+   first.
 4. Streaming is earned: a sequence fed in random chunks, the state carried from chunk to
    chunk, must give the whole run's outputs and final states (CHUNK_STEPS steps, within
    TOLERANCE). The measured deviation goes into the spec as `training.chunk_error`.
@@ -21,7 +27,8 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +44,12 @@ ROLE = "model"
 TOLERANCE = 1e-5
 CHUNK_ROWS, CHUNK_STEPS, LONGEST_CHUNK = 2, 96, 24
 SIZES = (3, 5, 7, 11, 13, 17, 19, 23, 29, 31)  # probe sizes: the first two unlike any fixed dim
+SHORT = 2  # the second run's steps: fewer than any example a length was traced from
+# What fixes a graph that computes a length fixed at export, its inputs dynamic.
+REEXPORT = (
+    "export it with dynamo=False (torch 2.13's dynamo exporter fixes the example's length in "
+    "an nn.RNN, and in a sequence-first nn.GRU or nn.LSTM)"
+)
 ORT_DATATYPES = {
     "tensor(bool)": "BOOL",
     "tensor(uint8)": "UINT8",
@@ -75,15 +88,17 @@ def deviation(actual: np.ndarray, expected: np.ndarray) -> float:
     return float((np.abs(np.asarray(actual, np.float64) - expected) / scale).max(initial=0.0))
 
 
-def open_session(path: Path) -> ort.InferenceSession:
+def open_session(graph: Path | bytes) -> ort.InferenceSession:
+    """A session of the graph at a path, or of a serialized graph."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = graph if isinstance(graph, bytes) else str(graph)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 # Probing runs the graph with layouts ORT may refuse: those refusals are answers, not errors.
-_QUIET = ort.RunOptions()
-_QUIET.log_severity_level = 4
+QUIET = ort.RunOptions()
+QUIET.log_severity_level = 4
 
 
 def signature(session: ort.InferenceSession) -> tuple[list[GraphTensor], list[GraphTensor]]:
@@ -221,13 +236,24 @@ def _state(given: GraphTensor, returned: GraphTensor, batch_axis: int | None) ->
 Axes = tuple[int, int | None]  # batch axis, sequence axis
 
 
+def _check_hint(hint: AxesHint | None, field: str, where: str, dynamic: list[int]) -> None:
+    """ValueError naming the sidecar's field unless its axes are dynamic ones, and two."""
+    if hint is None:
+        return
+    for label, axis in (("batch_axis", hint.batch_axis), ("sequence_axis", hint.sequence_axis)):
+        if axis is not None and axis not in dynamic:
+            raise ValueError(f"model.json: {field}.{label}: {where} is not dynamic at axis {axis}")
+    if hint.batch_axis is not None and hint.batch_axis == hint.sequence_axis:
+        raise ValueError(
+            f"model.json: {field}: batch_axis and sequence_axis are both {hint.batch_axis}"
+        )
+
+
 def _candidates(tensor: GraphTensor, hint: AxesHint | None) -> list[Axes]:
     """The (batch, sequence) axes a data input may have."""
     dynamic = tensor.dynamic
     where = f"input '{tensor.name}' (shape {list(tensor.shape)})"
-    for axis in (hint.batch_axis, hint.sequence_axis) if hint else ():
-        if axis is not None and axis not in dynamic:
-            raise ValueError(f"model.json: {where} is not dynamic at axis {axis}")
+    _check_hint(hint, f"inputs.{tensor.name}", where, dynamic)
     if hint is not None and hint.batch_axis is not None:
         if hint.sequence_axis_given:
             return [(hint.batch_axis, hint.sequence_axis)]
@@ -245,11 +271,73 @@ def _candidates(tensor: GraphTensor, hint: AxesHint | None) -> list[Axes]:
     if len(dynamic) == 2:
         return [(dynamic[0], dynamic[1]), (dynamic[1], dynamic[0])]
     if not dynamic:
-        raise ValueError(f"{where} has no dynamic dimension, so no batch axis")
+        raise ValueError(
+            f"{where} has no dynamic dimension, so no batch axis: export it with its batch "
+            "and sequence axes in torch.onnx.export's dynamic_shapes= (dynamic_axes= with "
+            "dynamo=False)"
+        )
     raise ValueError(
         f"{where} has dynamic dimensions {dynamic}: give its batch_axis and sequence_axis in "
         "model.json"
     )
+
+
+Run = tuple[list[TensorSpec], dict[str, np.ndarray]]  # the inputs' axes, the outputs
+
+
+def _working(
+    session: ort.InferenceSession,
+    layouts: list[list[TensorSpec]],
+    states: list[StateSpec],
+    rows: int,
+    steps: int,
+) -> tuple[list[Run], str]:
+    """The layouts of the inputs' axes that the graph runs with at `rows` rows of `steps`
+    steps, its states coming back with as many rows, each with its outputs; and the last
+    refusal (ORT's)."""
+    working, failure = [], ""
+    for inputs in layouts:
+        try:
+            values = run(
+                session, random_feeds(inputs, states, rows, steps, random.Random(0)), QUIET
+            )
+        except ValueError as error:  # ORT refuses this layout: try the next one
+            failure = str(error)
+            continue
+        if all(values[s.output].shape[s.batch_axis] == rows for s in states):
+            working.append((inputs, values))
+    return working, failure
+
+
+def _rows_independent(
+    session: ort.InferenceSession,
+    inputs: list[TensorSpec],
+    values: dict[str, np.ndarray],
+    rows: int,
+    steps: int,
+) -> bool:
+    """Whether the first row of the data inputs, changed, changes no more of each output than
+    one row of it: true of a batch axis, not of a sequence axis (whose first step every later
+    step reads)."""
+    feeds = random_feeds(inputs, [], rows, steps, random.Random(0))
+    for tensor in inputs:
+        np.moveaxis(feeds[tensor.name], tensor.batch_axis, 0)[0] += 1  # a view: feeds change
+    try:
+        changed = run(session, feeds, QUIET)
+    except ValueError:  # an id out of an embedding's range, say: no answer
+        return False
+    return all(
+        np.count_nonzero(changed[name] != value) * rows <= value.size
+        for name, value in values.items()
+    )
+
+
+def probe_sizes(shapes: Iterable[tuple[int, ...]]) -> tuple[int, int]:
+    """Two sizes to probe a graph's batch and sequence with, unlike any of its fixed
+    dimensions (so that where they show in an output, they came from the probe)."""
+    fixed = {size for shape in shapes for size in shape}
+    rows, steps = [size for size in SIZES if size not in fixed][:2]
+    return rows, steps
 
 
 def find_axes(
@@ -259,66 +347,90 @@ def find_axes(
     states: list[StateSpec],
     hints: Sidecar,
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    fixed = {size for t in [*data_in, *data_out] for size in t.shape} | {
-        size for state in states for size in state.shape
-    }
-    rows, steps = [size for size in SIZES if size not in fixed][:2]
+    rows, steps = probe_sizes([t.shape for t in [*data_in, *data_out]] + [s.shape for s in states])
     choices = [_candidates(tensor, hints.inputs.get(tensor.name)) for tensor in data_in]
     if sum(len(c) > 1 for c in choices) > 4:
         raise ValueError("too many inputs of undecided axes: give them in model.json")
-    names = [output.name for output in session.get_outputs()]
-    working: list[tuple[list[TensorSpec], dict[str, np.ndarray]]] = []
-    failure = ""
-    for combination in itertools.product(*choices):
-        inputs = [
+    layouts = [
+        [
             TensorSpec(
                 name=t.name, datatype=t.datatype, shape=t.shape, batch_axis=b, sequence_axis=s
             )
             for t, (b, s) in zip(data_in, combination, strict=True)
         ]
-        feeds = _feeds(inputs, states, rows, steps, random.Random(0))
-        try:
-            values = dict(zip(names, session.run(None, feeds, _QUIET), strict=True))
-        except Exception as error:  # ORT refuses this layout: try the next one
-            failure = str(error).splitlines()[0]
-            continue
-        if all(values[s.output].shape[s.batch_axis] == rows for s in states):
-            working.append((inputs, values))
+        for combination in itertools.product(*choices)
+    ]
+    working, failure = _working(session, layouts, states, rows, steps)
     if not working:
+        # A graph that runs only at a length its outputs declare (the example's, fixed), at
+        # two batch sizes: one may fit a Reshape by accident.
+        for length in sorted({size for t in data_out for size in t.shape if size > 1}):
+            if all(_working(session, layouts, states, batch, length)[0] for batch in (rows, steps)):
+                raise ValueError(
+                    f"the graph runs at {length} steps but not at {steps} ({failure}): it "
+                    f"computes a length fixed at export; {REEXPORT}"
+                )
         raise ValueError(
-            "the graph runs with no layout of batch and sequence axes tried for its inputs "
-            f"(ORT: {failure}); give them in model.json"
+            "the graph runs with no layout of batch and sequence axes tried for its inputs, "
+            f"at {rows} rows of {steps} steps ({failure}): give the axes in model.json; "
+            f"or, if it computes a length fixed at export, {REEXPORT}"
         )
     if len(working) > 1 and states:
         raise ValueError(
             "the graph runs with the batch on either dynamic axis of its inputs: give each "
             "input's batch_axis and sequence_axis in model.json"
         )
-    inputs, values = working[0]  # for a stateless graph: its first dynamic axis is the batch
-    outputs = [_output(t, values[t.name], rows, steps, hints.outputs.get(t.name)) for t in data_out]
+    if len(working) > 1:  # a stateless graph: its batch is where rows are independent
+        working = [w for w in working if _rows_independent(session, *w, rows, steps)] or working
+    inputs, values = working[0]  # else: its first dynamic axis is the batch
+    short = random_feeds(inputs, states, steps, SHORT, random.Random(1))
+    try:
+        second = run(session, short, QUIET)
+    except ValueError as error:
+        raise ValueError(
+            f"the graph runs at {rows} rows of {steps} steps but fails with "
+            f"{_shapes(inputs, short)} ({error}): it computes a length fixed at export; "
+            f"{REEXPORT}"
+        ) from None
+    outputs = [
+        _output(t, values[t.name], second[t.name], rows, steps, hints.outputs.get(t.name))
+        for t in data_out
+    ]
     return inputs, outputs
 
 
 def _output(
-    tensor: GraphTensor, value: np.ndarray, rows: int, steps: int, hint: AxesHint | None
+    tensor: GraphTensor,
+    first: np.ndarray,
+    second: np.ndarray,
+    rows: int,
+    steps: int,
+    hint: AxesHint | None,
 ) -> TensorSpec:
-    """A data output's axes, read off a run of `rows` rows of `steps` steps."""
-    shape = tensor.shape if len(tensor.shape) == value.ndim else (-1,) * value.ndim
+    """A data output's axes, read off a run of `rows` rows of `steps` steps (`first`) and one
+    of `steps` rows of SHORT steps (`second`): the axis whose size follows the rows is the
+    batch, the one that follows the steps the sequence, whatever size the graph declares
+    there (the example's, where torch traced it as a constant)."""
+    where = (
+        f"output '{tensor.name}' (of shape {list(first.shape)} for {rows} rows of {steps} steps)"
+    )
+    cannot_tell = f"cannot tell the batch and sequence axes of {where}: give them in model.json"
+    if first.ndim != second.ndim:
+        raise ValueError(cannot_tell)
+    sizes = list(zip(first.shape, second.shape, strict=True))
+    batch = [axis for axis, pair in enumerate(sizes) if pair == (rows, steps)]
+    sequence = [axis for axis, pair in enumerate(sizes) if pair == (steps, SHORT)]
+    declared = tensor.shape if len(tensor.shape) == first.ndim else (-1,) * first.ndim
+    shape = tuple(-1 if axis in batch + sequence else size for axis, size in enumerate(declared))
     dynamic = [axis for axis, size in enumerate(shape) if size == -1]
-    batch = [axis for axis in dynamic if value.shape[axis] == rows]
-    sequence = [axis for axis in dynamic if value.shape[axis] == steps]
+    _check_hint(hint, f"outputs.{tensor.name}", where, dynamic)
     if hint is not None and hint.batch_axis is not None:
         batch = [hint.batch_axis]
     if hint is not None and hint.sequence_axis_given:
         sequence = [] if hint.sequence_axis is None else [hint.sequence_axis]
-    where = (
-        f"output '{tensor.name}' (of shape {list(value.shape)} for {rows} rows of {steps} steps)"
-    )
     if len(batch) != 1 or len(sequence) > 1 or len(dynamic) > len(batch) + len(sequence):
-        raise ValueError(
-            f"cannot tell the batch and sequence axes of {where}: give them in model.json"
-        )
-    if value.shape[batch[0]] != rows or (sequence and value.shape[sequence[0]] != steps):
+        raise ValueError(cannot_tell)
+    if first.shape[batch[0]] != rows or (sequence and first.shape[sequence[0]] != steps):
         raise ValueError(f"model.json's axes for {where} do not fit that run")
     return TensorSpec(
         name=tensor.name,
@@ -332,7 +444,33 @@ def _output(
 # Runs --------------------------------------------------------------------------------
 
 
-def _feeds(
+def run(
+    session: ort.InferenceSession,
+    feeds: dict[str, np.ndarray],
+    options: ort.RunOptions | None = None,
+) -> dict[str, np.ndarray]:
+    """The graph's outputs by name; ValueError with the first line of ORT's refusal."""
+    names = [output.name for output in session.get_outputs()]
+    try:
+        values = session.run(None, feeds, options)
+    except Exception as error:  # ORT's errors share no base class narrower than Exception
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(f"ORT: {_ORT_NOISE.sub('', first)}") from None
+    return dict(zip(names, values, strict=True))
+
+
+# What ORT's messages say besides the cause: its status code and the C++ check that failed.
+_ORT_NOISE = re.compile(
+    r"^\[ONNXRuntimeError\] : \d+ : \w+ : |/onnxruntime_src/\S+ .*? was false\. "
+)
+
+
+def _shapes(inputs: Sequence[TensorSpec], feeds: dict[str, np.ndarray]) -> str:
+    """The data inputs fed, as `name [shape]`, for messages."""
+    return ", ".join(f"{t.name} {list(feeds[t.name].shape)}" for t in inputs)
+
+
+def random_feeds(
     inputs: Sequence[TensorSpec], states: Sequence[StateSpec], rows: int, steps: int,
     rng: random.Random,
 ) -> dict[str, np.ndarray]:  # fmt: skip
@@ -364,16 +502,21 @@ def check_chunks(
     """The deviation of a sequence fed in random chunks, its state carried, from the same
     sequence fed whole: outputs along their sequence axis (others: the last chunk's) and
     the final states."""
-    names = [output.name for output in session.get_outputs()]
 
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(None, feeds), strict=True))
+    def run_chunk(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return run(session, feeds)
+        except ValueError as error:
+            raise ValueError(
+                "fed a sequence whole and in chunks with its state carried, the graph fails "
+                f"with {_shapes(inputs, feeds)} ({error})"
+            ) from None
 
     sequence = any(tensor.sequence_axis is not None for tensor in inputs)
     steps = CHUNK_STEPS if sequence else 1
     rng = random.Random(3)
-    feeds = _feeds(inputs, states, CHUNK_ROWS, steps, rng)
-    whole = run(feeds)
+    feeds = random_feeds(inputs, states, CHUNK_ROWS, steps, rng)
+    whole = run_chunk(feeds)
     carried = {state.input: feeds[state.input] for state in states}
     pieces: list[dict[str, np.ndarray]] = []
     start = 0
@@ -385,7 +528,7 @@ def check_chunks(
             else np.take(feeds[tensor.name], range(start, stop), axis=tensor.sequence_axis)
             for tensor in inputs
         }
-        result = run({**piece, **carried})
+        result = run_chunk({**piece, **carried})
         carried = {state.input: result[state.output] for state in states}
         pieces.append(result)
         start = stop

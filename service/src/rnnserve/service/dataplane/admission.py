@@ -13,8 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from rnnserve.model.describe import TOLERANCE as CHUNK_TOLERANCE
-from rnnserve.model.spec import ModelSpec
+from rnnserve.model.streaming import why_not_streamable
 from rnnserve.service.dataplane.admitted import Admitted
 from rnnserve.service.dataplane.compute import Compute
 from rnnserve.service.dataplane.rows import RowsPath
@@ -130,7 +129,7 @@ def _check_sessions(
     """A request of a session (a sequence, or session rows) needs a model that streams,
     and session rows one that answers each step at once."""
     if (sequence.in_session or rows is not None) and not model.spec.streamable:
-        raise FailedPrecondition(f"model '{model.name}' {_why_not_streamable(model.spec)}")
+        raise FailedPrecondition(f"model '{model.name}' {why_not_streamable(model.spec)}")
     if rows is not None and not model.takes_session_rows:
         raise FailedPrecondition(
             f"model '{model.name}' ({model.spec.task}) takes no multi-session requests "
@@ -138,29 +137,3 @@ def _check_sessions(
             "a session only after its last piece; send each session's pieces in requests "
             "of their own, with sequence parameters"
         )
-
-
-def _why_not_streamable(spec: ModelSpec) -> str:
-    """The refusal of a session, in the words its export metadata justifies."""
-    if spec.num_directions == 2:
-        return (
-            "is bidirectional and cannot stream: its backward direction needs the whole "
-            "sequence; send the whole sequence, no 'sequence_id'"
-        )
-    if not spec.states:
-        return (
-            "keeps no state between requests, so it has no sequences: send each request on "
-            "its own, no 'sequence_id'"
-        )
-    chunk_error = spec.training.get("chunk_error")
-    if isinstance(chunk_error, float) and chunk_error > CHUNK_TOLERANCE:
-        return (
-            "cannot stream: fed in chunks with its state carried, it answers differently "
-            f"from the whole sequence (by {chunk_error:.2g}, measured when it was loaded), as "
-            "a bidirectional or attention model does; send the whole sequence, no "
-            "'sequence_id'"
-        )
-    return (
-        "is exported as not streamable (its chunked runs were not verified equal to whole "
-        "ones); send the whole sequence, no 'sequence_id'"
-    )
