@@ -57,10 +57,10 @@ PRESETS = {
         embedding_size=8,
     ),
 }  # fmt: skip
-# The plain RNN learns the date rule poorly at the gated cells' learning rate; slower and
-# four times as long it gets every held-out date (42 % with twice as long, 2 % at the gated
-# cells' settings).
-CELL_PRESETS = {("default", "rnn"): dict(learning_rate=3e-3, epochs=64)}
+# The plain RNN learns the dates poorly at the gated cells' learning rate; slower and eight
+# times as long it gets 99.8 % of the held-out dates, every format above 99 % (56 % with
+# half as long, 93 % with half as long on batches twice as large, 4 % at 5e-3).
+CELL_PRESETS = {("default", "rnn"): dict(learning_rate=3e-3, epochs=128)}
 BIDIRECTIONAL = False
 
 
