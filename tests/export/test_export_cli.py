@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnserve.export.build import build_repository, summary_table
+from rnnserve.export.build import BuildResult, build_repository, summary_table
 from rnnserve.model.spec import METADATA_KEY, ModelSpec
 from rnnserve.protocol.errors import UsageError
 
@@ -75,6 +75,31 @@ def test_skip_existing_leaves_present_models_and_new_version_adds_one(tmp_path: 
     assert sorted(p.name for p in (tmp_path / "tagger-rnn").iterdir()) == ["1", "2"]
     table = summary_table(first + again)
     assert "tagger-rnn" in table and "hello_exact=1" in table and "skipped" in table
+
+
+def test_the_report_gives_each_date_formats_figure_for_each_seq2seq_model() -> None:
+    def result(name: str, quality: float, parts: dict[str, float]) -> BuildResult:
+        quality_name = "heldout_exact_match" if parts else "hello_exact"
+        return BuildResult(
+            name, 1, Path(name), quality_name=quality_name, quality=quality, quality_parts=parts
+        )
+
+    table = summary_table(
+        [
+            result("tagger-gru", 1.0, {}),
+            result("seq2seq-lstm", 0.995, {"d mon yyyy": 1.0, "m/d/yy": 0.99}),
+            result("seq2seq-gru", 1.0, {"d mon yyyy": 1.0, "m/d/yy": 1.0}),
+        ]
+    )
+
+    models, formats = table.split("\n\n")
+    assert "seq2seq-lstm" in models and "heldout_exact_match=0.995" in models
+    assert formats.splitlines() == [
+        "heldout_exact_match  seq2seq-lstm  seq2seq-gru",
+        "-------------------  ------------  -----------",
+        "d mon yyyy           1             1",
+        "m/d/yy               0.99          1",
+    ]
 
 
 def test_bidirectional_tagger_is_exported_as_not_streamable(tmp_path: Path) -> None:

@@ -1,9 +1,9 @@
-"""The date rule, and greedy decoding through the ONNX graphs equal to torch's."""
+"""The date model: sources never padded, the held-out exact match measured on each date
+format, and greedy decoding through the ONNX graphs equal to torch's (the dates themselves:
+test_dates.py)."""
 
 from __future__ import annotations
 
-import datetime
-import random
 from pathlib import Path
 
 import numpy as np
@@ -11,24 +11,12 @@ import pytest
 import torch
 
 from rnnserve.export.config import config_for_name
+from rnnserve.export.dates import FORMATS
 from rnnserve.export.exporter import export_version
 from rnnserve.export.tasks import seq2seq
 from rnnserve.export.training import train_model
 from rnnserve.export.verify import open_session
-from rnnserve.model.spec import cell_states, rows_by_length
-
-
-def test_dates_are_written_two_ways_and_normalised_to_iso() -> None:
-    date = datetime.date(2026, 11, 22)
-    assert seq2seq.write_date(date, 0) == "22 nov 2026"
-    assert seq2seq.write_date(date, 1) == "11/22/26"
-    assert date.isoformat() == "2026-11-22"
-
-
-def test_held_out_dates_never_appear_in_training() -> None:
-    training = seq2seq.sample_pairs(random.Random(0), 2000, held_out=False)
-    held_out = seq2seq.sample_pairs(random.Random(1), 200, held_out=True)
-    assert not {t for _, t in training} & {t for _, t in held_out}
+from rnnserve.model.spec import METADATA_KEY, ModelSpec, cell_states, rows_by_length
 
 
 def test_sources_are_grouped_by_length_never_padded() -> None:
@@ -61,3 +49,24 @@ def test_onnx_greedy_decoding_equals_torch(tmp_path: Path) -> None:
         steps=seq2seq.MAX_OUTPUT_LENGTH,
     )
     np.testing.assert_array_equal(actual, expected)
+
+
+def test_held_out_exact_match_is_measured_on_each_format(tiny_repository: Path) -> None:
+    encoder = open_session(tiny_repository / "seq2seq-gru" / "1" / "encoder.onnx")
+    meta = encoder.get_modelmeta().custom_metadata_map[METADATA_KEY]
+    training = ModelSpec.from_json(meta).training
+    name = seq2seq.QUALITY_NAME
+
+    parts = {key: value for key, value in training.items() if key.startswith(f"{name}[")}
+
+    assert list(parts) == [f"{name}[{form.name}]" for form in FORMATS]
+    assert all(0 <= float(value) <= 1 for value in parts.values())
+    overall = sum(map(float, parts.values())) / len(parts)  # every format weighs the same
+    assert training[name] == pytest.approx(overall)
+
+
+def test_each_format_is_held_out_alike() -> None:
+    by_format = seq2seq.held_out_by_format(seed=0, count=50)
+    assert list(by_format) == [form.name for form in FORMATS]
+    assert all(len(pairs) == 50 for pairs in by_format.values())
+    assert by_format == seq2seq.held_out_by_format(seed=0, count=50)  # seeded

@@ -28,3 +28,10 @@ def test_checkpoint_round_trip_restores_config_weights_and_quality(tmp_path: Pat
     state = torch.zeros(1, 1, trained.config.hidden_size)
     with torch.no_grad():
         torch.testing.assert_close(restored.model(tokens, state), trained.model(tokens, state))
+
+
+def test_a_checkpoint_keeps_the_quality_of_each_part(tmp_path: Path) -> None:
+    trained = train_model(config_for_name("seq2seq-gru", preset="tiny"))
+    save_run(trained, tmp_path / "seq2seq-gru")
+    restored = load_run(tmp_path / "seq2seq-gru")
+    assert restored.quality_parts == trained.quality_parts != {}

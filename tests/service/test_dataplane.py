@@ -168,8 +168,12 @@ def test_tagger_and_seq2seq_metadata_list_their_text_tensors(plane: Plane) -> No
     assert tagger.parameters["state_inputs"] == "h0"
     seq2seq = plane.plane.model_metadata("seq2seq-rnn")
     assert [(m.name, m.datatype, m.shape) for m in seq2seq.inputs] == [("text", "BYTES", (-1, 1))]
-    assert [(m.name, m.shape) for m in seq2seq.outputs] == [("text_out", (-1, 1))]
+    assert [(m.name, m.datatype, m.shape) for m in seq2seq.outputs] == [
+        ("text_out", "BYTES", (-1, 1)),
+        ("confidence", "FP32", (-1, 1)),
+    ]
     assert seq2seq.parameters["max_output_length"] == 16
+    assert {"n", "N"} <= set(str(seq2seq.parameters["vocab"]))  # upper case reads as lower
     assert "control_inputs" not in seq2seq.parameters  # no multi-session requests
 
 

@@ -95,17 +95,26 @@ class Reference:
         return "".join(vocab[i] for i in logits[0].argmax(axis=1))
 
     def translate(self, model: str, text: str, max_length: int | None = None) -> str:
+        return self.translate_with_confidence(model, text, max_length)[0]
+
+    def translate_with_confidence(
+        self, model: str, text: str, max_length: int | None = None
+    ) -> tuple[str, float]:
+        """Greedy decoding as the graph contracts say, and the probability of the answer:
+        the product of each step's softmax at the token it chose, <eos> included."""
         graphs = self.graphs(model)
         spec = graphs.spec
         vocab, target = spec.vocab or [], spec.target_vocab or []
         tokens = np.array([[vocab.index(char) for char in text]], np.int64)
         state = graphs.next_state(graphs.run("encoder", {"tokens": tokens, **graphs.zero_state(1)}))
-        token, decoded = spec.bos_id, []
+        token, decoded, probability = spec.bos_id, [], 1.0
         for _ in range(max_length or spec.max_output_length or 0):
             out = graphs.run("decoder", {"token": np.array([token], np.int64), **state})
             token = int(out["next_token"][0])
+            softmax = np.exp(out["logits"][0].astype(np.float64))
+            probability *= softmax[token] / softmax.sum()
             if token == spec.eos_id:
                 break
             decoded.append(target[token])
             state = graphs.next_state(out)
-        return "".join(decoded)
+        return "".join(decoded), probability

@@ -62,6 +62,19 @@ def test_text_model_metadata_has_text_in_and_out(server, task: str) -> None:
     assert metadata.outputs[0].parameters["content_type"].string_param == "str"
 
 
+def test_seq2seq_lists_its_confidence_in_metadata_and_config(server) -> None:
+    metadata = server.stub.ModelMetadata(pb.ModelMetadataRequest(name="seq2seq-gru"))
+    config = server.stub.ModelConfig(pb.ModelConfigRequest(name="seq2seq-gru")).config
+
+    assert _tensors(metadata.outputs)["confidence"] == ("FP32", [-1, 1])  # a value per text
+    fp32 = pb.DataType.Value("TYPE_FP32")
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output][1] == (
+        "confidence",
+        fp32,
+        [1],
+    )
+
+
 def test_model_config_describes_the_model_as_triton_does(server) -> None:
     config = server.stub.ModelConfig(pb.ModelConfigRequest(name="sine-gru")).config
 
@@ -253,6 +266,17 @@ def test_stream_sends_seq2seq_tokens_as_they_are_decoded(server, reference) -> N
     assert all(r.error_message == "" for r in replies)
     pieces = [outputs_of(r.infer_response)["text_out"][0].decode() for r in replies]
     assert "".join(pieces) == reference.translate("seq2seq-lstm", "hello")
+
+
+def test_a_streamed_seq2seq_answer_carries_its_confidence_so_far(server, reference) -> None:
+    outputs = ["text_out", "confidence"]
+    replies = _stream(server, [infer_request("seq2seq-gru", {"text": ["22 nov 2026"]}, outputs)])
+
+    confidences = [outputs_of(r.infer_response)["confidence"][0] for r in replies]
+    # Each token multiplies in its probability; the last response's is the whole answer's.
+    assert confidences == sorted(confidences, reverse=True)
+    _, whole = reference.translate_with_confidence("seq2seq-gru", "22 nov 2026")
+    assert confidences[-1] == pytest.approx(whole, rel=1e-5)
 
 
 def test_streams_run_concurrently(server) -> None:

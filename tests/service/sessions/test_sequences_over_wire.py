@@ -91,10 +91,16 @@ def test_seq2seq_streams_the_translation_token_by_token_after_the_last_piece(
     assert "".join(tokens) == whole and len(last) >= len(whole)
     finals = [response.parameters["triton_final_response"] for response in last]
     assert finals == [False] * (len(last) - 1) + [True]
-    # Through ModelInfer the last piece answers the whole translation at once.
+    # Through ModelInfer the last piece answers the whole translation at once, and its
+    # confidence; a piece before it has no answer yet, and no confidence in one.
+    outputs = ["text_out", "confidence"]
     with SequenceSession(client, model, f"translate-unary-{cell}") as sequence:
-        sequence.step({"text": ["22 nov"]})
-        assert sequence.step({"text": [" 2026"]}, end=True)["text_out"][0] == whole
+        assert sequence.step({"text": ["22 nov"]}, outputs)["confidence"].tolist() == [0.0]
+        answer = sequence.step({"text": [" 2026"]}, outputs, end=True)
+    assert answer["text_out"][0] == whole
+    assert answer["confidence"][0] == pytest.approx(
+        client.infer(model, {"text": [source]}, outputs)["confidence"][0], rel=1e-5
+    )
 
 
 def sine_step(

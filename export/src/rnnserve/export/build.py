@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class BuildResult:
     parameters: int = 0
     quality_name: str = ""
     quality: float = 0.0
+    quality_parts: dict[str, float] = field(default_factory=dict)  # Quality.parts
     parity_error: float = 0.0
     chunk_error: float | None = None
     file_bytes: int = 0
@@ -89,6 +90,7 @@ def build_repository(
                 parameters=count_parameters(trained.model),
                 quality_name=trained.quality_name,
                 quality=trained.quality,
+                quality_parts=trained.quality_parts,
                 parity_error=exported.parity_error,
                 chunk_error=exported.chunk_error,
                 file_bytes=exported.file_bytes,
@@ -99,8 +101,10 @@ def build_repository(
 
 
 def summary_table(results: list[BuildResult]) -> str:
+    """One row per model; then, for the models whose quality has parts (seq2seq: each date
+    format), a table of the parts, one column per model."""
     header = ("model", "version", "params", "quality", "parity err", "chunk err", "size", "time")
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for r in results:
         if r.skipped:
             rows.append((r.name, str(r.version), "skipped: already present", "", "", "", "", ""))
@@ -118,7 +122,29 @@ def summary_table(results: list[BuildResult]) -> str:
                 f"{r.seconds:.1f} s",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    tables = [rows, *parts_tables(results)]
+    return "\n\n".join(layout(table) for table in tables)
+
+
+def parts_tables(results: list[BuildResult]) -> list[list[tuple[str, ...]]]:
+    """A table per quality name that has parts: a row per part, a column per model."""
+    tables = []
+    for name in dict.fromkeys(r.quality_name for r in results if r.quality_parts):
+        models = [r for r in results if r.quality_name == name and r.quality_parts]
+        parts = dict.fromkeys(part for r in models for part in r.quality_parts)
+        header = (name, *(r.name for r in models))
+        rows = [(part, *(_part(r.quality_parts.get(part)) for r in models)) for part in parts]
+        tables.append([header, *rows])
+    return tables
+
+
+def _part(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def layout(rows: list[tuple[str, ...]]) -> str:
+    """Rows as aligned columns, the first row a header underlined with dashes."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows

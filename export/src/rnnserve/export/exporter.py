@@ -59,6 +59,10 @@ def export_version(trained: TrainedModel, root: Path, version: int) -> ExportRes
             graph_outputs={g.role: g.output_names for g in graphs},
             training={
                 trained.quality_name: trained.quality,
+                **{
+                    f"{trained.quality_name}[{part}]": value
+                    for part, value in trained.quality_parts.items()
+                },
                 "parity_error": parity,
                 "parameters": count_parameters(trained.model),
                 "seed": config.seed,

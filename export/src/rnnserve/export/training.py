@@ -4,7 +4,7 @@ checkpoint.pt, loss.png and, for sine, stream.png (target against prediction).""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ class TrainedModel:
     losses: list[float]
     quality: float
     train_seconds: float
+    quality_parts: dict[str, float] = field(default_factory=dict)  # Quality.parts
 
     @property
     def quality_name(self) -> str:
@@ -37,7 +38,8 @@ def train_model(config: TrainConfig, progress: bool = False) -> TrainedModel:
     started = time.perf_counter()
     losses = task.train(model.train(), config, progress)
     seconds = time.perf_counter() - started
-    return TrainedModel(config, model.eval(), losses, task.evaluate(model, config), seconds)
+    quality = task.evaluate(model, config)
+    return TrainedModel(config, model.eval(), losses, quality.value, seconds, quality.parts)
 
 
 def save_run(trained: TrainedModel, run_dir: Path) -> None:
@@ -50,6 +52,7 @@ def save_run(trained: TrainedModel, run_dir: Path) -> None:
             "state_dict": trained.model.state_dict(),
             "losses": trained.losses,
             "quality": trained.quality,
+            "quality_parts": trained.quality_parts,
             "train_seconds": trained.train_seconds,
         },
         run_dir / CHECKPOINT,
@@ -69,5 +72,10 @@ def load_run(path: Path) -> TrainedModel:
     model = task_module(config.task).build_model(config)
     model.load_state_dict(saved["state_dict"])
     return TrainedModel(
-        config, model.eval(), saved["losses"], saved["quality"], saved["train_seconds"]
+        config,
+        model.eval(),
+        saved["losses"],
+        saved["quality"],
+        saved["train_seconds"],
+        saved.get("quality_parts", {}),  # absent from checkpoints saved before parts
     )

@@ -155,6 +155,9 @@ class ModelSpec(BaseModel):
     bos_id: int | None = None
     eos_id: int | None = None
     max_output_length: int | None = None
+    # seq2seq: the vocabulary's letters stand for their upper case too; the server reads a
+    # request's upper-case letters as lower case (the dates are learnt in lower case).
+    fold_case: bool = False
     # graph role ("model", "encoder", "decoder") -> file name inside the version folder
     graphs: dict[str, str]
     # graph role -> its input and output tensor names, in order

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Required, TypedDict
 
@@ -31,8 +31,19 @@ class SpecFields(TypedDict, total=False):
     bos_id: int
     eos_id: int
     max_output_length: int
+    fold_case: bool
     num_directions: Literal[1, 2]
     streamable: Required[bool]
+
+
+@dataclass(frozen=True)
+class Quality:
+    """What a task's `evaluate` measured: its figure (QUALITY_NAME) over the held-out set,
+    and the same figure on each part of it where the task tells parts apart (seq2seq: each
+    date format), by part name."""
+
+    value: float
+    parts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,7 +98,7 @@ class ExportTask(Protocol):
 
     def train(self, model: nn.Module, config: TrainConfig, progress: bool) -> list[float]: ...
 
-    def evaluate(self, model: nn.Module, config: TrainConfig) -> float: ...
+    def evaluate(self, model: nn.Module, config: TrainConfig) -> Quality: ...
 
     def quality_ok(self, quality: float) -> bool: ...
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from rnnserve.export.cells import detach, make_cell, run_cell, zero_state
 from rnnserve.export.config import TrainConfig
-from rnnserve.export.tasks.base import Graph, SpecFields
+from rnnserve.export.tasks.base import Graph, Quality, SpecFields
 from rnnserve.model.spec import cell_states
 
 DT = 0.1  # time step: about 63 steps per period
@@ -95,9 +95,9 @@ def predict_stream(model: SineModel, seed: int, steps: int = EVAL_STEPS) -> tupl
     return y[0, :, 0], prediction[0, :, 0]
 
 
-def evaluate(model: SineModel, config: TrainConfig) -> float:
+def evaluate(model: SineModel, config: TrainConfig) -> Quality:
     target, prediction = predict_stream(model, config.seed)
-    return nn.functional.mse_loss(prediction[WARM_UP:], target[WARM_UP:]).item()
+    return Quality(nn.functional.mse_loss(prediction[WARM_UP:], target[WARM_UP:]).item())
 
 
 def quality_ok(quality: float) -> bool:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from rnnserve.export.cells import make_cell, run_cell, zero_state
 from rnnserve.export.config import TrainConfig
-from rnnserve.export.tasks.base import Graph, SpecFields, random_tokens
+from rnnserve.export.tasks.base import Graph, Quality, SpecFields, random_tokens
 from rnnserve.model.spec import cell_states
 
 VOCAB = ["e", "h", "l", "o"]
@@ -93,9 +93,9 @@ def tag(model: Tagger, text: str) -> str:
     return decode(logits.argmax(-1)[0].tolist())
 
 
-def evaluate(model: Tagger, config: TrainConfig) -> float:
+def evaluate(model: Tagger, config: TrainConfig) -> Quality:
     """Fraction of the lesson's pairs tagged exactly (1.0: "hello" -> "ohlol")."""
-    return sum(tag(model, s) == t for s, t in PAIRS) / len(PAIRS)
+    return Quality(sum(tag(model, s) == t for s, t in PAIRS) / len(PAIRS))
 
 
 def quality_ok(quality: float) -> bool:

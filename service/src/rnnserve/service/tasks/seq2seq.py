@@ -4,11 +4,21 @@ The encoder reads each source row (rows of equal length share one ORT run); the 
 then runs one step per output token for the whole batch, from `bos_id`, until every row
 has produced `eos_id` or `max_output_length` tokens are out. Streaming answers once per
 decoded token.
+
+`confidence`, when a request names it, is each row's probability of its whole answer under
+the model: the product over its decoded tokens (the closing `eos_id` among them) of the
+softmax of the decoder's logits at the chosen token. The product, not the least of them:
+by the chain rule it is the probability the model gives the answer it chose, so several
+doubtful characters count as well as one very doubtful one; and every answer in the
+grammar has the same length, so the product does not favour short ones among them. An
+input outside what the model learnt still gets its best guess, with a lower confidence.
+A request naming no outputs gets `text_out` alone, as before the output existed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -28,6 +38,16 @@ from rnnserve.service.tasks.base import (
 from rnnserve.service.types import InferRequest, Parameter, State, TensorMetadata
 
 MAX_OUTPUT_LENGTH = "max_output_length"
+TEXT_OUT, CONFIDENCE = "text_out", "confidence"
+
+
+@dataclass
+class Step:
+    """One decoding step of every row."""
+
+    tokens: np.ndarray  # each row's output token; `eos_id` once the row has finished
+    log_probabilities: np.ndarray | None  # of those tokens, 0 once finished (None: unasked)
+    last: bool  # every row has finished, or the length limit is reached
 
 
 class Seq2SeqTask(Task):
@@ -52,9 +72,13 @@ class Seq2SeqTask(Task):
 
     @cached_property
     def char_ids(self) -> dict[str, int]:
-        """Source characters a client may send; special tokens are not characters."""
+        """Source characters a client may send; special tokens are not characters. Where
+        the spec folds case, a letter's upper case reads as the letter."""
         assert self.spec.vocab is not None  # ModelSpec guarantees it for text tasks
-        return {token: index for index, token in enumerate(self.spec.vocab) if len(token) == 1}
+        ids = {token: index for index, token in enumerate(self.spec.vocab) if len(token) == 1}
+        if self.spec.fold_case:
+            ids |= {char.upper(): ids[char] for char in list(ids) if char.upper() not in ids}
+        return ids
 
     @cached_property
     def inputs(self) -> list[TensorMetadata]:
@@ -62,7 +86,11 @@ class Seq2SeqTask(Task):
 
     @cached_property
     def outputs(self) -> list[TensorMetadata]:
-        return [TensorMetadata("text_out", "BYTES", validation.TEXT_SHAPE, text=True)]
+        # confidence: one per text row, in the text's shape as text_out is.
+        return [
+            TensorMetadata(TEXT_OUT, "BYTES", validation.TEXT_SHAPE, text=True),
+            TensorMetadata(CONFIDENCE, "FP32", validation.TEXT_SHAPE),
+        ]
 
     def parameters(self) -> dict[str, Parameter]:
         assert self.spec.max_output_length is not None  # ModelSpec guarantees it for seq2seq
@@ -75,7 +103,7 @@ class Seq2SeqTask(Task):
         inputs = validation.check_input_names(request, self.input_names, required=["text"])
         rows = validation.text_rows(inputs["text"], self.settings)
         token_rows = validation.decode_text("text", rows, self.char_ids, self.settings)
-        outputs = validation.check_output_names(request, self.output_names, self.output_names)
+        outputs = validation.check_output_names(request, self.output_names, [TEXT_OUT])
         limit = validation.int_parameter(
             request.parameters,
             MAX_OUTPUT_LENGTH,
@@ -96,30 +124,52 @@ class Seq2SeqTask(Task):
         return text_dims(request, "text")
 
     def output_elements(self, request: InferRequest, rows: int, steps: int) -> int:
-        """The translation's tokens, and each decoding step's logits (one step at a time)."""
+        """The translation's tokens, each decoding step's logits (one step at a time) and
+        the confidence."""
         limit = request.parameters.get(MAX_OUTPUT_LENGTH, self.spec.max_output_length)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             limit = self.spec.max_output_length or 1  # prepare refuses it
         limit = min(limit, self.settings.max_sequence_length)
         assert self.spec.target_vocab is not None  # ModelSpec guarantees it for seq2seq
-        return rows * (limit + len(self.spec.target_vocab) + self.step_elements)
+        return rows * (limit + len(self.spec.target_vocab) + self.step_elements + 1)
 
     def run(self, prepared: Prepared, execute: Execute) -> Result:
         texts = [""] * prepared.rows
-        for tokens, _ in self._decode(prepared, execute):
-            texts = [text + self._char(token) for text, token in zip(texts, tokens, strict=True)]
-        return Result({"text_out": text_array(texts)})
+        log_confidence = np.zeros(prepared.rows)
+        for step in self._decode(prepared, execute):
+            texts = [
+                text + self._char(token) for text, token in zip(texts, step.tokens, strict=True)
+            ]
+            if step.log_probabilities is not None:
+                log_confidence += step.log_probabilities
+        return self._result(prepared, texts, log_confidence)
 
     def stream(self, prepared: Prepared, execute: Execute) -> Iterator[Result]:
-        for tokens, last in self._decode(prepared, execute):
-            yield Result({"text_out": text_array([self._char(t) for t in tokens])}, final=last)
+        """A response per step: its token of each row, and the confidence in the answer so
+        far (the last response's is the whole answer's)."""
+        log_confidence = np.zeros(prepared.rows)
+        for step in self._decode(prepared, execute):
+            if step.log_probabilities is not None:
+                log_confidence += step.log_probabilities
+            texts = [self._char(token) for token in step.tokens]
+            yield self._result(prepared, texts, log_confidence, final=step.last)
 
     def session_piece(self, prepared: Prepared, execute: Execute) -> tuple[Result, State]:
         """Only reads the piece: encoding in pieces, each from the state the previous one
         left, equals encoding the whole source. The translation comes with the last piece,
-        answered by `run` or `stream` from the carried state; until then text_out is empty."""
-        empty = Result({"text_out": text_array([""] * prepared.rows)})
+        answered by `run` or `stream` from the carried state; until then text_out is empty
+        and the confidence 0 (no answer yet)."""
+        empty = self._result(prepared, [""] * prepared.rows, np.full(prepared.rows, -np.inf))
         return empty, self.encode(prepared, execute)
+
+    def _result(
+        self, prepared: Prepared, texts: list[str], log_confidence: np.ndarray, final: bool = True
+    ) -> Result:
+        outputs = {TEXT_OUT: text_array(texts)}
+        if CONFIDENCE in prepared.outputs:
+            confidence = np.exp(log_confidence).astype(np.float32)
+            outputs[CONFIDENCE] = confidence.reshape(prepared.text_shape)
+        return Result(outputs, final=final)
 
     def encode(self, prepared: Prepared, execute: Execute) -> State:
         """The encoder's final state for each row, starting from `prepared.state`."""
@@ -131,12 +181,13 @@ class Seq2SeqTask(Task):
             put_rows(state, rows, self.state_outputs(execute("encoder", feeds)))
         return state
 
-    def _decode(self, prepared: Prepared, execute: Execute) -> Iterator[tuple[np.ndarray, bool]]:
-        """Each step's output token per row (`eos_id` once a row has finished) and whether
-        it is the last step."""
+    def _decode(self, prepared: Prepared, execute: Execute) -> Iterator[Step]:
+        """Each step of greedy decoding, until every row has finished or the limit; the
+        tokens' log-probabilities only where the request asks for the confidence."""
         bos, eos = self.spec.bos_id, self.spec.eos_id
         assert bos is not None and eos is not None  # check_spec guarantees them
         limit = prepared.options[MAX_OUTPUT_LENGTH]
+        scored = CONFIDENCE in prepared.outputs
         state = self.encode(prepared, execute)
         token = np.full(prepared.rows, bos, np.int64)
         finished = np.zeros(prepared.rows, bool)
@@ -145,9 +196,12 @@ class Seq2SeqTask(Task):
             token = graph["next_token"].astype(np.int64)
             state = self.state_outputs(graph)
             emitted = np.where(finished, eos, token)
+            chosen = (
+                np.where(finished, 0.0, log_softmax_at(graph["logits"], token)) if scored else None
+            )
             finished |= token == eos
             last = bool(finished.all()) or position + 1 == limit
-            yield emitted, last
+            yield Step(emitted, chosen, last)
             if last:
                 return
 
@@ -156,3 +210,11 @@ class Seq2SeqTask(Task):
         assert self.spec.target_vocab is not None  # ModelSpec guarantees it for seq2seq
         text = self.spec.target_vocab[token]
         return text if len(text) == 1 else ""
+
+
+def log_softmax_at(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Each row's log-probability of its token under the softmax of its logits (rows,
+    vocabulary), in float64, the largest logit taken out first so that none overflows."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    log_probabilities: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return np.take_along_axis(log_probabilities, tokens[:, None], axis=1)[:, 0]
