@@ -25,18 +25,19 @@ class Budget:
         self.max_inflight_bytes = max_inflight_bytes
         self.held = 0  # bytes of the requests in flight
         metrics.REQUEST_BYTES_LIMIT.set(max_inflight_bytes)
+        self._gauge = metrics.TALLIES.counter(metrics.REQUEST_BYTES_IN_FLIGHT)
 
     def hold(self, footprint: Footprint, model: str) -> Held:
         """Holds the request's bytes, from now until the end of the `with` block of what it
         returns; ResourceExhausted when it may not."""
         self._check(footprint, model)
         self.held += footprint.bytes
-        metrics.REQUEST_BYTES_IN_FLIGHT.inc(footprint.bytes)
+        self._gauge.value += footprint.bytes
         return Held(self, footprint.bytes)
 
     def release(self, size: int) -> None:
         self.held -= size
-        metrics.REQUEST_BYTES_IN_FLIGHT.dec(size)
+        self._gauge.value -= size
 
     def _check(self, footprint: Footprint, model: str) -> None:
         if footprint.elements > self.max_request_elements:
