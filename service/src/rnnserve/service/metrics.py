@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -39,11 +38,11 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     start_http_server,
+    values,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from rnnserve.protocol.errors import UsageError
-from rnnserve.service.workers import MULTIPROCESS_DIR_ENV
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +253,9 @@ class Tallies:
         self._lock = threading.Lock()
         self.in_flight = 0  # requests being recorded (front ends' Recordings)
         self._flushed_at = 0.0
-        self.by_worker = MULTIPROCESS_DIR_ENV in os.environ
+        # A worker's metrics are files (prometheus_client's multiprocess mode, which its
+        # supervisor chose before starting it: service/workers.py).
+        self.by_worker = values.ValueClass is not values.MutexValue
 
     def counter(self, child: Counter | Gauge) -> Tally:
         tally = Tally(child)
