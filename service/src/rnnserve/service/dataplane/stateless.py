@@ -24,7 +24,8 @@ class StatelessPath:
     def _answer(admitted: Admitted, timer: RequestTimer) -> InferResponse:
         prepared = admitted.prepare(timer)
         with timer.computing():
-            result = admitted.model.task.run(prepared, admitted.model.runtime.run)
+            execute = Compute.execute(admitted.model, admitted.threads)
+            result = admitted.model.task.run(prepared, execute)
         with timer.responding():
             return admitted.response(prepared, result)
 

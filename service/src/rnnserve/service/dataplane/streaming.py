@@ -43,7 +43,12 @@ async def stateless(
 ) -> AsyncIterator[InferResponse]:
     prepared = await compute.call(admitted.threads, admitted.prepare, timer)
     responses = stream_responses(
-        compute, admitted, prepared, admitted.model.runtime.run, admitted.threads, timer
+        compute,
+        admitted,
+        prepared,
+        compute.execute(admitted.model, admitted.threads),
+        admitted.threads,
+        timer,
     )
     async for response in responses:
         yield response
