@@ -56,12 +56,10 @@ class Seq2SeqTask(Task):
         assert self.spec.vocab is not None  # ModelSpec guarantees it for text tasks
         return {token: index for index, token in enumerate(self.spec.vocab) if len(token) == 1}
 
-    @cached_property
-    def inputs(self) -> list[TensorMetadata]:
+    def input_metadata(self) -> list[TensorMetadata]:
         return [TensorMetadata("text", "BYTES", (-1,), text=True)]
 
-    @cached_property
-    def outputs(self) -> list[TensorMetadata]:
+    def output_metadata(self) -> list[TensorMetadata]:
         return [TensorMetadata("text_out", "BYTES", (-1,), text=True)]
 
     def parameters(self) -> dict[str, Parameter]:
