@@ -47,13 +47,14 @@ class Prepared:
     options: dict[str, Any] = field(default_factory=dict)  # validated request parameters
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Footprint:
     """The memory a request implies, in elements, read off its tensors' shapes before any
     work (service/dataplane/budget.py holds it against the limits): its inputs, the outputs
     it asks for, and the recurrent kernels' working memory, which for a long sequence is
     most of it (ONNX Runtime computes the gates of every time step at once, and keeps every
-    step's hidden state): `rows` x `steps` x what a step holds per row."""
+    step's hidden state): `rows` x `steps` x what a step holds per row. Not frozen: made
+    for every request, a frozen one costs compiled code five times a plain one."""
 
     inputs: int
     input_bytes: int
