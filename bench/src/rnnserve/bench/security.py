@@ -95,10 +95,10 @@ def run(options: Options) -> ScenarioResult:
     with contextlib.ExitStack() as stack:
         running = [(setup, stack.enter_context(server(options, setup))) for setup in SETUPS]
         for run in range(options.runs):
-            for index, (setup, server) in enumerate(running):
+            for index, (setup, serving) in enumerate(running):
                 first = 1 + (index * options.runs + run) * 100_000  # fresh ids every time
-                one[setup.name].append(_one_session(options, server, setup, first))
-                many[setup.name].append(many_sessions(options, server, setup, sessions, first + 1))
+                one[setup.name].append(_one_session(options, serving, setup, first))
+                many[setup.name].append(many_sessions(options, serving, setup, sessions, first + 1))
     figures: dict[tuple[str, str], Figure] = {}
     for setup in SETUPS:
         figures[setup.name, "one"] = Figure(
