@@ -23,15 +23,15 @@ def _scenario(
 
 def _unary_goal(figure: ScenarioResult, floor: ScenarioResult) -> str:
     lines = goals.evaluate([figure, floor])
-    return next(line for line in lines if "(batching off, the default)" in line)
+    return next(line for line in lines if "ModelInfer at 64 clients, steps/s" in line)
 
 
 def _sessions(invocation: str | None, date: str, command: str = "") -> ScenarioResult:
-    return _scenario("many_sessions", "64 sessions, batching off", 2000, invocation, date, command)
+    return _scenario("streams", "rnnserve ModelInfer x64", 700, invocation, date, command)
 
 
 def _transport(invocation: str | None, date: str, command: str = "") -> ScenarioResult:
-    return _scenario("transport", "k6 ModelInfer x64", 1000, invocation, date, command)
+    return _scenario("streams", "echo ModelInfer x64", 1000, invocation, date, command)
 
 
 def test_a_figure_and_its_floor_of_one_run_are_judged() -> None:
@@ -40,7 +40,7 @@ def test_a_figure_and_its_floor_of_one_run_are_judged() -> None:
         _transport("run 1", "2026-12-01T07:30:00+0000"),
     )
 
-    assert line.endswith("2.00× (goal ≥ 1.8×) — met.")
+    assert line.endswith("0.70× (goal ≥ 0.6×) — met.")
 
 
 def test_a_floor_from_another_run_is_not_judged_against() -> None:
@@ -49,7 +49,7 @@ def test_a_floor_from_another_run_is_not_judged_against() -> None:
         _transport("run 1", "2026-11-23T15:10:00+0000"),
     )
 
-    assert "2.00× (goal ≥ 1.8×) — not judged" in line
+    assert "0.70× (goal ≥ 0.6×) — not judged" in line
     assert "2026-12-01T07:40:00+0000" in line and "2026-11-23T15:10:00+0000" in line
     assert "met" not in line
 

@@ -174,3 +174,39 @@ def test_an_observer_counts_as_the_histograms_own_observe() -> None:
 
     assert pages[0] == pages[1]
     assert b'h_bucket{le="2.5e-05",model="m"} 3.0' in pages[0]  # `le`: bounds are inclusive
+
+
+def test_tallies_read_as_the_metrics_own_updates_once_flushed() -> None:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    from rnnserve.service.metrics import LATENCY_BUCKETS, Tallies
+
+    amounts = [0.0, 2.5e-5, 3e-5, 1e-3, 0.0011, 10.0, 11.0, *LATENCY_BUCKETS]
+    pages = []
+    for tallied in (False, True):
+        registry = CollectorRegistry()
+        histogram = Histogram("h", "h", ["model"], buckets=LATENCY_BUCKETS, registry=registry)
+        counter = Counter("c", "c", ["model"], registry=registry)
+        gauge = Gauge("g", "g", ["model"], registry=registry)
+        tallies = Tallies()
+        spread = tallies.histogram(histogram.labels("m"))
+        count, level = tallies.counter(counter.labels("m")), tallies.counter(gauge.labels("m"))
+        for amount in amounts:
+            if tallied:
+                spread.observe(amount)
+                count.value += 1
+                level.value += 1
+            else:
+                histogram.labels("m").observe(amount)
+                counter.labels("m").inc()
+                gauge.labels("m").inc()
+        if tallied:
+            level.value -= 2
+            tallies.flush()
+            tallies.flush()  # what was written is not written again
+        else:
+            gauge.labels("m").dec(2)
+        pages.append(generate_latest(registry))
+
+    assert pages[0] == pages[1]
+    assert b'c_total{model="m"} 25.0' in pages[0]

@@ -257,7 +257,7 @@ def test_streamed_sessions_batched_equal_unbatched_and_the_whole_sequence(
     sequences = [rng.normal(size=(length, INPUT_SIZE)).astype(np.float32) for _ in range(sessions)]
     chunks = []
     for _ in range(sessions):  # chunk sizes 1, 2 or 4, so equal lengths meet often
-        sizes = list(rng.choice([1, 2, 4], size=length))
+        sizes = rng.choice([1, 2, 4], size=length).tolist()  # ints, as RowStep declares
         while sum(sizes) > length:
             sizes.pop()
         chunks.append([*sizes, length - sum(sizes)] if sum(sizes) < length else sizes)

@@ -13,7 +13,7 @@ from rnnserve.protocol.errors import UsageError
 
 SCENARIOS = (
     "compute", "transport", "one_session", "many_sessions", "memory", "multi_session",
-    "perf_analyzer", "security", "streams", "workers", "soak", "cluster",
+    "perf_analyzer", "security", "streams", "workers", "soak", "cluster", "guarantees",
 )  # fmt: skip
 
 
@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         cluster,
         compute,
         goals,
+        guarantees,
         memory,
         multi_session,
         perf_analyzer,
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         "workers": workers.run,
         "soak": soak.run,
         "cluster": cluster.run,
+        "guarantees": guarantees.run,
     }
     if args.runs is not None and args.runs < 1:
         raise UsageError("--runs must be at least 1")

@@ -2,13 +2,17 @@
 asyncio server as rnnserve, that parses each ModelInferRequest and answers a precomputed
 one-step sine response. No model, no data plane: what is left is gRPC and protobuf.
 
-Run as `python -m rnnserve.bench.echo --port P`.
+Run as `python -m rnnserve.bench.echo --port P [--procs N]`: with N > 1, N such processes
+share the port (grpc's SO_REUSEPORT, as `rnnserve serve --workers N` does), the floor of
+as many rnnserve workers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -61,12 +65,36 @@ async def serve(port: int, model_name: str) -> None:
     await server.wait_for_termination()
 
 
+def _serve(port: int, model_name: str) -> None:
+    asyncio.run(serve(port, model_name))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model-name", default="sine-lstm")
+    parser.add_argument("--procs", type=int, default=1, help="processes sharing the port")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.model_name))
+    if args.procs == 1:
+        _serve(args.port, args.model_name)
+        return
+    # The processes end with this one: SIGTERM or SIGINT, caught here, is passed on.
+    stopping: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: stopping.append(signum))
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_serve, args=(args.port, args.model_name), daemon=True)
+        for _ in range(args.procs)
+    ]
+    for process in processes:
+        process.start()
+    while not stopping:
+        signal.pause()
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ def _find(results: list[ScenarioResult], scenario: str, label: str) -> Found:
     for result in results:
         if result.name == scenario:
             figure = next((f for f in result.figures if f.label == label), None)
-            return (result, figure) if figure is not None else None
+            if figure is not None:
+                return result, figure
     return None
 
 
@@ -57,50 +58,72 @@ def _one_run(first: ScenarioResult, second: ScenarioResult) -> bool:
     return abs(dates[0] - dates[1]) < timedelta(hours=1)
 
 
+def _difference_goal(text: str, found: Found, floor_found: Found, metric: str, limit: float) -> str:
+    """A figure's metric beyond its floor's (the server's CPU per request beyond the echo
+    server's), at most `limit`."""
+    if found is None or floor_found is None:
+        return f"{text}: not measured in this folder."
+    (result, figure), (floor_result, floor) = found, floor_found
+    beyond = figure.median.get(metric, 0.0) - floor.median.get(metric, 0.0)
+    measured = f"{text}: {beyond:.0f} µs (goal ≤ {limit:.0f} µs)"
+    if not _one_run(result, floor_result):
+        return f"{measured} — not judged: the figure and its floor come from different runs."
+    return f"{measured} — {'met' if beyond <= limit else 'NOT met'}."
+
+
 def evaluate(results: list[ScenarioResult]) -> list[str]:
-    unary = _find(results, "one_session", "rnnserve ModelInfer")
-    unary_floor = _find(results, "one_session", "echo floor ModelInfer")
+    """Issue 27's goals, read in scenario 9 (streams), where rnnserve and the echo floor run
+    side by side in one run, and the guarantees' own goals."""
     idle = _find(results, "memory", "100,000 idle sessions")
+    unary_64 = _find(results, "streams", "rnnserve ModelInfer x64")
+    echo_64 = _find(results, "streams", "echo ModelInfer x64")
     return [
-        _ratio_goal(
-            "One session, ModelInfer step p50 over the echo floor's p50",
-            unary,
-            unary_floor,
-            "p50_ms",
-            1.1,
-            at_most=True,
+        _difference_goal(
+            "Server CPU per step beyond the echo floor's, one step per ModelInfer at 64 clients",
+            unary_64,
+            echo_64,
+            "server_cpu_us_per_request",
+            130.0,
         ),
         _ratio_goal(
-            "One session, ModelInfer step p99 over the echo floor's p99",
-            unary,
-            unary_floor,
-            "p99_ms",
+            "One step per ModelInfer at 64 clients, steps/s over the echo floor's requests/s",
+            unary_64,
+            echo_64,
+            "rps",
+            0.6,
+            at_most=False,
+        ),
+        _ratio_goal(
+            "No collapse under concurrency: one step per ModelInfer, steps/s at 64 clients "
+            "over steps/s at 16",
+            unary_64,
+            _find(results, "streams", "rnnserve ModelInfer x16"),
+            "rps",
+            1.0,
+            at_most=False,
+        ),
+        _ratio_goal(
+            "One client, ModelInfer step p50 over the echo floor's p50",
+            _find(results, "streams", "rnnserve one session ModelInfer (probe)"),
+            _find(results, "streams", "echo one session ModelInfer (probe)"),
+            "p50_ms",
             1.5,
             at_most=True,
         ),
         _ratio_goal(
-            "64 sessions (batching off, the default), session-steps/s over the echo "
-            "floor's requests/s at 64 clients",
-            _find(results, "many_sessions", "64 sessions, batching off"),
-            _find(results, "transport", "k6 ModelInfer x64"),
+            "A stream per session at 64 sessions, steps/s over the streaming echo's "
+            "messages/s at 64",
+            _find(results, "streams", "rnnserve ModelStreamInfer x64"),
+            _find(results, "streams", "echo ModelStreamInfer x64"),
             "rps",
-            1.8,
+            0.6,
             at_most=False,
         ),
         _ratio_goal(
-            "64 sessions (batching off, 2 workers, owned store), session-steps/s over the "
-            "echo floor's requests/s at 64 clients",
-            _find(results, "many_sessions", "64 sessions, batching off, 2 workers, owned store"),
-            _find(results, "transport", "k6 ModelInfer x64"),
-            "rps",
-            1.8,
-            at_most=False,
-        ),
-        _ratio_goal(
-            "Multi-session requests of 64 rows from 16 clients (batching off), "
-            "session-steps/s over the echo floor's requests/s at 16 clients",
-            _find(results, "multi_session", "64 rows x 16 clients, batching off"),
-            _find(results, "transport", "k6 ModelInfer x16"),
+            "Multi-session ModelInfer (64 rows, 16 clients), session-steps/s over the echo "
+            "floor's requests/s at 16",
+            _find(results, "streams", "rnnserve ModelInfer x16, 64 rows each"),
+            _find(results, "streams", "echo ModelInfer x16"),
             "session_steps_per_s",
             20.0,
             at_most=False,
@@ -122,53 +145,6 @@ def evaluate(results: list[ScenarioResult]) -> list[str]:
             "rps",
             0.95,
             at_most=False,
-        ),
-        # Issue 18, read in scenario 9, where rnnserve and the echo floor run side by side.
-        _ratio_goal(
-            "Streams scenario: one-step ModelInfer at 64 sessions, steps/s over echo's "
-            "requests/s at 64",
-            _find(results, "streams", "rnnserve ModelInfer x64"),
-            _find(results, "streams", "echo ModelInfer x64"),
-            "rps",
-            0.8,
-            at_most=False,
-        ),
-        _ratio_goal(
-            "Streams scenario: one session's ModelInfer step p50 over echo's p50",
-            _find(results, "streams", "rnnserve one session ModelInfer (probe)"),
-            _find(results, "streams", "echo one session ModelInfer (probe)"),
-            "p50_ms",
-            1.25,
-            at_most=True,
-        ),
-        _ratio_goal(
-            "Streams scenario: a stream per session at 64 sessions, steps/s over the "
-            "streaming echo's messages/s at 64",
-            _find(results, "streams", "rnnserve ModelStreamInfer x64"),
-            _find(results, "streams", "echo ModelStreamInfer x64"),
-            "rps",
-            0.8,
-            at_most=False,
-        ),
-        _ratio_goal(
-            "Streams scenario: multi-session ModelInfer (64 rows, 16 clients), "
-            "session-steps/s over echo's requests/s at 16",
-            _find(results, "streams", "rnnserve ModelInfer x16, 64 rows each"),
-            _find(results, "streams", "echo ModelInfer x16"),
-            "session_steps_per_s",
-            20.0,
-            at_most=False,
-            floor_metric="rps",
-        ),
-        _ratio_goal(
-            "Streams scenario: multi-session on streams (64 rows, 16 streams), "
-            "session-steps/s over the streaming echo's messages/s at 16",
-            _find(results, "streams", "rnnserve ModelStreamInfer x16, 64 rows each"),
-            _find(results, "streams", "echo ModelStreamInfer x16"),
-            "session_steps_per_s",
-            20.0,
-            at_most=False,
-            floor_metric="rps",
         ),
         _ratio_goal(
             "100,000 idle sessions, bytes per session over raw state bytes",

@@ -32,6 +32,7 @@ class Setup:
     tls: bool = False
     token: bool = False
     offsets: bool = False
+    access_log: bool = False  # every request's line in the server's log
 
 
 SETUPS = (
@@ -45,7 +46,7 @@ BASES = {"TLS": "plaintext", "TLS + token": "TLS", "offsets": "plaintext"}
 
 
 @contextlib.contextmanager
-def _server(options: Options, setup: Setup) -> Iterator[servers.Running]:
+def server(options: Options, setup: Setup) -> Iterator[servers.Running]:
     """rnnserve set up for sessions, with TLS (certificates made here) and tokens."""
     settings = dict(SERVER_SETTINGS)
     ca = None
@@ -60,6 +61,8 @@ def _server(options: Options, setup: Setup) -> Iterator[servers.Running]:
         tokens = workdir / "tokens.txt"
         tokens.write_text(f"bench {hashlib.sha256(TOKEN.encode()).hexdigest()} infer\n")
         settings["auth_tokens"] = str(tokens)
+    if setup.access_log:
+        settings["access_log"] = "true"
     with servers.rnnserve(workdir, options.repository, settings, ca=ca) as server:
         yield server
 
@@ -72,7 +75,7 @@ def _one_session(options: Options, server: servers.Running, setup: Setup, first:
     )  # fmt: skip
 
 
-def _many_sessions(
+def many_sessions(
     options: Options, server: servers.Running, setup: Setup, sessions: int, first: int
 ) -> Metrics:
     return loadgen.run(
@@ -90,12 +93,12 @@ def run(options: Options) -> ScenarioResult:
     one: dict[str, list[Metrics]] = {setup.name: [] for setup in SETUPS}
     many: dict[str, list[Metrics]] = {setup.name: [] for setup in SETUPS}
     with contextlib.ExitStack() as stack:
-        running = [(setup, stack.enter_context(_server(options, setup))) for setup in SETUPS]
+        running = [(setup, stack.enter_context(server(options, setup))) for setup in SETUPS]
         for run in range(options.runs):
-            for index, (setup, server) in enumerate(running):
+            for index, (setup, serving) in enumerate(running):
                 first = 1 + (index * options.runs + run) * 100_000  # fresh ids every time
-                one[setup.name].append(_one_session(options, server, setup, first))
-                many[setup.name].append(_many_sessions(options, server, setup, sessions, first + 1))
+                one[setup.name].append(_one_session(options, serving, setup, first))
+                many[setup.name].append(many_sessions(options, serving, setup, sessions, first + 1))
     figures: dict[tuple[str, str], Figure] = {}
     for setup in SETUPS:
         figures[setup.name, "one"] = Figure(

@@ -100,9 +100,12 @@ def _started(
 
 
 @contextlib.contextmanager
-def echo_server(workdir: Path) -> Iterator[Running]:
+def echo_server(workdir: Path, procs: int = 1) -> Iterator[Running]:
+    """The echo floor; `procs` processes sharing its port (the floor of as many workers)."""
     port = free_port()
-    command = [sys.executable, "-m", "rnnserve.bench.echo", "--port", str(port)]
+    command = [
+        sys.executable, "-m", "rnnserve.bench.echo", "--port", str(port), "--procs", str(procs)
+    ]  # fmt: skip
     with _started(command, f"127.0.0.1:{port}", workdir / "echo.log", {}, 30) as running:
         yield running
 

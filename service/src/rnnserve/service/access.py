@@ -20,8 +20,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
-from prometheus_client import Counter, Gauge
-
 from rnnserve.service import metrics
 from rnnserve.service.logs import ACCESS, FIELDS, REQUEST_ID
 from rnnserve.service.types import ANONYMOUS, Parameter
@@ -67,10 +65,11 @@ class Recorder:
     def __init__(self, protocol: str, labels: Labels) -> None:
         self.protocol = protocol
         self._labels = labels
-        # The metrics' children by label values, looked up once: prometheus_client's
-        # labels() costs a microsecond or two per call. The labels are bounded (above).
-        self._in_flight: dict[tuple[str, str], Gauge] = {}
-        self._counted: dict[tuple[str, ...], tuple[Counter, metrics.Observer | None]] = {}
+        # The metrics' children by label values, looked up once (prometheus_client's
+        # labels() costs a microsecond or two per call) and kept as tallies, written at
+        # scrape time (metrics.Tallies). The labels are bounded (above).
+        self._in_flight: dict[tuple[str, str], metrics.Tally] = {}
+        self._counted: dict[tuple[str, ...], tuple[metrics.Tally, metrics.Spread | None]] = {}
 
     def call(
         self, rpc: str, model: str = "", version: str = "", request_id: str = "",
@@ -82,10 +81,11 @@ class Recorder:
         call = Call(rpc, model, version, request_id, self._labels(model, version))
         return Recording(self, call, self._in_flight_of(call.labels) if counted else None)
 
-    def _in_flight_of(self, labels: tuple[str, str]) -> Gauge:
+    def _in_flight_of(self, labels: tuple[str, str]) -> metrics.Tally:
         gauge = self._in_flight.get(labels)
         if gauge is None:
-            gauge = self._in_flight[labels] = metrics.REQUESTS_IN_FLIGHT.labels(*labels)
+            child = metrics.REQUESTS_IN_FLIGHT.labels(*labels)
+            gauge = self._in_flight[labels] = metrics.TALLIES.counter(child)
         return gauge
 
     def record(self, call: Call, seconds: float, *, counted: bool) -> None:
@@ -102,13 +102,15 @@ class Recorder:
             labels = (*key, self.protocol)
             timed = call.rpc in INFERENCE_RPCS
             children = self._counted[key] = (
-                metrics.REQUESTS.labels(*labels),
-                metrics.Observer(metrics.REQUEST_DURATION.labels(*labels)) if timed else None,
+                metrics.TALLIES.counter(metrics.REQUESTS.labels(*labels)),
+                metrics.TALLIES.histogram(metrics.REQUEST_DURATION.labels(*labels))
+                if timed
+                else None,
             )
-        requests, duration = children
-        requests.inc()
-        if duration is not None:
-            duration.observe(seconds)
+        requests, latency = children
+        requests.value += 1
+        if latency is not None:
+            latency.observe(seconds)
 
     def _log(self, call: Call, seconds: float) -> None:
         fields = {
@@ -133,14 +135,15 @@ class Recording:
 
     __slots__ = ("_call", "_in_flight", "_recorder", "_start")
 
-    def __init__(self, recorder: Recorder, call: Call, in_flight: Gauge | None) -> None:
+    def __init__(self, recorder: Recorder, call: Call, in_flight: metrics.Tally | None) -> None:
         self._recorder = recorder
         self._call = call
         self._in_flight = in_flight
 
     def __enter__(self) -> Call:
         if self._in_flight is not None:
-            self._in_flight.inc()
+            self._in_flight.value += 1
+        metrics.TALLIES.in_flight += 1
         self._start = time.perf_counter()
         return self._call
 
@@ -150,13 +153,15 @@ class Recording:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        seconds = time.perf_counter() - self._start
+        now = time.perf_counter()
         call = self._call
         if isinstance(error, asyncio.CancelledError):
             call.code = "CANCELLED"
         if self._in_flight is not None:
-            self._in_flight.dec()
-        self._recorder.record(call, seconds, counted=self._in_flight is not None)
+            self._in_flight.value -= 1
+        self._recorder.record(call, now - self._start, counted=self._in_flight is not None)
+        metrics.TALLIES.in_flight -= 1
+        metrics.TALLIES.answered(now)
 
 
 def _text(value: object) -> str:

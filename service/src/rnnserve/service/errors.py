@@ -13,6 +13,7 @@ INTERNAL; `decoding()` makes wire data that does not decode INVALID_ARGUMENT.
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 from rnnserve.protocol.codec import CodecError
 from rnnserve.service.types import Parameter
@@ -21,9 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
-    """Base class: an error a client caused or should be told about."""
+    """Base class: an error a client caused or should be told about. `code` is a class
+    variable each subclass sets (a ClassVar: compiled, a plain class attribute would be an
+    instance attribute's default, which a subclass's value does not set)."""
 
-    code = "INTERNAL"
+    code: ClassVar[str] = "INTERNAL"
 
     def __init__(self, message: str, details: dict[str, Parameter] | None = None) -> None:
         super().__init__(message)
@@ -32,42 +35,42 @@ class ServiceError(Exception):
 
 
 class InvalidArgument(ServiceError):
-    code = "INVALID_ARGUMENT"
+    code: ClassVar[str] = "INVALID_ARGUMENT"
 
 
 class NotFound(ServiceError):
-    code = "NOT_FOUND"
+    code: ClassVar[str] = "NOT_FOUND"
 
 
 class FailedPrecondition(ServiceError):
-    code = "FAILED_PRECONDITION"
+    code: ClassVar[str] = "FAILED_PRECONDITION"
 
 
 class ResourceExhausted(ServiceError):
-    code = "RESOURCE_EXHAUSTED"
+    code: ClassVar[str] = "RESOURCE_EXHAUSTED"
 
 
 class Unavailable(ServiceError):
-    code = "UNAVAILABLE"
+    code: ClassVar[str] = "UNAVAILABLE"
 
 
 class DeadlineExceeded(ServiceError):
-    code = "DEADLINE_EXCEEDED"
+    code: ClassVar[str] = "DEADLINE_EXCEEDED"
 
 
 class Aborted(ServiceError):
     """What the client relied on was lost to a server fault (a sequence's state): begin
     again; retrying the same request cannot succeed."""
 
-    code = "ABORTED"
+    code: ClassVar[str] = "ABORTED"
 
 
 class Unauthenticated(ServiceError):
-    code = "UNAUTHENTICATED"
+    code: ClassVar[str] = "UNAUTHENTICATED"
 
 
 class PermissionDenied(ServiceError):
-    code = "PERMISSION_DENIED"
+    code: ClassVar[str] = "PERMISSION_DENIED"
 
 
 def detail_headers(error: ServiceError) -> tuple[tuple[str, str], ...]:

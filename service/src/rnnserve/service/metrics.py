@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -36,6 +38,7 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     start_http_server,
+    values,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -188,6 +191,120 @@ START_TIME = Gauge(
 )
 
 
+class Tally:
+    """A counter's or gauge's labelled child, kept on every request in a plain Python number
+    by the event loop's thread (the one thread that may change it), and written into the
+    child by `flush()`: what it gained or lost since the last flush. A step then pays an
+    addition, not prometheus_client's lock and method calls (a few microseconds a request
+    for the series every request feeds); the series read the same once flushed."""
+
+    __slots__ = ("_child", "_written", "value")
+
+    def __init__(self, child: Counter | Gauge) -> None:
+        self._child = child
+        self.value = 0.0
+        self._written = 0.0
+
+    def flush(self) -> None:
+        value = self.value  # read once: the loop's thread may add to it meanwhile
+        if value != self._written:
+            self._child.inc(value - self._written)
+            self._written = value
+
+
+class Spread:
+    """A histogram's labelled child, kept as `Tally` keeps a counter: the observations'
+    bucket counts and sum in plain Python numbers, written into the child's own values
+    (`_buckets`, `_sum`, as `Observer` writes them) by `flush()`."""
+
+    __slots__ = ("_bounds", "_buckets", "_counts", "_sum", "_written", "_written_sum", "sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self._bounds = child._upper_bounds  # ends with +Inf: every amount has a bucket
+        self._buckets = child._buckets
+        self._sum = child._sum
+        self._counts = [0] * len(self._bounds)
+        self._written = [0] * len(self._bounds)
+        self.sum = 0.0
+        self._written_sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.sum += amount
+        # The first bucket whose upper bound is >= amount (`le`), as observe() finds it.
+        self._counts[bisect.bisect_left(self._bounds, amount)] += 1
+
+    def flush(self) -> None:
+        for index, count in enumerate(self._counts):
+            if count != self._written[index]:
+                self._buckets[index].inc(count - self._written[index])
+                self._written[index] = count
+        total = self.sum
+        if total != self._written_sum:
+            self._sum.inc(total - self._written_sum)
+            self._written_sum = total
+
+
+class Tallies:
+    """Every Tally and Spread of the process, and when they are written.
+
+    A lone server writes them when /metrics is scraped (`serve`), so a scrape reads every
+    request answered before it. A worker's series are files its supervisor reads, without
+    asking the worker: it writes them whenever it has no request in flight, and under a
+    load that never leaves it idle at least every `FLUSH_S`. Flushes from the scrape's
+    thread and the loop's are serialised; additions are made by the loop's thread alone."""
+
+    FLUSH_S = 1.0
+
+    def __init__(self) -> None:
+        self._kept: list[Tally | Spread] = []
+        self._lock = threading.Lock()
+        self.in_flight = 0  # requests being recorded (front ends' Recordings)
+        self._flushed_at = 0.0
+        # A worker's metrics are files (prometheus_client's multiprocess mode, which its
+        # supervisor chose before starting it: service/workers.py).
+        self.by_worker = values.ValueClass is not values.MutexValue
+
+    def counter(self, child: Counter | Gauge) -> Tally:
+        tally = Tally(child)
+        self._kept.append(tally)
+        return tally
+
+    def histogram(self, child: Histogram) -> Spread:
+        spread = Spread(child)
+        self._kept.append(spread)
+        return spread
+
+    def answered(self, now: float) -> None:
+        """A request was recorded (`now`: time.perf_counter()); a worker writes its tallies
+        once idle, or after FLUSH_S."""
+        if self.by_worker and (not self.in_flight or now - self._flushed_at > self.FLUSH_S):
+            self._flushed_at = now
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            for kept in self._kept:
+                kept.flush()
+
+
+TALLIES = Tallies()
+
+
+class Flushed:
+    """The registry /metrics reads, writing the tallies first (a lone server's)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        TALLIES.flush()
+        return self._registry.collect()
+
+    def restricted_registry(self, names: Iterable[str]) -> Any:
+        TALLIES.flush()
+        return self._registry.restricted_registry(names)
+
+
 class Observer:
     """A histogram's labelled child, observed on every request: the same sum and bucket
     counts as its `observe`, found by bisection instead of prometheus_client's scan of the
@@ -274,7 +391,7 @@ class WorkerRestarts:
 def serve(port: int, host: str, registry: CollectorRegistry = REGISTRY) -> None:
     """The /metrics endpoint, in a thread; UsageError when its port cannot be bound."""
     try:
-        start_http_server(port, addr=host, registry=registry)
+        start_http_server(port, addr=host, registry=Flushed(registry))
     except OSError as error:
         raise UsageError(
             f"--metrics-port {port}: cannot listen on {host}:{port}: {error.strerror}"

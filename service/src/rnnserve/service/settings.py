@@ -3,6 +3,7 @@ defaults; command-line flags of `rnnserve serve` override both."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +31,13 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         default="", description="address /metrics listens on, e.g. a private one (default: `host`)"
     )
-    workers: int = Field(default=1, ge=1, description="server processes sharing the port")
+    # One process serves from one core (its event loop holds the GIL); `auto`, the
+    # production setting, runs one per core (docs/scaling.md).
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="server processes sharing the port ('auto': one per core it may run on)",
+    )
     # A worker that dies is started again while the others serve: at once, then after 1, 2,
     # 4... up to 10 s while deaths follow each other.
     worker_restart_limit: int = Field(
@@ -84,6 +91,15 @@ class Settings(BaseSettings):
     reflection: bool = Field(
         default=True, description="gRPC server reflection (open to all, like health checks)"
     )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        """`auto`: the cores this process may run on (its CPU affinity, as a container's
+        cpuset limits it)."""
+        if value == "auto":
+            return len(os.sched_getaffinity(0))
+        return value
 
     @field_validator("tls_cert", "tls_key", "tls_client_ca", "auth_tokens", mode="before")
     @classmethod

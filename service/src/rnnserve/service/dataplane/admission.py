@@ -110,10 +110,11 @@ class Admission:
     def _warn_unknown_parameters(self, model: LoadedVersion, request: InferRequest) -> None:
         """Parameters no part of the server reads are accepted, as Triton accepts them, but
         said once per model and name: a misspelt `sequence_strat` must not pass unseen."""
-        if not request.parameters:
-            return
-        known = SEQUENCE_PARAMETERS | model.task.request_parameters
-        for name in request.parameters.keys() - known:
+        task_parameters = model.task.request_parameters
+        for name in request.parameters:  # no set built per request: most have no others
+            if name in SEQUENCE_PARAMETERS or name in task_parameters:
+                continue
+            known = SEQUENCE_PARAMETERS | task_parameters
             self._unknown_parameters.warn(
                 (model.name, name),
                 "model %s ignores request parameter %r (it reads %s); said once per parameter",

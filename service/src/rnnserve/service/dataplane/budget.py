@@ -42,18 +42,19 @@ class Budget:
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._freed = 0  # bytes released since memory last went back to the system
         metrics.REQUEST_BYTES_LIMIT.set(max_inflight_bytes)
+        self._gauge = metrics.TALLIES.counter(metrics.REQUEST_BYTES_IN_FLIGHT)
 
     def hold(self, footprint: Footprint, model: str) -> Held:
         """Holds the request's bytes, from now until the end of the `with` block of what it
         returns; ResourceExhausted when it may not."""
         self._check(footprint, model)
         self.held += footprint.bytes
-        metrics.REQUEST_BYTES_IN_FLIGHT.inc(footprint.bytes)
+        self._gauge.value += footprint.bytes
         return Held(self, footprint.bytes)
 
     def release(self, size: int) -> None:
         """A request's footprint is given back."""
-        metrics.REQUEST_BYTES_IN_FLIGHT.dec(size)
+        self._gauge.value -= size
         self._freed_bytes(size)
 
     async def receive(self, largest: int) -> Arrival:

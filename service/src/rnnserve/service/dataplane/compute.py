@@ -91,13 +91,19 @@ class Compute:
             return None
         return self._executor
 
+    @staticmethod
+    def execute(model: LoadedVersion, threads: Executor | None) -> Execute:
+        """How a request run in `threads` (None: the event loop) runs its graphs: on the
+        loop, with the metrics kept as its tallies."""
+        return model.runtime.run if threads is not None else model.runtime.run_on_loop
+
     def for_sessions(
         self, model: LoadedVersion, threads: Executor | None
     ) -> tuple[Execute, Executor | None]:
         """How a session's step runs its graphs, and where it runs (`threads`, as
         `threads_for` chose, unless batching sends it to wait in a session thread)."""
         if not self.settings.batching:
-            return model.runtime.run, threads
+            return self.execute(model, threads), threads
         loop = asyncio.get_running_loop()
         batchers = {
             role: self._batchers[(model.name, model.version, role)] for role in model.spec.graphs

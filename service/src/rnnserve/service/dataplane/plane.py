@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata
 from types import TracebackType
 
+from rnnserve.service.dataplane import streaming
 from rnnserve.service.dataplane.admission import Admission
 from rnnserve.service.dataplane.admitted import Admitted
 from rnnserve.service.dataplane.budget import Budget, Held
@@ -270,14 +271,10 @@ class DataPlane:
             with self._running(admitted) as timer:
                 return await path.answer(admitted, timer)
 
-    async def stream_infer(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+    def stream_infer(self, request: InferRequest) -> AsyncIterator[InferResponse]:
         """Responses as they come: one for sine and tagger, one per decoded token for
         seq2seq; the last carries `final`."""
-        with self._lifecycle.request():
-            admitted, path = await self._admission.admit(request)
-            with self._running(admitted) as timer:
-                async for response in path.stream(admitted, timer):
-                    yield response
+        return streaming.stream_infer(self._lifecycle, self._admission, self._running, request)
 
     def _running(self, admitted: Admitted) -> _Running:
         """An admitted request while it runs, in the `with` block of what this returns:

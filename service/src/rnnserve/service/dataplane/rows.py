@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from rnnserve.model.spec import ModelSpec
+from rnnserve.service.dataplane import streaming
 from rnnserve.service.dataplane.admitted import Admitted
 from rnnserve.service.dataplane.compute import Compute
 from rnnserve.service.dataplane.timer import RequestTimer
@@ -62,8 +63,8 @@ class RowsPath:
             )
         return response
 
-    async def stream(self, admitted: Admitted, timer: RequestTimer) -> AsyncIterator[InferResponse]:
-        yield await self.answer(admitted, timer)
+    def stream(self, admitted: Admitted, timer: RequestTimer) -> AsyncIterator[InferResponse]:
+        return streaming.rows(self, admitted, timer)
 
 
 def _check(admitted: Admitted, rows: SessionRows, prepared: Prepared) -> None:

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 
 from rnnserve.protocol.sequences import SEQUENCE_OFFSET
+from rnnserve.service.dataplane import streaming
 from rnnserve.service.dataplane.admitted import Admitted
 from rnnserve.service.dataplane.compute import Compute
-from rnnserve.service.dataplane.stateless import stream_responses
 from rnnserve.service.dataplane.timer import RequestTimer
 from rnnserve.service.errors import InvalidArgument
 from rnnserve.service.sessions import RowStep, SessionKey, SessionManager
@@ -30,32 +30,22 @@ class SequencePath:
     async def answer(self, admitted: Admitted, timer: RequestTimer) -> InferResponse:
         prepared = await self.compute.call(admitted.threads, admitted.prepare, timer)
         execute, threads = self.compute.for_sessions(admitted.model, admitted.threads)
-        result, offset = await self._step(
+        result, offset = await self.step(
             admitted, prepared, execute, threads, timer, answer_last=True
         )
         assert result is not None  # a unary piece is always answered in the session
         with timer.responding():
-            return admitted.response(prepared, result, {SEQUENCE_OFFSET: offset})
+            return admitted.response(prepared, result, self.offset_parameters(offset))
 
-    async def stream(self, admitted: Admitted, timer: RequestTimer) -> AsyncIterator[InferResponse]:
-        prepared = await self.compute.call(admitted.threads, admitted.prepare, timer)
-        execute, threads = self.compute.for_sessions(admitted.model, admitted.threads)
-        result, offset = await self._step(
-            admitted, prepared, execute, threads, timer, answer_last=False
-        )
-        parameters: dict[str, Parameter] = {SEQUENCE_OFFSET: offset}
-        if result is not None:  # not the last piece: answered already
-            with timer.responding():
-                yield admitted.response(prepared, result, parameters)
-            return
-        # The last piece: `prepared` now starts from the session's state, and is answered
-        # (decoded, for seq2seq) as any request is, response by response.
-        async for response in stream_responses(
-            self.compute, admitted, prepared, execute, threads, timer, parameters
-        ):
-            yield response
+    def stream(self, admitted: Admitted, timer: RequestTimer) -> AsyncIterator[InferResponse]:
+        return streaming.sequence(self, admitted, timer)
 
-    async def _step(
+    @staticmethod
+    def offset_parameters(offset: int) -> dict[str, Parameter]:
+        """A sequence response's parameters: the time steps its sequence consumed."""
+        return {SEQUENCE_OFFSET: offset}
+
+    async def step(
         self, admitted: Admitted, prepared: Prepared, execute: Execute,
         threads: Executor | None, timer: RequestTimer, *, answer_last: bool,
     ) -> tuple[Result | None, int]:  # fmt: skip

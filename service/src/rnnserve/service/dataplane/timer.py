@@ -2,7 +2,7 @@
 
 ModelStatistics (Triton's statistics extension) get a success with its parts (queue, input,
 infer, output) or a failure; the queue-duration metric gets the wait before work began.
-Marks may be set from a compute thread or the event loop.
+Marks may be set from a compute thread or the event loop; the timer ends on the loop.
 """
 
 from __future__ import annotations
@@ -35,14 +35,16 @@ class RequestTimer:
         self._runtime = runtime
         self.arrived = time.perf_counter_ns()
         self._started = self._prepared = self.arrived
+        self._began = False
         self._rows = 0
         self._infer = _Part()
         self._output = _Part()
 
     def started(self) -> None:
-        """Work on the request began: what came before was queueing."""
+        """Work on the request began: what came before was queueing (observed when the
+        request ends, on the event loop's thread, which alone keeps the tallies)."""
         self._started = time.perf_counter_ns()
-        self._runtime.queue_seconds.observe((self._started - self.arrived) / 1e9)
+        self._began = True
 
     def prepared(self, rows: int) -> None:
         """The request is validated into `rows` batch rows."""
@@ -67,6 +69,8 @@ class RequestTimer:
         traceback: TracebackType | None,
     ) -> None:
         total_ns = time.perf_counter_ns() - self.arrived
+        if self._began:
+            self._runtime.queue_seconds.observe((self._started - self.arrived) / 1e9)
         statistics = self._runtime.statistics
         if error is None:
             statistics.record_success(

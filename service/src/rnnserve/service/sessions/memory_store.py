@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rnnserve.service.errors import FailedPrecondition
 from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.sessions.state import (
     Gone,
@@ -31,8 +30,9 @@ from rnnserve.service.sessions.state import (
     Loaded,
     Progress,
     SessionKey,
-    check_layout,
     expired,
+    fits,
+    misfit,
     row_layout,
     tombstone_s,
 )
@@ -138,7 +138,6 @@ class MemoryStore:
     async def load(
         self, keys: Sequence[SessionKey], into: State, rows: Sequence[int]
     ) -> list[Loaded]:
-        expected = row_layout(into)
         loaded: list[Loaded] = []
         slots: dict[_Slab, tuple[list[int], list[int]]] = {}  # slab -> (its slots, rows)
         now = time.monotonic()
@@ -149,10 +148,8 @@ class MemoryStore:
                 loaded.append(self._load_ended(key, into, row, now))
                 continue
             if entry.slab is not fitting:
-                try:
-                    check_layout(key, entry.slab.layout, expected)
-                except FailedPrecondition as error:
-                    loaded.append(error)
+                if not fits(entry.slab.layout, into):
+                    loaded.append(misfit(key, entry.slab.layout, row_layout(into)))
                     continue
                 fitting = entry.slab
             slab_slots, slab_rows = slots.setdefault(entry.slab, ([], []))
@@ -176,10 +173,9 @@ class MemoryStore:
             del self._ended[key]
             return None
         if ended.state:
-            try:
-                check_layout(key, row_layout(ended.state), row_layout(into))
-            except FailedPrecondition as error:
-                return error
+            layout = row_layout(ended.state)
+            if not fits(layout, into):
+                return misfit(key, layout, row_layout(into))
             for name, array in ended.state.items():
                 into[name][:, row] = array[:, 0]
         return ended.record
@@ -191,7 +187,7 @@ class MemoryStore:
         rows: Sequence[int],
         progress: Sequence[Progress],
     ) -> None:
-        slab = self._slab(row_layout(state))
+        slab = self._slab(state)
         slots = [self._slot(key, slab) for key in keys]
         at, rows_at = _index(slots), _index(rows)
         for name, data in slab.data.items():
@@ -294,11 +290,14 @@ class MemoryStore:
             return None
         return entry.slab.state(entry.slot), entry.slab.progress(entry.slot)
 
-    def _slab(self, layout: Layout) -> _Slab:
-        signature = tuple(layout.items())
-        slab = self._slabs.get(signature)
-        if slab is None:
-            slab = self._slabs[signature] = _Slab(layout)
+    def _slab(self, state: State) -> _Slab:
+        """The slab of the layout of one row of `state` (a server has a few layouts: they
+        are looked through before one is built to look up)."""
+        for slab in self._slabs.values():
+            if fits(slab.layout, state):
+                return slab
+        layout = row_layout(state)
+        slab = self._slabs[tuple(layout.items())] = _Slab(layout)
         return slab
 
     def _slot(self, key: SessionKey, slab: _Slab) -> int:

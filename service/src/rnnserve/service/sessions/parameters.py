@@ -15,8 +15,11 @@ INT64_MAX = 2**63 - 1
 SEQUENCE_PARAMETERS = frozenset({SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END, SEQUENCE_OFFSET})
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SequenceParameters:
+    """A request's sequence parameters, parsed once (not frozen: made for every request,
+    a frozen one costs compiled code five times a plain one)."""
+
     sequence_id: int | str  # 0 or "" means the request belongs to no session
     start: bool = False
     end: bool = False

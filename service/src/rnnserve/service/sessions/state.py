@@ -93,11 +93,31 @@ def row_layout(state: State) -> Layout:
     return {name: (array.shape[0], 1, *array.shape[2:]) for name, array in state.items()}
 
 
+def fits(layout: Layout, state: State) -> bool:
+    """Whether one row of `state` has `layout`: row_layout(state) == layout, without
+    building it (stores ask on every call)."""
+    if len(layout) != len(state):
+        return False
+    for name, shape in layout.items():
+        array = state.get(name)
+        if array is None:
+            return False
+        held = array.shape
+        if len(held) != len(shape) or held[0] != shape[0] or held[2:] != shape[2:]:
+            return False
+    return True
+
+
 def check_layout(key: SessionKey, found: Layout, expected: Layout) -> None:
     """A stored state that no longer fits the model (re-exported with other sizes, or
     written by something else) must not reach ONNX Runtime."""
     if found != expected:
-        raise FailedPrecondition(
-            f"stored state of {key.describe()} does not fit the model: it has {found}, "
-            f"the model expects {expected}; begin the sequence again with sequence_start=true"
-        )
+        raise misfit(key, found, expected)
+
+
+def misfit(key: SessionKey, found: Layout, expected: Layout) -> FailedPrecondition:
+    """The refusal of a stored state of layout `found` where the model expects `expected`."""
+    return FailedPrecondition(
+        f"stored state of {key.describe()} does not fit the model: it has {found}, "
+        f"the model expects {expected}; begin the sequence again with sequence_start=true"
+    )

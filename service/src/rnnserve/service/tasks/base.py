@@ -15,7 +15,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,13 +47,14 @@ class Prepared:
     options: dict[str, Any] = field(default_factory=dict)  # validated request parameters
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Footprint:
     """The memory a request implies, in elements, read off its tensors' shapes before any
     work (service/dataplane/budget.py holds it against the limits): its inputs, the outputs
     it asks for, and the recurrent kernels' working memory, which for a long sequence is
     most of it (ONNX Runtime computes the gates of every time step at once, and keeps every
-    step's hidden state): `rows` x `steps` x what a step holds per row."""
+    step's hidden state): `rows` x `steps` x what a step holds per row. Not frozen: made
+    for every request, a frozen one costs compiled code five times a plain one."""
 
     inputs: int
     input_bytes: int
@@ -112,6 +112,19 @@ class Task(ABC):
     def __init__(self, spec: ModelSpec, settings: Settings) -> None:
         self.spec = spec
         self.settings = settings
+        # The model's tensors, described once: its spec never changes, and every request
+        # reads them. (Attributes, not cached properties: compiled code, which calls a
+        # property's getter directly, would compute a cached property on every read.)
+        self.inputs = self.input_metadata()
+        self.outputs = self.output_metadata()
+        self.input_names = [meta.name for meta in self.inputs]
+        self.output_names = [meta.name for meta in self.outputs]
+        # The inputs and outputs that are not states: what every request of the model
+        # carries, and what metadata lists.
+        self.data_inputs = [meta for meta in self.inputs if meta.name not in spec.state_inputs]
+        self.data_outputs = [meta for meta in self.outputs if meta.name not in spec.state_outputs]
+        self.output_datatypes = {meta.name: meta.datatype for meta in self.outputs}
+        self.step_elements = step_elements(spec)
 
     @classmethod
     def check_spec(cls, spec: ModelSpec) -> None:
@@ -130,37 +143,13 @@ class Task(ABC):
                         "recurrent task (rnnserve import, or no rnnserve metadata at all)"
                     )
 
-    # Subclasses compute their tensor metadata once (a cached_property): the model's spec
-    # never changes, and every request reads it.
-    @property
     @abstractmethod
-    def inputs(self) -> list[TensorMetadata]: ...
+    def input_metadata(self) -> list[TensorMetadata]:
+        """The model's inputs, states among them (read once, into `inputs`)."""
 
-    @property
     @abstractmethod
-    def outputs(self) -> list[TensorMetadata]: ...
-
-    @cached_property
-    def input_names(self) -> list[str]:
-        return [meta.name for meta in self.inputs]
-
-    @cached_property
-    def output_names(self) -> list[str]:
-        return [meta.name for meta in self.outputs]
-
-    @cached_property
-    def data_inputs(self) -> list[TensorMetadata]:
-        """The inputs that are not states: what every request of the model carries."""
-        return [meta for meta in self.inputs if meta.name not in self.spec.state_inputs]
-
-    @cached_property
-    def data_outputs(self) -> list[TensorMetadata]:
-        """The outputs that are not states."""
-        return [meta for meta in self.outputs if meta.name not in self.spec.state_outputs]
-
-    @cached_property
-    def _output_datatypes(self) -> dict[str, str]:
-        return {meta.name: meta.datatype for meta in self.outputs}
+    def output_metadata(self) -> list[TensorMetadata]:
+        """The model's outputs, states among them (read once, into `outputs`)."""
 
     @abstractmethod
     def prepare(self, request: InferRequest) -> Prepared:
@@ -207,15 +196,6 @@ class Task(ABC):
     def output_elements(self, request: InferRequest, rows: int, steps: int) -> int:
         """Elements of the outputs a request of `rows` x `steps` gets."""
 
-    @cached_property
-    def step_elements(self) -> int:
-        """Elements the recurrent kernels hold per row and time step: per layer (one at a
-        time), every gate and the step's hidden output, the previous layer's output, and
-        the copy a head reads."""
-        spec = self.spec
-        hidden = spec.hidden_size or max((state.after for state in spec.states), default=0)
-        return hidden * spec.num_directions * (GATES.get(spec.cell or "lstm", 4) + 3)
-
     # State helpers shared by the tasks that expose it.
 
     def state_metadata(self, outputs: bool, optional: bool) -> list[TensorMetadata]:
@@ -246,7 +226,7 @@ class Task(ABC):
 
     def respond(self, prepared: Prepared, result: Result) -> list[Tensor]:
         """The requested outputs as wire tensors."""
-        datatypes = self._output_datatypes
+        datatypes = self.output_datatypes
         tensors = []
         for name in prepared.outputs:
             data = result.outputs[name]
@@ -254,6 +234,14 @@ class Task(ABC):
                 data = data.reshape(prepared.text_shape)
             tensors.append(Tensor(name, datatypes[name], tuple(data.shape), data))
         return tensors
+
+
+def step_elements(spec: ModelSpec) -> int:
+    """Elements the recurrent kernels hold per row and time step: per layer (one at a time),
+    every gate and the step's hidden output, the previous layer's output, and the copy a
+    head reads."""
+    hidden = spec.hidden_size or max((state.after for state in spec.states), default=0)
+    return hidden * spec.num_directions * (GATES.get(spec.cell or "lstm", 4) + 3)
 
 
 def _elements(tensor: Tensor) -> int:

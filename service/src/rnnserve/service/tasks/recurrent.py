@@ -12,7 +12,6 @@ default models' `h0` -> `hn` are. One ORT run per request.
 from __future__ import annotations
 
 import math
-from functools import cached_property
 
 import numpy as np
 
@@ -52,13 +51,11 @@ class RecurrentTask(Task):
         assert self.spec.data_outputs is not None  # check_spec guarantees it
         return self.spec.data_outputs
 
-    @cached_property
-    def inputs(self) -> list[TensorMetadata]:
+    def input_metadata(self) -> list[TensorMetadata]:
         data = [TensorMetadata(t.name, t.datatype, t.shape) for t in self.input_specs]
         return [*data, *self.state_metadata(outputs=False, optional=True)]
 
-    @cached_property
-    def outputs(self) -> list[TensorMetadata]:
+    def output_metadata(self) -> list[TensorMetadata]:
         data = [TensorMetadata(t.name, t.datatype, t.shape) for t in self.output_specs]
         return [*data, *self.state_metadata(outputs=True, optional=True)]
 

@@ -80,12 +80,10 @@ class Seq2SeqTask(Task):
             ids |= {char.upper(): ids[char] for char in list(ids) if char.upper() not in ids}
         return ids
 
-    @cached_property
-    def inputs(self) -> list[TensorMetadata]:
+    def input_metadata(self) -> list[TensorMetadata]:
         return [TensorMetadata("text", "BYTES", validation.TEXT_SHAPE, text=True)]
 
-    @cached_property
-    def outputs(self) -> list[TensorMetadata]:
+    def output_metadata(self) -> list[TensorMetadata]:
         # confidence: one per text row, in the text's shape as text_out is.
         return [
             TensorMetadata(TEXT_OUT, "BYTES", validation.TEXT_SHAPE, text=True),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from functools import cached_property
-
+from rnnserve.model.spec import ModelSpec
+from rnnserve.service.settings import Settings
 from rnnserve.service.tasks import validation
 from rnnserve.service.tasks.base import Execute, Prepared, Result, Task, dims
 from rnnserve.service.types import InferRequest, TensorMetadata
@@ -14,20 +14,18 @@ class SineTask(Task):
     graph_roles = frozenset({"model"})
     graph_tensors = (("model", ("x",), ("y",)),)
 
-    @cached_property
-    def feature_sizes(self) -> tuple[int, int]:
-        """Features per step of `x` and of `y`, which a sine spec states."""
-        input_size, output_size = self.spec.input_size, self.spec.output_size
+    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+        # Features per step of `x` and of `y`, which a sine spec states.
+        input_size, output_size = spec.input_size, spec.output_size
         assert input_size is not None and output_size is not None  # the exporter writes them
-        return input_size, output_size
+        self.feature_sizes = input_size, output_size
+        super().__init__(spec, settings)
 
-    @cached_property
-    def inputs(self) -> list[TensorMetadata]:
+    def input_metadata(self) -> list[TensorMetadata]:
         x = TensorMetadata("x", "FP32", (-1, -1, self.feature_sizes[0]))
         return [x, *self.state_metadata(outputs=False, optional=True)]
 
-    @cached_property
-    def outputs(self) -> list[TensorMetadata]:
+    def output_metadata(self) -> list[TensorMetadata]:
         y = TensorMetadata("y", "FP32", (-1, -1, self.feature_sizes[1]))
         return [y, *self.state_metadata(outputs=True, optional=True)]
 

@@ -49,16 +49,14 @@ class TaggerTask(Task):
         """Characters a client may send; special tokens ("<pad>", ...) are not characters."""
         return {token: index for index, token in enumerate(self.vocab) if len(token) == 1}
 
-    @cached_property
-    def inputs(self) -> list[TensorMetadata]:
+    def input_metadata(self) -> list[TensorMetadata]:
         return [
             TensorMetadata("text", "BYTES", validation.TEXT_SHAPE, text=True),
             TensorMetadata("tokens", "INT64", (-1, -1), optional=True),
             *self.state_metadata(outputs=False, optional=True),
         ]
 
-    @cached_property
-    def outputs(self) -> list[TensorMetadata]:
+    def output_metadata(self) -> list[TensorMetadata]:
         return [
             TensorMetadata("text_out", "BYTES", validation.TEXT_SHAPE, text=True),
             TensorMetadata("tokens_out", "INT64", (-1, -1)),

@@ -1,0 +1,44 @@
+"""The build CI tests and the images ship (RNNSERVE_COMPILED=1, read by
+scripts/bootstrap.sh): the modules a request runs through are mypyc's extension modules, as
+service/pyproject.toml lists them; an editable install runs the same modules as Python."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sysconfig
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPILED_BUILD = os.environ.get("RNNSERVE_COMPILED") == "1"
+EXTENSION = sysconfig.get_config_var("EXT_SUFFIX")
+
+
+def compiled_modules() -> list[str]:
+    """The modules the server's mypyc hook compiles, by name."""
+    project = tomllib.loads((ROOT / "service" / "pyproject.toml").read_text())
+    hook = project["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["mypyc"]
+    return [
+        path.removeprefix("src/").removesuffix(".py").replace("/", ".") for path in hook["include"]
+    ]
+
+
+@pytest.mark.parametrize("name", compiled_modules())
+def test_the_hot_modules_are_compiled_in_the_compiled_build(name: str) -> None:
+    module = importlib.import_module(name)
+    assert module.__file__ is not None
+    if COMPILED_BUILD:
+        assert module.__file__.endswith(EXTENSION), f"{name} runs as Python: {module.__file__}"
+    else:
+        assert module.__file__.endswith(".py"), f"{name} is compiled in an editable install"
+
+
+@pytest.mark.parametrize(
+    "name", ["rnnserve.service.grpc.servicer", "rnnserve.service.dataplane.streaming"]
+)
+def test_what_mypyc_cannot_compile_stays_python(name: str) -> None:
+    module = importlib.import_module(name)
+    assert module.__file__ is not None and module.__file__.endswith(".py")
