@@ -32,6 +32,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from locks import exclusive
+from model_cache import cached_repository, fingerprint
 from processes import free_port
 from security_helpers import credentials, write_tokens
 
@@ -43,16 +45,19 @@ from rnnserve.protocol import rpc
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
+INSTALL_WAIT_S = 900.0  # another test process installing the same tool
 
 
 @pytest.fixture(scope="session")
-def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The nine default models, trained briefly at small sizes and fully verified."""
-    from rnnserve.export.build import build_repository
-
-    root = tmp_path_factory.mktemp("models")
-    build_repository(root, preset="tiny", seed=0)
-    return root
+def tiny_repository() -> Iterator[Path]:
+    """The nine default models, trained briefly at small sizes and fully verified: built
+    once per content of what makes them and kept (tests/model_cache.py). Shared by every
+    test and every run, so read only: a test that changes a repository copies what it
+    needs into a folder of its own."""
+    root = cached_repository(preset="tiny", seed=0)
+    before = fingerprint(root)
+    yield root
+    assert fingerprint(root) == before, f"a test wrote into the shared {root}"
 
 
 @pytest.fixture(scope="session")
@@ -363,11 +368,13 @@ def perf_analyzer():
     image would have it; the CUDA runtime wheel)."""
     import ctypes.util
 
-    from rnnserve.bench.perf_analyzer import install
+    from rnnserve.bench.perf_analyzer import CACHE, install
 
-    if ctypes.util.find_library("b64") is None:
-        _apt_install("libb64-0d")
-    return install()
+    # One process installs it (pytest-xdist workers start at once); the others wait for it.
+    with exclusive(CACHE.with_name(f"{CACHE.name}.lock"), INSTALL_WAIT_S):
+        if ctypes.util.find_library("b64") is None:
+            _apt_install("libb64-0d")
+        return install()
 
 
 def _wait_for_redis(url: str, server: subprocess.Popen[bytes]) -> None:
