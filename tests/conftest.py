@@ -342,7 +342,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     """A Redis Cluster of real redis-server processes on 127.0.0.1: three masters with a
     replica each (redis-cli --cluster create), stopped after the tests."""
     _redis_server_binary()
-    with LocalCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+    with LocalCluster(tmp_path_factory.mktemp("redis-cluster"), ports=free_port) as cluster:
         yield cluster
 
 

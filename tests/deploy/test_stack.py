@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from deploytools import DASHBOARD, ROOT, expressions, free_port
+from deploytools import DASHBOARD, ROOT, expressions
 from dockerd import apt_install
+from processes import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from rnnserve.client.client import RnnClient, sine_input

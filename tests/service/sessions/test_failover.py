@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import free_port
 from redis.crc import key_slot
 
 from rnnserve.bench.redis_cluster import LocalCluster
@@ -50,7 +51,7 @@ def master_of_sequence(cluster: LocalCluster, index: int) -> int:
 def test_a_master_killed_mid_run_loses_no_acknowledged_step(
     start_server, sine_repository: Path, tmp_path: Path, store: str
 ) -> None:
-    with LocalCluster(tmp_path / "cluster", node_timeout_ms=1000) as cluster:
+    with LocalCluster(tmp_path / "cluster", node_timeout_ms=1000, ports=free_port) as cluster:
         args = ["--state-store", store, "--redis-url", cluster.url,
                 "--state-durability", "replica"]  # fmt: skip
         servers = [start_server(sine_repository, args=args) for _ in range(2)]
