@@ -34,6 +34,7 @@ WAIT_S = 120
 # Background loops that log a Redis outage and carry on (their handling of store faults is
 # not this test's subject): any other ERROR line would be a request answered INTERNAL.
 BACKGROUND_ERRORS = ("sweeping expired sessions failed", "serving a hand-over request failed")
+pytestmark = pytest.mark.slow  # thousands of steps through two servers and a failover
 
 
 def sequence_id(index: int) -> str:
