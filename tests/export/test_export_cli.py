@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import rnnserve
 
 from rnnserve.export.build import BuildResult, build_repository, summary_table
 from rnnserve.model.spec import METADATA_KEY, ModelSpec
 from rnnserve.protocol.errors import UsageError
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def rnnserve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rnnserve", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.mark.parametrize(
