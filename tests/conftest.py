@@ -46,6 +46,18 @@ ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
 INSTALL_WAIT_S = 900.0  # another test process installing the same tool
+# Session fixtures that start servers or export models with torch, few tests each: under
+# pytest-xdist (--dist loadgroup) the tests that use one run on one worker, which makes it
+# once, rather than every worker making its own.
+ONE_WORKER = {"token_server": "tls", "mtls_server": "tls", "user_exports": "user-exports"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        groups = sorted({ONE_WORKER[name] for name in item.fixturenames if name in ONE_WORKER})
+        if groups:
+            item.add_marker(pytest.mark.xdist_group("+".join(groups)))
 
 
 @pytest.fixture(scope="session")
