@@ -52,12 +52,22 @@ INSTALL_WAIT_S = 900.0  # another test process installing the same tool
 ONE_WORKER = {"token_server": "tls", "mtls_server": "tls", "user_exports": "user-exports"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+LONG = ("docker", "slow", "faults")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
+    """Before the other plugins (pytest-xdist reads the groups): the xdist groups of
+    ONE_WORKER. After them (every marker set, -m applied): the tests marked docker, slow or
+    faults first, in their order. pytest-xdist hands tests out in this order, and a run
+    ends sooner when its longest tests do not start last (the wheel builds of
+    tests/test_parts.py would, collected last)."""
     for item in items:
         groups = sorted({ONE_WORKER[name] for name in item.fixturenames if name in ONE_WORKER})
         if groups:
             item.add_marker(pytest.mark.xdist_group("+".join(groups)))
+    yield
+    items.sort(key=lambda item: not any(item.get_closest_marker(name) for name in LONG))
 
 
 @pytest.fixture(scope="session")
