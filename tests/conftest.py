@@ -368,12 +368,10 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
         yield cluster
 
 
-@pytest.fixture(params=["server", pytest.param("cluster", marks=pytest.mark.slow)])
+@pytest.fixture(params=["server", "cluster"])
 def any_redis(request: pytest.FixtureRequest) -> str:
     """Each Redis the stores run on, in turn: one redis-server (`redis_url`) and the
-    cluster (`redis_cluster`, redis+cluster://). The cluster's turn is left out of the fast
-    tier, which checks the stores on it in process (sessions/test_state_stores.py,
-    sessions/test_step_accounting.py)."""
+    cluster (`redis_cluster`, redis+cluster://)."""
     if request.param == "server":
         return request.getfixturevalue("redis_url")
     return request.getfixturevalue("redis_cluster").url

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from session_helpers import bounds, step_request, y_of
+from session_helpers import CLUSTER_TURN_SLOW, bounds, step_request, y_of
 
 from rnnserve.bench.redis_cluster import LocalCluster
 from rnnserve.client.client import RnnClient
@@ -51,6 +51,7 @@ def test_a_session_started_on_one_server_continues_on_another_over_a_cluster(
     np.testing.assert_allclose(np.concatenate(pieces), whole, rtol=0, atol=1e-5)
 
 
+@CLUSTER_TURN_SLOW
 def test_a_session_survives_a_restart_of_the_server(
     start_server, tiny_repository: Path, env: dict[str, str]
 ) -> None:
