@@ -38,6 +38,7 @@ def test_unwritable_output_directory_gives_one_line(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1 and "cannot write to output directory" in result.stderr
 
 
+@pytest.mark.slow  # trains, plots and exports: the build of one model end to end
 def test_train_then_export_writes_checkpoint_plots_and_a_verified_version(tmp_path: Path) -> None:
     runs, models = tmp_path / "runs", tmp_path / "models"
     trained = rnnserve("train", "sine", "gru", "--preset", "tiny", "--runs", str(runs))
