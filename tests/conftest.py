@@ -42,6 +42,12 @@ from rnnserve.bench.redis_cluster import LocalCluster
 from rnnserve.client.client import RnnClient
 from rnnserve.protocol import rpc
 
+# Many processes share few cores in a run (pytest-xdist workers, servers, Redis): torch
+# trains on one thread in the tests, as the build does (export/build.py), rather than with
+# a pool whose threads spin while they wait, burning the cores the others need. Set before
+# any test module imports torch; the processes the tests start inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
