@@ -55,7 +55,12 @@ INSTALL_WAIT_S = 900.0  # another test process installing the same tool
 # Session fixtures that start servers or export models with torch, few tests each: under
 # pytest-xdist (--dist loadgroup) the tests that use one run on one worker, which makes it
 # once, rather than every worker making its own.
-ONE_WORKER = {"token_server": "tls", "mtls_server": "tls", "user_exports": "user-exports"}
+ONE_WORKER = {
+    "token_server": "tls",
+    "mtls_server": "tls",
+    "user_exports": "user-exports",
+    "own_model_matrix": "own-model-matrix",
+}
 
 
 LONG = ("docker", "slow", "faults")
