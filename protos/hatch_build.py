@@ -8,6 +8,7 @@ alike, so `pip install -e .` yields an importable protocol package.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,10 @@ def generate(root: Path) -> Path:
 
     protos = root
     out = root / "src" / PROTOSET
+    # Written outside the package and renamed into place: a process importing
+    # rnnserve.protocol while a build runs (a wheel built from this tree while its servers
+    # run) reads the old protoset or the new one, never half of one.
+    partial = root / f".{out.name}.{os.getpid()}"
     sources = sorted(str(p.relative_to(protos)) for p in protos.glob("*.proto"))
     well_known = str(Path(grpc_tools.__file__).parent / "_proto")
     code = protoc.main(
@@ -32,12 +37,14 @@ def generate(root: Path) -> Path:
             f"-I{protos}",
             f"-I{well_known}",
             "--include_imports",
-            f"--descriptor_set_out={out}",
+            f"--descriptor_set_out={partial}",
             *sources,
         ]
     )
     if code != 0:
+        partial.unlink(missing_ok=True)
         raise RuntimeError(f"protoc failed with exit code {code}")
+    partial.replace(out)
     return out
 
 

@@ -32,6 +32,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from locks import exclusive
+from model_cache import cached_repository, fingerprint
 from processes import free_port
 from security_helpers import credentials, write_tokens
 
@@ -40,19 +42,55 @@ from rnnserve.bench.redis_cluster import LocalCluster
 from rnnserve.client.client import RnnClient
 from rnnserve.protocol import rpc
 
+# Many processes share few cores in a run (pytest-xdist workers, servers, Redis): torch
+# trains on one thread in the tests, as the build does (export/build.py), rather than with
+# a pool whose threads spin while they wait, burning the cores the others need. Set before
+# any test module imports torch; the processes the tests start inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
+INSTALL_WAIT_S = 900.0  # another test process installing the same tool
+# Session fixtures that start servers or export models with torch, few tests each: under
+# pytest-xdist (--dist loadgroup) the tests that use one run on one worker, which makes it
+# once, rather than every worker making its own.
+ONE_WORKER = {
+    "token_server": "tls",
+    "mtls_server": "tls",
+    "user_exports": "user-exports",
+    "own_model_matrix": "own-model-matrix",
+}
+
+
+LONG = ("docker", "slow", "faults")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
+    """Before the other plugins (pytest-xdist reads the groups): the xdist groups of
+    ONE_WORKER. After them (every marker set, -m applied): the tests marked docker, slow or
+    faults first, in their order. pytest-xdist hands tests out in this order, and a run
+    ends sooner when its longest tests do not start last (the wheel builds of
+    tests/test_parts.py would, collected last)."""
+    for item in items:
+        groups = sorted({ONE_WORKER[name] for name in item.fixturenames if name in ONE_WORKER})
+        if groups:
+            item.add_marker(pytest.mark.xdist_group("+".join(groups)))
+    yield
+    items.sort(key=lambda item: not any(item.get_closest_marker(name) for name in LONG))
 
 
 @pytest.fixture(scope="session")
-def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The nine default models, trained briefly at small sizes and fully verified."""
-    from rnnserve.export.build import build_repository
-
-    root = tmp_path_factory.mktemp("models")
-    build_repository(root, preset="tiny", seed=0)
-    return root
+def tiny_repository() -> Iterator[Path]:
+    """The nine default models, trained briefly at small sizes and fully verified: built
+    once per content of what makes them and kept (tests/model_cache.py). Shared by every
+    test and every run, so read only: a test that changes a repository copies what it
+    needs into a folder of its own."""
+    root = cached_repository(preset="tiny", seed=0)
+    before = fingerprint(root)
+    yield root
+    assert fingerprint(root) == before, f"a test wrote into the shared {root}"
 
 
 @pytest.fixture(scope="session")
@@ -337,7 +375,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     """A Redis Cluster of real redis-server processes on 127.0.0.1: three masters with a
     replica each (redis-cli --cluster create), stopped after the tests."""
     _redis_server_binary()
-    with LocalCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+    with LocalCluster(tmp_path_factory.mktemp("redis-cluster"), ports=free_port) as cluster:
         yield cluster
 
 
@@ -363,11 +401,13 @@ def perf_analyzer():
     image would have it; the CUDA runtime wheel)."""
     import ctypes.util
 
-    from rnnserve.bench.perf_analyzer import install
+    from rnnserve.bench.perf_analyzer import CACHE, install
 
-    if ctypes.util.find_library("b64") is None:
-        _apt_install("libb64-0d")
-    return install()
+    # One process installs it (pytest-xdist workers start at once); the others wait for it.
+    with exclusive(CACHE.with_name(f"{CACHE.name}.lock"), INSTALL_WAIT_S):
+        if ctypes.util.find_library("b64") is None:
+            _apt_install("libb64-0d")
+        return install()
 
 
 def _wait_for_redis(url: str, server: subprocess.Popen[bytes]) -> None:

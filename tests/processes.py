@@ -3,14 +3,37 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import random
 import socket
 from pathlib import Path
 
+# Ports below the kernel's ephemeral range, from which bind(("", 0)) and every outgoing
+# connection take theirs: a port chosen here cannot be taken by a connection before the
+# server it was chosen for binds it. Each pytest-xdist worker (gw0, gw1, ...) walks a block
+# of its own, so two workers never choose the same port; the walk starts at random, so two
+# test runs at once rarely meet either.
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+PORTS_FROM, BLOCK = 10_000, 1_500
+_blocks = (int(EPHEMERAL_PORTS.read_text().split()[0]) - PORTS_FROM) // BLOCK
+_worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+_block_start = PORTS_FROM + _worker % _blocks * BLOCK
+_offsets = itertools.count(random.randrange(BLOCK))
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port on 127.0.0.1 that nothing listens on, not handed out before in this worker
+    (until its block wraps round)."""
+    for _ in range(BLOCK):
+        port = _block_start + next(_offsets) % BLOCK
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use
+        return port
+    raise AssertionError(f"no free port in {_block_start}..{_block_start + BLOCK - 1}")
 
 
 def worker_pids(supervisor: int) -> list[int]:

@@ -12,6 +12,7 @@ from rnnserve.bench.cli import SCENARIOS
 from rnnserve.cli import main
 
 ENVIRONMENT_KEYS = {"machine", "python", "versions", "runs", "date"}
+pytestmark = pytest.mark.slow  # each scenario starts its servers and loads them for seconds
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

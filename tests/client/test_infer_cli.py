@@ -4,32 +4,17 @@ answer, 1 for a server's refusal (its code and message on one line), 2 for usage
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import Ran, rnnserve
 from security_helpers import TOKENS
 
 from rnnserve.client.client import RnnClient
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def rnnserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`rnnserve ARGS` with `env` added to the environment (RNNSERVE_TOKEN left out unless
-    given)."""
-    environment = {k: v for k, v in os.environ.items() if k != "RNNSERVE_TOKEN"}
-    return subprocess.run(
-        [sys.executable, "-m", "rnnserve", *args],
-        cwd=ROOT, env={**environment, **(env or {})}, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-
-
-def infer(server, *args: str, url: str = "grpc") -> subprocess.CompletedProcess[str]:
+def infer(server, *args: str, url: str = "grpc") -> Ran:
     """rnnserve infer ARGS against the shared server: url "grpc" (HOST:PORT), "grpc://",
     or "http"."""
     urls = {
@@ -167,11 +152,11 @@ def test_a_multi_session_request_from_control_inputs(server) -> None:
 
 @pytest.mark.parametrize(("url", "sequence_id"), [("grpc", "41"), ("http", "42")])
 def test_offset_steps_a_sequence_exactly_once(server, url: str, sequence_id: str) -> None:
-    def step(values: str, offset: int, *flags: str) -> subprocess.CompletedProcess[str]:
+    def step(values: str, offset: int, *flags: str) -> Ran:
         return infer(server, "sine-gru", "--values", values, "--sequence-id", sequence_id,
                      "--offset", str(offset), "--json", *flags, url=url)  # fmt: skip
 
-    def counted(done: subprocess.CompletedProcess[str]) -> int:
+    def counted(done: Ran) -> int:
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)["parameters"]["sequence_offset"]
 

@@ -13,10 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from deploytools import ROOT, RunningServer, exported_names, free_port, healthcheck
-from dockerd import docker_engine, machine_lock
+from deploytools import ROOT, RunningServer, exported_names, healthcheck
+from dockerd import LOCK, LOCK_WAIT_S, docker_engine
+from locks import exclusive
+from processes import free_port
 
 STARTUP_LIMIT_S = 120  # model loading on a busy 2-core machine; not a performance check
+INSTALL_WAIT_S = 900  # another test process downloading and unpacking promtool
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +48,7 @@ def docker_env(
     config = tmp_path_factory.mktemp("docker-config")
     (config / "cli-plugins").mkdir()
     (config / "cli-plugins" / "docker-compose").symlink_to(compose_binary)
-    with machine_lock(), docker_engine(tmp_path_factory.mktemp("dockerd")) as env:
+    with exclusive(LOCK, LOCK_WAIT_S), docker_engine(tmp_path_factory.mktemp("dockerd")) as env:
         yield {**env, "DOCKER_CONFIG": str(config)}
 
 
@@ -102,9 +105,14 @@ def promtool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if found:
         return Path(found)
     kept = Path(sys.prefix) / "tools" / "promtool"
-    if kept.is_file():
-        return kept
-    folder = tmp_path_factory.mktemp("prometheus-deb")
+    # One process unpacks it (pytest-xdist workers start at once); the others wait for it.
+    with exclusive(kept.with_name("promtool.lock"), INSTALL_WAIT_S):
+        if not kept.is_file():
+            _unpack_promtool(kept, tmp_path_factory.mktemp("prometheus-deb"))
+    return kept
+
+
+def _unpack_promtool(kept: Path, folder: Path) -> None:
     apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
     subprocess.run([*apt, "update", "-qq"], check=True, capture_output=True)
     subprocess.run(
@@ -115,6 +123,7 @@ def promtool(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["dpkg-deb", "--fsys-tarfile", str(package)], check=True, capture_output=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(folder), "./usr/bin/promtool"], input=files, check=True)
-    kept.parent.mkdir(exist_ok=True)
-    shutil.copy2(folder / "usr" / "bin" / "promtool", kept)
-    return kept
+    # Renamed into place whole: an interrupted copy never passes for the tool.
+    partial = kept.with_name("promtool.partial")
+    shutil.copy2(folder / "usr" / "bin" / "promtool", partial)
+    partial.replace(kept)

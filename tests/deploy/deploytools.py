@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -43,12 +42,6 @@ def venv_tool(name: str) -> Path:
     if not path.exists():
         pytest.fail(f"{name} is missing: install the dev extra (pip install -e '.[dev]')")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ of the test on one machine take turns through a lock file: they share that data 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -46,25 +45,6 @@ def answers(env: dict[str, str]) -> bool:
     except subprocess.TimeoutExpired:
         return False
     return result.returncode == 0
-
-
-@contextlib.contextmanager
-def machine_lock() -> Iterator[None]:
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with LOCK.open("w") as handle:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{LOCK} still held after {LOCK_WAIT_S} s by another test run")
-                time.sleep(2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-from deploytools import RunningServer, free_port, healthcheck
+from deploytools import RunningServer, healthcheck
+from processes import free_port
 
 
 def test_passes_against_a_serving_server(serving: RunningServer) -> None:

@@ -30,13 +30,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from deploytools import DASHBOARD, ROOT, expressions, free_port
+from deploytools import DASHBOARD, ROOT, expressions
 from dockerd import apt_install
+from processes import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from rnnserve.client.client import RnnClient, sine_input
 
-pytestmark = pytest.mark.timeout(2400)  # the first test builds everything; cold: minutes
+pytestmark = [
+    pytest.mark.timeout(2400),  # the first test builds everything; cold: minutes
+    pytest.mark.docker,
+    # One pytest-xdist worker runs them all: the module's stack is built and started once.
+    pytest.mark.xdist_group("docker"),
+]
 
 BASE_IMAGE = "rnnserve-base:bookworm"
 SERVER_IMAGE = "rnnserve-test:cpu"  # tags of tests/deploy/compose.host.yml

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import rnnserve
 
 from rnnserve.export.build import BuildResult, build_repository, summary_table
 from rnnserve.model.spec import METADATA_KEY, ModelSpec
 from rnnserve.protocol.errors import UsageError
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def rnnserve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rnnserve", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.mark.parametrize(
@@ -51,6 +38,7 @@ def test_unwritable_output_directory_gives_one_line(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1 and "cannot write to output directory" in result.stderr
 
 
+@pytest.mark.slow  # trains, plots and exports: the build of one model end to end
 def test_train_then_export_writes_checkpoint_plots_and_a_verified_version(tmp_path: Path) -> None:
     runs, models = tmp_path / "runs", tmp_path / "models"
     trained = rnnserve("train", "sine", "gru", "--preset", "tiny", "--runs", str(runs))

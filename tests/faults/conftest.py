@@ -1,6 +1,7 @@
 """Fixtures of the fault tests: a redis-server of each test's own, which the test may pause,
 kill and start again (the shared one of tests/conftest.py must stay up for the others), and
-for the tests that leave Redis alone, that or the shared Redis Cluster, emptied first."""
+for the tests that leave Redis alone, that or the shared Redis Cluster, emptied first.
+Every test here carries the marker `faults` (left out of the fast tier)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,15 @@ from faults_helpers import RedisServer
 from processes import free_port
 from redis.cluster import RedisCluster
 from redis_helpers import sync_client
+
+FAULTS = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if FAULTS in item.path.parents:
+            item.add_marker(pytest.mark.faults)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from processes import free_port
 from scrape import scrape, series
 
 from rnnserve.client.client import RnnClient, build_request
@@ -151,10 +152,7 @@ def scrape_when_up(server) -> dict[str, float]:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def free_redis_url() -> str:
     """The URL of a port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"redis://127.0.0.1:{port}/0"
+    return f"redis://127.0.0.1:{free_port()}/0"
 
 
 def test_an_observer_counts_as_the_histograms_own_observe() -> None:

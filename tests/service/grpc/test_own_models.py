@@ -223,6 +223,7 @@ def test_a_graph_computing_the_examples_length_is_unavailable_with_the_fix(own_s
     assert "dynamo=False" in entry.reason and "\n" not in entry.reason
 
 
+@pytest.mark.slow  # perf_analyzer is installed on first use, then loads the server
 @pytest.mark.parametrize(
     ("name", "shape"),
     [

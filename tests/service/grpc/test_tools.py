@@ -209,6 +209,7 @@ def test_metrics_count_requests_by_rpc_and_code(server) -> None:
     assert samples[series("rnnserve_requests_total", code="INVALID_ARGUMENT", **labels)] >= 1
 
 
+@pytest.mark.slow  # perf_analyzer is installed on first use, then loads the server
 @pytest.mark.parametrize("model", ["sine-lstm", "tagger-gru", "seq2seq-gru"])
 def test_perf_analyzer_runs_tritons_sequence_benchmark_with_no_error(
     server, perf_analyzer, model: str, tmp_path: Path

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
+import pytest
 
 from rnnserve.client.client import InferResult, build_request, decode_response
 from rnnserve.client.errors import InferenceError
 from rnnserve.protocol import messages as pb
 from rnnserve.protocol import rpc
 from rnnserve.protocol.codec import Parameter
+
+# For tests whose own servers share `any_redis`: the cluster's turn is left to the full
+# suite (slow). The fast tier checks the stores on the cluster in process
+# (test_state_stores.py, test_owned_store.py, test_step_accounting.py).
+CLUSTER_TURN_SLOW = pytest.mark.parametrize(
+    "any_redis", ["server", pytest.param("cluster", marks=pytest.mark.slow)], indirect=True
+)
 
 
 def random_chunks(rng: np.random.Generator, total: int, low: int, high: int) -> list[int]:

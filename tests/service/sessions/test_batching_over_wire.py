@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+import pytest
 from scrape import scrape
 from session_helpers import AioSessions
 
@@ -42,6 +43,7 @@ def batch_sizes(metrics_url: str) -> tuple[float, float]:
     )
 
 
+@pytest.mark.slow  # 768 steps through two servers; batching in process: test_batcher.py
 def test_concurrent_sessions_share_runs_and_answer_as_if_alone(
     start_server, tiny_repository: Path
 ) -> None:

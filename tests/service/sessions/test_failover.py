@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import free_port
 from redis.crc import key_slot
 
 from rnnserve.bench.redis_cluster import LocalCluster
@@ -33,6 +34,7 @@ WAIT_S = 120
 # Background loops that log a Redis outage and carry on (their handling of store faults is
 # not this test's subject): any other ERROR line would be a request answered INTERNAL.
 BACKGROUND_ERRORS = ("sweeping expired sessions failed", "serving a hand-over request failed")
+pytestmark = pytest.mark.slow  # thousands of steps through two servers and a failover
 
 
 def sequence_id(index: int) -> str:
@@ -50,7 +52,7 @@ def master_of_sequence(cluster: LocalCluster, index: int) -> int:
 def test_a_master_killed_mid_run_loses_no_acknowledged_step(
     start_server, sine_repository: Path, tmp_path: Path, store: str
 ) -> None:
-    with LocalCluster(tmp_path / "cluster", node_timeout_ms=1000) as cluster:
+    with LocalCluster(tmp_path / "cluster", node_timeout_ms=1000, ports=free_port) as cluster:
         args = ["--state-store", store, "--redis-url", cluster.url,
                 "--state-durability", "replica"]  # fmt: skip
         servers = [start_server(sine_repository, args=args) for _ in range(2)]

@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 import pytest
-from session_helpers import random_chunks
+from session_helpers import CLUSTER_TURN_SLOW, random_chunks
 
 from rnnserve.client.client import RnnClient, build_request, session_controls
 from rnnserve.client.errors import InferenceError
@@ -301,6 +301,7 @@ def test_the_converter_keeps_control_tensors_as_sent() -> None:
     assert session_controls([7, 8], True, True)["sequence_id"].dtype == np.uint64
 
 
+@CLUSTER_TURN_SLOW
 def test_rows_keep_their_states_in_redis_and_hand_over_between_servers(
     start_server, tiny_repository, any_redis: str
 ) -> None:

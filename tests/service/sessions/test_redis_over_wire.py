@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from session_helpers import bounds, step_request, y_of
+from session_helpers import CLUSTER_TURN_SLOW, bounds, step_request, y_of
 
+from rnnserve.bench.redis_cluster import LocalCluster
 from rnnserve.client.client import RnnClient
 
 MODEL = "sine-gru"
@@ -34,9 +35,12 @@ def env(request: pytest.FixtureRequest, any_redis: str) -> dict[str, str]:
     return {"RNNSERVE_STATE_STORE": request.param, "RNNSERVE_REDIS_URL": any_redis}
 
 
-def test_a_session_started_on_one_server_continues_on_another(
-    start_server, tiny_repository: Path, env: dict[str, str]
+@pytest.mark.slow  # on one redis-server: test_routing.py, which counts offsets and hand-overs
+@pytest.mark.parametrize("store", ["redis", "owned"])
+def test_a_session_started_on_one_server_continues_on_another_over_a_cluster(
+    start_server, tiny_repository: Path, redis_cluster: LocalCluster, store: str
 ) -> None:
+    env = {"RNNSERVE_STATE_STORE": store, "RNNSERVE_REDIS_URL": redis_cluster.url}
     servers = [start_server(tiny_repository, env=env) for _ in range(2)]
     clients = [RnnClient(server.address) for server in servers]
     whole, x = whole_and_input(clients[0])
@@ -47,6 +51,7 @@ def test_a_session_started_on_one_server_continues_on_another(
     np.testing.assert_allclose(np.concatenate(pieces), whole, rtol=0, atol=1e-5)
 
 
+@CLUSTER_TURN_SLOW
 def test_a_session_survives_a_restart_of_the_server(
     start_server, tiny_repository: Path, env: dict[str, str]
 ) -> None:

@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,21 @@ class Node:
 
 class LocalCluster:
     def __init__(
-        self, workdir: Path, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000
+        self,
+        workdir: Path,
+        masters: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 1000,
+        ports: Callable[[], int] | None = None,
     ) -> None:
+        """`ports` chooses each node's port and bus port: by default at random below the
+        ephemeral range; processes that start servers of their own side by side (parallel
+        tests) pass the function they choose those servers' ports with, so that no two
+        choices meet."""
         self.workdir = workdir
         self.masters, self.replicas = masters, replicas
         self.node_timeout_ms = node_timeout_ms
+        self.ports = ports or _node_port
         self.nodes: list[Node] = []
 
     @property
@@ -76,7 +87,7 @@ class LocalCluster:
         for index in range(self.masters * (1 + self.replicas)):
             directory = self.workdir / f"redis-node-{index}"
             directory.mkdir(parents=True, exist_ok=True)
-            node = Node(_node_port(), _node_port(), directory)
+            node = Node(self.ports(), self.ports(), directory)
             self.nodes.append(node)
             self._launch(binary, node)
         for node in self.nodes:

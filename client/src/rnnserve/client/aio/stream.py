@@ -5,12 +5,13 @@ client's Stream is)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from rnnserve.client.errors import Cancelled, from_rpc_error
+from rnnserve.client.errors import Cancelled, DeadlineExceeded, InferenceError, from_rpc_error
 from rnnserve.client.stream import closed_stream, no_answer
 from rnnserve.client.wire import InferResult, decode_stream_reply
 
@@ -33,6 +34,7 @@ class AsyncStream:
         self._call = client.stub.ModelStreamInfer(
             requests, timeout=timeout, metadata=client.headers(headers)
         )
+        self._deadline = None if timeout is None else time.monotonic() + timeout
         self.done = False  # ended, broke or cancelled: nothing more will come
         self._cancelled = False
 
@@ -40,8 +42,7 @@ class AsyncStream:
         try:
             await self._call.write(request)
         except grpc.RpcError as error:
-            self.done = True
-            raise from_rpc_error(error) from None
+            raise self._failed(error) from None
         except asyncio.InvalidStateError:  # the call has ended
             self.done = True
             raise closed_stream() from None
@@ -58,8 +59,7 @@ class AsyncStream:
             self.cancel()
             raise no_answer(timeout) from None
         except grpc.RpcError as error:
-            self.done = True
-            raise from_rpc_error(error) from None
+            raise self._failed(error) from None
         if reply is grpc.aio.EOF:
             self.done = True
             return None
@@ -73,3 +73,13 @@ class AsyncStream:
     def cancel(self) -> None:
         self.done = self._cancelled = True
         self._call.cancel()
+
+    def _failed(self, error: grpc.RpcError) -> InferenceError:
+        """What a broken stream raises: its status. grpc.aio reports a read or a write that
+        the call's deadline cut short as INTERNAL ("Internal error from Core"); what ended
+        the stream then is its deadline."""
+        self.done = True
+        past_deadline = self._deadline is not None and time.monotonic() >= self._deadline
+        if error.code() == grpc.StatusCode.INTERNAL and past_deadline:
+            return DeadlineExceeded("Deadline Exceeded")
+        return from_rpc_error(error)
