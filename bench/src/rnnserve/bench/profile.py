@@ -163,7 +163,7 @@ def render(profiles: list[Profile], command: str) -> str:
         "what bounds one Python process. *through* is the share of samples whose stack "
         "passes through a module of ours or a library; *on top* the share a function was "
         "the innermost Python frame (time in C extensions counts for the Python frame "
-        "that called them, e.g. grpc's Cython core).",
+        "that called them, e.g. grpc's Cython core, and so do modules compiled with mypyc).",
     ]
     for profile in profiles:
         load = profile.load
