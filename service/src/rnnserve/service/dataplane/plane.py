@@ -97,7 +97,7 @@ class DataPlane:
             store, settings.max_sessions, settings.max_sessions_per_principal
         )
         self._budget = Budget(settings.max_request_elements, settings.max_inflight_bytes)
-        self._admission = Admission(self.repository, self._sessions, self._compute)
+        self._admission = Admission(settings, self.repository, self._sessions, self._compute)
         self._models = ModelControl(settings, self.repository, self._compute, self._notify)
         self._watchers: list[Watcher] = []
         store.reachability.watch(self._notify)  # readiness follows the store
