@@ -10,7 +10,8 @@ lands on a worker still loading.
 On SIGTERM or SIGINT the data plane stops admitting requests, the front ends let those in
 flight finish within the grace period, and the data plane closes (its state store last).
 The TLS files and the token file are read first: the front ends serve TLS and admit
-callers with them (service/tls.py, service/auth.py).
+callers with them (service/tls.py, service/auth.py); the token file is read again on
+SIGHUP and whenever it changes.
 
 Once loaded, one line tells the server's version (its installed distribution's, which every
 part of rnnserve shares), what loaded and what failed, and whether the server is ready
@@ -106,6 +107,11 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    tokens = authenticator.tokens
+    watching = None
+    if tokens is not None:
+        loop.add_signal_handler(signal.SIGHUP, tokens.reload)
+        watching = asyncio.create_task(tokens.watch())
 
     try:
         if start_gate is None:
@@ -121,6 +127,8 @@ async def serve(
                 await frontend.set_serving(True)
             await stop.wait()
     finally:
+        if watching is not None:
+            watching.cancel()
         log.info("draining: finishing requests in flight (up to %s s)", settings.grace_period_s)
         dataplane.drain()
         await asyncio.gather(*(frontend.stop(settings.grace_period_s) for frontend in frontends))
