@@ -34,7 +34,10 @@ VALUE_FLAGS = (
     "tls_cert", "tls_key", "tls_client_ca", "auth_tokens",
 )  # fmt: skip
 LIST_FLAGS = ("providers", "load_model")  # comma-separated
-BOOL_FLAGS = ("batching", "access_log", "strict_readiness", "exit_on_error", "reflection")
+BOOL_FLAGS = (
+    "batching", "access_log", "strict_readiness", "exit_on_error", "reflection",
+    "allow_unknown_parameters",
+)  # fmt: skip
 FIELD_NAME = re.compile(r"`(\w+)`")  # another field, named in a description
 
 

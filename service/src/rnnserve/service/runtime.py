@@ -213,7 +213,7 @@ def refused(model: str, feeds: dict[str, np.ndarray], error: Exception) -> Inval
     """ORT refused a run's values: the client's error, naming the inputs that may be at fault
     (the integer ones, which index tables, else every one fed) and ORT's reason."""
     suspects = [name for name, value in feeds.items() if value.dtype.kind in "iu"] or list(feeds)
-    log.debug("model %s: ONNX Runtime refused a run's values", model, exc_info=error)
+    log.debug("model %s: ONNX Runtime refused a run's values: %s", model, error)
     return InvalidArgument(
         f"model '{model}' refused the values of input {', '.join(map(repr, suspects))}: "
         f"{ort_reason(error)}"

@@ -34,6 +34,7 @@ from rnnserve.service.sessions import (
     split_control,
 )
 from rnnserve.service.settings import Settings
+from rnnserve.service.tasks.base import TASKS
 from rnnserve.service.types import InferRequest, InferResponse
 
 # Request parameters of the Open Inference Protocol's Triton clients that this server
@@ -67,6 +68,12 @@ class Admission:
         compute: Compute,
     ) -> None:
         self._allow_unknown_parameters = settings.allow_unknown_parameters
+        # What some part of the server reads: a name outside it is refused before the
+        # sequence parameters are parsed (a misspelt `sequense_id` is named as such, not as
+        # a `sequence_start` without an id).
+        self._read_by_any = SEQUENCE_PARAMETERS.union(
+            *(task.request_parameters for task in TASKS.values())
+        )
         self._repository = repository
         self._sessions = sessions
         self._compute = compute
@@ -78,13 +85,17 @@ class Admission:
         """The request admitted (its model version, its sequence or session rows, the
         request as its task sees it: without control tensors) and the path that answers
         it; or why it may not run."""
+        check = not self._allow_unknown_parameters
+        if check:
+            _check_parameters(request, self._read_by_any, "the server")
         sequence = parse_sequence_parameters(request.parameters)
         # Control tensors and sequence parameters exclude each other (split_control refuses
         # both): a request with session rows has no sequence of its own.
         rows, request = split_control(request)
         model = await self._version_for(request, sequence)
-        if not self._allow_unknown_parameters:
-            _check_parameters(model, request)
+        if check:  # one another task reads
+            reads = SEQUENCE_PARAMETERS | model.task.request_parameters
+            _check_parameters(request, reads, f"model '{model.name}'")
         _check_sessions(model, sequence, rows)
         admitted = Admitted(model, request, sequence, rows, self._compute.threads_for(request))
         if rows is not None:
@@ -128,21 +139,19 @@ class Admission:
         return next((key.version for key, held in zip(keys, found, strict=True) if held), "")
 
 
-def _check_parameters(model: LoadedVersion, request: InferRequest) -> None:
-    """Every request parameter is one the server reads (the sequence parameters, the
-    model's task's) or one of Triton's it ignores; INVALID_ARGUMENT naming the first that is
-    not, and the known name nearest to it."""
-    task_parameters = model.task.request_parameters
+def _check_parameters(request: InferRequest, reads: frozenset[str], reader: str) -> None:
+    """Every request parameter is one `reader` reads or one of Triton's the server ignores;
+    INVALID_ARGUMENT naming the first that is not, and the known name nearest to it."""
     for name in request.parameters:  # no set built per request: most have no others
-        if name in SEQUENCE_PARAMETERS or name in task_parameters or name in TRITON_PARAMETERS:
+        if name in reads or name in TRITON_PARAMETERS:
             continue
-        read = sorted(SEQUENCE_PARAMETERS | task_parameters)
-        nearest = difflib.get_close_matches(name, [*read, *TRITON_PARAMETERS], n=1)
+        nearest = difflib.get_close_matches(name, [*reads, *TRITON_PARAMETERS], n=1)
         hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
         raise InvalidArgument(
-            f"unknown request parameter {name!r} for model '{model.name}'{hint}; it reads "
-            f"{', '.join(read)} (and ignores Triton's {', '.join(sorted(TRITON_PARAMETERS))}); "
-            "a server started with --allow-unknown-parameters accepts others"
+            f"unknown request parameter {name!r}{hint}; {reader} reads "
+            f"{', '.join(sorted(reads))} (and ignores Triton's "
+            f"{', '.join(sorted(TRITON_PARAMETERS))}); a server started with "
+            "--allow-unknown-parameters accepts others"
         )
 
 
