@@ -168,20 +168,29 @@ def test_the_refusals_are_counted_as_the_clients(data_server) -> None:
 
 
 @pytest.mark.slow  # perf_analyzer is installed on first use
+@pytest.mark.parametrize(
+    ("model", "shape"), [("tagger-gru", "tokens:8"), (BOUNDED, "ids:8"), (UNBOUNDED, "ids:8")]
+)  # fmt: skip
 def test_perf_analyzers_random_data_is_refused_as_the_clients(
-    data_server, perf_analyzer, tmp_path: Path
+    data_server, perf_analyzer, model: str, shape: str
 ) -> None:
-    """perf_analyzer's default random data (INT64 `tokens` of any value, random `text`) is
-    the client's mistake: INVALID_ARGUMENT, never INTERNAL."""
+    """perf_analyzer's default random data (INT64 ids of any value; for a tagger, random
+    `text` beside `tokens`, as it sends every input listed) is the client's mistake:
+    INVALID_ARGUMENT, never INTERNAL."""
     done = perf_analyzer.run(
-        ["-m", "tagger-gru", "-u", data_server.address, "-i", "grpc",
+        ["-m", model, "-u", data_server.address, "-i", "grpc", "--shape", shape,
          "--measurement-mode", "count_windows", "--measurement-request-count", "10",
          "--max-trials", "1"],
     )  # fmt: skip
 
-    assert done.returncode != 0, done.stdout  # every request refused
     samples = scrape(data_server.metrics_url)
-    tagger = {name: value for name, value in samples.items()
-              if name.startswith("rnnserve_requests_total") and "tagger-gru" in name}  # fmt: skip
-    assert any('code="INVALID_ARGUMENT"' in name and value for name, value in tagger.items())
-    assert not any('code="INTERNAL"' in name and value for name, value in tagger.items())
+    infer = {
+        name: value for name, value in samples.items()
+        if name.startswith("rnnserve_requests_total") and f'model="{model}"' in name
+        and 'rpc="ModelInfer"' in name and value
+    }  # fmt: skip
+    assert done.returncode != 0, done.stdout + done.stderr  # refused at once
+    assert [name for name in infer if 'code="OK"' not in name] == [
+        f'rnnserve_requests_total{{code="INVALID_ARGUMENT",model="{model}",protocol="grpc",'
+        'rpc="ModelInfer",version="1"}'
+    ]
