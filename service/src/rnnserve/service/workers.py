@@ -345,6 +345,6 @@ def run_worker(settings: Settings, gate: Connection, log_level: str, worker_id: 
 
     logs.configure(log_level, settings.log_format, settings.access_log, worker=True)
 
-    from rnnserve.service.server import serve
+    from rnnserve.service.server import serve_process
 
-    asyncio.run(serve(settings, start_gate=_PipeGate(gate), worker=worker_id))
+    serve_process(settings, start_gate=_PipeGate(gate), worker=worker_id)
