@@ -1,6 +1,7 @@
 """The token file changes under a running server (service/auth.py): a principal removed is
 refused within seconds over gRPC and REST, without a restart; SIGHUP reads the file at once,
-even a change its size and modification time do not show."""
+even a change its size and modification time do not show, and with workers the supervisor
+passes it on to each."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from polling import eventually
+from processes import worker_pids
 from security_helpers import TOKENS, write_tokens
 
 from rnnserve.client.client import RnnClient
@@ -105,3 +107,19 @@ def test_a_broken_file_keeps_the_tokens_in_force(
     assert grpc_code(server, "mallory") == "OK" and rest_status(server, "alice") == 200
     [error] = [line for line in server.log().splitlines() if "stay in force" in line]
     assert "line 5: sha256: the SHA-256 must be 64 hex digits, got 4 characters" in error
+
+
+def test_the_supervisor_passes_sighup_to_every_worker(
+    start_server, sine_repository, tokens: Path, redis_url: str
+) -> None:
+    server = start_server(sine_repository, args=[
+        "--auth-tokens", str(tokens), "--workers", "2", "--state-store", "owned",
+        "--redis-url", redis_url,
+    ])  # fmt: skip
+    pids = worker_pids(server.process.pid)
+
+    server.process.send_signal(signal.SIGHUP)
+
+    eventually(lambda: server.log().count("read 3 principals") == 2, "both workers read it")
+    assert server.process.poll() is None and worker_pids(server.process.pid) == pids
+    assert grpc_code(server, "alice") == "OK"
