@@ -68,10 +68,10 @@ class Admission:
         compute: Compute,
     ) -> None:
         self._allow_unknown_parameters = settings.allow_unknown_parameters
-        # What some part of the server reads: a name outside it is refused before the
+        # What some task reads: a name no part of the server reads is refused before the
         # sequence parameters are parsed (a misspelt `sequense_id` is named as such, not as
         # a `sequence_start` without an id).
-        self._read_by_any = SEQUENCE_PARAMETERS.union(
+        self._read_by_tasks = frozenset().union(
             *(task.request_parameters for task in TASKS.values())
         )
         self._repository = repository
@@ -87,15 +87,14 @@ class Admission:
         it; or why it may not run."""
         check = not self._allow_unknown_parameters
         if check:
-            _check_parameters(request, self._read_by_any, "the server")
+            _check_parameters(request, self._read_by_tasks, None)
         sequence = parse_sequence_parameters(request.parameters)
         # Control tensors and sequence parameters exclude each other (split_control refuses
         # both): a request with session rows has no sequence of its own.
         rows, request = split_control(request)
         model = await self._version_for(request, sequence)
         if check:  # one another task reads
-            reads = SEQUENCE_PARAMETERS | model.task.request_parameters
-            _check_parameters(request, reads, f"model '{model.name}'")
+            _check_parameters(request, model.task.request_parameters, model.name)
         _check_sessions(model, sequence, rows)
         admitted = Admitted(model, request, sequence, rows, self._compute.threads_for(request))
         if rows is not None:
@@ -139,19 +138,24 @@ class Admission:
         return next((key.version for key, held in zip(keys, found, strict=True) if held), "")
 
 
-def _check_parameters(request: InferRequest, reads: frozenset[str], reader: str) -> None:
-    """Every request parameter is one `reader` reads or one of Triton's the server ignores;
-    INVALID_ARGUMENT naming the first that is not, and the known name nearest to it."""
-    for name in request.parameters:  # no set built per request: most have no others
-        if name in reads or name in TRITON_PARAMETERS:
+def _check_parameters(
+    request: InferRequest, task_parameters: frozenset[str], model: str | None
+) -> None:
+    """Every request parameter is a sequence parameter, one of `task_parameters` (those of
+    the model's task; of every task while the model is not known yet: `model` None) or
+    one of Triton's the server ignores; INVALID_ARGUMENT naming the first that is not, and
+    the known name nearest to it. Nothing is built unless one is refused."""
+    for name in request.parameters:
+        if name in SEQUENCE_PARAMETERS or name in task_parameters or name in TRITON_PARAMETERS:
             continue
+        reads = sorted(SEQUENCE_PARAMETERS | task_parameters)
         nearest = difflib.get_close_matches(name, [*reads, *TRITON_PARAMETERS], n=1)
         hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
+        reader = "the server" if model is None else f"model '{model}'"
         raise InvalidArgument(
-            f"unknown request parameter {name!r}{hint}; {reader} reads "
-            f"{', '.join(sorted(reads))} (and ignores Triton's "
-            f"{', '.join(sorted(TRITON_PARAMETERS))}); a server started with "
-            "--allow-unknown-parameters accepts others"
+            f"unknown request parameter {name!r}{hint}; {reader} reads {', '.join(reads)} "
+            f"(and ignores Triton's {', '.join(sorted(TRITON_PARAMETERS))}); a server "
+            "started with --allow-unknown-parameters accepts others"
         )
 
 
