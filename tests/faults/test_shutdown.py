@@ -1,10 +1,12 @@
 """SIGTERM with streams open: the request in flight on a busy stream is answered (and
 right), the idle streams end at once UNAVAILABLE ("shutting down; retry on another
 instance") rather than hold the shutdown for the grace period, and the owned store hands
-every state it held to Redis before the process exits, well within the grace period."""
+every state it held to Redis before the process exits, well within the grace period.
+Thousands of idle streams do not take the process past its grace period either."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import signal
 import threading
@@ -24,6 +26,9 @@ from rnnserve.protocol import rpc
 
 IDLE = 20
 GRACE_S = 30  # the default grace period
+MANY_IDLE, SHORT_GRACE_S = 2000, 5
+# What the exit may take past the grace period: a bound, on a machine shared with other tests.
+MARGIN_S = 3
 IN_FLIGHT = "rnnserve_request_bytes_in_flight{}"
 # Long enough to be in flight when SIGTERM comes (about a second of ORT work), inside the
 # memory budget given below.
@@ -106,5 +111,58 @@ def test_sigterm_closes_idle_streams_at_once_and_answers_the_busy_one(
         assert len(list(handed.scan_iter("rnnserve:state:*"))) == IDLE
     finally:
         handed.close()
+    log = server.log()
+    assert "Traceback" not in log and "stopped" in log
+
+
+async def open_idle_streams(address: str, count: int) -> tuple[list[grpc.aio.Channel], list[Any]]:
+    """`count` ModelStreamInfer streams, each answered once, then idle (asyncio: no thread
+    per stream), a hundred to a connection."""
+    channels = [grpc.aio.insecure_channel(address) for _ in range(count // 100)]
+    request = build_request("sine-lstm", {"x": np.zeros((1, 1, 1), np.float32)}, ["y"])
+    streams: list[Any] = []
+
+    async def answered(stream: Any) -> None:
+        await stream.write(request)
+        assert not (await stream.read()).error_message
+
+    for first in range(0, count, 100):  # in batches: opened all at once, some fail to start
+        batch = [rpc.Stub(channels[first // 100]).ModelStreamInfer() for _ in range(100)]
+        await asyncio.gather(*(answered(stream) for stream in batch))
+        streams += batch
+    return channels, streams
+
+
+async def ending(stream: Any) -> grpc.StatusCode:
+    try:
+        reply = await stream.read()
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    raise AssertionError(f"a reply, not the stream's end: {reply}")
+
+
+def test_thousands_of_idle_streams_end_within_the_grace_period(
+    start_server, sine_repository: Path
+) -> None:
+    server = start_server(sine_repository, args=["--grace-period-s", str(SHORT_GRACE_S)])
+
+    async def scenario() -> tuple[float, list[grpc.StatusCode]]:
+        channels, streams = await open_idle_streams(server.address, MANY_IDLE)
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(server.process.wait, SHORT_GRACE_S + 60)
+        exited = time.monotonic() - signalled
+        assert code == 0
+        endings = await asyncio.gather(*(ending(stream) for stream in streams))
+        for channel in channels:
+            await channel.close()
+        return exited, endings
+
+    exited, endings = asyncio.run(scenario())
+    print(f"\nSIGTERM with {MANY_IDLE} idle streams, grace {SHORT_GRACE_S} s: exit after "
+          f"{exited:.2f} s")  # fmt: skip
+
+    assert exited < SHORT_GRACE_S + MARGIN_S
+    assert set(endings) == {grpc.StatusCode.UNAVAILABLE}
     log = server.log()
     assert "Traceback" not in log and "stopped" in log

@@ -1,6 +1,7 @@
 """The server's logs, read from real server processes: JSON lines with stable keys, the
 access log (a line per request, over gRPC and REST, with the request id taken from `id` or
-`x-request-id` and echoed), warnings once per cause, session expiry at DEBUG."""
+`x-request-id` and echoed), warnings once per cause, session expiry at DEBUG. (A line
+logged while answering a request carries its id: tests/service/test_data_errors.py.)"""
 
 from __future__ import annotations
 
@@ -104,31 +105,6 @@ def test_rest_access_line_takes_the_x_request_id_header(json_server) -> None:
 
     [line] = access_lines(json_server, "rest-1")
     assert (line["protocol"], line["rpc"], line["model"]) == ("http", "ModelMetadata", "tagger-gru")
-
-
-def test_lines_logged_inside_a_request_carry_its_id(json_server) -> None:
-    request = build_request("sine-gru", {"x": X}, parameters={"sequence_strat": True})
-    request.id = "misspelt-1"
-
-    json_server.stub.ModelInfer(request, timeout=30)
-
-    [warning] = [
-        line for line in lines(json_server)
-        if line["level"] == "WARNING" and "sequence_strat" in line["message"]
-    ]  # fmt: skip
-    assert warning["request_id"] == "misspelt-1"
-
-
-def test_unknown_parameters_are_warned_once_per_cause(json_server) -> None:
-    with RnnClient(json_server.address) as client:
-        for parameter in ("colour", "colour", "flavour", "colour"):
-            client.infer("tagger-gru", {"text": ["hello"]}, parameters={parameter: 1})
-        client.infer("seq2seq-gru", {"text": ["hello"]}, parameters={"max_output_length": 3})
-
-    warnings = [line["message"] for line in lines(json_server) if line["level"] == "WARNING"]
-    assert sum("'colour'" in message for message in warnings) == 1
-    assert sum("'flavour'" in message for message in warnings) == 1
-    assert not any("max_output_length" in message for message in warnings)  # seq2seq reads it
 
 
 def test_a_missing_provider_is_warned_once(json_server) -> None:

@@ -207,7 +207,7 @@ def _sha(token: str) -> str:
 
 
 TOKEN_FILES = {  # a malformed token file -> the problem named
-    "two fields": (f"alice {_sha('a')}\n", "line 1: expected 3 fields (name, SHA-256"),
+    "two fields": (f"alice {_sha('a')}\n", "line 1: expected 3 or 4 fields (name, SHA-256"),
     "not hex": ("alice xyz infer\n", "line 1: sha256: the SHA-256 must be 64 hex digits"),
     "unknown role": (f"alice {_sha('a')} infer,root\n", "line 1: roles: unknown role 'root'"),
     "repeated name": (
@@ -219,6 +219,7 @@ TOKEN_FILES = {  # a malformed token file -> the problem named
         "line 2: 'bob' has the token of 'alice'",
     ),
     "empty": ("# nobody\n", "names no principal"),
+    "no date": (f"alice {_sha('a')} infer soon\n", "line 1: expires: 'soon' is not an ISO 8601"),
 }
 
 

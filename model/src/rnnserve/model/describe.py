@@ -16,7 +16,10 @@ neither torch nor the onnx package), for the recurrent task (service/tasks/recur
    at any length). A graph that fails the short run computes a length fixed at export
    (the dynamo exporter unrolls nn.RNN over the example's steps). The sidecar's hints come
    first.
-4. Streaming is earned: a sequence fed in random chunks, the state carried from chunk to
+4. Ids: an integer data input that indexes an embedding (a Gather on an initializer) gets
+   the embedding's rows (model/embeddings.py), so that the server refuses an id out of
+   them naming the input, rather than hear ORT refuse it naming a node.
+5. Streaming is earned: a sequence fed in random chunks, the state carried from chunk to
    chunk, must give the whole run's outputs and final states (CHUNK_STEPS steps, within
    TOLERANCE). The measured deviation goes into the spec as `training.chunk_error`.
 
@@ -35,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from rnnserve.model.embeddings import embedding_rows
 from rnnserve.model.sidecar import AxesHint, Sidecar
 from rnnserve.model.spec import ModelSpec, StateSpec, TensorSpec
 from rnnserve.protocol.codec import DTYPES
@@ -140,6 +144,7 @@ def describe(path: Path, sidecar: Sidecar | None = None) -> ModelSpec:
                 "numeric tensors"
             )
     data_inputs, data_outputs = find_axes(session, data_in, data_out, states, hints)
+    data_inputs = with_embedding_rows(data_inputs, path)
     chunk_error = check_chunks(session, data_inputs, data_outputs, states) if states else None
     return ModelSpec(
         task=TASK,
@@ -152,6 +157,17 @@ def describe(path: Path, sidecar: Sidecar | None = None) -> ModelSpec:
         streamable=chunk_error is not None and chunk_error <= TOLERANCE,
         training={} if chunk_error is None else {"chunk_error": chunk_error},
     )
+
+
+def with_embedding_rows(inputs: list[TensorSpec], path: Path) -> list[TensorSpec]:
+    """The inputs, each integer one that indexes an embedding with its rows."""
+    if not any(DTYPES[t.datatype].kind in "iu" for t in inputs):
+        return inputs
+    rows = embedding_rows(path.read_bytes())
+    return [
+        t.model_copy(update={"embedding_rows": rows[t.name]}) if t.name in rows else t
+        for t in inputs
+    ]
 
 
 def _check_hint_names(
@@ -454,8 +470,7 @@ def run(
     try:
         values = session.run(None, feeds, options)
     except Exception as error:  # ORT's errors share no base class narrower than Exception
-        first = str(error).strip().splitlines()[0]
-        raise ValueError(f"ORT: {_ORT_NOISE.sub('', first)}") from None
+        raise ValueError(f"ORT: {ort_reason(error)}") from None
     return dict(zip(names, values, strict=True))
 
 
@@ -463,6 +478,12 @@ def run(
 _ORT_NOISE = re.compile(
     r"^\[ONNXRuntimeError\] : \d+ : \w+ : |/onnxruntime_src/\S+ .*? was false\. "
 )
+
+
+def ort_reason(error: Exception) -> str:
+    """The cause an ORT error states, on one line, without its status code or C++ check."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return _ORT_NOISE.sub("", first)
 
 
 def _shapes(inputs: Sequence[TensorSpec], feeds: dict[str, np.ndarray]) -> str:

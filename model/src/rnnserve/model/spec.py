@@ -77,6 +77,9 @@ class TensorSpec(BaseModel):
     shape: tuple[int, ...]  # the graph's shape, -1 for each dynamic dimension
     batch_axis: int = Field(ge=0)
     sequence_axis: int | None = Field(None, ge=0)  # None: one value per row, not per step
+    # An integer input whose values index an embedding's rows (model/embeddings.py): each
+    # from 0 to embedding_rows - 1, checked before ORT sees them.
+    embedding_rows: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _check_axes(self) -> TensorSpec:

@@ -15,20 +15,30 @@ method names, which the REST front end names its routes by too. Failures are
 UNAUTHENTICATED (no principal) or PERMISSION_DENIED (a principal without the role).
 Tokens are compared in constant time and never logged.
 
-The token file has one line per principal: its name, the SHA-256 of its token in hex, and
-its roles, comma-separated; `#` starts a comment:
+The token file has one line per principal: its name, the SHA-256 of its token in hex, its
+roles, comma-separated, and optionally when the token expires (ISO 8601: a date, which
+means its midnight UTC, or a time, UTC unless it names its offset); `#` starts a comment:
 
-    # name   sha256(token)                                                      roles
-    alice    2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b   infer
-    ops      9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08   infer,admin
+    # name sha256(token)                                                    roles      expires
+    alice  2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b infer
+    ops    9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 infer,admin 2027-01-31
+
+The file is read again on SIGHUP and whenever it changes (TokenFile polls its inode, size
+and modification time every POLL_S): a principal removed, or a token expired, is refused
+from then on, without a restart. A file that no longer parses keeps the tokens read
+before, and says why in one error line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +53,8 @@ from rnnserve.service.types import ANONYMOUS
 
 Role = Literal["infer", "admin"]
 ROLES: frozenset[Role] = frozenset(("infer", "admin"))
+POLL_S = 1.0  # how often the token file is looked at for a change
+log = logging.getLogger(__name__)
 # Each operation of the protocol by the role it needs, the one place operations are
 # classified: `infer` for probes, metadata and inference; `admin` for what reads or changes
 # the server's own state (statistics, configuration, the repository's index and its model
@@ -85,6 +97,7 @@ class TokenEntry(BaseModel):
     name: str
     sha256: bytes  # the digest of the token
     roles: frozenset[Role]
+    expires: datetime | None = None  # aware (UTC unless the line named an offset)
 
     @field_validator("sha256", mode="before")
     @classmethod
@@ -105,6 +118,19 @@ class TokenEntry(BaseModel):
             raise ValueError(f"unknown role {unknown[0]!r}; roles are admin, infer")
         return roles
 
+    @field_validator("expires", mode="before")
+    @classmethod
+    def _expires(cls, value: str | None) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            moment = datetime.fromisoformat(value)  # a date alone: its midnight
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an ISO 8601 date or time (2027-01-31, 2027-01-31T12:00:00Z)"
+            ) from None
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
 
 def load_tokens(path: Path) -> list[TokenEntry]:
     """The token file's entries; UsageError naming the file, the line and the problem."""
@@ -118,15 +144,21 @@ def load_tokens(path: Path) -> list[TokenEntry]:
         fields = line.split("#", 1)[0].split()
         if not fields:
             continue
-        if len(fields) != 3:
+        if len(fields) not in (3, 4):
             raise UsageError(
-                f"{where}: line {number}: expected 3 fields (name, SHA-256 of the token in "
-                f"hex, roles), found {len(fields)}"
+                f"{where}: line {number}: expected 3 or 4 fields (name, SHA-256 of the token "
+                f"in hex, roles, and optionally when it expires), found {len(fields)}"
             )
         try:
-            # The line's text, parsed by the validators: hex digits, comma-separated roles.
+            # The line's text, parsed by the validators: hex digits, comma-separated roles,
+            # an ISO 8601 date or time.
             entry = TokenEntry.model_validate(
-                {"name": fields[0], "sha256": fields[1], "roles": fields[2]}
+                {
+                    "name": fields[0],
+                    "sha256": fields[1],
+                    "roles": fields[2],
+                    "expires": fields[3] if len(fields) == 4 else None,
+                }
             )
         except ValidationError as error:
             raise UsageError(f"{where}: line {number}: {_reason(error)}") from None
@@ -148,32 +180,66 @@ def _reason(error: ValidationError) -> str:
     return f"{problem['loc'][0]}: {problem['msg'].removeprefix('Value error, ')}"
 
 
+class TokenFile:
+    """The token file's entries, read again when it changes (`watch`) or when asked
+    (`reload`, on SIGHUP); a version that fails to parse keeps the entries before it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen = self._identity()
+        self.entries = load_tokens(path)  # at start, a broken file stops the server
+
+    def _identity(self) -> tuple[int, int, int] | None:
+        """What tells a changed file: inode (a file replaced by rename), size, mtime."""
+        try:
+            status = os.stat(self.path)
+        except OSError:
+            return None
+        return status.st_ino, status.st_size, status.st_mtime_ns
+
+    def reload(self) -> None:
+        self._seen = self._identity()
+        try:
+            self.entries = load_tokens(self.path)
+        except UsageError as error:
+            log.error("%s; the tokens read before stay in force", error)
+            return
+        log.info("read %d principals from --auth-tokens %s", len(self.entries), self.path)
+
+    async def watch(self) -> None:
+        """Reload whenever the file changes, until cancelled."""
+        while True:
+            await asyncio.sleep(POLL_S)
+            if self._identity() != self._seen:
+                self.reload()
+
+
 class Authenticator:
     """Turns what a call carries into its principal, and checks its role."""
 
-    def __init__(self, tokens: list[TokenEntry] | None, client_certificates: bool) -> None:
-        self._tokens = tokens
+    def __init__(self, tokens: TokenFile | None, client_certificates: bool) -> None:
+        self.tokens = tokens
         self._client_certificates = client_certificates
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Authenticator:
-        tokens = load_tokens(settings.auth_tokens) if settings.auth_tokens else None
+        tokens = TokenFile(settings.auth_tokens) if settings.auth_tokens else None
         return cls(tokens, settings.tls_client_ca is not None)
 
     @property
     def enabled(self) -> bool:
-        return self._tokens is not None or self._client_certificates
+        return self.tokens is not None or self._client_certificates
 
     @property
     def by_certificate(self) -> bool:
         """Whether the client certificate names the principal (mutual TLS, no tokens)."""
-        return self._tokens is None and self._client_certificates
+        return self.tokens is None and self._client_certificates
 
     def authenticate(self, authorization: str | None, certificate_name: str | None) -> Principal:
         """The principal of a call carrying `authorization` (the header or metadata value)
         over a connection whose client certificate names `certificate_name`."""
-        if self._tokens is not None:
-            return self._token_principal(self._tokens, authorization)
+        if self.tokens is not None:
+            return self._token_principal(self.tokens.entries, authorization)
         if self._client_certificates:
             if not certificate_name:
                 raise Unauthenticated(
@@ -196,6 +262,8 @@ class Authenticator:
                 found = entry
         if found is None:
             raise Unauthenticated("the bearer token is not valid")
+        if found.expires is not None and datetime.now(UTC) >= found.expires:
+            raise Unauthenticated(f"the bearer token expired at {found.expires.isoformat()}")
         return Principal(found.name, found.roles)
 
     def admit(

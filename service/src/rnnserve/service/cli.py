@@ -34,7 +34,10 @@ VALUE_FLAGS = (
     "tls_cert", "tls_key", "tls_client_ca", "auth_tokens",
 )  # fmt: skip
 LIST_FLAGS = ("providers", "load_model")  # comma-separated
-BOOL_FLAGS = ("batching", "access_log", "strict_readiness", "exit_on_error", "reflection")
+BOOL_FLAGS = (
+    "batching", "access_log", "strict_readiness", "exit_on_error", "reflection",
+    "allow_unknown_parameters",
+)  # fmt: skip
 FIELD_NAME = re.compile(r"`(\w+)`")  # another field, named in a description
 
 
@@ -140,11 +143,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-
     from rnnserve.service import logs
     from rnnserve.service.auth import Authenticator
-    from rnnserve.service.server import serve
+    from rnnserve.service.server import serve_process
     from rnnserve.service.tls import load_tls
 
     if args.log_level.lower() not in LOG_LEVELS:
@@ -158,8 +159,7 @@ def run(args: argparse.Namespace) -> int:
     _check_port_free(settings)
     if settings.workers > 1:
         return _serve_workers(settings, args.log_level)
-    asyncio.run(serve(settings))
-    return 0
+    serve_process(settings)  # ends the process once the server has stopped
 
 
 def _check_port_free(settings: Settings) -> None:

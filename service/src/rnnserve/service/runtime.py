@@ -1,5 +1,10 @@
 """ONNX Runtime: one InferenceSession per graph of a loaded model version, the choice of
-execution provider, and the truthful bookkeeping of every run (metrics and statistics)."""
+execution provider, and the truthful bookkeeping of every run (metrics and statistics).
+
+A run ORT refuses as an invalid argument (its InvalidArgument: a value out of what the
+graph takes, such as an id past an embedding's rows that no spec bounded) is the client's
+mistake, INVALID_ARGUMENT naming the inputs fed; ORT's other failures (Fail,
+RuntimeException, ...) stay INTERNAL, the server's."""
 
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ from typing import cast
 import numpy as np
 import onnxruntime as ort
 
+from rnnserve.model.describe import ort_reason
 from rnnserve.service import metrics
+from rnnserve.service.errors import InvalidArgument
 from rnnserve.service.logs import OncePerCause
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import InferStatistics, ModelStatistics
@@ -23,6 +30,8 @@ log = logging.getLogger(__name__)
 
 CPU_PROVIDER = "CPUExecutionProvider"
 _missing_providers = OncePerCause(log)
+# ORT's status INVALID_ARGUMENT, as its Python binding raises it.
+OrtInvalidArgument = ort.capi.onnxruntime_pybind11_state.InvalidArgument
 
 
 def choose_providers(settings: Settings) -> list[str]:
@@ -193,6 +202,19 @@ class ModelRuntime:
         except ort.capi.onnxruntime_pybind11_state.EPFail:
             # The wrapper's run falls back to the CPU provider when another one fails.
             values = self.sessions[role].run(names, feeds)
+        except OrtInvalidArgument as error:
+            raise refused(self.name, feeds, error) from None
         ns = time.perf_counter_ns() - start
         self.statistics.record_execution(rows, ns)
         return dict(zip(names, values, strict=True)), rows, ns
+
+
+def refused(model: str, feeds: dict[str, np.ndarray], error: Exception) -> InvalidArgument:
+    """ORT refused a run's values: the client's error, naming the inputs that may be at fault
+    (the integer ones, which index tables, else every one fed) and ORT's reason."""
+    suspects = [name for name, value in feeds.items() if value.dtype.kind in "iu"] or list(feeds)
+    log.debug("model %s: ONNX Runtime refused a run's values: %s", model, error)
+    return InvalidArgument(
+        f"model '{model}' refused the values of input {', '.join(map(repr, suspects))}: "
+        f"{ort_reason(error)}"
+    )

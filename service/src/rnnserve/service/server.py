@@ -7,10 +7,14 @@ inference answers UNAVAILABLE and health NOT_SERVING until loading finishes. As 
 several workers sharing the port (service/workers.py), it loads first and listens only when
 the supervisor opens its start gate, once every worker has loaded: a new connection never
 lands on a worker still loading.
-On SIGTERM or SIGINT the data plane stops admitting requests, the front ends let those in
-flight finish within the grace period, and the data plane closes (its state store last).
+On SIGTERM or SIGINT the data plane stops admitting requests (idle streams end at once),
+the front ends let those in flight finish within the grace period, and the data plane
+closes (its state store last), its wait for requests in flight given what the front ends
+left of the grace period: one period bounds the whole shutdown. `serve_process` then ends
+the process at once.
 The TLS files and the token file are read first: the front ends serve TLS and admit
-callers with them (service/tls.py, service/auth.py).
+callers with them (service/tls.py, service/auth.py); the token file is read again on
+SIGHUP and whenever it changes.
 
 Once loaded, one line tells the server's version (its installed distribution's, which every
 part of rnnserve shares), what loaded and what failed, and whether the server is ready
@@ -23,11 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from importlib import metadata
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from prometheus_client import REGISTRY
 
@@ -106,6 +112,11 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    tokens = authenticator.tokens
+    watching = None
+    if tokens is not None:
+        loop.add_signal_handler(signal.SIGHUP, tokens.reload)
+        watching = asyncio.create_task(tokens.watch())
 
     try:
         if start_gate is None:
@@ -121,11 +132,30 @@ async def serve(
                 await frontend.set_serving(True)
             await stop.wait()
     finally:
+        if watching is not None:
+            watching.cancel()
         log.info("draining: finishing requests in flight (up to %s s)", settings.grace_period_s)
+        deadline = time.monotonic() + settings.grace_period_s
         dataplane.drain()
         await asyncio.gather(*(frontend.stop(settings.grace_period_s) for frontend in frontends))
-        await dataplane.close()
+        await dataplane.close(max(0.0, deadline - time.monotonic()))
         log.info("stopped")
+
+
+def serve_process(
+    settings: Settings, start_gate: StartGate | None = None, worker: str | None = None
+) -> NoReturn:
+    """`serve` as the life of this process, which ends as soon as the server has stopped
+    (its logs flushed): the interpreter's teardown would go on to free, one by one, the
+    objects of every stream the shutdown closed, which with thousands of them took seconds
+    past the grace period and frees nothing the system does not. A failure goes through
+    the event loop's usual clean-up and is raised."""
+    with asyncio.Runner() as runner:
+        runner.run(serve(settings, start_gate, worker))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _report_loading(dataplane: DataPlane, seconds: float) -> None:

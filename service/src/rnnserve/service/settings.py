@@ -136,6 +136,12 @@ class Settings(BaseSettings):
     )
 
     # Input limits, checked before ONNX Runtime sees a tensor.
+    allow_unknown_parameters: bool = Field(
+        default=False,
+        description="accept request parameters the server does not read (clients that send "
+        "their own); by default such a parameter is refused INVALID_ARGUMENT, naming the "
+        "nearest known one",
+    )
     max_batch_size: int = Field(default=1024, ge=1, description="largest batch accepted")
     max_sequence_length: int = Field(default=100_000, ge=1, description="longest sequence accepted")
     max_message_bytes: int = Field(

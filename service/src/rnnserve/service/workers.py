@@ -126,6 +126,7 @@ class Supervisor:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        signal.signal(signal.SIGHUP, self._forward_hangup)
         for index in range(self.settings.workers):
             self._start(index)
         log.info(
@@ -275,6 +276,12 @@ class Supervisor:
         log.info("%s: stopping the workers", signal.Signals(signum).name)
         self._stop_workers()
 
+    def _forward_hangup(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP: every worker reads its token file again."""
+        for worker in self.workers:
+            if worker.process.exitcode is None and worker.process.pid is not None:
+                os.kill(worker.process.pid, signal.SIGHUP)
+
     def _stop_workers(self) -> None:
         if self.stop_deadline is None:
             self.stop_deadline = time.monotonic() + self.settings.grace_period_s + KILL_MARGIN_S
@@ -331,10 +338,13 @@ def run_worker(settings: Settings, gate: Connection, log_level: str, worker_id: 
     # Ctrl-C reaches the whole process group: the supervisor forwards it as SIGTERM, and
     # until the server installs its own handlers the worker must not die of it mid-import.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A SIGHUP forwarded before the server handles it (rereading its token file) must not
+    # kill the worker either: the file is polled as well.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from rnnserve.service import logs
 
     logs.configure(log_level, settings.log_format, settings.access_log, worker=True)
 
-    from rnnserve.service.server import serve
+    from rnnserve.service.server import serve_process
 
-    asyncio.run(serve(settings, start_gate=_PipeGate(gate), worker=worker_id))
+    serve_process(settings, start_gate=_PipeGate(gate), worker=worker_id)

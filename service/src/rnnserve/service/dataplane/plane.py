@@ -97,7 +97,7 @@ class DataPlane:
             store, settings.max_sessions, settings.max_sessions_per_principal
         )
         self._budget = Budget(settings.max_request_elements, settings.max_inflight_bytes)
-        self._admission = Admission(self.repository, self._sessions, self._compute)
+        self._admission = Admission(settings, self.repository, self._sessions, self._compute)
         self._models = ModelControl(settings, self.repository, self._compute, self._notify)
         self._watchers: list[Watcher] = []
         store.reachability.watch(self._notify)  # readiness follows the store
@@ -128,12 +128,13 @@ class DataPlane:
         refused."""
         return self._lifecycle.draining
 
-    async def close(self) -> None:
-        """Drains, waits for the requests in flight (at most the grace period), then stops
-        the polling, the batchers, the sessions (and their store) and the threads."""
+    async def close(self, wait_s: float | None = None) -> None:
+        """Drains, waits for the requests in flight (at most `wait_s`: what the shutdown
+        has left of its grace period; the whole period by default), then stops the
+        polling, the batchers, the sessions (and their store) and the threads."""
         self.drain()
         await self._models.stop()
-        await self._lifecycle.idle(self.settings.grace_period_s)
+        await self._lifecycle.idle(self.settings.grace_period_s if wait_s is None else wait_s)
         await self._compute.close()
         await self._sessions.close()
         self._lifecycle.closed()

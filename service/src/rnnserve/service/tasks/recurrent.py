@@ -112,7 +112,8 @@ class RecurrentTask(Task):
 
 def _data_array(tensor: Tensor, spec: TensorSpec) -> np.ndarray:
     """A data input of the spec's datatype and rank, its fixed dimensions as the graph has
-    them and every dimension at least 1 (ORT aborts on some empty ones)."""
+    them and every dimension at least 1 (ORT aborts on some empty ones), its ids within
+    the embedding it indexes, where the spec knows one."""
     array = validation.numeric_array(tensor, spec.datatype, len(spec.shape))
     for axis, (size, expected) in enumerate(zip(array.shape, spec.shape, strict=True)):
         if expected != -1:
@@ -122,6 +123,8 @@ def _data_array(tensor: Tensor, spec: TensorSpec) -> np.ndarray:
                 f"input '{spec.name}' has size {size} on axis {axis}; expected at least 1"
             )
     validation.check_finite(spec.name, array)
+    if spec.embedding_rows is not None:
+        validation.check_ids(spec.name, array, spec.embedding_rows)
     return array
 
 

@@ -95,12 +95,7 @@ class TaggerTask(Task):
         tokens = validation.numeric_array(tensor, "INT64", 2)
         validation.check_batch("tokens", tokens.shape[0], self.settings)
         validation.check_sequence("tokens", tokens.shape[1], self.settings)
-        bad = tokens[(tokens < 0) | (tokens >= len(self.vocab))]
-        if bad.size:
-            raise InvalidArgument(
-                f"input 'tokens' has token id {int(bad[0])}; "
-                f"expected ids from 0 to {len(self.vocab) - 1}"
-            )
+        validation.check_ids("tokens", tokens, len(self.vocab))
         return cast(list[list[int]], tokens.tolist())  # Any: a 2-D int array's rows
 
     def rows_and_steps(self, request: InferRequest) -> tuple[int, int]:

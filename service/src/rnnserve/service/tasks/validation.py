@@ -94,6 +94,17 @@ def check_finite(name: str, data: np.ndarray) -> None:
         raise InvalidArgument(f"input '{name}' contains NaN or infinity; expected finite values")
 
 
+def check_ids(name: str, ids: np.ndarray, count: int) -> None:
+    """Ids that index a table of `count` rows (a vocabulary, an embedding): each from 0 to
+    count - 1. ORT would refuse the others naming a node, not the input. A min() and a
+    max() over the array; the offender is looked for only once one is out."""
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= count):
+        bad = ids[(ids < 0) | (ids >= count)]
+        raise InvalidArgument(
+            f"input '{name}' has token id {int(bad.flat[0])}; expected ids from 0 to {count - 1}"
+        )
+
+
 def check_dim(name: str, axis: str, size: int, expected: int) -> None:
     if size != expected:
         raise InvalidArgument(f"input '{name}' has {axis} {size}; expected {expected}")
