@@ -93,7 +93,9 @@ class DataPlane:
         self.settings = settings
         self.repository = Repository(settings)
         self._lifecycle = Lifecycle()
-        self._compute = Compute(settings, store.device if isinstance(store, MemoryStore) else None)
+        # Where the store keeps session states (device_state), None: in host memory.
+        self.state_device = store.device if isinstance(store, MemoryStore) else None
+        self._compute = Compute(settings, self.state_device)
         self._sessions = SessionManager(
             store, settings.max_sessions, settings.max_sessions_per_principal
         )
