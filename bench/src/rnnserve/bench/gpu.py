@@ -8,7 +8,7 @@ state's trips included), in two modes: `multi`, every session one row of one mul
 request per round; `streams`, every session its own sequence request per round, all at
 once, as a stream per session sends them. A round steps every session one time step; the
 figures are over every round that fits the duration, after a start round and a warm-up.
-scripts/gpu-check.sh runs it on a GPU machine.
+scripts/gpu-check.sh runs it on a GPU machine. Writes gpu.json and gpu.svg.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from rnnserve.bench.options import Options
-from rnnserve.bench.plots import bar_plot
 from rnnserve.bench.report import Figure, Metrics, ScenarioResult, environment
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.device import gpu_visible
@@ -182,14 +181,49 @@ def _sequence_request(model: str, sequence_id: int, start: bool) -> InferRequest
 
 
 def _plot(out: Path, figures: list[Figure]) -> None:
-    """gpu.png: steps/s, a group per model, mode and size, a bar per provider and state."""
-    bars: dict[str, dict[str, float]] = {}
+    """gpu.svg: steps/s on a log scale, a row per model, mode and size, a bar per provider
+    and state. SVG written here: matplotlib (and its 26 MiB of wheels) need not travel to a
+    GPU machine without network (docs/gpu.md)."""
+    rows: dict[str, dict[str, float]] = {}
     for figure in figures:
         params = figure.params
-        group = f"{params['model']} {params['mode']} {params['sessions']}"
+        row = f"{params['model']} {params['mode']} {params['sessions']}"
         short = "cuda" if params["provider"] == CUDA else "cpu"
-        bars.setdefault(group, {})[f"{short} state-{params['device_state']}"] = float(
+        rows.setdefault(row, {})[f"{short} state-{params['device_state']}"] = float(
             figure.median["steps_per_s"]
         )
-    if bars:
-        bar_plot(out / "gpu.png", "Steps per second (in process)", "steps/s", bars)
+    bars = sorted({bar for values in rows.values() for bar in values})
+    colours = ["#4878d0", "#ee854a", "#6acc64", "#d65f5f"]
+    top = max((value for values in rows.values() for value in values.values()), default=1.0)
+    decades = max(1.0, np.log10(max(top, 10.0)))
+    height, label_w, plot_w = 12, 230, 520
+    parts = []
+    y = 30
+    for row, values in rows.items():
+        parts.append(f'<text x="4" y="{y + len(bars) * height - 3}" font-size="11">{row}</text>')
+        for index, bar in enumerate(bars):
+            value = values.get(bar, 0.0)
+            width = plot_w * np.log10(max(value, 1.0)) / decades
+            top_y = y + index * height
+            colour = colours[index % len(colours)]
+            parts.append(
+                f'<rect x="{label_w}" y="{top_y}" width="{width:.1f}" height="{height - 2}" '
+                f'fill="{colour}"><title>{row} {bar}: {value:,.0f} steps/s</title></rect>'
+            )
+            parts.append(
+                f'<text x="{label_w + width + 4:.1f}" y="{top_y + height - 3}" '
+                f'font-size="9">{value:,.0f}</text>'
+            )
+        y += len(bars) * height + 8
+    legend = "".join(
+        f'<rect x="{label_w + 130 * i}" y="6" width="10" height="10" '
+        f'fill="{colours[i % len(colours)]}"/><text x="{label_w + 130 * i + 14}" y="15" '
+        f'font-size="11">{bar}</text>'
+        for i, bar in enumerate(bars)
+    )
+    svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + 80}" '
+        f'height="{y + 10}" font-family="sans-serif"><title>Steps per second (in process, '
+        f"log scale)</title>{legend}{''.join(parts)}</svg>\n"
+    )
+    (out / "gpu.svg").write_text(svg)

@@ -11,6 +11,7 @@ provider, whose "device" is host memory, so every equality test covers it withou
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any, cast
@@ -47,6 +48,18 @@ def provider_options(settings: Settings, provider: str) -> dict[str, str]:
     return options
 
 
+@functools.cache
+def preload_cuda() -> None:
+    """Loads CUDA and cuDNN from the nvidia pip packages (cublas, cudnn-cu13, ...), where
+    onnxruntime-gpu's CUDA provider finds them: a machine whose CUDA came with pip (as
+    torch's does) has none on the loader's path. Once per process, before the first CUDA
+    session; a library it cannot find is left to the loader's path."""
+    try:
+        ort.preload_dlls()
+    except (AttributeError, OSError) as error:  # an ORT without it, or a library not found
+        log.warning("preloading CUDA's libraries: %s", error)
+
+
 class StateDevice:
     """Where resident states live: ORT's name for the device (`cuda`, `cpu`) and its id,
     and the providers that run the row graphs there (as the models', so that a graph's
@@ -58,6 +71,7 @@ class StateDevice:
         self.device_id = settings.gpu_device_id if self.kind == "cuda" else 0
         self.providers: list[str | tuple[str, dict[str, str]]] = [CPU_PROVIDER]
         if self.kind == "cuda":
+            preload_cuda()
             self.providers.insert(0, (provider, provider_options(settings, provider)))
 
     def upload(self, array: np.ndarray) -> ort.OrtValue:
@@ -80,7 +94,11 @@ def state_device(settings: Settings) -> StateDevice | None:
     batcher merges the steps of several requests on the host."""
     if settings.device_state == "off" or settings.state_store != "memory" or settings.batching:
         return None
-    cuda = CUDA_PROVIDER in settings.providers and CUDA_PROVIDER in ort.get_available_providers()
+    cuda = (
+        CUDA_PROVIDER in settings.providers
+        and CUDA_PROVIDER in ort.get_available_providers()
+        and gpu_visible()  # the GPU build lists CUDA on a machine without a GPU too
+    )
     if settings.device_state == "auto" and not cuda:
         return None
     return StateDevice(CUDA_PROVIDER if cuda else CPU_PROVIDER, settings)

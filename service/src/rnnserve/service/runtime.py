@@ -23,6 +23,7 @@ from rnnserve.service.device import (
     StateDevice,
     gpu_visible,
     held_on_device,
+    preload_cuda,
     provider_options,
 )
 from rnnserve.service.logs import OncePerCause
@@ -64,6 +65,8 @@ def choose_providers(settings: Settings) -> list[Provider]:
         for name in settings.providers
         if name in available and name != CPU_PROVIDER
     ]
+    if CUDA_PROVIDER in available and CUDA_PROVIDER in settings.providers:
+        preload_cuda()
     return [*chosen, CPU_PROVIDER]
 
 
