@@ -30,8 +30,11 @@ _NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU the driver
 
 
 def gpu_visible() -> bool:
-    """Whether this machine has an NVIDIA GPU its driver sees (without loading CUDA)."""
-    return _NVIDIA_GPUS.is_dir() and any(_NVIDIA_GPUS.iterdir())
+    """Whether this machine (or container) has an NVIDIA GPU its driver sees, without
+    loading CUDA: the driver's folder per GPU, or a GPU's device file."""
+    if _NVIDIA_GPUS.is_dir() and any(_NVIDIA_GPUS.iterdir()):
+        return True
+    return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def provider_options(settings: Settings, provider: str) -> dict[str, str]:

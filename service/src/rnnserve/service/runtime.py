@@ -49,15 +49,18 @@ def choose_providers(settings: Settings) -> list[Provider]:
 
     CPU is always appended last: ORT falls back to it for any node another provider
     cannot run, and it is the only choice when nothing configured is available."""
-    available = ort.get_available_providers()
-    expected_cuda = "providers" in settings.model_fields_set or gpu_visible()
+    built = ort.get_available_providers()
+    gpu = gpu_visible()
+    # The GPU build lists CUDA on a machine without a GPU too, where it cannot start.
+    available = built if gpu else [name for name in built if name != CUDA_PROVIDER]
+    expected_cuda = "providers" in settings.model_fields_set or gpu
     for name in settings.providers:
         if name not in available and (name != CUDA_PROVIDER or expected_cuda):
             _missing_providers.warn(
                 name,
-                "execution provider %s is configured but this ONNX Runtime build lacks it "
-                "(it has %s); models run on the others",
+                "execution provider %s is configured but %s (it has %s); models run on the others",
                 name,
+                "no GPU is visible" if name in built else "this ONNX Runtime build lacks it",
                 ", ".join(available),
             )
     chosen: list[Provider] = [
@@ -65,7 +68,7 @@ def choose_providers(settings: Settings) -> list[Provider]:
         for name in settings.providers
         if name in available and name != CPU_PROVIDER
     ]
-    if CUDA_PROVIDER in available and CUDA_PROVIDER in settings.providers:
+    if any(name == CUDA_PROVIDER for name in settings.providers if name in available):
         preload_cuda()
     return [*chosen, CPU_PROVIDER]
 
