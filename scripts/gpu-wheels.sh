@@ -58,7 +58,7 @@ deps="$OUT/carry-$last/deps"
 pip_download "${PLATFORM[@]}" --constraint requirements.lock -d "$deps" "${DEPS[@]}"
 echo "gpu-wheels: the project's wheels, from this tree"
 "$PYTHON" -m pip wheel --quiet --no-deps -w "$deps" \
-    ./protos ./model ./client ./service ./bench .
+    ./protos ./model ./client ./service ./export ./bench .
 git rev-parse HEAD >"$deps/COMMIT"
 git status --porcelain --untracked-files=no | grep -q . && echo "(uncommitted changes)" >>"$deps/COMMIT"
 
