@@ -173,6 +173,13 @@ def held_on_device(value: DeviceArray) -> np.ndarray:
     return cast(np.ndarray, value)
 
 
+def resident_value(array: object) -> ort.OrtValue | None:
+    """The OrtValue a resident state holds on the device; None for any other array. (Takes
+    an object: code that holds a state as np.ndarray, compiled code above all, must not be
+    told by the type checker that a DeviceArray cannot be one.)"""
+    return array.value if isinstance(array, DeviceArray) else None
+
+
 def as_host(array: np.ndarray) -> np.ndarray:
     """A state array in host memory: a resident one copied there, any other as it is."""
     if isinstance(array, DeviceArray):

@@ -25,6 +25,7 @@ from rnnserve.service.device import (
     held_on_device,
     preload_cuda,
     provider_options,
+    resident_value,
 )
 from rnnserve.service.logs import OncePerCause
 from rnnserve.service.settings import Settings
@@ -263,8 +264,9 @@ class ModelRuntime:
         session = next(self._turns[role])
         binding = session.io_binding()
         for name, value in feeds.items():
-            if isinstance(value, DeviceArray):
-                binding.bind_ortvalue_input(name, value.value)
+            on_device = resident_value(value)
+            if on_device is not None:
+                binding.bind_ortvalue_input(name, on_device)
             else:
                 binding.bind_cpu_input(name, value)
         names = self._output_names[role]

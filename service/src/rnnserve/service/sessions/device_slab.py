@@ -17,7 +17,7 @@ from typing import TypeAlias
 import numpy as np
 import onnxruntime as ort
 
-from rnnserve.service.device import DeviceArray, StateDevice, held_on_device
+from rnnserve.service.device import DeviceArray, StateDevice, held_on_device, resident_value
 from rnnserve.service.sessions import row_graphs
 from rnnserve.service.sessions.state import Layout
 from rnnserve.service.types import State
@@ -153,6 +153,5 @@ class DeviceSlab:
 
 def _device_input(array: np.ndarray) -> _Input:
     """A state array as a row graph's input: a resident one as the OrtValue it holds."""
-    if isinstance(array, DeviceArray):
-        return array.value
-    return np.ascontiguousarray(array, np.float32)
+    on_device = resident_value(array)
+    return np.ascontiguousarray(array, np.float32) if on_device is None else on_device
