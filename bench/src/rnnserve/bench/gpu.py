@@ -113,7 +113,7 @@ async def _measure(
     samples: list[int] = []
     steps = 0
     await _round(plane, model, mode, ids, start=True, samples=[])  # the starts, untimed
-    if budget_s >= 1:
+    if budget_s >= 0.5:  # not in a dry run (--quick)
         await _round(plane, model, mode, ids, start=False, samples=[])  # a warm-up
     began = time.perf_counter()
     rounds = 0
