@@ -12,8 +12,9 @@ trap 'rm -rf "$venv"' EXIT
 "$python" -m venv "$venv"
 # torch is asked for by version: its CPU build 2.13.0 (a range would resolve to a CUDA build
 # of several GB).
+# nvidia-ml-py: the rest of the server's `gpu` extra (pure Python), pinned beside the CPU build.
 "$venv/bin/pip" install --quiet ./protos ./model ./client './service[cpu]' './export[train]' \
-    ./bench '.[cpu,export,bench,dev]' torch==2.13.0
+    ./bench '.[cpu,export,bench,dev]' torch==2.13.0 nvidia-ml-py
 {
     echo "# Written by scripts/lock.sh with $("$venv/bin/python" -V); do not edit by hand."
     "$venv/bin/pip" freeze --all --exclude pip --exclude setuptools --exclude wheel \

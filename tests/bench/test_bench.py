@@ -44,7 +44,7 @@ def test_each_scenario_writes_its_figures(
         assert figure["runs"] and figure["median"]
         assert figure["median"].get("errors", 0) == 0
         assert figure["median"].get("failed_rows", 0) == 0
-    assert (out / f"{scenario}.png").exists()
+    assert (out / f"{scenario}.png").exists() or (out / f"{scenario}.svg").exists()
     page = (out / "README.md").read_text()
     assert result["title"] in page and "## Goals" in page
 

@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from processes import free_port
+from prometheus_client import CollectorRegistry
 from scrape import scrape, series
 
 from rnnserve.client.client import RnnClient, build_request
 from rnnserve.client.errors import InferenceError
 from rnnserve.client.rest import RestClient
 from rnnserve.protocol import messages as pb
+from rnnserve.service.device import gpu_visible
+from rnnserve.service.metrics import GpuMetrics, GpuReading
 
 X = np.zeros((1, 2, 1), np.float32)
 EMPTY = np.zeros((0, 2, 1), np.float32)
@@ -111,6 +114,23 @@ def test_no_created_series_and_the_gauges_operators_alert_on(server) -> None:
     assert samples["rnnserve_sessions_limit{}"] == 100_000  # max_sessions
     assert samples["rnnserve_state_store_up{}"] == 1
     assert abs(samples["rnnserve_start_time_seconds{}"] - time.time()) < 24 * 3600
+
+
+def test_no_gpu_series_without_a_gpu(server) -> None:
+    if gpu_visible():
+        pytest.skip("a GPU is here")
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as page:
+        assert "rnnserve_gpu_" not in page.read().decode()
+
+
+def test_gpu_series_are_each_gpus_reading_at_the_scrape() -> None:
+    readings = [GpuReading("0", 0.25, 2**30, 80 * 2**30), GpuReading("1", 1.0, 0, 80 * 2**30)]
+    registry = CollectorRegistry()
+    registry.register(GpuMetrics(lambda: readings))
+    value = registry.get_sample_value
+    assert value("rnnserve_gpu_utilization_ratio", {"device": "0"}) == 0.25
+    assert value("rnnserve_gpu_memory_used_bytes", {"device": "0"}) == 2**30
+    assert value("rnnserve_gpu_memory_total_bytes", {"device": "1"}) == 80 * 2**30
 
 
 def test_an_unreachable_state_store_is_down(start_server, tiny_repository, free_redis_url) -> None:

@@ -6,8 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from prometheus_client import REGISTRY
 
+from rnnserve.service import runtime
+from rnnserve.service.device import gpu_visible, provider_options
+from rnnserve.service.logs import OncePerCause
 from rnnserve.service.runtime import ModelRuntime, Statistics, choose_providers, session_options
 from rnnserve.service.settings import Settings
 
@@ -16,10 +20,34 @@ def test_configured_providers_are_filtered_to_what_ort_offers_with_cpu_last() ->
     available = ort.get_available_providers()
     chosen = choose_providers(Settings(providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
     assert chosen[-1] == "CPUExecutionProvider"
-    assert ("CUDAExecutionProvider" in chosen) == ("CUDAExecutionProvider" in available)
+    names = [one if isinstance(one, str) else one[0] for one in chosen]
+    assert ("CUDAExecutionProvider" in names) == ("CUDAExecutionProvider" in available)
     assert choose_providers(Settings(providers=["NoSuchExecutionProvider"])) == [
         "CPUExecutionProvider"
     ]
+
+
+def test_cuda_gets_the_gpu_settings_as_its_options() -> None:
+    settings = Settings(gpu_device_id=1, gpu_mem_limit=2**30, cudnn_conv_algo_search="HEURISTIC")
+    assert provider_options(settings, "CUDAExecutionProvider") == {
+        "device_id": "1",
+        "arena_extend_strategy": "kNextPowerOfTwo",
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "gpu_mem_limit": str(2**30),
+    }
+    assert provider_options(settings, "CPUExecutionProvider") == {}
+
+
+def test_cuda_missing_is_told_only_where_it_was_asked_for_or_a_gpu_is_visible(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    if "CUDAExecutionProvider" in ort.get_available_providers() or gpu_visible():
+        pytest.skip("CUDA is here: nothing is missing, or a GPU could have served")
+    monkeypatch.setattr(runtime, "_missing_providers", OncePerCause(runtime.log))
+    choose_providers(Settings())  # CUDA is in the default list
+    assert "lacks it" not in caplog.text
+    choose_providers(Settings(providers=["CUDAExecutionProvider"]))
+    assert "CUDAExecutionProvider is configured but this ONNX Runtime build lacks it" in caplog.text
 
 
 def test_thread_counts_come_from_settings() -> None:

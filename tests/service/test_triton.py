@@ -37,6 +37,7 @@ TAGGER = ModelConfig(
         ],
     ),
     parameters={"task": "tagger", "state_batch_axes": "h0:1"},
+    instance_count=2,
 )
 
 
@@ -54,6 +55,7 @@ def test_tensors_keep_their_dims_and_bytes_is_tritons_string() -> None:
     assert [(t.name, list(t.dims)) for t in message.output] == [("logits", [-1, 4])]
     assert message.version_policy.latest.num_versions == 2
     assert message.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
+    assert message.instance_group[0].count == 2  # instances_per_device
     assert dict(message.parameters) == {
         "task": pb.ModelParameter(string_value="tagger"),
         "state_batch_axes": pb.ModelParameter(string_value="h0:1"),

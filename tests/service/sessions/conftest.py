@@ -3,17 +3,21 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
 import pytest
 
+from rnnserve.service.device import CPU_PROVIDER, StateDevice
 from rnnserve.service.sessions import StateStore
 from rnnserve.service.sessions.memory_store import MemoryStore
 from rnnserve.service.sessions.owned.store import OwnedStore
 from rnnserve.service.sessions.redis_store import RedisStore
+from rnnserve.service.settings import Settings
 
-STORES = ["memory", "redis", "owned", "redis-cluster", "owned-cluster"]
+# memory-device: the memory store with device_state on, its "device" the CPU provider's.
+STORES = ["memory", "memory-device", "redis", "owned", "redis-cluster", "owned-cluster"]
 
 
 def store_factory(request: pytest.FixtureRequest, kind: str) -> Callable[..., StateStore]:
@@ -21,6 +25,8 @@ def store_factory(request: pytest.FixtureRequest, kind: str) -> Callable[..., St
     cluster when the kind says so); stores in Redis of one test share a fresh namespace."""
     if kind == "memory":
         return MemoryStore
+    if kind == "memory-device":
+        return functools.partial(MemoryStore, device=StateDevice(CPU_PROVIDER, Settings()))
     store, _, cluster = kind.partition("-")
     if cluster:
         url = request.getfixturevalue("redis_cluster").url

@@ -13,7 +13,7 @@ from rnnserve.protocol.errors import UsageError
 
 SCENARIOS = (
     "compute", "transport", "one_session", "many_sessions", "memory", "multi_session",
-    "perf_analyzer", "security", "streams", "workers", "soak", "cluster", "guarantees",
+    "perf_analyzer", "security", "streams", "workers", "soak", "cluster", "guarantees", "gpu",
 )  # fmt: skip
 
 
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         nargs="+",
         choices=SCENARIOS,
         metavar="NAME",
-        help=f"scenarios to run (default all): {', '.join(SCENARIOS)}",
+        help=f"scenarios to run (default all but gpu): {', '.join(SCENARIOS)}",
     )
     parser.add_argument(
         "--out",
@@ -59,9 +59,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--soak-seconds", type=float, default=60.0, help="length of the soak (default 60)"
     )
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="only the GPU scenario: steps/s and p50 on the CPU and CUDA providers, "
+        "device-resident state on and off, in process (same as --only gpu)",
+    )
     parser.add_argument("--runs", type=int, help="repetitions per figure (default 3; 1 quick)")
     parser.add_argument("--duration", type=float, help="seconds of load per figure (default 10)")
     parser.set_defaults(run=run)
+
+
+def _selected(args: argparse.Namespace) -> list[str]:
+    """The scenarios to run: those --only names, or all but the GPU's (--gpu: that one)."""
+    if args.profile:
+        return []
+    if args.soak:
+        return ["soak"]
+    if args.gpu:
+        return ["gpu"]
+    return cast(list[str], args.only) or [name for name in SCENARIOS if name != "gpu"]
 
 
 def _repository(args: argparse.Namespace, workdir: Path) -> Path:
@@ -88,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         cluster,
         compute,
         goals,
+        gpu,
         guarantees,
         memory,
         multi_session,
@@ -117,13 +135,14 @@ def run(args: argparse.Namespace) -> int:
         "soak": soak.run,
         "cluster": cluster.run,
         "guarantees": guarantees.run,
+        "gpu": gpu.run,
     }
     if args.runs is not None and args.runs < 1:
         raise UsageError("--runs must be at least 1")
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rnnserve-bench-") as scratch:
         workdir = Path(scratch)
-        selected = [] if args.profile else ["soak"] if args.soak else args.only or SCENARIOS
+        selected = _selected(args)
         # Only the transport floor runs without models.
         needs_models = args.profile or any(name != "transport" for name in selected)
         options = Options(

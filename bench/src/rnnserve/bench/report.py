@@ -193,8 +193,9 @@ def render_markdown(out: Path, results: list[ScenarioResult], goals: list[str]) 
         if result.command:
             lines += [f"Command: `{result.command}`", ""]
         lines += [*_table(result.figures), ""]
-        if (out / f"{result.name}.png").exists():
-            lines += [f"![{result.title}]({result.name}.png)", ""]
+        for plot in (f"{result.name}.png", f"{result.name}.svg"):
+            if (out / plot).exists():
+                lines += [f"![{result.title}]({plot})", ""]
         lines += [f"- {note}" for note in result.notes]
         if result.notes:
             lines.append("")

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 VALUE_FLAGS = (
     "model_repository", "host", "grpc_port", "http_port", "metrics_port", "metrics_host",
     "workers", "worker_restart_limit", "worker_restart_window_s", "grace_period_s",
-    "intra_op_threads", "inter_op_threads", "compute_threads", "inline_max_bytes",
+    "intra_op_threads", "inter_op_threads", "gpu_device_id", "gpu_mem_limit",
+    "arena_extend_strategy", "cudnn_conv_algo_search", "instances_per_device", "device_state",
+    "compute_threads", "inline_max_bytes",
     "max_batch_size", "max_sequence_length", "max_message_bytes", "max_request_elements",
     "max_inflight_bytes", "request_body_timeout_s", "session_idle_timeout_s", "max_sessions",
     "max_sessions_per_principal", "state_store", "redis_url", "state_store_timeout_s",

@@ -14,12 +14,14 @@ supervisor serves the sum (service/workers.py). Counters and histograms add up; 
 names how its workers' values combine: requests in flight of live workers add up, and a
 model's info and load time are one series per model however many workers loaded it.
 
-Two series are not recorded but read when scraped, by collectors (below): the sessions
+Some series are not recorded but read when scraped, by collectors (below): the sessions
 holding state, counted by the state store itself (`SessionsActive`: a crash, a restart or a
 store that lost its data cannot skew a count nobody increments), and the supervisor's
 worker restarts (`WorkerRestarts`). A lone server registers the first with the store it
 opened; with workers the supervisor registers both, counting the sessions once in the Redis
-every worker shares (summing each worker's view of it would multiply them).
+every worker shares (summing each worker's view of it would multiply them). Where a GPU can
+be read (NVML), the process serving /metrics also reads its utilisation and memory
+(`GpuMetrics`, `rnnserve_gpu_*`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import bisect
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import (
@@ -329,6 +332,9 @@ class Observer:
 
 SESSIONS_ACTIVE = "rnnserve_sessions_active"
 WORKER_RESTARTS = "rnnserve_worker_restarts"
+GPU_UTILIZATION = "rnnserve_gpu_utilization_ratio"
+GPU_MEMORY_USED = "rnnserve_gpu_memory_used_bytes"
+GPU_MEMORY_TOTAL = "rnnserve_gpu_memory_total_bytes"
 
 # (model, version) -> sessions holding state, as a state store counts them.
 SessionCounts = Mapping[tuple[str, str], int]
@@ -386,6 +392,52 @@ class WorkerRestarts:
             "Workers (--workers) the supervisor started again after one died on its own.",
             value=value,
         )
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One GPU now, as NVML reads it (service/nvml.py)."""
+
+    device: str  # its index, as CUDA_VISIBLE_DEVICES and `gpu_device_id` number it
+    utilization: float  # the share of the last sample period a kernel ran, 0 to 1
+    memory_used: int  # bytes
+    memory_total: int
+
+
+class GpuMetrics:
+    """`rnnserve_gpu_*{device}`: each GPU's utilisation and memory, read at each scrape
+    (`read`); registered only where a GPU can be read, so absent on a CPU-only machine."""
+
+    def __init__(self, read: Callable[[], list[GpuReading]]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families([])
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            readings = self._read()
+        except Exception as error:  # a GPU gone or NVML failing: no stale numbers
+            log.debug("reading the GPUs for /metrics failed: %s", error)
+            readings = []
+        yield from self._families(readings)
+
+    @staticmethod
+    def _families(readings: list[GpuReading]) -> list[GaugeMetricFamily]:
+        families = [
+            GaugeMetricFamily(
+                GPU_UTILIZATION, "Share of time a GPU ran kernels (NVML).", labels=["device"]
+            ),
+            GaugeMetricFamily(
+                GPU_MEMORY_USED, "GPU memory in use, in bytes (NVML).", labels=["device"]
+            ),
+            GaugeMetricFamily(GPU_MEMORY_TOTAL, "GPU memory, in bytes (NVML).", labels=["device"]),
+        ]
+        for reading in readings:
+            values = (reading.utilization, reading.memory_used, reading.memory_total)
+            for family, value in zip(families, values, strict=True):
+                family.add_metric([reading.device], value)
+        return families
 
 
 def serve(port: int, host: str, registry: CollectorRegistry = REGISTRY) -> None:

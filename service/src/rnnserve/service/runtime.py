@@ -9,10 +9,11 @@ RuntimeException, ...) stay INTERNAL, the server's."""
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import cast
 
@@ -21,6 +22,17 @@ import onnxruntime as ort
 
 from rnnserve.model.describe import ort_reason
 from rnnserve.service import metrics
+from rnnserve.service.device import (
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
+    DeviceArray,
+    StateDevice,
+    gpu_visible,
+    held_on_device,
+    preload_cuda,
+    provider_options,
+    resident_value,
+)
 from rnnserve.service.errors import InvalidArgument
 from rnnserve.service.logs import OncePerCause
 from rnnserve.service.settings import Settings
@@ -28,29 +40,46 @@ from rnnserve.service.types import InferStatistics, ModelStatistics
 
 log = logging.getLogger(__name__)
 
-CPU_PROVIDER = "CPUExecutionProvider"
 _missing_providers = OncePerCause(log)
 # ORT's status INVALID_ARGUMENT, as its Python binding raises it.
 OrtInvalidArgument = ort.capi.onnxruntime_pybind11_state.InvalidArgument
+# An ORT run as its binding takes it: output names, feeds, run options -> outputs.
+_Run = Callable[[list[str], dict[str, np.ndarray], None], list[np.ndarray]]
+Provider = str | tuple[str, dict[str, str]]  # a name, or a name with its options
+# A graph's run as a task calls it (tasks/base.py's Execute): role, feeds -> outputs by name.
+Execute = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-def choose_providers(settings: Settings) -> list[str]:
-    """The configured providers this ONNX Runtime build offers, in configured order; each
-    one it lacks is warned about once.
+def choose_providers(settings: Settings) -> list[Provider]:
+    """The configured providers this ONNX Runtime build offers, in configured order, CUDA
+    with its options (the GPU settings); each one it lacks is warned about once, but CUDA
+    where no one asked for it: it is in the default list, and a CPU-only machine with the
+    CPU build is no cause for a warning on every start (only a GPU that could have served,
+    or a list naming CUDA, is).
 
     CPU is always appended last: ORT falls back to it for any node another provider
     cannot run, and it is the only choice when nothing configured is available."""
-    available = ort.get_available_providers()
+    built = ort.get_available_providers()
+    gpu = gpu_visible()
+    # The GPU build lists CUDA on a machine without a GPU too, where it cannot start.
+    available = built if gpu else [name for name in built if name != CUDA_PROVIDER]
+    expected_cuda = "providers" in settings.model_fields_set or gpu
     for name in settings.providers:
-        if name not in available:
+        if name not in available and (name != CUDA_PROVIDER or expected_cuda):
             _missing_providers.warn(
                 name,
-                "execution provider %s is configured but this ONNX Runtime build lacks it "
-                "(it has %s); models run on the others",
+                "execution provider %s is configured but %s (it has %s); models run on the others",
                 name,
+                "no GPU is visible" if name in built else "this ONNX Runtime build lacks it",
                 ", ".join(available),
             )
-    chosen = [name for name in settings.providers if name in available and name != CPU_PROVIDER]
+    chosen: list[Provider] = [
+        (name, options) if (options := provider_options(settings, name)) else name
+        for name in settings.providers
+        if name in available and name != CPU_PROVIDER
+    ]
+    if any(name == CUDA_PROVIDER for name in settings.providers if name in available):
+        preload_cuda()
     return [*chosen, CPU_PROVIDER]
 
 
@@ -130,10 +159,16 @@ class ModelRuntime:
         self.version = version
         providers = choose_providers(settings)
         options = session_options(settings)
-        self.sessions = {
-            role: ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        # `instances_per_device` sessions of each graph, taken in turn by the runs.
+        instances = {
+            role: [
+                ort.InferenceSession(str(path), sess_options=options, providers=providers)
+                for _ in range(settings.instances_per_device)
+            ]
             for role, path in graph_files.items()
         }
+        self.sessions = {role: sessions[0] for role, sessions in instances.items()}
+        self._turns = {role: itertools.cycle(sessions) for role, sessions in instances.items()}
         # Graph signatures, read once: ORT builds new node objects on every get_inputs().
         self._input_names = {
             role: [node.name for node in session.get_inputs()]
@@ -151,7 +186,10 @@ class ModelRuntime:
         # Each graph's run as ORT's binding does it: the wrapper's InferenceSession.run
         # checks, on every call, what the tasks validated once (every input fed, the
         # output names), a tenth of a step's time.
-        self._runs = {role: session._sess.run for role, session in self.sessions.items()}
+        self._runs: dict[str, _Run] = {
+            role: sessions[0]._sess.run if len(sessions) == 1 else _InTurn(sessions)
+            for role, sessions in instances.items()
+        }
         self.statistics = Statistics(name, version)
         # Observed by the request timer on the event loop's thread: a tally.
         self.queue_seconds = metrics.TALLIES.histogram(metrics.QUEUE_DURATION.labels(name, version))
@@ -207,6 +245,68 @@ class ModelRuntime:
         ns = time.perf_counter_ns() - start
         self.statistics.record_execution(rows, ns)
         return dict(zip(names, values, strict=True)), rows, ns
+
+    def resident(self, device: StateDevice, states: frozenset[str], on_loop: bool) -> Execute:
+        """How a session's step runs its graphs with device_state: as `run` (`run_on_loop`
+        with `on_loop`), but with its inputs bound where they are (a resident state read on
+        the device) and its outputs named in `states` left on `device`, as DeviceArrays,
+        for the store to scatter; the other outputs come to the host."""
+
+        def execute(role: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            name, axis = self._rows_at[role]
+            rows = int(feeds[name].shape[axis])
+            start = time.perf_counter_ns()
+            outputs = self._bound_run(role, feeds, device, states)
+            ns = time.perf_counter_ns() - start
+            self.statistics.record_execution(rows, ns)
+            if on_loop:
+                self._compute_tally.observe(ns / 1e9)
+                self._batch_tally.observe(rows)
+            else:
+                self._compute_seconds.observe(ns / 1e9)
+                self._batch_size.observe(rows)
+            return outputs
+
+        return execute
+
+    def _bound_run(
+        self, role: str, feeds: dict[str, np.ndarray], device: StateDevice, states: frozenset[str]
+    ) -> dict[str, np.ndarray]:
+        session = next(self._turns[role])
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            on_device = resident_value(value)
+            if on_device is not None:
+                binding.bind_ortvalue_input(name, on_device)
+            else:
+                binding.bind_cpu_input(name, value)
+        names = self._output_names[role]
+        for name in names:
+            if name in states:
+                binding.bind_output(name, device.kind, device.device_id)
+            else:
+                binding.bind_output(name, "cpu")
+        try:
+            session.run_with_iobinding(binding)
+        except OrtInvalidArgument as error:
+            host = {name: value for name, value in feeds.items() if resident_value(value) is None}
+            raise refused(self.name, host, error) from None
+        return {
+            name: held_on_device(DeviceArray(value, device)) if name in states else value.numpy()
+            for name, value in zip(names, binding.get_outputs(), strict=True)
+        }
+
+
+class _InTurn:
+    """The runs of a graph's sessions (`instances_per_device`), taken in turn."""
+
+    def __init__(self, sessions: list[ort.InferenceSession]) -> None:
+        self._runs = itertools.cycle([session._sess.run for session in sessions])
+
+    def __call__(
+        self, names: list[str], feeds: dict[str, np.ndarray], options: None
+    ) -> list[np.ndarray]:
+        return cast(list[np.ndarray], next(self._runs)(names, feeds, options))
 
 
 def refused(model: str, feeds: dict[str, np.ndarray], error: Exception) -> InvalidArgument:

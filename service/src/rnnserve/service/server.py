@@ -43,6 +43,7 @@ from rnnserve.service.auth import Authenticator
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.grpc.frontend import GrpcFrontend
 from rnnserve.service.memory import return_large_buffers
+from rnnserve.service.nvml import register_gpu_metrics
 from rnnserve.service.rest.frontend import RestFrontend
 from rnnserve.service.sessions import open_store
 from rnnserve.service.settings import Settings
@@ -104,6 +105,7 @@ async def serve(
         address = settings.metrics_address
         if settings.metrics_port:
             REGISTRY.register(metrics.SessionsActive(store.active))
+            register_gpu_metrics(REGISTRY)
             metrics.serve(settings.metrics_port, address)
         await _listen(frontends, f"metrics on {address}:{settings.metrics_port}")
     if settings.auth_tokens and tls is None:
@@ -175,6 +177,8 @@ def _report_loading(dataplane: DataPlane, seconds: float) -> None:
         raise UsageError(f"--exit-on-error: {counts}; {name} version {version}: {reason}")
     reachability = dataplane.store_reachability
     server = f"rnnserve {metadata.version('rnnserve-server')}"
+    if loaded:
+        counts += f" on {_placement(dataplane)}"
     if dataplane.ready():
         log.info("%s ready: %s in %.2f s", server, counts, seconds)
     elif not loaded:
@@ -186,6 +190,14 @@ def _report_loading(dataplane: DataPlane, seconds: float) -> None:
         )  # fmt: skip
     else:
         log.warning("%s not ready (--strict-readiness): %s", server, counts)
+
+
+def _placement(dataplane: DataPlane) -> str:
+    """Where the models run (the providers ORT chose) and where session states live."""
+    providers = sorted({model.runtime.provider for model in dataplane.repository.loaded()})
+    device = dataplane.state_device
+    states = "the host" if device is None else f"{device.describe()} (device_state)"
+    return f"{', '.join(providers)}, session states on {states}"
 
 
 def _models(count: int) -> str:

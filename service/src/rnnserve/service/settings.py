@@ -123,6 +123,37 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(
         default=1, ge=0, description="ONNX Runtime inter-op threads (0: ORT chooses)"
     )
+    # The GPU (the CUDA provider's options; service/device.py). ORT's defaults but the
+    # device, which a user picks on a machine with several.
+    gpu_device_id: int = Field(default=0, ge=0, description="the GPU the CUDA provider runs on")
+    gpu_mem_limit: int = Field(
+        default=0,
+        ge=0,
+        description="most bytes the CUDA provider's memory arena takes on the GPU (0: no limit)",
+    )
+    arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = Field(
+        default="kNextPowerOfTwo",
+        description="how the CUDA provider's arena grows: kNextPowerOfTwo (fewer, larger "
+        "extensions) or kSameAsRequested (only what a run asks: less memory held)",
+    )
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
+        default="EXHAUSTIVE",
+        description="how cuDNN picks its algorithms: EXHAUSTIVE (benchmarks each at first "
+        "use), HEURISTIC, or DEFAULT",
+    )
+    instances_per_device: int = Field(
+        default=1,
+        ge=1,
+        description="ONNX Runtime sessions per graph on its device (Triton's instance "
+        "count), taken in turn by the runs of concurrent requests",
+    )
+    # Session states between steps, with `state_store` memory (service/device.py).
+    device_state: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="keep sequence states where the models run (on: in GPU memory with "
+        "CUDA; a step copies only its inputs in and its outputs out); auto: on with CUDA, "
+        "off on the CPU",
+    )
     compute_threads: int = Field(
         default=4, ge=1, description="threads running models off the event loop"
     )

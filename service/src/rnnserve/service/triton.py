@@ -34,7 +34,8 @@ def model_config_to_proto(config: ModelConfig) -> pb.ModelConfig:
         ],
         instance_group=[
             pb.ModelInstanceGroup(
-                kind=pb.ModelInstanceGroup.Kind.Value(f"KIND_{config.instance_kind}"), count=1
+                kind=pb.ModelInstanceGroup.Kind.Value(f"KIND_{config.instance_kind}"),
+                count=config.instance_count,
             )
         ],
     )

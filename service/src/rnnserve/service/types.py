@@ -146,6 +146,7 @@ class ModelConfig:
     max_queue_delay_us: int  # of its batcher: dynamic, or the oldest sequence's
     sequence_batching: SequenceBatching | None  # None: batched dynamically, no sequences
     parameters: dict[str, str]
+    instance_count: int = 1  # ORT sessions per graph (instances_per_device)
 
 
 @dataclass

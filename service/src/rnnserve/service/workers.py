@@ -83,6 +83,7 @@ def _serve_metrics(settings: Settings, metrics_dir: str, supervisor: Supervisor)
     from prometheus_client.multiprocess import MultiProcessCollector
 
     from rnnserve.service import metrics
+    from rnnserve.service.nvml import register_gpu_metrics
     from rnnserve.service.sessions.redis.census import RedisCensus
 
     registry = CollectorRegistry()
@@ -92,6 +93,7 @@ def _serve_metrics(settings: Settings, metrics_dir: str, supervisor: Supervisor)
     census = RedisCensus(settings.redis_url, "rnnserve", settings.state_store_timeout_s)
     registry.register(metrics.SessionsActive(census))
     registry.register(metrics.WorkerRestarts(lambda: supervisor.restarts))
+    register_gpu_metrics(registry)
     metrics.serve(settings.metrics_port, settings.metrics_address, registry)
 
 

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from rnnserve.service.device import StateDevice
 from rnnserve.service.repository import LoadedVersion
 from rnnserve.service.sessions import Batcher
 from rnnserve.service.settings import Settings
@@ -27,8 +28,10 @@ T = TypeVar("T")
 
 
 class Compute:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, device: StateDevice | None = None) -> None:
+        """`device`: where the session store keeps states (device_state), else None."""
         self.settings = settings
+        self.device = device
         self._executor = ThreadPoolExecutor(
             settings.compute_threads, thread_name_prefix="rnnserve-compute"
         )
@@ -101,8 +104,12 @@ class Compute:
         self, model: LoadedVersion, threads: Executor | None
     ) -> tuple[Execute, Executor | None]:
         """How a session's step runs its graphs, and where it runs (`threads`, as
-        `threads_for` chose, unless batching sends it to wait in a session thread)."""
+        `threads_for` chose, unless batching sends it to wait in a session thread). With
+        device_state its state outputs stay on the device, for the store."""
         if not self.settings.batching:
+            if self.device is not None:
+                states = frozenset(model.spec.state_outputs)
+                return model.runtime.resident(self.device, states, threads is None), threads
             return self.execute(model, threads), threads
         loop = asyncio.get_running_loop()
         batchers = {

@@ -76,6 +76,7 @@ def model_config(model: LoadedVersion, settings: Settings, policy: VersionPolicy
         max_queue_delay_us=settings.batch_max_queue_delay_us if settings.batching else 0,
         sequence_batching=_sequence_batching(model, settings, batched),
         parameters=parameters,
+        instance_count=settings.instances_per_device,
     )
 
 

@@ -30,6 +30,7 @@ from rnnserve.service.repository import LoadedVersion, Repository
 from rnnserve.service.runtime import ModelRuntime
 from rnnserve.service.sessions import SessionManager, StateStore
 from rnnserve.service.sessions.control import CONTROL_INPUTS, CONTROL_OUTPUTS
+from rnnserve.service.sessions.memory_store import MemoryStore
 from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import (
@@ -92,7 +93,9 @@ class DataPlane:
         self.settings = settings
         self.repository = Repository(settings)
         self._lifecycle = Lifecycle()
-        self._compute = Compute(settings)
+        # Where the store keeps session states (device_state), None: in host memory.
+        self.state_device = store.device if isinstance(store, MemoryStore) else None
+        self._compute = Compute(settings, self.state_device)
         self._sessions = SessionManager(
             store, settings.max_sessions, settings.max_sessions_per_principal
         )

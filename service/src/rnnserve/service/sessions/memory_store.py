@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rnnserve.service.device import StateDevice
+from rnnserve.service.sessions.device_slab import DeviceSlab, RowGraphs
 from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.sessions.state import (
     Gone,
@@ -46,13 +48,15 @@ ENDED_KEPT = 10_000  # records of recently ended and expired sessions
 class _Slab:
     """The states of every session of one layout: row `slot` of `data[name]` is one
     session's state `name`, `(before, after)` (layers*directions and hidden for the default
-    models; see model/spec.py)."""
+    models; see model/spec.py). With device_state, they are in `resident` instead, on the
+    device, and `data` stays empty."""
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, graphs: RowGraphs | None) -> None:
         self.layout = layout
         self.data = {
             name: np.zeros((0, shape[0], *shape[2:]), np.float32) for name, shape in layout.items()
         }
+        self.resident = None if graphs is None else DeviceSlab(layout, graphs)
         self.deadlines = np.zeros(0)  # time.monotonic() after which a slot's session expired
         self.offsets = np.zeros(0, np.int64)  # time steps each slot's session has consumed
         self.last: dict[int, LastStep] = {}  # slot -> its last step, when kept for a retry
@@ -76,16 +80,21 @@ class _Slab:
         return Progress(self.offsets.item(slot), self.last.get(slot))
 
     def state(self, slot: int) -> State:
-        """A copy of the slot's state as a one-row batch state."""
+        """A copy of the slot's state as a one-row batch state (in host memory)."""
+        if self.resident is not None:
+            return self.resident.state(slot)
         return {name: data[slot][:, None].copy() for name, data in self.data.items()}
 
     def _grow(self) -> None:
         old = len(self.owners)
         new = max(16, int(old * _GROWTH))
-        for name, data in self.data.items():
-            grown = np.empty((new, *data.shape[1:]), np.float32)
-            grown[:old] = data
-            self.data[name] = grown
+        if self.resident is not None:
+            self.resident.grow(new)
+        else:
+            for name, data in self.data.items():
+                grown = np.empty((new, *data.shape[1:]), np.float32)
+                grown[:old] = data
+                self.data[name] = grown
         self.deadlines = np.concatenate([self.deadlines, np.full(new - old, np.inf)])
         self.offsets = np.concatenate([self.offsets, np.zeros(new - old, np.int64)])
         self.owners.extend([None] * (new - old))
@@ -124,8 +133,11 @@ class _Ended:
 
 
 class MemoryStore:
-    def __init__(self, idle_timeout_s: float = 60.0) -> None:
+    def __init__(self, idle_timeout_s: float = 60.0, device: StateDevice | None = None) -> None:
+        """`device`: where the states live (device_state), None for host memory."""
         self.idle_timeout_s = idle_timeout_s
+        self.device = device
+        self._graphs = None if device is None else RowGraphs(device)
         self.reachability = Reachability("memory", "this process")  # always answers
         self._entries: dict[SessionKey, _Entry] = {}
         self._slabs: dict[tuple[tuple[str, tuple[int, ...]], ...], _Slab] = {}  # by layout
@@ -157,6 +169,9 @@ class MemoryStore:
             slab_rows.append(row)
             loaded.append(entry.slab.progress(entry.slot))
         for slab, (slab_slots, slab_rows) in slots.items():
+            if slab.resident is not None:
+                slab.resident.gather(slab_slots, into, slab_rows)
+                continue
             at, rows_at = _index(slab_slots), _index(slab_rows)
             for name, data in slab.data.items():
                 # (sessions, before, after) -> (before, sessions, after)
@@ -190,8 +205,11 @@ class MemoryStore:
         slab = self._slab(state)
         slots = [self._slot(key, slab) for key in keys]
         at, rows_at = _index(slots), _index(rows)
-        for name, data in slab.data.items():
-            data[at] = state[name][:, rows_at].swapaxes(0, 1)
+        if slab.resident is not None:
+            slab.resident.scatter(slots, state, rows)
+        else:
+            for name, data in slab.data.items():
+                data[at] = state[name][:, rows_at].swapaxes(0, 1)
         slab.deadlines[at] = time.monotonic() + self.idle_timeout_s
         slab.offsets[at] = [one.offset for one in progress]
         for slot, one in zip(slots, progress, strict=True):
@@ -297,7 +315,7 @@ class MemoryStore:
             if fits(slab.layout, state):
                 return slab
         layout = row_layout(state)
-        slab = self._slabs[tuple(layout.items())] = _Slab(layout)
+        slab = self._slabs[tuple(layout.items())] = _Slab(layout, self._graphs)
         return slab
 
     def _slot(self, key: SessionKey, slab: _Slab) -> int:

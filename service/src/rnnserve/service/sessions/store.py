@@ -96,9 +96,10 @@ def open_store(settings: Settings, worker: str | None = None) -> StateStore:
     """The configured store; `worker`: the owned store's id for this process (a worker's,
     named by its supervisor)."""
     if settings.state_store == "memory":
+        from rnnserve.service.device import state_device
         from rnnserve.service.sessions.memory_store import MemoryStore
 
-        return MemoryStore(settings.session_idle_timeout_s)
+        return MemoryStore(settings.session_idle_timeout_s, state_device(settings))
     redis = _RedisOptions(
         timeout_s=settings.state_store_timeout_s,
         durability=settings.state_durability,

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rnnserve.model.spec import ModelSpec
+from rnnserve.service.device import as_host
 from rnnserve.service.settings import Settings
 from rnnserve.service.tasks import validation
 from rnnserve.service.types import InferRequest, Parameter, State, Tensor, TensorMetadata
@@ -229,7 +230,7 @@ class Task(ABC):
         datatypes = self.output_datatypes
         tensors = []
         for name in prepared.outputs:
-            data = result.outputs[name]
+            data = as_host(result.outputs[name])  # `hn` of a resident state: copied here
             if datatypes[name] == "BYTES":
                 data = data.reshape(prepared.text_shape)
             tensors.append(Tensor(name, datatypes[name], tuple(data.shape), data))
