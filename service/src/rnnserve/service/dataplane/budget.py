@@ -43,6 +43,7 @@ class Budget:
         self._freed = 0  # bytes released since memory last went back to the system
         metrics.REQUEST_BYTES_LIMIT.set(max_inflight_bytes)
         self._gauge = metrics.TALLIES.counter(metrics.REQUEST_BYTES_IN_FLIGHT)
+        self._message_bytes = metrics.TALLIES.counter(metrics.REQUEST_MESSAGE_BYTES)
 
     def hold(self, footprint: Footprint, model: str) -> Held:
         """Holds the request's bytes, from now until the end of the `with` block of what it
@@ -61,6 +62,16 @@ class Budget:
         """Waits until a message of at most `largest` bytes may be received; what it returns
         holds `largest` until `arrived` tells the message's size, then that size until its
         `with` block ends. ResourceExhausted when it could never fit."""
+        arrival = self.receive_now(largest)
+        if arrival is None:
+            await self._wait(largest)
+            arrival = self._arrival(largest)
+        return arrival
+
+    def receive_now(self, largest: int) -> Arrival | None:
+        """`receive` when the message may be received at once (no one in line, room for
+        it), else None: then wait in line through `receive`. Most messages find room, and
+        a front end that asks here first pays no coroutine for them."""
         if largest > self.max_inflight_bytes:
             raise ResourceExhausted(
                 f"the request's message may take {largest:,} bytes; the requests in flight "
@@ -68,10 +79,13 @@ class Budget:
                 "(max_inflight_bytes)"
             )
         if self._waiting or not self._fits(largest):
-            await self._wait(largest)
-        else:
-            self.receiving += largest
-        metrics.REQUEST_MESSAGE_BYTES.inc(largest)
+            return None
+        self.receiving += largest
+        return self._arrival(largest)
+
+    def _arrival(self, largest: int) -> Arrival:
+        """A message being received, counted at its largest (in `receiving` already)."""
+        self._message_bytes.value += largest
         return Arrival(self, largest)
 
     def waited(self, largest: int) -> ResourceExhausted:
@@ -86,14 +100,14 @@ class Budget:
         """A message received as one of at most `largest` bytes came with `size`."""
         self.receiving -= largest
         self.held += size
-        metrics.REQUEST_MESSAGE_BYTES.inc(size - largest)
+        self._message_bytes.value += size - largest
         if self._waiting:
             self._admit_waiting()
 
     def _departed(self, receiving: int, size: int) -> None:
         """A message's bytes are given back: `receiving` when it never came, else `size`."""
         self.receiving -= receiving
-        metrics.REQUEST_MESSAGE_BYTES.dec(receiving + size)
+        self._message_bytes.value -= receiving + size
         self._freed_bytes(size)
 
     def _freed_bytes(self, size: int) -> None:

@@ -53,9 +53,11 @@ class ReceivedModelInfer:
         assert task is not None
         self._stalls.watch(task)
         try:
-            arrival = await self._stalls.within(
-                task, self._budget.receive(self._largest), self._no_room
-            )
+            arrival = self._budget.receive_now(self._largest)
+            if arrival is None:  # in line for room, within the time the message has
+                arrival = await self._stalls.within(
+                    task, self._budget.receive(self._largest), self._no_room
+                )
             with arrival:  # its bytes go once the message is dropped
                 return await self._answer(task, arrival, context)
         except ServiceError as error:  # the servicer answers its own
