@@ -24,6 +24,7 @@ import numpy as np
 
 from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.sessions.state import (
+    Conflict,
     Gone,
     LastStep,
     Layout,
@@ -186,7 +187,9 @@ class MemoryStore:
         state: State,
         rows: Sequence[int],
         progress: Sequence[Progress],
-    ) -> None:
+    ) -> list[Conflict | None]:
+        """Writes every step: one process, whose session manager steps a session one step
+        at a time, writes here (no write is refused, none is uncertain)."""
         slab = self._slab(state)
         slots = [self._slot(key, slab) for key in keys]
         at, rows_at = _index(slots), _index(rows)
@@ -199,6 +202,7 @@ class MemoryStore:
                 slab.last.pop(slot, None)
             else:
                 slab.last[slot] = one.last
+        return [None] * len(keys)
 
     async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
         now = time.monotonic()

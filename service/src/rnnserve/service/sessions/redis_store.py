@@ -33,7 +33,7 @@ from typing import Any
 from rnnserve.service.redis_url import where
 from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.sessions.redis.census import RedisCensus
-from rnnserve.service.sessions.redis.client import Command, RedisClient, Script
+from rnnserve.service.sessions.redis.client import UNREACHABLE, Command, RedisClient, Script
 from rnnserve.service.sessions.redis.generation import Generation
 from rnnserve.service.sessions.redis.guard import guarded
 from rnnserve.service.sessions.redis.index import INDEX, UNINDEX, SessionIndex, version_tag
@@ -46,6 +46,7 @@ from rnnserve.service.sessions.redis.records import (
     write_records,
 )
 from rnnserve.service.sessions.state import (
+    Conflict,
     Loaded,
     Progress,
     SessionKey,
@@ -60,17 +61,73 @@ _SWEEP_LIMIT = 1000  # members examined per bucket and expire() call, to keep ea
 # Every script touches the keys of one bucket (redis/keys.py): one hash slot in a cluster;
 # KEYS[1..3] are the bucket's index (redis/index.py).
 
-# KEYS: the index (3), the version tags, then each session's state key. ARGV: deadline, ttl
-# in ms, then per session its member, record, version tag and version. Stores the states and
-# indexes them, atomically.
+# Lua shared by the scripts that read a stored record's step count (records.py: a length,
+# then the JSON header that holds it).
+_COUNT_OF = """
+local function header_of(record)
+  local length = struct.unpack('<I4', record)
+  return cjson.decode(string.sub(record, 5, 4 + length))
+end
+"""
+# KEYS: the index (3), the version tags, then each session's state and unsure keys. ARGV:
+# deadline, ttl in ms, then per session its member, record, version tag, version, the count
+# its step was applied on ('' for a start) and whether the step carries an offset ('1' or
+# ''). Stores and indexes each state whose session still holds that count, unless the step
+# carries no offset and the session is unsure (an earlier step's outcome is unknown); a step
+# with an offset, or a start, makes it sure again; an offsetless step refused leaves it
+# unsure (it cannot tell its own earlier attempt from another step). Returns per session
+# 'ok', 'gone' (it holds no state), 'moved:<count>' or 'unsure:<count>'.
 _SAVE = Script(
     INDEX
+    + _COUNT_OF
     + """
-for i = 5, #KEYS do
-  local at = 4 * (i - 5) + 3
-  redis.call('SET', KEYS[i], ARGV[at + 1], 'PX', ARGV[2])
-  index(ARGV[at], ARGV[1], ARGV[at + 2], ARGV[at + 3])
+local verdicts = {}
+for s = 1, (#KEYS - 4) / 2 do
+  local state, unsure = KEYS[3 + 2 * s], KEYS[4 + 2 * s]
+  local at = 6 * (s - 1) + 3
+  local prior, counted = ARGV[at + 4], ARGV[at + 5] == '1'
+  local verdict = 'ok'
+  if prior ~= '' then
+    local held = redis.call('GET', state)
+    if not held then
+      verdict = 'gone'
+    else
+      local count = header_of(held)['offset']
+      if count ~= tonumber(prior) then
+        verdict = 'moved:' .. count
+      elseif not counted and redis.call('EXISTS', unsure) == 1 then
+        verdict = 'unsure:' .. count
+      end
+    end
+  end
+  if verdict == 'ok' then
+    redis.call('SET', state, ARGV[at + 1], 'PX', ARGV[2])
+    index(ARGV[at], ARGV[1], ARGV[at + 2], ARGV[at + 3])
+    if counted or prior == '' then redis.call('DEL', unsure) end
+  elseif not counted and verdict ~= 'gone' then
+    redis.call('SET', unsure, '1', 'PX', ARGV[2])
+  end
+  verdicts[s] = verdict
 end
+return verdicts
+"""
+)
+# KEYS: a session's state and unsure keys. ARGV: the count its offsetless step whose
+# outcome is unknown was applied on, the count after it, ttl in ms. Makes the session unsure
+# while it holds either count (no step with an offset since): a blind retry of that step is
+# refused, and so is its write, should it reach Redis only now.
+_FENCE = Script(
+    _COUNT_OF
+    + """
+local held = redis.call('GET', KEYS[1])
+if not held then return 0 end
+local header = header_of(held)
+local count = header['offset']
+if count == tonumber(ARGV[1]) or (count == tonumber(ARGV[2]) and header['last'] == nil) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+  return 1
+end
+return 0
 """
 )
 # KEYS: the index (3), then each session's state key. ARGV: each session's member. Frees the
@@ -141,6 +198,9 @@ class RedisStore:
         )
         self._noticed: list[SessionKey] = []
         self._census: RedisCensus | None = None
+        # Offsetless steps whose outcome is unknown, to make their sessions unsure (_FENCE)
+        # with the next batch that reaches Redis: the count each was applied on and after.
+        self._unsure: dict[SessionKey, tuple[int, int]] = {}
 
     @guarded("load")
     async def load(
@@ -192,30 +252,64 @@ class RedisStore:
                 values[index] = value
         return values
 
-    @guarded("save")
+    @guarded("save", writes=True)
     async def save(
         self,
         keys: Sequence[SessionKey],
         state: State,
         rows: Sequence[int],
         progress: Sequence[Progress],
-    ) -> None:
+    ) -> list[Conflict | None]:
         if not keys:
-            return
+            return []
         deadline = time.time() + self.idle_timeout_s
         space, names = self._redis.keys, [member(key) for key in keys]
         ttl = round(self.idle_timeout_s * 1000)
+        groups = space.by_bucket(names)
         commands = []
-        for bucket, group in space.by_bucket(names).items():
+        for bucket, group in groups.items():
             args: list[Any] = [deadline, ttl]
+            touched = []
             for i in group:
-                record = encode_record(keys[i], one_row(state, rows[i]), progress[i])
-                tag = version_tag(keys[i].model, keys[i].version)
-                args += [names[i], record, tag, json.dumps([keys[i].model, keys[i].version])]
-            state_keys = [space.key("state", names[i]) for i in group]
-            index = [*self._index.keys(bucket), self._index.tags(bucket)]
-            commands.append(Command.call(_SAVE, [*index, *state_keys], args))
-        await self._redis.run(commands, durable=True)
+                one, key = progress[i], keys[i]
+                record = encode_record(key, one_row(state, rows[i]), one)
+                tag = version_tag(key.model, key.version)
+                prior = "" if one.prior is None else one.prior
+                args += [names[i], record, tag, json.dumps([key.model, key.version])]
+                args += [prior, "" if one.last is None else "1"]
+                touched += [space.key("state", names[i]), space.key("unsure", names[i])]
+            indexes = [*self._index.keys(bucket), self._index.tags(bucket)]
+            commands.append(Command.call(_SAVE, [*indexes, *touched], args))
+        fencing = list(self._unsure.items())
+        try:
+            replies = await self._redis.run([*self._fences(fencing), *commands], durable=True)
+        except UNREACHABLE:  # written or not: a blind retry must not apply it twice
+            for key, one in zip(keys, progress, strict=True):
+                if one.prior is not None and one.last is None:
+                    self._unsure[key] = (one.prior, one.offset)
+            raise
+        self._fenced(fencing)
+        saved: list[Conflict | None] = [None] * len(keys)
+        for group, verdicts in zip(groups.values(), replies[len(fencing) :], strict=True):
+            for index, verdict in zip(group, verdicts, strict=True):
+                saved[index] = _conflict(verdict)
+        return saved
+
+    def _fences(self, fencing: list[tuple[SessionKey, tuple[int, int]]]) -> list[Command]:
+        """The commands that make sessions unsure (_FENCE)."""
+        space, ttl = self._redis.keys, round(self.idle_timeout_s * 1000)
+        commands = []
+        for key, (prior, after) in fencing:
+            name = member(key)
+            touched = [space.key("state", name), space.key("unsure", name)]
+            commands.append(Command.call(_FENCE, touched, [prior, after, ttl]))
+        return commands
+
+    def _fenced(self, fencing: list[tuple[SessionKey, tuple[int, int]]]) -> None:
+        """Redis has the fences `fencing`: they are sent no more."""
+        for key, counts in fencing:
+            if self._unsure.get(key) == counts:
+                del self._unsure[key]
 
     @guarded("contains")
     async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
@@ -241,7 +335,7 @@ class RedisStore:
             return []
         return await self._delete(keys, [])
 
-    @guarded("end")
+    @guarded("end", writes=True)
     async def end(
         self,
         keys: Sequence[SessionKey],
@@ -305,7 +399,10 @@ class RedisStore:
             )
             for bucket in range(space.buckets)
         ]
-        gone = [name for names in await self._redis.run(sweeps) for name in names]
+        fencing = list(self._unsure.items())
+        replies = await self._redis.run([*self._fences(fencing), *sweeps])
+        self._fenced(fencing)
+        gone = [name for names in replies[len(fencing) :] for name in names]
         expired_keys = [session_of(name) for name in gone] + self._noticed
         self._noticed = []
         return expired_keys
@@ -322,3 +419,13 @@ class RedisStore:
         await self._redis.close()
         if self._census is not None:
             self._census.close()
+
+
+def _conflict(verdict: bytes) -> Conflict | None:
+    """What _SAVE's verdict on one session says."""
+    if verdict == b"ok":
+        return None
+    if verdict == b"gone":
+        return Conflict(None)
+    why, count = verdict.split(b":")
+    return Conflict(int(count), unsure=why == b"unsure")

@@ -57,6 +57,21 @@ class Progress:
     # A record of a recently ended session (kept a while for a retry of its final step):
     # the state stored with it is the one that step started from.
     ended: bool = False
+    # Of a step to store: the count it was applied on (None for a start). A store that
+    # other processes write too writes it only if the session still holds that count
+    # (compare-and-set): two attempts at one step are applied once.
+    prior: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A step that a store refused to write, having found the session changed since the
+    step loaded it: another attempt at the step, or another step, was written first
+    (`offset`: the count the store holds; None when the session holds no state any more),
+    or (`unsure`) an earlier step's outcome is unknown and the step carries no offset."""
+
+    offset: int | None
+    unsure: bool = False
 
 
 @dataclass(frozen=True, slots=True)

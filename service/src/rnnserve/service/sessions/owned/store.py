@@ -27,7 +27,7 @@ from rnnserve.service.sessions.redis.guard import guarded
 from rnnserve.service.sessions.redis.index import SessionIndex
 from rnnserve.service.sessions.redis.keys import session_of
 from rnnserve.service.sessions.redis.records import encode_gone, load_record, write_records
-from rnnserve.service.sessions.state import Loaded, Progress, SessionKey, expired
+from rnnserve.service.sessions.state import Conflict, Loaded, Progress, SessionKey, expired
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import State
 
@@ -103,12 +103,15 @@ class OwnedStore:
         state: State,
         rows: Sequence[int],
         progress: Sequence[Progress],
-    ) -> None:
+    ) -> list[Conflict | None]:
+        """Writes every step here: a session has one owner, which steps it one step at a
+        time (its session manager's turns), and hands it over only between steps."""
         new = [key for key in keys if not self._held.states.holds(key)]
         if new:
             await self._ownership.claim(new)
-        await self._held.states.save(keys, state, rows, progress)
+        saved = await self._held.states.save(keys, state, rows, progress)
         self._held.touched.update(keys)
+        return saved
 
     async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
         elsewhere = await self._takeover.acquire(keys)
@@ -124,7 +127,7 @@ class OwnedStore:
         await self._redis.run(self._ownership.forgetting(keys), durable=True)
         return await self._held.drop(keys)
 
-    @guarded("end")
+    @guarded("end", writes=True)
     async def end(
         self,
         keys: Sequence[SessionKey],

@@ -24,13 +24,14 @@ T = TypeVar("T")
 
 
 def guarded(
-    operation: str,
+    operation: str, writes: bool = False
 ) -> Callable[
     [Callable[Concatenate[G, P], Awaitable[T]]],
     Callable[Concatenate[G, P], Coroutine[Any, Any, T]],
 ]:
     """A store method that reaches Redis: a failure to reach it (client.UNREACHABLE)
-    becomes StoreUnavailable, and every outcome tells the store's Reachability."""
+    becomes StoreUnavailable (OutcomeUnknown for a method that `writes` a step, which may
+    have landed), and every outcome tells the store's Reachability."""
 
     def decorate(
         method: Callable[Concatenate[G, P], Awaitable[T]],
@@ -40,7 +41,7 @@ def guarded(
             try:
                 result = await method(store, *args, **kwargs)
             except UNREACHABLE as error:
-                raise store.reachability.failed(operation, error) from None
+                raise store.reachability.failed(operation, error, writes) from None
             store.reachability.answered()
             return result
 
