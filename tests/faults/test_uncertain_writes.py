@@ -114,6 +114,6 @@ def test_attempts_at_one_step_on_two_workers_are_applied_once(
     args = server_args(store, own_redis.url, "--workers", "2")
     server = start_server(sine_repository, args=args)
     with Steppers(server.address, 32, offsets=True, timeout_s=0.02) as steppers:
-        steppers.wait_for_steps(32 * 20, timeout_s=240)
+        steppers.wait_for_steps(32 * 60, timeout_s=240)
     judged(steppers, f"{store} store, 2 workers, attempts at one step at once")
     assert steppers.tally.retries > 0  # attempts did overlap

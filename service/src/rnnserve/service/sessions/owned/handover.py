@@ -126,6 +126,9 @@ class Handover:
         """Leaves the keys' states in Redis for the next owner and drops them here."""
         me, space, held = self._worker.id, self._worker.space, self._held
         commands = []
+        # Those not here (handed over already, on an earlier request) are left alone: the
+        # asker's next take finds where they are.
+        keys = [key for key in keys if held.states.holds(key)]
         for key in keys:
             record = held.states.record_of(key)
             if record is None:  # expired meanwhile: make that known instead

@@ -165,8 +165,12 @@ class OwnedStore:
         refreshes = self._liveness.refreshing(touched)
         replies = await self._redis.run([*forgetting, *refreshes])
         lost, dead = self._liveness.outcome(replies[len(forgetting) :])
-        if lost:  # another worker started these ids over: my states are stale
-            await self._held.states.delete([session_of(name) for name in lost])
+        # Another worker started these ids over: my states are stale. Not those taken or
+        # stepped here while the refresh was under way: handed over and taken back since,
+        # they are mine again (dropping them would lose live sessions).
+        stale = [key for key in map(session_of, lost) if key not in self._held.touched]
+        if stale:
+            await self._held.states.delete(stale)
         for worker in dead:
             await self._reaper.reap(worker.decode())
         return expired_keys
