@@ -98,7 +98,7 @@ def test_a_write_applied_by_a_redis_killed_before_its_reply_is_never_said_to_be_
                 redis.kill()
                 time.sleep(0.5)
                 redis.start()
-                steppers.wait_for_steps(CLIENTS * 5)
+                steppers.wait_for_steps(CLIENTS * 20)  # sequences complete between kills
         judged(steppers, f"{store} store, Redis killed and restarted with its data twice, "
                          f"{'with' if offsets else 'no'} offsets")  # fmt: skip
     finally:

@@ -280,33 +280,34 @@ class RedisStore:
                 touched += [space.key("state", names[i]), space.key("unsure", names[i])]
             indexes = [*self._index.keys(bucket), self._index.tags(bucket)]
             commands.append(Command.call(_SAVE, [*indexes, *touched], args))
-        fencing = list(self._unsure.items())
         try:
-            replies = await self._redis.run([*self._fences(fencing), *commands], durable=True)
+            await self._fence()
+            replies = await self._redis.run(commands, durable=True)
         except UNREACHABLE:  # written or not: a blind retry must not apply it twice
             for key, one in zip(keys, progress, strict=True):
                 if one.prior is not None and one.last is None:
                     self._unsure[key] = (one.prior, one.offset)
             raise
-        self._fenced(fencing)
         saved: list[Conflict | None] = [None] * len(keys)
-        for group, verdicts in zip(groups.values(), replies[len(fencing) :], strict=True):
+        for group, verdicts in zip(groups.values(), replies, strict=True):
             for index, verdict in zip(group, verdicts, strict=True):
                 saved[index] = _conflict(verdict)
         return saved
 
-    def _fences(self, fencing: list[tuple[SessionKey, tuple[int, int]]]) -> list[Command]:
-        """The commands that make sessions unsure (_FENCE)."""
+    async def _fence(self) -> None:
+        """Makes the sessions of the offsetless steps whose outcome is unknown unsure
+        (_FENCE): before any other write, in a round trip of its own (a script Redis does
+        not know yet is sent again after the others of its batch), only while some wait."""
+        if not self._unsure:
+            return
+        fencing = list(self._unsure.items())
         space, ttl = self._redis.keys, round(self.idle_timeout_s * 1000)
         commands = []
         for key, (prior, after) in fencing:
             name = member(key)
             touched = [space.key("state", name), space.key("unsure", name)]
             commands.append(Command.call(_FENCE, touched, [prior, after, ttl]))
-        return commands
-
-    def _fenced(self, fencing: list[tuple[SessionKey, tuple[int, int]]]) -> None:
-        """Redis has the fences `fencing`: they are sent no more."""
+        await self._redis.run(commands)
         for key, counts in fencing:
             if self._unsure.get(key) == counts:
                 del self._unsure[key]
@@ -399,10 +400,8 @@ class RedisStore:
             )
             for bucket in range(space.buckets)
         ]
-        fencing = list(self._unsure.items())
-        replies = await self._redis.run([*self._fences(fencing), *sweeps])
-        self._fenced(fencing)
-        gone = [name for names in replies[len(fencing) :] for name in names]
+        await self._fence()
+        gone = [name for names in await self._redis.run(sweeps) for name in names]
         expired_keys = [session_of(name) for name in gone] + self._noticed
         self._noticed = []
         return expired_keys
