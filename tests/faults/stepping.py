@@ -38,6 +38,7 @@ REASONS = (
     ("was applied while this one ran", "another attempt applied first"),
     ("changed while this step ran", "changed while it ran"),
     ("server process holding it stopped", "lost: its process stopped"),
+    ("lost its data", "lost: Redis lost its data"),
     ("lost", "lost"),
     ("expired", "expired"),
     ("it ended", "ended"),
@@ -61,6 +62,7 @@ class Tally:
     wrong: list[str] = field(default_factory=list)  # sequences with an answer unequal to it
     refused: Counter[str] = field(default_factory=Counter)  # sequences refused, by code
     reasons: Counter[str] = field(default_factory=Counter)  # and by reason
+    said: dict[str, str] = field(default_factory=dict)  # the first message of each reason
     retries: int = 0
     steps: int = 0
 
@@ -69,6 +71,7 @@ class Tally:
             f"{scenario}: {self.completed} completed, {len(self.wrong)} wrong, "
             f"{self.steps} steps, {self.retries} retries, refused by code "
             f"{dict(self.refused)}, reasons {dict(self.reasons)}"
+            + "".join(f"\n  {name}: {message}" for name, message in self.said.items())
         )
 
 
@@ -162,6 +165,7 @@ class Steppers:
                 with self._lock:
                     self.tally.refused[error.code] += 1
                     self.tally.reasons[reason(error)] += 1
+                    self.tally.said.setdefault(reason(error), f"{error.code}: {error.message}")
                 return
             offset += CHUNK
             with self._lock:

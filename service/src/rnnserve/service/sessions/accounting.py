@@ -88,7 +88,7 @@ def judge(step: RowStep, found: Loaded) -> Outcome:
         return Outcome("replay", found.offset, answer=found.last.answer)
     if step.start:  # a start may always begin the sequence again
         return Outcome("apply", step.length)
-    if isinstance(found, FailedPrecondition):
+    if isinstance(found, (FailedPrecondition, Unavailable)):
         return Outcome("fail", error=found)
     if isinstance(found, Gone):
         return Outcome("fail", error=_gone(step.key, found))

@@ -11,7 +11,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from rnnserve.service.errors import FailedPrecondition
+from rnnserve.service.errors import FailedPrecondition, Unavailable
 from rnnserve.service.types import State
 
 Layout = dict[str, tuple[int, ...]]  # state name -> the shape one session's tensor must have
@@ -98,9 +98,9 @@ def expired(idle_timeout_s: float) -> Gone:
 
 
 # What loading one session gave: its progress (its state copied; `ended` for the record of
-# a client's end), a tombstone (Gone), None (no such session known), or why its stored
-# state cannot serve.
-Loaded = Progress | FailedPrecondition | Gone | None
+# a client's end), a tombstone (Gone), None (no such session known), why its stored state
+# cannot serve, or (Unavailable) that the store cannot tell yet.
+Loaded = Progress | FailedPrecondition | Unavailable | Gone | None
 
 
 def row_layout(state: State) -> Layout:

@@ -30,9 +30,11 @@ log = logging.getLogger(__name__)
 INBOX_POLL_S = 0.5  # the inbox listener's longest wait in Redis (and at a stop)
 
 # KEYS: owner, state, my owned list. ARGV: me, state, ttl in ms, member. Leaves the state
-# for the next owner.
+# for the next owner: mine, or nobody's (Redis lost my record of it with its data, and I
+# have not claimed it again yet), not another worker's (it started the id again).
 _RELEASE = Script("""
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[4])

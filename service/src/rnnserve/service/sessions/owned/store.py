@@ -164,13 +164,23 @@ class OwnedStore:
         forgetting = self._ownership.forgetting(expired_keys, tombstone)
         refreshes = self._liveness.refreshing(touched)
         replies = await self._redis.run([*forgetting, *refreshes])
-        lost, dead = self._liveness.outcome(replies[len(forgetting) :])
+        lost, dead, orphans = self._liveness.outcome(replies[len(forgetting) :])
         # Another worker started these ids over: my states are stale. Not those taken or
         # stepped here while the refresh was under way: handed over and taken back since,
         # they are mine again (dropping them would lose live sessions).
         stale = [key for key in map(session_of, lost) if key not in self._held.touched]
         if stale:
             await self._held.states.delete(stale)
+        # Redis lost my records of these (its data, since the generation check above): held
+        # here, they are claimed again, as that check claims the others.
+        held = self._held
+        mine = [
+            key
+            for key in map(session_of, orphans)
+            if held.states.holds(key) and key not in held.unsure
+        ]
+        if mine:
+            await self._ownership.claim(mine, again=True)
         for worker in dead:
             await self._reaper.reap(worker.decode())
         return expired_keys
