@@ -34,7 +34,8 @@ ATTEMPTS = 80  # tries of one step, short between tries: outlasts a Redis pause 
 # What a refusal's message says became of the sequence (the first phrase found names it).
 REASONS = (
     ("did not answer", "outcome unknown"),
-    ("outcome of an earlier step is unknown", "unsure: an earlier outcome unknown"),
+    ("did not have a replica confirm", "outcome unknown: no replica confirmed"),
+    ("outcome of an earlier step may be unknown", "unsure: an earlier outcome unknown"),
     ("was applied while this one ran", "another attempt applied first"),
     ("changed while this step ran", "changed while it ran"),
     ("server process holding it stopped", "lost: its process stopped"),

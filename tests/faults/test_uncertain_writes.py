@@ -23,10 +23,13 @@ from faults_helpers import RedisServer
 from processes import free_port
 from stepping import Steppers
 
+from rnnserve.bench.redis_cluster import LocalCluster
+
 CLIENTS = 24
 # What a refusal may truly say here: the store did not answer a write, and what follows.
 FAULT_REASONS = {
     "outcome unknown",
+    "outcome unknown: no replica confirmed",
     "unsure: an earlier outcome unknown",
     "another attempt applied first",
     "changed while it ran",
@@ -142,3 +145,27 @@ def test_owned_sequences_go_on_when_redis_restarts_empty_under_attempts_on_two_w
     assert tally.wrong == [], tally.wrong[:3]
     assert set(tally.reasons) <= {"lost: Redis lost its data"}, tally.line("")
     assert set(tally.refused) <= {"ABORTED"}, tally.line("")
+
+
+@pytest.mark.parametrize("offsets", [False, True], ids=["no-offsets", "offsets"])
+@pytest.mark.parametrize("store", ["redis", "owned"])
+def test_a_redis_cluster_failover_mid_write_leaves_no_sequence_wrong(
+    start_server, sine_repository: Path, tmp_path: Path, store: str, offsets: bool
+) -> None:
+    """A master killed (SIGKILL) while two workers write to it, with replica durability
+    (an acknowledged write survives a failover): a write cut off mid-failover, or that no
+    replica confirmed, is never said to be unapplied. The killed node comes back as the
+    promoted replica's replica."""
+    with LocalCluster(tmp_path / "cluster", node_timeout_ms=1000, ports=free_port) as cluster:
+        args = server_args(store, cluster.url, "--workers", "2", "--state-durability", "replica")
+        server = start_server(sine_repository, args=args)
+        with Steppers(server.address, CLIENTS, offsets) as steppers:
+            steppers.wait_for_steps(CLIENTS * 5)
+            victim = cluster.master_ports()[0]
+            cluster.kill(victim)
+            cluster.wait_failed_over(victim)
+            cluster.restart(victim)
+            cluster.wait_healthy()
+            steppers.wait_for_steps(CLIENTS * 20, timeout_s=240)
+    judged(steppers, f"{store} store, 2 workers, a Redis Cluster master killed and failed "
+                     f"over, {'with' if offsets else 'no'} offsets")  # fmt: skip

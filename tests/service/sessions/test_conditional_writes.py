@@ -14,7 +14,7 @@ import pytest
 from redis_helpers import sync_client
 
 from rnnserve.protocol.sequences import SEQUENCE_OFFSET, SEQUENCE_OUTCOME, UNKNOWN_OUTCOME
-from rnnserve.service.errors import Aborted, Unavailable
+from rnnserve.service.errors import Aborted, FailedPrecondition, Unavailable
 from rnnserve.service.sessions import SessionKey, SessionManager
 from rnnserve.service.sessions.accounting import RowStep
 from rnnserve.service.sessions.manager import Computation
@@ -45,9 +45,12 @@ def answers(result: float) -> dict[str, np.ndarray]:
     return {"y": np.array([[result]], np.float32)}
 
 
-def row(key: SessionKey, offset: int | None, start: bool = False, end: bool = False) -> RowStep:
-    """A step of one time step; with an offset, its digest says which step it is."""
-    digest = b"" if offset is None else f"step at {offset}".encode()
+def row(
+    key: SessionKey, offset: int | None, start: bool = False, end: bool = False, inputs: str = ""
+) -> RowStep:
+    """A step of one time step; with an offset, its digest says which step it is (and
+    `inputs`, which inputs)."""
+    digest = b"" if offset is None else f"step at {offset}{inputs}".encode()
     return RowStep(key, start, end, offset, 1, digest)
 
 
@@ -80,15 +83,18 @@ def fresh_key() -> SessionKey:
 
 
 async def two_attempts(
-    first: SessionManager, second: SessionManager, key: SessionKey, offsets: bool
-) -> BaseException | float | None:
-    """The step at offset 1 (adding 10), sent to `first` and, while it runs, again to
-    `second`, which applies it; what became of the first attempt."""
-    offset = 1 if offsets else None
+    first: SessionManager, second: SessionManager, key: SessionKey, offset: int | None,
+    adding: tuple[float, float],
+) -> BaseException | float | None:  # fmt: skip
+    """The step at count 1 sent to `first` (adding `adding[0]`) and, while it runs, to
+    `second` (adding `adding[1]`), which writes first; what became of the first."""
     release = asyncio.Event()
-    running = asyncio.create_task(step(first, row(key, offset), add(10, release)))
+    inputs = [f" adding {value}" for value in adding]
+    running = asyncio.create_task(
+        step(first, row(key, offset, inputs=inputs[0]), add(adding[0], release))
+    )
     await asyncio.sleep(0.05)  # the first attempt has loaded the sequence and runs
-    assert await step(second, row(key, offset), add(10)) == 11
+    assert await step(second, row(key, offset, inputs=inputs[1]), add(adding[1])) == 1 + adding[1]
     release.set()
     outcome: BaseException | float | None
     try:
@@ -98,17 +104,18 @@ async def two_attempts(
     return outcome
 
 
-def test_of_two_attempts_at_one_step_in_two_processes_one_is_applied(any_redis: str) -> None:
-    """With offsets: the loser is told to send it again, and is answered again."""
+@pytest.mark.parametrize("offset", [1, None], ids=["offsets", "no-offsets"])
+def test_two_attempts_at_one_step_in_two_processes_apply_it_once(
+    any_redis: str, offset: int | None
+) -> None:
+    """The later writer finds the very record it writes: the step was applied once, and
+    both attempts are answered."""
 
     async def scenario() -> None:
         first, second = processes(any_redis)
         key = fresh_key()
-        await step(first, row(key, 0, start=True), add(1))
-        lost = await two_attempts(first, second, key, offsets=True)
-        assert isinstance(lost, Unavailable)
-        assert lost.message.endswith("this one was not applied; retry it with its sequence_offset")
-        assert await step(first, row(key, 1), add(10)) == 11  # the retry: answered again
+        await step(first, row(key, None if offset is None else 0, start=True), add(1))
+        assert await two_attempts(first, second, key, offset, (10, 10)) == 11
         assert await total(first, key) == (2, 11)
         await first.close()
         await second.close()
@@ -116,7 +123,32 @@ def test_of_two_attempts_at_one_step_in_two_processes_one_is_applied(any_redis: 
     asyncio.run(scenario())
 
 
-def test_without_offsets_the_loser_hears_the_count_and_the_sequence_waits_for_one(
+def test_of_two_different_steps_at_one_count_the_later_writer_is_told_to_retry(
+    any_redis: str,
+) -> None:
+    """With offsets: the step refused is told to send itself again, which then hears the
+    count it must resynchronise to (another step, not it, was applied)."""
+
+    async def scenario() -> None:
+        first, second = processes(any_redis)
+        key = fresh_key()
+        await step(first, row(key, 0, start=True), add(1))
+        refused = await two_attempts(first, second, key, 1, (10, 20))
+        assert isinstance(refused, Unavailable)
+        assert refused.message.endswith(
+            "this one was not applied; retry it with its sequence_offset"
+        )
+        with pytest.raises(FailedPrecondition) as out_of_step:
+            await step(first, row(key, 1, inputs=" adding 10"), add(10))
+        assert out_of_step.value.details == {SEQUENCE_OFFSET: 2}
+        assert await total(first, key) == (2, 21)
+        await first.close()
+        await second.close()
+
+    asyncio.run(scenario())
+
+
+def test_without_offsets_the_refused_step_hears_the_count_and_the_sequence_waits_for_one(
     any_redis: str,
 ) -> None:
     """Without offsets a step cannot tell its own earlier attempt from another step: it is
@@ -127,16 +159,16 @@ def test_without_offsets_the_loser_hears_the_count_and_the_sequence_waits_for_on
         first, second = processes(any_redis)
         key = fresh_key()
         await step(first, row(key, None, start=True), add(1))
-        lost = await two_attempts(first, second, key, offsets=False)
-        assert isinstance(lost, Aborted)
-        assert lost.details == {SEQUENCE_OFFSET: 2}
-        assert "this one was not applied" in lost.message
-        with pytest.raises(Aborted, match="outcome of an earlier step is unknown") as unsure:
+        refused = await two_attempts(first, second, key, None, (10, 20))
+        assert isinstance(refused, Aborted)
+        assert refused.details == {SEQUENCE_OFFSET: 2}
+        assert "this one was not applied" in refused.message
+        with pytest.raises(Aborted, match="outcome of an earlier step may be unknown") as unsure:
             await step(first, row(key, None), add(100))
         assert unsure.value.details == {SEQUENCE_OFFSET: 2}
-        assert await step(second, row(key, 2), add(100)) == 111  # resynchronised
-        assert await step(first, row(key, None), add(1000)) == 1111
-        assert await total(first, key) == (4, 1111)
+        assert await step(second, row(key, 2), add(100)) == 121  # resynchronised
+        assert await step(first, row(key, None), add(1000)) == 1121
+        assert await total(first, key) == (4, 1121)
         await first.close()
         await second.close()
 
@@ -173,7 +205,7 @@ def test_a_write_whose_reply_never_came_is_unknown_and_its_retry_learns_its_fate
         with pytest.raises(Aborted) as blind:  # the same step again, without its offset
             await step(first, row(key, None), add(10))
         assert blind.value.details == {SEQUENCE_OFFSET: count}
-        with pytest.raises(Aborted, match="outcome of an earlier step is unknown"):
+        with pytest.raises(Aborted, match="outcome of an earlier step may be unknown"):
             await step(second, row(key, None), add(100))  # on any process
         assert await step(second, row(key, count), add(100)) == sum_ + 100  # resynchronised
         assert await step(first, row(key, None), add(1000)) == sum_ + 1100

@@ -121,8 +121,9 @@ def refusal(step: RowStep, conflict: Conflict) -> ServiceError:
         )
     if conflict.unsure:
         why = (
-            "the outcome of an earlier step is unknown (the state store did not answer "
-            "it), so steps without sequence_offset are refused"
+            "the outcome of an earlier step may be unknown to its client (the state store "
+            "did not answer its write, or another step was applied while it ran), so steps "
+            "without sequence_offset are refused"
         )
     else:
         why = (

@@ -73,17 +73,20 @@ class Reachability:
             )  # fmt: skip
             self._notify()
         if writes:
-            return OutcomeUnknown(
-                f"the {self.store} state store at {self.where} did not answer ({cause}) "
-                "after this step was sent to it: whether it was applied is unknown. Retry "
-                "it with sequence_offset (it is applied once), or send sequence_offset with "
-                "the next step (steps without it are refused until then), or start the "
-                "sequence again",
-                {SEQUENCE_OUTCOME: UNKNOWN_OUTCOME},
-            )
+            return self.unknown(f"did not answer ({cause}) after this step was sent to it")
         return StoreUnavailable(
             f"the {self.store} state store at {self.where} is unreachable ({cause}); nothing "
             "was applied: the request may be retried"
+        )
+
+    def unknown(self, what: str) -> OutcomeUnknown:
+        """The error of a step whose write the store may have applied: it `what`."""
+        return OutcomeUnknown(
+            f"the {self.store} state store at {self.where} {what}: whether this step was "
+            "applied is unknown. Retry it with sequence_offset (it is applied once), or send "
+            "sequence_offset with the next step (steps without it are refused until then), "
+            "or start the sequence again",
+            {SEQUENCE_OUTCOME: UNKNOWN_OUTCOME},
         )
 
     def answered(self) -> None:

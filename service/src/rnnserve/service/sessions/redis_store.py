@@ -33,7 +33,13 @@ from typing import Any
 from rnnserve.service.redis_url import where
 from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.sessions.redis.census import RedisCensus
-from rnnserve.service.sessions.redis.client import UNREACHABLE, Command, RedisClient, Script
+from rnnserve.service.sessions.redis.client import (
+    UNREACHABLE,
+    Command,
+    NotConfirmed,
+    RedisClient,
+    Script,
+)
 from rnnserve.service.sessions.redis.generation import Generation
 from rnnserve.service.sessions.redis.guard import guarded
 from rnnserve.service.sessions.redis.index import INDEX, UNINDEX, SessionIndex, version_tag
@@ -75,8 +81,10 @@ end
 # ''). Stores and indexes each state whose session still holds that count, unless the step
 # carries no offset and the session is unsure (an earlier step's outcome is unknown); a step
 # with an offset, or a start, makes it sure again; an offsetless step refused leaves it
-# unsure (it cannot tell its own earlier attempt from another step). Returns per session
-# 'ok', 'gone' (it holds no state), 'moved:<count>' or 'unsure:<count>'.
+# unsure (it cannot tell its own earlier attempt from another step). A session that holds
+# this very record already (the batch sent again after a broken connection) is 'ok'.
+# Returns per session 'ok', 'gone' (it holds no state), 'moved:<count>' or
+# 'unsure:<count>'.
 _SAVE = Script(
     INDEX
     + _COUNT_OF
@@ -93,7 +101,9 @@ for s = 1, (#KEYS - 4) / 2 do
       verdict = 'gone'
     else
       local count = header_of(held)['offset']
-      if count ~= tonumber(prior) then
+      if held == ARGV[at + 1] then
+        verdict = 'ok'  -- this write, sent again (a failover), or an attempt giving the same
+      elseif count ~= tonumber(prior) then
         verdict = 'moved:' .. count
       elseif not counted and redis.call('EXISTS', unsure) == 1 then
         verdict = 'unsure:' .. count
@@ -283,7 +293,10 @@ class RedisStore:
         try:
             await self._fence()
             replies = await self._redis.run(commands, durable=True)
-        except UNREACHABLE:  # written or not: a blind retry must not apply it twice
+        except (
+            *UNREACHABLE,
+            NotConfirmed,
+        ):  # written or not: a blind retry must not apply it twice
             for key, one in zip(keys, progress, strict=True):
                 if one.prior is not None and one.last is None:
                     self._unsure[key] = (one.prior, one.offset)

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from rnnserve.service.sessions.reachability import Reachability
-from rnnserve.service.sessions.redis.client import UNREACHABLE
+from rnnserve.service.sessions.redis.client import UNREACHABLE, NotConfirmed
 
 
 class Guarded(Protocol):
@@ -42,6 +42,13 @@ def guarded(
                 result = await method(store, *args, **kwargs)
             except UNREACHABLE as error:
                 raise store.reachability.failed(operation, error, writes) from None
+            except NotConfirmed as error:
+                if writes:  # applied by the master, maybe lost by a failover
+                    raise store.reachability.unknown(
+                        "did not have a replica confirm this step's write in time "
+                        "(state_durability=replica)"
+                    ) from error
+                raise
             store.reachability.answered()
             return result
 
