@@ -73,6 +73,7 @@ class Outcome:
     offset: int = 0  # the session's time steps after the request (known ones, for failures)
     error: ServiceError | None = None
     answer: Answer | None = None  # a replay's kept answer (its state outputs left out)
+    prior: int | None = None  # an applied step's: the count it was applied on (Progress.prior)
 
     def fail(self, error: ServiceError) -> None:
         self.kind, self.error = "fail", error
@@ -104,7 +105,7 @@ def judge(step: RowStep, found: Loaded) -> Outcome:
     if found.ended:
         return Outcome("fail", found.offset, _ended(step, found))
     if step.offset is None or step.offset == found.offset:
-        return Outcome("apply", found.offset + step.length)
+        return Outcome("apply", found.offset + step.length, prior=found.offset)
     return Outcome("fail", found.offset, _out_of_step(step, found))
 
 

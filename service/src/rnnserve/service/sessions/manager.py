@@ -22,7 +22,14 @@ from rnnserve.service import metrics
 from rnnserve.service.errors import FailedPrecondition, ResourceExhausted
 from rnnserve.service.sessions.accounting import Outcome, RowStep, answer_of, judge, refusal
 from rnnserve.service.sessions.reachability import StoreUnavailable
-from rnnserve.service.sessions.state import Answer, LastStep, Loaded, Progress, SessionKey
+from rnnserve.service.sessions.state import (
+    ABSENT,
+    Answer,
+    LastStep,
+    Loaded,
+    Progress,
+    SessionKey,
+)
 from rnnserve.service.sessions.store import StateStore
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import State
@@ -163,9 +170,10 @@ class SessionManager:
         for position, index in enumerate(starts):
             one = found[index]
             # Holding state: a live session's progress, or a state that cannot serve.
-            stored[index] = isinstance(one, FailedPrecondition) or (
-                isinstance(one, Progress) and not one.ended
-            )
+            live = isinstance(one, Progress) and not one.ended
+            stored[index] = isinstance(one, FailedPrecondition) or live
+            if isinstance(one, Progress) and live:
+                outcomes[index].prior = one.offset
             if outcomes[index].kind == "apply":
                 for name, array in state.items():
                     array[:, index] = initial[name][:, position]
@@ -183,6 +191,8 @@ class SessionManager:
             for index, one in zip(unknown, present, strict=True):
                 stored[index] = one
         new = [i for i in starting if not stored[i]]
+        for index in new:
+            outcomes[index].prior = ABSENT
         if not new:
             return []
         room = max(0, self.max_sessions - await self.store.count() - self._admitting)
@@ -259,9 +269,8 @@ class SessionManager:
     @staticmethod
     def _progress(row: RowStep, outcome: Outcome, outputs: Answer, index: int) -> Progress:
         """What an applied step leaves: its count, and, when it carried an offset, itself
-        with its row of `outputs` as its answer; the count it was applied on, but for a
-        start."""
-        prior = None if row.start else outcome.offset - row.length
+        with its row of `outputs` as its answer; the count it was applied on (or found)."""
+        prior = outcome.prior
         if row.offset is None:
             return Progress(outcome.offset, prior=prior)
         last = LastStep(row.length, row.digest, answer_of(outputs, index))

@@ -77,8 +77,9 @@ end
 """
 # KEYS: the index (3), the version tags, then each session's state and unsure keys. ARGV:
 # deadline, ttl in ms, then per session its member, record, version tag, version, the count
-# its step was applied on ('' for a start) and whether the step carries an offset ('1' or
-# ''). Stores and indexes each state whose session still holds that count, unless the step
+# its step was applied on (Progress.prior: -1 for a start that found no state, '' for one
+# not conditional) and whether the step carries an offset ('1' or ''). Stores and indexes
+# each state whose session still holds that count (none, for -1), unless the step
 # carries no offset and the session is unsure (an earlier step's outcome is unknown); a step
 # with an offset, or a start, makes it sure again; an offsetless step refused leaves it
 # unsure (it cannot tell its own earlier attempt from another step). A session that holds
@@ -98,12 +99,12 @@ for s = 1, (#KEYS - 4) / 2 do
   if prior ~= '' then
     local held = redis.call('GET', state)
     if not held then
-      verdict = 'gone'
+      if prior ~= '-1' then verdict = 'gone' end
     else
       local count = header_of(held)['offset']
       if held == ARGV[at + 1] then
         verdict = 'ok'  -- this write, sent again (a failover), or an attempt giving the same
-      elseif count ~= tonumber(prior) then
+      elseif prior == '-1' or count ~= tonumber(prior) then
         verdict = 'moved:' .. count
       elseif not counted and redis.call('EXISTS', unsure) == 1 then
         verdict = 'unsure:' .. count
@@ -113,7 +114,7 @@ for s = 1, (#KEYS - 4) / 2 do
   if verdict == 'ok' then
     redis.call('SET', state, ARGV[at + 1], 'PX', ARGV[2])
     index(ARGV[at], ARGV[1], ARGV[at + 2], ARGV[at + 3])
-    if counted or prior == '' then redis.call('DEL', unsure) end
+    if counted or prior == '' or prior == '-1' then redis.call('DEL', unsure) end
   elseif not counted and verdict ~= 'gone' then
     redis.call('SET', unsure, '1', 'PX', ARGV[2])
   end

@@ -57,10 +57,16 @@ class Progress:
     # A record of a recently ended session (kept a while for a retry of its final step):
     # the state stored with it is the one that step started from.
     ended: bool = False
-    # Of a step to store: the count it was applied on (None for a start). A store that
+    # Of a step to store: the count it was applied on; for a start, the count it found
+    # (ABSENT: no state; None: not looked at, a restart without an offset). A store that
     # other processes write too writes it only if the session still holds that count
-    # (compare-and-set): two attempts at one step are applied once.
+    # (compare-and-set): two attempts at one step are applied once, and a start delayed
+    # past its sequence's next steps (an attempt that reached another process late) does
+    # not begin it again.
     prior: int | None = None
+
+
+ABSENT = -1  # Progress.prior of a start that found no state: written only while there is none
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,14 @@ from rnnserve.service.sessions.redis.guard import guarded
 from rnnserve.service.sessions.redis.index import SessionIndex
 from rnnserve.service.sessions.redis.keys import session_of
 from rnnserve.service.sessions.redis.records import encode_gone, load_record, write_records
-from rnnserve.service.sessions.state import Conflict, Loaded, Progress, SessionKey, expired
+from rnnserve.service.sessions.state import (
+    ABSENT,
+    Conflict,
+    Loaded,
+    Progress,
+    SessionKey,
+    expired,
+)
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import State
 
@@ -105,11 +112,22 @@ class OwnedStore:
         progress: Sequence[Progress],
     ) -> list[Conflict | None]:
         """Writes every step here: a session has one owner, which steps it one step at a
-        time (its session manager's turns), and hands it over only between steps."""
+        time (its session manager's turns), and hands it over only between steps. A start
+        that found no sequence (Progress.prior ABSENT) is not written when another worker
+        owns the id by now: it began the sequence, and steps it, meanwhile."""
         new = [key for key in keys if not self._held.states.holds(key)]
+        held_elsewhere: set[SessionKey] = set()
         if new:
-            await self._ownership.claim(new)
-        saved = await self._held.states.save(keys, state, rows, progress)
+            absent = {key for key, one in zip(keys, progress, strict=True) if one.prior == ABSENT}
+            held_elsewhere = await self._ownership.claim(new, if_free=absent)
+        saved: list[Conflict | None] = [
+            Conflict(None) if key in held_elsewhere else None for key in keys
+        ]
+        if held_elsewhere:
+            kept = [i for i, key in enumerate(keys) if key not in held_elsewhere]
+            keys, rows = [keys[i] for i in kept], [rows[i] for i in kept]
+            progress = [progress[i] for i in kept]
+        await self._held.states.save(keys, state, rows, progress)
         self._held.touched.update(keys)
         return saved
 
