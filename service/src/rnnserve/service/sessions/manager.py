@@ -264,7 +264,10 @@ class SessionManager:
                     outcomes[index].fail(refusal(rows[index], conflict))
         if recorded:
             progress = [self._progress(rows[i], outcomes[i], {}, i) for i in recorded]
-            await self.store.end([rows[i].key for i in recorded], state, recorded, progress)
+            ended = await self.store.end([rows[i].key for i in recorded], state, recorded, progress)
+            for index, conflict in zip(recorded, ended, strict=True):
+                if conflict is not None:
+                    outcomes[index].fail(refusal(rows[index], conflict))
 
     @staticmethod
     def _progress(row: RowStep, outcome: Outcome, outputs: Answer, index: int) -> Progress:

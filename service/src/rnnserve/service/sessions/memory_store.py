@@ -223,13 +223,14 @@ class MemoryStore:
         state: State,
         rows: Sequence[int],
         progress: Sequence[Progress],
-    ) -> None:
+    ) -> list[Conflict | None]:
         await self.delete(keys)
         for key, row, one in zip(keys, rows, progress, strict=True):
             kept: State = {}  # the state is needed only to answer a retry of the final step
             if one.last is not None:
                 kept = {name: array[:, row : row + 1].copy() for name, array in state.items()}
             self._record(key, kept, Progress(one.offset, one.last, True))
+        return [None] * len(keys)
 
     def _record(self, key: SessionKey, state: State, record: Progress | Gone) -> None:
         keep_s = self.idle_timeout_s if isinstance(record, Progress) else self._tombstone_s

@@ -49,7 +49,6 @@ from rnnserve.service.sessions.redis.records import (
     encode_record,
     load_record,
     one_row,
-    write_records,
 )
 from rnnserve.service.sessions.state import (
     Conflict,
@@ -139,6 +138,42 @@ if count == tonumber(ARGV[1]) or (count == tonumber(ARGV[2]) and header['last'] 
   return 1
 end
 return 0
+"""
+)
+# KEYS: the index (3), then each session's state and ended keys. ARGV: the ended record's
+# ttl in ms, then per session its member, the count its final step was applied on ('' for a
+# start not conditional, -1 for one that found no state) and the record of its end. Ends
+# each session that still holds that count (none, for -1; as _SAVE: a late write must not
+# end the sequence its id began since), leaving the record;
+# one ended already with this very record (a batch sent again) is 'ok'. Returns per session
+# 'ok', 'gone' or 'moved:<count>'.
+_END = Script(
+    UNINDEX
+    + _COUNT_OF
+    + """
+local verdicts = {}
+for s = 1, (#KEYS - 3) / 2 do
+  local state, ended = KEYS[2 + 2 * s], KEYS[3 + 2 * s]
+  local at = 3 * (s - 1) + 2
+  local prior, record = ARGV[at + 1], ARGV[at + 2]
+  local verdict = 'ok'
+  if prior ~= '' then
+    local held = redis.call('GET', state)
+    if not held then
+      if prior ~= '-1' and redis.call('GET', ended) ~= record then verdict = 'gone' end
+    else
+      local count = header_of(held)['offset']
+      if prior == '-1' or count ~= tonumber(prior) then verdict = 'moved:' .. count end
+    end
+  end
+  if verdict == 'ok' then
+    redis.call('SET', ended, record, 'PX', ARGV[1])
+    redis.call('DEL', state)
+    unindex(ARGV[at])
+  end
+  verdicts[s] = verdict
+end
+return verdicts
 """
 )
 # KEYS: the index (3), then each session's state key. ARGV: each session's member. Frees the
@@ -348,7 +383,7 @@ class RedisStore:
     async def delete(self, keys: Sequence[SessionKey]) -> list[bool]:
         if not keys:
             return []
-        return await self._delete(keys, [])
+        return await self._delete(keys)
 
     @guarded("end", writes=True)
     async def end(
@@ -357,25 +392,41 @@ class RedisStore:
         state: State,
         rows: Sequence[int],
         progress: Sequence[Progress],
-    ) -> None:
+    ) -> list[Conflict | None]:
         if not keys:
-            return
-        space, keep_s = self._redis.keys, self.idle_timeout_s
-        records = write_records(space, "ended", keys, state, rows, progress, keep_s, ended=True)
-        await self._delete(keys, records)
-
-    async def _delete(self, keys: Sequence[SessionKey], first: list[Command]) -> list[bool]:
-        """Frees the sessions' states after the commands `first`, in one batch."""
+            return []
         space, names = self._redis.keys, [member(key) for key in keys]
         groups = space.by_bucket(names)
-        commands = [*first]
+        commands = []
+        for bucket, group in groups.items():
+            args: list[Any] = [round(self.idle_timeout_s * 1000)]
+            touched = []
+            for i in group:
+                one = progress[i]
+                kept = {} if one.last is None else one_row(state, rows[i])  # for a retry
+                prior = "" if one.prior is None else one.prior
+                args += [names[i], prior, encode_record(keys[i], kept, one)]
+                touched += [space.key("state", names[i]), space.key("ended", names[i])]
+            commands.append(Command.call(_END, [*self._index.keys(bucket), *touched], args))
+        replies = await self._redis.run(commands, durable=True)
+        ended: list[Conflict | None] = [None] * len(keys)
+        for group, verdicts in zip(groups.values(), replies, strict=True):
+            for index, verdict in zip(group, verdicts, strict=True):
+                ended[index] = _conflict(verdict)
+        return ended
+
+    async def _delete(self, keys: Sequence[SessionKey]) -> list[bool]:
+        """Frees the sessions' states."""
+        space, names = self._redis.keys, [member(key) for key in keys]
+        groups = space.by_bucket(names)
+        commands = []
         for bucket, group in groups.items():
             state_keys = [space.key("state", names[i]) for i in group]
             members = [names[i] for i in group]
             commands.append(
                 Command.call(_DELETE, [*self._index.keys(bucket), *state_keys], members)
             )
-        replies = (await self._redis.run(commands, durable=True))[len(first) :]
+        replies = await self._redis.run(commands, durable=True)
         deleted = [False] * len(keys)
         for group, counts in zip(groups.values(), replies, strict=True):
             for index, count in zip(group, counts, strict=True):

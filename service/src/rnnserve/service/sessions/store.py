@@ -68,11 +68,12 @@ class StateStore(Protocol):
         state: State,
         rows: Sequence[int],
         progress: Sequence[Progress],
-    ) -> None:
+    ) -> list[Conflict | None]:
         """Frees the sessions, recording for a while (at most the idle timeout; the memory
         store keeps a bounded number) each one's end: its `progress` and, when its final
         step carried an offset, its row of `state`, the state that step started from, for
-        `load` to find on a retry of it."""
+        `load` to find on a retry of it. Per key, None, or the Conflict that kept it from
+        being ended (as `save`: conditional on `progress.prior`)."""
         ...
 
     async def count(self, principal: str | None = None) -> int:

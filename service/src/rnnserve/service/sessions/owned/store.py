@@ -152,12 +152,13 @@ class OwnedStore:
         state: State,
         rows: Sequence[int],
         progress: Sequence[Progress],
-    ) -> None:
+    ) -> list[Conflict | None]:
         if keys:  # Redis first: should it fail, a retry of the final step finds the state
             space, keep_s = self._redis.keys, self.idle_timeout_s
             records = write_records(space, "ended", keys, state, rows, progress, keep_s, ended=True)
             await self._redis.run([*records, *self._ownership.forgetting(keys)], durable=True)
         await self._held.drop(keys)
+        return [None] * len(keys)
 
     @guarded("count")
     async def count(self, principal: str | None = None) -> int:
