@@ -33,7 +33,7 @@ from rnnserve.protocol.sequences import SEQUENCE_OFFSET, SEQUENCE_OUTCOME, UNKNO
 ATTEMPTS = 80  # tries of one step, short between tries: outlasts a Redis pause or restart
 # What a refusal's message says became of the sequence (the first phrase found names it).
 REASONS = (
-    ("did not answer", "outcome unknown"),
+    ("did not confirm this step's write", "outcome unknown"),
     ("did not have a replica confirm", "outcome unknown: no replica confirmed"),
     ("outcome of an earlier step may be unknown", "unsure: an earlier outcome unknown"),
     ("was applied while this one ran", "another attempt applied first"),

@@ -73,7 +73,9 @@ class Reachability:
             )  # fmt: skip
             self._notify()
         if writes:
-            return self.unknown(f"did not answer ({cause}) after this step was sent to it")
+            # Sent or not (a refused connection is told apart from a lost reply by no
+            # more than the message of redis-py's error): it may have been applied.
+            return self.unknown(f"did not confirm this step's write ({cause})")
         return StoreUnavailable(
             f"the {self.store} state store at {self.where} is unreachable ({cause}); nothing "
             "was applied: the request may be retried"
