@@ -173,11 +173,13 @@ class Sequences:
 
 
 class RedisServer:
-    """A redis-server of the test's own on `port`, without persistence: it can be paused
-    (SIGSTOP), killed (SIGKILL) and started again, empty, on the same port."""
+    """A redis-server of the test's own on `port`, without persistence unless `persistent`
+    (an append-only file, written before each reply): it can be paused (SIGSTOP), killed
+    (SIGKILL) and started again on the same port, empty or with what it had written."""
 
-    def __init__(self, binary: str, port: int, directory: Path) -> None:
+    def __init__(self, binary: str, port: int, directory: Path, persistent: bool = False) -> None:
         self.binary, self.port, self.directory = binary, port, directory
+        self.persistent = persistent
         self.url = f"redis://127.0.0.1:{port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -185,7 +187,8 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.directory), "--save", "", "--appendonly", "no",
+                "--dir", str(self.directory), "--save", "",
+                "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
                 "--daemonize", "no",
             ],
             stdout=subprocess.DEVNULL,
@@ -207,6 +210,15 @@ class RedisServer:
     def pause(self) -> None:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGSTOP)
+
+    def pause_writes(self, seconds: float) -> None:
+        """Holds every command that may write (scripts too) for `seconds` (CLIENT PAUSE
+        WRITE): reads are answered, writes wait in Redis and are applied after."""
+        client = redis.Redis.from_url(self.url)
+        try:
+            client.execute_command("CLIENT", "PAUSE", round(seconds * 1000), "WRITE")
+        finally:
+            client.close()
 
     def resume(self) -> None:
         assert self.process is not None

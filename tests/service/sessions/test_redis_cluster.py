@@ -22,9 +22,9 @@ from test_state_stores import lstm_state
 
 from rnnserve.bench.redis_cluster import LocalCluster
 from rnnserve.protocol.errors import UsageError
-from rnnserve.service.errors import Unavailable
 from rnnserve.service.sessions import SessionKey
 from rnnserve.service.sessions.owned.store import OwnedStore
+from rnnserve.service.sessions.reachability import OutcomeUnknown
 from rnnserve.service.sessions.redis.keys import CLUSTER_BUCKETS, Keyspace, member, spread_tags
 from rnnserve.service.sessions.redis_store import RedisStore
 from rnnserve.service.sessions.state import Progress
@@ -128,8 +128,10 @@ def calls_by_master(cluster: LocalCluster) -> dict[int, dict[str, int]]:
 def test_with_replica_durability_a_write_no_replica_takes_is_not_acknowledged(
     redis_cluster: LocalCluster, redis_url: str
 ) -> None:
-    """A lone redis-server has no replica: every write fails UNAVAILABLE. In the cluster, a
-    master whose replica is paused (SIGSTOP) cannot confirm; once it resumes, it can."""
+    """A lone redis-server has no replica: every step's write is of unknown outcome
+    (ABORTED, sequence_outcome unknown: its master has it, a failover may lose it). In the
+    cluster, a master whose replica is paused (SIGSTOP) cannot confirm; once it resumes, it
+    can."""
     key = keys_of(1, "durable")[0]
 
     async def save(url: str, timeout_s: float) -> None:
@@ -139,14 +141,14 @@ def test_with_replica_durability_a_write_no_replica_takes_is_not_acknowledged(
         finally:
             await store.close()
 
-    with pytest.raises(Unavailable, match="not confirmed by a Redis replica within 50 ms"):
+    with pytest.raises(OutcomeUnknown, match="did not have a replica confirm this step's write"):
         asyncio.run(save(redis_url, 0.05))
     stored = Keyspace("durable", cluster=True).key("state", member(key))
     master = redis_cluster.master_of(key_slot(stored.encode()))
     replica = redis_cluster.replica_of(master)
     redis_cluster.signal(replica, signal.SIGSTOP)
     try:
-        with pytest.raises(Unavailable, match="state_durability=replica"):
+        with pytest.raises(OutcomeUnknown, match="state_durability=replica"):
             asyncio.run(save(redis_cluster.url, 0.2))
     finally:
         redis_cluster.signal(replica, signal.SIGCONT)

@@ -4,7 +4,10 @@ Only calls that are safe to repeat are retried: stateless ones, and steps of a s
 carry `sequence_offset`, which the server applies once and answers again when repeated.
 A failure is retried when the server could not be reached, did not answer in time, or
 dropped the call (UNAVAILABLE, DEADLINE_EXCEEDED, and CANCELLED, which is what a server
-that stops reports of the calls and streams it still had), after a backoff that grows
+that stops reports of the calls and streams it still had), or when the server could not
+tell whether a step was applied (ABORTED with `sequence_outcome` "unknown": a state store
+that did not answer its write; the retry, carrying `sequence_offset`, is answered again or
+applied once), after a backoff that grows
 exponentially, with jitter, up to a bound, for a bounded number of attempts.
 """
 
@@ -18,13 +21,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from rnnserve.client.errors import InferenceError
+from rnnserve.protocol.sequences import SEQUENCE_OUTCOME, UNKNOWN_OUTCOME
 
 T = TypeVar("T")
 RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"})
 
 
 def is_retryable(error: InferenceError) -> bool:
-    return error.code in RETRYABLE
+    return error.code in RETRYABLE or error.details.get(SEQUENCE_OUTCOME) == UNKNOWN_OUTCOME
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ only: a streaming sequence over REST is refused with ValueError).
 Every step carries `sequence_offset`, the time steps the server said the sequence had
 consumed before it, so that the server applies each step exactly once. A step that failed
 because the server could not be reached, did not answer or dropped the call (UNAVAILABLE,
-DEADLINE_EXCEEDED, CANCELLED, a broken stream: the step may or may not have been applied)
-is sent again, the same, with bounded backoff (client/retry.py), on a new stream when
+DEADLINE_EXCEEDED, CANCELLED, a broken stream, or ABORTED with `sequence_outcome`
+"unknown", a state store that did not answer its write: the step may or may not have been
+applied) is sent again, the same, with bounded backoff (client/retry.py), on a new stream when
 streaming: the server applies it if it had not, or answers it again if it had. A sequence
 therefore continues exactly after a server crash, or fails with a clear error:
 `SequenceOutOfStep` when the server counts other time steps than the client, the server's

@@ -22,6 +22,12 @@ FAILED_ROWS = "failed_rows"
 # A parameter of a stream's error response (the stream stays open, so no status or trailer
 # can say it): the status code name, beside the error's details (`sequence_offset`).
 ERROR_CODE = "error_code"
+# A detail of a refusal whose step may or may not have been applied (the state store did
+# not answer after the write was sent): "unknown". The step's retry with its
+# SEQUENCE_OFFSET resolves it (answered again, or applied once); without an offset the
+# sequence is refused until a step with one resynchronises it, or it starts again.
+SEQUENCE_OUTCOME = "sequence_outcome"
+UNKNOWN_OUTCOME = "unknown"
 
 # Control inputs and the datatype each is listed with (sequence_id may also be INT64, or
 # BYTES for string ids), and the control outputs.

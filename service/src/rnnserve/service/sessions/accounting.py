@@ -18,6 +18,15 @@ A continuation of a session without state is refused, saying what became of it: 
 (never started, or forgotten), ended by the client or expired (INVALID_ARGUMENT, or
 FAILED_PRECONDITION for an offset step after an end), or lost to a server fault (ABORTED:
 the request was right, the server lost what it needed; begin the sequence again).
+
+Concurrent attempts. A store that other processes write too writes a step only if the
+session still holds the count the step was applied on (state.Conflict): of two attempts at
+one step (a retry that reached another process while the first still ran), one is written
+and the other is refused (`refusal`), applied by none of it. A step that carries an offset
+is told to retry (its retry is answered again); one without cannot tell its own earlier
+attempt from another step, so it is refused ABORTED with the server's count, and the store
+refuses the sequence's steps without an offset from then on, until one with an offset (or a
+start) resynchronises it.
 """
 
 from __future__ import annotations
@@ -31,8 +40,14 @@ import numpy as np
 
 from rnnserve.protocol import codec
 from rnnserve.protocol.sequences import SEQUENCE_OFFSET
-from rnnserve.service.errors import Aborted, FailedPrecondition, InvalidArgument, ServiceError
-from rnnserve.service.sessions.state import Answer, Gone, Loaded, Progress, SessionKey
+from rnnserve.service.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    ServiceError,
+    Unavailable,
+)
+from rnnserve.service.sessions.state import Answer, Conflict, Gone, Loaded, Progress, SessionKey
 from rnnserve.service.types import Tensor
 
 Kind = Literal["apply", "replay", "rerun", "fail"]
@@ -58,6 +73,7 @@ class Outcome:
     offset: int = 0  # the session's time steps after the request (known ones, for failures)
     error: ServiceError | None = None
     answer: Answer | None = None  # a replay's kept answer (its state outputs left out)
+    prior: int | None = None  # an applied step's: the count it was applied on (Progress.prior)
 
     def fail(self, error: ServiceError) -> None:
         self.kind, self.error = "fail", error
@@ -73,7 +89,7 @@ def judge(step: RowStep, found: Loaded) -> Outcome:
         return Outcome("replay", found.offset, answer=found.last.answer)
     if step.start:  # a start may always begin the sequence again
         return Outcome("apply", step.length)
-    if isinstance(found, FailedPrecondition):
+    if isinstance(found, (FailedPrecondition, Unavailable)):
         return Outcome("fail", error=found)
     if isinstance(found, Gone):
         return Outcome("fail", error=_gone(step.key, found))
@@ -89,8 +105,38 @@ def judge(step: RowStep, found: Loaded) -> Outcome:
     if found.ended:
         return Outcome("fail", found.offset, _ended(step, found))
     if step.offset is None or step.offset == found.offset:
-        return Outcome("apply", found.offset + step.length)
+        return Outcome("apply", found.offset + step.length, prior=found.offset)
     return Outcome("fail", found.offset, _out_of_step(step, found))
+
+
+def refusal(step: RowStep, conflict: Conflict) -> ServiceError:
+    """The error of a step whose write the store refused (see Conflict): nothing of it was
+    applied."""
+    key = step.key.describe()
+    if conflict.offset is None or step.offset is not None:
+        # A retry learns what became of it: answered again, applied, or why not.
+        return Unavailable(
+            f"{key} changed while this step ran (another attempt at it, or another step, "
+            "was applied first): this one was not applied; retry it"
+            + ("" if step.offset is None else f" with its {SEQUENCE_OFFSET}")
+        )
+    if conflict.unsure:
+        why = (
+            "the outcome of an earlier step may be unknown to its client (the state store "
+            "did not answer its write, or another step was applied while it ran), so steps "
+            "without sequence_offset are refused"
+        )
+    else:
+        why = (
+            "another step (maybe another attempt at this one) was applied while this one "
+            "ran: this one was not applied, and steps without sequence_offset are refused"
+        )
+    return Aborted(
+        f"{key}: {why} until one with it resynchronises the sequence; the server has "
+        f"applied {conflict.offset} time steps: send the step that begins there with "
+        f"{SEQUENCE_OFFSET}={conflict.offset}, or start the sequence again",
+        {SEQUENCE_OFFSET: conflict.offset},
+    )
 
 
 def _is_retry(step: RowStep, found: Progress) -> bool:

@@ -20,9 +20,16 @@ from typing import TypeVar
 
 from rnnserve.service import metrics
 from rnnserve.service.errors import FailedPrecondition, ResourceExhausted
-from rnnserve.service.sessions.accounting import Outcome, RowStep, answer_of, judge
+from rnnserve.service.sessions.accounting import Outcome, RowStep, answer_of, judge, refusal
 from rnnserve.service.sessions.reachability import StoreUnavailable
-from rnnserve.service.sessions.state import Answer, LastStep, Loaded, Progress, SessionKey
+from rnnserve.service.sessions.state import (
+    ABSENT,
+    Answer,
+    LastStep,
+    Loaded,
+    Progress,
+    SessionKey,
+)
 from rnnserve.service.sessions.store import StateStore
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import State
@@ -131,6 +138,8 @@ class SessionManager:
                 if row_errors or any(outcome.kind != "replay" for outcome in outcomes):
                     result, new_state = await run(state)
                     await self._store(rows, outcomes, state, new_state, result, answers)
+                    if not row_errors and outcomes[0].error is not None:
+                        raise outcomes[0].error  # another attempt at the step won
             finally:
                 if admitted:
                     self._admitting -= len(admitted)
@@ -161,9 +170,10 @@ class SessionManager:
         for position, index in enumerate(starts):
             one = found[index]
             # Holding state: a live session's progress, or a state that cannot serve.
-            stored[index] = isinstance(one, FailedPrecondition) or (
-                isinstance(one, Progress) and not one.ended
-            )
+            live = isinstance(one, Progress) and not one.ended
+            stored[index] = isinstance(one, FailedPrecondition) or live
+            if isinstance(one, Progress) and live:
+                outcomes[index].prior = one.offset
             if outcomes[index].kind == "apply":
                 for name, array in state.items():
                     array[:, index] = initial[name][:, position]
@@ -181,6 +191,8 @@ class SessionManager:
             for index, one in zip(unknown, present, strict=True):
                 stored[index] = one
         new = [i for i in starting if not stored[i]]
+        for index in new:
+            outcomes[index].prior = ABSENT
         if not new:
             return []
         room = max(0, self.max_sessions - await self.store.count() - self._admitting)
@@ -236,7 +248,8 @@ class SessionManager:
         """Stores each applied row's new state and progress (its answer kept when the step
         carried an offset); an ended row's state is freed instead, leaving a record of its
         end (with its final step, and `state`, the state it started from, when it carried
-        an offset)."""
+        an offset). A row whose write the store refused (the session changed since it was
+        loaded: see state.Conflict) fails, applied by none of it."""
         kept: list[int] = []  # one pass sorts the applied rows: most steps are one row
         recorded: list[int] = []
         for index, (row, outcome) in enumerate(zip(rows, outcomes, strict=True)):
@@ -245,18 +258,26 @@ class SessionManager:
         if kept:
             answered = answers(result) if any(rows[i].offset is not None for i in kept) else {}
             progress = [self._progress(rows[i], outcomes[i], answered, i) for i in kept]
-            await self.store.save([rows[i].key for i in kept], new_state, kept, progress)
+            saved = await self.store.save([rows[i].key for i in kept], new_state, kept, progress)
+            for index, conflict in zip(kept, saved, strict=True):
+                if conflict is not None:
+                    outcomes[index].fail(refusal(rows[index], conflict))
         if recorded:
             progress = [self._progress(rows[i], outcomes[i], {}, i) for i in recorded]
-            await self.store.end([rows[i].key for i in recorded], state, recorded, progress)
+            ended = await self.store.end([rows[i].key for i in recorded], state, recorded, progress)
+            for index, conflict in zip(recorded, ended, strict=True):
+                if conflict is not None:
+                    outcomes[index].fail(refusal(rows[index], conflict))
 
     @staticmethod
     def _progress(row: RowStep, outcome: Outcome, outputs: Answer, index: int) -> Progress:
         """What an applied step leaves: its count, and, when it carried an offset, itself
-        with its row of `outputs` as its answer."""
+        with its row of `outputs` as its answer; the count it was applied on (or found)."""
+        prior = outcome.prior
         if row.offset is None:
-            return Progress(outcome.offset)
-        return Progress(outcome.offset, LastStep(row.length, row.digest, answer_of(outputs, index)))
+            return Progress(outcome.offset, prior=prior)
+        last = LastStep(row.length, row.digest, answer_of(outputs, index))
+        return Progress(outcome.offset, last, prior=prior)
 
     @staticmethod
     def _count(rows: Sequence[RowStep], outcomes: list[Outcome]) -> None:

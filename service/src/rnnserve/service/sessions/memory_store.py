@@ -26,6 +26,7 @@ from rnnserve.service.device import StateDevice
 from rnnserve.service.sessions.device_slab import DeviceSlab, RowGraphs
 from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.sessions.state import (
+    Conflict,
     Gone,
     LastStep,
     Layout,
@@ -201,7 +202,9 @@ class MemoryStore:
         state: State,
         rows: Sequence[int],
         progress: Sequence[Progress],
-    ) -> None:
+    ) -> list[Conflict | None]:
+        """Writes every step: one process, whose session manager steps a session one step
+        at a time, writes here (no write is refused, none is uncertain)."""
         slab = self._slab(state)
         slots = [self._slot(key, slab) for key in keys]
         at, rows_at = _index(slots), _index(rows)
@@ -217,6 +220,7 @@ class MemoryStore:
                 slab.last.pop(slot, None)
             else:
                 slab.last[slot] = one.last
+        return [None] * len(keys)
 
     async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
         now = time.monotonic()
@@ -237,13 +241,14 @@ class MemoryStore:
         state: State,
         rows: Sequence[int],
         progress: Sequence[Progress],
-    ) -> None:
+    ) -> list[Conflict | None]:
         await self.delete(keys)
         for key, row, one in zip(keys, rows, progress, strict=True):
             kept: State = {}  # the state is needed only to answer a retry of the final step
             if one.last is not None:
                 kept = {name: array[:, row : row + 1].copy() for name, array in state.items()}
             self._record(key, kept, Progress(one.offset, one.last, True))
+        return [None] * len(keys)
 
     def _record(self, key: SessionKey, state: State, record: Progress | Gone) -> None:
         keep_s = self.idle_timeout_s if isinstance(record, Progress) else self._tombstone_s

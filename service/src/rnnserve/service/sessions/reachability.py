@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from rnnserve.protocol.sequences import SEQUENCE_OUTCOME, UNKNOWN_OUTCOME
 from rnnserve.service import metrics
-from rnnserve.service.errors import Unavailable
+from rnnserve.service.errors import Aborted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,14 @@ Watcher = Callable[[], Coroutine[Any, Any, None]]
 
 class StoreUnavailable(Unavailable):
     """The state store did not answer: nothing was decided, the request may be retried."""
+
+
+class OutcomeUnknown(Aborted):
+    """The state store did not answer a write it may have applied (a timeout after the
+    write was sent, a connection lost before the reply, a failover mid-write): the step may
+    or may not have been applied. Never "nothing was applied": a blind retry could apply it
+    twice. The store's writes are conditional on the session's count, so a retry that
+    carries `sequence_offset` learns which (answered again, or applied once)."""
 
 
 class Reachability:
@@ -46,8 +55,11 @@ class Reachability:
         """`watcher` is awaited after every change of `up`."""
         self._watchers.append(watcher)
 
-    def failed(self, operation: str, cause: BaseException) -> StoreUnavailable:
-        """Records that `operation` could not reach the store; the error to raise."""
+    def failed(
+        self, operation: str, cause: BaseException, writes: bool = False
+    ) -> StoreUnavailable | OutcomeUnknown:
+        """Records that `operation` could not reach the store; the error to raise.
+        `writes`: the operation writes a step, which may have been applied."""
         metrics.STATE_STORE_ERRORS.labels(self.store, operation).inc()
         self._failures += 1
         if self.up:
@@ -60,9 +72,23 @@ class Reachability:
                 self.store, self.where, type(cause).__name__, cause,
             )  # fmt: skip
             self._notify()
+        if writes:
+            # Sent or not (a refused connection is told apart from a lost reply by no
+            # more than the message of redis-py's error): it may have been applied.
+            return self.unknown(f"did not confirm this step's write ({cause})")
         return StoreUnavailable(
             f"the {self.store} state store at {self.where} is unreachable ({cause}); nothing "
             "was applied: the request may be retried"
+        )
+
+    def unknown(self, what: str) -> OutcomeUnknown:
+        """The error of a step whose write the store may have applied: it `what`."""
+        return OutcomeUnknown(
+            f"the {self.store} state store at {self.where} {what}: whether this step was "
+            "applied is unknown. Retry it with sequence_offset (it is applied once), or send "
+            "sequence_offset with the next step (steps without it are refused until then), "
+            "or start the sequence again",
+            {SEQUENCE_OUTCOME: UNKNOWN_OUTCOME},
         )
 
     def answered(self) -> None:

@@ -33,7 +33,13 @@ from typing import Any
 from rnnserve.service.redis_url import where
 from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.sessions.redis.census import RedisCensus
-from rnnserve.service.sessions.redis.client import Command, RedisClient, Script
+from rnnserve.service.sessions.redis.client import (
+    UNREACHABLE,
+    Command,
+    NotConfirmed,
+    RedisClient,
+    Script,
+)
 from rnnserve.service.sessions.redis.generation import Generation
 from rnnserve.service.sessions.redis.guard import guarded
 from rnnserve.service.sessions.redis.index import INDEX, UNINDEX, SessionIndex, version_tag
@@ -43,9 +49,9 @@ from rnnserve.service.sessions.redis.records import (
     encode_record,
     load_record,
     one_row,
-    write_records,
 )
 from rnnserve.service.sessions.state import (
+    Conflict,
     Loaded,
     Progress,
     SessionKey,
@@ -60,17 +66,114 @@ _SWEEP_LIMIT = 1000  # members examined per bucket and expire() call, to keep ea
 # Every script touches the keys of one bucket (redis/keys.py): one hash slot in a cluster;
 # KEYS[1..3] are the bucket's index (redis/index.py).
 
-# KEYS: the index (3), the version tags, then each session's state key. ARGV: deadline, ttl
-# in ms, then per session its member, record, version tag and version. Stores the states and
-# indexes them, atomically.
+# Lua shared by the scripts that read a stored record's step count (records.py: a length,
+# then the JSON header that holds it).
+_COUNT_OF = """
+local function header_of(record)
+  local length = struct.unpack('<I4', record)
+  return cjson.decode(string.sub(record, 5, 4 + length))
+end
+"""
+# KEYS: the index (3), the version tags, then each session's state and unsure keys. ARGV:
+# deadline, ttl in ms, then per session its member, record, version tag, version, the count
+# its step was applied on (Progress.prior: -1 for a start that found no state, '' for one
+# not conditional) and whether the step carries an offset ('1' or ''). Stores and indexes
+# each state whose session still holds that count (none, for -1), unless the step
+# carries no offset and the session is unsure (an earlier step's outcome is unknown); a step
+# with an offset, or a start, makes it sure again; an offsetless step refused leaves it
+# unsure (it cannot tell its own earlier attempt from another step). A session that holds
+# this very record already (the batch sent again after a broken connection) is 'ok'.
+# Returns per session 'ok', 'gone' (it holds no state), 'moved:<count>' or
+# 'unsure:<count>'.
 _SAVE = Script(
     INDEX
+    + _COUNT_OF
     + """
-for i = 5, #KEYS do
-  local at = 4 * (i - 5) + 3
-  redis.call('SET', KEYS[i], ARGV[at + 1], 'PX', ARGV[2])
-  index(ARGV[at], ARGV[1], ARGV[at + 2], ARGV[at + 3])
+local verdicts = {}
+for s = 1, (#KEYS - 4) / 2 do
+  local state, unsure = KEYS[3 + 2 * s], KEYS[4 + 2 * s]
+  local at = 6 * (s - 1) + 3
+  local prior, counted = ARGV[at + 4], ARGV[at + 5] == '1'
+  local verdict = 'ok'
+  if prior ~= '' then
+    local held = redis.call('GET', state)
+    if not held then
+      if prior ~= '-1' then verdict = 'gone' end
+    else
+      local count = header_of(held)['offset']
+      if held == ARGV[at + 1] then
+        verdict = 'ok'  -- this write, sent again (a failover), or an attempt giving the same
+      elseif prior == '-1' or count ~= tonumber(prior) then
+        verdict = 'moved:' .. count
+      elseif not counted and redis.call('EXISTS', unsure) == 1 then
+        verdict = 'unsure:' .. count
+      end
+    end
+  end
+  if verdict == 'ok' then
+    redis.call('SET', state, ARGV[at + 1], 'PX', ARGV[2])
+    index(ARGV[at], ARGV[1], ARGV[at + 2], ARGV[at + 3])
+    if counted or prior == '' or prior == '-1' then redis.call('DEL', unsure) end
+  elseif not counted and verdict ~= 'gone' then
+    redis.call('SET', unsure, '1', 'PX', ARGV[2])
+  end
+  verdicts[s] = verdict
 end
+return verdicts
+"""
+)
+# KEYS: a session's state and unsure keys. ARGV: the count its offsetless step whose
+# outcome is unknown was applied on, the count after it, ttl in ms. Makes the session unsure
+# while it holds either count (no step with an offset since): a blind retry of that step is
+# refused, and so is its write, should it reach Redis only now.
+_FENCE = Script(
+    _COUNT_OF
+    + """
+local held = redis.call('GET', KEYS[1])
+if not held then return 0 end
+local header = header_of(held)
+local count = header['offset']
+if count == tonumber(ARGV[1]) or (count == tonumber(ARGV[2]) and header['last'] == nil) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+)
+# KEYS: the index (3), then each session's state and ended keys. ARGV: the ended record's
+# ttl in ms, then per session its member, the count its final step was applied on ('' for a
+# start not conditional, -1 for one that found no state) and the record of its end. Ends
+# each session that still holds that count (none, for -1; as _SAVE: a late write must not
+# end the sequence its id began since), leaving the record;
+# one ended already with this very record (a batch sent again) is 'ok'. Returns per session
+# 'ok', 'gone' or 'moved:<count>'.
+_END = Script(
+    UNINDEX
+    + _COUNT_OF
+    + """
+local verdicts = {}
+for s = 1, (#KEYS - 3) / 2 do
+  local state, ended = KEYS[2 + 2 * s], KEYS[3 + 2 * s]
+  local at = 3 * (s - 1) + 2
+  local prior, record = ARGV[at + 1], ARGV[at + 2]
+  local verdict = 'ok'
+  if prior ~= '' then
+    local held = redis.call('GET', state)
+    if not held then
+      if prior ~= '-1' and redis.call('GET', ended) ~= record then verdict = 'gone' end
+    else
+      local count = header_of(held)['offset']
+      if prior == '-1' or count ~= tonumber(prior) then verdict = 'moved:' .. count end
+    end
+  end
+  if verdict == 'ok' then
+    redis.call('SET', ended, record, 'PX', ARGV[1])
+    redis.call('DEL', state)
+    unindex(ARGV[at])
+  end
+  verdicts[s] = verdict
+end
+return verdicts
 """
 )
 # KEYS: the index (3), then each session's state key. ARGV: each session's member. Frees the
@@ -141,6 +244,9 @@ class RedisStore:
         )
         self._noticed: list[SessionKey] = []
         self._census: RedisCensus | None = None
+        # Offsetless steps whose outcome is unknown, to make their sessions unsure (_FENCE)
+        # with the next batch that reaches Redis: the count each was applied on and after.
+        self._unsure: dict[SessionKey, tuple[int, int]] = {}
 
     @guarded("load")
     async def load(
@@ -192,30 +298,68 @@ class RedisStore:
                 values[index] = value
         return values
 
-    @guarded("save")
+    @guarded("save", writes=True)
     async def save(
         self,
         keys: Sequence[SessionKey],
         state: State,
         rows: Sequence[int],
         progress: Sequence[Progress],
-    ) -> None:
+    ) -> list[Conflict | None]:
         if not keys:
-            return
+            return []
         deadline = time.time() + self.idle_timeout_s
         space, names = self._redis.keys, [member(key) for key in keys]
         ttl = round(self.idle_timeout_s * 1000)
+        groups = space.by_bucket(names)
         commands = []
-        for bucket, group in space.by_bucket(names).items():
+        for bucket, group in groups.items():
             args: list[Any] = [deadline, ttl]
+            touched = []
             for i in group:
-                record = encode_record(keys[i], one_row(state, rows[i]), progress[i])
-                tag = version_tag(keys[i].model, keys[i].version)
-                args += [names[i], record, tag, json.dumps([keys[i].model, keys[i].version])]
-            state_keys = [space.key("state", names[i]) for i in group]
-            index = [*self._index.keys(bucket), self._index.tags(bucket)]
-            commands.append(Command.call(_SAVE, [*index, *state_keys], args))
-        await self._redis.run(commands, durable=True)
+                one, key = progress[i], keys[i]
+                record = encode_record(key, one_row(state, rows[i]), one)
+                tag = version_tag(key.model, key.version)
+                prior = "" if one.prior is None else one.prior
+                args += [names[i], record, tag, json.dumps([key.model, key.version])]
+                args += [prior, "" if one.last is None else "1"]
+                touched += [space.key("state", names[i]), space.key("unsure", names[i])]
+            indexes = [*self._index.keys(bucket), self._index.tags(bucket)]
+            commands.append(Command.call(_SAVE, [*indexes, *touched], args))
+        try:
+            await self._fence()
+            replies = await self._redis.run(commands, durable=True)
+        except (
+            *UNREACHABLE,
+            NotConfirmed,
+        ):  # written or not: a blind retry must not apply it twice
+            for key, one in zip(keys, progress, strict=True):
+                if one.prior is not None and one.last is None:
+                    self._unsure[key] = (one.prior, one.offset)
+            raise
+        saved: list[Conflict | None] = [None] * len(keys)
+        for group, verdicts in zip(groups.values(), replies, strict=True):
+            for index, verdict in zip(group, verdicts, strict=True):
+                saved[index] = _conflict(verdict)
+        return saved
+
+    async def _fence(self) -> None:
+        """Makes the sessions of the offsetless steps whose outcome is unknown unsure
+        (_FENCE): before any other write, in a round trip of its own (a script Redis does
+        not know yet is sent again after the others of its batch), only while some wait."""
+        if not self._unsure:
+            return
+        fencing = list(self._unsure.items())
+        space, ttl = self._redis.keys, round(self.idle_timeout_s * 1000)
+        commands = []
+        for key, (prior, after) in fencing:
+            name = member(key)
+            touched = [space.key("state", name), space.key("unsure", name)]
+            commands.append(Command.call(_FENCE, touched, [prior, after, ttl]))
+        await self._redis.run(commands)
+        for key, counts in fencing:
+            if self._unsure.get(key) == counts:
+                del self._unsure[key]
 
     @guarded("contains")
     async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
@@ -239,34 +383,50 @@ class RedisStore:
     async def delete(self, keys: Sequence[SessionKey]) -> list[bool]:
         if not keys:
             return []
-        return await self._delete(keys, [])
+        return await self._delete(keys)
 
-    @guarded("end")
+    @guarded("end", writes=True)
     async def end(
         self,
         keys: Sequence[SessionKey],
         state: State,
         rows: Sequence[int],
         progress: Sequence[Progress],
-    ) -> None:
+    ) -> list[Conflict | None]:
         if not keys:
-            return
-        space, keep_s = self._redis.keys, self.idle_timeout_s
-        records = write_records(space, "ended", keys, state, rows, progress, keep_s, ended=True)
-        await self._delete(keys, records)
-
-    async def _delete(self, keys: Sequence[SessionKey], first: list[Command]) -> list[bool]:
-        """Frees the sessions' states after the commands `first`, in one batch."""
+            return []
         space, names = self._redis.keys, [member(key) for key in keys]
         groups = space.by_bucket(names)
-        commands = [*first]
+        commands = []
+        for bucket, group in groups.items():
+            args: list[Any] = [round(self.idle_timeout_s * 1000)]
+            touched = []
+            for i in group:
+                one = progress[i]
+                kept = {} if one.last is None else one_row(state, rows[i])  # for a retry
+                prior = "" if one.prior is None else one.prior
+                args += [names[i], prior, encode_record(keys[i], kept, one)]
+                touched += [space.key("state", names[i]), space.key("ended", names[i])]
+            commands.append(Command.call(_END, [*self._index.keys(bucket), *touched], args))
+        replies = await self._redis.run(commands, durable=True)
+        ended: list[Conflict | None] = [None] * len(keys)
+        for group, verdicts in zip(groups.values(), replies, strict=True):
+            for index, verdict in zip(group, verdicts, strict=True):
+                ended[index] = _conflict(verdict)
+        return ended
+
+    async def _delete(self, keys: Sequence[SessionKey]) -> list[bool]:
+        """Frees the sessions' states."""
+        space, names = self._redis.keys, [member(key) for key in keys]
+        groups = space.by_bucket(names)
+        commands = []
         for bucket, group in groups.items():
             state_keys = [space.key("state", names[i]) for i in group]
             members = [names[i] for i in group]
             commands.append(
                 Command.call(_DELETE, [*self._index.keys(bucket), *state_keys], members)
             )
-        replies = (await self._redis.run(commands, durable=True))[len(first) :]
+        replies = await self._redis.run(commands, durable=True)
         deleted = [False] * len(keys)
         for group, counts in zip(groups.values(), replies, strict=True):
             for index, count in zip(group, counts, strict=True):
@@ -305,6 +465,7 @@ class RedisStore:
             )
             for bucket in range(space.buckets)
         ]
+        await self._fence()
         gone = [name for names in await self._redis.run(sweeps) for name in names]
         expired_keys = [session_of(name) for name in gone] + self._noticed
         self._noticed = []
@@ -322,3 +483,13 @@ class RedisStore:
         await self._redis.close()
         if self._census is not None:
             self._census.close()
+
+
+def _conflict(verdict: bytes) -> Conflict | None:
+    """What _SAVE's verdict on one session says."""
+    if verdict == b"ok":
+        return None
+    if verdict == b"gone":
+        return Conflict(None)
+    why, count = verdict.split(b":")
+    return Conflict(int(count), unsure=why == b"unsure")

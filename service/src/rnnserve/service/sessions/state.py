@@ -11,7 +11,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from rnnserve.service.errors import FailedPrecondition
+from rnnserve.service.errors import FailedPrecondition, Unavailable
 from rnnserve.service.types import State
 
 Layout = dict[str, tuple[int, ...]]  # state name -> the shape one session's tensor must have
@@ -57,6 +57,27 @@ class Progress:
     # A record of a recently ended session (kept a while for a retry of its final step):
     # the state stored with it is the one that step started from.
     ended: bool = False
+    # Of a step to store: the count it was applied on; for a start, the count it found
+    # (ABSENT: no state; None: not looked at, a restart without an offset). A store that
+    # other processes write too writes it only if the session still holds that count
+    # (compare-and-set): two attempts at one step are applied once, and a start delayed
+    # past its sequence's next steps (an attempt that reached another process late) does
+    # not begin it again.
+    prior: int | None = None
+
+
+ABSENT = -1  # Progress.prior of a start that found no state: written only while there is none
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A step that a store refused to write, having found the session changed since the
+    step loaded it: another attempt at the step, or another step, was written first
+    (`offset`: the count the store holds; None when the session holds no state any more),
+    or (`unsure`) an earlier step's outcome is unknown and the step carries no offset."""
+
+    offset: int | None
+    unsure: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +104,9 @@ def expired(idle_timeout_s: float) -> Gone:
 
 
 # What loading one session gave: its progress (its state copied; `ended` for the record of
-# a client's end), a tombstone (Gone), None (no such session known), or why its stored
-# state cannot serve.
-Loaded = Progress | FailedPrecondition | Gone | None
+# a client's end), a tombstone (Gone), None (no such session known), why its stored state
+# cannot serve, or (Unavailable) that the store cannot tell yet.
+Loaded = Progress | FailedPrecondition | Unavailable | Gone | None
 
 
 def row_layout(state: State) -> Layout:

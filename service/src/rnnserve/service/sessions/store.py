@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol, TypedDict
 
 from rnnserve.service.sessions.reachability import Reachability
-from rnnserve.service.sessions.state import Loaded, Progress, SessionKey
+from rnnserve.service.sessions.state import Conflict, Loaded, Progress, SessionKey
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.settings import Settings
 from rnnserve.service.types import State
@@ -44,9 +44,14 @@ class StateStore(Protocol):
         state: State,
         rows: Sequence[int],
         progress: Sequence[Progress],
-    ) -> None:
+    ) -> list[Conflict | None]:
         """Stores (or replaces) each session's row of `state` and its progress, and
-        restarts its idle timer."""
+        restarts its idle timer. Per key, None, or the Conflict that kept it from being
+        written: a store that other processes write too writes a step only if the session
+        still holds the count it was applied on (`progress.prior`; any for a start), and
+        one without an offset (`progress.last` None) only while no earlier step's outcome
+        is unknown. A write whose outcome the store cannot know raises OutcomeUnknown
+        (reachability.py), never StoreUnavailable."""
         ...
 
     async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
@@ -63,11 +68,12 @@ class StateStore(Protocol):
         state: State,
         rows: Sequence[int],
         progress: Sequence[Progress],
-    ) -> None:
+    ) -> list[Conflict | None]:
         """Frees the sessions, recording for a while (at most the idle timeout; the memory
         store keeps a bounded number) each one's end: its `progress` and, when its final
         step carried an offset, its row of `state`, the state that step started from, for
-        `load` to find on a retry of it."""
+        `load` to find on a retry of it. Per key, None, or the Conflict that kept it from
+        being ended (as `save`: conditional on `progress.prior`)."""
         ...
 
     async def count(self, principal: str | None = None) -> int:

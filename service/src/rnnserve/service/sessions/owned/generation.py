@@ -1,10 +1,15 @@
 """Redis losing its data, for the owned store: the states of the sessions a worker holds
 are intact in its memory, so it claims them again; a sequence nobody holds any longer
-hears that its state was lost."""
+hears that its state was lost, once every live worker has had the time to claim its own
+again (before, that it may be retried: another worker may hold it still)."""
 
 from __future__ import annotations
 
+import time
+
+from rnnserve.service.errors import Unavailable
 from rnnserve.service.sessions.owned.held import Held
+from rnnserve.service.sessions.owned.liveness import LIVENESS_S
 from rnnserve.service.sessions.owned.ownership import Ownership
 from rnnserve.service.sessions.owned.worker import Worker
 from rnnserve.service.sessions.redis.generation import Generation
@@ -39,7 +44,14 @@ class GenerationCheck:
         if not lost:
             return
         space, states = self._worker.space, self._held.states
-        held = [key for key in states.sessions() if space.bucket(member(key)) in lost]
+        # Not those whose release may have reached Redis (Held.unsure): another worker may
+        # have taken and stepped them since; the next take decides.
+        unsure = self._held.unsure
+        held = [
+            key
+            for key in states.sessions()
+            if space.bucket(member(key)) in lost and key not in unsure
+        ]
         try:
             await self._ownership.claim(held, again=True)
         except BaseException:
@@ -50,7 +62,18 @@ class GenerationCheck:
         if ended:
             await self._worker.redis.run(self._ownership.forgetting(ended))
 
-    def lost(self, key: SessionKey) -> Gone | None:
+    def lost(self, key: SessionKey) -> Gone | Unavailable | None:
         """The tombstone of a sequence Redis no longer knows, when its bucket lost its data
-        lately (Generation.lost)."""
-        return self._generation.lost(member(key), self._held.tombstone_ms / 1000)
+        lately (Generation.lost); Unavailable while a live worker holding it may not have
+        claimed it again yet (each claims its own at its next sweep, within LIVENESS_S, or it
+        is dead)."""
+        name = member(key)
+        gone = self._generation.lost(name, self._held.tombstone_ms / 1000)
+        noticed = self._generation.noticed(name)
+        if gone is None or noticed is None or time.time() - noticed > LIVENESS_S:
+            return gone
+        return Unavailable(
+            f"{key.describe()} is not in Redis, which lost its data: the server process "
+            f"holding it, if one does, claims it again within {LIVENESS_S:g} s; nothing was "
+            "applied: the request may be retried"
+        )

@@ -30,9 +30,11 @@ log = logging.getLogger(__name__)
 INBOX_POLL_S = 0.5  # the inbox listener's longest wait in Redis (and at a stop)
 
 # KEYS: owner, state, my owned list. ARGV: me, state, ttl in ms, member. Leaves the state
-# for the next owner.
+# for the next owner: mine, or nobody's (Redis lost my record of it with its data, and I
+# have not claimed it again yet), not another worker's (it started the id again).
 _RELEASE = Script("""
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[4])
@@ -126,6 +128,9 @@ class Handover:
         """Leaves the keys' states in Redis for the next owner and drops them here."""
         me, space, held = self._worker.id, self._worker.space, self._held
         commands = []
+        # Those not here (handed over already, on an earlier request) are left alone: the
+        # asker's next take finds where they are.
+        keys = [key for key in keys if held.states.holds(key)]
         for key in keys:
             record = held.states.record_of(key)
             if record is None:  # expired meanwhile: make that known instead

@@ -22,20 +22,24 @@ LIVENESS_S = 10.0  # a worker silent this long is dead: its sessions are lost, n
 # prefix, deadline, liveness ms, cutoff, members. Keeps me alive and registered, moves the
 # deadlines of the members I own (and drops the copies of their states left by my takes),
 # drops index entries past the cutoff (states left in Redis that nobody took) and returns
-# the members I lost and the workers that died.
+# the members I lost (another worker owns them), the workers that died and the members
+# that nobody owns (Redis lost my records: its data, since my last look).
 _REFRESH = Script(
     UNINDEX
     + """
 redis.call('SET', KEYS[4], '1', 'PX', ARGV[4])
 redis.call('SADD', KEYS[5], ARGV[1])
-local lost = {}
+local lost, orphans = {}, {}
 for i = 6, #ARGV do
-  if redis.call('GET', ARGV[2] .. 'owner:' .. ARGV[i]) == ARGV[1] then
+  local owner = redis.call('GET', ARGV[2] .. 'owner:' .. ARGV[i])
+  if owner == ARGV[1] then
     redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
     redis.call('DEL', ARGV[2] .. 'state:' .. ARGV[i])
-  else
+  elseif owner then
     table.insert(lost, ARGV[i])
     redis.call('SREM', KEYS[6], ARGV[i])
+  else
+    table.insert(orphans, ARGV[i])
   end
 end
 for _, stale in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[5])) do
@@ -47,7 +51,7 @@ for _, worker in ipairs(redis.call('SMEMBERS', KEYS[5])) do
     table.insert(dead, worker)
   end
 end
-return {lost, dead}
+return {lost, dead, orphans}
 """
 )
 
@@ -119,12 +123,15 @@ class Liveness:
         return commands
 
     @staticmethod
-    def outcome(replies: Sequence[Any]) -> tuple[list[bytes], set[bytes]]:
+    def outcome(replies: Sequence[Any]) -> tuple[list[bytes], set[bytes], list[bytes]]:
         """What the refreshes' replies say: the members I lost (another worker started
-        them again) and the workers that died."""
+        them again), the workers that died and the members nobody owns (Redis lost my
+        records of them with its data: mine to claim again)."""
         lost: list[bytes] = []
         dead: set[bytes] = set()
-        for bucket_lost, bucket_dead in replies:
+        orphans: list[bytes] = []
+        for bucket_lost, bucket_dead, bucket_orphans in replies:
             lost += bucket_lost
             dead.update(bucket_dead)
-        return lost, dead
+            orphans += bucket_orphans
+        return lost, dead, orphans

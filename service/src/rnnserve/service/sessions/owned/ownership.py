@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from rnnserve.service.sessions.owned.held import Held
@@ -15,7 +15,7 @@ from rnnserve.service.sessions.owned.worker import Worker, owned_key
 from rnnserve.service.sessions.redis.client import Command, Script
 from rnnserve.service.sessions.redis.guard import guarded
 from rnnserve.service.sessions.redis.index import INDEX, UNINDEX, SessionIndex, version_tag
-from rnnserve.service.sessions.redis.keys import member
+from rnnserve.service.sessions.redis.keys import member, session_of
 from rnnserve.service.sessions.state import SessionKey
 
 log = logging.getLogger(__name__)
@@ -27,25 +27,35 @@ CHUNK = 1000  # sessions per script of a claim, and per batch of a clean stop's 
 # (redis/index.py).
 
 # KEYS: the index (3), the version tags, my owned list. ARGV: me, prefix, deadline,
-# liveness ms, again ('1' or ''), then per session its member, version tag and version.
-# Takes the sessions (new ones, or ids started again: a state left by an earlier run of
-# the id goes; `again`: mine, after Redis lost its data, unless another worker has claimed
-# one since) and keeps me alive and registered in the bucket.
+# liveness ms, again ('1' or ''), then per session its member, version tag, version and
+# whether to take it only if no live worker owns it ('1' or ''). Takes the sessions (new
+# ones, or ids started again: a state left by an earlier run of the id goes; `again`: mine,
+# after Redis lost its data, unless another worker has claimed one since) and keeps me
+# alive and registered in the bucket. Returns the members another live worker owns, of
+# those to take only if none does (a start that found no sequence, which another worker
+# began and stepped since: it is not begun again).
 _CLAIM = Script(
     INDEX
     + """
 redis.call('SET', ARGV[2] .. 'worker:' .. ARGV[1], '1', 'PX', ARGV[4])
 redis.call('SADD', ARGV[2] .. 'workers', ARGV[1])
-for i = 6, #ARGV, 3 do
-  if ARGV[5] == '' then
-    redis.call('SET', ARGV[2] .. 'owner:' .. ARGV[i], ARGV[1])
-    redis.call('DEL', ARGV[2] .. 'state:' .. ARGV[i])
+local held = {}
+for i = 6, #ARGV, 4 do
+  local owner = ARGV[i + 3] == '1' and redis.call('GET', ARGV[2] .. 'owner:' .. ARGV[i])
+  if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. 'worker:' .. owner) == 1 then
+    table.insert(held, ARGV[i])
   else
-    redis.call('SET', ARGV[2] .. 'owner:' .. ARGV[i], ARGV[1], 'NX')
+    if ARGV[5] == '' then
+      redis.call('SET', ARGV[2] .. 'owner:' .. ARGV[i], ARGV[1])
+      redis.call('DEL', ARGV[2] .. 'state:' .. ARGV[i])
+    else
+      redis.call('SET', ARGV[2] .. 'owner:' .. ARGV[i], ARGV[1], 'NX')
+    end
+    redis.call('SADD', KEYS[5], ARGV[i])
+    index(ARGV[i], ARGV[3], ARGV[i + 1], ARGV[i + 2])
   end
-  redis.call('SADD', KEYS[5], ARGV[i])
-  index(ARGV[i], ARGV[3], ARGV[i + 1], ARGV[i + 2])
 end
+return held
 """
 )
 # KEYS: the index (3), my owned list. ARGV: me, prefix, a tombstone to leave ('' for none),
@@ -78,11 +88,14 @@ class Ownership:
         self._index = SessionIndex(worker.redis)
 
     @guarded("claim")
-    async def claim(self, keys: list[SessionKey], again: bool = False) -> None:
+    async def claim(
+        self, keys: list[SessionKey], again: bool = False, if_free: Collection[SessionKey] = ()
+    ) -> set[SessionKey]:
         """Records me as the owner of `keys` (new sessions; `again`: mine, after Redis lost
-        its data, unless another worker has claimed one since)."""
+        its data, unless another worker has claimed one since). Returns those of `if_free`
+        (to take only if no live worker owns them) that another live worker owns."""
         if not keys:
-            return
+            return set()
         me, space = self._worker.id, self._worker.space
         deadline = time.time() + self._held.idle_timeout_s
         names = [member(key) for key in keys]
@@ -96,12 +109,14 @@ class Ownership:
                 for i in group[start : start + CHUNK]:
                     model, version = keys[i].model, keys[i].version
                     args += [names[i], version_tag(model, version), json.dumps([model, version])]
+                    args.append("1" if keys[i] in if_free else "")
                 owned = owned_key(space, bucket, me)
                 touched = [*self._index.keys(bucket), self._index.tags(bucket), owned]
                 commands.append(Command.call(_CLAIM, touched, args))
-        await self._worker.redis.run(commands, durable=True)
+        replies = await self._worker.redis.run(commands, durable=True)
         if again:
             log.warning("claimed the %d sequences this process holds again", len(keys))
+        return {session_of(name) for held in replies for name in held}
 
     def forgetting(self, keys: Sequence[SessionKey], tombstone: bytes = b"") -> list[Command]:
         """The commands that end `keys`, those I own (leaving `tombstone`, if any)."""

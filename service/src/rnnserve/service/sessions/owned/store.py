@@ -27,7 +27,14 @@ from rnnserve.service.sessions.redis.guard import guarded
 from rnnserve.service.sessions.redis.index import SessionIndex
 from rnnserve.service.sessions.redis.keys import session_of
 from rnnserve.service.sessions.redis.records import encode_gone, load_record, write_records
-from rnnserve.service.sessions.state import Loaded, Progress, SessionKey, expired
+from rnnserve.service.sessions.state import (
+    ABSENT,
+    Conflict,
+    Loaded,
+    Progress,
+    SessionKey,
+    expired,
+)
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import State
 
@@ -103,12 +110,26 @@ class OwnedStore:
         state: State,
         rows: Sequence[int],
         progress: Sequence[Progress],
-    ) -> None:
+    ) -> list[Conflict | None]:
+        """Writes every step here: a session has one owner, which steps it one step at a
+        time (its session manager's turns), and hands it over only between steps. A start
+        that found no sequence (Progress.prior ABSENT) is not written when another worker
+        owns the id by now: it began the sequence, and steps it, meanwhile."""
         new = [key for key in keys if not self._held.states.holds(key)]
+        held_elsewhere: set[SessionKey] = set()
         if new:
-            await self._ownership.claim(new)
+            absent = {key for key, one in zip(keys, progress, strict=True) if one.prior == ABSENT}
+            held_elsewhere = await self._ownership.claim(new, if_free=absent)
+        saved: list[Conflict | None] = [
+            Conflict(None) if key in held_elsewhere else None for key in keys
+        ]
+        if held_elsewhere:
+            kept = [i for i, key in enumerate(keys) if key not in held_elsewhere]
+            keys, rows = [keys[i] for i in kept], [rows[i] for i in kept]
+            progress = [progress[i] for i in kept]
         await self._held.states.save(keys, state, rows, progress)
         self._held.touched.update(keys)
+        return saved
 
     async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
         elsewhere = await self._takeover.acquire(keys)
@@ -124,19 +145,20 @@ class OwnedStore:
         await self._redis.run(self._ownership.forgetting(keys), durable=True)
         return await self._held.drop(keys)
 
-    @guarded("end")
+    @guarded("end", writes=True)
     async def end(
         self,
         keys: Sequence[SessionKey],
         state: State,
         rows: Sequence[int],
         progress: Sequence[Progress],
-    ) -> None:
+    ) -> list[Conflict | None]:
         if keys:  # Redis first: should it fail, a retry of the final step finds the state
             space, keep_s = self._redis.keys, self.idle_timeout_s
             records = write_records(space, "ended", keys, state, rows, progress, keep_s, ended=True)
             await self._redis.run([*records, *self._ownership.forgetting(keys)], durable=True)
         await self._held.drop(keys)
+        return [None] * len(keys)
 
     @guarded("count")
     async def count(self, principal: str | None = None) -> int:
@@ -161,9 +183,23 @@ class OwnedStore:
         forgetting = self._ownership.forgetting(expired_keys, tombstone)
         refreshes = self._liveness.refreshing(touched)
         replies = await self._redis.run([*forgetting, *refreshes])
-        lost, dead = self._liveness.outcome(replies[len(forgetting) :])
-        if lost:  # another worker started these ids over: my states are stale
-            await self._held.states.delete([session_of(name) for name in lost])
+        lost, dead, orphans = self._liveness.outcome(replies[len(forgetting) :])
+        # Another worker started these ids over: my states are stale. Not those taken or
+        # stepped here while the refresh was under way: handed over and taken back since,
+        # they are mine again (dropping them would lose live sessions).
+        stale = [key for key in map(session_of, lost) if key not in self._held.touched]
+        if stale:
+            await self._held.states.delete(stale)
+        # Redis lost my records of these (its data, since the generation check above): held
+        # here, they are claimed again, as that check claims the others.
+        held = self._held
+        mine = [
+            key
+            for key in map(session_of, orphans)
+            if held.states.holds(key) and key not in held.unsure
+        ]
+        if mine:
+            await self._ownership.claim(mine, again=True)
         for worker in dead:
             await self._reaper.reap(worker.decode())
         return expired_keys

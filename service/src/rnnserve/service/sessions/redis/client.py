@@ -296,11 +296,17 @@ class RedisClient:
     def _check_confirmed(self, replicas: Any) -> None:
         if isinstance(replicas, int) and replicas >= REPLICAS:
             return
-        raise Unavailable(
+        raise NotConfirmed(
             f"the write was not confirmed by a Redis replica within {self._wait_ms} ms "
             "(state_durability=replica): retry (a step that carries sequence_offset is "
             "applied once)"
         )
+
+
+class NotConfirmed(Unavailable):
+    """A write under replica durability that no replica confirmed in time: its master
+    applied it, a failover may lose it. A step's write so refused is OutcomeUnknown
+    (guard.py)."""
 
 
 _PENDING = object()  # a reply still to get

@@ -65,6 +65,11 @@ class Generation:
             )
         return lost
 
+    def noticed(self, name: str) -> float | None:
+        """When (time.time()) this process noticed that the bucket of the sequence named
+        `name` lost its data last; None if it never did."""
+        return self._lost_at[self._redis.keys.bucket(name)]
+
     def lost(self, name: str, within_s: float) -> Gone | None:
         """The tombstone of a sequence (named `name`) Redis no longer knows, when its
         bucket lost its data within the last `within_s` seconds (such a sequence most likely

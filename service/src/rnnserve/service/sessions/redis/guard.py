@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from rnnserve.service.sessions.reachability import Reachability
-from rnnserve.service.sessions.redis.client import UNREACHABLE
+from rnnserve.service.sessions.redis.client import UNREACHABLE, NotConfirmed
 
 
 class Guarded(Protocol):
@@ -24,13 +24,14 @@ T = TypeVar("T")
 
 
 def guarded(
-    operation: str,
+    operation: str, writes: bool = False
 ) -> Callable[
     [Callable[Concatenate[G, P], Awaitable[T]]],
     Callable[Concatenate[G, P], Coroutine[Any, Any, T]],
 ]:
     """A store method that reaches Redis: a failure to reach it (client.UNREACHABLE)
-    becomes StoreUnavailable, and every outcome tells the store's Reachability."""
+    becomes StoreUnavailable (OutcomeUnknown for a method that `writes` a step, which may
+    have landed), and every outcome tells the store's Reachability."""
 
     def decorate(
         method: Callable[Concatenate[G, P], Awaitable[T]],
@@ -40,7 +41,14 @@ def guarded(
             try:
                 result = await method(store, *args, **kwargs)
             except UNREACHABLE as error:
-                raise store.reachability.failed(operation, error) from None
+                raise store.reachability.failed(operation, error, writes) from None
+            except NotConfirmed as error:
+                if writes:  # applied by the master, maybe lost by a failover
+                    raise store.reachability.unknown(
+                        "did not have a replica confirm this step's write in time "
+                        "(state_durability=replica)"
+                    ) from error
+                raise
             store.reachability.answered()
             return result
 
