@@ -49,6 +49,14 @@ def step_feeds(value: float, length: int = 1) -> Tensors:
     }
 
 
+def batch_feeds(rows: int, value: float) -> Tensors:
+    """A step of several rows (a stateless request of a batch)."""
+    return {
+        "x": np.full((rows, 1, 1), value, np.float32),
+        "h0": np.full((1, rows, 2), value, np.float32),
+    }
+
+
 def make_batcher(runner: Runner, **options: object) -> Batcher:
     return Batcher(runner, dict.fromkeys(STATES, 1), model="batcher-test", version="1", **options)
 
@@ -81,6 +89,35 @@ def test_only_steps_of_equal_length_share_a_run() -> None:
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+def test_a_batch_never_passes_the_maximum_and_a_larger_step_runs_alone() -> None:
+    async def scenario() -> None:
+        recorder = Recorder()
+        batcher = make_batcher(recorder, max_size=8, max_delay_us=10_000)
+        steps = [batch_feeds(3, i) for i in range(6)] + [batch_feeds(10, 6)]
+        results = await asyncio.gather(*(batcher.run(feeds) for feeds in steps))
+        assert sorted(recorder.batch_sizes) == [6, 6, 6, 10]  # steps of 3 rows, two a run
+        for feeds, result in zip(steps, results, strict=True):
+            np.testing.assert_array_equal(result["y"], feeds["x"] * 2)
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_preferred_sizes_run_without_waiting_out_the_queue_delay() -> None:
+    async def scenario() -> None:
+        recorder = Recorder()
+        # A delay no test would wait out: only the preferred sizes end these batches.
+        batcher = make_batcher(recorder, max_size=64, max_delay_us=600_000_000,
+                               preferred_sizes=(2, 4))  # fmt: skip
+        await asyncio.gather(*(batcher.run(step_feeds(i)) for i in range(8)))
+        assert recorder.batch_sizes == [4, 4]  # the largest preferred size, twice
+        await asyncio.gather(*(batcher.run(step_feeds(i)) for i in range(2)))
+        assert recorder.batch_sizes[2:] == [2]  # a smaller one, with no more steps queued
+        await batcher.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
 def test_with_batching_off_every_step_runs_alone() -> None:

@@ -40,9 +40,9 @@ class Batcher:
     `batch_axes` names the tensors, inputs and outputs, whose batch axis is not 0 (h0, c0,
     hn, cn of the default models: 1). With `enabled` false each call runs on its own.
     Gathering stops at `max_size` rows (a step that would pass it starts the next batch),
-    `max_delay_us` after the first step waited, or as soon as no other step is queued
-    and the rows gathered are one of `preferred_sizes` (Triton's preferred batch sizes,
-    which never wait out the delay); `concurrency` runs may be in flight at once, and
+    `max_delay_us` after the first step waited, or at one of `preferred_sizes` (Triton's
+    preferred batch sizes): at the largest, or at any other when no more steps are queued
+    (they never wait out the delay). `concurrency` runs may be in flight at once, and
     while they are, arrivals gather. Construct it inside the running event loop.
     """
 
@@ -67,6 +67,7 @@ class Batcher:
         self._max_size = max_size
         self._max_delay_s = max_delay_us / 1e6
         self._preferred = frozenset(preferred_sizes)
+        self._largest_preferred = max(self._preferred, default=0)
         self._executor = executor
         self._queue: asyncio.Queue[_Step] = asyncio.Queue()
         self._left_over: _Step | None = None  # too many rows for the last batch: the next's
@@ -128,7 +129,7 @@ class Batcher:
         if self._queue.empty() and self._running == 0:
             return steps
         deadline = time.perf_counter() + self._max_delay_s
-        while rows < self._max_size:
+        while rows < self._max_size and rows != self._largest_preferred:
             try:
                 step = self._queue.get_nowait()
             except asyncio.QueueEmpty:
