@@ -160,6 +160,31 @@ def test_a_refused_request_fails_alone_and_its_batch_mates_are_answered(batching
     assert batched_runs(batching_server, "sine-lstm") > runs_before
 
 
+def test_streamed_translations_decode_in_shared_runs_as_each_alone(batching_server) -> None:
+    """ModelStreamInfer without a session: seq2seq's token by token answers, whose
+    decoding steps share runs with those of other streams."""
+    requests = requests_for("seq2seq-lstm", {})
+    alone = answers(batching_server, requests, together=False)
+    runs_before = batched_runs(batching_server, "seq2seq-lstm")
+
+    def translate(request: Request) -> str:
+        start.wait()
+        replies = list(batching_server.stub.ModelStreamInfer(iter([request]), timeout=60))
+        assert all(reply.error_message == "" for reply in replies)
+        return "".join(outputs_of(r.infer_response)["text_out"][0].decode() for r in replies)
+
+    for _ in range(ROUNDS):
+        start = threading.Barrier(len(requests))
+        with ThreadPoolExecutor(len(requests)) as pool:
+            streamed = list(pool.map(translate, requests))
+        for text, expected in zip(streamed, alone, strict=True):
+            assert isinstance(expected, dict)
+            assert text == expected["text_out"][0].decode()
+        if batched_runs(batching_server, "seq2seq-lstm") > runs_before:
+            break
+    assert batched_runs(batching_server, "seq2seq-lstm") > runs_before
+
+
 def test_config_reports_the_flags_knobs_or_the_models_own(batching_server) -> None:
     def config(model: str) -> pb.ModelConfig:
         request = pb.ModelConfigRequest(name=model)
