@@ -282,7 +282,7 @@ class Settings(BaseSettings):
     dynamic_batching: bool = Field(
         default=False,
         description="batch concurrent stateless requests of a model version into one ORT run "
-        "(a model's model.json `dynamic_batching` turns it on for that model)",
+        "(a model's model.json may turn it on for that model, with knobs of its own)",
     )
     dynamic_batch_max_size: int = Field(
         default=64, ge=1, description="most rows a dynamic batch gathers"
