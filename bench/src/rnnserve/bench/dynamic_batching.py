@@ -1,10 +1,10 @@
 """Scenario 14: dynamic batching of stateless requests. k6 sends stateless ModelInfer
-requests of one step, and of `LONG` steps, from 1, 16 and 64 clients (a connection each),
-to rnnserve with `--dynamic-batching` off and on (its default knobs: no preferred sizes,
-100 µs of queue delay, 64 rows at most), and the one-step requests to the echo floor
-measured in the same run: requests/s and p50, and each read against the floor. The notes
-say where batching starts to pay on this CPU (its requests/s over those without) and where
-it loses."""
+requests of one step, and of `LONG` steps (100 and 1,000: more ORT work per row), from 1,
+16 and 64 clients (a connection each), to rnnserve with `--dynamic-batching` off and on (its
+default knobs: no preferred sizes, 100 µs of queue delay, 64 rows at most), and the
+one-step requests to the echo floor measured in the same run: requests/s and p50, and each
+read against the floor. The notes say where batching starts to pay on this CPU (its
+requests/s over those without) and where it loses."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from rnnserve.bench.plots import line_plot
 from rnnserve.bench.report import Figure, Metrics, ScenarioResult, environment
 
 CLIENTS, QUICK_CLIENTS = (1, 16, 64), (1, 4)
-LONG, QUICK_LONG = 100, 10  # steps of the longer requests
+LONG, QUICK_LONG = (100, 1000), (10,)  # steps of the longer requests: more work per row
 
 
 def _runs(options: Options, server: servers.Running, clients: int, steps: int) -> list[Metrics]:
@@ -34,7 +34,7 @@ def _runs(options: Options, server: servers.Running, clients: int, steps: int) -
 
 def run(options: Options) -> ScenarioResult:
     counts = QUICK_CLIENTS if options.quick else CLIENTS
-    lengths = (1, QUICK_LONG if options.quick else LONG)
+    lengths = (1, *(QUICK_LONG if options.quick else LONG))
     figures: list[Figure] = []
     floors: dict[int, Figure] = {}
     with servers.echo_server(options.workdir) as echo:
