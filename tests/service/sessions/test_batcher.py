@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,26 @@ def test_preferred_sizes_run_without_waiting_out_the_queue_delay() -> None:
         await batcher.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_small_batch_runs_on_the_event_loop_and_a_larger_one_in_the_executor() -> None:
+    async def scenario() -> list[str]:
+        threads = []
+
+        def runner(feeds: Tensors) -> Tensors:
+            threads.append(threading.current_thread().name)
+            return {"y": feeds["x"], "hn": feeds["h0"]}
+
+        with ThreadPoolExecutor(1, thread_name_prefix="executor") as executor:
+            # A step is 12 bytes of inputs: two fit, three do not.
+            batcher = make_batcher(runner, max_size=8, max_delay_us=10_000,
+                                   inline_max_bytes=24, executor=executor)  # fmt: skip
+            for steps in (2, 3):
+                await asyncio.gather(*(batcher.run(step_feeds(i)) for i in range(steps)))
+            await batcher.close()
+        return threads
+
+    assert asyncio.run(scenario()) == [threading.main_thread().name, "executor_0"]
 
 
 def test_with_batching_off_every_step_runs_alone() -> None:

@@ -100,6 +100,7 @@ class Compute:
                 model=model.name,
                 version=model.version,
                 executor=self._executor,
+                inline_max_bytes=self.settings.inline_max_bytes,
                 **options,
             )
             for role in model.spec.graphs

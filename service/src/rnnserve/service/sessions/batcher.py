@@ -43,7 +43,10 @@ class Batcher:
     `max_delay_us` after the first step waited, or at one of `preferred_sizes` (Triton's
     preferred batch sizes): at the largest, or at any other when no more steps are queued
     (they never wait out the delay). `concurrency` runs may be in flight at once, and
-    while they are, arrivals gather. Construct it inside the running event loop.
+    while they are, arrivals gather. A batch of at most `inline_max_bytes` of inputs runs
+    on the event loop, as a small request does (its run costs less than the hand-off to
+    `executor` and back); a larger one in `executor`. Construct it inside the running
+    event loop.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class Batcher:
         preferred_sizes: Collection[int] = (),
         concurrency: int = 1,
         executor: Executor | None = None,
+        inline_max_bytes: int = 0,
     ) -> None:
         self._runner = runner
         self._batch_axes = dict(batch_axes)
@@ -69,6 +73,7 @@ class Batcher:
         self._preferred = frozenset(preferred_sizes)
         self._largest_preferred = max(self._preferred, default=0)
         self._executor = executor
+        self._inline_max_bytes = inline_max_bytes
         self._queue: asyncio.Queue[_Step] = asyncio.Queue()
         self._left_over: _Step | None = None  # too many rows for the last batch: the next's
         self._waiting: set[_Step] = set()  # steps whose callers still wait, failed by close()
@@ -166,6 +171,9 @@ class Batcher:
         return list(groups.values())
 
     async def _execute(self, group: list[_Step]) -> list[Tensors]:
+        size = sum(array.nbytes for step in group for array in step.feeds.values())
+        if size <= self._inline_max_bytes:
+            return self._run_group(group)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._run_group, group)
 
