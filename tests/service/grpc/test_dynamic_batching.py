@@ -26,7 +26,7 @@ DELAY_US = 50_000  # long enough for requests sent together to meet on a busy ma
 MAX_BATCH = 8
 # Rounds of concurrent requests until some share a run: a request that finds nothing
 # queued and nothing running runs at once, so on a busy machine a round may meet no other.
-ROUNDS = 10
+ROUNDS = 30
 DEFAULT_MODELS = ("sine-lstm", "sine-gru", "tagger-gru", "seq2seq-lstm")
 OWN_BATCHING = {"preferred_batch_size": [2, 4], "max_queue_delay_microseconds": DELAY_US,
                 "max_batch_size": 4}  # fmt: skip
