@@ -1,4 +1,4 @@
-"""Scenario 14: dynamic batching of stateless requests. k6 sends stateless ModelInfer
+"""Scenario 15: dynamic batching of stateless requests. k6 sends stateless ModelInfer
 requests of one step, and of `LONG` steps (100 and 1,000: more ORT work per row), from 1,
 16 and 64 clients (a connection each), to rnnserve with `--dynamic-batching` off and on (its
 default knobs: no preferred sizes, 100 µs of queue delay, 64 rows at most), and the
@@ -80,7 +80,7 @@ def run(options: Options) -> ScenarioResult:
     )
     return ScenarioResult(
         name="dynamic_batching",
-        title="14. Dynamic batching: stateless requests, batched and alone",
+        title="15. Dynamic batching: stateless requests, batched and alone",
         description=(
             f"k6, 1 to {counts[-1]} clients each on its own connection, sending stateless "
             f"ModelInfer requests of {options.model_name} (x [1, steps, 1], asking for `y`) "
