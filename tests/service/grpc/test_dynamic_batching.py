@@ -54,10 +54,13 @@ def batching_repository(
 
 @pytest.fixture(scope="module")
 def batching_server(start_module_server, batching_repository: Path):
+    """Every batch runs in a compute thread (--inline-max-bytes 0): requests arriving while
+    one runs gather for the next. (A small batch run on the event loop blocks it: arrivals
+    wait, and each finds the batcher idle and runs alone, as small requests mostly do.)"""
     return start_module_server(
         batching_repository,
         args=["--dynamic-batching", "--dynamic-batch-max-queue-delay-us", str(DELAY_US),
-              "--dynamic-batch-max-size", str(MAX_BATCH)],
+              "--dynamic-batch-max-size", str(MAX_BATCH), "--inline-max-bytes", "0"],
     )  # fmt: skip
 
 
