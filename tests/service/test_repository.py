@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 
 from rnnserve.export.metadata import write_spec
+from rnnserve.model.sidecar import DynamicBatchingHint
 from rnnserve.model.spec import ModelSpec
 from rnnserve.protocol.errors import UsageError
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.errors import NotFound, Unavailable
-from rnnserve.service.repository import Repository
+from rnnserve.service.repository import Repository, dynamic_batching
 from rnnserve.service.sessions import open_store
 from rnnserve.service.settings import Settings
+from rnnserve.service.types import DynamicBatching
 
 
 def loaded_plane(root: Path, **settings: object) -> tuple[DataPlane, asyncio.Runner]:
@@ -157,6 +159,35 @@ def test_a_version_policy_in_the_models_sidecar_selects_versions(
             "not loaded: not in the version policy (latest 2)"
         )
         assert repository.failures() == [] and plane.ready()
+    finally:
+        runner.run(plane.close())
+        runner.close()
+
+
+def test_dynamic_batching_is_the_flags_unless_the_models_sidecar_says_otherwise() -> None:
+    off, on = Settings(), Settings(dynamic_batching=True, dynamic_batch_preferred_sizes=[4])
+
+    assert dynamic_batching(off, None) is None  # the default: each request runs alone
+    assert dynamic_batching(on, None) == DynamicBatching((4,), 100, 64)
+    # A sidecar turns it on, each knob it leaves out being the flag's.
+    own = DynamicBatchingHint(max_queue_delay_microseconds=0, max_batch_size=8)
+    assert dynamic_batching(off, own) == DynamicBatching((), 0, 8)
+    assert dynamic_batching(on, own) == DynamicBatching((4,), 0, 8)
+
+
+def test_a_preferred_batch_size_beyond_the_largest_batch_fails_the_version(
+    tiny_repository: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(tiny_repository / "sine-rnn" / "1", tmp_path / "sine-rnn" / "1")
+    batching = {"dynamic_batching": {"preferred_batch_size": [4, 16], "max_batch_size": 8}}
+    (tmp_path / "sine-rnn" / "model.json").write_text(json.dumps(batching))
+
+    plane, runner = loaded_plane(tmp_path)
+    try:
+        assert plane.repository.failures() == [(
+            "sine-rnn", "1", "failed to load: dynamic batching: preferred batch sizes [16] "
+            "exceed the max batch size 8",
+        )]  # fmt: skip
     finally:
         runner.run(plane.close())
         runner.close()

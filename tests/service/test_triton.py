@@ -11,6 +11,7 @@ from rnnserve.service import triton
 from rnnserve.service.types import (
     ConfigState,
     ConfigTensor,
+    DynamicBatching,
     InferStatistics,
     ModelConfig,
     ModelStatistics,
@@ -36,9 +37,11 @@ TAGGER = ModelConfig(
             SequenceControl("sequence_start", "SEQUENCE_START", "BOOL"),
         ],
     ),
+    dynamic_batching=None,
     parameters={"task": "tagger", "state_batch_axes": "h0:1"},
     instance_count=2,
 )
+BATCHING = DynamicBatching(preferred_batch_sizes=(4, 8), max_queue_delay_us=100, max_batch_size=16)
 
 
 def test_tensors_keep_their_dims_and_bytes_is_tritons_string() -> None:
@@ -94,11 +97,30 @@ def test_a_state_without_a_batch_axis_starts_from_no_initial_state() -> None:
     assert not message.sequence_batching.state[0].initial_state
 
 
-def test_a_model_without_sequences_is_batched_dynamically() -> None:
+def test_a_model_without_sequences_writes_its_dynamic_batching() -> None:
+    config = dataclasses.replace(TAGGER, sequence_batching=None, dynamic_batching=BATCHING)
+
+    message = triton.model_config_to_proto(config)
+
+    assert list(message.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert message.dynamic_batching.max_queue_delay_microseconds == 100
+    assert not message.HasField("sequence_batching")
+
+
+def test_a_model_with_neither_batching_has_neither_scheduling() -> None:
     message = triton.model_config_to_proto(dataclasses.replace(TAGGER, sequence_batching=None))
 
-    assert message.dynamic_batching.max_queue_delay_microseconds == 500
-    assert not message.HasField("sequence_batching")
+    assert message.WhichOneof("scheduling_choice") is None
+
+
+def test_with_sequences_dynamic_batching_is_written_as_parameters() -> None:
+    # Triton's scheduling_choice holds one of the two: the sequences keep it.
+    message = triton.model_config_to_proto(dataclasses.replace(TAGGER, dynamic_batching=BATCHING))
+
+    assert message.WhichOneof("scheduling_choice") == "sequence_batching"
+    parameters = {key: value.string_value for key, value in message.parameters.items()}
+    assert parameters["dynamic_batching.preferred_batch_size"] == "4,8"
+    assert parameters["dynamic_batching.max_queue_delay_microseconds"] == "100"
 
 
 def test_statistics_list_each_version_and_its_batch_sizes_in_order() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,14 @@ def step_feeds(value: float, length: int = 1) -> Tensors:
     }
 
 
+def batch_feeds(rows: int, value: float) -> Tensors:
+    """A step of several rows (a stateless request of a batch)."""
+    return {
+        "x": np.full((rows, 1, 1), value, np.float32),
+        "h0": np.full((1, rows, 2), value, np.float32),
+    }
+
+
 def make_batcher(runner: Runner, **options: object) -> Batcher:
     return Batcher(runner, dict.fromkeys(STATES, 1), model="batcher-test", version="1", **options)
 
@@ -81,6 +90,55 @@ def test_only_steps_of_equal_length_share_a_run() -> None:
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+def test_a_batch_never_passes_the_maximum_and_a_larger_step_runs_alone() -> None:
+    async def scenario() -> None:
+        recorder = Recorder()
+        batcher = make_batcher(recorder, max_size=8, max_delay_us=10_000)
+        steps = [batch_feeds(3, i) for i in range(6)] + [batch_feeds(10, 6)]
+        results = await asyncio.gather(*(batcher.run(feeds) for feeds in steps))
+        assert sorted(recorder.batch_sizes) == [6, 6, 6, 10]  # steps of 3 rows, two a run
+        for feeds, result in zip(steps, results, strict=True):
+            np.testing.assert_array_equal(result["y"], feeds["x"] * 2)
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_preferred_sizes_run_without_waiting_out_the_queue_delay() -> None:
+    async def scenario() -> None:
+        recorder = Recorder()
+        # A delay no test would wait out: only the preferred sizes end these batches.
+        batcher = make_batcher(recorder, max_size=64, max_delay_us=600_000_000,
+                               preferred_sizes=(2, 4))  # fmt: skip
+        await asyncio.gather(*(batcher.run(step_feeds(i)) for i in range(8)))
+        assert recorder.batch_sizes == [4, 4]  # the largest preferred size, twice
+        await asyncio.gather(*(batcher.run(step_feeds(i)) for i in range(2)))
+        assert recorder.batch_sizes[2:] == [2]  # a smaller one, with no more steps queued
+        await batcher.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_small_batch_runs_on_the_event_loop_and_a_larger_one_in_the_executor() -> None:
+    async def scenario() -> list[str]:
+        threads = []
+
+        def runner(feeds: Tensors) -> Tensors:
+            threads.append(threading.current_thread().name)
+            return {"y": feeds["x"], "hn": feeds["h0"]}
+
+        with ThreadPoolExecutor(1, thread_name_prefix="executor") as executor:
+            # A step is 12 bytes of inputs: two fit, three do not.
+            batcher = make_batcher(runner, max_size=8, max_delay_us=10_000,
+                                   inline_max_bytes=24, executor=executor)  # fmt: skip
+            for steps in (2, 3):
+                await asyncio.gather(*(batcher.run(step_feeds(i)) for i in range(steps)))
+            await batcher.close()
+        return threads
+
+    assert asyncio.run(scenario()) == [threading.main_thread().name, "executor_0"]
 
 
 def test_with_batching_off_every_step_runs_alone() -> None:

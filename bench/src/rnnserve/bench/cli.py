@@ -14,6 +14,7 @@ from rnnserve.protocol.errors import UsageError
 SCENARIOS = (
     "compute", "transport", "one_session", "many_sessions", "memory", "multi_session",
     "perf_analyzer", "security", "streams", "workers", "soak", "cluster", "guarantees", "gpu",
+    "dynamic_batching",
 )  # fmt: skip
 
 
@@ -104,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from rnnserve.bench import (
         cluster,
         compute,
+        dynamic_batching,
         goals,
         gpu,
         guarantees,
@@ -136,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         "cluster": cluster.run,
         "guarantees": guarantees.run,
         "gpu": gpu.run,
+        "dynamic_batching": dynamic_batching.run,
     }
     if args.runs is not None and args.runs < 1:
         raise UsageError("--runs must be at least 1")

@@ -11,13 +11,14 @@ STEP_INPUT = struct.pack("<f", 0.5)
 STEP_OUTPUT = struct.pack("<f", 0.25)
 
 
-def step_request_json(model_name: str) -> dict[str, Any]:
-    """One sine step asking only for `y`: in a session the state stays on the server."""
+def step_request_json(model_name: str, steps: int = 1) -> dict[str, Any]:
+    """One sine step (or `steps` of them) asking only for `y`: in a session the state stays
+    on the server; outside one, the request is all there is."""
     return {
         "model_name": model_name,
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": ["1", "1", "1"]}],
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": ["1", str(steps), "1"]}],
         "outputs": [{"name": "y"}],
-        "raw_input_contents": [base64.b64encode(STEP_INPUT).decode()],
+        "raw_input_contents": [base64.b64encode(STEP_INPUT * steps).decode()],
     }
 
 

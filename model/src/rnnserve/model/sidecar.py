@@ -10,7 +10,9 @@ unknown fields are refused, so that a misspelt hint is never silently ignored:
       "inputs":  {"features": {"batch_axis": 0, "sequence_axis": 1}},
       "outputs": {"logits": {"batch_axis": 0, "sequence_axis": 1}},
       "states":  [{"input": "state_in", "output": "state_out", "batch_axis": 1}],
-      "version_policy": {"latest": {"num_versions": 2}}
+      "version_policy": {"latest": {"num_versions": 2}},
+      "dynamic_batching": {"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 100,
+                           "max_batch_size": 16}
     }
 
 - `inputs`, `outputs`: per data tensor (not a state), its batch axis and its sequence
@@ -19,6 +21,11 @@ unknown fields are refused, so that a misspelt hint is never silently ignored:
   defaults to the state's one dynamic dimension. `[]` says the model keeps no state.
 - `version_policy`: Triton's, in JSON: `{"latest": {"num_versions": N}}`,
   `{"specific": {"versions": [1, 3]}}` or `{"all": {}}` (the default: every version).
+- `dynamic_batching`: concurrent stateless requests of a version run as one batch (Triton's
+  dynamic_batching, with its knobs; `max_batch_size`: the most rows a batch gathers). Its
+  presence turns batching on for the model whatever `rnnserve serve --dynamic-batching`
+  says; a knob left out takes the flag's value. Only in the model's folder, as
+  `version_policy`.
 
 A sidecar that does not parse or validate makes its model (or version) UNAVAILABLE with the
 reason; it never stops the server.
@@ -98,11 +105,26 @@ class VersionPolicy(_Strict):
 ALL_VERSIONS = VersionPolicy(all=All())
 
 
+class DynamicBatchingHint(_Strict):
+    """A model's dynamic batching, in Triton's names; None: the server's flag's value."""
+
+    preferred_batch_size: list[int] | None = Field(None, min_length=1)
+    max_queue_delay_microseconds: int | None = Field(None, ge=0)
+    max_batch_size: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _positive_sizes(self) -> DynamicBatchingHint:
+        if self.preferred_batch_size and min(self.preferred_batch_size) < 1:
+            raise ValueError("preferred_batch_size: every size must be at least 1")
+        return self
+
+
 class Sidecar(_Strict):
     inputs: dict[str, AxesHint] = {}
     outputs: dict[str, AxesHint] = {}
     states: list[StateHint] | None = None  # None: found by matching inputs to outputs
     version_policy: VersionPolicy | None = None
+    dynamic_batching: DynamicBatchingHint | None = None
 
 
 def read_sidecar(path: Path) -> Sidecar | None:

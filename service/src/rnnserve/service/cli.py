@@ -32,13 +32,14 @@ VALUE_FLAGS = (
     "max_inflight_bytes", "request_body_timeout_s", "session_idle_timeout_s", "max_sessions",
     "max_sessions_per_principal", "state_store", "redis_url", "state_store_timeout_s",
     "state_durability", "state_durability_timeout_s", "batch_max_size",
-    "batch_max_queue_delay_us", "log_format", "model_control_mode", "repository_poll_s",
+    "batch_max_queue_delay_us", "dynamic_batch_max_size", "dynamic_batch_max_queue_delay_us",
+    "log_format", "model_control_mode", "repository_poll_s",
     "tls_cert", "tls_key", "tls_client_ca", "auth_tokens",
 )  # fmt: skip
-LIST_FLAGS = ("providers", "load_model")  # comma-separated
+LIST_FLAGS = ("providers", "load_model", "dynamic_batch_preferred_sizes")  # comma-separated
 BOOL_FLAGS = (
-    "batching", "access_log", "strict_readiness", "exit_on_error", "reflection",
-    "allow_unknown_parameters",
+    "batching", "dynamic_batching", "access_log", "strict_readiness", "exit_on_error",
+    "reflection", "allow_unknown_parameters",
 )  # fmt: skip
 FIELD_NAME = re.compile(r"`(\w+)`")  # another field, named in a description
 

@@ -20,6 +20,7 @@ from rnnserve.model.folder import check_names, read_version
 from rnnserve.model.sidecar import (
     ALL_VERSIONS,
     SIDECAR_NAME,
+    DynamicBatchingHint,
     Sidecar,
     VersionPolicy,
     read_sidecar,
@@ -32,7 +33,7 @@ from rnnserve.service.runtime import ModelRuntime
 from rnnserve.service.settings import Settings
 from rnnserve.service.tasks import task_for
 from rnnserve.service.tasks.base import Task
-from rnnserve.service.types import RepositoryEntry
+from rnnserve.service.types import DynamicBatching, RepositoryEntry
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class LoadedVersion:
     spec: ModelSpec
     runtime: ModelRuntime
     task: Task
+    # How its concurrent stateless requests are batched; None: each runs alone.
+    dynamic_batching: DynamicBatching | None = None
     in_flight: InFlight = field(default_factory=InFlight)  # finished before it unloads
 
     @property
@@ -68,7 +71,33 @@ def load_version(
     runtime = ModelRuntime(name, version, graph_files, settings, batch_axes)
     for role in spec.graphs:
         check_names(spec, role, runtime.input_names(role), runtime.output_names(role))
-    return LoadedVersion(name, version, spec, runtime, task_for(spec, settings))
+    batching = dynamic_batching(settings, sidecar.dynamic_batching if sidecar else None)
+    return LoadedVersion(name, version, spec, runtime, task_for(spec, settings), batching)
+
+
+def dynamic_batching(
+    settings: Settings, hint: DynamicBatchingHint | None
+) -> DynamicBatching | None:
+    """The version's dynamic batching: the model's sidecar turns it on, with the knobs it
+    gives, or else the server's `dynamic_batching` flag; each knob left out is the flag's."""
+    if hint is None:
+        if not settings.dynamic_batching:
+            return None
+        hint = DynamicBatchingHint()
+    preferred = hint.preferred_batch_size or settings.dynamic_batch_preferred_sizes
+    delay = hint.max_queue_delay_microseconds
+    batching = DynamicBatching(
+        preferred_batch_sizes=tuple(sorted(set(preferred))),
+        max_queue_delay_us=settings.dynamic_batch_max_queue_delay_us if delay is None else delay,
+        max_batch_size=hint.max_batch_size or settings.dynamic_batch_max_size,
+    )
+    too_large = [size for size in preferred if size > batching.max_batch_size]
+    if too_large:  # as Triton refuses such a model
+        raise ValueError(
+            f"dynamic batching: preferred batch sizes {too_large} exceed the max batch size "
+            f"{batching.max_batch_size}"
+        )
+    return batching
 
 
 @dataclass(frozen=True)

@@ -275,6 +275,36 @@ class Settings(BaseSettings):
         default=500, ge=0, description="microseconds a step waits at most for others to batch with"
     )
 
+    # Batching concurrent stateless requests of a model version into one ORT run (Triton's
+    # dynamic_batching): only requests equal in every dimension but the batch go together,
+    # never padded. Off by default, as `batching`: on the CPU it pays only under load
+    # (docs/benchmarks). A model's model.json may turn it on with knobs of its own.
+    dynamic_batching: bool = Field(
+        default=False,
+        description="batch concurrent stateless requests of a model version into one ORT run "
+        "(a model's model.json may turn it on for that model, with knobs of its own)",
+    )
+    dynamic_batch_max_size: int = Field(
+        default=64, ge=1, description="most rows a dynamic batch gathers"
+    )
+    dynamic_batch_max_queue_delay_us: int = Field(
+        default=100,
+        ge=0,
+        description="microseconds a stateless request waits at most for others to batch with",
+    )
+    dynamic_batch_preferred_sizes: list[int] = Field(
+        default=[],
+        description="batch sizes (rows) run as soon as gathered, without waiting out the "
+        "queue delay",
+    )
+
+    @field_validator("dynamic_batch_preferred_sizes")
+    @classmethod
+    def _positive_sizes(cls, sizes: list[int]) -> list[int]:
+        if any(size < 1 for size in sizes):
+            raise ValueError("every preferred batch size must be at least 1")
+        return sizes
+
     # Logs (service/logs.py).
     log_format: Literal["text", "json"] = Field(
         default="text", description="log lines as text or json"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from rnnserve.protocol import messages as pb
 from rnnserve.service.types import (
+    DynamicBatching,
     InferStatistics,
     ModelConfig,
     ModelStatistics,
@@ -39,14 +40,36 @@ def model_config_to_proto(config: ModelConfig) -> pb.ModelConfig:
             )
         ],
     )
-    if config.sequence_batching is None:
-        message.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_us
-    else:
+    parameters = dict(config.parameters)
+    if config.sequence_batching is not None:
         _sequence_batching(config.sequence_batching, message.sequence_batching)
         message.sequence_batching.oldest.max_queue_delay_microseconds = config.max_queue_delay_us
-    for key, value in config.parameters.items():
+        if config.dynamic_batching is not None:
+            # Triton's scheduling is one or the other: the sequences' is written, and the
+            # stateless requests' batching as parameters of the same names.
+            parameters.update(_dynamic_batching_parameters(config.dynamic_batching))
+    elif config.dynamic_batching is not None:
+        _dynamic_batching(config.dynamic_batching, message.dynamic_batching)
+    for key, value in parameters.items():
         message.parameters[key].string_value = value
     return message
+
+
+def _dynamic_batching(batching: DynamicBatching, message: pb.ModelDynamicBatching) -> None:
+    """Triton's dynamic_batching. (Its largest batch, Triton's max_batch_size, which here
+    is the largest request, is the parameter `dynamic_batching.max_batch_size`.)"""
+    message.preferred_batch_size.extend(batching.preferred_batch_sizes)
+    message.max_queue_delay_microseconds = batching.max_queue_delay_us
+    message.preserve_ordering = False  # every request has its own answer, whenever it comes
+
+
+def _dynamic_batching_parameters(batching: DynamicBatching) -> dict[str, str]:
+    return {
+        "dynamic_batching.preferred_batch_size": ",".join(
+            str(size) for size in batching.preferred_batch_sizes
+        ),
+        "dynamic_batching.max_queue_delay_microseconds": str(batching.max_queue_delay_us),
+    }
 
 
 def _sequence_batching(sequence: SequenceBatching, message: pb.ModelSequenceBatching) -> None:

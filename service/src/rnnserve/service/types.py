@@ -134,6 +134,15 @@ class SequenceBatching:
 
 
 @dataclass(frozen=True)
+class DynamicBatching:
+    """How a version batches concurrent stateless requests (Triton's dynamic_batching)."""
+
+    preferred_batch_sizes: tuple[int, ...]  # rows run as soon as gathered
+    max_queue_delay_us: int  # the longest a request waits for others
+    max_batch_size: int  # the most rows one batch gathers
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     platform: str
@@ -144,7 +153,8 @@ class ModelConfig:
     version_policy: VersionPolicy
     instance_kind: Literal["CPU", "GPU"]
     max_queue_delay_us: int  # of its batcher: dynamic, or the oldest sequence's
-    sequence_batching: SequenceBatching | None  # None: batched dynamically, no sequences
+    sequence_batching: SequenceBatching | None  # None: the model has no sequences
+    dynamic_batching: DynamicBatching | None  # None: each stateless request runs alone
     parameters: dict[str, str]
     instance_count: int = 1  # ORT sessions per graph (instances_per_device)
 

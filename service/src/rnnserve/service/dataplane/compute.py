@@ -4,7 +4,10 @@ Model work (validation included, since checking a large tensor is work too) runs
 thread pool, off the event loop, unless the request is small: a step of a few values
 costs less than the hand-off to a thread and back (`inline_max_bytes`). With batching,
 each ORT run of a session's step joins those of other sessions through its graph's
-batcher, which the step waits for in a session thread.
+batcher, which the step waits for in a session thread. With dynamic batching, a stateless
+request's ORT runs (seq2seq: its encoder's, then every decoding step's) join those of
+other stateless requests of its version likewise, waiting in the version's own threads:
+as many as its largest batch, so that a batch can fill.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -42,7 +45,10 @@ class Compute:
             max(settings.batch_max_size, settings.compute_threads),
             thread_name_prefix="rnnserve-session",
         )
-        self._batchers: dict[tuple[str, str, str], Batcher] = {}  # (name, version, graph)
+        # (name, version) -> the version's batchers: for its sessions' steps, and for its
+        # stateless requests (with the threads they wait in).
+        self._sequences: dict[tuple[str, str], Batched] = {}
+        self._stateless: dict[tuple[str, str], Batched] = {}
 
     @staticmethod
     async def call(threads: Executor | None, function: Callable[..., T], *args: object) -> T:
@@ -56,34 +62,66 @@ class Compute:
         return await self.call(self._executor, function)
 
     def start_batchers(self, models: list[LoadedVersion]) -> None:
-        """With batching on, one batcher per graph of every model that can stream (called
-        in the event loop)."""
-        if not self.settings.batching:
-            return
+        """The batchers of every model (called in the event loop): with batching on, for
+        the steps of a model that can stream; with dynamic batching, for its stateless
+        requests. One per graph in each case."""
+        settings = self.settings
         for model in models:
-            if not model.spec.streamable:
-                continue
-            for role in model.spec.graphs:
-                self._batchers[(model.name, model.version, role)] = Batcher(
-                    functools.partial(model.runtime.run, role),
-                    model.spec.batch_axes(role),
-                    model=model.name,
-                    version=model.version,
-                    max_size=self.settings.batch_max_size,
-                    max_delay_us=self.settings.batch_max_queue_delay_us,
-                    executor=self._executor,
+            key = (model.name, model.version)
+            if settings.batching and model.spec.streamable:
+                self._sequences[key] = Batched(
+                    self._batchers(
+                        model,
+                        max_size=settings.batch_max_size,
+                        max_delay_us=settings.batch_max_queue_delay_us,
+                    ),
+                    self._session_threads,
                 )
+            dynamic = model.dynamic_batching
+            if dynamic is not None:
+                self._stateless[key] = Batched(
+                    self._batchers(
+                        model,
+                        max_size=dynamic.max_batch_size,
+                        max_delay_us=dynamic.max_queue_delay_us,
+                        preferred_sizes=dynamic.preferred_batch_sizes,
+                        concurrency=settings.compute_threads,
+                    ),
+                    ThreadPoolExecutor(
+                        dynamic.max_batch_size, thread_name_prefix="rnnserve-stateless"
+                    ),
+                )
+
+    def _batchers(self, model: LoadedVersion, **options: Any) -> dict[str, Batcher]:
+        return {
+            role: Batcher(
+                functools.partial(model.runtime.run, role),
+                model.spec.batch_axes(role),
+                model=model.name,
+                version=model.version,
+                executor=self._executor,
+                inline_max_bytes=self.settings.inline_max_bytes,
+                **options,
+            )
+            for role in model.spec.graphs
+        }
 
     async def stop_batchers(self, model: LoadedVersion) -> None:
         """Closes the batchers of a version being unloaded (none without batching)."""
-        for role in model.spec.graphs:
-            batcher = self._batchers.pop((model.name, model.version, role), None)
-            if batcher is not None:
-                await batcher.close()
+        key = (model.name, model.version)
+        sequences = self._sequences.pop(key, None)
+        if sequences is not None:
+            await sequences.close()
+        stateless = self._stateless.pop(key, None)
+        if stateless is not None:
+            await stateless.close()
+            stateless.threads.shutdown(wait=False)  # each has its answer (or its failure)
 
     async def close(self) -> None:
-        for batcher in self._batchers.values():
-            await batcher.close()
+        for batched in (*self._sequences.values(), *self._stateless.values()):
+            await batched.close()
+        for batched in self._stateless.values():
+            batched.threads.shutdown(wait=True)
         self._session_threads.shutdown(wait=True)
         self._executor.shutdown(wait=True)
 
@@ -111,12 +149,35 @@ class Compute:
                 states = frozenset(model.spec.state_outputs)
                 return model.runtime.resident(self.device, states, threads is None), threads
             return self.execute(model, threads), threads
-        loop = asyncio.get_running_loop()
-        batchers = {
-            role: self._batchers[(model.name, model.version, role)] for role in model.spec.graphs
-        }
+        batched = self._sequences[(model.name, model.version)]
+        return batched.execute, batched.threads
 
-        def execute(role: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return asyncio.run_coroutine_threadsafe(batchers[role].run(feeds), loop).result()
+    def for_stateless(
+        self, model: LoadedVersion, threads: Executor | None
+    ) -> tuple[Execute, Executor | None]:
+        """How a stateless request runs its graphs, and where it runs (`threads`, as
+        `threads_for` chose, unless dynamic batching sends it to wait in a thread of its
+        version's)."""
+        if model.dynamic_batching is None:
+            return self.execute(model, threads), threads
+        batched = self._stateless[(model.name, model.version)]
+        return batched.execute, batched.threads
 
-        return execute, self._session_threads
+
+class Batched:
+    """A version's batchers, one per graph, and the threads whose callers wait for them:
+    `execute` runs a graph through its batcher, from one of those threads. Made in the
+    event loop, which runs the batchers."""
+
+    def __init__(self, batchers: dict[str, Batcher], threads: ThreadPoolExecutor) -> None:
+        self.batchers = batchers
+        self.threads = threads
+        self._loop = asyncio.get_running_loop()
+
+    def execute(self, role: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batcher = self.batchers[role]
+        return asyncio.run_coroutine_threadsafe(batcher.run(feeds), self._loop).result()
+
+    async def close(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.close()

@@ -15,6 +15,11 @@ state per pair (dims without the batch axis, which the parameter `state_batch_ax
 starting from zeros; they leave the plain inputs and outputs, so that tools sending every
 listed input (perf_analyzer) never send one. The multi-session control tensors are
 sequence_batching control inputs.
+
+Dynamic batching (of stateless requests) is Triton's dynamic_batching, whose largest batch
+is the parameter `dynamic_batching.max_batch_size`: Triton's max_batch_size is both, here
+the largest request. Triton's scheduling is one or the other: for a model with sequences
+triton.py writes the other knobs as parameters too.
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ def model_config(model: LoadedVersion, settings: Settings, policy: VersionPolicy
         **({"cell": spec.cell} if spec.cell else {}),
         "state_batch_axes": ",".join(f"{s.input}:{s.batch_axis}" for s in spec.states),
     }
+    if model.dynamic_batching is not None:
+        # Triton's largest dynamic batch is max_batch_size, here the largest request.
+        parameters["dynamic_batching.max_batch_size"] = str(model.dynamic_batching.max_batch_size)
     return ModelConfig(
         name=model.name,
         platform=PLATFORM,
@@ -75,6 +83,7 @@ def model_config(model: LoadedVersion, settings: Settings, policy: VersionPolicy
         instance_kind="GPU" if provider.startswith("CUDA") else "CPU",
         max_queue_delay_us=settings.batch_max_queue_delay_us if settings.batching else 0,
         sequence_batching=_sequence_batching(model, settings, batched),
+        dynamic_batching=model.dynamic_batching,
         parameters=parameters,
         instance_count=settings.instances_per_device,
     )

@@ -10,6 +10,7 @@ from rnnserve.service.dataplane import streaming
 from rnnserve.service.dataplane.admitted import Admitted
 from rnnserve.service.dataplane.compute import Compute
 from rnnserve.service.dataplane.timer import RequestTimer
+from rnnserve.service.tasks.base import Execute
 from rnnserve.service.types import InferResponse
 
 
@@ -18,13 +19,14 @@ class StatelessPath:
         self.compute = compute
 
     async def answer(self, admitted: Admitted, timer: RequestTimer) -> InferResponse:
-        return await self.compute.call(admitted.threads, self._answer, admitted, timer)
+        execute, threads = self.compute.for_stateless(admitted.model, admitted.threads)
+        return await self.compute.call(threads, self._answer, admitted, timer, execute)
 
     @staticmethod
-    def _answer(admitted: Admitted, timer: RequestTimer) -> InferResponse:
+    def _answer(admitted: Admitted, timer: RequestTimer, execute: Execute) -> InferResponse:
+        """Validated before any batching: a request its task refuses never joins a batch."""
         prepared = admitted.prepare(timer)
         with timer.computing():
-            execute = Compute.execute(admitted.model, admitted.threads)
             result = admitted.model.task.run(prepared, execute)
         with timer.responding():
             return admitted.response(prepared, result)

@@ -42,14 +42,8 @@ async def stateless(
     compute: Compute, admitted: Admitted, timer: RequestTimer
 ) -> AsyncIterator[InferResponse]:
     prepared = await compute.call(admitted.threads, admitted.prepare, timer)
-    responses = stream_responses(
-        compute,
-        admitted,
-        prepared,
-        compute.execute(admitted.model, admitted.threads),
-        admitted.threads,
-        timer,
-    )
+    execute, threads = compute.for_stateless(admitted.model, admitted.threads)
+    responses = stream_responses(compute, admitted, prepared, execute, threads, timer)
     async for response in responses:
         yield response
 

@@ -1,5 +1,6 @@
-"""Cross-session batching: steps of different sessions that arrive together become one
-ONNX Runtime run.
+"""Batching: graph runs of different callers that arrive together become one ONNX Runtime
+run. Its callers are the steps of different sessions (`--batching`) and, for a version
+with dynamic batching, stateless requests (dataplane/compute.py gives each its batchers).
 
 Each tensor is stacked on its batch axis (axis 0 unless the graph says otherwise: 1 for the
 default models' states, (layers*directions, batch, hidden)); only steps whose tensors agree
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -38,9 +39,14 @@ class Batcher:
 
     `batch_axes` names the tensors, inputs and outputs, whose batch axis is not 0 (h0, c0,
     hn, cn of the default models: 1). With `enabled` false each call runs on its own.
-    Gathering stops at `max_size` rows or `max_delay_us` after the first step waited;
-    `concurrency` runs may be in flight at once, and while they are, arrivals gather.
-    Construct it inside the running event loop.
+    Gathering stops at `max_size` rows (a step that would pass it starts the next batch),
+    `max_delay_us` after the first step waited, or at one of `preferred_sizes` (Triton's
+    preferred batch sizes): at the largest, or at any other when no more steps are queued
+    (they never wait out the delay). `concurrency` runs may be in flight at once, and
+    while they are, arrivals gather. A batch of at most `inline_max_bytes` of inputs runs
+    on the event loop, as a small request does (its run costs less than the hand-off to
+    `executor` and back); a larger one in `executor`. Construct it inside the running
+    event loop.
     """
 
     def __init__(
@@ -53,8 +59,10 @@ class Batcher:
         enabled: bool = True,
         max_size: int = 64,
         max_delay_us: int = 500,
+        preferred_sizes: Collection[int] = (),
         concurrency: int = 1,
         executor: Executor | None = None,
+        inline_max_bytes: int = 0,
     ) -> None:
         self._runner = runner
         self._batch_axes = dict(batch_axes)
@@ -62,8 +70,12 @@ class Batcher:
         self._enabled = enabled
         self._max_size = max_size
         self._max_delay_s = max_delay_us / 1e6
+        self._preferred = frozenset(preferred_sizes)
+        self._largest_preferred = max(self._preferred, default=0)
         self._executor = executor
+        self._inline_max_bytes = inline_max_bytes
         self._queue: asyncio.Queue[_Step] = asyncio.Queue()
+        self._left_over: _Step | None = None  # too many rows for the last batch: the next's
         self._waiting: set[_Step] = set()  # steps whose callers still wait, failed by close()
         self._gathering = asyncio.Lock()  # one worker gathers at a time, so batches fill
         self._running = 0  # runs in flight: while there are, arrivals wait to gather
@@ -116,16 +128,18 @@ class Batcher:
         A step that finds no other queued and no run in flight runs at once: waiting for
         company that is not coming would make a lone session pay the whole queue delay.
         """
-        steps = [await self._queue.get()]
+        steps = [await self._first()]
         rows = steps[0].rows
         await asyncio.sleep(0)  # steps sent in the same turn of the event loop join
         if self._queue.empty() and self._running == 0:
             return steps
         deadline = time.perf_counter() + self._max_delay_s
-        while rows < self._max_size:
+        while rows < self._max_size and rows != self._largest_preferred:
             try:
                 step = self._queue.get_nowait()
             except asyncio.QueueEmpty:
+                if rows in self._preferred:
+                    break
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
@@ -133,9 +147,17 @@ class Batcher:
                     step = await asyncio.wait_for(self._queue.get(), remaining)
                 except TimeoutError:
                     break
+            if rows + step.rows > self._max_size:
+                self._left_over = step
+                break
             steps.append(step)
             rows += step.rows
         return steps
+
+    async def _first(self) -> _Step:
+        """The step left over by the last batch, else the next to arrive."""
+        step, self._left_over = self._left_over, None
+        return step if step is not None else await self._queue.get()
 
     def _by_shape(self, steps: list[_Step]) -> list[list[_Step]]:
         """Steps that can share a run: equal in every dimension but the batch axis."""
@@ -149,6 +171,9 @@ class Batcher:
         return list(groups.values())
 
     async def _execute(self, group: list[_Step]) -> list[Tensors]:
+        size = sum(array.nbytes for step in group for array in step.feeds.values())
+        if size <= self._inline_max_bytes:
+            return self._run_group(group)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._run_group, group)
 
