@@ -33,7 +33,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from locks import exclusive
-from model_cache import cached_repository, fingerprint
+from model_cache import cached_exports, cached_repository, unchanged
 from processes import free_port
 from security_helpers import credentials, write_tokens
 
@@ -87,10 +87,8 @@ def tiny_repository() -> Iterator[Path]:
     once per content of what makes them and kept (tests/model_cache.py). Shared by every
     test and every run, so read only: a test that changes a repository copies what it
     needs into a folder of its own."""
-    root = cached_repository(preset="tiny", seed=0)
-    before = fingerprint(root)
-    yield root
-    assert fingerprint(root) == before, f"a test wrote into the shared {root}"
+    with unchanged(cached_repository(preset="tiny", seed=0)) as root:
+        yield root
 
 
 @pytest.fixture(scope="session")
@@ -126,12 +124,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="session")
-def user_exports(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def user_exports() -> Iterator[dict]:
     """Recurrent models exported the way users export them (tests/user_exports.py):
-    name -> (Export, path of its model.onnx), no rnnserve metadata."""
-    from user_exports import export_all
+    name -> (Export, path of its model.onnx), no rnnserve metadata. Exported once per
+    content of tests/user_exports.py and kept (tests/model_cache.py), so read only."""
+    from user_exports import export_all, exports_in
 
-    return export_all(tmp_path_factory.mktemp("user-exports"))
+    with unchanged(cached_exports("user-exports", export_all)) as root:
+        yield exports_in(root)
 
 
 # Servers.
