@@ -11,7 +11,8 @@ makes one, and the means to fail one over for real (SIGKILL a master, start it a
 
 Every node listens on 127.0.0.1 only, on free ports below the ephemeral range (its cluster
 bus on a second one), keeps no snapshot or append-only file (a restarted node syncs from
-its master) and says a node that is silent for `node_timeout_ms` failed.
+its master, at once: no wait of Redis's default 5 s for more replicas to sync with it) and
+says a node that is silent for `node_timeout_ms` failed.
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ class LocalCluster:
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(self.node_timeout_ms),
             "--dir", str(node.directory), "--save", "", "--appendonly", "no",
-            "--daemonize", "no",
+            "--repl-diskless-sync-delay", "0", "--daemonize", "no",
         ]  # fmt: skip
         log = (node.directory / "redis.log").open("ab")
         with log:
