@@ -61,6 +61,9 @@ ONE_WORKER = {
     "user_exports": "user-exports",
     "own_model_matrix": "own-model-matrix",
 }
+# Module fixtures that start servers: pytest-xdist would hand a module's tests to several
+# workers, each starting the module's servers; its own group keeps them on one worker.
+ONE_WORKER_PER_MODULE = "start_module_server"
 
 
 LONG = ("docker", "slow", "faults")
@@ -69,14 +72,16 @@ LONG = ("docker", "slow", "faults")
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
     """Before the other plugins (pytest-xdist reads the groups): the xdist groups of
-    ONE_WORKER. After them (every marker set, -m applied): the tests marked docker, slow or
-    faults first, in their order. pytest-xdist hands tests out in this order, and a run
-    ends sooner when its longest tests do not start last (the wheel builds of
-    tests/test_parts.py would, collected last)."""
+    ONE_WORKER and ONE_WORKER_PER_MODULE. After them (every marker set, -m applied): the
+    tests marked docker, slow or faults first, in their order. pytest-xdist hands tests
+    out in this order, and a run ends sooner when its longest tests do not start last (the
+    wheel builds of tests/test_parts.py would, collected last)."""
     for item in items:
-        groups = sorted({ONE_WORKER[name] for name in item.fixturenames if name in ONE_WORKER})
+        groups = {ONE_WORKER[name] for name in item.fixturenames if name in ONE_WORKER}
+        if ONE_WORKER_PER_MODULE in item.fixturenames:
+            groups.add(item.module.__name__)
         if groups:
-            item.add_marker(pytest.mark.xdist_group("+".join(groups)))
+            item.add_marker(pytest.mark.xdist_group("+".join(sorted(groups))))
     yield
     items.sort(key=lambda item: not any(item.get_closest_marker(name) for name in LONG))
 
