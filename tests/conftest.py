@@ -73,9 +73,10 @@ LONG = ("docker", "slow", "faults")
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
     """Before the other plugins (pytest-xdist reads the groups): the xdist groups of
     ONE_WORKER and ONE_WORKER_PER_MODULE. After them (every marker set, -m applied): the
-    tests marked docker, slow or faults first, in their order. pytest-xdist hands tests
-    out in this order, and a run ends sooner when its longest tests do not start last (the
-    wheel builds of tests/test_parts.py would, collected last)."""
+    tests marked docker, slow or faults first, then those of a group, each in their order.
+    pytest-xdist hands tests out in this order, and a run ends sooner when its longest
+    tests do not start last (the wheel builds of tests/test_parts.py would, collected
+    last)."""
     for item in items:
         groups = {ONE_WORKER[name] for name in item.fixturenames if name in ONE_WORKER}
         if ONE_WORKER_PER_MODULE in item.fixturenames:
@@ -83,7 +84,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
         if groups:
             item.add_marker(pytest.mark.xdist_group("+".join(sorted(groups))))
     yield
-    items.sort(key=lambda item: not any(item.get_closest_marker(name) for name in LONG))
+    items.sort(key=_order)
+
+
+def _order(item: pytest.Item) -> tuple[bool, bool]:
+    """The long tests first, then the groups (each runs whole on one worker): the loose
+    tests, handed out one by one, fill the workers' ends."""
+    long = any(item.get_closest_marker(name) for name in LONG)
+    return not long, item.get_closest_marker("xdist_group") is None
 
 
 @pytest.fixture(scope="session")
