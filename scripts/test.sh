@@ -3,7 +3,7 @@
 # against real servers, ONNX Runtime and redis-server, in parallel (pytest-xdist).
 #   ./scripts/test.sh            everything
 #   ./scripts/test.sh --fast     ruff, lint-imports and the tests not marked slow, docker or
-#                                faults: the tier to run after every change (about a minute)
+#                                faults: the tier to run after every change
 # Further arguments go to pytest, e.g. ./scripts/test.sh tests/deploy -x
 set -euo pipefail
 source "$(dirname "$0")/bootstrap.sh"

@@ -33,7 +33,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from locks import exclusive
-from model_cache import cached_repository, fingerprint
+from model_cache import cached_exports, cached_repository, unchanged
 from processes import free_port
 from security_helpers import credentials, write_tokens
 
@@ -61,6 +61,9 @@ ONE_WORKER = {
     "user_exports": "user-exports",
     "own_model_matrix": "own-model-matrix",
 }
+# Module fixtures that start servers: pytest-xdist would hand a module's tests to several
+# workers, each starting the module's servers; its own group keeps them on one worker.
+ONE_WORKER_PER_MODULE = "start_module_server"
 
 
 LONG = ("docker", "slow", "faults")
@@ -69,16 +72,26 @@ LONG = ("docker", "slow", "faults")
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
     """Before the other plugins (pytest-xdist reads the groups): the xdist groups of
-    ONE_WORKER. After them (every marker set, -m applied): the tests marked docker, slow or
-    faults first, in their order. pytest-xdist hands tests out in this order, and a run
-    ends sooner when its longest tests do not start last (the wheel builds of
-    tests/test_parts.py would, collected last)."""
+    ONE_WORKER and ONE_WORKER_PER_MODULE. After them (every marker set, -m applied): the
+    tests marked docker, slow or faults first, then those of a group, each in their order.
+    pytest-xdist hands tests out in this order, and a run ends sooner when its longest
+    tests do not start last (the wheel builds of tests/test_parts.py would, collected
+    last)."""
     for item in items:
-        groups = sorted({ONE_WORKER[name] for name in item.fixturenames if name in ONE_WORKER})
+        groups = {ONE_WORKER[name] for name in item.fixturenames if name in ONE_WORKER}
+        if ONE_WORKER_PER_MODULE in item.fixturenames:
+            groups.add(item.module.__name__)
         if groups:
-            item.add_marker(pytest.mark.xdist_group("+".join(groups)))
+            item.add_marker(pytest.mark.xdist_group("+".join(sorted(groups))))
     yield
-    items.sort(key=lambda item: not any(item.get_closest_marker(name) for name in LONG))
+    items.sort(key=_order)
+
+
+def _order(item: pytest.Item) -> tuple[bool, bool]:
+    """The long tests first, then the groups (each runs whole on one worker): the loose
+    tests, handed out one by one, fill the workers' ends."""
+    long = any(item.get_closest_marker(name) for name in LONG)
+    return not long, item.get_closest_marker("xdist_group") is None
 
 
 @pytest.fixture(scope="session")
@@ -87,10 +100,8 @@ def tiny_repository() -> Iterator[Path]:
     once per content of what makes them and kept (tests/model_cache.py). Shared by every
     test and every run, so read only: a test that changes a repository copies what it
     needs into a folder of its own."""
-    root = cached_repository(preset="tiny", seed=0)
-    before = fingerprint(root)
-    yield root
-    assert fingerprint(root) == before, f"a test wrote into the shared {root}"
+    with unchanged(cached_repository(preset="tiny", seed=0)) as root:
+        yield root
 
 
 @pytest.fixture(scope="session")
@@ -126,12 +137,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="session")
-def user_exports(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def user_exports() -> Iterator[dict]:
     """Recurrent models exported the way users export them (tests/user_exports.py):
-    name -> (Export, path of its model.onnx), no rnnserve metadata."""
-    from user_exports import export_all
+    name -> (Export, path of its model.onnx), no rnnserve metadata. Exported once per
+    content of tests/user_exports.py and kept (tests/model_cache.py), so read only."""
+    from user_exports import export_all, exports_in
 
-    return export_all(tmp_path_factory.mktemp("user-exports"))
+    with unchanged(cached_exports("user-exports", export_all)) as root:
+        yield exports_in(root)
 
 
 # Servers.

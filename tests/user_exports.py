@@ -95,7 +95,7 @@ class ProjectedStack(nn.Module):
         return self.head(out), memory_out.transpose(0, 1), state_out
 
 
-def _gru(path: Path, dynamo: bool = False) -> Export:
+def _gru(path: Path, dynamo: bool = False) -> None:
     """Through the dynamo exporter: weights in model.onnx.data beside the graph, and `out`
     declared with the example's 5 steps."""
     seq = {0: "batch", 1: "seq"}
@@ -105,28 +105,23 @@ def _gru(path: Path, dynamo: bool = False) -> Export:
         dynamic_axes={"features": seq, "state_in": {1: "batch"}, "out": seq,
                       "state_out": {1: "batch"}}, dynamo=dynamo,
     )  # fmt: skip
-    name = "gru2-dynamo" if dynamo else "gru2"
-    return Export(name, 4, True, "features", "out", {"state_in": "state_out"})
 
 
-def _unrolled_rnn(path: Path) -> Export:
+def _unrolled_rnn(path: Path) -> None:
     """An nn.RNN through the dynamo exporter, which unrolls it over the example's steps."""
-    case = Case("RNN", dynamo=True, batch_first=True, takes_states=True, kind="stacked")
-    export_case(case, OwnModel(case), path, seed=0)
-    return Export("rnn-dynamo", FEATURES, True, "features", "out", dict(case.states))
+    export_case(UNROLLED, OwnModel(UNROLLED), path, seed=0)
 
 
-def _lstm(path: Path) -> Export:
+def _lstm(path: Path) -> None:
     # Dynamic axes as a list: torch names them itself, differently for every tensor.
     _export(
         SequenceFirstLstm(), (torch.randn(5, 3, 3), torch.zeros(1, 3, 12), torch.zeros(1, 3, 12)),
         path, inputs=["x", "h0", "c0"], outputs=["y", "hn", "cn"],
         dynamic_axes={"x": [0, 1], "h0": [1], "c0": [1], "y": [0, 1], "hn": [1], "cn": [1]},
     )  # fmt: skip
-    return Export("lstm-seq-first", 3, False, "x", "y", {"h0": "hn", "c0": "cn"})
 
 
-def _bidirectional(path: Path) -> Export:
+def _bidirectional(path: Path) -> None:
     seq = {0: "batch", 1: "seq"}
     _export(
         BidirectionalLstm(), (torch.randn(3, 5, 3), torch.zeros(2, 3, 8), torch.zeros(2, 3, 8)),
@@ -134,10 +129,9 @@ def _bidirectional(path: Path) -> Export:
         dynamic_axes={"x": seq, "h": {1: "batch"}, "c": {1: "batch"}, "scores": seq,
                       "h_n": {1: "batch"}, "c_n": {1: "batch"}},
     )  # fmt: skip
-    return Export("bilstm", 3, True, "x", "scores", {"h": "h_n", "c": "c_n"}, bidirectional=True)
 
 
-def _projected(path: Path) -> Export:
+def _projected(path: Path) -> None:
     seq = {0: "batch", 1: "seq"}
     _export(
         ProjectedStack(), (torch.randn(3, 5, 5), torch.zeros(3, 1, 16), torch.zeros(2, 3, 8)),
@@ -146,31 +140,6 @@ def _projected(path: Path) -> Export:
         dynamic_axes={"features": seq, "memory": {0: "batch"}, "state_in": {1: "batch"},
                       "logits": seq, "memory_out": {0: "batch"}, "state_out": {1: "batch"}},
     )  # fmt: skip
-    return Export(
-        "projected", 5, True, "features", "logits",
-        {"memory": "memory_out", "state_in": "state_out"},
-    )  # fmt: skip
-
-
-EXPORTS: dict[str, Callable[[Path], Export]] = {
-    "gru2": _gru,
-    "gru2-dynamo": functools.partial(_gru, dynamo=True),
-    "rnn-dynamo": _unrolled_rnn,
-    "lstm-seq-first": _lstm,
-    "bilstm": _bidirectional,
-    "projected": _projected,
-}
-
-
-def export_all(folder: Path) -> dict[str, tuple[Export, Path]]:
-    """Every export as `<folder>/<name>/model.onnx`, with random weights (seeded)."""
-    exported = {}
-    for name, make in EXPORTS.items():
-        torch.manual_seed(len(exported))
-        path = folder / name / "model.onnx"
-        path.parent.mkdir(parents=True)
-        exported[name] = (make(path), path)
-    return exported
 
 
 def _export(
@@ -400,16 +369,22 @@ class MatrixExport:
     path: Path  # its model.onnx
 
 
-def export_matrix(folder: Path) -> dict[str, MatrixExport]:
+def export_matrix(folder: Path) -> None:
     """Every case of the matrix as `<folder>/<name>/model.onnx`, random weights (seeded)."""
+    for index, export in enumerate(matrix_in(folder).values()):
+        export.path.parent.mkdir(parents=True)
+        export_case(export.case, export.module, export.path, seed=index)
+
+
+def matrix_in(folder: Path) -> dict[str, MatrixExport]:
+    """The matrix export_matrix writes into `folder`: each case's module made again with its
+    seed (a few milliseconds), its weights those exported."""
     exported = {}
     for index, case in enumerate(MATRIX):
         torch.manual_seed(index)
-        module = OwnModel(case)
-        path = folder / case.name / "model.onnx"
-        path.parent.mkdir(parents=True)
-        export_case(case, module, path, seed=index)
-        exported[case.name] = MatrixExport(case, module, path)
+        exported[case.name] = MatrixExport(
+            case, OwnModel(case).eval(), model_path(folder, case.name)
+        )
     return exported
 
 
@@ -423,3 +398,51 @@ def export_case(case: Case, module: OwnModel, path: Path, seed: int) -> None:
     outputs = ["out", *case.states.values()]
     axes = {name: axes[name] for name in [*example, *outputs]}  # the graph's tensors only
     _export(module, tuple(example.values()), path, list(example), outputs, axes, case.dynamo)
+
+
+# The users' exports by name ------------------------------------------------------
+
+# rnn-dynamo's model, a case of the matrix (_unrolled_rnn).
+UNROLLED = Case("RNN", dynamo=True, batch_first=True, takes_states=True, kind="stacked")
+
+# Each export: what it is, and the function that writes it.
+GRU2 = ("features", "out", {"state_in": "state_out"})
+PROJECTED_STATES = {"memory": "memory_out", "state_in": "state_out"}
+EXPORTS: dict[str, tuple[Export, Callable[[Path], None]]] = {
+    "gru2": (Export("gru2", 4, True, *GRU2), _gru),
+    "gru2-dynamo": (Export("gru2-dynamo", 4, True, *GRU2), functools.partial(_gru, dynamo=True)),
+    "rnn-dynamo": (
+        Export("rnn-dynamo", FEATURES, True, "features", "out", dict(UNROLLED.states)),
+        _unrolled_rnn,
+    ),
+    "lstm-seq-first": (
+        Export("lstm-seq-first", 3, False, "x", "y", {"h0": "hn", "c0": "cn"}),
+        _lstm,
+    ),
+    "bilstm": (
+        Export("bilstm", 3, True, "x", "scores", {"h": "h_n", "c": "c_n"}, bidirectional=True),
+        _bidirectional,
+    ),
+    "projected": (
+        Export("projected", 5, True, "features", "logits", PROJECTED_STATES),
+        _projected,
+    ),
+}
+
+
+def export_all(folder: Path) -> None:
+    """Every export as `<folder>/<name>/model.onnx`, with random weights (seeded)."""
+    for index, (name, (_, write)) in enumerate(EXPORTS.items()):
+        torch.manual_seed(index)
+        path = model_path(folder, name)
+        path.parent.mkdir(parents=True)
+        write(path)
+
+
+def exports_in(folder: Path) -> dict[str, tuple[Export, Path]]:
+    """What export_all wrote into `folder`: name -> (Export, path of its model.onnx)."""
+    return {name: (export, model_path(folder, name)) for name, (export, _) in EXPORTS.items()}
+
+
+def model_path(folder: Path, name: str) -> Path:
+    return folder / name / "model.onnx"

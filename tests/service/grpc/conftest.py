@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from grpc_helpers import Reference
+from model_cache import cached_exports, unchanged
 
 
 @pytest.fixture(scope="session")
@@ -14,9 +16,11 @@ def reference(tiny_repository: Path) -> Reference:
 
 
 @pytest.fixture(scope="session")
-def own_model_matrix(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Every own model of the matrix (tests/user_exports.py: MATRIX), exported once:
+def own_model_matrix() -> Iterator[dict]:
+    """Every own model of the matrix (tests/user_exports.py: MATRIX), exported once per
+    content of tests/user_exports.py and kept (tests/model_cache.py), so read only:
     name -> MatrixExport (the case, its PyTorch module, its model.onnx)."""
-    from user_exports import export_matrix
+    from user_exports import export_matrix, matrix_in
 
-    return export_matrix(tmp_path_factory.mktemp("own-model-matrix"))
+    with unchanged(cached_exports("own-model-matrix", export_matrix)) as root:
+        yield matrix_in(root)

@@ -262,6 +262,9 @@ def refusal(case: Case) -> str:
 
 
 SERVED = [pytest.param(case, id=case.name) for case in MATRIX if not refusal(case)]
+# The first test of the matrix exports it when the cache lacks it (tests/model_cache.py):
+# 120 torch exports, which outlast pytest's 600 s on a busy machine.
+EXPORTS_MATRIX = pytest.mark.timeout(2400)
 
 
 @pytest.fixture(scope="module")
@@ -295,6 +298,7 @@ def pytorch(export, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
+@EXPORTS_MATRIX
 @pytest.mark.parametrize("case", [pytest.param(case, id=case.name) for case in MATRIX])
 def test_an_own_model_is_imported_saying_what_it_serves_or_refused_in_one_line(
     matrix_imports, case: Case
@@ -312,6 +316,7 @@ def test_an_own_model_is_imported_saying_what_it_serves_or_refused_in_one_line(
 
 
 @pytest.mark.slow
+@EXPORTS_MATRIX
 @pytest.mark.parametrize("case", SERVED)
 def test_an_imported_own_model_answers_as_pytorch(own_model_matrix, matrix_client, case) -> None:
     export = own_model_matrix[case.name]
@@ -326,6 +331,7 @@ def test_an_imported_own_model_answers_as_pytorch(own_model_matrix, matrix_clien
 
 
 @pytest.mark.slow
+@EXPORTS_MATRIX
 @pytest.mark.parametrize("case", [p for p in SERVED if p.values[0].streams])
 def test_an_own_model_that_streams_answers_in_pieces_as_whole(
     own_model_matrix, matrix_client, case
@@ -358,6 +364,7 @@ def test_an_own_model_that_streams_answers_in_pieces_as_whole(
 
 
 @pytest.mark.slow
+@EXPORTS_MATRIX
 @pytest.mark.parametrize("case", [p for p in SERVED if not p.values[0].streams])
 def test_an_own_model_that_cannot_stream_refuses_a_session_saying_why(matrix_client, case) -> None:
     inputs = case.inputs(rows=1, steps=4, seed=7)

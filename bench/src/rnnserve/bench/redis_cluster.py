@@ -11,7 +11,9 @@ makes one, and the means to fail one over for real (SIGKILL a master, start it a
 
 Every node listens on 127.0.0.1 only, on free ports below the ephemeral range (its cluster
 bus on a second one), keeps no snapshot or append-only file (a restarted node syncs from
-its master) and says a node that is silent for `node_timeout_ms` failed.
+its master) and says a node that is silent for `node_timeout_ms` failed. While the cluster
+is made, a master sends its replica its data at once; made, it waits Redis's default 5 s
+for more replicas first, so that a failover meets what it meets in an operator's cluster.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from rnnserve.bench.servers import free_port
 from rnnserve.protocol.errors import UsageError
 
 SLOTS = 16384
+SYNC_DELAY_S = 5  # Redis's default repl-diskless-sync-delay
 START_TIMEOUT_S = 60.0
 EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
@@ -89,7 +92,7 @@ class LocalCluster:
             directory.mkdir(parents=True, exist_ok=True)
             node = Node(self.ports(), self.ports(), directory)
             self.nodes.append(node)
-            self._launch(binary, node)
+            self._launch(binary, node, sync_delay_s=0)
         for node in self.nodes:
             self._wait_answers(node)
         create = [
@@ -100,6 +103,8 @@ class LocalCluster:
         if made.returncode != 0:
             raise UsageError(f"redis-cli --cluster create failed: {made.stdout}{made.stderr}")
         self.wait_healthy()
+        for node in self.nodes:
+            self._ask(node.port, "CONFIG", "SET", "repl-diskless-sync-delay", str(SYNC_DELAY_S))
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -133,7 +138,7 @@ class LocalCluster:
         """Starts the node on `port` again with its cluster configuration: a master that was
         failed over comes back as a replica of the one that replaced it."""
         node = self._node(port)
-        self._launch(_binary("redis-server"), node)
+        self._launch(_binary("redis-server"), node, SYNC_DELAY_S)
         self._wait_answers(node)
 
     def wait_failed_over(self, port: int, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -206,14 +211,14 @@ class LocalCluster:
 
     # Internals.
 
-    def _launch(self, binary: str, node: Node) -> None:
+    def _launch(self, binary: str, node: Node, sync_delay_s: int) -> None:
         command = [
             binary, "--port", str(node.port), "--bind", "127.0.0.1",
             "--cluster-enabled", "yes", "--cluster-port", str(node.bus_port),
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(self.node_timeout_ms),
             "--dir", str(node.directory), "--save", "", "--appendonly", "no",
-            "--daemonize", "no",
+            "--repl-diskless-sync-delay", str(sync_delay_s), "--daemonize", "no",
         ]  # fmt: skip
         log = (node.directory / "redis.log").open("ab")
         with log:
