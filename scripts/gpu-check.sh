@@ -32,7 +32,8 @@ fi
 # 1. Install from local files only: the wheel's parts joined and checked, then onnxruntime-gpu
 # and every other wheel into one folder that comes first on the path (it shadows the CPU
 # onnxruntime installed there).
-sums=$(find "$WHEELS" -maxdepth 2 -name SHA256SUMS 2>/dev/null | head -1)
+# A fresh checkout has no $WHEELS: find fails, and with pipefail so would this line.
+sums=$(find "$WHEELS" -maxdepth 2 -name SHA256SUMS 2>/dev/null | head -1 || true)
 if [ -n "$sums" ]; then
     name=$(awk '{print $2}' "$sums")
     carried=$(find "$WHEELS" -maxdepth 2 -name "$name.part-*" | sort)
