@@ -43,7 +43,7 @@ fi
 # workers than cores pay; -n N among the arguments chooses another number. --dist loadgroup
 # keeps each xdist_group on one worker: the Docker stack's tests, and those of a session
 # server that few tests use (tests/conftest.py).
-pytest=(.venv/bin/pytest --numprocesses 3 --dist loadgroup)
+pytest=(.venv/bin/pytest --numprocesses 4 --dist loadgroup)
 if [[ $fast -eq 1 ]]; then
     pytest+=(-m "not slow and not docker and not faults")
 fi

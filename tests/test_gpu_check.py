@@ -29,5 +29,7 @@ def test_without_a_gpu_the_proof_says_so_and_dry_runs_on_the_cpu(tmp_path: Path)
 
     assert run.returncode == 0, run.stdout + run.stderr
     assert "no NVIDIA GPU here" in run.stdout
-    figures = json.loads((tmp_path / "out" / "bench" / "gpu.json").read_text())["figures"]
-    assert figures and all(f["params"]["provider"] == "CPUExecutionProvider" for f in figures)
+    result = json.loads((tmp_path / "out" / "bench" / "gpu.json").read_text())
+    assert result["environment"]["runs"] == 1
+    assert result["figures"] and all(f["runs"] and f["median"] for f in result["figures"])
+    assert all(f["params"]["provider"] == "CPUExecutionProvider" for f in result["figures"])

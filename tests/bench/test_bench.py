@@ -15,7 +15,8 @@ ENVIRONMENT_KEYS = {"machine", "python", "versions", "runs", "date"}
 pytestmark = pytest.mark.slow  # each scenario starts its servers and loads them for seconds
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+# The GPU scenario's quick run is scripts/gpu-check.sh's dry run: tests/test_gpu_check.py.
+@pytest.mark.parametrize("scenario", [name for name in SCENARIOS if name != "gpu"])
 def test_each_scenario_writes_its_figures(
     scenario: str, tiny_repository: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
