@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import grpc
 import numpy as np
@@ -60,13 +61,13 @@ class Client:
     active: bool = False  # a sequence started and not ended when it stopped
 
 
-class Sequences:
-    """`clients` threads stepping sequences against `address` until `stop()`."""
+class ClientThreads:
+    """`clients` threads stepping sequences of sine-lstm against `address` until `stop()`,
+    each on its own input (`xs`), checked against that whole sequence answered at once
+    (`wholes`). A subclass steps them in `_run(index)` while `_stop` is not set."""
 
-    def __init__(self, address: str, clients: int, streaming: bool = False, seed: int = 0) -> None:
+    def __init__(self, address: str, clients: int, seed: int) -> None:
         self.address = address
-        self.streaming = streaming
-        self.clients = [Client(index) for index in range(clients)]
         rng = np.random.default_rng(seed)
         self.xs = [rng.normal(0, 1, LENGTH).astype(np.float32) for _ in range(clients)]
         with RnnClient(address) as client:  # each whole sequence, answered at once
@@ -75,11 +76,11 @@ class Sequences:
             ]
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=self._run, args=(client,), daemon=True)
-            for client in self.clients
+            threading.Thread(target=self._run, args=(index,), daemon=True)
+            for index in range(clients)
         ]
 
-    def __enter__(self) -> Sequences:
+    def __enter__(self) -> Self:
         for thread in self._threads:
             thread.start()
         return self
@@ -92,6 +93,18 @@ class Sequences:
         for thread in self._threads:
             thread.join(timeout=120)
             assert not thread.is_alive(), "a client never stopped"
+
+    def _run(self, index: int) -> None:
+        raise NotImplementedError
+
+
+class Sequences(ClientThreads):
+    """`clients` threads stepping sequences through the client library's SequenceSession."""
+
+    def __init__(self, address: str, clients: int, streaming: bool = False, seed: int = 0) -> None:
+        self.streaming = streaming
+        self.clients = [Client(index) for index in range(clients)]
+        super().__init__(address, clients, seed)
 
     def wait_for_steps(self, steps: int, timeout_s: float = 120) -> None:
         """Until every client has had `steps` more steps answered."""
@@ -132,8 +145,8 @@ class Sequences:
     def active(self) -> int:
         return sum(client.active for client in self.clients)
 
-    def _run(self, record: Client) -> None:
-        x, whole = self.xs[record.index], self.wholes[record.index]
+    def _run(self, index: int) -> None:
+        record, x, whole = self.clients[index], self.xs[index], self.wholes[index]
         with own_connection(RnnClient(self.address, timeout_s=10), self.address) as client:
             run = 0
             while not self._stop.is_set():

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
-from faults_helpers import CHUNK, LENGTH, MODEL, TOLERANCE
+from faults_helpers import CHUNK, LENGTH, MODEL, TOLERANCE, ClientThreads
 
 from rnnserve.client.client import RnnClient
 from rnnserve.client.errors import InferenceError
@@ -76,8 +76,8 @@ class Tally:
         )
 
 
-class Steppers:
-    """`clients` threads stepping sequences against `address` until `stop()`."""
+class Steppers(ClientThreads):
+    """`clients` threads stepping sequences over plain ModelInfer calls."""
 
     def __init__(
         self,
@@ -87,36 +87,11 @@ class Steppers:
         timeout_s: float = 10.0,
         seed: int = 0,
     ) -> None:
-        self.address = address
         self.offsets = offsets
         self.timeout_s = timeout_s
         self.tally = Tally()
         self._lock = threading.Lock()
-        rng = np.random.default_rng(seed)
-        self.xs = [rng.normal(0, 1, LENGTH).astype(np.float32) for _ in range(clients)]
-        with RnnClient(address) as client:
-            self.wholes = [
-                client.infer(MODEL, {"x": x[None, :, None]}, ["y"])["y"][0, :, 0] for x in self.xs
-            ]
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(index,), daemon=True)
-            for index in range(clients)
-        ]
-
-    def __enter__(self) -> Steppers:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=120)
-            assert not thread.is_alive(), "a client never stopped"
+        super().__init__(address, clients, seed)
 
     def wait_for_steps(self, steps: int, timeout_s: float = 120) -> None:
         target = self.tally.steps + steps
