@@ -19,6 +19,8 @@ security tests of both protocols (tests/security_helpers.py has the principals' 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -28,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -178,6 +181,16 @@ class RunningServer:
         """The REST API's root: http://127.0.0.1:PORT (https:// for a TLS server)."""
         scheme = "http" if self.credentials is None else "https"
         return f"{scheme}://127.0.0.1:{self.http_port}"
+
+    def rest_infer(self, model: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """POST /v2/models/MODEL/infer over plain HTTP: the status and the JSON answer."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=30)
+        try:
+            connection.request("POST", f"/v2/models/{model}/infer", json.dumps(body))
+            answer = connection.getresponse()
+            return answer.status, json.loads(answer.read())
+        finally:
+            connection.close()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

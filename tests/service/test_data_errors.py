@@ -6,7 +6,6 @@ INVALID_ARGUMENT; never INTERNAL, never counted as a server error."""
 
 from __future__ import annotations
 
-import http.client
 import json
 from pathlib import Path
 from typing import Any
@@ -62,16 +61,6 @@ def data_server(start_module_server, repository: Path):
     return start_module_server(repository, args=["--log-format", "json", "--log-level", "DEBUG"])
 
 
-def rest_infer(server, model: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
-    try:
-        connection.request("POST", f"/v2/models/{model}/infer", json.dumps(body))
-        answer = connection.getresponse()
-        return answer.status, json.loads(answer.read())
-    finally:
-        connection.close()
-
-
 def ids_body(name: str, ids: np.ndarray) -> dict[str, Any]:
     tensor = {"name": name, "datatype": "INT64", "shape": list(ids.shape), "data": ids.tolist()}
     return {"inputs": [tensor]}
@@ -120,7 +109,7 @@ def test_an_id_past_the_embedding_is_refused_naming_the_input(data_server, model
     )
     if rows is not None:
         assert refused.value.message.endswith(f"to {rows - 1}")
-    status, body = rest_infer(data_server, model, ids_body(name, PAST))
+    status, body = data_server.rest_infer(model, ids_body(name, PAST))
     assert (status, body["code"]) == (400, "INVALID_ARGUMENT")
     assert body["error"] == refused.value.message
 
@@ -138,7 +127,7 @@ def test_what_only_onnx_runtime_refuses_is_invalid_argument_too(data_server) -> 
         f"model '{UNBOUNDED}' refused the values of input 'ids': "
     )
     assert "indices element out of data bounds, idx=2000" in refused.value.message
-    status, body = rest_infer(data_server, UNBOUNDED, ids_body("ids", PAST))
+    status, body = data_server.rest_infer(UNBOUNDED, ids_body("ids", PAST))
     assert (status, body["code"], body["error"]) == (400, "INVALID_ARGUMENT", refused.value.message)
     assert internal_errors(data_server) == internal_before == 0
     # ORT's whole message stays in the server's log, at DEBUG, under the request's id.

@@ -5,8 +5,6 @@ through."""
 
 from __future__ import annotations
 
-import http.client
-import json
 from typing import Any
 
 import numpy as np
@@ -23,13 +21,7 @@ def rest_infer(server, model: str, parameters: dict[str, Any]) -> tuple[int, dic
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2, 1], "data": [0, 0]}],
         "parameters": parameters,
     }
-    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
-    try:
-        connection.request("POST", f"/v2/models/{model}/infer", json.dumps(body))
-        answer = connection.getresponse()
-        return answer.status, json.loads(answer.read())
-    finally:
-        connection.close()
+    return server.rest_infer(model, body)
 
 
 def test_a_misspelt_parameter_is_refused_naming_the_one_meant(client) -> None:
