@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from faults_helpers import RedisServer
 from processes import free_port
+from redis_helpers import RedisServer
 from stepping import Steppers
 
 from rnnserve.bench.redis_cluster import LocalCluster
