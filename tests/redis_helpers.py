@@ -1,8 +1,15 @@
-"""Reading Redis behind the stores' backs, on one redis-server or a Redis Cluster alike."""
+"""Reading Redis behind the stores' backs, on one redis-server or a Redis Cluster alike,
+and a redis-server of a test's own, which it may stop, kill and start again."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+from pathlib import Path
+
 import redis
+from polling import eventually
 from redis.cluster import RedisCluster
 
 from rnnserve.service.redis_url import CLUSTER_SCHEMES, is_cluster_url
@@ -42,3 +49,67 @@ def keys_like(url: str, pattern: str) -> list[bytes]:
         found = client.keys(pattern)
     client.close()
     return found
+
+
+class RedisServer:
+    """A redis-server of the test's own on `port`, without persistence unless `persistent`
+    (an append-only file, written before each reply): it can be paused (SIGSTOP), killed
+    (SIGKILL) and started again on the same port, empty or with what it had written."""
+
+    def __init__(self, binary: str, port: int, directory: Path, persistent: bool = False) -> None:
+        self.binary, self.port, self.directory = binary, port, directory
+        self.persistent = persistent
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.directory), "--save", "",
+                "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
+                "--daemonize", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        try:
+            eventually(lambda: self._answers(client), f"redis-server on {self.port} answers")
+        finally:
+            client.close()
+
+    def _answers(self, client: redis.Redis) -> bool:
+        assert self.process is not None and self.process.poll() is None, "redis-server exited"
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    def pause(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def pause_writes(self, seconds: float) -> None:
+        """Holds every command that may write (scripts too) for `seconds` (CLIENT PAUSE
+        WRITE): reads are answered, writes wait in Redis and are applied after."""
+        client = redis.Redis.from_url(self.url)
+        try:
+            client.execute_command("CLIENT", "PAUSE", round(seconds * 1000), "WRITE")
+        finally:
+            client.close()
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.resume()
+            self.process.terminate()
+            self.process.wait(timeout=30)

@@ -114,6 +114,31 @@ def test_a_sequence_keeps_state_between_steps(any_client, kind: str, streaming: 
     assert sequence.offset == 9 and sequence.retries == 0
 
 
+@pytest.mark.parametrize("streaming", [False, True], ids=["ModelInfer", "ModelStreamInfer"])
+def test_a_session_begins_again_a_sequence_whose_earlier_run_went_on(
+    any_client, kind: str, streaming: bool
+) -> None:
+    """The earlier run of the id is live, past its first step: the server refuses a start
+    at 0 there (it would take it for a late attempt at that run's first step), and the
+    session sends it again at the server's count, which begins the sequence again."""
+    streaming_needs_grpc(kind, streaming)
+    values = np.sin(np.linspace(0, 2, 9, dtype=np.float32))
+    whole, _ = any_client.infer_sine(values, model="sine-gru")
+    sequence_id = f"again-{kind}-{streaming}"
+    with session_of(any_client, "sine-gru", sequence_id, streaming) as abandoned:
+        for i in (0, 3):
+            abandoned.step({"x": -values[None, i : i + 3, None]}, ["y"])
+
+    with session_of(any_client, "sine-gru", sequence_id, streaming) as sequence:
+        steps = [
+            sequence.step({"x": values[None, i : i + 3, None]}, ["y"], end=i == 6)["y"]
+            for i in (0, 3, 6)
+        ]
+
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), whole, atol=1e-6)
+    assert sequence.offset == 9 and sequence.retries == 0
+
+
 @pytest.mark.grpc_only
 def test_a_stream_yields_every_decoded_seq2seq_token(any_client) -> None:
     request = build_request("seq2seq-gru", {"text": ["hello"]})

@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faults_helpers import RedisServer
 from processes import free_port
 from redis.cluster import RedisCluster
-from redis_helpers import sync_client
+from redis_helpers import RedisServer, sync_client
 
 FAULTS = Path(__file__).parent
 

@@ -1,5 +1,5 @@
 """What the fault tests share: clients stepping sequences through a fault and checking every
-answer, a redis-server the test may stop, kill and restart, and the server's processes.
+answer (a redis-server the test may stop, kill and restart: redis_helpers.RedisServer).
 
 `Sequences` runs client threads, each on a connection of its own (so that with workers the
 kernel spreads them over the workers), each stepping sequences of sine-lstm through the
@@ -11,19 +11,13 @@ client is told to; any other refusal is recorded for the test to judge.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Self
 
 import grpc
 import numpy as np
-import redis
-from polling import eventually
 
 from rnnserve.client.client import RnnClient
 from rnnserve.client.errors import InferenceError
@@ -180,70 +174,3 @@ class Sequences(ClientThreads):
             if not np.allclose(y[0, :, 0], expected, rtol=0, atol=TOLERANCE):
                 record.wrong.append(f"{session.sequence_id} at {begin}: {y[0, :, 0]} != {expected}")
         record.sequences += 1
-
-
-# Processes.
-
-
-class RedisServer:
-    """A redis-server of the test's own on `port`, without persistence unless `persistent`
-    (an append-only file, written before each reply): it can be paused (SIGSTOP), killed
-    (SIGKILL) and started again on the same port, empty or with what it had written."""
-
-    def __init__(self, binary: str, port: int, directory: Path, persistent: bool = False) -> None:
-        self.binary, self.port, self.directory = binary, port, directory
-        self.persistent = persistent
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.directory), "--save", "",
-                "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
-                "--daemonize", "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        client = redis.Redis.from_url(self.url)
-        try:
-            eventually(lambda: self._answers(client), f"redis-server on {self.port} answers")
-        finally:
-            client.close()
-
-    def _answers(self, client: redis.Redis) -> bool:
-        assert self.process is not None and self.process.poll() is None, "redis-server exited"
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    def pause(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
-
-    def pause_writes(self, seconds: float) -> None:
-        """Holds every command that may write (scripts too) for `seconds` (CLIENT PAUSE
-        WRITE): reads are answered, writes wait in Redis and are applied after."""
-        client = redis.Redis.from_url(self.url)
-        try:
-            client.execute_command("CLIENT", "PAUSE", round(seconds * 1000), "WRITE")
-        finally:
-            client.close()
-
-    def resume(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.resume()
-            self.process.terminate()
-            self.process.wait(timeout=30)

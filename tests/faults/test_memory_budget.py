@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from faults_helpers import eventually
+from polling import eventually
 from processes import peak_rss_bytes, rss_bytes
 from scrape import scrape
 

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from faults_helpers import Sequences, eventually
+from faults_helpers import Sequences
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from polling import eventually
 from scrape import scrape, series
 
 from rnnserve.client.client import RnnClient

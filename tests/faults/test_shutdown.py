@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import numpy as np
 import redis
-from faults_helpers import eventually
+from polling import eventually
 from scrape import scrape
 
 from rnnserve.client.client import RnnClient, build_request, decode_response

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from faults_helpers import Sequences, eventually
+from faults_helpers import Sequences
+from polling import eventually
 from processes import alive, worker_pids
 from scrape import scrape
 

@@ -6,19 +6,22 @@ unknown, never unapplied, and is resolved by the sequence's offset."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
-from redis_helpers import sync_client
+from processes import free_port
+from redis_helpers import RedisServer, sync_client
 
 from rnnserve.protocol.sequences import SEQUENCE_OFFSET, SEQUENCE_OUTCOME, UNKNOWN_OUTCOME
 from rnnserve.service.errors import Aborted, FailedPrecondition, Unavailable
 from rnnserve.service.sessions import SessionKey, SessionManager
 from rnnserve.service.sessions.accounting import RowStep
 from rnnserve.service.sessions.manager import Computation
-from rnnserve.service.sessions.reachability import OutcomeUnknown
+from rnnserve.service.sessions.reachability import OutcomeUnknown, StoreUnavailable
 from rnnserve.service.sessions.redis_store import RedisStore
 from rnnserve.service.sessions.state import Progress
 from rnnserve.service.types import ANONYMOUS, State
@@ -213,6 +216,47 @@ def test_a_write_whose_reply_never_came_is_unknown_and_its_retry_learns_its_fate
         await second.close()
 
     asyncio.run(scenario())
+
+
+def test_a_write_to_a_redis_that_refuses_the_connection_was_not_applied_and_is_retried(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Redis stops (its port closed) while a step without an offset runs: its write finds
+    no connection to make, so nothing of it was sent. It is UNAVAILABLE, saying that
+    nothing was applied, and, sent again as that invites once Redis is back (with what it
+    had written), applied once: the sequence adds up as the whole does."""
+    binary = shutil.which("redis-server")  # installed by redis_url where the machine lacks it
+    assert binary, "redis-server is not on PATH"
+    server = RedisServer(binary, free_port(), tmp_path, persistent=True)
+    server.start()
+
+    async def scenario() -> None:
+        store = RedisStore(server.url, 60.0, f"test-{uuid.uuid4().hex}", timeout_s=0.5)
+        manager = SessionManager(store, 100)
+        key = fresh_key()
+        await step(manager, row(key, None, start=True), add(1))
+
+        async def port_closed(state: State) -> tuple[float, State]:
+            server.stop()  # after the step loaded, before its write
+            # The loop goes on, as a server's does between steps, and hears the pooled
+            # connection close: the write has to connect again.
+            await asyncio.sleep(0.1)
+            return await add(10)(state)
+
+        with pytest.raises(StoreUnavailable) as refused:
+            await step(manager, row(key, None), port_closed)
+        assert refused.value.code == "UNAVAILABLE"
+        assert "nothing was applied: the request may be retried" in refused.value.message
+        server.start()
+        assert await step(manager, row(key, None), add(10)) == 11  # the retry, applied once
+        assert await step(manager, row(key, None), add(100)) == 111
+        assert await total(manager, key) == (3, 111)
+        await manager.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
 
 
 def pause(url: str, seconds: float) -> None:

@@ -242,16 +242,13 @@ def uint64(*ids: int) -> dict[str, np.ndarray]:
          "input 'sequence_offset' has datatype INT32; expected INT64"),
         ({**uint64(1, 2, 3), "sequence_offset": np.array([0, 2], np.int64)},
          "input 'sequence_offset' has 2 rows; expected 3, one per row of 'sequence_id'"),
-        ({**uint64(1, 2, 3), "sequence_start": np.array([False, True, False]),
-          "sequence_offset": np.array([4, 4, 4], np.int64)},
-         "sequence_offset[1] is 4 on a request with sequence_start=true; expected 0"),
         ({"sequence_offset": np.array([0, 0, 0], np.int64)},
          "inputs ['sequence_offset'] need input 'sequence_id'"),
     ],
     ids=[
         "duplicate ids", "id zero", "empty string id", "negative id", "FP32 ids", "ids [1, 3]",
         "too few ids", "INT32 start", "short end", "no ids", "h0 on continuations",
-        "negative offset", "INT32 offset", "short offset", "offset on a start", "offset alone",
+        "negative offset", "INT32 offset", "short offset", "offset alone",
     ],
 )  # fmt: skip
 def test_malformed_control_tensors_refuse_the_whole_request(

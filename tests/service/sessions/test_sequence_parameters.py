@@ -53,10 +53,6 @@ def test_an_offset_is_the_time_steps_before_the_request() -> None:
         ({"sequence_id": 7, "sequence_offset": 2.0}, "sequence_offset must be an int64, got float"),
         ({"sequence_id": 7, "sequence_offset": True}, "sequence_offset must be an int64, got bool"),
         ({"sequence_offset": 3}, "sequence_offset needs a non-zero sequence_id"),
-        (
-            {"sequence_id": 7, "sequence_start": True, "sequence_offset": 3},
-            "sequence_offset is 3 on a request with sequence_start=true; expected 0",
-        ),
     ],
 )
 def test_a_parameter_of_the_wrong_type_is_named_with_the_type_expected(

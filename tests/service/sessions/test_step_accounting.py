@@ -225,6 +225,39 @@ def test_a_retried_start_is_answered_again_and_a_new_start_begins_again(
     assert error.details == {"sequence_offset": 9}
 
 
+def test_a_late_start_after_its_sequence_went_on_is_refused_and_the_sequence_goes_on(
+    planes: Callable[[], Plane], make_store: MakeStore
+) -> None:
+    """An attempt at a sequence's first step that arrives once the sequence has gone on
+    (another attempt was answered, and the client went on) does not begin it again: the
+    client's next steps would all be wrong. The start at the server's count does: a
+    client that means to begin again says so. Stepped on two workers when the store has
+    several (the late attempt reaches the other one), on one otherwise."""
+    shared = MemoryStore not in (make_store, getattr(make_store, "func", None))
+    first_worker = planes()
+    other_worker = planes() if shared else first_worker
+    start = sine_step("late", CHUNKS[0], 0, start=True)
+    first_worker.infer(start)
+    first_worker.infer(sine_step("late", CHUNKS[1], 3))
+
+    error = other_worker.refusal(start)  # the late attempt
+    assert isinstance(error, FailedPrecondition)
+    assert "has gone on past its first step, to 5 time steps" in error.message
+    assert "send the start with sequence_offset=5" in error.message
+    assert error.details == {"sequence_offset": 5}
+    last = first_worker.infer(sine_step("late", CHUNKS[2], 5, end=True))
+    assert last.parameters == {"sequence_offset": 9}
+
+    # Begun again on purpose, at the count; then retried: answered again, at 0 or the count.
+    live = sine_step("again", (0, 5), 0, start=True)
+    first_worker.infer(live)
+    again = sine_step("again", CHUNKS[0], 5, start=True, x=-X)
+    answer = other_worker.infer(again)
+    assert answer.parameters == {"sequence_offset": 3}
+    assert_same(answer, first_worker.infer(again))
+    assert_same(answer, other_worker.infer(sine_step("again", CHUNKS[0], 0, start=True, x=-X)))
+
+
 def test_a_retry_of_a_text_step_gets_its_text_again(planes: Callable[[], Plane]) -> None:
     plane = planes()
 

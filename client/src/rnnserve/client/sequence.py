@@ -18,6 +18,12 @@ therefore continues exactly after a server crash, or fails with a clear error:
 refusal when it lost the sequence; never with a silently wrong answer. A server that does
 not count steps (no `sequence_offset` in its answers) gets no retries.
 
+A start carries offset 0. When the server refuses it because the id's sequence is live and
+has gone on past its first step (an earlier run of the id, not ended: the server takes a
+start at 0 there for a late attempt at that run's first step), the start is sent again,
+once, at the server's count, which begins the sequence again: a session always begins its
+sequence, as a start without offsets does.
+
 Each step waits at most `timeout` seconds for its answer (its final one, streamed: a
 stream not answered in time is cancelled and the next try opens another); a stream lives
 at most `stream_timeout` seconds (None: as long as the session).
@@ -34,6 +40,7 @@ over (docs/scaling.md).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -101,8 +108,9 @@ class SequenceSteps:
         outputs: Sequence[str],
         parameters: Mapping[str, Parameter] | None,
         end: bool,
+        begin_at: int = 0,
     ) -> Any:
-        """The next step's request."""
+        """The next step's request; a start's offset is `begin_at` (_begin_again_at)."""
         sequence: dict[str, Parameter] = {
             "sequence_id": self.sequence_id,
             "sequence_start": not self._started,
@@ -110,7 +118,7 @@ class SequenceSteps:
         if end:
             sequence["sequence_end"] = True
         if self.offsets:
-            sequence[SEQUENCE_OFFSET] = self.offset if self._started else 0
+            sequence[SEQUENCE_OFFSET] = self.offset if self._started else begin_at
         return build_request(
             self.model, inputs, outputs, {**(parameters or {}), **sequence}, self.version
         )
@@ -122,6 +130,15 @@ class SequenceSteps:
         if timeout is not None:
             return timeout
         return self.client.timeout(self.timeout)
+
+    def _begin_again_at(self, error: InferenceError, begin_at: int) -> int | None:
+        """The offset to send a refused start again at: the server's count, when the start
+        was refused because its id's sequence is live and has gone on (an earlier run of the
+        id); None otherwise, and for a start already sent at the count (`begin_at`)."""
+        counted = error.sequence_offset
+        if self._started or not self.offsets or begin_at or error.code != "FAILED_PRECONDITION":
+            return None
+        return counted or None
 
     def _refused(self, error: InferenceError) -> InferenceError:
         """What a step's failure raises: SequenceOutOfStep when the server counts the
@@ -180,15 +197,20 @@ class SequenceSession(SequenceSteps):
         timeout: float | None = None,
     ) -> list[InferResult]:
         """One step; every response it produced (several for streamed decoding)."""
-        request = self._request(inputs, outputs, parameters, end)
         timeout = self._step_timeout(timeout)
-        try:
-            responses = retrying(
-                lambda: self._send(request, timeout), self._policy(), self._before_retry
-            )
-        except InferenceError as error:
-            raise self._refused(error) from None
-        return self._applied(responses, end)
+        begin_at = 0
+        while True:
+            request = self._request(inputs, outputs, parameters, end, begin_at)
+            send = functools.partial(self._send, request, timeout)
+            try:
+                responses = retrying(send, self._policy(), self._before_retry)
+            except InferenceError as error:
+                again = self._begin_again_at(error, begin_at)
+                if again is None:
+                    raise self._refused(error) from None
+                begin_at = again
+            else:
+                return self._applied(responses, end)
 
     def _send(self, request: Any, timeout: float | None) -> list[InferResult]:
         if not self.streaming:

@@ -8,6 +8,7 @@ a sequence's steps go).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,15 +52,20 @@ class AsyncSequenceSession(SequenceSteps):
         timeout: float | None = None,
     ) -> list[InferResult]:
         """One step; every response it produced (several for streamed decoding)."""
-        request = self._request(inputs, outputs, parameters, end)
         timeout = self._step_timeout(timeout)
-        try:
-            responses = await retrying_async(
-                lambda: self._send(request, timeout), self._policy(), self._before_retry
-            )
-        except InferenceError as error:
-            raise self._refused(error) from None
-        return self._applied(responses, end)
+        begin_at = 0
+        while True:
+            request = self._request(inputs, outputs, parameters, end, begin_at)
+            send = functools.partial(self._send, request, timeout)
+            try:
+                responses = await retrying_async(send, self._policy(), self._before_retry)
+            except InferenceError as error:
+                again = self._begin_again_at(error, begin_at)
+                if again is None:
+                    raise self._refused(error) from None
+                begin_at = again
+            else:
+                return self._applied(responses, end)
 
     async def _send(self, request: Any, timeout: float | None) -> list[InferResult]:
         if not self.streaming:

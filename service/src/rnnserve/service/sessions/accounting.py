@@ -12,7 +12,13 @@ A step that carries no offset is applied, as Triton's sequences always are. One 
     - refused otherwise, FAILED_PRECONDITION naming the server's count, which also rides
       in the error's details (`sequence_offset`) for the client to resynchronise.
 A start carries offset 0 and is applied unless it is a retry of the session's first step
-(the same inputs): starting a sequence again is always allowed.
+(the same inputs), or its sequence is live and has gone on past its first step: then it is
+most likely an attempt at that first step that arrived late (its client gave up on it,
+was answered by another attempt and went on), and beginning the sequence again would make
+every later step of its client wrong. It is refused, FAILED_PRECONDITION naming the
+server's count, and a client that does mean to begin the sequence again sends the start
+with that count as its offset (the client library does so by itself): a start at the
+server's count is applied. A start without an offset is always applied, as Triton's are.
 
 A continuation of a session without state is refused, saying what became of it: unknown
 (never started, or forgotten), ended by the client or expired (INVALID_ARGUMENT, or
@@ -87,7 +93,9 @@ def judge(step: RowStep, found: Loaded) -> Outcome:
             return Outcome("rerun", found.offset)
         assert found.last is not None  # _is_retry checked it
         return Outcome("replay", found.offset, answer=found.last.answer)
-    if step.start:  # a start may always begin the sequence again
+    if step.start:
+        if isinstance(found, Progress) and _is_late_start(step, found):
+            return Outcome("fail", found.offset, _late_start(step, found))
         return Outcome("apply", step.length)
     if isinstance(found, (FailedPrecondition, Unavailable)):
         return Outcome("fail", error=found)
@@ -140,13 +148,39 @@ def refusal(step: RowStep, conflict: Conflict) -> ServiceError:
 
 
 def _is_retry(step: RowStep, found: Progress) -> bool:
+    """Whether `step` is another attempt at the session's last step. A start is one
+    whatever its offset (0, or the count it began the sequence again at): its digest,
+    which covers its flags, equals only that of a start, the first step of what is held."""
     last = found.last
     return (
         step.offset is not None
         and last is not None
-        and step.offset == found.offset - last.length
+        and (step.start or step.offset == found.offset - last.length)
         and step.length == last.length
         and step.digest == last.digest
+    )
+
+
+def _is_late_start(step: RowStep, found: Progress) -> bool:
+    """Whether `step`, a start that is not a retry, carries an offset other than the count
+    of a live session that has gone on past its first step (its last step, kept for a
+    retry, did not begin at 0)."""
+    return (
+        step.offset is not None
+        and step.offset != found.offset
+        and not found.ended
+        and found.last is not None
+        and found.offset > found.last.length
+    )
+
+
+def _late_start(step: RowStep, found: Progress) -> ServiceError:
+    return FailedPrecondition(
+        f"{SEQUENCE_OFFSET} {step.offset} does not match {step.key.describe()}: it is active "
+        f"and has gone on past its first step, to {found.offset} time steps, so this start "
+        "was not applied (it may be an attempt at its first step that arrived late); to "
+        f"begin the sequence again, send the start with {SEQUENCE_OFFSET}={found.offset}",
+        {SEQUENCE_OFFSET: found.offset},
     )
 
 

@@ -87,7 +87,7 @@ def split_control(request: InferRequest) -> tuple[SessionRows | None, InferReque
         ids,
         starts,
         _flags(controls.get(SEQUENCE_END), len(ids)),
-        _offsets(controls.get(SEQUENCE_OFFSET), starts),
+        _offsets(controls.get(SEQUENCE_OFFSET), len(ids)),
     )
     task_request = dataclasses.replace(
         request,
@@ -166,17 +166,17 @@ def _flags(tensor: Tensor | None, rows: int) -> list[bool]:
     return flags
 
 
-def _offsets(tensor: Tensor | None, starts: list[bool]) -> list[int] | None:
+def _offsets(tensor: Tensor | None, rows: int) -> list[int] | None:
     if tensor is None:
         return None
     offsets = _values(tensor, ("INT64",))
-    if len(offsets) != len(starts):
+    if len(offsets) != rows:
         raise InvalidArgument(
-            f"input '{tensor.name}' has {len(offsets)} rows; expected {len(starts)}, one per "
-            f"row of '{SEQUENCE_ID}'"
+            f"input '{tensor.name}' has {len(offsets)} rows; expected {rows}, one per row of "
+            f"'{SEQUENCE_ID}'"
         )
-    for row, (offset, start) in enumerate(zip(offsets, starts, strict=True)):
-        check_offset(f"{SEQUENCE_OFFSET}[{row}]", offset, start)
+    for row, offset in enumerate(offsets):
+        check_offset(f"{SEQUENCE_OFFSET}[{row}]", offset)
     return offsets
 
 

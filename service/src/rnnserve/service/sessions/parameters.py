@@ -56,21 +56,15 @@ def parse_sequence_parameters(parameters: Mapping[str, Parameter]) -> SequencePa
         )
     if not sequence.in_session and sequence.offset is not None:
         raise InvalidArgument(f"parameter {SEQUENCE_OFFSET} needs a non-zero sequence_id")
-    check_offset(f"parameter {SEQUENCE_OFFSET}", sequence.offset, sequence.start)
+    check_offset(f"parameter {SEQUENCE_OFFSET}", sequence.offset)
     return sequence
 
 
-def check_offset(what: str, offset: int | None, start: bool) -> None:
-    """An offset is a count of time steps; a start has consumed none before it."""
-    if offset is None:
-        return
-    if not 0 <= offset <= INT64_MAX:
+def check_offset(what: str, offset: int | None) -> None:
+    """An offset is a count of time steps. A start's is 0, or the count of the live
+    sequence it begins again (accounting.py)."""
+    if offset is not None and not 0 <= offset <= INT64_MAX:
         raise InvalidArgument(f"{what} must be between 0 and {INT64_MAX}, got {offset}")
-    if start and offset != 0:
-        raise InvalidArgument(
-            f"{what} is {offset} on a request with sequence_start=true; expected 0: a "
-            "sequence's first request begins at time step 0"
-        )
 
 
 def _offset(parameters: Mapping[str, Parameter]) -> int | None:

@@ -56,10 +56,11 @@ class Reachability:
         self._watchers.append(watcher)
 
     def failed(
-        self, operation: str, cause: BaseException, writes: bool = False
+        self, operation: str, cause: BaseException, sent: bool = False
     ) -> StoreUnavailable | OutcomeUnknown:
         """Records that `operation` could not reach the store; the error to raise.
-        `writes`: the operation writes a step, which may have been applied."""
+        `sent`: the operation writes a step and may have sent it (the store failed after
+        the connection was made), so that it may have been applied."""
         metrics.STATE_STORE_ERRORS.labels(self.store, operation).inc()
         self._failures += 1
         if self.up:
@@ -72,9 +73,7 @@ class Reachability:
                 self.store, self.where, type(cause).__name__, cause,
             )  # fmt: skip
             self._notify()
-        if writes:
-            # Sent or not (a refused connection is told apart from a lost reply by no
-            # more than the message of redis-py's error): it may have been applied.
+        if sent:
             return self.unknown(f"did not confirm this step's write ({cause})")
         return StoreUnavailable(
             f"the {self.store} state store at {self.where} is unreachable ({cause}); nothing "

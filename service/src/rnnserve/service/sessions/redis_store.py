@@ -37,6 +37,7 @@ from rnnserve.service.sessions.redis.client import (
     UNREACHABLE,
     Command,
     NotConfirmed,
+    NotSent,
     RedisClient,
     Script,
 )
@@ -329,6 +330,8 @@ class RedisStore:
         try:
             await self._fence()
             replies = await self._redis.run(commands, durable=True)
+        except NotSent:  # not written: the step may be sent again, as it is
+            raise
         except (
             *UNREACHABLE,
             NotConfirmed,

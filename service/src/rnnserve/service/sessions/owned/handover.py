@@ -18,7 +18,7 @@ from rnnserve.service.sessions.owned.held import Held
 from rnnserve.service.sessions.owned.ownership import CHUNK, Ownership
 from rnnserve.service.sessions.owned.worker import Worker, inbox_key, owned_key, push
 from rnnserve.service.sessions.reachability import StoreUnavailable
-from rnnserve.service.sessions.redis.client import Command, Script
+from rnnserve.service.sessions.redis.client import Command, NotSent, Script
 from rnnserve.service.sessions.redis.guard import guarded
 from rnnserve.service.sessions.redis.keys import member, session_of
 from rnnserve.service.sessions.redis.records import encode_gone, encode_record
@@ -152,6 +152,8 @@ class Handover:
             )
         try:
             await self._worker.redis.run(commands, durable=True)
+        except NotSent:  # nothing was released: the copies here are as sure as they were
+            raise
         except BaseException:
             held.unsure.update(keys)
             raise

@@ -21,6 +21,12 @@ each pooled connection fails once that way); a timeout is not. What still fails 
 UNREACHABLE: the stores' guarded calls turn it into StoreUnavailable (guard.py), in a
 cluster only once the failover retries (Failover) have given up.
 
+Sent or not. On one server a batch first takes a connection, connected (redis-py connects,
+and says hello, when the pool hands it out): a failure then (refused, a connect timeout, a
+handshake that failed) sent nothing of the batch, and raises NotSent. Anything that fails
+after may have reached Redis: a write's outcome is unknown (guard.py). In a cluster every
+failure counts as maybe sent.
+
 Durability (`state_durability = "replica"`). A batch that writes what a client was, or will
 be, told is stored ends with WAIT on each master it wrote to, on the connection that wrote:
 the batch returns only once at least one replica has every write, else it fails UNAVAILABLE
@@ -78,6 +84,11 @@ UNREACHABLE = (
     TryAgainError,
     ClusterDownError,
 )
+
+
+class NotSent(ConnectionError):
+    """Redis could not be reached before any command of a batch was sent (the connection
+    was refused, or timed out, or its handshake failed): nothing of it was applied."""
 
 
 @dataclass(frozen=True)
@@ -217,7 +228,10 @@ class RedisClient:
         return replies
 
     async def _pipeline(self, commands: Sequence[Command], wait: bool, by_body: bool) -> list[Any]:
-        async with self.client.pipeline(transaction=False) as pipe:
+        client = self.client
+        assert isinstance(client, redis.Redis)  # one server's
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.connection = await self._connected(client)  # released by the block's end
             for command in commands:
                 pipe.execute_command(*command.wire(by_body))
             if wait:
@@ -226,6 +240,15 @@ class RedisClient:
         if wait:
             self._check_confirmed(replies.pop())
         return replies
+
+    @staticmethod
+    async def _connected(client: redis.Redis) -> Any:
+        """A connection of `client`'s pool, connected (a stale one connected again):
+        NotSent when that fails, for nothing was sent."""
+        try:
+            return await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        except (ConnectionError, TimeoutError) as error:
+            raise NotSent(str(error)) from error
 
     # A cluster.
 

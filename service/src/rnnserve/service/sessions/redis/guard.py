@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from rnnserve.service.sessions.reachability import Reachability
-from rnnserve.service.sessions.redis.client import UNREACHABLE, NotConfirmed
+from rnnserve.service.sessions.redis.client import UNREACHABLE, NotConfirmed, NotSent
 
 
 class Guarded(Protocol):
@@ -31,7 +31,8 @@ def guarded(
 ]:
     """A store method that reaches Redis: a failure to reach it (client.UNREACHABLE)
     becomes StoreUnavailable (OutcomeUnknown for a method that `writes` a step, which may
-    have landed), and every outcome tells the store's Reachability."""
+    have landed unless nothing was sent: NotSent), and every outcome tells the store's
+    Reachability."""
 
     def decorate(
         method: Callable[Concatenate[G, P], Awaitable[T]],
@@ -41,7 +42,8 @@ def guarded(
             try:
                 result = await method(store, *args, **kwargs)
             except UNREACHABLE as error:
-                raise store.reachability.failed(operation, error, writes) from None
+                sent = writes and not isinstance(error, NotSent)
+                raise store.reachability.failed(operation, error, sent) from None
             except NotConfirmed as error:
                 if writes:  # applied by the master, maybe lost by a failover
                     raise store.reachability.unknown(
