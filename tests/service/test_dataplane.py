@@ -351,6 +351,19 @@ def test_sine_and_tagger_stream_a_single_final_response(plane: Plane) -> None:
     assert response.final
 
 
+def test_only_token_decoders_answer_a_stream_in_several_responses(plane: Plane) -> None:
+    """What a stream sends through the unary path (one answer) and what through the
+    streamed one: seq2seq alone decodes token by token; an unknown model is refused by
+    either path alike."""
+    once = {
+        name: plane.plane.answers_once(InferRequest(name))
+        for name in ("sine-lstm", "tagger-gru", "seq2seq-rnn", "no-such-model")
+    }
+    assert once == {
+        "sine-lstm": True, "tagger-gru": True, "seq2seq-rnn": False, "no-such-model": True
+    }  # fmt: skip
+
+
 # Bad input: refused before ONNX Runtime sees it.
 
 Case = tuple[str, Callable[[], InferRequest], type[ServiceError], str]

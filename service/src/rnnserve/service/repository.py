@@ -326,6 +326,17 @@ class Repository:
             for version, entry in sorted(self._models[name].items(), key=lambda item: int(item[0]))
         ]
 
+    def streams_tokens(self, name: str) -> bool:
+        """Whether a loaded version of the model may answer in several responses (its task
+        decodes token by token); false for a name not loaded."""
+        entries = self._models.get(name)
+        if entries is None:
+            return False
+        return any(
+            isinstance(entry, LoadedVersion) and entry.task.streams_tokens
+            for entry in entries.values()
+        )
+
     def _get_model(self, name: str) -> dict[str, Entry]:
         if name not in self._models:
             raise NotFound(f"unknown model '{name}'; available models: {self.names()}")

@@ -214,8 +214,12 @@ class InferenceServicer:
                 infer_request = converter.request_from_proto(request, call.principal)
                 call.sequence_id = sequence_id_of(infer_request.parameters)
                 typed = converter.sends_contents(request)
-                async for response in self._dataplane.stream_infer(infer_request):
+                if self._dataplane.answers_once(infer_request):
+                    response = await self._dataplane.infer(infer_request)
                     yield converter.stream_response_to_proto(response, typed)
+                else:
+                    async for response in self._dataplane.stream_infer(infer_request):
+                        yield converter.stream_response_to_proto(response, typed)
             except (Unauthenticated, PermissionDenied) as denied:
                 call.code, refusal = denied.code, denied
             except Exception as failure:

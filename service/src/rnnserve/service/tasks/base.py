@@ -103,6 +103,9 @@ class Task(ABC):
     # Whether each batch row may be one step of its own session (multi-session requests):
     # true for tasks whose every piece answers as `run` does, from the state it starts with.
     session_rows: ClassVar[bool] = True
+    # Whether `stream` may answer a request in several responses (one per decoded token):
+    # a stream sends the other tasks' single answer as a unary call would get it.
+    streams_tokens: ClassVar[bool] = False
     # The request parameters the task reads (beyond the sequence parameters every task has).
     request_parameters: ClassVar[frozenset[str]] = frozenset()
 

@@ -60,6 +60,7 @@ class Seq2SeqTask(Task):
     # A session's translation comes only after its last piece, decoded token by token:
     # rows ending in one request would each need their own decoding loop.
     session_rows = False
+    streams_tokens = True
     request_parameters = frozenset({MAX_OUTPUT_LENGTH})
 
     @classmethod
