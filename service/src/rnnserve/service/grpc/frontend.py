@@ -55,7 +55,7 @@ class GrpcFrontend:
         self._server = grpc.aio.server(options=options)
         self._serving = False
         servicer = InferenceServicer(dataplane, authenticator)
-        model_infer = ReceivedModelInfer(servicer, dataplane).handler()
+        model_infer = ReceivedModelInfer(servicer.answering, dataplane).handler()
         rpc.add_servicer(servicer, self._server, {"ModelInfer": model_infer})
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

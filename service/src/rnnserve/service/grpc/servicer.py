@@ -1,24 +1,20 @@
 """GRPCInferenceService: each RPC converts, calls the DataPlane and converts back.
 
-Failures become their gRPC status with the message verbatim (`client_error` turns anything
-unexpected into INTERNAL, logged once) and the error's details as trailing metadata
-(`sequence-offset`); on a stream, where the stream stays open and no trailer can be sent,
-they ride as parameters of the error's `infer_response`. Every RPC goes through the front
-end's Recorder (service/access.py: metrics, access log, request id), which needs the RPC
-and its status code, and is admitted there by the Authenticator (service/auth.py: the
-principal from the `authorization` metadata or the client certificate, the role the RPC
-needs); a stream's credentials are the whole stream's, so a refusal ends it. A request's id
-(its `id` field, else the `x-request-id` metadata) is echoed in the `x-request-id` initial
-metadata. Once the server drains (SIGTERM), a stream waiting for its next request ends at
-once, UNAVAILABLE ("shutting down; retry on another instance"), and one answering a request
-ends so once it has answered it: an idle stream never holds a shutdown.
+Every unary RPC is answered through `Answering` (answering.py: admitted, recorded, its
+failure a status), ModelInfer by its own compiled handler (receiving.py). A stream's
+credentials are the whole stream's, so a refusal ends it; a failed request on a stream,
+where the stream stays open and no trailer can be sent, is answered with its status and
+details as parameters of the error's `infer_response`. Once the server drains (SIGTERM), a
+stream waiting for its next request ends at once, UNAVAILABLE ("shutting down; retry on
+another instance"), and one answering a request ends so once it has answered it: an idle
+stream never holds a shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -31,67 +27,20 @@ from rnnserve.service.access import (
     request_id_of,
     sequence_id_of,
 )
-from rnnserve.service.auth import AUTHORIZATION, Authenticator
+from rnnserve.service.auth import Authenticator
 from rnnserve.service.dataplane import DataPlane
-from rnnserve.service.errors import (
-    PermissionDenied,
-    ServiceError,
-    Unauthenticated,
-    client_error,
-    detail_headers,
-)
+from rnnserve.service.errors import PermissionDenied, ServiceError, Unauthenticated, client_error
 from rnnserve.service.grpc import converter
+from rnnserve.service.grpc.answering import Answering, Context, headers_of
 
-T = TypeVar("T")
-# The call's context; requests and responses are messages of our own descriptor pool (Any).
-Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-CERTIFICATE_NAME = "x509_common_name"  # grpc's auth context property of the subject CN
 SHUTTING_DOWN = "the server is shutting down; retry on another instance"
-
-
-def _headers(context: Context) -> dict[str, str]:
-    return {
-        key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
-    }
 
 
 class InferenceServicer:
     def __init__(self, dataplane: DataPlane, authenticator: Authenticator) -> None:
         self._dataplane = dataplane
-        self._authenticator = authenticator
-        self._recorder = Recorder("grpc", dataplane.labels)
-
-    async def _answer(
-        self,
-        rpc: str,
-        model: str,
-        version: str,
-        context: Context,
-        work: Callable[[Call], Awaitable[T]],
-        request_id: str = "",
-        counted: bool = True,
-    ) -> T:
-        """Run one RPC's work, admitted and recorded, and turn failures into statuses. The
-        record is written before the client hears the answer, a refusal too."""
-        headers = _headers(context)
-        request_id = request_id_of(request_id, headers)
-        with self._recorder.call(rpc, model, version, request_id, counted=counted) as call:
-            if request_id:
-                await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
-            try:
-                self._admit(call, headers, context)
-                return await work(call)
-            except Exception as failure:
-                error = client_error(failure, f"{rpc} for model {model!r}")
-                call.code = error.code
-        # The status is set and the handler returns, rather than context.abort(): abort's
-        # exception would hold this frame, and through it the request, in a reference cycle
-        # with the call's state, keeping every refused request's tensors (59 MiB for the
-        # budget's refusals) until Python's cyclic collector happens to run.
-        context.set_code(grpc.StatusCode[error.code])
-        context.set_details(error.message)
-        context.set_trailing_metadata(detail_headers(error))
-        return None  # type: ignore[return-value]  # a non-OK status sends no message
+        self.answering = Answering(Recorder("grpc", dataplane.labels), authenticator)
+        self._answer = self.answering.answer
 
     # Health and metadata ------------------------------------------------------------
     # ServerLive and ServerReady are probes, called every few seconds by orchestrators:
@@ -169,23 +118,12 @@ class InferenceServicer:
 
     # Inference ----------------------------------------------------------------------
 
-    async def ModelInfer(self, request: Any, context: Context) -> Any:
-        async def work(call: Call) -> Any:
-            infer_request = converter.request_from_proto(request, call.principal)
-            call.sequence_id = sequence_id_of(infer_request.parameters)
-            response = await self._dataplane.infer(infer_request)
-            return converter.response_to_proto(response, converter.sends_contents(request))
-
-        return await self._answer(
-            "ModelInfer", request.model_name, request.model_version, context, work, request.id
-        )
-
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: Context
     ) -> AsyncIterator[Any]:
         # One request at a time, in arrival order: steps of a sequence depend on the
         # state the previous step left. Other streams run concurrently.
-        headers = _headers(context)
+        headers = headers_of(context)
         stream_id = request_id_of("", headers)
         if stream_id:
             await context.send_initial_metadata(((REQUEST_ID_HEADER, stream_id),))
@@ -206,11 +144,11 @@ class InferenceServicer:
     ) -> AsyncIterator[Any]:  # fmt: skip
         model = request.model_name
         refusal: ServiceError | None = None
-        with self._recorder.call(
+        with self.answering.recorder.call(
             "ModelStreamInfer", model, request.model_version, request_id
         ) as call:
             try:
-                self._admit(call, headers, context)
+                self.answering.admit(call, headers, context)
                 infer_request = converter.request_from_proto(request, call.principal)
                 call.sequence_id = sequence_id_of(infer_request.parameters)
                 typed = converter.sends_contents(request)
@@ -229,11 +167,6 @@ class InferenceServicer:
                 yield converter.stream_error_to_proto(request, error)
         if refusal is not None:  # the stream's credentials: no later request would pass
             await context.abort(grpc.StatusCode[refusal.code], refusal.message)
-
-    def _admit(self, call: Call, headers: dict[str, str], context: Context) -> None:
-        self._authenticator.admit(
-            call, headers.get(AUTHORIZATION), lambda: _certificate_name(context)
-        )
 
 
 class _Requests:
@@ -273,9 +206,3 @@ class _Requests:
 
     def close(self) -> None:
         self._draining.cancel()
-
-
-def _certificate_name(context: Context) -> str | None:
-    """The subject CN of the client certificate the handshake verified (mutual TLS)."""
-    names = context.auth_context().get(CERTIFICATE_NAME, ())
-    return next((name.decode() for name in names), None)
