@@ -23,7 +23,14 @@ from rnnserve.model.spec import ModelSpec
 from rnnserve.service.device import as_host
 from rnnserve.service.settings import Settings
 from rnnserve.service.tasks import validation
-from rnnserve.service.types import InferRequest, Parameter, State, Tensor, TensorMetadata
+from rnnserve.service.types import (
+    InferRequest,
+    Parameter,
+    State,
+    Tensor,
+    TensorMetadata,
+    request_bytes,
+)
 
 Execute = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]  # role, feeds -> outputs
 
@@ -181,8 +188,8 @@ class Task(ABC):
         by `prepare`."""
         rows, steps = self.rows_and_steps(request)
         return Footprint(
-            inputs=sum(_elements(tensor) for tensor in request.inputs),
-            input_bytes=sum(_bytes(tensor) for tensor in request.inputs),
+            inputs=sum(map(_elements, request.inputs)),
+            input_bytes=request_bytes(request),
             outputs=self.output_elements(request, rows, steps),
             work=rows * steps * self.step_elements,
             rows=rows,
@@ -252,17 +259,14 @@ def _elements(tensor: Tensor) -> int:
     return int(tensor.data.size)
 
 
-def _bytes(tensor: Tensor) -> int:
-    if tensor.data.dtype == object:
-        return _elements(tensor)
-    return int(tensor.data.nbytes)
-
-
 def dims(request: InferRequest, name: str, *axes: int) -> tuple[int, ...]:
-    """The sizes of a tensor's `axes` (0 where the request lacks it or them)."""
-    tensor = next((t for t in request.inputs if t.name == name), None)
-    shape = tuple(tensor.shape) if tensor is not None else ()
-    return tuple(int(shape[axis]) if axis < len(shape) else 0 for axis in axes)
+    """The sizes of a tensor's `axes` (0 where the request lacks it or them). A loop, not
+    generators: every request's footprint asks (this module is not compiled)."""
+    for tensor in request.inputs:
+        if tensor.name == name:
+            shape = tensor.shape
+            return tuple([int(shape[axis]) if axis < len(shape) else 0 for axis in axes])
+    return (0,) * len(axes)
 
 
 def text_dims(request: InferRequest, name: str) -> tuple[int, int]:
