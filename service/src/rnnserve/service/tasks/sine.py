@@ -5,7 +5,8 @@ from __future__ import annotations
 from rnnserve.model.spec import ModelSpec
 from rnnserve.service.settings import Settings
 from rnnserve.service.tasks import validation
-from rnnserve.service.tasks.base import Execute, Prepared, Result, Task, dims
+from rnnserve.service.tasks.base import Execute, Prepared, Result, Task
+from rnnserve.service.tasks.footprint import dims
 from rnnserve.service.types import InferRequest, TensorMetadata
 
 
