@@ -10,7 +10,7 @@ import pytest
 
 from rnnserve.service.dataplane.budget import Budget
 from rnnserve.service.errors import ResourceExhausted
-from rnnserve.service.tasks.base import Footprint
+from rnnserve.service.tasks.footprint import Footprint
 
 
 def footprint(rows: int, steps: int) -> Footprint:

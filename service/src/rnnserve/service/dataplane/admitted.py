@@ -73,4 +73,7 @@ class Admitted:
         """The first state input (h0, c0) the request carries, if any: a continuation
         starts from the state the server keeps, never from one the client sends."""
         state_inputs = self.model.spec.state_inputs
-        return next((t.name for t in self.request.inputs if t.name in state_inputs), None)
+        for tensor in self.request.inputs:  # asked by every continuing step: no generator
+            if tensor.name in state_inputs:
+                return tensor.name
+        return None

@@ -28,7 +28,7 @@ from collections import deque
 
 from rnnserve.service import memory, metrics
 from rnnserve.service.errors import ResourceExhausted
-from rnnserve.service.tasks.base import Footprint
+from rnnserve.service.tasks.footprint import Footprint
 
 SMALLER = "send fewer rows or shorter pieces of the sequence"
 

@@ -6,7 +6,8 @@ sequence sent piece by piece gives the answers of the whole sequence sent at onc
 counts the time steps each session consumed and, by the offset a step carries, applies it,
 answers a retry of the last step again, or refuses it (accounting.py).
 `SessionManager.step_rows` does the same for many sessions in one computation, one batch
-row each (multi-session requests); `step` is its one-row case.
+row each (multi-session requests); `step` is its one-row case, and runs the most common
+step, a continuation without an offset, without the batch's lists (`_continue`).
 """
 
 from __future__ import annotations
@@ -99,8 +100,36 @@ class SessionManager:
         computes it again from the state that step started from (copied into `initial`)
         and nothing is stored.
         """
+        if not row.start and row.offset is None:
+            return await self._continue(row, initial, run)
         stepped = await self.step_rows([row], initial, run, answers, row_errors=False)
         result, [outcome] = stepped
+        return result, outcome
+
+    async def _continue(self, row: RowStep, state: State, run: Computation[T]) -> tuple[T, Outcome]:
+        """`step` of a continuation without an offset, most steps: step_rows' one-row case
+        without its lists. Such a step admits no session (it starts none) and is never a
+        retry (one needs an offset): it is applied on the count its session holds, or
+        refused, and keeps no answer."""
+        key = row.key
+        await self._turns.take(key)
+        try:
+            [found] = await self.store.load([key], state, [0])
+            outcome = judge(row, found)
+            if outcome.error is not None:
+                raise outcome.error
+            result, new_state = await run(state)
+            progress = [self._progress(row, outcome, {}, 0)]
+            if row.end:
+                [conflict] = await self.store.end([key], state, [0], progress)
+            else:
+                [conflict] = await self.store.save([key], new_state, [0], progress)
+            if conflict is not None:  # another attempt at the step won
+                raise refusal(row, conflict)
+        finally:
+            self._turns.give(key)
+        if row.end:
+            self._counted(key, ended=1)
         return result, outcome
 
     async def step_rows(
@@ -279,15 +308,20 @@ class SessionManager:
         last = LastStep(row.length, row.digest, answer_of(outputs, index))
         return Progress(outcome.offset, last, prior=prior)
 
-    @staticmethod
-    def _count(rows: Sequence[RowStep], outcomes: list[Outcome]) -> None:
+    @classmethod
+    def _count(cls, rows: Sequence[RowStep], outcomes: list[Outcome]) -> None:
         started = ended = retried = 0
         for row, outcome in zip(rows, outcomes, strict=True):
             if outcome.kind == "apply":
                 started += row.start
                 ended += row.end
             retried += outcome.kind in ("replay", "rerun")
-        labels = (rows[0].key.model, rows[0].key.version)
+        cls._counted(rows[0].key, started, ended, retried)
+
+    @staticmethod
+    def _counted(key: SessionKey, started: int = 0, ended: int = 0, retried: int = 0) -> None:
+        """The sessions that steps of `key`'s model version started, ended and retried."""
+        labels = (key.model, key.version)
         if retried:
             metrics.SEQUENCE_RETRIES.labels(*labels).inc(retried)
         if started:

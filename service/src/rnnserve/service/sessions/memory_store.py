@@ -77,6 +77,13 @@ class _Slab:
         self.last.pop(slot, None)
         self._free.append(slot)
 
+    def keep_last(self, slot: int, last: LastStep | None) -> None:
+        """The slot's last step kept for a retry, or none kept (a step without offset)."""
+        if last is None:
+            self.last.pop(slot, None)
+        else:
+            self.last[slot] = last
+
     def progress(self, slot: int) -> Progress:
         return Progress(self.offsets.item(slot), self.last.get(slot))
 
@@ -151,9 +158,11 @@ class MemoryStore:
     async def load(
         self, keys: Sequence[SessionKey], into: State, rows: Sequence[int]
     ) -> list[Loaded]:
+        now = time.monotonic()
+        if len(keys) == 1:  # most steps: no slabs to group rows by
+            return [self._load_one(keys[0], into, rows[0], now)]
         loaded: list[Loaded] = []
         slots: dict[_Slab, tuple[list[int], list[int]]] = {}  # slab -> (its slots, rows)
-        now = time.monotonic()
         fitting: _Slab | None = None  # the last slab whose layout fits: most rows share it
         for key, row in zip(keys, rows, strict=True):
             entry = self._live(key, now)
@@ -178,6 +187,21 @@ class MemoryStore:
                 # (sessions, before, after) -> (before, sessions, after)
                 into[name][:, rows_at] = data[at].swapaxes(0, 1)
         return loaded
+
+    def _load_one(self, key: SessionKey, into: State, row: int, now: float) -> Loaded:
+        """`load` of one key: its state copied into `row` of `into`."""
+        entry = self._live(key, now)
+        if entry is None:
+            return self._load_ended(key, into, row, now)
+        slab, slot = entry.slab, entry.slot
+        if not fits(slab.layout, into):
+            return misfit(key, slab.layout, row_layout(into))
+        if slab.resident is not None:
+            slab.resident.gather([slot], into, [row])
+        else:
+            for name, data in slab.data.items():
+                into[name][:, row] = data[slot]
+        return slab.progress(slot)
 
     def _load_ended(self, key: SessionKey, into: State, row: int, now: float) -> Loaded:
         """The record of the key's recent end, its state (if it kept one) copied into
@@ -206,6 +230,10 @@ class MemoryStore:
         """Writes every step: one process, whose session manager steps a session one step
         at a time, writes here (no write is refused, none is uncertain)."""
         slab = self._slab(state)
+        deadline = time.monotonic() + self.idle_timeout_s
+        if len(keys) == 1:  # most steps: one row, indexed by its number
+            self._save_one(keys[0], state, rows[0], progress[0], slab, deadline)
+            return [None]
         slots = [self._slot(key, slab) for key in keys]
         at, rows_at = _index(slots), _index(rows)
         if slab.resident is not None:
@@ -213,14 +241,31 @@ class MemoryStore:
         else:
             for name, data in slab.data.items():
                 data[at] = state[name][:, rows_at].swapaxes(0, 1)
-        slab.deadlines[at] = time.monotonic() + self.idle_timeout_s
+        slab.deadlines[at] = deadline
         slab.offsets[at] = [one.offset for one in progress]
         for slot, one in zip(slots, progress, strict=True):
-            if one.last is None:
-                slab.last.pop(slot, None)
-            else:
-                slab.last[slot] = one.last
+            slab.keep_last(slot, one.last)
         return [None] * len(keys)
+
+    def _save_one(
+        self,
+        key: SessionKey,
+        state: State,
+        row: int,
+        progress: Progress,
+        slab: _Slab,
+        deadline: float,
+    ) -> None:
+        """`save` of one key: its row of `state`, in its slot of `slab`."""
+        slot = self._slot(key, slab)
+        if slab.resident is not None:
+            slab.resident.scatter([slot], state, [row])
+        else:
+            for name, data in slab.data.items():
+                data[slot] = state[name][:, row]
+        slab.deadlines[slot] = deadline
+        slab.offsets[slot] = progress.offset
+        slab.keep_last(slot, progress.last)
 
     async def contains(self, keys: Sequence[SessionKey]) -> list[bool]:
         now = time.monotonic()

@@ -23,13 +23,20 @@ from rnnserve.model.spec import ModelSpec
 from rnnserve.service.device import as_host
 from rnnserve.service.settings import Settings
 from rnnserve.service.tasks import validation
-from rnnserve.service.types import InferRequest, Parameter, State, Tensor, TensorMetadata
+from rnnserve.service.tasks.footprint import Footprint, input_elements
+from rnnserve.service.types import (
+    InferRequest,
+    Parameter,
+    State,
+    Tensor,
+    TensorMetadata,
+    request_bytes,
+)
 
 Execute = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]  # role, feeds -> outputs
 
 # Gates an ONNX RNN kernel computes per hidden unit (an unknown cell counts as an LSTM's).
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-WORK_ITEM_BYTES = 4  # FP32: outputs and the kernels' working memory
 
 # Every task class, by the name a ModelSpec's `task` field gives (filled by subclassing).
 TASKS: dict[str, type[Task]] = {}
@@ -46,31 +53,6 @@ class Prepared:
     lengths: list[int]  # time steps of each row: what a session's step consumes
     text_shape: tuple[int, ...] = ()  # the text input's shape, which text_out mirrors
     options: dict[str, Any] = field(default_factory=dict)  # validated request parameters
-
-
-@dataclass(slots=True)
-class Footprint:
-    """The memory a request implies, in elements, read off its tensors' shapes before any
-    work (service/dataplane/budget.py holds it against the limits): its inputs, the outputs
-    it asks for, and the recurrent kernels' working memory, which for a long sequence is
-    most of it (ONNX Runtime computes the gates of every time step at once, and keeps every
-    step's hidden state): `rows` x `steps` x what a step holds per row. Not frozen: made
-    for every request, a frozen one costs compiled code five times a plain one."""
-
-    inputs: int
-    input_bytes: int
-    outputs: int
-    work: int
-    rows: int
-    steps: int
-
-    @property
-    def elements(self) -> int:
-        return self.inputs + self.outputs + self.work
-
-    @property
-    def bytes(self) -> int:
-        return self.input_bytes + WORK_ITEM_BYTES * (self.outputs + self.work)
 
 
 @dataclass
@@ -184,8 +166,8 @@ class Task(ABC):
         by `prepare`."""
         rows, steps = self.rows_and_steps(request)
         return Footprint(
-            inputs=sum(_elements(tensor) for tensor in request.inputs),
-            input_bytes=sum(_bytes(tensor) for tensor in request.inputs),
+            inputs=input_elements(request),
+            input_bytes=request_bytes(request),
             outputs=self.output_elements(request, rows, steps),
             work=rows * steps * self.step_elements,
             rows=rows,
@@ -246,35 +228,6 @@ def step_elements(spec: ModelSpec) -> int:
     head reads."""
     hidden = spec.hidden_size or max((state.after for state in spec.states), default=0)
     return hidden * spec.num_directions * (GATES.get(spec.cell or "lstm", 4) + 3)
-
-
-def _elements(tensor: Tensor) -> int:
-    """A tensor's elements; a text tensor's characters (each becomes a token)."""
-    if tensor.data.dtype == object:
-        return sum(len(item) for item in tensor.data.flat if isinstance(item, bytes))
-    return int(tensor.data.size)
-
-
-def _bytes(tensor: Tensor) -> int:
-    if tensor.data.dtype == object:
-        return _elements(tensor)
-    return int(tensor.data.nbytes)
-
-
-def dims(request: InferRequest, name: str, *axes: int) -> tuple[int, ...]:
-    """The sizes of a tensor's `axes` (0 where the request lacks it or them)."""
-    tensor = next((t for t in request.inputs if t.name == name), None)
-    shape = tuple(tensor.shape) if tensor is not None else ()
-    return tuple(int(shape[axis]) if axis < len(shape) else 0 for axis in axes)
-
-
-def text_dims(request: InferRequest, name: str) -> tuple[int, int]:
-    """A text input's rows and its longest row in bytes (characters are at most that)."""
-    tensor = next((t for t in request.inputs if t.name == name), None)
-    if tensor is None or tensor.data.dtype != object:
-        return 0, 0
-    lengths = [len(item) for item in tensor.data.flat if isinstance(item, bytes)]
-    return len(lengths), max(lengths, default=0)
 
 
 def take_rows(state: State, rows: Sequence[int]) -> State:

@@ -33,8 +33,8 @@ from rnnserve.service.tasks.base import (
     put_rows,
     take_rows,
     text_array,
-    text_dims,
 )
+from rnnserve.service.tasks.footprint import text_dims
 from rnnserve.service.types import InferRequest, Parameter, State, TensorMetadata
 
 MAX_OUTPUT_LENGTH = "max_output_length"

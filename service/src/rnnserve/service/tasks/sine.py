@@ -5,7 +5,8 @@ from __future__ import annotations
 from rnnserve.model.spec import ModelSpec
 from rnnserve.service.settings import Settings
 from rnnserve.service.tasks import validation
-from rnnserve.service.tasks.base import Execute, Prepared, Result, Task, dims
+from rnnserve.service.tasks.base import Execute, Prepared, Result, Task
+from rnnserve.service.tasks.footprint import dims
 from rnnserve.service.types import InferRequest, TensorMetadata
 
 
@@ -19,6 +20,7 @@ class SineTask(Task):
         input_size, output_size = spec.input_size, spec.output_size
         assert input_size is not None and output_size is not None  # the exporter writes them
         self.feature_sizes = input_size, output_size
+        self.result_names = ["y", *spec.state_outputs]  # what a run returns, named once
         super().__init__(spec, settings)
 
     def input_metadata(self) -> list[TensorMetadata]:
@@ -50,4 +52,4 @@ class SineTask(Task):
 
     def run(self, prepared: Prepared, execute: Execute) -> Result:
         graph = execute("model", {"x": prepared.inputs["x"], **prepared.state})
-        return Result({name: graph[name] for name in ["y", *self.spec.state_outputs]})
+        return Result({name: graph[name] for name in self.result_names})

@@ -19,12 +19,11 @@ from rnnserve.service.tasks.base import (
     Prepared,
     Result,
     Task,
-    dims,
     put_rows,
     take_rows,
     text_array,
-    text_dims,
 )
+from rnnserve.service.tasks.footprint import dims, text_dims
 from rnnserve.service.types import InferRequest, Parameter, Tensor, TensorMetadata
 
 
