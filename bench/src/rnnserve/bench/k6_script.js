@@ -78,6 +78,7 @@ export const options = {
 let connected = false;
 let started = false;
 let offset = 0; // time steps of this VU's session, with `offsets`
+let begun = false; // whether this VU has sent its session's start
 let errorsShown = 0;
 let continuing = null; // a VU's multi-session request after its first
 
@@ -125,9 +126,13 @@ function sessionRequest() {
   if (start) {
     request.parameters.sequence_start = { bool_param: true };
   }
-  if (config.offsets) {
+  // A start that begins the session again (its last step failed) carries no offset: it is
+  // applied whatever the server holds, where a start at offset 0 on a sequence that went on
+  // is refused as a late attempt at its first step.
+  if (config.offsets && !(start && begun)) {
     request.parameters.sequence_offset = { int64_param: String(start ? 0 : offset) };
   }
+  begun = begun || start;
   return [request, start];
 }
 
