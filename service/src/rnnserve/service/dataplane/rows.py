@@ -22,7 +22,7 @@ from rnnserve.service.sessions import RowStep, SessionKey, SessionManager, Sessi
 from rnnserve.service.sessions.accounting import row_digest
 from rnnserve.service.sessions.control import FAILED_ROWS, control_outputs
 from rnnserve.service.sessions.manager import Computation
-from rnnserve.service.sessions.state import Answer
+from rnnserve.service.sessions.state import Answer, session_keys
 from rnnserve.service.tasks.base import Prepared, Result
 from rnnserve.service.types import InferResponse, State
 
@@ -128,8 +128,8 @@ def _check(admitted: Admitted, rows: SessionRows, prepared: Prepared) -> None:
 
 def _keys(admitted: Admitted, rows: SessionRows) -> list[SessionKey]:
     """Each row's session."""
-    principal, model = admitted.request.principal, admitted.model
-    return [SessionKey(principal, model.name, model.version, id_) for id_ in rows.ids]
+    model = admitted.model
+    return session_keys(admitted.request.principal, model.name, model.version, rows.ids)
 
 
 def _row_steps(
