@@ -25,6 +25,8 @@ def test_empty_bytes_elements_travel_as_their_length_alone() -> None:
 
     assert raw == b"\x00\x00\x00\x00" + b"\x01\x00\x00\x00x" + b"\x00\x00\x00\x00"
     assert codec.array_from_raw("row", "BYTES", [3], raw).tolist() == [b"", b"x", b""]
+    all_empty = codec.raw_of("BYTES", np.array([[b"", ""], ["", b""]], dtype=object))
+    assert all_empty == b"\x00\x00\x00\x00" * 4
 
 
 def test_numbers_travel_little_endian_whatever_the_array_byte_order() -> None:

@@ -7,6 +7,7 @@ had it been sent on its own."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -135,6 +136,84 @@ def test_each_row_starts_and_ends_its_own_session(client: RnnClient) -> None:
     )
     np.testing.assert_allclose(y[0], twice[0, 4:], rtol=0, atol=1e-5)
     assert not y[1].any()
+
+
+def rows_response(
+    client: RnnClient,
+    ids: list[str],
+    x: np.ndarray,
+    offsets: list[int] | None = None,
+    start: bool | list[bool] = False,
+) -> dict[str, np.ndarray]:
+    """Every output of one step of each session (x is [rows, seq]), the control outputs
+    among them."""
+    controls = session_controls(ids, start, False, offsets)
+    request = build_request("sine-lstm", {"x": x[..., None], **controls}, ["y"])
+    return client.infer_response_of(request).outputs
+
+
+def test_continuations_answer_the_outputs_that_steps_with_offsets_get(
+    client: RnnClient,
+) -> None:
+    # Twin sessions get the same steps: one twin's rows continue without offsets (all
+    # live: the manager's continue_rows), the other's carry their offsets (step_rows).
+    x = np.random.default_rng(8).normal(0, 1, (5, 7)).astype(np.float32)
+    plain = [f"plain-{row}" for row in range(5)]
+    counted = [f"counted-{row}" for row in range(5)]
+    for ids in (plain, counted):
+        sine_rows(client, ids, x[:, :3], start=True)
+    bare = rows_response(client, plain, x[:, 3:])
+    with_offsets = rows_response(client, counted, x[:, 3:], offsets=[3] * 5)
+    assert bare.keys() == with_offsets.keys()
+    for name, array in bare.items():
+        assert array.dtype == with_offsets[name].dtype, name
+        np.testing.assert_array_equal(array, with_offsets[name], err_msg=name)
+    assert bare["sequence_offset"].tolist() == [7] * 5
+    assert bare["sequence_error"].tolist() == [b""] * 5
+
+
+def test_continuing_rows_beside_a_start_each_step_their_own_session(client: RnnClient) -> None:
+    x = np.random.default_rng(9).normal(0, 1, (3, 6)).astype(np.float32)
+    ids = ["beside-0", "beside-1", "beside-new"]
+    sine_rows(client, ids[:2], x[:2, :4], start=True)
+    out = rows_response(client, ids, np.concatenate([x[:2, 4:], x[2:, :2]]),
+                        start=[False, False, True])  # fmt: skip
+    assert out["sequence_error"].tolist() == [b""] * 3
+    assert out["sequence_offset"].tolist() == [6, 6, 2]
+    expected = alone(client, "sine-lstm", x)
+    np.testing.assert_allclose(out["y"][:2, :, 0], expected[:2, 4:], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out["y"][2, :, 0], expected[2, :2], rtol=0, atol=1e-5)
+
+
+def test_continuing_rows_of_an_ended_and_an_expired_session_fail_alone_as_steps_alone_do(
+    start_server, tiny_repository
+) -> None:
+    idle_s = 1.0
+    server = start_server(tiny_repository, env={"RNNSERVE_SESSION_IDLE_TIMEOUT_S": str(idle_s)})
+    x = np.random.default_rng(10).normal(0, 1, (4, 6)).astype(np.float32)
+    with RnnClient(server.address) as client:
+        sine_rows(client, ["stale"], x[:1, :3], start=True)
+        time.sleep(idle_s * 3)  # "stale" expires; the others start after it
+        ids = ["live-0", "stale", "live-1", "finished"]
+        sine_rows(client, ["live-0", "live-1", "finished"], x[[0, 2, 3], :3], start=True)
+        sine_rows(client, ["finished"], x[3:, :3], end=True)
+        out = rows_response(client, ids, x[:, 3:])
+        messages = [message.decode() for message in out["sequence_error"]]
+        assert messages[0] == messages[2] == ""
+        assert out["sequence_offset"].tolist() == [6, 0, 6, 6]  # an ended one: its count
+        assert "'stale' for model sine-lstm version 1 is not active: it expired" in messages[1]
+        assert "'finished' for model sine-lstm version 1 is not active: it ended" in messages[3]
+        assert not out["y"][[1, 3]].any()
+        # Each failed row says what a step of its session alone hears.
+        for row in (1, 3):
+            request = build_request("sine-lstm", {"x": x[row : row + 1, 3:, None]},
+                                    parameters={"sequence_id": ids[row]})  # fmt: skip
+            with pytest.raises(InferenceError) as caught:
+                client.infer_response_of(request)
+            assert caught.value.message == messages[row]
+        # The live rows advanced, from the states their sessions held.
+        expected = alone(client, "sine-lstm", x)
+        np.testing.assert_allclose(out["y"][[0, 2], :, 0], expected[[0, 2], 3:], atol=1e-5)
 
 
 def test_tagger_rows_of_different_lengths_each_tag_their_own_session(

@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 from rnnserve.service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from rnnserve.service.sessions import RowStep, SessionKey, SessionManager, StateStore
 from rnnserve.service.sessions.manager import Computation
+from rnnserve.service.sessions.store import LiveRows
 from rnnserve.service.types import ANONYMOUS, State
 
 
@@ -37,6 +38,16 @@ def add(value: float) -> Computation[float]:
 
 def no_answers(result: object) -> dict[str, np.ndarray]:
     return {}
+
+
+def batch(rows: int) -> State:
+    """A batch's initial state, zeros, `rows` rows."""
+    return {"h": np.zeros((1, rows, 1), np.float32)}
+
+
+async def add_ten(state: State) -> tuple[None, State]:
+    """A step of a batch that adds ten to each row's running sum."""
+    return None, {"h": state["h"] + 10}
 
 
 async def step(
@@ -283,14 +294,80 @@ def test_a_row_that_cannot_step_fails_alone_and_the_others_keep_their_states(
         first, second = fresh_key(1), fresh_key(2)
         await step(manager, first, True, False, zeros(), add(1))
         rows = [RowStep(second, False, False), RowStep(first, False, False)]  # second unknown
-        batch = {"h": np.zeros((1, 2, 1), np.float32)}
-
-        async def add_ten(state: State) -> tuple[None, State]:
-            return None, {"h": state["h"] + 10}
-
-        _, outcomes = await manager.step_rows(rows, batch, add_ten, no_answers)
+        _, outcomes = await manager.step_rows(rows, batch(2), add_ten, no_answers)
         assert isinstance(outcomes[0].error, InvalidArgument) and outcomes[1].error is None
         assert await step(manager, first, False, False, zeros(), add(0)) == 11
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_continuations_of_live_sessions_step_as_step_rows_steps_them(
+    make_store: Callable[..., StateStore],
+) -> None:
+    async def scenario() -> None:
+        manager = SessionManager(make_store(), max_sessions=10)
+        model = fresh_key().model
+        sums = {1: 1.0, 2: 2.0, 3: 3.0}  # each session's running sum, twins alike
+        plain = [SessionKey(ANONYMOUS, model, "1", i) for i in sums]
+        twins = [SessionKey(ANONYMOUS, model, "1", -i) for i in sums]
+        for key, twin, total in zip(plain, twins, sums.values(), strict=True):
+            await step(manager, key, True, False, zeros(), add(total))
+            await step(manager, twin, True, False, zeros(), add(total))
+        continued = await manager.continue_rows(plain, [2, 2, 2], batch(3), add_ten)
+        rows = [RowStep(twin, False, False, length=2) for twin in twins]
+        _, outcomes = await manager.step_rows(rows, batch(3), add_ten, no_answers)
+        if isinstance(manager.store, LiveRows):
+            assert continued is not None
+            assert continued[1].tolist() == [outcome.offset for outcome in outcomes] == [3] * 3
+        else:  # left to step_rows, having changed nothing
+            assert continued is None
+        for key, twin, total in zip(plain, twins, sums.values(), strict=True):
+            ten = 10 if continued is not None else 0
+            assert await step(manager, key, False, False, zeros(), add(0)) == total + ten
+            assert await step(manager, twin, False, False, zeros(), add(0)) == total + 10
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_continuations_of_a_session_not_live_are_left_to_step_rows_changing_nothing(
+    make_store: Callable[..., StateStore],
+) -> None:
+    idle_s = 0.5
+    store = make_store(idle_s)
+    if not isinstance(store, LiveRows):
+        pytest.skip("does not apply: the store steps every batch through step_rows")
+
+    async def scenario() -> None:
+        manager = SessionManager(store, max_sessions=10)
+        model = fresh_key().model
+        live, ended, expired, unknown, misfit = (
+            SessionKey(ANONYMOUS, model, "1", name)
+            for name in ("live", "ended", "expired", "unknown", "misfit")
+        )
+        await step(manager, expired, True, False, zeros(), add(1))
+        await asyncio.sleep(idle_s * 3)  # past its deadline (no sweeper: still in the store)
+        for key in (live, ended):
+            await step(manager, key, True, False, zeros(), add(1))
+        await step(manager, ended, False, True, zeros(), add(1))
+        wider = {"h": np.zeros((1, 1, 2), np.float32)}  # of another layout
+        await manager.step(RowStep(misfit, True, False), wider, add_ten, no_answers)
+        for other in (ended, expired, unknown, misfit):
+            assert await manager.continue_rows([live, other], [1, 1], batch(2), add_ten) is None
+        # Nothing ran or changed: step_rows tells each row what a step alone hears.
+        keys = (live, ended, expired, unknown, misfit)
+        rows = [RowStep(key, False, False, length=1) for key in keys]
+        _, outcomes = await manager.step_rows(rows, batch(5), add_ten, no_answers)
+        assert outcomes[0].error is None and outcomes[0].offset == 2
+        assert "expired after 0.5 s idle" in str(outcomes[2].error)
+        for row, outcome in zip(rows[1:], outcomes[1:], strict=True):
+            error = outcome.error
+            assert error is not None
+            with pytest.raises(type(error)) as alone:
+                await step(manager, row.key, False, False, zeros(), add(0))
+            assert alone.value.message == error.message
+        assert await step(manager, live, False, False, zeros(), add(0)) == 11
         await manager.close()
 
     asyncio.run(scenario())

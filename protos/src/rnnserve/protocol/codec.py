@@ -161,9 +161,12 @@ def decode_bytes(name: str, raw: bytes | memoryview, count: int) -> list[bytes]:
 
 def encode_bytes(items: np.ndarray) -> bytes:
     """BYTES elements, each after its length (a multi-session answer has one per row)."""
+    values = items.reshape(-1).tolist()
+    if not any(values):  # every one empty (the row errors of a batch whose rows all stepped)
+        return bytes(LENGTH_PREFIX.size * len(values))
     elements = [
         item if isinstance(item, bytes) else item.encode() if isinstance(item, str) else bytes(item)
-        for item in items.reshape(-1).tolist()
+        for item in values
     ]
     prefixes = map(LENGTH_PREFIX.pack, map(len, elements))
     return b"".join(itertools.chain.from_iterable(zip(prefixes, elements, strict=True)))

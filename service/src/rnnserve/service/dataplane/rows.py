@@ -21,7 +21,8 @@ from rnnserve.service.errors import InvalidArgument
 from rnnserve.service.sessions import RowStep, SessionKey, SessionManager, SessionRows
 from rnnserve.service.sessions.accounting import row_digest
 from rnnserve.service.sessions.control import FAILED_ROWS, control_outputs
-from rnnserve.service.sessions.state import Answer
+from rnnserve.service.sessions.manager import Computation
+from rnnserve.service.sessions.state import Answer, session_keys
 from rnnserve.service.tasks.base import Prepared, Result
 from rnnserve.service.types import InferResponse, State
 
@@ -37,25 +38,67 @@ class RowsPath:
         prepared = await self.compute.call(admitted.threads, admitted.prepare, timer)
         execute, threads = self.compute.for_sessions(model, admitted.threads)
         _check(admitted, rows, prepared)
-        row_steps = _row_steps(admitted, rows, prepared)
+        keys = _keys(admitted, rows)
 
         async def run(state: State) -> tuple[Result, State]:
             prepared.state = state
             result = await self.compute.call(threads, model.task.run, prepared, execute)
             return result, result.state(model.spec)
 
+        if rows.continuing:  # most requests of a steady stream: every row goes on
+            continued = await self._continue(admitted, prepared, keys, run, timer)
+            if continued is not None:
+                return continued
+        return await self._step(admitted, rows, prepared, keys, run, timer)
+
+    async def _continue(
+        self,
+        admitted: Admitted,
+        prepared: Prepared,
+        keys: list[SessionKey],
+        run: Computation[Result],
+        timer: RequestTimer,
+    ) -> InferResponse | None:
+        """The answer when every row's session is live (continue_rows): every row stepped,
+        its outputs as run gave them; None when one is not, having run nothing."""
+        with timer.computing():
+            continued = await self.sessions.continue_rows(
+                keys, prepared.lengths, prepared.state, run
+            )
+        if continued is None:
+            return None
+        result, counts = continued
+        with timer.responding():
+            response = admitted.response(prepared, result, {FAILED_ROWS: 0})
+            response.outputs += control_outputs(None, counts)
+        return response
+
+    async def _step(
+        self,
+        admitted: Admitted,
+        rows: SessionRows,
+        prepared: Prepared,
+        keys: list[SessionKey],
+        run: Computation[Result],
+        timer: RequestTimer,
+    ) -> InferResponse:
+        """The answer of step_rows: each row stepped, retried or failed alone."""
+        spec = admitted.model.spec
         with timer.computing():
             result, outcomes = await self.sessions.step_rows(
-                row_steps, prepared.state, run, admitted.answer_of
+                _row_steps(admitted, rows, prepared, keys),
+                prepared.state,
+                run,
+                admitted.answer_of,
             )
         assert result is not None  # every row runs in a multi-session request
         with timer.responding():
             failed = [row for row, outcome in enumerate(outcomes) if outcome.error is not None]
             if failed:
-                _blank_rows(result, failed, model.spec)
+                _blank_rows(result, failed, spec)
             for row, outcome in enumerate(outcomes):
                 if outcome.answer is not None:  # a retry: its kept answer again
-                    _put_row(result, row, outcome.answer, prepared.state, model.spec)
+                    _put_row(result, row, outcome.answer, prepared.state, spec)
             response = admitted.response(prepared, result, {FAILED_ROWS: len(failed)})
             response.outputs += control_outputs(
                 [outcome.error.message if outcome.error else "" for outcome in outcomes],
@@ -83,23 +126,30 @@ def _check(admitted: Admitted, rows: SessionRows, prepared: Prepared) -> None:
         )
 
 
-def _row_steps(admitted: Admitted, rows: SessionRows, prepared: Prepared) -> list[RowStep]:
+def _keys(admitted: Admitted, rows: SessionRows) -> list[SessionKey]:
+    """Each row's session."""
+    model = admitted.model
+    return session_keys(admitted.request.principal, model.name, model.version, rows.ids)
+
+
+def _row_steps(
+    admitted: Admitted, rows: SessionRows, prepared: Prepared, keys: list[SessionKey]
+) -> list[RowStep]:
     """Each row's step; with offsets, each with the digest of its row of the inputs."""
-    model, request = admitted.model, admitted.request
-    session = (request.principal, model.name, model.version)
+    inputs = admitted.request.inputs
     offsets = rows.offsets if rows.offsets is not None else [None] * rows.rows
-    axes = model.spec.batch_axes() if rows.offsets is not None else {}
+    axes = admitted.model.spec.batch_axes() if rows.offsets is not None else {}
     return [
         RowStep(
-            SessionKey(*session, sequence_id),
+            key,
             start,
             end,
             offset,
             length,
-            b"" if offset is None else row_digest(request.inputs, axes, row, start, end),
+            b"" if offset is None else row_digest(inputs, axes, row, start, end),
         )
-        for row, (sequence_id, start, end, offset, length) in enumerate(
-            zip(rows.ids, rows.starts, rows.ends, offsets, prepared.lengths, strict=True)
+        for row, (key, start, end, offset, length) in enumerate(
+            zip(keys, rows.starts, rows.ends, offsets, prepared.lengths, strict=True)
         )
     ]
 

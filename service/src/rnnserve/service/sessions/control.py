@@ -61,6 +61,12 @@ class SessionRows:
     def rows(self) -> int:
         return len(self.ids)
 
+    @property
+    def continuing(self) -> bool:
+        """Whether every row continues its session without an offset (no row starts or
+        ends): a steady stream's request, `SessionManager.continue_rows`'."""
+        return self.offsets is None and not any(self.starts) and not any(self.ends)
+
 
 def split_control(request: InferRequest) -> tuple[SessionRows | None, InferRequest]:
     """The request's session rows (None when it carries no control tensor) and the request
@@ -180,12 +186,17 @@ def _offsets(tensor: Tensor | None, rows: int) -> list[int] | None:
     return offsets
 
 
-def control_outputs(errors: list[str], offsets: list[int]) -> list[Tensor]:
-    """`sequence_error` ("" for each row that stepped, the reason for each that failed) and
-    `sequence_offset` (each row's sequence's time steps after the request)."""
-    data = np.empty(len(errors), dtype=object)
-    data[:] = [message.encode("utf-8") for message in errors]
+def control_outputs(errors: list[str] | None, offsets: list[int] | np.ndarray) -> list[Tensor]:
+    """`sequence_error` ("" for each row that stepped, the reason for each that failed;
+    `errors` None: every row stepped) and `sequence_offset` (each row's sequence's time
+    steps after the request)."""
+    rows = len(offsets)
+    data = np.empty(rows, dtype=object)
+    if errors is None:
+        data.fill(b"")
+    else:
+        data[:] = [message.encode("utf-8") for message in errors]
     return [
-        Tensor(SEQUENCE_ERROR, "BYTES", (len(errors),), data),
-        Tensor(SEQUENCE_OFFSET, "INT64", (len(offsets),), np.asarray(offsets, np.int64)),
+        Tensor(SEQUENCE_ERROR, "BYTES", (rows,), data),
+        Tensor(SEQUENCE_OFFSET, "INT64", (rows,), np.asarray(offsets, np.int64)),
     ]

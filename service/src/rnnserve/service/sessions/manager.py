@@ -8,6 +8,9 @@ answers a retry of the last step again, or refuses it (accounting.py).
 `SessionManager.step_rows` does the same for many sessions in one computation, one batch
 row each (multi-session requests); `step` is its one-row case, and runs the most common
 step, a continuation without an offset, without the batch's lists (`_continue`).
+`SessionManager.continue_rows` is the many-row counterpart: rows of live sessions that all
+continue without an offset, stepped with arrays of step counts, without a Progress or
+Outcome per row.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
+
+import numpy as np
 
 from rnnserve.service import metrics
 from rnnserve.service.errors import FailedPrecondition, ResourceExhausted
@@ -31,7 +36,7 @@ from rnnserve.service.sessions.state import (
     Progress,
     SessionKey,
 )
-from rnnserve.service.sessions.store import StateStore
+from rnnserve.service.sessions.store import LiveRows, StateStore
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import State
 
@@ -55,6 +60,7 @@ class SessionManager:
         self, store: StateStore, max_sessions: int, max_sessions_per_principal: int | None = None
     ) -> None:
         self.store = store
+        self._live_rows = store if isinstance(store, LiveRows) else None
         self.max_sessions = max_sessions
         self.max_sessions_per_principal = max_sessions_per_principal
         self._turns = Turns()
@@ -131,6 +137,28 @@ class SessionManager:
         if row.end:
             self._counted(key, ended=1)
         return result, outcome
+
+    async def continue_rows(
+        self, keys: Sequence[SessionKey], lengths: Sequence[int], state: State, run: Computation[T]
+    ) -> tuple[T, np.ndarray] | None:
+        """`step_rows` of rows none of which starts, ends or carries an offset (`lengths`:
+        each row's time steps), when every row's session is live: each is applied on the
+        count its session holds (`judge`'s "apply"), and none keeps an answer. Returns the
+        result and each row's count after the step, loaded and saved as one array without
+        a RowStep, Outcome or Progress per row. None, having run nothing and changed
+        nothing, when the store offers no such step (not a LiveRows) or some session is not
+        live: `step_rows` then says what becomes of each row."""
+        store = self._live_rows
+        if store is None:
+            return None
+        async with self._turns.holding(keys, _order):
+            counts = store.load_live(keys, state)
+            if counts is None:
+                return None
+            result, new_state = await run(state)
+            counts += lengths
+            store.save_live(keys, new_state, counts)
+        return result, counts
 
     async def step_rows(
         self,

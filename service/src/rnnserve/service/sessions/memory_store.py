@@ -113,12 +113,25 @@ def _index(positions: Sequence[int]) -> slice | np.ndarray:
     """Positions to index an axis with: consecutive ones (one position, or the rows of a
     whole batch) as a slice, basic indexing, several times faster than fancy indexing;
     others as one index array, converted once for every state it indexes."""
+    if isinstance(positions, range) and positions.step == 1:  # the rows of a whole batch
+        return slice(positions.start, positions.stop)
     count = len(positions)
     if count and positions[-1] - positions[0] == count - 1:
         first = positions[0]
         if count == 1 or list(positions) == list(range(first, first + count)):
             return slice(first, first + count)
     return np.fromiter(positions, np.intp, count)
+
+
+def _gather(slab: _Slab, slots: Sequence[int], into: State, rows: Sequence[int]) -> None:
+    """Copies slot slots[j] of `slab` into row rows[j] of `into`."""
+    if slab.resident is not None:
+        slab.resident.gather(slots, into, rows)
+        return
+    at, rows_at = _index(slots), _index(rows)
+    for name, data in slab.data.items():
+        # (sessions, before, after) -> (before, sessions, after)
+        into[name][:, rows_at] = data[at].swapaxes(0, 1)
 
 
 class _Entry:
@@ -179,14 +192,31 @@ class MemoryStore:
             slab_rows.append(row)
             loaded.append(entry.slab.progress(entry.slot))
         for slab, (slab_slots, slab_rows) in slots.items():
-            if slab.resident is not None:
-                slab.resident.gather(slab_slots, into, slab_rows)
-                continue
-            at, rows_at = _index(slab_slots), _index(slab_rows)
-            for name, data in slab.data.items():
-                # (sessions, before, after) -> (before, sessions, after)
-                into[name][:, rows_at] = data[at].swapaxes(0, 1)
+            _gather(slab, slab_slots, into, slab_rows)
         return loaded
+
+    def load_live(self, keys: Sequence[SessionKey], into: State) -> np.ndarray | None:
+        """`load` of sessions that are all live, in one slab that fits `into` (a steady
+        stream of multi-session requests): keys[i]'s state copied into row i of `into`,
+        and the step counts, without a Progress per key. None, having changed nothing,
+        when one is not (`load` says what became of it)."""
+        entries = self._entries
+        slab: _Slab | None = None
+        slots: list[int] = []
+        for key in keys:
+            entry = entries.get(key)
+            if entry is None or (slab is not None and entry.slab is not slab):
+                return None
+            slab = entry.slab
+            slots.append(entry.slot)
+        if slab is None or not fits(slab.layout, into):
+            return None
+        at = np.array(slots, np.intp)
+        if slab.deadlines[at].min() < time.monotonic():  # expired: `load` drops it
+            return None
+        _gather(slab, slots, into, range(len(keys)))
+        counts: np.ndarray = slab.offsets[at]  # a copy
+        return counts
 
     def _load_one(self, key: SessionKey, into: State, row: int, now: float) -> Loaded:
         """`load` of one key: its state copied into `row` of `into`."""
@@ -234,18 +264,44 @@ class MemoryStore:
         if len(keys) == 1:  # most steps: one row, indexed by its number
             self._save_one(keys[0], state, rows[0], progress[0], slab, deadline)
             return [None]
-        slots = [self._slot(key, slab) for key in keys]
-        at, rows_at = _index(slots), _index(rows)
-        if slab.resident is not None:
-            slab.resident.scatter(slots, state, rows)
-        else:
-            for name, data in slab.data.items():
-                data[at] = state[name][:, rows_at].swapaxes(0, 1)
-        slab.deadlines[at] = deadline
-        slab.offsets[at] = [one.offset for one in progress]
+        offsets = [one.offset for one in progress]
+        slots = self._write(keys, state, rows, slab, deadline, offsets)
         for slot, one in zip(slots, progress, strict=True):
             slab.keep_last(slot, one.last)
         return [None] * len(keys)
+
+    def save_live(self, keys: Sequence[SessionKey], state: State, counts: np.ndarray) -> None:
+        """`save` of steps without an offset (they keep no last step): keys[i]'s state
+        from row i of `state`, with step count counts[i], without a Progress per key."""
+        slab = self._slab(state)
+        deadline = time.monotonic() + self.idle_timeout_s
+        slots = self._write(keys, state, range(len(keys)), slab, deadline, counts)
+        if slab.last:  # kept only of steps that carried an offset: most slabs keep none
+            for slot in slots:
+                slab.last.pop(slot, None)
+
+    def _write(
+        self,
+        keys: Sequence[SessionKey],
+        state: State,
+        rows: Sequence[int],
+        slab: _Slab,
+        deadline: float,
+        offsets: Sequence[int] | np.ndarray,
+    ) -> list[int]:
+        """Each key's slot of `slab` (taken when it has none) set to its row of `state`
+        and its step count, its idle timer restarted; the slots."""
+        slots = [self._slot(key, slab) for key in keys]
+        at = _index(slots)
+        if slab.resident is not None:
+            slab.resident.scatter(slots, state, rows)
+        else:
+            rows_at = _index(rows)
+            for name, data in slab.data.items():
+                data[at] = state[name][:, rows_at].swapaxes(0, 1)
+        slab.deadlines[at] = deadline
+        slab.offsets[at] = offsets
+        return slots
 
     def _save_one(
         self,

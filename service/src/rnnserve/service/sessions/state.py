@@ -6,6 +6,7 @@ models' `(layers*directions, rows, hidden)`; model/spec.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -34,6 +35,15 @@ class SessionKey(NamedTuple):
 
     def describe(self) -> str:
         return f"sequence {self.sequence_id!r} for model {self.model} version {self.version}"
+
+
+def session_keys(
+    principal: str, model: str, version: str, ids: Sequence[int | str]
+) -> list[SessionKey]:
+    """The keys of many sessions of one model version (a multi-session request's rows),
+    built as tuples directly: a NamedTuple's own __new__ is Python, a call per key."""
+    new = tuple.__new__
+    return [new(SessionKey, (principal, model, version, id_)) for id_ in ids]
 
 
 @dataclass(slots=True)

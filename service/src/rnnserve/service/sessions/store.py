@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, TypedDict
+from typing import Protocol, TypedDict, runtime_checkable
+
+import numpy as np
 
 from rnnserve.service.sessions.reachability import Reachability
 from rnnserve.service.sessions.state import Conflict, Loaded, Progress, SessionKey
@@ -20,7 +22,8 @@ class StateStore(Protocol):
     one Redis round trip). States travel as rows of batch states: `keys[i]` is row
     `rows[i]` (axis 1) of the state given, `progress[i]` its progress. Every expiry is
     reported exactly once, by `expire()`, whichever call noticed it. A call that cannot
-    reach the store's backend raises StoreUnavailable, through `reachability`.
+    reach the store's backend raises StoreUnavailable, through `reachability`. A store may
+    offer `LiveRows`' calls too.
     """
 
     idle_timeout_s: float
@@ -96,6 +99,25 @@ class StateStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class LiveRows(Protocol):
+    """What a store may offer besides StateStore's calls (the memory store does): a step of
+    many live sessions of which none starts, ends or carries an offset (a steady stream of
+    multi-session requests), loaded and saved with their step counts as one array, without
+    a Progress per session. keys[i] is row i of the batch state."""
+
+    def load_live(self, keys: Sequence[SessionKey], into: State) -> np.ndarray | None:
+        """Copies each session's state into its row of `into` and returns their step
+        counts, when every session is live and its state fits `into`; else None, having
+        changed nothing (`load` says what became of each)."""
+        ...
+
+    def save_live(self, keys: Sequence[SessionKey], state: State, counts: np.ndarray) -> None:
+        """`save` of each session's row of `state` with its new step count, for steps
+        without an offset (no last step kept)."""
+        ...
 
 
 def open_store(settings: Settings, worker: str | None = None) -> StateStore:
