@@ -278,7 +278,7 @@ class MemoryStore:
         slots = self._write(keys, state, range(len(keys)), slab, deadline, counts)
         if slab.last:  # kept only of steps that carried an offset: most slabs keep none
             for slot in slots:
-                slab.last.pop(slot, None)
+                slab.keep_last(slot, None)
 
     def _write(
         self,

@@ -68,11 +68,18 @@ _SWEEP_LIMIT = 1000  # members examined per bucket and expire() call, to keep ea
 # KEYS[1..3] are the bucket's index (redis/index.py).
 
 # Lua shared by the scripts that read a stored record's step count (records.py: a length,
-# then the JSON header that holds it).
+# then the JSON header that holds it). `moved` is the rule of a write conditional on the
+# count its step was applied on (`prior`, -1 for a start that found no state): it applies
+# only while the session holds that count; else 'moved:<count>'. Both return the count.
 _COUNT_OF = """
 local function header_of(record)
   local length = struct.unpack('<I4', record)
   return cjson.decode(string.sub(record, 5, 4 + length))
+end
+local function moved(held, prior)
+  local count = header_of(held)['offset']
+  if prior == '-1' or count ~= tonumber(prior) then return 'moved:' .. count, count end
+  return nil, count
 end
 """
 # KEYS: the index (3), the version tags, then each session's state and unsure keys. ARGV:
@@ -101,11 +108,11 @@ for s = 1, (#KEYS - 4) / 2 do
     if not held then
       if prior ~= '-1' then verdict = 'gone' end
     else
-      local count = header_of(held)['offset']
+      local changed, count = moved(held, prior)
       if held == ARGV[at + 1] then
         verdict = 'ok'  -- this write, sent again (a failover), or an attempt giving the same
-      elseif prior == '-1' or count ~= tonumber(prior) then
-        verdict = 'moved:' .. count
+      elseif changed then
+        verdict = changed
       elseif not counted and redis.call('EXISTS', unsure) == 1 then
         verdict = 'unsure:' .. count
       end
@@ -163,8 +170,7 @@ for s = 1, (#KEYS - 3) / 2 do
     if not held then
       if prior ~= '-1' and redis.call('GET', ended) ~= record then verdict = 'gone' end
     else
-      local count = header_of(held)['offset']
-      if prior == '-1' or count ~= tonumber(prior) then verdict = 'moved:' .. count end
+      verdict = moved(held, prior) or 'ok'
     end
   end
   if verdict == 'ok' then
