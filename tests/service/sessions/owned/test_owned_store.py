@@ -7,14 +7,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 
 import pytest
-from redis_helpers import command_calls, sync_client
+from redis_helpers import command_calls, keys_like, sync_client
 from test_state_stores import assert_same_state, load_one, lstm_state, save_one, zeros_like
 
 from rnnserve.service.errors import Unavailable
 from rnnserve.service.redis_url import is_cluster_url
 from rnnserve.service.sessions import SessionKey
+from rnnserve.service.sessions.owned.held import Held
 from rnnserve.service.sessions.owned.reaping import declare_dead
 from rnnserve.service.sessions.owned.store import OwnedStore
 from rnnserve.service.sessions.redis.keys import Keyspace
@@ -225,5 +227,44 @@ def test_a_worker_whose_session_was_started_again_elsewhere_drops_its_copy(
             await save_one(b.store, KEY, lstm_state(1))  # a start on b, racing with a's step
             await a.store.expire()  # a's sweep finds it no longer owns the session
             assert_same_state(await load_one(a.store, KEY, lstm_state()), lstm_state(1))
+
+    asyncio.run(scenario())
+
+
+def test_a_sequence_that_ends_while_claimed_again_is_not_counted(
+    any_redis: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis lost its data (its keys deleted, as a restart without persistence leaves it)
+    while this worker holds two sequences. One ends: its end reaches Redis, finds no record
+    to drop, and the worker's sweep claims both again before the end frees the state here
+    (the order a busy event loop may resume them in). The claim's record of the ended one
+    is dropped: what Redis counts is what is held."""
+    ending, going_on = (SessionKey(ANONYMOUS, "sine-lstm", "1", f"device-{i}") for i in (1, 2))
+    reached_redis, claimed = asyncio.Event(), asyncio.Event()
+    drop = Held.drop
+
+    async def drop_after_the_claim(held: Held, keys: Sequence[SessionKey]) -> list[bool]:
+        if ending in keys:
+            reached_redis.set()
+            await claimed.wait()
+        return await drop(held, keys)
+
+    async def scenario() -> None:
+        async with Worker(any_redis, namespace) as worker:
+            both = lstm_state(0, rows=2)
+            await worker.store.save([ending, going_on], both, [0, 1], [Progress(), Progress()])
+            client = sync_client(any_redis)
+            for stored in keys_like(any_redis, f"{namespace}:*"):
+                client.delete(stored)
+            client.close()
+            monkeypatch.setattr(Held, "drop", drop_after_the_claim)
+            end = asyncio.create_task(worker.store.end([ending], lstm_state(1), [0], [Progress()]))
+            await reached_redis.wait()
+            await worker.store.expire()  # notices the loss and claims both again
+            claimed.set()
+            await end
+            assert worker.store.active() == {("sine-lstm", "1"): 1}
+            kept = {stem: rows[:, 1:] for stem, rows in both.items()}
+            assert_same_state(await load_one(worker.store, going_on, lstm_state()), kept)
 
     asyncio.run(scenario())

@@ -43,24 +43,14 @@ class GenerationCheck:
         lost = set(await self._generation.check())
         if not lost:
             return
-        space, states = self._worker.space, self._held.states
-        # Not those whose release may have reached Redis (Held.unsure): another worker may
-        # have taken and stepped them since; the next take decides.
-        unsure = self._held.unsure
-        held = [
-            key
-            for key in states.sessions()
-            if space.bucket(member(key)) in lost and key not in unsure
-        ]
+        space = self._worker.space
         try:
-            await self._ownership.claim(held, again=True)
+            await self._ownership.claim_again(
+                key for key in self._held.states.sessions() if space.bucket(member(key)) in lost
+            )
         except BaseException:
             self._generation.tokens = seen
             raise
-        # Those that ended while being claimed: their end found no record to drop.
-        ended = [key for key in held if not states.holds(key)]
-        if ended:
-            await self._worker.redis.run(self._ownership.forgetting(ended))
 
     def lost(self, key: SessionKey) -> Gone | Unavailable | None:
         """The tombstone of a sequence Redis no longer knows, when its bucket lost its data

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import contextlib
+from collections.abc import Collection, Iterator, Sequence
 
 from rnnserve.service.sessions.memory_store import MemoryStore
 from rnnserve.service.sessions.state import SessionKey, tombstone_s
@@ -18,6 +19,8 @@ class Held:
         # Released by a batch that failed (a failover): whether Redis has the release is
         # unknown, so the copy here is not stepped again before Redis is asked (takeover.py).
         self.unsure: set[SessionKey] = set()
+        # Being ended or deleted: written to Redis, then dropped here.
+        self.ending: set[SessionKey] = set()
 
     @property
     def idle_timeout_s(self) -> float:
@@ -31,6 +34,15 @@ class Held:
         """`keys` left this worker: Redis is to hear nothing more of them from here."""
         self.touched.difference_update(keys)
         self.unsure.difference_update(keys)
+
+    @contextlib.contextmanager
+    def ending_of(self, keys: Collection[SessionKey]) -> Iterator[None]:
+        """While `keys` are ended in Redis and then dropped here (Ownership.claim_again)."""
+        self.ending.update(keys)
+        try:
+            yield
+        finally:
+            self.ending.difference_update(keys)
 
     async def drop(self, keys: Sequence[SessionKey]) -> list[bool]:
         """Frees the states of `keys` here and forgets them; per key, True when there was

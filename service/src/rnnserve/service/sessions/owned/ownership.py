@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from rnnserve.service.sessions.owned.held import Held
@@ -117,6 +117,19 @@ class Ownership:
         if again:
             log.warning("claimed the %d sequences this process holds again", len(keys))
         return {session_of(name) for held in replies for name in held}
+
+    async def claim_again(self, keys: Iterable[SessionKey]) -> None:
+        """Claims again those of `keys` this worker holds, after Redis lost their records
+        (its data). Not those whose release may have reached Redis (Held.unsure): another
+        worker may have taken and stepped them since; the next take decides. Those that
+        ended meanwhile lose the record the claim wrote: their end may have reached Redis
+        first and found none to drop, and nobody would count them out again."""
+        held = self._held
+        mine = [key for key in keys if held.states.holds(key) and key not in held.unsure]
+        await self.claim(mine, again=True)
+        ended = [key for key in mine if not held.states.holds(key) or key in held.ending]
+        if ended:
+            await self._worker.redis.run(self.forgetting(ended))
 
     def forgetting(self, keys: Sequence[SessionKey], tombstone: bytes = b"") -> list[Command]:
         """The commands that end `keys`, those I own (leaving `tombstone`, if any)."""

@@ -142,8 +142,9 @@ class OwnedStore:
     @guarded("delete")
     async def delete(self, keys: Sequence[SessionKey]) -> list[bool]:
         # Redis first: should it fail, the sessions are as they were.
-        await self._redis.run(self._ownership.forgetting(keys), durable=True)
-        return await self._held.drop(keys)
+        with self._held.ending_of(keys):
+            await self._redis.run(self._ownership.forgetting(keys), durable=True)
+            return await self._held.drop(keys)
 
     @guarded("end", writes=True)
     async def end(
@@ -156,8 +157,9 @@ class OwnedStore:
         if keys:  # Redis first: should it fail, a retry of the final step finds the state
             space, keep_s = self._redis.keys, self.idle_timeout_s
             records = write_records(space, "ended", keys, state, rows, progress, keep_s, ended=True)
-            await self._redis.run([*records, *self._ownership.forgetting(keys)], durable=True)
-        await self._held.drop(keys)
+            with self._held.ending_of(keys):
+                await self._redis.run([*records, *self._ownership.forgetting(keys)], durable=True)
+                await self._held.drop(keys)
         return [None] * len(keys)
 
     @guarded("count")
@@ -192,14 +194,7 @@ class OwnedStore:
             await self._held.states.delete(stale)
         # Redis lost my records of these (its data, since the generation check above): held
         # here, they are claimed again, as that check claims the others.
-        held = self._held
-        mine = [
-            key
-            for key in map(session_of, orphans)
-            if held.states.holds(key) and key not in held.unsure
-        ]
-        if mine:
-            await self._ownership.claim(mine, again=True)
+        await self._ownership.claim_again(map(session_of, orphans))
         for worker in dead:
             await self._reaper.reap(worker.decode())
         return expired_keys
