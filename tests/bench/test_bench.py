@@ -4,6 +4,7 @@ with the environment and medians, the markdown page and its plot."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -80,8 +81,10 @@ def test_profile_says_where_the_servers_time_goes(tiny_repository: Path, tmp_pat
     page = (out / "profile.md").read_text()
     assert page.count("\n## ") == 4  # two loads, batching on and off
     # mypyc-compiled modules (CI's build: ModelInfer's whole path in the server) are
-    # invisible to py-spy; the protocol's codec, Python in either build, is on every step's.
-    assert "protocol/codec.py" in page and "session-steps/s" in page
+    # invisible to py-spy, and a function of a few percent may miss a short run's samples;
+    # the server's own entry, Python in either build, is under every one of them.
+    assert re.search(r"\| service/server\.py \| \d+% \|", page), page
+    assert "session-steps/s" in page
 
 
 def test_profile_folds_stacks_by_module_and_by_innermost_function() -> None:
