@@ -268,3 +268,36 @@ def test_a_sequence_that_ends_while_claimed_again_is_not_counted(
             assert_same_state(await load_one(worker.store, going_on, lstm_state()), kept)
 
     asyncio.run(scenario())
+
+
+def test_a_session_handed_over_while_its_record_is_claimed_again_goes_to_the_asker(
+    any_redis: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker b steps a session a holds, so a hands it over: its release reaches Redis (a's
+    record gone, the state left for b), and a's sweep, finding a's record gone, claims the
+    session again before a frees its copy (the order a busy event loop may resume them
+    in). The claim leaves a released session alone: b takes it at its latest."""
+    released, claimed = asyncio.Event(), asyncio.Event()
+    drop = Held.drop
+
+    async def drop_after_the_claim(held: Held, keys: Sequence[SessionKey]) -> list[bool]:
+        if KEY in keys and not claimed.is_set():
+            released.set()
+            await claimed.wait()
+        return await drop(held, keys)
+
+    async def scenario() -> None:
+        async with Worker(any_redis, namespace) as a, Worker(any_redis, namespace) as b:
+            await save_one(a.store, KEY, lstm_state(0))
+            monkeypatch.setattr(Held, "drop", drop_after_the_claim)
+            taking = asyncio.create_task(load_one(b.store, KEY, lstm_state()))
+            await released.wait()
+            await a.store.expire()  # a's record of it is gone: claimed again
+            claimed.set()
+            assert_same_state(await taking, lstm_state(0))
+            await save_one(b.store, KEY, lstm_state(1))
+            await a.store.expire()
+            assert_same_state(await load_one(b.store, KEY, lstm_state()), lstm_state(1))
+            assert b.store.active() == {("sine-lstm", "1"): 1}
+
+    asyncio.run(scenario())

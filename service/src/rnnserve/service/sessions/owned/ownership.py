@@ -30,10 +30,11 @@ CHUNK = 1000  # sessions per script of a claim, and per batch of a clean stop's 
 # liveness ms, again ('1' or ''), then per session its member, version tag, version and
 # whether to take it only if no live worker owns it ('1' or ''). Takes the sessions (new
 # ones, or ids started again: a state left by an earlier run of the id goes; `again`: mine,
-# after Redis lost its data, unless another worker has claimed one since) and keeps me
-# alive and registered in the bucket. Returns the members another live worker owns, of
-# those to take only if none does (a start that found no sequence, which another worker
-# began and stepped since: it is not begun again).
+# whose records Redis lost, unless another worker has claimed one since or I released it
+# since: no owner, and its state left for the next) and keeps me alive and registered in
+# the bucket. Returns the members another live worker owns, of those to take only if none
+# does (a start that found no sequence, which another worker began and stepped since: it
+# is not begun again).
 _CLAIM = Script(
     INDEX
     + """
@@ -41,15 +42,17 @@ redis.call('SET', ARGV[2] .. 'worker:' .. ARGV[1], '1', 'PX', ARGV[4])
 redis.call('SADD', ARGV[2] .. 'workers', ARGV[1])
 local held = {}
 for i = 6, #ARGV, 4 do
-  local owner = ARGV[i + 3] == '1' and redis.call('GET', ARGV[2] .. 'owner:' .. ARGV[i])
+  local owner_key, state_key = ARGV[2] .. 'owner:' .. ARGV[i], ARGV[2] .. 'state:' .. ARGV[i]
+  local owner = ARGV[i + 3] == '1' and redis.call('GET', owner_key)
   if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. 'worker:' .. owner) == 1 then
     table.insert(held, ARGV[i])
-  else
+  elseif ARGV[5] == '' or redis.call('EXISTS', owner_key) == 1
+      or redis.call('EXISTS', state_key) == 0 then
     if ARGV[5] == '' then
-      redis.call('SET', ARGV[2] .. 'owner:' .. ARGV[i], ARGV[1])
-      redis.call('DEL', ARGV[2] .. 'state:' .. ARGV[i])
+      redis.call('SET', owner_key, ARGV[1])
+      redis.call('DEL', state_key)
     else
-      redis.call('SET', ARGV[2] .. 'owner:' .. ARGV[i], ARGV[1], 'NX')
+      redis.call('SET', owner_key, ARGV[1], 'NX')
     end
     redis.call('SADD', KEYS[5], ARGV[i])
     index(ARGV[i], ARGV[3], ARGV[i + 1], ARGV[i + 2])
@@ -121,9 +124,11 @@ class Ownership:
     async def claim_again(self, keys: Iterable[SessionKey]) -> None:
         """Claims again those of `keys` this worker holds, after Redis lost their records
         (its data). Not those whose release may have reached Redis (Held.unsure): another
-        worker may have taken and stepped them since; the next take decides. Those that
-        ended meanwhile lose the record the claim wrote: their end may have reached Redis
-        first and found none to drop, and nobody would count them out again."""
+        worker may have taken and stepped them since; the next take decides. Nor, in the
+        script, those released since (handed over while being claimed): their state waits
+        in Redis for the worker that asked. Those that ended meanwhile lose the record the
+        claim wrote: their end may have reached Redis first and found none to drop, and
+        nobody would count them out again."""
         held = self._held
         mine = [key for key in keys if held.states.holds(key) and key not in held.unsure]
         await self.claim(mine, again=True)
