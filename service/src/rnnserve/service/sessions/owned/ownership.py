@@ -44,10 +44,12 @@ local held = {}
 for i = 6, #ARGV, 4 do
   local owner_key, state_key = ARGV[2] .. 'owner:' .. ARGV[i], ARGV[2] .. 'state:' .. ARGV[i]
   local owner = ARGV[i + 3] == '1' and redis.call('GET', owner_key)
+  -- claimed again with no owner and a state waiting: released since, for the next owner
+  local released = ARGV[5] ~= '' and redis.call('EXISTS', owner_key) == 0
+    and redis.call('EXISTS', state_key) == 1
   if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. 'worker:' .. owner) == 1 then
     table.insert(held, ARGV[i])
-  elseif ARGV[5] == '' or redis.call('EXISTS', owner_key) == 1
-      or redis.call('EXISTS', state_key) == 0 then
+  elseif not released then
     if ARGV[5] == '' then
       redis.call('SET', owner_key, ARGV[1])
       redis.call('DEL', state_key)
