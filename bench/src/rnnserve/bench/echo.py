@@ -2,9 +2,18 @@
 asyncio server as rnnserve, that parses each ModelInferRequest and answers a precomputed
 one-step sine response. No model, no data plane: what is left is gRPC and protobuf.
 
-Run as `python -m rnnserve.bench.echo --port P [--procs N]`: with N > 1, N such processes
-share the port (grpc's SO_REUSEPORT, as `rnnserve serve --workers N` does), the floor of
-as many rnnserve workers.
+With `--model M.onnx` it is the model floor instead: ModelInfer runs the model as a
+server with none of rnnserve's layers would. It parses the request, takes the sequence's
+state from a dict (zeros on `sequence_start`), makes one ONNX Runtime run with rnnserve's
+session options, keeps the new state and answers the first output and `sequence_offset`,
+and checks nothing. What rnnserve spends beyond this floor is its own; what this floor
+spends beyond the echo is the model's run. It serves a graph whose first input and first
+output are the data, with each further input a state fed by the output in the same place
+(every recurrent model of export/).
+
+Run as `python -m rnnserve.bench.echo --port P [--procs N] [--model M.onnx]`: with N > 1,
+N such processes share the port (grpc's SO_REUSEPORT, as `rnnserve serve --workers N`
+does), the floor of as many rnnserve workers.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import asyncio
 import multiprocessing
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -53,11 +63,69 @@ def handler(model_name: str) -> grpc.GenericRpcHandler:
     )
 
 
-async def serve(port: int, model_name: str) -> None:
+def model_handler(model_name: str, model: Path) -> grpc.GenericRpcHandler:
+    """The model floor's ModelInfer (see the module's docstring)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from rnnserve.protocol import messages as pb
+    from rnnserve.protocol.rpc import SERVICE_NAME
+    from rnnserve.service.runtime import session_options
+    from rnnserve.service.settings import Settings
+
+    session = ort.InferenceSession(
+        str(model), session_options(Settings()), providers=["CPUExecutionProvider"]
+    )
+    inputs = session.get_inputs()
+    names = [output.name for output in session.get_outputs()]
+    data_input, state_inputs = inputs[0].name, [graph_input.name for graph_input in inputs[1:]]
+    # One sequence's zero state: each dynamic dimension (the batch) of size 1.
+    zeros = [
+        np.zeros([size if isinstance(size, int) else 1 for size in graph_input.shape], np.float32)
+        for graph_input in inputs[1:]
+    ]
+    states: dict[int, tuple[list[np.ndarray], int]] = {}
+    run = session._sess.run  # as rnnserve calls it: no per-call checks of the wrapper's
+
+    async def model_infer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        parameters = request.parameters
+        sequence = parameters["sequence_id"].int64_param
+        if "sequence_start" in parameters or sequence not in states:
+            state, offset = zeros, 0
+        else:
+            state, offset = states[sequence]
+        shape = tuple(request.inputs[0].shape)
+        data = np.frombuffer(request.raw_input_contents[0], np.float32).reshape(shape)
+        outputs = run(
+            names, {data_input: data, **dict(zip(state_inputs, state, strict=True))}, None
+        )
+        offset += shape[1]
+        states[sequence] = outputs[1:], offset
+        response = pb.ModelInferResponse(model_name=model_name, model_version="1", id=request.id)
+        response.outputs.add(name=names[0], datatype="FP32", shape=outputs[0].shape)
+        response.raw_output_contents.append(outputs[0].tobytes())
+        response.parameters["sequence_offset"].int64_param = offset
+        return response
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(
+                model_infer,
+                pb.ModelInferRequest.FromString,
+                pb.ModelInferResponse.SerializeToString,
+            )
+        },
+    )
+
+
+async def serve(port: int, model_name: str, model: Path | None = None) -> None:
     from grpc_health.v1 import health, health_pb2_grpc
 
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler(model_name),))
+    server.add_generic_rpc_handlers(
+        (handler(model_name) if model is None else model_handler(model_name, model),)
+    )
     # The standard health service (SERVING from the start): how the harness waits for it.
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -65,8 +133,8 @@ async def serve(port: int, model_name: str) -> None:
     await server.wait_for_termination()
 
 
-def _serve(port: int, model_name: str) -> None:
-    asyncio.run(serve(port, model_name))
+def _serve(port: int, model_name: str, model: Path | None) -> None:
+    asyncio.run(serve(port, model_name, model))
 
 
 def main() -> None:
@@ -74,9 +142,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model-name", default="sine-lstm")
     parser.add_argument("--procs", type=int, default=1, help="processes sharing the port")
+    parser.add_argument("--model", type=Path, help="the model floor of this ONNX file")
     args = parser.parse_args()
     if args.procs == 1:
-        _serve(args.port, args.model_name)
+        _serve(args.port, args.model_name, args.model)
         return
     # The processes end with this one: SIGTERM or SIGINT, caught here, is passed on.
     stopping: list[int] = []
@@ -84,7 +153,7 @@ def main() -> None:
         signal.signal(signum, lambda signum, frame: stopping.append(signum))
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_serve, args=(args.port, args.model_name), daemon=True)
+        context.Process(target=_serve, args=(args.port, args.model_name, args.model), daemon=True)
         for _ in range(args.procs)
     ]
     for process in processes:

@@ -100,13 +100,17 @@ def _started(
 
 
 @contextlib.contextmanager
-def echo_server(workdir: Path, procs: int = 1) -> Iterator[Running]:
-    """The echo floor; `procs` processes sharing its port (the floor of as many workers)."""
+def echo_server(workdir: Path, procs: int = 1, model: Path | None = None) -> Iterator[Running]:
+    """The echo floor; `procs` processes sharing its port (the floor of as many workers).
+    With `model`, the model floor of that ONNX file (bench/echo.py)."""
     port = free_port()
     command = [
         sys.executable, "-m", "rnnserve.bench.echo", "--port", str(port), "--procs", str(procs)
     ]  # fmt: skip
-    with _started(command, f"127.0.0.1:{port}", workdir / "echo.log", {}, 30) as running:
+    if model is not None:
+        command += ["--model", str(model)]
+    log = workdir / ("echo.log" if model is None else "model-floor.log")
+    with _started(command, f"127.0.0.1:{port}", log, {}, 30) as running:
         yield running
 
 

@@ -3,7 +3,10 @@
 A stateful client naturally talks over one ModelStreamInfer stream per session, one step
 per message: k6 drives 1, 16 and 64 such streams against rnnserve and against the echo
 floor (bench/echo.py answers stream messages too), and multi-session requests (64 rows
-per message, 16 streams) the same way. Beside them, in the same run, the unary figures the
+per message, 16 streams) the same way. The model floor (bench/echo.py --model: the
+request parsed, one ONNX Runtime run from a dict of states, the answer) takes the unary
+loads too: what rnnserve spends beyond it is its own layers', what it spends beyond the
+echo is the model's run. Beside them, in the same run, the unary figures the
 goals read (one step per ModelInfer from 64 sessions, 64-row requests from 16 clients, one
 session's step latency from the probe), so that every goal is a ratio of two figures
 measured minutes apart on one machine. Both servers run side by side and each run
@@ -27,13 +30,14 @@ from rnnserve.bench.transport import probe_steps
 
 SESSIONS, QUICK_SESSIONS = (1, 16, 64), (1, 4)
 Key = tuple[str, str, int, int, bool]  # server, rpc, sessions, rows, probe
+MODEL_FLOOR = "model floor"
 
 
 @dataclass(frozen=True)
 class Load:
     """One load of the scenario, on one server."""
 
-    server: str  # "echo" or "rnnserve"
+    server: str  # "echo", "model floor" or "rnnserve"
     rpc: str  # "ModelInfer" or "ModelStreamInfer"
     sessions: int  # connections (streams), one session each, or each stepping `rows`
     rows: int = 0  # > 0: multi-session requests of this many rows
@@ -51,7 +55,11 @@ def loads(quick: bool) -> list[Load]:
     counts = QUICK_SESSIONS if quick else SESSIONS
     rows, clients = (QUICK_ROWS, QUICK_CLIENTS) if quick else (ROWS, CLIENTS)
     unary, stream = "ModelInfer", "ModelStreamInfer"
-    every: list[Load] = []
+    every: list[Load] = [
+        Load(MODEL_FLOOR, unary, 1, probe=True),
+        Load(MODEL_FLOOR, unary, counts[-1]),
+        Load(MODEL_FLOOR, unary, clients),
+    ]
     for server in ("echo", "rnnserve"):
         every.append(Load(server, unary, 1, probe=True))
         every += [Load(server, unary, counts[-1]), Load(server, unary, clients)]
@@ -87,6 +95,12 @@ def run(options: Options) -> ScenarioResult:
     with contextlib.ExitStack() as stack:
         running = {
             "echo": stack.enter_context(servers.echo_server(options.workdir)),
+            MODEL_FLOOR: stack.enter_context(
+                servers.echo_server(
+                    options.workdir,
+                    model=options.repository / options.model_name / "1" / "model.onnx",
+                )
+            ),
             "rnnserve": stack.enter_context(session_server(options)),
         }
         for run in range(options.runs):
@@ -121,8 +135,9 @@ def run(options: Options) -> ScenarioResult:
         title="9. Streams, and the one-step goals, against the echo floor in one run",
         description=(
             f"{options.model_name} in sessions on rnnserve (one worker, memory store), beside "
-            "the echo floor, both running throughout; each run measures every row on both in "
-            "turn. `ModelStreamInfer xN` rows: k6, N connections with one stream each, one "
+            "the echo floor and the model floor (the model's run alone: bench/echo.py), all "
+            "running throughout; each run measures every row on each in turn. "
+            "`ModelStreamInfer xN` rows: k6, N connections with one stream each, one "
             "session per stream and one step per message, the next written when the last "
             "was answered (k6 times stream messages to the millisecond only). `ModelInfer "
             "xN` rows: one step per request, as in scenario 4. `rows` > 0: each message or "
@@ -162,6 +177,15 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
         ("rnnserve", unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
     )  # fmt: skip
     note(
+        f"The model floor's one-step ModelInfer at {top} sessions, steps/s over echo's "
+        "requests/s (the most a server that runs the model step by step reaches)",
+        (MODEL_FLOOR, unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
+    )  # fmt: skip
+    note(
+        "The model floor's one-session step p50 (probe) over echo's p50",
+        (MODEL_FLOOR, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
+    )  # fmt: skip
+    note(
         "One session's step p50 (probe) over echo's p50",
         ("rnnserve", unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
     )  # fmt: skip
@@ -184,8 +208,16 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
             cpu = figures[load].median.get("server_cpu_us_per_request", 0.0)
             if echo is not None and not load.rows:
                 floor = figures[echo].median.get("server_cpu_us_per_request", 0.0)
-                notes.append(
+                text = (
                     f"Server CPU per step, {load.rpc} x{load.sessions}: {cpu:.0f} µs, echo "
-                    f"{floor:.0f} µs: {cpu - floor:.0f} µs beyond the echo server's."
+                    f"{floor:.0f} µs: {cpu - floor:.0f} µs beyond the echo server's"
                 )
+                model = find.get((MODEL_FLOOR, load.rpc, load.sessions, 0, False))
+                if model is not None:
+                    run = figures[model].median.get("server_cpu_us_per_request", 0.0)
+                    text += (
+                        f"; the model floor {run:.0f} µs: the model's run {run - floor:.0f} µs, "
+                        f"rnnserve's layers {cpu - run:.0f} µs"
+                    )
+                notes.append(text + ".")
     return notes

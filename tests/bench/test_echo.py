@@ -1,0 +1,52 @@
+"""The floors of bench/echo.py. The model floor runs the model as a server with none of
+rnnserve's layers would: it must still answer a sequence sent step by step as the whole
+sequence run at once, or it would be a floor for less work than rnnserve's step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+
+from rnnserve.bench import servers
+from rnnserve.protocol import messages as pb
+from rnnserve.protocol.rpc import Stub
+
+
+def _step(sequence_id: int, x: np.ndarray, start: bool) -> object:
+    request = pb.ModelInferRequest(model_name="sine-lstm")
+    request.inputs.add(name="x", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
+    request.parameters["sequence_id"].int64_param = sequence_id
+    if start:
+        request.parameters["sequence_start"].bool_param = True
+    return request
+
+
+def test_the_model_floor_answers_a_sequence_step_by_step_as_it_is_whole(
+    sine_repository: Path, tmp_path: Path
+) -> None:
+    model = sine_repository / "sine-lstm" / "1" / "model.onnx"
+    xs = np.linspace(-1, 1, 4, dtype=np.float32).reshape(1, 4, 1)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    zeros = {
+        state.name: np.zeros([d if isinstance(d, int) else 1 for d in state.shape], np.float32)
+        for state in session.get_inputs()[1:]
+    }
+    [whole] = session.run(["y"], {"x": xs, **zeros})
+
+    answers, offsets = [], []
+    with (
+        servers.echo_server(tmp_path, model=model) as floor,
+        grpc.insecure_channel(floor.target) as channel,
+    ):
+        stub = Stub(channel)
+        for step in range(xs.shape[1]):
+            response = stub.ModelInfer(_step(7, xs[:, step : step + 1], start=step == 0))
+            answers.append(np.frombuffer(response.raw_output_contents[0], np.float32))
+            offsets.append(response.parameters["sequence_offset"].int64_param)
+
+    np.testing.assert_allclose(np.concatenate(answers), whole.ravel(), rtol=1e-5, atol=1e-6)
+    assert offsets == [1, 2, 3, 4]
