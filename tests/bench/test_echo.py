@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 from rnnserve.bench import servers
 from rnnserve.protocol import messages as pb
@@ -25,8 +26,9 @@ def _step(sequence_id: int, x: np.ndarray, start: bool) -> object:
     return request
 
 
+@pytest.mark.parametrize("rpc", ["ModelInfer", "ModelStreamInfer"])
 def test_the_model_floor_answers_a_sequence_step_by_step_as_it_is_whole(
-    sine_repository: Path, tmp_path: Path
+    rpc: str, sine_repository: Path, tmp_path: Path
 ) -> None:
     model = sine_repository / "sine-lstm" / "1" / "model.onnx"
     xs = np.linspace(-1, 1, 4, dtype=np.float32).reshape(1, 4, 1)
@@ -36,17 +38,18 @@ def test_the_model_floor_answers_a_sequence_step_by_step_as_it_is_whole(
         for state in session.get_inputs()[1:]
     }
     [whole] = session.run(["y"], {"x": xs, **zeros})
+    steps = [_step(7, xs[:, step : step + 1], start=step == 0) for step in range(xs.shape[1])]
 
-    answers, offsets = [], []
     with (
         servers.echo_server(tmp_path, model=model) as floor,
         grpc.insecure_channel(floor.target) as channel,
     ):
         stub = Stub(channel)
-        for step in range(xs.shape[1]):
-            response = stub.ModelInfer(_step(7, xs[:, step : step + 1], start=step == 0))
-            answers.append(np.frombuffer(response.raw_output_contents[0], np.float32))
-            offsets.append(response.parameters["sequence_offset"].int64_param)
+        if rpc == "ModelInfer":
+            responses = [stub.ModelInfer(step) for step in steps]
+        else:
+            responses = [reply.infer_response for reply in stub.ModelStreamInfer(iter(steps))]
 
+    answers = [np.frombuffer(r.raw_output_contents[0], np.float32) for r in responses]
     np.testing.assert_allclose(np.concatenate(answers), whole.ravel(), rtol=1e-5, atol=1e-6)
-    assert offsets == [1, 2, 3, 4]
+    assert [r.parameters["sequence_offset"].int64_param for r in responses] == [1, 2, 3, 4]

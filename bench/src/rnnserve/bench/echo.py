@@ -2,14 +2,14 @@
 asyncio server as rnnserve, that parses each ModelInferRequest and answers a precomputed
 one-step sine response. No model, no data plane: what is left is gRPC and protobuf.
 
-With `--model M.onnx` it is the model floor instead: ModelInfer runs the model as a
-server with none of rnnserve's layers would. It parses the request, takes the sequence's
-state from a dict (zeros on `sequence_start`), makes one ONNX Runtime run with rnnserve's
-session options, keeps the new state and answers the first output and `sequence_offset`,
-and checks nothing. What rnnserve spends beyond this floor is its own; what this floor
-spends beyond the echo is the model's run. It serves a graph whose first input and first
-output are the data, with each further input a state fed by the output in the same place
-(every recurrent model of export/).
+With `--model M.onnx` it is the model floor instead: ModelInfer and each message of
+ModelStreamInfer run the model as a server with none of rnnserve's layers would. It parses
+the request, takes the sequence's state from a dict (zeros on `sequence_start`), makes one
+ONNX Runtime run with rnnserve's session options, keeps the new state and answers the first
+output and `sequence_offset`, and checks nothing. What rnnserve spends beyond this floor is
+its own; what this floor spends beyond the echo is the model's run. It serves a graph whose
+first input and first output are the data, with each further input a state fed by the
+output in the same place (every recurrent model of export/).
 
 Run as `python -m rnnserve.bench.echo --port P [--procs N] [--model M.onnx]`: with N > 1,
 N such processes share the port (grpc's SO_REUSEPORT, as `rnnserve serve --workers N`
@@ -64,7 +64,7 @@ def handler(model_name: str) -> grpc.GenericRpcHandler:
 
 
 def model_handler(model_name: str, model: Path) -> grpc.GenericRpcHandler:
-    """The model floor's ModelInfer (see the module's docstring)."""
+    """The model floor's ModelInfer and ModelStreamInfer (see the module's docstring)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -87,7 +87,7 @@ def model_handler(model_name: str, model: Path) -> grpc.GenericRpcHandler:
     states: dict[int, tuple[list[np.ndarray], int]] = {}
     run = session._sess.run  # as rnnserve calls it: no per-call checks of the wrapper's
 
-    async def model_infer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    def answer(request: Any, response: Any) -> None:
         parameters = request.parameters
         sequence = parameters["sequence_id"].int64_param
         if "sequence_start" in parameters or sequence not in states:
@@ -101,20 +101,32 @@ def model_handler(model_name: str, model: Path) -> grpc.GenericRpcHandler:
         )
         offset += shape[1]
         states[sequence] = outputs[1:], offset
-        response = pb.ModelInferResponse(model_name=model_name, model_version="1", id=request.id)
+        response.model_name, response.model_version, response.id = model_name, "1", request.id
         response.outputs.add(name=names[0], datatype="FP32", shape=outputs[0].shape)
         response.raw_output_contents.append(outputs[0].tobytes())
         response.parameters["sequence_offset"].int64_param = offset
+
+    async def model_infer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        response = pb.ModelInferResponse()
+        answer(request, response)
         return response
 
+    async def model_stream_infer(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        async for request in requests:
+            reply = pb.ModelStreamInferResponse()
+            answer(request, reply.infer_response)
+            yield reply
+
+    parse, serialize = pb.ModelInferRequest.FromString, pb.ModelInferResponse.SerializeToString
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
-            "ModelInfer": grpc.unary_unary_rpc_method_handler(
-                model_infer,
-                pb.ModelInferRequest.FromString,
-                pb.ModelInferResponse.SerializeToString,
-            )
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer, parse, serialize),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+                model_stream_infer, parse, pb.ModelStreamInferResponse.SerializeToString
+            ),
         },
     )
 

@@ -5,8 +5,8 @@ per message: k6 drives 1, 16 and 64 such streams against rnnserve and against th
 floor (bench/echo.py answers stream messages too), and multi-session requests (64 rows
 per message, 16 streams) the same way. The model floor (bench/echo.py --model: the
 request parsed, one ONNX Runtime run from a dict of states, the answer) takes the unary
-loads too: what rnnserve spends beyond it is its own layers', what it spends beyond the
-echo is the model's run. Beside them, in the same run, the unary figures the
+loads and 64 streams too: what rnnserve spends beyond it is its own layers', what it
+spends beyond the echo is the model's run. Beside them, in the same run, the unary figures the
 goals read (one step per ModelInfer from 64 sessions, 64-row requests from 16 clients, one
 session's step latency from the probe), so that every goal is a ratio of two figures
 measured minutes apart on one machine. Both servers run side by side and each run
@@ -59,6 +59,7 @@ def loads(quick: bool) -> list[Load]:
         Load(MODEL_FLOOR, unary, 1, probe=True),
         Load(MODEL_FLOOR, unary, counts[-1]),
         Load(MODEL_FLOOR, unary, clients),
+        Load(MODEL_FLOOR, stream, counts[-1]),
     ]
     for server in ("echo", "rnnserve"):
         every.append(Load(server, unary, 1, probe=True))
@@ -180,6 +181,11 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
         f"The model floor's one-step ModelInfer at {top} sessions, steps/s over echo's "
         "requests/s (the most a server that runs the model step by step reaches)",
         (MODEL_FLOOR, unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
+    )  # fmt: skip
+    note(
+        f"The model floor's streams at {top} sessions, steps/s over the streaming echo's "
+        "messages/s",
+        (MODEL_FLOOR, stream, top, 0, False), ("echo", stream, top, 0, False), "rps", "rps",
     )  # fmt: skip
     note(
         "The model floor's one-session step p50 (probe) over echo's p50",
