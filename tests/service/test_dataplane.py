@@ -356,7 +356,7 @@ def test_only_token_decoders_answer_a_stream_in_several_responses(plane: Plane) 
     streamed one: seq2seq alone decodes token by token; an unknown model is refused by
     either path alike."""
     once = {
-        name: plane.plane.answers_once(InferRequest(name))
+        name: plane.plane.answers_once(name)
         for name in ("sine-lstm", "tagger-gru", "seq2seq-rnn", "no-such-model")
     }
     assert once == {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import struct
+import sys
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ DATATYPE_OF_DTYPE = {dtype: name for name, dtype in DTYPES.items() if name != "B
 # The wire's (little-endian) dtype of each datatype but BYTES, made once: newbyteorder()
 # builds a new dtype on every call, and every tensor of every request needs one.
 WIRE_DTYPES = {name: dtype.newbyteorder("<") for name, dtype in DTYPES.items() if name != "BYTES"}
+WIRE_IS_NATIVE = sys.byteorder == "little"  # the wire's arrays are the host's as they are
 
 # Which typed `contents` field carries each datatype; FP16 has none (raw only).
 CONTENTS_FIELD = {
@@ -199,6 +201,10 @@ def array_from_raw(
             f"input '{name}': {field} holds {len(raw)} bytes; "
             f"shape {list(dims)} of {datatype} needs {expected}"
         )
+    if WIRE_IS_NATIVE:
+        # One numpy call, on a copy of its own (writable; the message's bytes may go): a
+        # step's tensors are a few values, where each numpy call costs more than the copy.
+        return np.ndarray(dims, dtype, buffer=bytearray(raw))
     return np.frombuffer(raw, dtype=WIRE_DTYPES[datatype]).astype(dtype).reshape(dims)
 
 
@@ -258,4 +264,6 @@ def fill_contents(datatype: str, data: np.ndarray, contents: Any) -> None:
 def raw_of(datatype: str, data: np.ndarray) -> bytes:
     if datatype == "BYTES":
         return encode_bytes(np.asarray(data, dtype=object))
-    return np.ascontiguousarray(data, dtype=WIRE_DTYPES[datatype]).tobytes()
+    wire = WIRE_DTYPES[datatype]
+    # tobytes() writes any array in C order: only another dtype needs a converted copy.
+    return (data if data.dtype == wire else data.astype(wire)).tobytes()

@@ -275,12 +275,12 @@ class DataPlane:
             with self._running(admitted) as timer:
                 return await path.answer(admitted, timer)
 
-    def answers_once(self, request: InferRequest) -> bool:
-        """Whether the request's answer is one response, which `infer` gives (on a stream
-        as well: cheaper than `stream_infer`'s generators): true unless some loaded version
-        of its model decodes token by token (seq2seq), or the model is not loaded (`infer`
-        refuses it as `stream_infer` would)."""
-        return not self.repository.streams_tokens(request.model_name)
+    def answers_once(self, model: str) -> bool:
+        """Whether a request of `model` is answered in one response, which `infer` gives
+        (on a stream as well: cheaper than `stream_infer`'s generators): true unless some
+        loaded version of the model decodes token by token (seq2seq), or the model is not
+        loaded (`infer` refuses it as `stream_infer` would)."""
+        return not self.repository.streams_tokens(model)
 
     def stream_infer(self, request: InferRequest) -> AsyncIterator[InferResponse]:
         """Responses as they come: one for sine and tagger, one per decoded token for

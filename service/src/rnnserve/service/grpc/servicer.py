@@ -24,6 +24,7 @@ from rnnserve.service.access import (
     REQUEST_ID_HEADER,
     Call,
     Recorder,
+    Recording,
     request_id_of,
     sequence_id_of,
 )
@@ -32,6 +33,7 @@ from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.errors import PermissionDenied, ServiceError, Unauthenticated, client_error
 from rnnserve.service.grpc import converter
 from rnnserve.service.grpc.answering import Answering, Context, headers_of
+from rnnserve.service.types import InferRequest
 
 SHUTTING_DOWN = "the server is shutting down; retry on another instance"
 
@@ -130,7 +132,11 @@ class InferenceServicer:
         requests = _Requests(request_iterator, self._dataplane.draining)
         try:
             while (request := await requests.next()) is not None:
-                replies = self._stream_replies(request, request.id or stream_id, headers, context)
+                request_id = request.id or stream_id
+                if self._dataplane.answers_once(request.model_name):
+                    yield await self._stream_reply(request, request_id, headers, context)
+                    continue
+                replies = self._stream_replies(request, request_id, headers, context)
                 async for reply in replies:
                     yield reply
         finally:
@@ -138,35 +144,65 @@ class InferenceServicer:
         if self._dataplane.draining.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
-    async def _stream_replies(
-        self, request: Any, request_id: str, headers: dict[str, str],
-        context: Context,
-    ) -> AsyncIterator[Any]:  # fmt: skip
-        model = request.model_name
-        refusal: ServiceError | None = None
-        with self.answering.recorder.call(
-            "ModelStreamInfer", model, request.model_version, request_id
-        ) as call:
+    async def _stream_reply(
+        self, request: Any, request_id: str, headers: dict[str, str], context: Context
+    ) -> Any:
+        """The one reply of a request answered once (every task's but token decoding's):
+        `_stream_replies` without an async generator per request."""
+        with self._recorded(request, request_id) as call:
             try:
-                self.answering.admit(call, headers, context)
-                infer_request = converter.request_from_proto(request, call.principal)
-                call.sequence_id = sequence_id_of(infer_request.parameters)
-                typed = converter.sends_contents(request)
-                if self._dataplane.answers_once(infer_request):
-                    response = await self._dataplane.infer(infer_request)
-                    yield converter.stream_response_to_proto(response, typed)
-                else:
-                    async for response in self._dataplane.stream_infer(infer_request):
-                        yield converter.stream_response_to_proto(response, typed)
-            except (Unauthenticated, PermissionDenied) as denied:
-                call.code, refusal = denied.code, denied
+                infer_request, typed = self._received(request, call, headers, context)
+                response = await self._dataplane.infer(infer_request)
+                return converter.stream_response_to_proto(response, typed)
             except Exception as failure:
-                # Reported in the stream, which stays open for the next request.
-                error = client_error(failure, f"ModelStreamInfer for model {model!r}")
-                call.code = error.code
-                yield converter.stream_error_to_proto(request, error)
+                reply, refusal = self._failed(request, call, failure)
         if refusal is not None:  # the stream's credentials: no later request would pass
             await context.abort(grpc.StatusCode[refusal.code], refusal.message)
+        return reply
+
+    async def _stream_replies(
+        self, request: Any, request_id: str, headers: dict[str, str], context: Context
+    ) -> AsyncIterator[Any]:
+        """A request's replies, one per decoded token, or its failure's."""
+        refusal: ServiceError | None = None
+        with self._recorded(request, request_id) as call:
+            try:
+                infer_request, typed = self._received(request, call, headers, context)
+                async for response in self._dataplane.stream_infer(infer_request):
+                    yield converter.stream_response_to_proto(response, typed)
+            except Exception as failure:
+                reply, refusal = self._failed(request, call, failure)
+                if reply is not None:
+                    yield reply
+        if refusal is not None:
+            await context.abort(grpc.StatusCode[refusal.code], refusal.message)
+
+    def _recorded(self, request: Any, request_id: str) -> Recording:
+        return self.answering.recorder.call(
+            "ModelStreamInfer", request.model_name, request.model_version, request_id
+        )
+
+    def _received(
+        self, request: Any, call: Call, headers: dict[str, str], context: Context
+    ) -> tuple[InferRequest, bool]:
+        """A stream's request admitted (its principal checked) and converted; whether it
+        sent typed contents (its replies do too)."""
+        self.answering.admit(call, headers, context)
+        infer_request = converter.request_from_proto(request, call.principal)
+        call.sequence_id = sequence_id_of(infer_request.parameters)
+        return infer_request, converter.sends_contents(request)
+
+    @staticmethod
+    def _failed(request: Any, call: Call, failure: Exception) -> tuple[Any, ServiceError | None]:
+        """A failed request's reply, in the stream, which stays open for the next request;
+        or, when the stream's credentials were refused, no reply and the refusal that
+        ends the stream."""
+        if isinstance(failure, Unauthenticated | PermissionDenied):
+            call.code = failure.code
+            return None, failure
+        error = client_error(failure, f"ModelStreamInfer for model {request.model_name!r}")
+        call.code = error.code
+        return converter.stream_error_to_proto(request, error), None
 
 
 class _Requests:

@@ -71,13 +71,23 @@ def numeric_array(tensor: Tensor, datatype: str, rank: int) -> np.ndarray:
             f"input '{tensor.name}' has shape {_shape(tensor.shape)} (rank {len(tensor.shape)}); "
             f"expected rank {rank}"
         )
-    data = np.asarray(tensor.data)
+    data = tensor.data
+    dtype = DTYPES[datatype]
+    # Most often the codec's own array, already as asked: returned without a numpy call.
+    if (
+        type(data) is np.ndarray
+        and data.shape == tensor.shape
+        and data.dtype == dtype
+        and data.flags.c_contiguous
+    ):
+        return data
+    data = np.asarray(data)
     if data.size != math.prod(tensor.shape):
         raise InvalidArgument(
             f"input '{tensor.name}' holds {data.size} values; its shape {_shape(tensor.shape)} "
             f"needs {math.prod(tensor.shape)}"
         )
-    return np.ascontiguousarray(data.reshape(tensor.shape), dtype=DTYPES[datatype])
+    return np.ascontiguousarray(data.reshape(tensor.shape), dtype=dtype)
 
 
 def check_finite(name: str, data: np.ndarray) -> None:
