@@ -7,9 +7,9 @@ ModelStreamInfer run the model as a server with none of rnnserve's layers would.
 the request, takes the sequence's state from a dict (zeros on `sequence_start`), makes one
 ONNX Runtime run with rnnserve's session options, keeps the new state and answers the first
 output and `sequence_offset`, and checks nothing. What rnnserve spends beyond this floor is
-its own; what this floor spends beyond the echo is the model's run. It serves a graph whose
-first input and first output are the data, with each further input a state fed by the
-output in the same place (every recurrent model of export/).
+its own; what this floor spends beyond the echo is the model's run. Its states are those
+the version's spec names (model/spec.py), zeros as the spec makes them; the data are the
+graph's other input and output (every recurrent model of export/).
 
 Run as `python -m rnnserve.bench.echo --port P [--procs N] [--model M.onnx]`: with N > 1,
 N such processes share the port (grpc's SO_REUSEPORT, as `rnnserve serve --workers N`
@@ -68,23 +68,21 @@ def model_handler(model_name: str, model: Path) -> grpc.GenericRpcHandler:
     import numpy as np
     import onnxruntime as ort
 
+    from rnnserve.model.folder import read_version
     from rnnserve.protocol import messages as pb
     from rnnserve.protocol.rpc import SERVICE_NAME
     from rnnserve.service.runtime import session_options
     from rnnserve.service.settings import Settings
 
+    spec = read_version(model.parent)[0]
     session = ort.InferenceSession(
         str(model), session_options(Settings()), providers=["CPUExecutionProvider"]
     )
-    inputs = session.get_inputs()
-    names = [output.name for output in session.get_outputs()]
-    data_input, state_inputs = inputs[0].name, [graph_input.name for graph_input in inputs[1:]]
-    # One sequence's zero state: each dynamic dimension (the batch) of size 1.
-    zeros = [
-        np.zeros([size if isinstance(size, int) else 1 for size in graph_input.shape], np.float32)
-        for graph_input in inputs[1:]
-    ]
-    states: dict[int, tuple[list[np.ndarray], int]] = {}
+    data_input = next(i.name for i in session.get_inputs() if i.name not in spec.state_inputs)
+    data_output = next(o.name for o in session.get_outputs() if o.name not in spec.state_outputs)
+    names = [data_output, *spec.state_outputs]
+    zeros = spec.zero_state(1)  # one sequence's
+    states: dict[int, tuple[dict[str, np.ndarray], int]] = {}
     run = session._sess.run  # as rnnserve calls it: no per-call checks of the wrapper's
 
     def answer(request: Any, response: Any) -> None:
@@ -96,13 +94,11 @@ def model_handler(model_name: str, model: Path) -> grpc.GenericRpcHandler:
             state, offset = states[sequence]
         shape = tuple(request.inputs[0].shape)
         data = np.frombuffer(request.raw_input_contents[0], np.float32).reshape(shape)
-        outputs = run(
-            names, {data_input: data, **dict(zip(state_inputs, state, strict=True))}, None
-        )
+        outputs = run(names, {data_input: data, **state}, None)
         offset += shape[1]
-        states[sequence] = outputs[1:], offset
+        states[sequence] = dict(zip(spec.state_inputs, outputs[1:], strict=True)), offset
         response.model_name, response.model_version, response.id = model_name, "1", request.id
-        response.outputs.add(name=names[0], datatype="FP32", shape=outputs[0].shape)
+        response.outputs.add(name=data_output, datatype="FP32", shape=outputs[0].shape)
         response.raw_output_contents.append(outputs[0].tobytes())
         response.parameters["sequence_offset"].int64_param = offset
 

@@ -9,8 +9,8 @@ loads and 64 streams too: what rnnserve spends beyond it is its own layers', wha
 spends beyond the echo is the model's run. Beside them, in the same run, the unary figures the
 goals read (one step per ModelInfer from 64 sessions, 64-row requests from 16 clients, one
 session's step latency from the probe), so that every goal is a ratio of two figures
-measured minutes apart on one machine. Both servers run side by side and each run
-measures every load on both in turn: a drift of the (shared) machine weighs on both.
+measured minutes apart on one machine. The servers run side by side and each run
+measures every load on each in turn: a drift of the (shared) machine weighs on all.
 """
 
 from __future__ import annotations
@@ -220,10 +220,10 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
                 )
                 model = find.get((MODEL_FLOOR, load.rpc, load.sessions, 0, False))
                 if model is not None:
-                    run = figures[model].median.get("server_cpu_us_per_request", 0.0)
+                    bare = figures[model].median.get("server_cpu_us_per_request", 0.0)
                     text += (
-                        f"; the model floor {run:.0f} µs: the model's run {run - floor:.0f} µs, "
-                        f"rnnserve's layers {cpu - run:.0f} µs"
+                        f"; the model floor {bare:.0f} µs: the model's run {bare - floor:.0f} "
+                        f"µs, rnnserve's layers {cpu - bare:.0f} µs"
                     )
                 notes.append(text + ".")
     return notes
