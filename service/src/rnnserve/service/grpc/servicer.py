@@ -1,13 +1,12 @@
 """GRPCInferenceService: each RPC converts, calls the DataPlane and converts back.
 
 Every unary RPC is answered through `Answering` (answering.py: admitted, recorded, its
-failure a status), ModelInfer by its own compiled handler (receiving.py). A stream's
-credentials are the whole stream's, so a refusal ends it; a failed request on a stream,
-where the stream stays open and no trailer can be sent, is answered with its status and
-details as parameters of the error's `infer_response`. Once the server drains (SIGTERM), a
-stream waiting for its next request ends at once, UNAVAILABLE ("shutting down; retry on
-another instance"), and one answering a request ends so once it has answered it: an idle
-stream never holds a shutdown.
+failure a status), ModelInfer by its own compiled handler (receiving.py), and each request
+of a stream by compiled code too (stream_requests.py: a refusal of the stream's credentials
+ends the stream; another failure is a reply in it, which stays open). Once the server
+drains (SIGTERM), a stream waiting for its next request ends at once, UNAVAILABLE
+("shutting down; retry on another instance"), and one answering a request ends so once it
+has answered it: an idle stream never holds a shutdown.
 """
 
 from __future__ import annotations
@@ -24,16 +23,13 @@ from rnnserve.service.access import (
     REQUEST_ID_HEADER,
     Call,
     Recorder,
-    Recording,
     request_id_of,
-    sequence_id_of,
 )
 from rnnserve.service.auth import Authenticator
 from rnnserve.service.dataplane import DataPlane
-from rnnserve.service.errors import PermissionDenied, ServiceError, Unauthenticated, client_error
 from rnnserve.service.grpc import converter
 from rnnserve.service.grpc.answering import Answering, Context, headers_of
-from rnnserve.service.types import InferRequest
+from rnnserve.service.grpc.stream_requests import StreamRequests
 
 SHUTTING_DOWN = "the server is shutting down; retry on another instance"
 
@@ -43,6 +39,7 @@ class InferenceServicer:
         self._dataplane = dataplane
         self.answering = Answering(Recorder("grpc", dataplane.labels), authenticator)
         self._answer = self.answering.answer
+        self._requests = StreamRequests(self.answering, dataplane)
 
     # Health and metadata ------------------------------------------------------------
     # ServerLive and ServerReady are probes, called every few seconds by orchestrators:
@@ -129,84 +126,41 @@ class InferenceServicer:
         stream_id = request_id_of("", headers)
         if stream_id:
             await context.send_initial_metadata(((REQUEST_ID_HEADER, stream_id),))
-        requests = _Requests(request_iterator, self._dataplane.draining)
+        reading = _Reading(request_iterator, self._dataplane.draining)
         try:
-            while (request := await requests.next()) is not None:
+            while (request := await reading.next()) is not None:
                 request_id = request.id or stream_id
                 if self._dataplane.answers_once(request.model_name):
-                    yield await self._stream_reply(request, request_id, headers, context)
+                    yield await self._requests.reply(request, request_id, headers, context)
                     continue
                 replies = self._stream_replies(request, request_id, headers, context)
                 async for reply in replies:
                     yield reply
         finally:
-            requests.close()
+            reading.close()
         if self._dataplane.draining.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
-
-    async def _stream_reply(
-        self, request: Any, request_id: str, headers: dict[str, str], context: Context
-    ) -> Any:
-        """The one reply of a request answered once (every task's but token decoding's):
-        `_stream_replies` without an async generator per request."""
-        with self._recorded(request, request_id) as call:
-            try:
-                infer_request, typed = self._received(request, call, headers, context)
-                response = await self._dataplane.infer(infer_request)
-                return converter.stream_response_to_proto(response, typed)
-            except Exception as failure:
-                reply, refusal = self._failed(request, call, failure)
-        if refusal is not None:  # the stream's credentials: no later request would pass
-            await context.abort(grpc.StatusCode[refusal.code], refusal.message)
-        return reply
 
     async def _stream_replies(
         self, request: Any, request_id: str, headers: dict[str, str], context: Context
     ) -> AsyncIterator[Any]:
         """A request's replies, one per decoded token, or its failure's."""
-        refusal: ServiceError | None = None
-        with self._recorded(request, request_id) as call:
+        requests, refusal = self._requests, None
+        with requests.recorded(request, request_id) as call:
             try:
-                infer_request, typed = self._received(request, call, headers, context)
+                infer_request, typed = requests.received(request, call, headers, context)
                 async for response in self._dataplane.stream_infer(infer_request):
                     yield converter.stream_response_to_proto(response, typed)
             except Exception as failure:
-                reply, refusal = self._failed(request, call, failure)
+                reply, refusal = requests.failed(request, call, failure)
                 if reply is not None:
                     yield reply
         if refusal is not None:
             await context.abort(grpc.StatusCode[refusal.code], refusal.message)
 
-    def _recorded(self, request: Any, request_id: str) -> Recording:
-        return self.answering.recorder.call(
-            "ModelStreamInfer", request.model_name, request.model_version, request_id
-        )
 
-    def _received(
-        self, request: Any, call: Call, headers: dict[str, str], context: Context
-    ) -> tuple[InferRequest, bool]:
-        """A stream's request admitted (its principal checked) and converted; whether it
-        sent typed contents (its replies do too)."""
-        self.answering.admit(call, headers, context)
-        infer_request = converter.request_from_proto(request, call.principal)
-        call.sequence_id = sequence_id_of(infer_request.parameters)
-        return infer_request, converter.sends_contents(request)
-
-    @staticmethod
-    def _failed(request: Any, call: Call, failure: Exception) -> tuple[Any, ServiceError | None]:
-        """A failed request's reply, in the stream, which stays open for the next request;
-        or, when the stream's credentials were refused, no reply and the refusal that
-        ends the stream."""
-        if isinstance(failure, Unauthenticated | PermissionDenied):
-            call.code = failure.code
-            return None, failure
-        error = client_error(failure, f"ModelStreamInfer for model {request.model_name!r}")
-        call.code = error.code
-        return converter.stream_error_to_proto(request, error), None
-
-
-class _Requests:
-    """A stream's requests, which end once the data plane drains: a read waiting for the
+class _Reading:
+    """Reading a stream's requests, which end once the data plane drains: a read waiting for the
     next request is cancelled then, while a request being answered is answered first.
     Reads are plain awaits of the stream; only the drain, once, wakes a waiting one."""
 
@@ -230,7 +184,10 @@ class _Requests:
             return None
         self._reading = True
         try:
-            return await anext(self._requests, None)
+            # __anext__ itself: anext()'s default wraps every read in an awaitable of its own.
+            return await self._requests.__anext__()
+        except StopAsyncIteration:
+            return None
         except asyncio.CancelledError:
             if not self._drained:  # the call itself was cancelled
                 raise
