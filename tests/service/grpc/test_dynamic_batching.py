@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_helpers import infer_request, outputs_of
+from model_statistics import batched_runs
 
 from rnnserve.export.importer import import_graph
 from rnnserve.protocol import messages as pb
@@ -111,12 +112,6 @@ def call(server, request: Request) -> Answer | grpc.RpcError:
         return outputs_of(server.stub.ModelInfer(request, timeout=60))
     except grpc.RpcError as error:
         return error
-
-
-def batched_runs(server, model: str) -> int:
-    """The model's ORT runs of more than one row so far."""
-    (stats,) = server.stub.ModelStatistics(pb.ModelStatisticsRequest(name=model)).model_stats
-    return sum(b.compute_infer.count for b in stats.batch_stats if b.batch_size > 1)
 
 
 def assert_same(got: Answer | grpc.RpcError, alone: Answer | grpc.RpcError) -> None:

@@ -1,6 +1,7 @@
 """Stateful sequences over the wire, against a real server: a sequence sent piece by piece
 gives the answers of the whole sequence sent at once, whichever RPC and client carry it,
-while many other sessions run on the same server."""
+while many other sessions run on the same server (whose steps run alone, or coalesced with
+those of other sessions that arrive together: --coalesce-steps)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from model_statistics import batched_runs
 from session_helpers import AioSessions, random_chunks
 
 from rnnserve.client.client import RnnClient, build_request
@@ -23,10 +25,18 @@ STEPS = 1000
 OTHER_SESSIONS = 100
 
 
+@pytest.fixture(scope="module")
+def coalescing_server(start_module_server, tiny_repository: Path):
+    """A server whose steps of different sessions that arrive together run as one batch."""
+    return start_module_server(tiny_repository, env={"RNNSERVE_COALESCE_STEPS": "true"})
+
+
+@pytest.mark.parametrize("steps", ["alone", "coalesced"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_a_long_sequence_in_random_pieces_equals_the_whole_among_100_other_sessions(
-    server, client: RnnClient, tmp_path: Path, cell: str
+    request: pytest.FixtureRequest, client: RnnClient, tmp_path: Path, cell: str, steps: str
 ) -> None:
+    server = request.getfixturevalue("server" if steps == "alone" else "coalescing_server")
     model = f"sine-{cell}"
     rng = np.random.default_rng(7)
     x = (np.sin(np.linspace(0, 60, STEPS)) + rng.normal(0, 0.1, STEPS)).astype(np.float32)
@@ -59,6 +69,28 @@ def test_a_long_sequence_in_random_pieces_equals_the_whole_among_100_other_sessi
     assert triton.returncode == 0, output.decode()
     for got in (unary, streamed, np.load(tmp_path / "out.npy")):
         np.testing.assert_allclose(got, whole, rtol=0, atol=1e-5)
+
+
+def test_streams_of_many_sessions_step_together_and_each_equals_its_whole(
+    coalescing_server, client: RnnClient
+) -> None:
+    model, steps = "sine-lstm", 30
+    rng = np.random.default_rng(11)
+    xs = [rng.normal(0, 1, steps).astype(np.float32) for _ in range(16)]
+    wholes = [client.infer(model, {"x": x[None, :, None]}, ["y"])["y"].reshape(-1) for x in xs]
+    batched_before = batched_runs(coalescing_server, model)
+
+    async def scenario() -> list[np.ndarray]:
+        sessions = AioSessions(coalescing_server.address)
+        pieces = [1] * steps  # one step a message, on a stream per session, all at once
+        streams = (sessions.streamed(model, x, pieces, f"together-{i}") for i, x in enumerate(xs))
+        got = await asyncio.gather(*streams)
+        await sessions.close()
+        return got
+
+    for got, whole in zip(asyncio.run(scenario()), wholes, strict=True):
+        np.testing.assert_allclose(got, whole, rtol=0, atol=1e-5)
+    assert batched_runs(coalescing_server, model) > batched_before
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["ModelInfer", "ModelStreamInfer"])

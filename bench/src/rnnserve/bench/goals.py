@@ -120,6 +120,15 @@ def evaluate(results: list[ScenarioResult]) -> list[str]:
             at_most=False,
         ),
         _ratio_goal(
+            "The same with --coalesce-steps (the steps of different sessions that arrive "
+            "together run as one batch)",
+            _find(results, "streams", "rnnserve --coalesce-steps ModelStreamInfer x64"),
+            _find(results, "streams", "echo ModelStreamInfer x64"),
+            "rps",
+            0.6,
+            at_most=False,
+        ),
+        _ratio_goal(
             "Multi-session ModelInfer (64 rows, 16 clients), session-steps/s over the echo "
             "floor's requests/s at 16",
             _find(results, "streams", "rnnserve ModelInfer x16, 64 rows each"),

@@ -72,11 +72,20 @@ def run_one_session(options: Options) -> ScenarioResult:
 
 @contextlib.contextmanager
 def session_server(
-    options: Options, *, batching: bool = False, workers: int = 1, state_store: str = "owned"
+    options: Options,
+    *,
+    batching: bool = False,
+    coalesce_steps: bool = False,
+    workers: int = 1,
+    state_store: str = "owned",
 ) -> Iterator[servers.Running]:
     """rnnserve set up for sessions; several workers share their sessions through a
     redis-server of their own, with `state_store` (one worker keeps them in memory)."""
-    settings = {**SERVER_SETTINGS, "batching": str(batching).lower()}
+    settings = {
+        **SERVER_SETTINGS,
+        "batching": str(batching).lower(),
+        "coalesce_steps": str(coalesce_steps).lower(),
+    }
     with contextlib.ExitStack() as stack:
         if workers > 1:
             redis_url = stack.enter_context(servers.redis_server(options.workdir))

@@ -31,13 +31,14 @@ from rnnserve.bench.transport import probe_steps
 SESSIONS, QUICK_SESSIONS = (1, 16, 64), (1, 4)
 Key = tuple[str, str, int, int, bool]  # server, rpc, sessions, rows, probe
 MODEL_FLOOR = "model floor"
+COALESCING = "rnnserve --coalesce-steps"  # concurrent steps of sessions run as one batch
 
 
 @dataclass(frozen=True)
 class Load:
     """One load of the scenario, on one server."""
 
-    server: str  # "echo", "model floor" or "rnnserve"
+    server: str  # "echo", "model floor", "rnnserve" or "rnnserve --coalesce-steps"
     rpc: str  # "ModelInfer" or "ModelStreamInfer"
     sessions: int  # connections (streams), one session each, or each stepping `rows`
     rows: int = 0  # > 0: multi-session requests of this many rows
@@ -69,6 +70,8 @@ def loads(quick: bool) -> list[Load]:
             every.append(Load(server, stream, clients))
         if server == "rnnserve":
             every += [Load(server, unary, clients, rows), Load(server, stream, clients, rows)]
+    every += [Load(COALESCING, unary, counts[-1])]
+    every += [Load(COALESCING, stream, count) for count in counts]
     return list(dict.fromkeys(every))
 
 
@@ -103,6 +106,7 @@ def run(options: Options) -> ScenarioResult:
                 )
             ),
             "rnnserve": stack.enter_context(session_server(options)),
+            COALESCING: stack.enter_context(session_server(options, coalesce_steps=True)),
         }
         for run in range(options.runs):
             for index, load in enumerate(every):
@@ -127,7 +131,7 @@ def run(options: Options) -> ScenarioResult:
                 for load, figure in figures.items()
                 if load.server == server and load.rpc == "ModelStreamInfer" and not load.rows
             ]
-            for server in ("echo", "rnnserve")
+            for server in ("echo", "rnnserve", COALESCING)
         },
         logx=True,
     )
@@ -138,6 +142,8 @@ def run(options: Options) -> ScenarioResult:
             f"{options.model_name} in sessions on rnnserve (one worker, memory store), beside "
             "the echo floor and the model floor (the model's run alone: bench/echo.py), all "
             "running throughout; each run measures every row on each in turn. "
+            f"`{COALESCING}`: a second rnnserve whose steps of different sessions that arrive "
+            "in one turn of its event loop run as one batch (dataplane/coalescing.py). "
             "`ModelStreamInfer xN` rows: k6, N connections with one stream each, one "
             "session per stream and one step per message, the next written when the last "
             "was answered (k6 times stream messages to the millisecond only). `ModelInfer "
@@ -199,6 +205,16 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
         f"Streams at {top} sessions, steps/s over the streaming echo's messages/s",
         ("rnnserve", stream, top, 0, False), ("echo", stream, top, 0, False), "rps", "rps",
     )  # fmt: skip
+    note(
+        f"Streams at {top} sessions with --coalesce-steps, steps/s over the streaming echo's "
+        "messages/s",
+        (COALESCING, stream, top, 0, False), ("echo", stream, top, 0, False), "rps", "rps",
+    )  # fmt: skip
+    note(
+        f"One-step ModelInfer at {top} sessions with --coalesce-steps, steps/s over echo's "
+        "requests/s",
+        (COALESCING, unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
+    )  # fmt: skip
     for rpc in (unary, stream):
         note(
             f"Multi-session {rpc} from {clients} clients, session-steps/s over echo's "
@@ -209,13 +225,14 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
             "rps",
         )
     for load in every:
-        if load.server == "rnnserve" and not load.probe:
+        if load.server in ("rnnserve", COALESCING) and not load.probe:
             echo = find.get(("echo", load.rpc, load.sessions, 0, False))
             cpu = figures[load].median.get("server_cpu_us_per_request", 0.0)
             if echo is not None and not load.rows:
                 floor = figures[echo].median.get("server_cpu_us_per_request", 0.0)
                 text = (
-                    f"Server CPU per step, {load.rpc} x{load.sessions}: {cpu:.0f} µs, echo "
+                    f"Server CPU per step, {load.server} {load.rpc} x{load.sessions}: "
+                    f"{cpu:.0f} µs, echo "
                     f"{floor:.0f} µs: {cpu - floor:.0f} µs beyond the echo server's"
                 )
                 model = find.get((MODEL_FLOOR, load.rpc, load.sessions, 0, False))

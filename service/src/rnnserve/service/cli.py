@@ -38,8 +38,8 @@ VALUE_FLAGS = (
 )  # fmt: skip
 LIST_FLAGS = ("providers", "load_model", "dynamic_batch_preferred_sizes")  # comma-separated
 BOOL_FLAGS = (
-    "batching", "dynamic_batching", "access_log", "strict_readiness", "exit_on_error",
-    "reflection", "allow_unknown_parameters",
+    "coalesce_steps", "batching", "dynamic_batching", "access_log", "strict_readiness",
+    "exit_on_error", "reflection", "allow_unknown_parameters",
 )  # fmt: skip
 FIELD_NAME = re.compile(r"`(\w+)`")  # another field, named in a description
 

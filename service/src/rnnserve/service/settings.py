@@ -262,6 +262,18 @@ class Settings(BaseSettings):
         check_url(url)
         return url
 
+    # Steps of different sessions that arrive in one turn of the event loop run as one
+    # multi-session step (dataplane/coalescing.py): no thread and no waiting. Off by default:
+    # a row of a batched run may differ from the same row run alone in its last bit (ORT's
+    # RNN cell does; its LSTM and GRU did not here), and by default a sequence sent in pieces
+    # gives exactly the answers of the whole; turn it on for many concurrent streams.
+    coalesce_steps: bool = Field(
+        default=False,
+        description="run the steps of different sequences that arrive together (in one turn "
+        "of the event loop) as one ORT run: continuations without sequence_offset, with the "
+        "memory store and without `batching`; answers may differ in the last bit",
+    )
+
     # Batching steps of different sessions into one ORT run. Off by default: for small
     # models on the CPU, gathering and splitting states costs more than the runs it merges
     # (docs/performance.md); it pays for large models and on a GPU.

@@ -54,8 +54,7 @@ class Admitted:
         first (a view: the session keeps a copy of its row)."""
         if result is None:  # a last piece answered later: its retry is computed again
             return {}
-        spec = self.model.spec
-        axes, states = spec.batch_axes(), spec.state_outputs
+        axes, states = self.model.task.batch_axes, self.model.spec.state_outputs
         return {
             name: np.moveaxis(array, axes.get(name, 0), 0)
             for name, array in result.outputs.items()
@@ -65,7 +64,7 @@ class Admitted:
     def replayed(self, answer: Answer, state: State) -> Result:
         """A retried step's result again: its kept answer, and the states from the state
         its session holds, the one the step left."""
-        axes = self.model.spec.batch_axes()
+        axes = self.model.task.batch_axes
         outputs = {name: np.moveaxis(array, 0, axes.get(name, 0)) for name, array in answer.items()}
         return Result({**outputs, **self.model.task.state_results(state)})
 

@@ -152,6 +152,16 @@ class Compute:
         batched = self._sequences[(model.name, model.version)]
         return batched.execute, batched.threads
 
+    def coalesces(self, threads: Executor | None) -> bool:
+        """Whether a session's step that runs in `threads` may join the steps of other
+        sessions (dataplane/coalescing.py): on the event loop, its graphs run as `execute`
+        runs them there (neither batching nor device_state), and not turned off."""
+        settings = self.settings
+        return (
+            threads is None and settings.coalesce_steps and not settings.batching
+            and self.device is None
+        )  # fmt: skip
+
     def for_stateless(
         self, model: LoadedVersion, threads: Executor | None
     ) -> tuple[Execute, Executor | None]:

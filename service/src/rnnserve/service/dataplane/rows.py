@@ -138,7 +138,7 @@ def _row_steps(
     """Each row's step; with offsets, each with the digest of its row of the inputs."""
     inputs = admitted.request.inputs
     offsets = rows.offsets if rows.offsets is not None else [None] * rows.rows
-    axes = admitted.model.spec.batch_axes() if rows.offsets is not None else {}
+    axes = admitted.model.task.batch_axes if rows.offsets is not None else {}
     return [
         RowStep(
             key,

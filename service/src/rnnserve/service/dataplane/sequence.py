@@ -13,6 +13,7 @@ from concurrent.futures import Executor
 from rnnserve.protocol.sequences import SEQUENCE_OFFSET
 from rnnserve.service.dataplane import streaming
 from rnnserve.service.dataplane.admitted import Admitted
+from rnnserve.service.dataplane.coalescing import Coalescing
 from rnnserve.service.dataplane.compute import Compute
 from rnnserve.service.dataplane.timer import RequestTimer
 from rnnserve.service.errors import InvalidArgument
@@ -26,6 +27,7 @@ class SequencePath:
     def __init__(self, sessions: SessionManager, compute: Compute) -> None:
         self.sessions = sessions
         self.compute = compute
+        self.coalescing = Coalescing(sessions)
 
     async def answer(self, admitted: Admitted, timer: RequestTimer) -> InferResponse:
         prepared = await self.compute.call(admitted.threads, admitted.prepare, timer)
@@ -62,6 +64,10 @@ class SequencePath:
         key = SessionKey(
             request.principal, admitted.model.name, admitted.model.version, sequence.sequence_id
         )
+        if not (sequence.start or sequence.end) and sequence.offset is None:
+            stepped = await self._together(admitted, key, prepared, threads, timer)
+            if stepped is not None:
+                return stepped
         digest = b""
         if sequence.offset is not None:
             digest = request_digest(request.inputs, sequence.start, sequence.end)
@@ -83,6 +89,24 @@ class SequencePath:
         if outcome.answer is not None:  # a retry of the last piece: its answer again
             result = admitted.replayed(outcome.answer, prepared.state)
         return result, outcome.offset
+
+    async def _together(
+        self,
+        admitted: Admitted,
+        key: SessionKey,
+        prepared: Prepared,
+        threads: Executor | None,
+        timer: RequestTimer,
+    ) -> tuple[Result, int] | None:
+        """A continuation without an offset, stepped with those of other sessions that
+        arrived with it (coalescing.py); None when it is to run alone."""
+        if not self.compute.coalesces(threads):
+            return None
+        waiting = self.coalescing.join(admitted.model, key, prepared)
+        if waiting is None:
+            return None
+        with timer.computing():
+            return await waiting
 
 
 def _check(admitted: Admitted, prepared: Prepared) -> None:

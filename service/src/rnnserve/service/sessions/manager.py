@@ -138,6 +138,11 @@ class SessionManager:
             self._counted(key, ended=1)
         return result, outcome
 
+    @property
+    def continues_rows(self) -> bool:
+        """Whether `continue_rows` can step rows at all (its store is a LiveRows)."""
+        return self._live_rows is not None
+
     async def continue_rows(
         self, keys: Sequence[SessionKey], lengths: Sequence[int], state: State, run: Computation[T]
     ) -> tuple[T, np.ndarray] | None:

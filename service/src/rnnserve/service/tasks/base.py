@@ -13,7 +13,7 @@ state from a store, run it, put `Result.state(spec)` back.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -111,6 +111,7 @@ class Task(ABC):
         self.data_outputs = [meta for meta in self.outputs if meta.name not in spec.state_outputs]
         self.output_datatypes = {meta.name: meta.datatype for meta in self.outputs}
         self.step_elements = step_elements(spec)
+        self.batch_axes = spec.batch_axes()  # where every tensor has its batch (0 if unlisted)
 
     @classmethod
     def check_spec(cls, spec: ModelSpec) -> None:
@@ -155,6 +156,28 @@ class Task(ABC):
         as `run` does; a task that answers only once it has the whole input overrides this."""
         result = self.run(prepared, execute)
         return result, result.state(self.spec)
+
+    def piece_key(self, prepared: Prepared) -> Hashable | None:
+        """What one-row pieces of sessions must share to run as one batch (`stacked`): their
+        length and the shapes of their input arrays (of one row each); None for a piece
+        that runs alone (a task whose pieces do not answer as `run` does, or one with
+        options)."""
+        if not self.session_rows or prepared.rows != 1 or prepared.options:
+            return None
+        inputs = prepared.inputs.values()
+        return prepared.lengths[0], tuple(v.shape for v in inputs if isinstance(v, np.ndarray))
+
+    def stacked(self, pieces: Sequence[Prepared]) -> Prepared:
+        """One-row pieces of equal `piece_key` as one batch, a row each, in order, its state
+        at zero (for the sessions' states to be loaded into) and every output asked for."""
+        axes = self.batch_axes
+        inputs = {
+            name: _stacked([piece.inputs[name] for piece in pieces], axes.get(name, 0))
+            for name in pieces[0].inputs
+        }
+        rows = len(pieces)
+        lengths = [piece.lengths[0] for piece in pieces]
+        return Prepared(rows, inputs, self.spec.zero_state(rows), list(self.output_names), lengths)
 
     def parameters(self) -> dict[str, Parameter]:
         """Task facts for ModelMetadata parameters."""
@@ -228,6 +251,14 @@ def step_elements(spec: ModelSpec) -> int:
     head reads."""
     hidden = spec.hidden_size or max((state.after for state in spec.states), default=0)
     return hidden * spec.num_directions * (GATES.get(spec.cell or "lstm", 4) + 3)
+
+
+def _stacked(values: list[Any], axis: int) -> Any:
+    """Inputs of one row each as one batch: arrays joined on their batch axis, per-row lists
+    (the tagger's token rows) one after the other."""
+    if isinstance(values[0], np.ndarray):
+        return np.concatenate(values, axis=axis)
+    return [row for value in values for row in value]
 
 
 def take_rows(state: State, rows: Sequence[int]) -> State:

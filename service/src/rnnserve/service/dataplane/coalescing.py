@@ -1,0 +1,176 @@
+"""Steps of different sessions that arrive together run as one multi-session step.
+
+Many streams send their next steps in bunches: one turn of the event loop wakes the
+handlers of many messages. A step that may join others (a continuation without
+`sequence_offset` of one row, run on the event loop: Compute.coalesces, Task.piece_key)
+waits in its model version's `_Pending` instead of running at once; the first to wait
+starts the task that runs the batch in the loop's next turn, by when the steps that arrived
+in this one have joined. The batch is stepped as a multi-session request's steady case is
+(SessionManager.continue_rows: the sessions' turns, one gather of their states, one ORT run
+of the stacked pieces, one scatter), and each step gets its row of the outputs and its
+sequence's count. Rows of a recurrent network never mix: a row's answer is the one its
+step gets alone, as with `batching` and multi-session requests, up to the last bit of a
+float (ONNX Runtime may round a batch's rows unlike a lone row's: its RNN cell does).
+
+Nothing is decided for a step in a batch that it would not decide alone. A batch
+continue_rows cannot step (a session not live: ended, expired, unknown, its state not
+fitting) runs nothing and sends each of its steps back to run alone (`join` resolves to
+None), where each gets its own outcome or error. A session's second step in one batch waits
+for the next batch, behind the first. A step whose call is cancelled while it waits is left
+out of its batch; once the batch has run, its session has gone on, as a step alone does
+when its client stops waiting after it ran. ModelStatistics and `rnnserve_batch_size` count
+a batch as one run of its rows.
+
+Waiting costs a turn of the event loop. Where steps come one at a time (unary calls spread
+over time), batches of one would pay it for nothing: while a version's batches average
+fewer than two steps, its steps run at once, and every PROBE_AFTER steps one joins again
+to see whether company has come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+
+import numpy as np
+
+from rnnserve.service.repository import LoadedVersion
+from rnnserve.service.sessions import SessionKey, SessionManager
+from rnnserve.service.tasks.base import Prepared, Result
+from rnnserve.service.types import State
+
+PROBE_AFTER = 256  # steps run at once before one joins again, while batches stay small
+SMALL = 2.0  # steps per batch (a moving average) under which steps run at once
+WEIGHT = 0.125  # of the newest batch in the moving average
+START = 8.0  # the average a version starts with: about 15 lone steps bring it under SMALL
+
+# A step's row and its sequence's time steps after it; None: run the step alone.
+Stepped = tuple[Result, int] | None
+
+
+class Coalescing:
+    """The steps waiting to run together, by model version."""
+
+    def __init__(self, sessions: SessionManager) -> None:
+        self._sessions = sessions
+        self._pending: dict[tuple[str, str], _Pending] = {}
+
+    def join(
+        self, model: LoadedVersion, key: SessionKey, prepared: Prepared
+    ) -> asyncio.Future[Stepped] | None:
+        """The future of the step's answer within a batch; None when the step runs alone
+        now (it cannot join one, or its version's steps come one at a time)."""
+        if not self._sessions.continues_rows:
+            return None
+        shape = model.task.piece_key(prepared)
+        if shape is None:
+            return None
+        # By name and version, holding no model between its batches: an unloaded version's
+        # graphs go with it. A version loaded again batches apart from its former self.
+        pending = self._pending.get((model.name, model.version))
+        if pending is None:
+            pending = self._pending[model.name, model.version] = _Pending(self._sessions)
+        return pending.join(model, key, (id(model), shape), prepared)
+
+
+class _Step:
+    __slots__ = ("future", "key", "model", "prepared", "shape")
+
+    def __init__(
+        self, model: LoadedVersion, key: SessionKey, shape: Hashable, prepared: Prepared
+    ) -> None:
+        self.model = model
+        self.key = key
+        self.shape = shape  # what the steps of one batch share
+        self.prepared = prepared
+        self.future: asyncio.Future[Stepped] = asyncio.get_running_loop().create_future()
+
+
+class _Pending:
+    """One version's steps waiting for the loop's next turn, and how large its batches are."""
+
+    def __init__(self, sessions: SessionManager) -> None:
+        self._sessions = sessions
+        self._steps: list[_Step] = []
+        self._running: set[asyncio.Future[None]] = set()
+        self._average = START  # steps per batch
+        self._alone = 0  # steps left to run at once
+
+    def join(
+        self, model: LoadedVersion, key: SessionKey, shape: Hashable, prepared: Prepared
+    ) -> asyncio.Future[Stepped] | None:
+        if self._alone:
+            self._alone -= 1
+            return None
+        step = _Step(model, key, shape, prepared)
+        self._wait(step)
+        return step.future
+
+    def _wait(self, step: _Step) -> None:
+        """`step` waits for the batch of the loop's next turn: the first to wait starts the
+        task that runs it, whose first step comes after the handlers woken in this turn."""
+        if not self._steps:
+            flush = asyncio.ensure_future(self._flush())
+            self._running.add(flush)  # the loop keeps only a weak reference to a task
+            flush.add_done_callback(self._running.discard)
+        self._steps.append(step)
+
+    async def _flush(self) -> None:
+        """The steps that joined, one batch per shape, one batch after the other; a
+        session's second step waits for the next turn's batch, behind its first."""
+        steps, self._steps = self._steps, []
+        self._average += (len(steps) - self._average) * WEIGHT
+        if self._average < SMALL:
+            self._alone = PROBE_AFTER
+        batches: dict[Hashable, list[_Step]] = {}
+        keys: set[SessionKey] = set()
+        for step in steps:
+            if step.future.done():  # its call was cancelled while it waited
+                continue
+            if step.key in keys:
+                self._wait(step)
+                continue
+            keys.add(step.key)
+            batches.setdefault(step.shape, []).append(step)
+        for batch in batches.values():
+            await self._run(batch)
+
+    async def _run(self, batch: list[_Step]) -> None:
+        model = batch[0].model
+        task = model.task
+        execute = model.runtime.run_on_loop
+
+        async def run(state: State) -> tuple[Result, State]:
+            stacked.state = state
+            result = task.run(stacked, execute)
+            return result, result.state(model.spec)
+
+        try:
+            stacked = task.stacked([step.prepared for step in batch])
+            keys = [step.key for step in batch]
+            stepped = await self._sessions.continue_rows(keys, stacked.lengths, stacked.state, run)
+        except Exception as error:  # what each step's run would have raised alone
+            for step in batch:
+                if not step.future.done():
+                    step.future.set_exception(error)
+            return
+        if stepped is None:  # a session that is not live: each step says what became of it
+            for step in batch:
+                if not step.future.done():
+                    step.future.set_result(None)
+            return
+        result, counts = stepped
+        rows = _rows(result, len(batch), task.batch_axes)
+        for row, (step, outputs) in enumerate(zip(batch, rows, strict=True)):
+            if not step.future.done():
+                step.future.set_result((Result(outputs), int(counts[row])))
+
+
+def _rows(result: Result, count: int, axes: dict[str, int]) -> list[dict[str, np.ndarray]]:
+    """Each row of a batch's outputs (views), as a step alone gets them."""
+    rows: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
+    for name, array in result.outputs.items():
+        before = (slice(None),) * axes.get(name, 0)
+        for row, outputs in enumerate(rows):
+            outputs[name] = array[(*before, slice(row, row + 1))]
+    return rows

@@ -1,0 +1,204 @@
+"""Steps of different sessions that arrive together run as one batch (coalesce_steps), and
+each is answered as it would be alone: the outputs (up to the last bit of a float: a row of
+a batched run is rounded as the batch's) and `sequence_offset` of a server that runs every
+step by itself, a session's steps in order, and a step that cannot go on refused alone. In
+process, with real ONNX Runtime over the tiny default models."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnnserve.service.dataplane import DataPlane
+from rnnserve.service.errors import InvalidArgument
+from rnnserve.service.sessions import open_store
+from rnnserve.service.settings import Settings
+from rnnserve.service.types import InferRequest, InferResponse, Parameter, Tensor
+
+SESSIONS = 8
+
+
+class Plane:
+    def __init__(self, plane: DataPlane, runner: asyncio.Runner) -> None:
+        self.plane = plane
+        self.runner = runner
+
+    def together(self, *requests: InferRequest) -> list[InferResponse | BaseException]:
+        """The requests sent in one turn of the event loop."""
+
+        async def send() -> list[InferResponse | BaseException]:
+            calls = (self.plane.infer(request) for request in requests)
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        return self.runner.run(send())
+
+    def one_by_one(self, *requests: InferRequest) -> list[InferResponse]:
+        return [self.runner.run(self.plane.infer(request)) for request in requests]
+
+    def batch_sizes(self, model: str) -> set[int]:
+        (stats,) = self.plane.model_statistics(model, "1")
+        return set(stats.batch_stats)
+
+
+@pytest.fixture(scope="module")
+def planes(tiny_repository: Path) -> Iterator[tuple[Plane, Plane]]:
+    """A data plane that coalesces steps and one that runs each alone."""
+    with asyncio.Runner() as runner:
+        made = []
+        for coalesce in (True, False):
+            settings = Settings(model_repository=tiny_repository, coalesce_steps=coalesce)
+            data_plane = DataPlane(settings, open_store(settings))
+            runner.run(data_plane.load())
+            made.append(Plane(data_plane, runner))
+        yield made[0], made[1]
+        for plane in made:
+            runner.run(plane.plane.close())
+
+
+def step(
+    model: str, sequence_id: int, x: np.ndarray, *, start: bool = False, name: str = "x"
+) -> InferRequest:
+    parameters: dict[str, Parameter] = {"sequence_id": sequence_id}
+    if start:
+        parameters["sequence_start"] = True
+    tensor = Tensor(name, "FP32", x.shape, x.astype(np.float32))
+    return InferRequest(model, inputs=[tensor], parameters=parameters)
+
+
+def text_step(model: str, sequence_id: int, word: str, *, start: bool = False) -> InferRequest:
+    data = np.array([word.encode()], object)
+    parameters: dict[str, Parameter] = {"sequence_id": sequence_id, "sequence_start": start}
+    return InferRequest(
+        model, inputs=[Tensor("text", "BYTES", data.shape, data)], parameters=parameters
+    )
+
+
+def answered(response: InferResponse | BaseException) -> InferResponse:
+    assert isinstance(response, InferResponse), response
+    return response
+
+
+def same(got: InferResponse, expected: InferResponse) -> None:
+    assert got.parameters["sequence_offset"] == expected.parameters["sequence_offset"]
+    assert [t.name for t in got.outputs] == [t.name for t in expected.outputs]
+    for ours, theirs in zip(got.outputs, expected.outputs, strict=True):
+        assert ours.shape == theirs.shape, ours.name
+        if ours.datatype == "FP32":
+            np.testing.assert_allclose(ours.data, theirs.data, rtol=0, atol=1e-6, err_msg=ours.name)
+        else:
+            np.testing.assert_array_equal(ours.data, theirs.data, err_msg=ours.name)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_steps_that_arrive_together_run_as_one_batch_and_answer_as_alone(
+    planes: tuple[Plane, Plane], cell: str
+) -> None:
+    together, alone = planes
+    model = f"sine-{cell}"
+    ids = range(100, 100 + SESSIONS)
+    values = np.linspace(-1, 1, SESSIONS * 4).reshape(4, SESSIONS)
+    starts = [
+        step(model, i, np.full((1, 2, 1), v), start=True)
+        for i, v in zip(ids, values[0], strict=True)
+    ]
+    together.one_by_one(*starts)
+    alone.one_by_one(*starts)
+    for row in values[1:]:
+        steps = [step(model, i, np.full((1, 3, 1), v)) for i, v in zip(ids, row, strict=True)]
+        got = together.together(*steps)
+        for response, expected in zip(got, alone.one_by_one(*steps), strict=True):
+            same(answered(response), expected)
+    assert SESSIONS in together.batch_sizes(model)  # one run stepped every session
+    assert alone.batch_sizes(model) == {1}
+
+
+def test_a_sessions_second_step_in_one_turn_runs_after_its_first(
+    planes: tuple[Plane, Plane],
+) -> None:
+    together, alone = planes
+    x = np.full((1, 1, 1), 0.5)
+    for plane in planes:
+        plane.one_by_one(step("sine-lstm", 7, x, start=True), step("sine-lstm", 8, x, start=True))
+    got = together.together(
+        step("sine-lstm", 7, x), step("sine-lstm", 8, x), step("sine-lstm", 7, x * 2)
+    )
+    expected = alone.one_by_one(
+        step("sine-lstm", 7, x), step("sine-lstm", 8, x), step("sine-lstm", 7, x * 2)
+    )
+    for response, one in zip(got, expected, strict=True):
+        same(answered(response), one)
+    assert [answered(r).parameters["sequence_offset"] for r in got] == [2, 2, 3]
+
+
+def test_a_step_whose_session_cannot_go_on_is_refused_alone(
+    planes: tuple[Plane, Plane],
+) -> None:
+    together, alone = planes
+    x = np.full((1, 2, 1), 0.25)
+    for plane in planes:
+        plane.one_by_one(step("sine-gru", 21, x, start=True), step("sine-gru", 22, x, start=True))
+    got = together.together(
+        step("sine-gru", 21, x), step("sine-gru", 404, x), step("sine-gru", 22, x)
+    )
+    refused = got[1]
+    assert isinstance(refused, InvalidArgument)
+    assert "404" in refused.message and "not active" in refused.message
+    for response, one in zip(
+        [got[0], got[2]],
+        alone.one_by_one(step("sine-gru", 21, x), step("sine-gru", 22, x)),
+        strict=True,
+    ):
+        same(answered(response), one)
+
+
+def test_tagger_steps_of_different_lengths_answer_as_alone(planes: tuple[Plane, Plane]) -> None:
+    together, alone = planes
+    words = ["he", "hel", "h", "hell", "he", "hello"]
+    ids = range(300, 300 + len(words))
+    for plane in planes:
+        plane.one_by_one(*(text_step("tagger-gru", i, "h", start=True) for i in ids))
+    steps = [text_step("tagger-gru", i, word) for i, word in zip(ids, words, strict=True)]
+    got = together.together(*steps)
+    for response, expected in zip(got, alone.one_by_one(*steps), strict=True):
+        same(answered(response), expected)
+    assert 2 in together.batch_sizes("tagger-gru")  # the two pieces of length 2 ran as one
+
+
+def test_starts_and_steps_with_an_offset_run_alone(planes: tuple[Plane, Plane]) -> None:
+    together, _ = planes
+    x = np.full((1, 1, 1), 0.1)
+    requests = [step("sine-rnn", i, x, start=True) for i in range(500, 504)]
+    for response in together.together(*requests):
+        assert answered(response).parameters["sequence_offset"] == 1
+    with_offsets = [step("sine-rnn", i, x) for i in range(500, 504)]
+    for request in with_offsets:
+        request.parameters["sequence_offset"] = 1
+    before = together.batch_sizes("sine-rnn")
+    for response in together.together(*with_offsets):
+        assert answered(response).parameters["sequence_offset"] == 2
+    assert together.batch_sizes("sine-rnn") - before <= {1}
+
+
+def test_steps_that_come_one_at_a_time_run_at_once_until_they_come_together_again(
+    planes: tuple[Plane, Plane],
+) -> None:
+    together, alone = planes
+    x = np.full((1, 1, 1), 0.3)
+    ids = range(600, 600 + SESSIONS)
+    for plane in planes:
+        plane.one_by_one(*(step("sine-lstm", i, x, start=True) for i in ids))
+    lone = [step("sine-lstm", 600, x) for _ in range(300)]  # batches of one: run at once
+    for got, expected in zip(together.one_by_one(*lone), alone.one_by_one(*lone), strict=True):
+        same(got, expected)
+    (stats,) = together.plane.model_statistics("sine-lstm", "1")
+    before = stats.batch_stats[SESSIONS].count if SESSIONS in stats.batch_stats else 0
+    for _ in range(40):  # within PROBE_AFTER steps, one joins again, and so does its turn
+        steps = [step("sine-lstm", i, x) for i in ids]
+        for got, expected in zip(together.together(*steps), alone.one_by_one(*steps), strict=True):
+            same(answered(got), expected)
+    (stats,) = together.plane.model_statistics("sine-lstm", "1")
+    assert stats.batch_stats[SESSIONS].count > before
