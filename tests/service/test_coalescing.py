@@ -77,12 +77,38 @@ def text_step(model: str, sequence_id: int, word: str, *, start: bool = False) -
     )
 
 
-def answered(response: InferResponse | BaseException) -> InferResponse:
-    assert isinstance(response, InferResponse), response
-    return response
+def start(planes: tuple[Plane, Plane], *requests: InferRequest) -> None:
+    """The requests (starts) sent to both data planes, one by one."""
+    for plane in planes:
+        plane.one_by_one(*requests)
 
 
-def same(got: InferResponse, expected: InferResponse) -> None:
+def as_alone(
+    planes: tuple[Plane, Plane], *requests: InferRequest
+) -> list[InferResponse | BaseException]:
+    """The requests sent together to the data plane that coalesces, each answer the one the
+    other gives running them one by one; its answers and failures."""
+    together, alone = planes
+    got = together.together(*requests)
+    answered = [
+        (response, request)
+        for response, request in zip(got, requests, strict=True)
+        if isinstance(response, InferResponse)
+    ]
+    expected = alone.one_by_one(*(request for _, request in answered))
+    for (response, _), one in zip(answered, expected, strict=True):
+        same(response, one)
+    return got
+
+
+def offsets(got: list[InferResponse | BaseException]) -> list[Parameter]:
+    """Each answer's sequence_offset (every request answered)."""
+    assert all(isinstance(response, InferResponse) for response in got), got
+    return [response.parameters["sequence_offset"] for response in got]  # type: ignore[union-attr]
+
+
+def same(got: InferResponse | BaseException, expected: InferResponse) -> None:
+    assert isinstance(got, InferResponse), got
     assert got.parameters["sequence_offset"] == expected.parameters["sequence_offset"]
     assert [t.name for t in got.outputs] == [t.name for t in expected.outputs]
     for ours, theirs in zip(got.outputs, expected.outputs, strict=True):
@@ -101,17 +127,17 @@ def test_steps_that_arrive_together_run_as_one_batch_and_answer_as_alone(
     model = f"sine-{cell}"
     ids = range(100, 100 + SESSIONS)
     values = np.linspace(-1, 1, SESSIONS * 4).reshape(4, SESSIONS)
-    starts = [
-        step(model, i, np.full((1, 2, 1), v), start=True)
-        for i, v in zip(ids, values[0], strict=True)
-    ]
-    together.one_by_one(*starts)
-    alone.one_by_one(*starts)
+    start(
+        planes,
+        *(
+            step(model, i, np.full((1, 2, 1), v), start=True)
+            for i, v in zip(ids, values[0], strict=True)
+        ),
+    )
     for row in values[1:]:
-        steps = [step(model, i, np.full((1, 3, 1), v)) for i, v in zip(ids, row, strict=True)]
-        got = together.together(*steps)
-        for response, expected in zip(got, alone.one_by_one(*steps), strict=True):
-            same(answered(response), expected)
+        as_alone(
+            planes, *(step(model, i, np.full((1, 3, 1), v)) for i, v in zip(ids, row, strict=True))
+        )
     assert SESSIONS in together.batch_sizes(model)  # one run stepped every session
     assert alone.batch_sizes(model) == {1}
 
@@ -119,67 +145,49 @@ def test_steps_that_arrive_together_run_as_one_batch_and_answer_as_alone(
 def test_a_sessions_second_step_in_one_turn_runs_after_its_first(
     planes: tuple[Plane, Plane],
 ) -> None:
-    together, alone = planes
     x = np.full((1, 1, 1), 0.5)
-    for plane in planes:
-        plane.one_by_one(step("sine-lstm", 7, x, start=True), step("sine-lstm", 8, x, start=True))
-    got = together.together(
-        step("sine-lstm", 7, x), step("sine-lstm", 8, x), step("sine-lstm", 7, x * 2)
+    start(planes, step("sine-lstm", 7, x, start=True), step("sine-lstm", 8, x, start=True))
+    got = as_alone(
+        planes, step("sine-lstm", 7, x), step("sine-lstm", 8, x), step("sine-lstm", 7, x * 2)
     )
-    expected = alone.one_by_one(
-        step("sine-lstm", 7, x), step("sine-lstm", 8, x), step("sine-lstm", 7, x * 2)
-    )
-    for response, one in zip(got, expected, strict=True):
-        same(answered(response), one)
-    assert [answered(r).parameters["sequence_offset"] for r in got] == [2, 2, 3]
+    assert offsets(got) == [2, 2, 3]
 
 
 def test_a_step_whose_session_cannot_go_on_is_refused_alone(
     planes: tuple[Plane, Plane],
 ) -> None:
-    together, alone = planes
     x = np.full((1, 2, 1), 0.25)
-    for plane in planes:
-        plane.one_by_one(step("sine-gru", 21, x, start=True), step("sine-gru", 22, x, start=True))
-    got = together.together(
-        step("sine-gru", 21, x), step("sine-gru", 404, x), step("sine-gru", 22, x)
+    start(planes, step("sine-gru", 21, x, start=True), step("sine-gru", 22, x, start=True))
+    got = as_alone(
+        planes, step("sine-gru", 21, x), step("sine-gru", 404, x), step("sine-gru", 22, x)
     )
     refused = got[1]
     assert isinstance(refused, InvalidArgument)
     assert "404" in refused.message and "not active" in refused.message
-    for response, one in zip(
-        [got[0], got[2]],
-        alone.one_by_one(step("sine-gru", 21, x), step("sine-gru", 22, x)),
-        strict=True,
-    ):
-        same(answered(response), one)
+    assert isinstance(got[0], InferResponse) and isinstance(got[2], InferResponse)
 
 
 def test_tagger_steps_of_different_lengths_answer_as_alone(planes: tuple[Plane, Plane]) -> None:
-    together, alone = planes
+    together, _ = planes
     words = ["he", "hel", "h", "hell", "he", "hello"]
     ids = range(300, 300 + len(words))
-    for plane in planes:
-        plane.one_by_one(*(text_step("tagger-gru", i, "h", start=True) for i in ids))
-    steps = [text_step("tagger-gru", i, word) for i, word in zip(ids, words, strict=True)]
-    got = together.together(*steps)
-    for response, expected in zip(got, alone.one_by_one(*steps), strict=True):
-        same(answered(response), expected)
+    start(planes, *(text_step("tagger-gru", i, "h", start=True) for i in ids))
+    as_alone(
+        planes, *(text_step("tagger-gru", i, word) for i, word in zip(ids, words, strict=True))
+    )
     assert 2 in together.batch_sizes("tagger-gru")  # the two pieces of length 2 ran as one
 
 
 def test_starts_and_steps_with_an_offset_run_alone(planes: tuple[Plane, Plane]) -> None:
     together, _ = planes
     x = np.full((1, 1, 1), 0.1)
-    requests = [step("sine-rnn", i, x, start=True) for i in range(500, 504)]
-    for response in together.together(*requests):
-        assert answered(response).parameters["sequence_offset"] == 1
+    starts = [step("sine-rnn", i, x, start=True) for i in range(500, 504)]
+    assert offsets(together.together(*starts)) == [1] * 4
     with_offsets = [step("sine-rnn", i, x) for i in range(500, 504)]
     for request in with_offsets:
         request.parameters["sequence_offset"] = 1
     before = together.batch_sizes("sine-rnn")
-    for response in together.together(*with_offsets):
-        assert answered(response).parameters["sequence_offset"] == 2
+    assert offsets(together.together(*with_offsets)) == [2] * 4
     assert together.batch_sizes("sine-rnn") - before <= {1}
 
 
@@ -189,16 +197,13 @@ def test_steps_that_come_one_at_a_time_run_at_once_until_they_come_together_agai
     together, alone = planes
     x = np.full((1, 1, 1), 0.3)
     ids = range(600, 600 + SESSIONS)
-    for plane in planes:
-        plane.one_by_one(*(step("sine-lstm", i, x, start=True) for i in ids))
+    start(planes, *(step("sine-lstm", i, x, start=True) for i in ids))
     lone = [step("sine-lstm", 600, x) for _ in range(300)]  # batches of one: run at once
     for got, expected in zip(together.one_by_one(*lone), alone.one_by_one(*lone), strict=True):
         same(got, expected)
     (stats,) = together.plane.model_statistics("sine-lstm", "1")
     before = stats.batch_stats[SESSIONS].count if SESSIONS in stats.batch_stats else 0
     for _ in range(40):  # within PROBE_AFTER steps, one joins again, and so does its turn
-        steps = [step("sine-lstm", i, x) for i in ids]
-        for got, expected in zip(together.together(*steps), alone.one_by_one(*steps), strict=True):
-            same(answered(got), expected)
+        as_alone(planes, *(step("sine-lstm", i, x) for i in ids))
     (stats,) = together.plane.model_statistics("sine-lstm", "1")
     assert stats.batch_stats[SESSIONS].count > before

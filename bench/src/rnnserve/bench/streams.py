@@ -180,10 +180,6 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
     top = max(load.sessions for load in every if not load.rows and not load.probe)
     clients = max(load.sessions for load in every if load.rows)
     note(
-        f"One-step ModelInfer at {top} sessions, steps/s over echo's requests/s",
-        ("rnnserve", unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
-    )  # fmt: skip
-    note(
         f"The model floor's one-step ModelInfer at {top} sessions, steps/s over echo's "
         "requests/s (the most a server that runs the model step by step reaches)",
         (MODEL_FLOOR, unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
@@ -201,20 +197,15 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
         "One session's step p50 (probe) over echo's p50",
         ("rnnserve", unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
     )  # fmt: skip
-    note(
-        f"Streams at {top} sessions, steps/s over the streaming echo's messages/s",
-        ("rnnserve", stream, top, 0, False), ("echo", stream, top, 0, False), "rps", "rps",
-    )  # fmt: skip
-    note(
-        f"Streams at {top} sessions with --coalesce-steps, steps/s over the streaming echo's "
-        "messages/s",
-        (COALESCING, stream, top, 0, False), ("echo", stream, top, 0, False), "rps", "rps",
-    )  # fmt: skip
-    note(
-        f"One-step ModelInfer at {top} sessions with --coalesce-steps, steps/s over echo's "
-        "requests/s",
-        (COALESCING, unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
-    )  # fmt: skip
+    for server, setting in (("rnnserve", ""), (COALESCING, " with --coalesce-steps")):
+        note(
+            f"One-step ModelInfer at {top} sessions{setting}, steps/s over echo's requests/s",
+            (server, unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
+        )  # fmt: skip
+        note(
+            f"Streams at {top} sessions{setting}, steps/s over the streaming echo's messages/s",
+            (server, stream, top, 0, False), ("echo", stream, top, 0, False), "rps", "rps",
+        )  # fmt: skip
     for rpc in (unary, stream):
         note(
             f"Multi-session {rpc} from {clients} clients, session-steps/s over echo's "
