@@ -7,8 +7,10 @@ process, with real ONNX Runtime over the tiny default models."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from rnnserve.service.settings import Settings
 from rnnserve.service.types import InferRequest, InferResponse, Parameter, Tensor
 
 SESSIONS = 8
+SEQUENCE_FIRST = "lstm-seq-first"  # a user's export: x is (seq, batch, features)
 
 
 class Plane:
@@ -45,12 +48,24 @@ class Plane:
 
 
 @pytest.fixture(scope="module")
-def planes(tiny_repository: Path) -> Iterator[tuple[Plane, Plane]]:
+def repository(
+    tiny_repository: Path, user_exports: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The default models, and a user's export with its batch on axis 1 (sequence first)."""
+    root = tmp_path_factory.mktemp("coalescing")
+    for model in tiny_repository.iterdir():
+        (root / model.name).symlink_to(model)
+    shutil.copytree(user_exports[SEQUENCE_FIRST][1].parent, root / SEQUENCE_FIRST / "1")
+    return root
+
+
+@pytest.fixture(scope="module")
+def planes(repository: Path) -> Iterator[tuple[Plane, Plane]]:
     """A data plane that coalesces steps and one that runs each alone."""
     with asyncio.Runner() as runner:
         made = []
         for coalesce in (True, False):
-            settings = Settings(model_repository=tiny_repository, coalesce_steps=coalesce)
+            settings = Settings(model_repository=repository, coalesce_steps=coalesce)
             data_plane = DataPlane(settings, open_store(settings))
             runner.run(data_plane.load())
             made.append(Plane(data_plane, runner))
@@ -207,3 +222,15 @@ def test_steps_that_come_one_at_a_time_run_at_once_until_they_come_together_agai
         as_alone(planes, *(step("sine-lstm", i, x) for i in ids))
     (stats,) = together.plane.model_statistics("sine-lstm", "1")
     assert stats.batch_stats[SESSIONS].count > before
+
+
+def test_a_users_model_with_its_batch_on_axis_1_answers_as_alone(
+    planes: tuple[Plane, Plane],
+) -> None:
+    together, _ = planes
+    ids = range(700, 700 + SESSIONS)
+    rng = np.random.default_rng(5)
+    start(planes, *(step(SEQUENCE_FIRST, i, rng.normal(0, 1, (2, 1, 3)), start=True) for i in ids))
+    for _ in range(2):
+        as_alone(planes, *(step(SEQUENCE_FIRST, i, rng.normal(0, 1, (3, 1, 3))) for i in ids))
+    assert SESSIONS in together.batch_sizes(SEQUENCE_FIRST)
