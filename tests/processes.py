@@ -1,5 +1,6 @@
 """The processes of a server under test: free ports to start it on, and from /proc a
-`--workers` server's workers, whether one is alive, resident memory and its peak."""
+`--workers` server's workers, whether one is alive or listening, resident memory and its
+peak."""
 
 from __future__ import annotations
 
@@ -40,6 +41,24 @@ def worker_pids(supervisor: int) -> list[int]:
     """The workers (spawned processes) of a `--workers` server."""
     children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
     return [int(pid) for pid in children if b"spawn_main" in _cmdline(int(pid))]
+
+
+def listening(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a TCP socket listening on `port`: the workers of a
+    `--workers` server listen one after the other once their start gate opens, and a client
+    that connects before the last does reaches the others only."""
+    try:
+        links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    sockets = {link[len("socket:[") : -1] for link in links if link.startswith("socket:[")}
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()  # local address "ADDR:PORT" in hex, state 0A: LISTEN
+            here = int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A"
+            if here and fields[9] in sockets:  # the socket's inode
+                return True
+    return False
 
 
 def _cmdline(pid: int) -> bytes:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from faults_helpers import Sequences
 from polling import eventually
-from processes import alive, worker_pids
+from processes import alive, listening, worker_pids
 from scrape import scrape
 
 CLIENTS = 16  # connections spread over the two workers by the kernel
@@ -41,6 +41,8 @@ def test_a_killed_worker_is_started_again_while_the_other_serves(
     """On one redis-server and on a Redis Cluster alike."""
     server = start_server(sine_repository, args=workers_args(store, some_redis))
     dying, surviving = worker_pids(server.process.pid)
+    port = int(server.address.rsplit(":", 1)[1])
+    eventually(lambda: listening(dying, port) and listening(surviving, port), "both listen")
 
     with Sequences(server.address, CLIENTS, streaming=store == "owned") as sequences:
         sequences.wait_for_steps(5)
