@@ -32,10 +32,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Hashable
 
-import numpy as np
-
 from rnnserve.service.repository import LoadedVersion
 from rnnserve.service.sessions import SessionKey, SessionManager
+from rnnserve.service.sessions.batcher import split_rows
 from rnnserve.service.tasks.base import Prepared, Result
 from rnnserve.service.types import State
 
@@ -160,17 +159,7 @@ class _Pending:
                     step.future.set_result(None)
             return
         result, counts = stepped
-        rows = _rows(result, len(batch), task.batch_axes)
+        rows = split_rows(result.outputs, [1] * len(batch), task.batch_axes)
         for row, (step, outputs) in enumerate(zip(batch, rows, strict=True)):
             if not step.future.done():
                 step.future.set_result((Result(outputs), int(counts[row])))
-
-
-def _rows(result: Result, count: int, axes: dict[str, int]) -> list[dict[str, np.ndarray]]:
-    """Each row of a batch's outputs (views), as a step alone gets them."""
-    rows: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
-    for name, array in result.outputs.items():
-        before = (slice(None),) * axes.get(name, 0)
-        for row, outputs in enumerate(rows):
-            outputs[name] = array[(*before, slice(row, row + 1))]
-    return rows

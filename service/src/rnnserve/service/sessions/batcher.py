@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -188,11 +188,7 @@ class Batcher:
             for name in group[0].feeds
         }
         outputs = self._runner(feeds)
-        bounds = np.cumsum([step.rows for step in group])[:-1]
-        parts = {
-            name: np.split(array, bounds, axis=self._axis(name)) for name, array in outputs.items()
-        }
-        return [{name: split[i] for name, split in parts.items()} for i in range(len(group))]
+        return split_rows(outputs, [step.rows for step in group], self._batch_axes)
 
     def _axis(self, name: str) -> int:
         return self._batch_axes.get(name, 0)
@@ -204,3 +200,18 @@ class Batcher:
     def _rows(self, feeds: Tensors) -> int:
         name, array = next(iter(feeds.items()))
         return int(array.shape[self._axis(name)])
+
+
+def split_rows(
+    outputs: Mapping[str, np.ndarray], rows: Sequence[int], axes: Mapping[str, int]
+) -> list[Tensors]:
+    """A batch's outputs given back to its parts, `rows[i]` rows to part i in order, each
+    tensor cut on its batch axis (0 unless `axes` names another): views, not copies."""
+    parts: list[Tensors] = [{} for _ in rows]
+    for name, array in outputs.items():
+        before = (slice(None),) * axes.get(name, 0)
+        end = 0
+        for part, count in zip(parts, rows, strict=True):
+            start, end = end, end + count
+            part[name] = array[(*before, slice(start, end))]
+    return parts
