@@ -36,8 +36,9 @@ TOLERANCE = 1e-5  # pieces against the whole: the same ORT kernels, state carrie
 def own_connection(client: RnnClient, address: str) -> RnnClient:
     """`client` on a connection of its own: channels of one process share connections by
     default, and all would land on one worker."""
-    channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-    client.stub = rpc.Stub(channel)
+    client.close()  # the channel it made, unused
+    client.channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    client.stub = rpc.Stub(client.channel)
     return client
 
 
@@ -55,6 +56,71 @@ class Client:
     active: bool = False  # a sequence started and not ended when it stopped
 
 
+def references(address: str, count: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """`count` random inputs of LENGTH time steps, and each one's output answered at once."""
+    rng = np.random.default_rng(seed)
+    xs = [rng.normal(0, 1, LENGTH).astype(np.float32) for _ in range(count)]
+    with RnnClient(address) as client:
+        wholes = [client.infer(MODEL, {"x": x[None, :, None]}, ["y"])["y"][0, :, 0] for x in xs]
+    return xs, wholes
+
+
+def step_checked(
+    session: SequenceSession, x: np.ndarray, whole: np.ndarray, begin: int
+) -> str | None:
+    """Steps the chunk of `x` at `begin`; what was wrong with the answer, or None."""
+    end = begin + CHUNK == LENGTH
+    y = session.step({"x": x[None, begin : begin + CHUNK, None]}, ["y"], end=end)["y"]
+    expected = whole[begin : begin + CHUNK]
+    if np.allclose(y[0, :, 0], expected, rtol=0, atol=TOLERANCE):
+        return None
+    return f"{session.sequence_id} at {begin}: {y[0, :, 0]} != {expected}"
+
+
+class HeldSequences:
+    """`count` sequences, each on a connection of its own, started with one chunk and then
+    left idle mid-sequence until `step_on()`. A fault that loses states must lose theirs:
+    a stepping client (`Sequences`) may meet the fault with a start or an end in flight, which
+    any worker answers (a start begins again, an end's record is in Redis), and a worker that
+    served only a few such clients can die losing none of them."""
+
+    def __init__(self, address: str, count: int, streaming: bool = False, seed: int = 1) -> None:
+        self.xs, self.wholes = references(address, count, seed)
+        self._sessions = [
+            SequenceSession(
+                own_connection(RnnClient(address, timeout_s=10), address),
+                MODEL,
+                f"held-{index}",
+                streaming,
+                retry=RETRY,
+            )
+            for index in range(count)
+        ]
+        self.wrong = [self._step(index, 0) for index in range(count)]
+
+    def step_on(self) -> tuple[int, list[str]]:
+        """Each sequence's second chunk: how many continued (their answers checked into
+        `wrong`), and the messages of those refused ABORTED (lost)."""
+        continued, lost = 0, []
+        for index in range(len(self._sessions)):
+            try:
+                self.wrong.append(self._step(index, CHUNK))
+                continued += 1
+            except InferenceError as error:
+                assert error.code == "ABORTED", error
+                lost.append(error.message)
+        self.wrong = [message for message in self.wrong if message is not None]
+        return continued, lost
+
+    def close(self) -> None:
+        for session in self._sessions:
+            session.close()
+            session.client.close()
+
+    def _step(self, index: int, begin: int) -> str | None:
+        return step_checked(self._sessions[index], self.xs[index], self.wholes[index], begin)
+
+
 class ClientThreads:
     """`clients` threads stepping sequences of sine-lstm against `address` until `stop()`,
     each on its own input (`xs`), checked against that whole sequence answered at once
@@ -62,12 +128,7 @@ class ClientThreads:
 
     def __init__(self, address: str, clients: int, seed: int) -> None:
         self.address = address
-        rng = np.random.default_rng(seed)
-        self.xs = [rng.normal(0, 1, LENGTH).astype(np.float32) for _ in range(clients)]
-        with RnnClient(address) as client:  # each whole sequence, answered at once
-            self.wholes = [
-                client.infer(MODEL, {"x": x[None, :, None]}, ["y"])["y"][0, :, 0] for x in self.xs
-            ]
+        self.xs, self.wholes = references(address, clients, seed)
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, args=(index,), daemon=True)
@@ -166,11 +227,9 @@ class Sequences(ClientThreads):
         for begin in range(0, LENGTH, CHUNK):
             if self._stop.is_set():
                 return  # stops mid-sequence: the sequence stays active
-            end = begin + CHUNK == LENGTH
-            y = session.step({"x": x[None, begin : begin + CHUNK, None]}, ["y"], end=end)["y"]
+            wrong = step_checked(session, x, whole, begin)
             record.answered.append(time.monotonic())
-            record.active = not end
-            expected = whole[begin : begin + CHUNK]
-            if not np.allclose(y[0, :, 0], expected, rtol=0, atol=TOLERANCE):
-                record.wrong.append(f"{session.sequence_id} at {begin}: {y[0, :, 0]} != {expected}")
+            record.active = begin + CHUNK < LENGTH
+            if wrong is not None:
+                record.wrong.append(wrong)
         record.sequences += 1
