@@ -22,6 +22,7 @@ from rnnserve.service.settings import Settings
 from rnnserve.service.types import InferRequest, InferResponse, Parameter, Tensor
 
 SESSIONS = 8
+WAIT_S = 30  # for a batch that must not wait out its delay of a minute
 SEQUENCE_FIRST = "lstm-seq-first"  # a user's export: x is (seq, batch, features)
 
 
@@ -36,6 +37,19 @@ class Plane:
         async def send() -> list[InferResponse | BaseException]:
             calls = (self.plane.infer(request) for request in requests)
             return await asyncio.gather(*calls, return_exceptions=True)
+
+        return self.runner.run(send())
+
+    def spread(self, *requests: InferRequest) -> list[InferResponse | BaseException]:
+        """The requests sent one turn of the event loop after the other, then awaited."""
+
+        async def send() -> list[InferResponse | BaseException]:
+            calls = []
+            for request in requests:
+                calls.append(asyncio.ensure_future(self.plane.infer(request)))
+                await asyncio.sleep(0)
+            answered = asyncio.gather(*calls, return_exceptions=True)
+            return await asyncio.wait_for(answered, WAIT_S)
 
         return self.runner.run(send())
 
@@ -59,18 +73,44 @@ def repository(
     return root
 
 
+def made(runner: asyncio.Runner, settings: Settings) -> Plane:
+    data_plane = DataPlane(settings, open_store(settings))
+    runner.run(data_plane.load())
+    return Plane(data_plane, runner)
+
+
 @pytest.fixture(scope="module")
 def planes(repository: Path) -> Iterator[tuple[Plane, Plane]]:
     """A data plane that coalesces steps and one that runs each alone."""
     with asyncio.Runner() as runner:
-        made = []
-        for coalesce in (True, False):
-            settings = Settings(model_repository=repository, coalesce_steps=coalesce)
-            data_plane = DataPlane(settings, open_store(settings))
-            runner.run(data_plane.load())
-            made.append(Plane(data_plane, runner))
-        yield made[0], made[1]
-        for plane in made:
+        both = [
+            made(runner, Settings(model_repository=repository, coalesce_steps=coalesce))
+            for coalesce in (True, False)
+        ]
+        yield both[0], both[1]
+        for plane in both:
+            runner.run(plane.plane.close())
+
+
+@pytest.fixture(scope="module")
+def delayed(repository: Path) -> Iterator[tuple[Plane, Plane]]:
+    """Data planes whose batches wait for company (coalesce_max_delay_us): up to a minute
+    but 4 steps at most, and a millisecond."""
+    with asyncio.Runner() as runner:
+        both = [
+            made(
+                runner,
+                Settings(
+                    model_repository=repository,
+                    coalesce_steps=True,
+                    coalesce_max_delay_us=delay_us,
+                    batch_max_size=max_size,
+                ),
+            )
+            for delay_us, max_size in ((60_000_000, 4), (1000, 64))
+        ]
+        yield both[0], both[1]
+        for plane in both:
             runner.run(plane.plane.close())
 
 
@@ -99,12 +139,13 @@ def start(planes: tuple[Plane, Plane], *requests: InferRequest) -> None:
 
 
 def as_alone(
-    planes: tuple[Plane, Plane], *requests: InferRequest
+    planes: tuple[Plane, Plane], *requests: InferRequest, spread: bool = False
 ) -> list[InferResponse | BaseException]:
-    """The requests sent together to the data plane that coalesces, each answer the one the
-    other gives running them one by one; its answers and failures."""
+    """The requests sent together (`spread`: one turn after the other) to the data plane
+    that coalesces, each answer the one the other gives running them one by one; its
+    answers and failures."""
     together, alone = planes
-    got = together.together(*requests)
+    got = together.spread(*requests) if spread else together.together(*requests)
     answered = [
         (response, request)
         for response, request in zip(got, requests, strict=True)
@@ -234,3 +275,44 @@ def test_a_users_model_with_its_batch_on_axis_1_answers_as_alone(
     for _ in range(2):
         as_alone(planes, *(step(SEQUENCE_FIRST, i, rng.normal(0, 1, (3, 1, 3))) for i in ids))
     assert SESSIONS in together.batch_sizes(SEQUENCE_FIRST)
+
+
+def test_with_a_delay_steps_of_different_turns_wait_for_one_batch_that_runs_once_full(
+    planes: tuple[Plane, Plane], delayed: tuple[Plane, Plane]
+) -> None:
+    full, _ = delayed  # a minute's delay, 4 steps at most
+    _, alone = planes
+    ids = range(800, 804)
+    x = np.full((1, 2, 1), 0.4)
+    start((full, alone), *(step("sine-lstm", i, x, start=True) for i in ids))
+    got = as_alone((full, alone), *(step("sine-lstm", i, x) for i in ids), spread=True)
+    assert offsets(got) == [4] * 4
+    assert 4 in full.batch_sizes("sine-lstm")
+
+
+def test_with_a_delay_the_steps_beyond_a_full_batch_run_in_the_next(
+    planes: tuple[Plane, Plane], delayed: tuple[Plane, Plane]
+) -> None:
+    full, _ = delayed
+    _, alone = planes
+    ids = range(810, 810 + SESSIONS)
+    x = np.full((1, 1, 1), -0.2)
+    start((full, alone), *(step("sine-gru", i, x, start=True) for i in ids))
+    as_alone((full, alone), *(step("sine-gru", i, x) for i in ids))  # 8 in one turn
+    assert full.batch_sizes("sine-gru") == {1, 4}  # the starts alone, then two of 4
+
+
+def test_with_a_delay_a_batch_that_is_not_full_runs_once_the_delay_has_passed(
+    planes: tuple[Plane, Plane], delayed: tuple[Plane, Plane]
+) -> None:
+    _, short = delayed  # a millisecond
+    _, alone = planes
+    x = np.full((1, 3, 1), 0.7)
+    start(
+        (short, alone), step("sine-lstm", 820, x, start=True), step("sine-lstm", 821, x, start=True)
+    )
+    got = as_alone(
+        (short, alone), step("sine-lstm", 820, x), step("sine-lstm", 821, x), spread=True
+    )
+    assert offsets(got) == [6, 6]
+    assert 2 in short.batch_sizes("sine-lstm")

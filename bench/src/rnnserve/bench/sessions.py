@@ -76,6 +76,7 @@ def session_server(
     *,
     batching: bool = False,
     coalesce_steps: bool = False,
+    coalesce_max_delay_us: int = 0,
     workers: int = 1,
     state_store: str = "owned",
 ) -> Iterator[servers.Running]:
@@ -85,6 +86,7 @@ def session_server(
         **SERVER_SETTINGS,
         "batching": str(batching).lower(),
         "coalesce_steps": str(coalesce_steps).lower(),
+        "coalesce_max_delay_us": str(coalesce_max_delay_us),
     }
     with contextlib.ExitStack() as stack:
         if workers > 1:

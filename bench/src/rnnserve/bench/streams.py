@@ -32,13 +32,15 @@ SESSIONS, QUICK_SESSIONS = (1, 16, 64), (1, 4)
 Key = tuple[str, str, int, int, bool]  # server, rpc, sessions, rows, probe
 MODEL_FLOOR = "model floor"
 COALESCING = "rnnserve --coalesce-steps"  # concurrent steps of sessions run as one batch
+DELAY_US = 2000  # a coalesced batch's wait for unary calls, which come one per loop turn
+DELAYED = f"{COALESCING} --coalesce-max-delay-us {DELAY_US}"
 
 
 @dataclass(frozen=True)
 class Load:
     """One load of the scenario, on one server."""
 
-    server: str  # "echo", "model floor", "rnnserve" or "rnnserve --coalesce-steps"
+    server: str  # "echo", "model floor", "rnnserve", COALESCING or DELAYED
     rpc: str  # "ModelInfer" or "ModelStreamInfer"
     sessions: int  # connections (streams), one session each, or each stepping `rows`
     rows: int = 0  # > 0: multi-session requests of this many rows
@@ -72,6 +74,8 @@ def loads(quick: bool) -> list[Load]:
             every += [Load(server, unary, clients, rows), Load(server, stream, clients, rows)]
     every += [Load(COALESCING, unary, counts[-1])]
     every += [Load(COALESCING, stream, count) for count in counts]
+    every += [Load(DELAYED, unary, 1, probe=True), Load(DELAYED, unary, counts[-1])]
+    every.append(Load(DELAYED, unary, clients))
     return list(dict.fromkeys(every))
 
 
@@ -107,6 +111,9 @@ def run(options: Options) -> ScenarioResult:
             ),
             "rnnserve": stack.enter_context(session_server(options)),
             COALESCING: stack.enter_context(session_server(options, coalesce_steps=True)),
+            DELAYED: stack.enter_context(
+                session_server(options, coalesce_steps=True, coalesce_max_delay_us=DELAY_US)
+            ),
         }
         for run in range(options.runs):
             for index, load in enumerate(every):
@@ -143,7 +150,9 @@ def run(options: Options) -> ScenarioResult:
             "the echo floor and the model floor (the model's run alone: bench/echo.py), all "
             "running throughout; each run measures every row on each in turn. "
             f"`{COALESCING}`: a second rnnserve whose steps of different sessions that arrive "
-            "in one turn of its event loop run as one batch (dataplane/coalescing.py). "
+            "in one turn of its event loop run as one batch (dataplane/coalescing.py); "
+            f"`{DELAYED}`: a third, whose batches wait up to {DELAY_US} µs for unary calls, "
+            "which reach its handlers one per turn. "
             "`ModelStreamInfer xN` rows: k6, N connections with one stream each, one "
             "session per stream and one step per message, the next written when the last "
             "was answered (k6 times stream messages to the millisecond only). `ModelInfer "
@@ -193,11 +202,13 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
         "The model floor's one-session step p50 (probe) over echo's p50",
         (MODEL_FLOOR, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
     )  # fmt: skip
-    note(
-        "One session's step p50 (probe) over echo's p50",
-        ("rnnserve", unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
-    )  # fmt: skip
-    for server, setting in (("rnnserve", ""), (COALESCING, " with --coalesce-steps")):
+    for server, setting in (("rnnserve", ""), (DELAYED, f" with {DELAYED[9:]}")):
+        note(
+            f"One session's step p50 (probe){setting} over echo's p50",
+            (server, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
+        )  # fmt: skip
+    coalescing = ((COALESCING, f" with {COALESCING[9:]}"), (DELAYED, f" with {DELAYED[9:]}"))
+    for server, setting in (("rnnserve", ""), *coalescing):
         note(
             f"One-step ModelInfer at {top} sessions{setting}, steps/s over echo's requests/s",
             (server, unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
@@ -216,7 +227,7 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
             "rps",
         )
     for load in every:
-        if load.server in ("rnnserve", COALESCING) and not load.probe:
+        if load.server in ("rnnserve", COALESCING, DELAYED) and not load.probe:
             echo = find.get(("echo", load.rpc, load.sessions, 0, False))
             cpu = figures[load].median.get("server_cpu_us_per_request", 0.0)
             if echo is not None and not load.rows:
@@ -230,8 +241,13 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
                 if model is not None:
                     bare = figures[model].median.get("server_cpu_us_per_request", 0.0)
                     text += (
-                        f"; the model floor {bare:.0f} µs: the model's run {bare - floor:.0f} "
-                        f"µs, rnnserve's layers {cpu - bare:.0f} µs"
+                        f"; the model floor {bare:.0f} µs: the model's run {bare - floor:.0f} µs"
+                    )
+                    text += (
+                        f", rnnserve's layers {cpu - bare:.0f} µs"
+                        if cpu >= bare
+                        else f", {bare - cpu:.0f} µs more than rnnserve's (its batches run the "
+                        "model once for many steps)"
                     )
                 notes.append(text + ".")
     return notes

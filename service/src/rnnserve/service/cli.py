@@ -31,7 +31,7 @@ VALUE_FLAGS = (
     "max_batch_size", "max_sequence_length", "max_message_bytes", "max_request_elements",
     "max_inflight_bytes", "request_body_timeout_s", "session_idle_timeout_s", "max_sessions",
     "max_sessions_per_principal", "state_store", "redis_url", "state_store_timeout_s",
-    "state_durability", "state_durability_timeout_s", "batch_max_size",
+    "state_durability", "state_durability_timeout_s", "coalesce_max_delay_us", "batch_max_size",
     "batch_max_queue_delay_us", "dynamic_batch_max_size", "dynamic_batch_max_queue_delay_us",
     "log_format", "model_control_mode", "repository_poll_s",
     "tls_cert", "tls_key", "tls_client_ca", "auth_tokens",

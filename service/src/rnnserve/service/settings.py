@@ -273,6 +273,15 @@ class Settings(BaseSettings):
         "of the event loop) as one ORT run: continuations without sequence_offset, with the "
         "memory store and without `batching`; answers may differ in the last bit",
     )
+    # Unary calls reach their handlers one per turn of the loop: a turn gathers few of them,
+    # a few milliseconds many (docs/performance.md). 0 by default: a lone turn adds no delay.
+    coalesce_max_delay_us: int = Field(
+        default=0,
+        ge=0,
+        description="microseconds a coalesced batch waits at most, from its first step, for "
+        "others to join (0: the event loop's next turn); a batch of `batch_max_size` steps "
+        "runs at once",
+    )
 
     # Batching steps of different sessions into one ORT run. Off by default: for small
     # models on the CPU, gathering and splitting states costs more than the runs it merges
@@ -281,7 +290,9 @@ class Settings(BaseSettings):
         default=False, description="batch steps of different sequences into one ORT run"
     )
     batch_max_size: int = Field(
-        default=64, ge=1, description="most sequence steps batched into one ORT run"
+        default=64,
+        ge=1,
+        description="most sequence steps batched (or coalesced) into one ORT run",
     )
     batch_max_queue_delay_us: int = Field(
         default=500, ge=0, description="microseconds a step waits at most for others to batch with"

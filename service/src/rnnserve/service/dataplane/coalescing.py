@@ -21,8 +21,16 @@ out of its batch; once the batch has run, its session has gone on, as a step alo
 when its client stops waiting after it ran. ModelStatistics and `rnnserve_batch_size` count
 a batch as one run of its rows.
 
-Waiting costs a turn of the event loop. Where steps come one at a time (unary calls spread
-over time), batches of one would pay it for nothing: while a version's batches average
+A batch runs in the loop's next turn, or, with `coalesce_max_delay_us`, once that delay has
+passed since its first step waited (Triton's max_queue_delay): unary calls reach their
+handlers one per turn of the loop (grpc.aio accepts one call at a time), so one turn
+gathers few of them, where a few milliseconds gather many; a step of a few clients waits
+out the delay for company that is not coming, so it pays only under many (Triton's delay
+is the same trade, chosen per deployment). A batch of `batch_max_size` steps runs at once,
+and holds no more: the steps beyond wait for the next.
+
+Waiting costs a turn of the event loop, or the delay. Where steps come one at a time (a
+lone client), batches of one would pay it for nothing: while a version's batches average
 fewer than two steps, its steps run at once, and every PROBE_AFTER steps one joins again
 to see whether company has come.
 """
@@ -48,10 +56,13 @@ Stepped = tuple[Result, int] | None
 
 
 class Coalescing:
-    """The steps waiting to run together, by model version."""
+    """The steps waiting to run together, by model version: each batch waits at most
+    `delay_s` (0: the loop's next turn) and holds at most `max_steps`."""
 
-    def __init__(self, sessions: SessionManager) -> None:
+    def __init__(self, sessions: SessionManager, delay_s: float, max_steps: int) -> None:
         self._sessions = sessions
+        self._delay_s = delay_s
+        self._max_steps = max_steps
         self._pending: dict[tuple[str, str], _Pending] = {}
 
     def join(
@@ -68,7 +79,8 @@ class Coalescing:
         # graphs go with it. A version loaded again batches apart from its former self.
         pending = self._pending.get((model.name, model.version))
         if pending is None:
-            pending = self._pending[model.name, model.version] = _Pending(self._sessions)
+            pending = _Pending(self._sessions, self._delay_s, self._max_steps)
+            self._pending[model.name, model.version] = pending
         return pending.join(model, key, (id(model), shape), prepared)
 
 
@@ -86,10 +98,13 @@ class _Step:
 
 
 class _Pending:
-    """One version's steps waiting for the loop's next turn, and how large its batches are."""
+    """One version's steps waiting for their batch, and how large its batches are."""
 
-    def __init__(self, sessions: SessionManager) -> None:
+    def __init__(self, sessions: SessionManager, delay_s: float, max_steps: int) -> None:
         self._sessions = sessions
+        self._delay_s = delay_s
+        self._max_steps = max_steps
+        self._full: asyncio.Future[None] | None = None  # resolved when a batch may run
         self._steps: list[_Step] = []
         self._running: set[asyncio.Future[None]] = set()
         self._average = START  # steps per batch
@@ -106,31 +121,49 @@ class _Pending:
         return step.future
 
     def _wait(self, step: _Step) -> None:
-        """`step` waits for the batch of the loop's next turn: the first to wait starts the
-        task that runs it, whose first step comes after the handlers woken in this turn."""
+        """`step` waits for the next batch: the first to wait starts the task that runs it,
+        whose first step comes after the handlers woken in this turn."""
         if not self._steps:
             flush = asyncio.ensure_future(self._flush())
             self._running.add(flush)  # the loop keeps only a weak reference to a task
             flush.add_done_callback(self._running.discard)
         self._steps.append(step)
+        if len(self._steps) == self._max_steps and self._full is not None:
+            _resolve(self._full)
+
+    async def _gathered(self) -> None:
+        """Until the delay has passed since the batch's first step, or it is full."""
+        if len(self._steps) >= self._max_steps:
+            return
+        loop = asyncio.get_running_loop()
+        self._full = full = loop.create_future()
+        timer = loop.call_later(self._delay_s, _resolve, full)
+        try:
+            await full
+        finally:
+            timer.cancel()
+            self._full = None
 
     async def _flush(self) -> None:
-        """The steps that joined, one batch per shape, one batch after the other; a
-        session's second step waits for the next turn's batch, behind its first."""
+        """The steps that joined, one batch per shape, one batch after the other, at most
+        `max_steps` in all; a session's second step, and the steps beyond, wait in their
+        order for the next batch, behind the first."""
+        if self._delay_s:
+            await self._gathered()
         steps, self._steps = self._steps, []
-        self._average += (len(steps) - self._average) * WEIGHT
-        if self._average < SMALL:
-            self._alone = PROBE_AFTER
         batches: dict[Hashable, list[_Step]] = {}
         keys: set[SessionKey] = set()
         for step in steps:
             if step.future.done():  # its call was cancelled while it waited
                 continue
-            if step.key in keys:
+            if step.key in keys or len(keys) == self._max_steps:
                 self._wait(step)
                 continue
             keys.add(step.key)
             batches.setdefault(step.shape, []).append(step)
+        self._average += (len(keys) - self._average) * WEIGHT
+        if self._average < SMALL:
+            self._alone = PROBE_AFTER
         for batch in batches.values():
             await self._run(batch)
 
@@ -163,3 +196,8 @@ class _Pending:
         for row, (step, outputs) in enumerate(zip(batch, rows, strict=True)):
             if not step.future.done():
                 step.future.set_result((Result(outputs), int(counts[row])))
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

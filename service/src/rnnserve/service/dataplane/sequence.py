@@ -27,7 +27,10 @@ class SequencePath:
     def __init__(self, sessions: SessionManager, compute: Compute) -> None:
         self.sessions = sessions
         self.compute = compute
-        self.coalescing = Coalescing(sessions)
+        settings = compute.settings
+        self.coalescing = Coalescing(
+            sessions, settings.coalesce_max_delay_us / 1e6, settings.batch_max_size
+        )
 
     async def answer(self, admitted: Admitted, timer: RequestTimer) -> InferResponse:
         prepared = await self.compute.call(admitted.threads, admitted.prepare, timer)
