@@ -1,7 +1,8 @@
 """Stateful sequences over the wire, against a real server: a sequence sent piece by piece
 gives the answers of the whole sequence sent at once, whichever RPC and client carry it,
 while many other sessions run on the same server (whose steps run alone, or coalesced with
-those of other sessions that arrive together: --coalesce-steps)."""
+those of other sessions that arrive together: --coalesce-steps, or within a delay:
+--coalesce-max-delay-us)."""
 
 from __future__ import annotations
 
@@ -31,12 +32,20 @@ def coalescing_server(start_module_server, tiny_repository: Path):
     return start_module_server(tiny_repository, env={"RNNSERVE_COALESCE_STEPS": "true"})
 
 
-@pytest.mark.parametrize("steps", ["alone", "coalesced"])
+@pytest.fixture(scope="module")
+def delaying_server(start_module_server, tiny_repository: Path):
+    """A server whose coalesced batches wait up to 2 ms for steps of other sessions."""
+    env = {"RNNSERVE_COALESCE_STEPS": "true", "RNNSERVE_COALESCE_MAX_DELAY_US": "2000"}
+    return start_module_server(tiny_repository, env=env)
+
+
+@pytest.mark.parametrize("steps", ["alone", "coalesced", "delayed"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_a_long_sequence_in_random_pieces_equals_the_whole_among_100_other_sessions(
     request: pytest.FixtureRequest, client: RnnClient, tmp_path: Path, cell: str, steps: str
 ) -> None:
-    server = request.getfixturevalue("server" if steps == "alone" else "coalescing_server")
+    servers = {"alone": "server", "coalesced": "coalescing_server", "delayed": "delaying_server"}
+    server = request.getfixturevalue(servers[steps])
     model = f"sine-{cell}"
     rng = np.random.default_rng(7)
     x = (np.sin(np.linspace(0, 60, STEPS)) + rng.normal(0, 0.1, STEPS)).astype(np.float32)
