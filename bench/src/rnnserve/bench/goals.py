@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from rnnserve.bench.report import DATE, Figure, ScenarioResult
-from rnnserve.bench.streams import COALESCING, DELAYED
+from rnnserve.bench.streams import COALESCING, DELAYED, started_with
 
 Found = tuple[ScenarioResult, Figure] | None
 
@@ -72,9 +72,9 @@ def _difference_goal(text: str, found: Found, floor_found: Found, metric: str, l
     return f"{measured} — {'met' if beyond <= limit else 'NOT met'}."
 
 
-def _unary_goals(results: list[ScenarioResult], server: str, setting: str) -> list[str]:
-    """The goals of one step per ModelInfer, for `server` (`setting`: how it was started,
-    "" for the defaults)."""
+def _unary_goals(results: list[ScenarioResult], server: str) -> list[str]:
+    """The goals of one step per ModelInfer, for `server`."""
+    setting = started_with(server)
     ours_64 = _find(results, "streams", f"{server} ModelInfer x64")
     echo_64 = _find(results, "streams", "echo ModelInfer x64")
     return [
@@ -120,8 +120,8 @@ def evaluate(results: list[ScenarioResult]) -> list[str]:
     side by side in one run, and the guarantees' own goals."""
     idle = _find(results, "memory", "100,000 idle sessions")
     return [
-        *_unary_goals(results, "rnnserve", ""),
-        *_unary_goals(results, DELAYED, f" with {DELAYED[9:]}"),
+        *_unary_goals(results, "rnnserve"),
+        *_unary_goals(results, DELAYED),
         *(
             _ratio_goal(
                 text,

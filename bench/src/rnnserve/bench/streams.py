@@ -36,6 +36,13 @@ DELAY_US = 2000  # a coalesced batch's wait for unary calls, which come one per 
 DELAYED = f"{COALESCING} --coalesce-max-delay-us {DELAY_US}"
 
 
+def started_with(server: str) -> str:
+    """How an rnnserve of this scenario was started, as its notes and goals say it: "" for
+    the defaults, " with" and its flags otherwise."""
+    flags = server.removeprefix("rnnserve")
+    return f" with{flags}" if flags else ""
+
+
 @dataclass(frozen=True)
 class Load:
     """One load of the scenario, on one server."""
@@ -202,13 +209,13 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
         "The model floor's one-session step p50 (probe) over echo's p50",
         (MODEL_FLOOR, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
     )  # fmt: skip
-    for server, setting in (("rnnserve", ""), (DELAYED, f" with {DELAYED[9:]}")):
+    for server in ("rnnserve", DELAYED):
         note(
-            f"One session's step p50 (probe){setting} over echo's p50",
+            f"One session's step p50 (probe){started_with(server)} over echo's p50",
             (server, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
         )  # fmt: skip
-    coalescing = ((COALESCING, f" with {COALESCING[9:]}"), (DELAYED, f" with {DELAYED[9:]}"))
-    for server, setting in (("rnnserve", ""), *coalescing):
+    for server in ("rnnserve", COALESCING, DELAYED):
+        setting = started_with(server)
         note(
             f"One-step ModelInfer at {top} sessions{setting}, steps/s over echo's requests/s",
             (server, unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
