@@ -96,7 +96,9 @@ class HeldSequences:
             )
             for index in range(count)
         ]
-        self.wrong = [self._step(index, 0) for index in range(count)]
+        self.wrong: list[str] = []  # what was wrong with an answer
+        for index in range(count):
+            self._step(index, 0)
 
     def step_on(self) -> tuple[int, list[str]]:
         """Each sequence's second chunk: how many continued (their answers checked into
@@ -104,12 +106,11 @@ class HeldSequences:
         continued, lost = 0, []
         for index in range(len(self._sessions)):
             try:
-                self.wrong.append(self._step(index, CHUNK))
+                self._step(index, CHUNK)
                 continued += 1
             except InferenceError as error:
                 assert error.code == "ABORTED", error
                 lost.append(error.message)
-        self.wrong = [message for message in self.wrong if message is not None]
         return continued, lost
 
     def close(self) -> None:
@@ -117,8 +118,10 @@ class HeldSequences:
             session.close()
             session.client.close()
 
-    def _step(self, index: int, begin: int) -> str | None:
-        return step_checked(self._sessions[index], self.xs[index], self.wholes[index], begin)
+    def _step(self, index: int, begin: int) -> None:
+        wrong = step_checked(self._sessions[index], self.xs[index], self.wholes[index], begin)
+        if wrong is not None:
+            self.wrong.append(wrong)
 
 
 class ClientThreads:

@@ -7,8 +7,9 @@ process, with real ONNX Runtime over the tiny default models."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,45 +74,43 @@ def repository(
     return root
 
 
-def made(runner: asyncio.Runner, settings: Settings) -> Plane:
-    data_plane = DataPlane(settings, open_store(settings))
-    runner.run(data_plane.load())
-    return Plane(data_plane, runner)
+@contextlib.contextmanager
+def running(*settings: Settings) -> Iterator[list[Plane]]:
+    """A data plane for each of `settings`, loaded on one event loop, closed after."""
+    with asyncio.Runner() as runner:
+        made = []
+        for each in settings:
+            data_plane = DataPlane(each, open_store(each))
+            runner.run(data_plane.load())
+            made.append(Plane(data_plane, runner))
+        yield made
+        for plane in made:
+            runner.run(plane.plane.close())
 
 
 @pytest.fixture(scope="module")
 def planes(repository: Path) -> Iterator[tuple[Plane, Plane]]:
     """A data plane that coalesces steps and one that runs each alone."""
-    with asyncio.Runner() as runner:
-        both = [
-            made(runner, Settings(model_repository=repository, coalesce_steps=coalesce))
-            for coalesce in (True, False)
-        ]
-        yield both[0], both[1]
-        for plane in both:
-            runner.run(plane.plane.close())
+    settings = (Settings(model_repository=repository, coalesce_steps=c) for c in (True, False))
+    with running(*settings) as (together, alone):
+        yield together, alone
 
 
 @pytest.fixture(scope="module")
 def delayed(repository: Path) -> Iterator[tuple[Plane, Plane]]:
     """Data planes whose batches wait for company (coalesce_max_delay_us): up to a minute
     but 4 steps at most, and a millisecond."""
-    with asyncio.Runner() as runner:
-        both = [
-            made(
-                runner,
-                Settings(
-                    model_repository=repository,
-                    coalesce_steps=True,
-                    coalesce_max_delay_us=delay_us,
-                    batch_max_size=max_size,
-                ),
-            )
-            for delay_us, max_size in ((60_000_000, 4), (1000, 64))
-        ]
-        yield both[0], both[1]
-        for plane in both:
-            runner.run(plane.plane.close())
+    settings = (
+        Settings(
+            model_repository=repository,
+            coalesce_steps=True,
+            coalesce_max_delay_us=delay_us,
+            batch_max_size=max_size,
+        )
+        for delay_us, max_size in ((60_000_000, 4), (1000, 64))
+    )
+    with running(*settings) as (full, short):
+        yield full, short
 
 
 def step(
@@ -155,6 +154,15 @@ def as_alone(
     for (response, _), one in zip(answered, expected, strict=True):
         same(response, one)
     return got
+
+
+def started_then_stepped(
+    planes: tuple[Plane, Plane], model: str, ids: Iterable[int], x: np.ndarray, spread: bool
+) -> list[InferResponse | BaseException]:
+    """Sessions `ids` started with `x` (one by one), then each stepped with `x` again, sent
+    as `as_alone` sends them; its answers and failures."""
+    start(planes, *(step(model, i, x, start=True) for i in ids))
+    return as_alone(planes, *(step(model, i, x) for i in ids), spread=spread)
 
 
 def offsets(got: list[InferResponse | BaseException]) -> list[Parameter]:
@@ -282,10 +290,8 @@ def test_with_a_delay_steps_of_different_turns_wait_for_one_batch_that_runs_once
 ) -> None:
     full, _ = delayed  # a minute's delay, 4 steps at most
     _, alone = planes
-    ids = range(800, 804)
     x = np.full((1, 2, 1), 0.4)
-    start((full, alone), *(step("sine-lstm", i, x, start=True) for i in ids))
-    got = as_alone((full, alone), *(step("sine-lstm", i, x) for i in ids), spread=True)
+    got = started_then_stepped((full, alone), "sine-lstm", range(800, 804), x, spread=True)
     assert offsets(got) == [4] * 4
     assert 4 in full.batch_sizes("sine-lstm")
 
@@ -295,10 +301,9 @@ def test_with_a_delay_the_steps_beyond_a_full_batch_run_in_the_next(
 ) -> None:
     full, _ = delayed
     _, alone = planes
-    ids = range(810, 810 + SESSIONS)
     x = np.full((1, 1, 1), -0.2)
-    start((full, alone), *(step("sine-gru", i, x, start=True) for i in ids))
-    as_alone((full, alone), *(step("sine-gru", i, x) for i in ids))  # 8 in one turn
+    ids = range(810, 810 + SESSIONS)
+    started_then_stepped((full, alone), "sine-gru", ids, x, spread=False)  # 8 in one turn
     assert full.batch_sizes("sine-gru") == {1, 4}  # the starts alone, then two of 4
 
 
@@ -308,11 +313,6 @@ def test_with_a_delay_a_batch_that_is_not_full_runs_once_the_delay_has_passed(
     _, short = delayed  # a millisecond
     _, alone = planes
     x = np.full((1, 3, 1), 0.7)
-    start(
-        (short, alone), step("sine-lstm", 820, x, start=True), step("sine-lstm", 821, x, start=True)
-    )
-    got = as_alone(
-        (short, alone), step("sine-lstm", 820, x), step("sine-lstm", 821, x), spread=True
-    )
+    got = started_then_stepped((short, alone), "sine-lstm", (820, 821), x, spread=True)
     assert offsets(got) == [6, 6]
     assert 2 in short.batch_sizes("sine-lstm")
