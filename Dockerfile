@@ -28,6 +28,10 @@
 #   --build-arg PIP_INDEX_URL=URL    another package index (a mirror) instead of PyPI
 #   --build-arg TORCH_INDEX_URL=URL  where the builder finds torch's CPU build when WHEELS has
 #                                    no torch wheel (PyPI's torch is the CUDA build)
+#   --build-arg COMPILED=0           ship the server's hot modules as Python: no C compiler is
+#                                    installed from the distribution's archive to compile them
+#                                    with mypyc (the CPU images' default; the GPU image, on
+#                                    another Python, runs them as Python)
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # onnxruntime-gpu 1.31 from PyPI links libcudart.so.13 and cuDNN 9.
@@ -59,11 +63,13 @@ COPY export/pyproject.toml /tmp/project/export/
 COPY ${WHEELS}/ /tmp/wheels/
 RUN /opt/rnnserve/install.sh deps cpu
 
-# The parts' wheels, from the build context that .dockerignore leaves (pip wheel PART).
+# The parts' wheels, from the build context that .dockerignore leaves (pip wheel PART), and
+# the server part's compiled by mypyc, which the CPU images install (COMPILED=0: not built).
 FROM runtime AS wheel
 ARG WHEELS=deploy/wheels
 ARG PIP_NO_INDEX
 ARG PIP_INDEX_URL
+ARG COMPILED=1
 COPY . /src
 RUN /opt/rnnserve/install.sh wheel "/src/${WHEELS}"
 

@@ -8,11 +8,14 @@
 #                   followed through their rnnserve-* requirements), at the versions that
 #                   /tmp/project/requirements.lock pins, from the wheels in /tmp/wheels first
 #   wheel WHEELS    /dist/rnnserve*.whl, one per part, built from /src, build requirements
-#                   from the wheels in WHEELS first
+#                   from the wheels in WHEELS first; and, unless COMPILED=0, the server part
+#                   compiled by mypyc too (a C compiler installed from the distribution's
+#                   archive)
 #   rnnserve EXTRAS install rnnserve[EXTRAS] from /dist into /opt/venv, which must already
 #                   hold every dependency (no index is asked)
-# From the environment (the build arguments): PIP_NO_INDEX and PIP_INDEX_URL, read by pip, and
-# TORCH_INDEX_URL, the index of torch's CPU build for `deps` when /tmp/wheels has no torch.
+# From the environment (the build arguments): PIP_NO_INDEX and PIP_INDEX_URL, read by pip,
+# TORCH_INDEX_URL, the index of torch's CPU build for `deps` when /tmp/wheels has no torch, and
+# COMPILED (default 1), whether `wheel` builds the compiled server part.
 set -eu
 
 # Debian's and Ubuntu's bundle, extra certificates included; pip's own bundle lacks them.
@@ -56,6 +59,19 @@ find_links() {
     fi
 }
 
+# A C compiler, and Python's headers where the interpreter has none (Debian's python3), for
+# mypyc: from the distribution's archive, into the wheel stage only (thrown away after).
+compiler() {
+    packages="gcc libc6-dev"
+    python3 -c 'import os, sysconfig, sys
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+        || packages="$packages python3-dev"
+    apt-get update
+    # shellcheck disable=SC2086  # one package a word
+    apt-get install -y --no-install-recommends $packages
+    rm -rf /var/lib/apt/lists/*
+}
+
 case $1 in
 runtime)
     find /tmp/ca-certificates -name '*.crt' -exec cp {} /usr/local/share/ca-certificates/ \;
@@ -89,6 +105,15 @@ wheel)
     for part in protos model client service export .; do
         /tmp/venv/bin/pip wheel --no-deps --wheel-dir /dist "/src/$part"
     done
+    if [ "${COMPILED:-1}" = 1 ]; then
+        # The server part once more, its hot modules compiled by mypyc (service/pyproject.toml),
+        # after its pure wheel (mypyc leaves its output beside the sources). A Python of this
+        # stage's version prefers it to the pure wheel; another (the GPU image's 3.12) takes
+        # the pure one.
+        compiler
+        HATCH_BUILD_HOOK_ENABLE_MYPYC=true /tmp/venv/bin/pip wheel --no-deps --wheel-dir /dist \
+            /src/service
+    fi
     ;;
 rnnserve)
     /opt/venv/bin/pip install --no-index --find-links /dist "rnnserve[$2]"

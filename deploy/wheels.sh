@@ -8,7 +8,8 @@
 #   docker build --build-arg PIP_NO_INDEX=1 --target server-cpu .
 # pip's own configuration applies; torch must come out as its CPU build: give pip a folder or
 # an index that has it (TORCH_INDEX_URL, e.g. PyTorch's CPU wheel index, is added as an extra
-# index when set). Does nothing when the folder was filled for this pyproject.toml and Python.
+# index when set). Does nothing when the folder was filled by this script for these
+# pyproject.toml files, lock and Python.
 # Usage: PYTHON=/usr/bin/python3 deploy/wheels.sh [DIR]       (PYTHON default: python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ dir=${1:-deploy/wheels}
 python=${PYTHON:-python3}
 stamp="$dir/.filled-for"
 
-digest=$({ cat pyproject.toml ./*/pyproject.toml requirements.lock; "$python" -VV; } \
+digest=$({ cat deploy/wheels.sh pyproject.toml ./*/pyproject.toml requirements.lock; "$python" -VV; } \
     | sha256sum | cut -d' ' -f1)
 if [[ -f $stamp && $(cat "$stamp") == "$digest" ]]; then
     exit 0
@@ -28,9 +29,13 @@ fi
 venv=$(mktemp -d)
 trap 'rm -rf "$venv"' EXIT
 "$python" -m venv "$venv"
+# The build requirements, the mypyc hook's among them (the compiled server part).
 mapfile -t build_requires < <("$python" -c 'import glob, tomllib
-requires = [r for p in ["pyproject.toml", *glob.glob("*/pyproject.toml")]
-            for r in tomllib.load(open(p, "rb"))["build-system"]["requires"]]
+projects = [tomllib.load(open(p, "rb")) for p in ["pyproject.toml", *glob.glob("*/pyproject.toml")]]
+hooks = [p.get("tool", {}).get("hatch", {}).get("build", {}).get("targets", {})
+         .get("wheel", {}).get("hooks", {}).get("mypyc", {}) for p in projects]
+requires = [r for p in projects for r in p["build-system"]["requires"]]
+requires += [r for hook in hooks for r in hook.get("dependencies", [])]
 print("\n".join(dict.fromkeys(requires)))')
 extra_index=()
 if [[ -n ${TORCH_INDEX_URL:-} ]]; then

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from compiled_build import compiled_modules
 from deploytools import DASHBOARD, ROOT, expressions
 from dockerd import apt_install
 from processes import free_port
@@ -212,6 +213,19 @@ def test_server_image_is_small_and_has_no_torch(stack: Stack) -> None:
         ["docker", "run", "--rm", "--network", "host", SERVER_IMAGE, "python3", "-c", probe],
         stack.env,
     )
+
+
+def test_server_image_runs_the_compiled_modules(stack: Stack) -> None:
+    """The server image ships the server part as mypyc compiled it, not as Python."""
+    probe = (
+        "import importlib, sys, sysconfig; suffix = sysconfig.get_config_var('EXT_SUFFIX'); "
+        "python = [n for n in sys.argv[1:] if not importlib.import_module(n).__file__"
+        ".endswith(suffix)]; assert not python, python"
+    )
+    run(
+        ["docker", "run", "--rm", "--network", "host", SERVER_IMAGE, "python3", "-c", probe,
+         *compiled_modules()], stack.env,
+    )  # fmt: skip
 
 
 def test_images_trust_the_extra_ca_certificates(stack: Stack) -> None:

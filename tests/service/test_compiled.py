@@ -7,23 +7,12 @@ from __future__ import annotations
 import importlib
 import os
 import sysconfig
-import tomllib
-from pathlib import Path
 
 import pytest
+from compiled_build import compiled_modules
 
-ROOT = Path(__file__).resolve().parents[2]
 COMPILED_BUILD = os.environ.get("RNNSERVE_COMPILED") == "1"
 EXTENSION = sysconfig.get_config_var("EXT_SUFFIX")
-
-
-def compiled_modules() -> list[str]:
-    """The modules the server's mypyc hook compiles, by name."""
-    project = tomllib.loads((ROOT / "service" / "pyproject.toml").read_text())
-    hook = project["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["mypyc"]
-    return [
-        path.removeprefix("src/").removesuffix(".py").replace("/", ".") for path in hook["include"]
-    ]
 
 
 @pytest.mark.parametrize("name", compiled_modules())
