@@ -13,7 +13,6 @@ output gives each row's sequence's time steps after the request.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -95,10 +94,15 @@ def split_control(request: InferRequest) -> tuple[SessionRows | None, InferReque
         _flags(controls.get(SEQUENCE_END), len(ids)),
         _offsets(controls.get(SEQUENCE_OFFSET), len(ids)),
     )
-    task_request = dataclasses.replace(
-        request,
-        inputs=[tensor for tensor in request.inputs if tensor.name not in CONTROL_NAMES],
-        outputs=[name for name in request.outputs if name not in CONTROL_OUTPUTS],
+    # Built field by field: dataclasses.replace is interpreted Python on every request.
+    task_request = InferRequest(
+        request.model_name,
+        request.model_version,
+        request.id,
+        [tensor for tensor in request.inputs if tensor.name not in CONTROL_NAMES],
+        [name for name in request.outputs if name not in CONTROL_OUTPUTS],
+        request.parameters,
+        request.principal,
     )
     return rows, task_request
 

@@ -94,11 +94,13 @@ def check_finite(name: str, data: np.ndarray) -> None:
     """Floating-point data only: NaN and infinity never reach ORT (integers are finite)."""
     if data.dtype.kind != "f":
         return
-    # A step's few values are checked in Python: numpy's isfinite().all() costs more for them.
+    # A step's few values are checked in Python: numpy's isfinite() costs more for them.
+    # Larger data are reduced by the ufunc itself: ndarray.all() goes through numpy's
+    # interpreted _methods._all.
     finite = (
         all(map(math.isfinite, data.ravel().tolist()))
         if data.size <= SMALL
-        else np.isfinite(data).all()
+        else np.logical_and.reduce(np.isfinite(data), axis=None)
     )
     if not finite:
         raise InvalidArgument(f"input '{name}' contains NaN or infinity; expected finite values")
