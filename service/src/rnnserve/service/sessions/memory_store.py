@@ -212,7 +212,8 @@ class MemoryStore:
         if slab is None or not fits(slab.layout, into):
             return None
         at = np.array(slots, np.intp)
-        if slab.deadlines[at].min() < time.monotonic():  # expired: `load` drops it
+        # np.minimum.reduce, not .min(): ndarray.min runs numpy's interpreted _methods._amin.
+        if np.minimum.reduce(slab.deadlines[at]) < time.monotonic():  # expired: `load` drops it
             return None
         _gather(slab, slots, into, range(len(keys)))
         counts: np.ndarray = slab.offsets[at]  # a copy

@@ -108,9 +108,13 @@ def check_finite(name: str, data: np.ndarray) -> None:
 
 def check_ids(name: str, ids: np.ndarray, count: int) -> None:
     """Ids that index a table of `count` rows (a vocabulary, an embedding): each from 0 to
-    count - 1. ORT would refuse the others naming a node, not the input. A min() and a
-    max() over the array; the offender is looked for only once one is out."""
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= count):
+    count - 1. ORT would refuse the others naming a node, not the input. A minimum and a
+    maximum over the array (the ufuncs': ndarray.min and max run numpy's interpreted
+    _methods); the offender is looked for only once one is out."""
+    if ids.size and (
+        int(np.minimum.reduce(ids, axis=None)) < 0
+        or int(np.maximum.reduce(ids, axis=None)) >= count
+    ):
         bad = ids[(ids < 0) | (ids >= count)]
         raise InvalidArgument(
             f"input '{name}' has token id {int(bad.flat[0])}; expected ids from 0 to {count - 1}"
