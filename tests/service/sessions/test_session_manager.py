@@ -331,6 +331,39 @@ def test_continuations_of_live_sessions_step_as_step_rows_steps_them(
     asyncio.run(scenario())
 
 
+def test_a_continuation_whose_sessions_expire_while_it_runs_writes_over_no_other_session(
+    make_store: Callable[..., StateStore],
+) -> None:
+    """A store that saves a batch's states where it loaded them from must notice that a
+    session left its place while the batch ran: here the batch's sessions expire during
+    the run and a new session starts in the place one held; it keeps its own state."""
+    idle_s = 0.5
+    store = make_store(idle_s)
+    if not isinstance(store, LiveRows):
+        pytest.skip("does not apply: the store steps every batch through step_rows")
+
+    async def scenario() -> None:
+        manager = SessionManager(store, max_sessions=10)
+        model = fresh_key().model
+        batch_keys = [SessionKey(ANONYMOUS, model, "1", i) for i in range(3)]
+        newcomer = SessionKey(ANONYMOUS, model, "1", "newcomer")
+        for key in batch_keys:
+            await step(manager, key, True, False, zeros(), add(1))
+
+        async def expiring_run(state: State) -> tuple[None, State]:
+            await asyncio.sleep(idle_s * 3)
+            assert set(await store.expire()) == set(batch_keys)
+            await step(manager, newcomer, True, False, zeros(), add(100))
+            return await add_ten(state)
+
+        continued = await manager.continue_rows(batch_keys, [1, 1, 1], batch(3), expiring_run)
+        assert continued is not None
+        assert await step(manager, newcomer, False, False, zeros(), add(0)) == 100
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
 def test_continuations_of_a_session_not_live_are_left_to_step_rows_changing_nothing(
     make_store: Callable[..., StateStore],
 ) -> None:

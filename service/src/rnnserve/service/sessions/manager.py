@@ -157,13 +157,13 @@ class SessionManager:
         if store is None:
             return None
         async with self._turns.holding(keys, _order):
-            counts = store.load_live(keys, state)
-            if counts is None:
+            live = store.load_live(keys, state)
+            if live is None:
                 return None
             result, new_state = await run(state)
-            counts += lengths
-            store.save_live(keys, new_state, counts)
-        return result, counts
+            live.counts += lengths
+            store.save_live(live, new_state)
+        return result, live.counts
 
     async def step_rows(
         self,

@@ -39,6 +39,7 @@ from rnnserve.service.sessions.state import (
     row_layout,
     tombstone_s,
 )
+from rnnserve.service.sessions.store import Live
 from rnnserve.service.sessions.turns import Turns
 from rnnserve.service.types import State
 
@@ -63,6 +64,7 @@ class _Slab:
         self.last: dict[int, LastStep] = {}  # slot -> its last step, when kept for a retry
         self.owners: list[SessionKey | None] = []  # the session in each slot
         self._free: list[int] = []
+        self.releases = 0  # slots given up so far: while it stays, no session left its slot
 
     def allocate(self, key: SessionKey) -> int:
         if not self._free:
@@ -72,6 +74,7 @@ class _Slab:
         return slot
 
     def release(self, slot: int) -> None:
+        self.releases += 1
         self.owners[slot] = None
         self.deadlines[slot] = np.inf  # a free slot never expires
         self.last.pop(slot, None)
@@ -132,6 +135,45 @@ def _gather(slab: _Slab, slots: Sequence[int], into: State, rows: Sequence[int])
     for name, data in slab.data.items():
         # (sessions, before, after) -> (before, sessions, after)
         into[name][:, rows_at] = data[at].swapaxes(0, 1)
+
+
+def _put(
+    slab: _Slab,
+    slots: list[int],
+    at: slice | np.ndarray,
+    state: State,
+    rows: Sequence[int],
+    deadline: float,
+    offsets: Sequence[int] | np.ndarray,
+) -> None:
+    """Slot slots[j] of `slab` (`at` indexes them) set to row rows[j] of `state` and step
+    count offsets[j], its idle timer restarted."""
+    if slab.resident is not None:
+        slab.resident.scatter(slots, state, rows)
+    else:
+        rows_at = _index(rows)
+        for name, data in slab.data.items():
+            data[at] = state[name][:, rows_at].swapaxes(0, 1)
+    slab.deadlines[at] = deadline
+    slab.offsets[at] = offsets
+
+
+class _Live:
+    """Sessions `load_live` found live, in `slots` of `slab` (indexed by `at`): `save_live`
+    writes them back there unless a session left its slot meanwhile (it expired while its
+    step ran: the slab's `releases` moved on)."""
+
+    __slots__ = ("at", "counts", "keys", "releases", "slab", "slots")
+
+    def __init__(
+        self, counts: np.ndarray, keys: Sequence[SessionKey], slab: _Slab, slots: list[int]
+    ) -> None:
+        self.counts = counts
+        self.keys = keys
+        self.slab = slab
+        self.slots = slots
+        self.at = _index(slots)
+        self.releases = slab.releases
 
 
 class _Entry:
@@ -195,7 +237,7 @@ class MemoryStore:
             _gather(slab, slab_slots, into, slab_rows)
         return loaded
 
-    def load_live(self, keys: Sequence[SessionKey], into: State) -> np.ndarray | None:
+    def load_live(self, keys: Sequence[SessionKey], into: State) -> Live | None:
         """`load` of sessions that are all live, in one slab that fits `into` (a steady
         stream of multi-session requests): keys[i]'s state copied into row i of `into`,
         and the step counts, without a Progress per key. None, having changed nothing,
@@ -216,8 +258,7 @@ class MemoryStore:
         if np.minimum.reduce(slab.deadlines[at]) < time.monotonic():  # expired: `load` drops it
             return None
         _gather(slab, slots, into, range(len(keys)))
-        counts: np.ndarray = slab.offsets[at]  # a copy
-        return counts
+        return _Live(slab.offsets[at], keys, slab, slots)  # the counts: a copy
 
     def _load_one(self, key: SessionKey, into: State, row: int, now: float) -> Loaded:
         """`load` of one key: its state copied into `row` of `into`."""
@@ -271,12 +312,18 @@ class MemoryStore:
             slab.keep_last(slot, one.last)
         return [None] * len(keys)
 
-    def save_live(self, keys: Sequence[SessionKey], state: State, counts: np.ndarray) -> None:
-        """`save` of steps without an offset (they keep no last step): keys[i]'s state
-        from row i of `state`, with step count counts[i], without a Progress per key."""
-        slab = self._slab(state)
+    def save_live(self, live: Live, state: State) -> None:
+        """`save` of steps without an offset (they keep no last step): the state of
+        `live`'s keys[i] from row i of `state`, with step count counts[i], without a
+        Progress per key, into the slots they were loaded from."""
+        assert isinstance(live, _Live)  # load_live's
         deadline = time.monotonic() + self.idle_timeout_s
-        slots = self._write(keys, state, range(len(keys)), slab, deadline, counts)
+        slab, slots, rows = live.slab, live.slots, range(len(live.slots))
+        if slab.releases == live.releases and fits(slab.layout, state):
+            _put(slab, slots, live.at, state, rows, deadline, live.counts)
+        else:  # a session left its slot while the step ran: each is looked up again
+            slab = self._slab(state)
+            slots = self._write(live.keys, state, rows, slab, deadline, live.counts)
         if slab.last:  # kept only of steps that carried an offset: most slabs keep none
             for slot in slots:
                 slab.keep_last(slot, None)
@@ -293,15 +340,7 @@ class MemoryStore:
         """Each key's slot of `slab` (taken when it has none) set to its row of `state`
         and its step count, its idle timer restarted; the slots."""
         slots = [self._slot(key, slab) for key in keys]
-        at = _index(slots)
-        if slab.resident is not None:
-            slab.resident.scatter(slots, state, rows)
-        else:
-            rows_at = _index(rows)
-            for name, data in slab.data.items():
-                data[at] = state[name][:, rows_at].swapaxes(0, 1)
-        slab.deadlines[at] = deadline
-        slab.offsets[at] = offsets
+        _put(slab, slots, _index(slots), state, rows, deadline, offsets)
         return slots
 
     def _save_one(

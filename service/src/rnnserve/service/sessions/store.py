@@ -101,6 +101,13 @@ class StateStore(Protocol):
     async def close(self) -> None: ...
 
 
+class Live(Protocol):
+    """The sessions `LiveRows.load_live` found live, for `save_live`: their step counts (row
+    i's at i), to which the caller adds its step's, and where the store found them."""
+
+    counts: np.ndarray
+
+
 @runtime_checkable
 class LiveRows(Protocol):
     """What a store may offer besides StateStore's calls (the memory store does): a step of
@@ -108,15 +115,15 @@ class LiveRows(Protocol):
     multi-session requests), loaded and saved with their step counts as one array, without
     a Progress per session. keys[i] is row i of the batch state."""
 
-    def load_live(self, keys: Sequence[SessionKey], into: State) -> np.ndarray | None:
-        """Copies each session's state into its row of `into` and returns their step
-        counts, when every session is live and its state fits `into`; else None, having
-        changed nothing (`load` says what became of each)."""
+    def load_live(self, keys: Sequence[SessionKey], into: State) -> Live | None:
+        """Copies each session's state into its row of `into` and returns them with their
+        step counts, when every session is live and its state fits `into`; else None,
+        having changed nothing (`load` says what became of each)."""
         ...
 
-    def save_live(self, keys: Sequence[SessionKey], state: State, counts: np.ndarray) -> None:
-        """`save` of each session's row of `state` with its new step count, for steps
-        without an offset (no last step kept)."""
+    def save_live(self, live: Live, state: State) -> None:
+        """`save` of each of `live`'s sessions' row of `state` with its step count
+        (`live.counts`), for steps without an offset (no last step kept)."""
         ...
 
 
