@@ -28,18 +28,25 @@ def test_waiters_get_the_turn_in_arrival_order() -> None:
 def test_free_keys_are_taken_at_once_and_held_until_given_back() -> None:
     async def scenario() -> None:
         turns = Turns()
-        turns.take_free(["a", "b"])
+        assert turns.take_all_free(["a", "b"])
         assert turns.held("a") and turns.held("b")
         waiter = asyncio.create_task(turns.take("a"))
         await asyncio.sleep(0)
         assert not waiter.done()
-        turns.give("a")
+        turns.give_all(["a", "b"])  # "a" to its waiter, "b" freed
         await waiter
+        assert turns.held("a") and not turns.held("b")
         turns.give("a")
-        turns.give("b")
-        assert not turns.held("a") and not turns.held("b")
+        assert not turns.held("a")
 
     asyncio.run(scenario())
+
+
+def test_keys_of_which_one_is_held_are_not_taken_at_once() -> None:
+    turns = Turns()
+    assert turns.take_all_free(["b"])
+    assert not turns.take_all_free(["a", "b", "c"])
+    assert not turns.held("a") and not turns.held("c")
 
 
 def test_a_waiter_cancelled_while_waiting_blocks_no_one() -> None:

@@ -131,7 +131,7 @@ def test_a_hand_over_waits_for_the_owners_step_in_progress(any_redis: str, names
     async def scenario() -> None:
         async with Worker(any_redis, namespace) as a, Worker(any_redis, namespace) as b:
             await save_one(a.store, KEY, lstm_state(0))
-            a.turns.take_free([KEY])  # a step of the session is running on a
+            assert a.turns.take_all_free([KEY])  # a step of the session is running on a
             moving = asyncio.create_task(load_one(b.store, KEY, lstm_state()))
             await asyncio.sleep(0.3)
             assert not moving.done()
@@ -151,7 +151,7 @@ def test_an_owner_that_does_not_hand_over_fails_the_step_as_unavailable(
             Worker(any_redis, namespace, handover_timeout_s=0.1) as b,
         ):
             await save_one(a.store, KEY, lstm_state(0))
-            a.turns.take_free([KEY])  # a step that does not end
+            assert a.turns.take_all_free([KEY])  # a step that does not end
             refused = r"did not hand it over \(asked 2 times, 0\.1s each\); retry"
             with pytest.raises(Unavailable, match=refused):
                 await load_one(b.store, KEY, lstm_state())

@@ -21,9 +21,15 @@ class Turns:
     def held(self, key: Hashable) -> bool:
         return key in self._waiting
 
-    def take_free(self, keys: Iterable[Hashable]) -> None:
-        """Takes keys that no one holds (the caller checked), without waiting."""
-        self._waiting.update(dict.fromkeys(keys, ()))
+    def take_all_free(self, keys: Sequence[Hashable]) -> bool:
+        """Takes every key, without waiting, when no one holds any; False, taking none,
+        when one is held."""
+        waiting = self._waiting
+        for key in keys:
+            if key in waiting:
+                return False
+        waiting.update(dict.fromkeys(keys, ()))
+        return True
 
     async def take(self, key: Hashable) -> None:
         """Takes the key's turn once every earlier taker has given it back."""
@@ -52,6 +58,15 @@ class Turns:
                 return
         del self._waiting[key]
 
+    def give_all(self, keys: Iterable[Hashable]) -> None:
+        """`give` of each key (a batch's): most have no waiter, and are freed here."""
+        waiting = self._waiting
+        for key in keys:
+            if waiting[key]:  # a queue of waiters, one of which may still wait
+                self.give(key)
+            else:
+                del waiting[key]
+
     def holding(self, keys: Sequence[Hashable], order: Callable[[Any], Any]) -> Holding:
         """The turn of every key in `keys` (no key twice), held in a `async with` block.
 
@@ -74,8 +89,7 @@ class Holding:
 
     async def __aenter__(self) -> None:
         turns, keys = self._turns, self._keys
-        if not any(map(turns.held, keys)):
-            turns.take_free(keys)
+        if turns.take_all_free(keys):
             return
         taken: list[Hashable] = []
         try:
@@ -88,5 +102,4 @@ class Holding:
             raise
 
     async def __aexit__(self, *_: object) -> None:
-        for key in self._keys:
-            self._turns.give(key)
+        self._turns.give_all(self._keys)
