@@ -63,6 +63,15 @@ async def step(
     return result
 
 
+def live_rows_store(make_store: Callable[..., StateStore], idle_s: float) -> StateStore:
+    """A store whose sessions expire after `idle_s` and that offers LiveRows' calls; the
+    test does not apply to the others."""
+    store = make_store(idle_s)
+    if not isinstance(store, LiveRows):
+        pytest.skip("does not apply: the store steps every batch through step_rows")
+    return store
+
+
 def fresh_key(sequence_id: int | str = 1) -> SessionKey:
     # A model name of its own per test keeps the metric samples of tests apart.
     return SessionKey(ANONYMOUS, f"model-{uuid.uuid4().hex[:8]}", "1", sequence_id)
@@ -338,9 +347,7 @@ def test_a_continuation_whose_sessions_expire_while_it_runs_writes_over_no_other
     session left its place while the batch ran: here the batch's sessions expire during
     the run and a new session starts in the place one held; it keeps its own state."""
     idle_s = 0.5
-    store = make_store(idle_s)
-    if not isinstance(store, LiveRows):
-        pytest.skip("does not apply: the store steps every batch through step_rows")
+    store = live_rows_store(make_store, idle_s)
 
     async def scenario() -> None:
         manager = SessionManager(store, max_sessions=10)
@@ -368,9 +375,7 @@ def test_continuations_of_a_session_not_live_are_left_to_step_rows_changing_noth
     make_store: Callable[..., StateStore],
 ) -> None:
     idle_s = 0.5
-    store = make_store(idle_s)
-    if not isinstance(store, LiveRows):
-        pytest.skip("does not apply: the store steps every batch through step_rows")
+    store = live_rows_store(make_store, idle_s)
 
     async def scenario() -> None:
         manager = SessionManager(store, max_sessions=10)
