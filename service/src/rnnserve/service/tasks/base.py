@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from mypy_extensions import mypyc_attr
 
 from rnnserve.model.spec import ModelSpec
 from rnnserve.service.device import as_host
@@ -71,9 +70,6 @@ class Result:
         }
 
 
-# Compiled (service/pyproject.toml), and subclassed by interpreted tasks (the tagger's,
-# seq2seq's, the recurrent task's): mypyc lets them only where the class says so.
-@mypyc_attr(allow_interpreted_subclasses=True)
 class Task(ABC):
     """One task's wire tensors and how a request for them runs on the task's graphs.
 
