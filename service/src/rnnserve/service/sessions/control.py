@@ -96,13 +96,13 @@ def split_control(request: InferRequest) -> tuple[SessionRows | None, InferReque
     )
     # Built field by field: dataclasses.replace is interpreted Python on every request.
     task_request = InferRequest(
-        request.model_name,
-        request.model_version,
-        request.id,
-        [tensor for tensor in request.inputs if tensor.name not in CONTROL_NAMES],
-        [name for name in request.outputs if name not in CONTROL_OUTPUTS],
-        request.parameters,
-        request.principal,
+        model_name=request.model_name,
+        model_version=request.model_version,
+        id=request.id,
+        inputs=[tensor for tensor in request.inputs if tensor.name not in CONTROL_NAMES],
+        outputs=[name for name in request.outputs if name not in CONTROL_OUTPUTS],
+        parameters=request.parameters,
+        principal=request.principal,
     )
     return rows, task_request
 

@@ -166,13 +166,18 @@ class _Live:
     __slots__ = ("at", "counts", "keys", "releases", "slab", "slots")
 
     def __init__(
-        self, counts: np.ndarray, keys: Sequence[SessionKey], slab: _Slab, slots: list[int]
+        self,
+        counts: np.ndarray,
+        keys: Sequence[SessionKey],
+        slab: _Slab,
+        slots: list[int],
+        at: slice | np.ndarray,
     ) -> None:
         self.counts = counts
         self.keys = keys
         self.slab = slab
         self.slots = slots
-        self.at = _index(slots)
+        self.at = at
         self.releases = slab.releases
 
 
@@ -253,12 +258,13 @@ class MemoryStore:
             slots.append(entry.slot)
         if slab is None or not fits(slab.layout, into):
             return None
-        at = np.array(slots, np.intp)
+        at = _index(slots)  # for the reads here and save_live's writes
         # np.minimum.reduce, not .min(): ndarray.min runs numpy's interpreted _methods._amin.
         if np.minimum.reduce(slab.deadlines[at]) < time.monotonic():  # expired: `load` drops it
             return None
         _gather(slab, slots, into, range(len(keys)))
-        return _Live(slab.offsets[at], keys, slab, slots)  # the counts: a copy
+        counts = slab.offsets[at].copy()  # a slice is a view: the caller adds to its counts
+        return _Live(counts, keys, slab, slots, at)
 
     def _load_one(self, key: SessionKey, into: State, row: int, now: float) -> Loaded:
         """`load` of one key: its state copied into `row` of `into`."""
