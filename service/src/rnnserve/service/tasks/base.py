@@ -115,7 +115,8 @@ class Task(ABC):
 
     @classmethod
     def check_spec(cls, spec: ModelSpec) -> None:
-        """Raises ValueError when the spec lacks what this task needs."""
+        """Raises ValueError when the spec lacks what this task needs: the graphs and
+        tensors it reads, then what `check_needs` asks."""
         if set(spec.graphs) != cls.graph_roles:
             raise ValueError(f"task {cls.name} needs graphs {sorted(cls.graph_roles)}")
         for role, inputs, outputs in cls.graph_tensors:
@@ -129,6 +130,14 @@ class Task(ABC):
                         f"{named}: a graph with tensors of its own names is served by the "
                         "recurrent task (rnnserve import, or no rnnserve metadata at all)"
                     )
+        cls.check_needs(spec)
+
+    @classmethod
+    def check_needs(cls, spec: ModelSpec) -> None:
+        """Raises ValueError when the spec lacks what the task reads beyond its graphs (a
+        vocab, ...). A hook rather than an override of check_spec: compiled by mypyc, a
+        classmethod's `super()` call passes the metaclass as `cls`."""
+        return None  # the graphs are all most tasks read
 
     @abstractmethod
     def input_metadata(self) -> list[TensorMetadata]:

@@ -29,8 +29,7 @@ class RecurrentTask(Task):
     graph_roles = frozenset({ROLE})
 
     @classmethod
-    def check_spec(cls, spec: ModelSpec) -> None:
-        super().check_spec(spec)
+    def check_needs(cls, spec: ModelSpec) -> None:
         if spec.data_inputs is None or spec.data_outputs is None or spec.state_tensors is None:
             raise ValueError(f"task {cls.name} needs data_inputs, data_outputs and state_tensors")
         for kind, data, states, graph in (

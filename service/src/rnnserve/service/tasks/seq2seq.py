@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
 from rnnserve.model.spec import ModelSpec, rows_by_length
+from rnnserve.service.settings import Settings
 from rnnserve.service.tasks import validation
 from rnnserve.service.tasks.base import (
     Execute,
@@ -64,22 +64,21 @@ class Seq2SeqTask(Task):
     request_parameters = frozenset({MAX_OUTPUT_LENGTH})
 
     @classmethod
-    def check_spec(cls, spec: ModelSpec) -> None:
-        super().check_spec(spec)
+    def check_needs(cls, spec: ModelSpec) -> None:
         if not spec.vocab or not spec.target_vocab:
             raise ValueError(f"task {cls.name} needs a vocab and a target_vocab")
         if spec.bos_id is None or spec.eos_id is None or not spec.max_output_length:
             raise ValueError(f"task {cls.name} needs bos_id, eos_id and max_output_length")
 
-    @cached_property
-    def char_ids(self) -> dict[str, int]:
-        """Source characters a client may send; special tokens are not characters. Where
-        the spec folds case, a letter's upper case reads as the letter."""
-        assert self.spec.vocab is not None  # ModelSpec guarantees it for text tasks
-        ids = {token: index for index, token in enumerate(self.spec.vocab) if len(token) == 1}
-        if self.spec.fold_case:
+    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+        # Source characters a client may send; special tokens are not characters. Where
+        # the spec folds case, a letter's upper case reads as the letter.
+        assert spec.vocab is not None  # check_spec guarantees it
+        ids = {token: index for index, token in enumerate(spec.vocab) if len(token) == 1}
+        if spec.fold_case:
             ids |= {char.upper(): ids[char] for char in list(ids) if char.upper() not in ids}
-        return ids
+        self.char_ids = ids
+        super().__init__(spec, settings)
 
     def input_metadata(self) -> list[TensorMetadata]:
         return [TensorMetadata("text", "BYTES", validation.TEXT_SHAPE, text=True)]
@@ -137,7 +136,8 @@ class Seq2SeqTask(Task):
         log_confidence = np.zeros(prepared.rows)
         for step in self._decode(prepared, execute):
             texts = [
-                text + self._char(token) for text, token in zip(texts, step.tokens, strict=True)
+                text + self._char(token)
+                for text, token in zip(texts, step.tokens.tolist(), strict=True)
             ]
             if step.log_probabilities is not None:
                 log_confidence += step.log_probabilities
@@ -150,7 +150,7 @@ class Seq2SeqTask(Task):
         for step in self._decode(prepared, execute):
             if step.log_probabilities is not None:
                 log_confidence += step.log_probabilities
-            texts = [self._char(token) for token in step.tokens]
+            texts = [self._char(token) for token in step.tokens.tolist()]
             yield self._result(prepared, texts, log_confidence, final=step.last)
 
     def session_piece(self, prepared: Prepared, execute: Execute) -> tuple[Result, State]:

@@ -6,13 +6,13 @@ the token-level outputs are padded (`pad_id` or -1 tokens, zero logits) to the l
 
 from __future__ import annotations
 
-from functools import cached_property
 from typing import cast
 
 import numpy as np
 
 from rnnserve.model.spec import ModelSpec, rows_by_length
 from rnnserve.service.errors import InvalidArgument
+from rnnserve.service.settings import Settings
 from rnnserve.service.tasks import validation
 from rnnserve.service.tasks.base import (
     Execute,
@@ -33,20 +33,16 @@ class TaggerTask(Task):
     graph_tensors = (("model", ("tokens",), ("logits",)),)
 
     @classmethod
-    def check_spec(cls, spec: ModelSpec) -> None:
-        super().check_spec(spec)
+    def check_needs(cls, spec: ModelSpec) -> None:
         if not spec.vocab:
             raise ValueError(f"task {cls.name} needs a vocab")
 
-    @property
-    def vocab(self) -> list[str]:
-        assert self.spec.vocab is not None  # ModelSpec guarantees it for text tasks
-        return self.spec.vocab
-
-    @cached_property
-    def char_ids(self) -> dict[str, int]:
-        """Characters a client may send; special tokens ("<pad>", ...) are not characters."""
-        return {token: index for index, token in enumerate(self.vocab) if len(token) == 1}
+    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+        assert spec.vocab is not None  # check_spec guarantees it
+        self.vocab = spec.vocab
+        # Characters a client may send; special tokens ("<pad>", ...) are not characters.
+        self.char_ids = {token: index for index, token in enumerate(spec.vocab) if len(token) == 1}
+        super().__init__(spec, settings)
 
     def input_metadata(self) -> list[TensorMetadata]:
         return [
@@ -136,4 +132,5 @@ class TaggerTask(Task):
 
     def _text(self, tokens: np.ndarray) -> str:
         """Characters of the tokens; special tokens have no text."""
-        return "".join(token for token in (self.vocab[i] for i in tokens) if len(token) == 1)
+        texts = (self.vocab[i] for i in tokens.tolist())
+        return "".join(text for text in texts if len(text) == 1)
