@@ -44,7 +44,7 @@ def sequence_id_of(parameters: Mapping[str, Parameter]) -> str:
     return "" if sequence_id in (0, "") else str(sequence_id)
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class Call:
     """One request as its front end answers it."""
 
@@ -53,9 +53,31 @@ class Call:
     version: str  # as the request named it; the labels resolve it
     request_id: str
     labels: tuple[str, str]
-    sequence_id: str = ""
-    principal: str = ANONYMOUS  # as the front end authenticated it (service/auth.py)
-    code: str = "OK"
+    sequence_id: str
+    principal: str  # as the front end authenticated it (service/auth.py)
+    code: str
+
+    # __init__ by hand: compiled, a dataclass's generated one runs as Python, at three times
+    # the cost; made for every request.
+    def __init__(
+        self,
+        rpc: str,
+        model: str,
+        version: str,
+        request_id: str,
+        labels: tuple[str, str],
+        sequence_id: str = "",
+        principal: str = ANONYMOUS,
+        code: str = "OK",
+    ) -> None:
+        self.rpc = rpc
+        self.model = model
+        self.version = version
+        self.request_id = request_id
+        self.labels = labels
+        self.sequence_id = sequence_id
+        self.principal = principal
+        self.code = code
 
 
 class Recorder:

@@ -21,26 +21,62 @@ __all__ = ["Parameter", "State"]  # request parameter values, as the wire carrie
 ANONYMOUS = "anonymous"
 
 
-@dataclass
+@dataclass(init=False)
 class Tensor:
     name: str
     datatype: str
     shape: tuple[int, ...]
     data: np.ndarray
-    parameters: dict[str, Parameter] = field(default_factory=dict)
+    parameters: dict[str, Parameter]
+
+    # __init__ by hand: compiled, a dataclass's generated one runs as Python, at three times
+    # the cost; made for every request.
+    def __init__(
+        self,
+        name: str,
+        datatype: str,
+        shape: tuple[int, ...],
+        data: np.ndarray,
+        parameters: dict[str, Parameter] | None = None,
+    ) -> None:
+        self.name = name
+        self.datatype = datatype
+        self.shape = shape
+        self.data = data
+        self.parameters = {} if parameters is None else parameters
 
 
-@dataclass
+@dataclass(init=False)
 class InferRequest:
     model_name: str
-    model_version: str = ""  # "" selects the newest loaded version
-    id: str = ""
-    inputs: list[Tensor] = field(default_factory=list)
+    model_version: str  # "" selects the newest loaded version
+    id: str
+    inputs: list[Tensor]
     # Names the client asked for; empty means the model's default outputs.
-    outputs: list[str] = field(default_factory=list)
-    parameters: dict[str, Parameter] = field(default_factory=dict)
+    outputs: list[str]
+    parameters: dict[str, Parameter]
     # Who sent it, as the front end authenticated it: sessions are kept per principal.
-    principal: str = ANONYMOUS
+    principal: str
+
+    # __init__ by hand: compiled, a dataclass's generated one runs as Python, at three times
+    # the cost; made for every request.
+    def __init__(
+        self,
+        model_name: str,
+        model_version: str = "",
+        id: str = "",
+        inputs: list[Tensor] | None = None,
+        outputs: list[str] | None = None,
+        parameters: dict[str, Parameter] | None = None,
+        principal: str = ANONYMOUS,
+    ) -> None:
+        self.model_name = model_name
+        self.model_version = model_version
+        self.id = id
+        self.inputs = [] if inputs is None else inputs
+        self.outputs = [] if outputs is None else outputs
+        self.parameters = {} if parameters is None else parameters
+        self.principal = principal
 
 
 def request_bytes(request: InferRequest) -> int:
@@ -54,14 +90,32 @@ def request_bytes(request: InferRequest) -> int:
     return total
 
 
-@dataclass
+@dataclass(init=False)
 class InferResponse:
     model_name: str
     model_version: str
-    id: str = ""
-    outputs: list[Tensor] = field(default_factory=list)
-    parameters: dict[str, Parameter] = field(default_factory=dict)
-    final: bool = True  # the last response of its request (streaming answers in several)
+    id: str
+    outputs: list[Tensor]
+    parameters: dict[str, Parameter]
+    final: bool  # the last response of its request (streaming answers in several)
+
+    # __init__ by hand: compiled, a dataclass's generated one runs as Python, at three times
+    # the cost; made for every request.
+    def __init__(
+        self,
+        model_name: str,
+        model_version: str,
+        id: str = "",
+        outputs: list[Tensor] | None = None,
+        parameters: dict[str, Parameter] | None = None,
+        final: bool = True,
+    ) -> None:
+        self.model_name = model_name
+        self.model_version = model_version
+        self.id = id
+        self.outputs = [] if outputs is None else outputs
+        self.parameters = {} if parameters is None else parameters
+        self.final = final
 
 
 @dataclass

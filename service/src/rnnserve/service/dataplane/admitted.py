@@ -17,13 +17,29 @@ from rnnserve.service.tasks.base import Prepared, Result
 from rnnserve.service.types import InferRequest, InferResponse, Parameter, State
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class Admitted:
     model: LoadedVersion
     request: InferRequest  # without control tensors
     sequence: SequenceParameters
     rows: SessionRows | None  # a multi-session request's rows
     threads: Executor | None  # None: on the event loop
+
+    # __init__ by hand: compiled, a dataclass's generated one runs as Python, at three times
+    # the cost; made for every request.
+    def __init__(
+        self,
+        model: LoadedVersion,
+        request: InferRequest,
+        sequence: SequenceParameters,
+        rows: SessionRows | None,
+        threads: Executor | None,
+    ) -> None:
+        self.model = model
+        self.request = request
+        self.sequence = sequence
+        self.rows = rows
+        self.threads = threads
 
     def prepare(self, timer: RequestTimer) -> Prepared:
         """The request validated by its task (in `threads`): nothing unchecked reaches ORT."""

@@ -71,15 +71,31 @@ class RowStep(NamedTuple):
     digest: bytes = b""  # of its inputs and flags, when it carries an offset
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class Outcome:
     """What became of one row's step."""
 
-    kind: Kind = "apply"
-    offset: int = 0  # the session's time steps after the request (known ones, for failures)
-    error: ServiceError | None = None
-    answer: Answer | None = None  # a replay's kept answer (its state outputs left out)
-    prior: int | None = None  # an applied step's: the count it was applied on (Progress.prior)
+    kind: Kind
+    offset: int  # the session's time steps after the request (known ones, for failures)
+    error: ServiceError | None
+    answer: Answer | None  # a replay's kept answer (its state outputs left out)
+    prior: int | None  # an applied step's: the count it was applied on (Progress.prior)
+
+    # __init__ by hand: compiled, a dataclass's generated one runs as Python, at three times
+    # the cost; made for every request.
+    def __init__(
+        self,
+        kind: Kind = "apply",
+        offset: int = 0,
+        error: ServiceError | None = None,
+        answer: Answer | None = None,
+        prior: int | None = None,
+    ) -> None:
+        self.kind = kind
+        self.offset = offset
+        self.error = error
+        self.answer = answer
+        self.prior = prior
 
     def fail(self, error: ServiceError) -> None:
         self.kind, self.error = "fail", error

@@ -15,15 +15,29 @@ INT64_MAX = 2**63 - 1
 SEQUENCE_PARAMETERS = frozenset({SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END, SEQUENCE_OFFSET})
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class SequenceParameters:
     """A request's sequence parameters, parsed once (not frozen: made for every request,
     a frozen one costs compiled code five times a plain one)."""
 
     sequence_id: int | str  # 0 or "" means the request belongs to no session
-    start: bool = False
-    end: bool = False
-    offset: int | None = None  # sequence_offset, when the request carries it
+    start: bool
+    end: bool
+    offset: int | None  # sequence_offset, when the request carries it
+
+    # __init__ by hand: compiled, a dataclass's generated one runs as Python, at three times
+    # the cost; made for every request.
+    def __init__(
+        self,
+        sequence_id: int | str,
+        start: bool = False,
+        end: bool = False,
+        offset: int | None = None,
+    ) -> None:
+        self.sequence_id = sequence_id
+        self.start = start
+        self.end = end
+        self.offset = offset
 
     @property
     def in_session(self) -> bool:

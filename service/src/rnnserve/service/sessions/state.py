@@ -58,22 +58,36 @@ class LastStep:
     answer: Answer
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class Progress:
     """A session's step accounting, stored with its state by every store."""
 
-    offset: int = 0  # time steps consumed, its last step included
-    last: LastStep | None = None
+    offset: int  # time steps consumed, its last step included
+    last: LastStep | None
     # A record of a recently ended session (kept a while for a retry of its final step):
     # the state stored with it is the one that step started from.
-    ended: bool = False
+    ended: bool
     # Of a step to store: the count it was applied on; for a start, the count it found
     # (ABSENT: no state; None: not looked at, a restart without an offset). A store that
     # other processes write too writes it only if the session still holds that count
     # (compare-and-set): two attempts at one step are applied once, and a start delayed
     # past its sequence's next steps (an attempt that reached another process late) does
     # not begin it again.
-    prior: int | None = None
+    prior: int | None
+
+    # __init__ by hand: compiled, a dataclass's generated one runs as Python, at three times
+    # the cost; made for every request.
+    def __init__(
+        self,
+        offset: int = 0,
+        last: LastStep | None = None,
+        ended: bool = False,
+        prior: int | None = None,
+    ) -> None:
+        self.offset = offset
+        self.last = last
+        self.ended = ended
+        self.prior = prior
 
 
 ABSENT = -1  # Progress.prior of a start that found no state: written only while there is none

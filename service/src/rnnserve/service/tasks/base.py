@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,7 +42,7 @@ GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 TASKS: dict[str, type[Task]] = {}
 
 
-@dataclass
+@dataclass(init=False)
 class Prepared:
     """A validated request, ready for ONNX Runtime."""
 
@@ -51,14 +51,40 @@ class Prepared:
     state: State
     outputs: list[str]  # wire outputs to return
     lengths: list[int]  # time steps of each row: what a session's step consumes
-    text_shape: tuple[int, ...] = ()  # the text input's shape, which text_out mirrors
-    options: dict[str, Any] = field(default_factory=dict)  # validated request parameters
+    text_shape: tuple[int, ...]  # the text input's shape, which text_out mirrors
+    options: dict[str, Any]  # validated request parameters
+
+    # __init__ by hand: compiled, a dataclass's generated one runs as Python, at three times
+    # the cost; made for every request.
+    def __init__(
+        self,
+        rows: int,
+        inputs: dict[str, Any],
+        state: State,
+        outputs: list[str],
+        lengths: list[int],
+        text_shape: tuple[int, ...] = (),
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.rows = rows
+        self.inputs = inputs
+        self.state = state
+        self.outputs = outputs
+        self.lengths = lengths
+        self.text_shape = text_shape
+        self.options = {} if options is None else options
 
 
-@dataclass
+@dataclass(init=False)
 class Result:
     outputs: dict[str, np.ndarray]  # wire name -> array (text as an object array of bytes)
-    final: bool = True  # streaming: the last response of the request
+    final: bool  # streaming: the last response of the request
+
+    # __init__ by hand: compiled, a dataclass's generated one runs as Python, at three times
+    # the cost; made for every request.
+    def __init__(self, outputs: dict[str, np.ndarray], final: bool = True) -> None:
+        self.outputs = outputs
+        self.final = final
 
     def state(self, spec: ModelSpec) -> State:
         """The state this result leaves, keyed by the inputs that carry it on; none where

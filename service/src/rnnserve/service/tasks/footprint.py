@@ -12,7 +12,7 @@ from rnnserve.service.types import InferRequest, Tensor
 WORK_ITEM_BYTES = 4  # FP32: outputs and the kernels' working memory
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class Footprint:
     """The memory a request implies, in elements, read off its tensors' shapes before any
     work (service/dataplane/budget.py holds it against the limits): its inputs, the outputs
@@ -27,6 +27,18 @@ class Footprint:
     work: int
     rows: int
     steps: int
+
+    # __init__ by hand: compiled, a dataclass's generated one runs as Python, at three times
+    # the cost; made for every request.
+    def __init__(
+        self, inputs: int, input_bytes: int, outputs: int, work: int, rows: int, steps: int
+    ) -> None:
+        self.inputs = inputs
+        self.input_bytes = input_bytes
+        self.outputs = outputs
+        self.work = work
+        self.rows = rows
+        self.steps = steps
 
     @property
     def elements(self) -> int:
