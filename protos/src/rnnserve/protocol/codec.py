@@ -82,7 +82,9 @@ def parameters_from_proto(params: Mapping[str, Any], where: str) -> dict[str, Pa
     values: dict[str, Parameter] = {}
     if not params:  # most tensors carry none
         return values
-    for key, param in params.items():
+    # By key: a protobuf map's items() is the Mapping ABC's, a view iterated in Python.
+    for key in params:
+        param = params[key]
         choice = param.WhichOneof("parameter_choice")
         if choice is None:
             raise CodecError(f"{where} parameter '{key}' has no value")

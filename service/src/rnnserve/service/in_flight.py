@@ -11,8 +11,9 @@ class InFlight:
 
     def __init__(self) -> None:
         self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # Made by a wait for none and set when none is: entered and left on every request,
+        # the counter touches no event unless one waits (asyncio.Event's methods are Python).
+        self._none: asyncio.Event | None = None
 
     def request(self) -> InFlight:
         """One request in flight while in its `with` block (the counter is its own context
@@ -21,17 +22,21 @@ class InFlight:
 
     def __enter__(self) -> None:
         self.count += 1
-        self._idle.clear()
 
     def __exit__(self, *_: object) -> None:
         self.count -= 1
-        if self.count == 0:
-            self._idle.set()
+        if self.count == 0 and self._none is not None:
+            self._none.set()
+            self._none = None
 
     async def idle(self, grace_period_s: float) -> bool:
         """Waits until none is in flight, at most the grace period; whether none is."""
+        if self.count == 0:
+            return True
+        if self._none is None:
+            self._none = asyncio.Event()
         try:
-            await asyncio.wait_for(self._idle.wait(), grace_period_s)
+            await asyncio.wait_for(self._none.wait(), grace_period_s)
         except TimeoutError:
             return False
         return True

@@ -106,7 +106,9 @@ class Statistics:
     def record_execution(self, rows: int, ns: int) -> None:
         with self._lock:
             self._stats.execution_count += 1
-            batch = self._stats.batch_stats.setdefault(rows, InferStatistics())
+            batch = self._stats.batch_stats.get(rows)
+            if batch is None:  # not setdefault: that would make one on every run
+                batch = self._stats.batch_stats[rows] = InferStatistics()
             batch.count += 1
             batch.ns += ns
 
