@@ -43,6 +43,9 @@ class Answering:
     def __init__(self, recorder: Recorder, authenticator: Authenticator) -> None:
         self.recorder = recorder
         self._authenticator = authenticator
+        # Fixed for the server's life (tokens, client certificates, or neither): without
+        # either every call is anonymous's, and admitting one calls nothing.
+        self._authenticates = authenticator.enabled
 
     async def answer(
         self,
@@ -80,6 +83,7 @@ class Answering:
     def admit(self, call: Call, headers: dict[str, str], context: Context) -> None:
         """Names the call's principal and checks its role (UNAUTHENTICATED or
         PERMISSION_DENIED otherwise), from its metadata or its client certificate."""
-        self._authenticator.admit(
-            call, headers.get(AUTHORIZATION), lambda: certificate_name(context)
-        )
+        if self._authenticates:
+            self._authenticator.admit(
+                call, headers.get(AUTHORIZATION), lambda: certificate_name(context)
+            )
