@@ -15,7 +15,6 @@ import contextlib
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,12 +25,14 @@ Tensors = dict[str, np.ndarray]
 Runner = Callable[[Tensors], Tensors]
 
 
-@dataclass(eq=False)
 class _Step:
-    feeds: Tensors
-    rows: int
-    future: asyncio.Future[Tensors]
-    queued_at: float = field(default_factory=time.perf_counter)
+    __slots__ = ("feeds", "future", "queued_at", "rows")
+
+    def __init__(self, feeds: Tensors, rows: int, future: asyncio.Future[Tensors]) -> None:
+        self.feeds = feeds
+        self.rows = rows
+        self.future = future
+        self.queued_at = time.perf_counter()
 
 
 class Batcher:
@@ -108,19 +109,23 @@ class Batcher:
             async with self._gathering:
                 steps = await self._gather()
             for group in self._by_shape(steps):
-                self._running += 1
-                try:
-                    results = await self._execute(group)
-                except Exception as error:
-                    for step in group:
-                        if not step.future.done():
-                            step.future.set_exception(error)
-                    continue
-                finally:
-                    self._running -= 1
-                for step, result in zip(group, results, strict=True):
-                    if not step.future.done():  # the caller may have gone away
-                        step.future.set_result(result)
+                await self._answer(group)
+
+    async def _answer(self, group: list[_Step]) -> None:
+        """Runs a group of steps and gives each its rows of the outputs, or the run's error."""
+        self._running += 1
+        try:
+            results = await self._execute(group)
+        except Exception as error:
+            for step in group:
+                if not step.future.done():
+                    step.future.set_exception(error)
+            return
+        finally:
+            self._running -= 1
+        for step, result in zip(group, results, strict=True):
+            if not step.future.done():  # the caller may have gone away
+                step.future.set_result(result)
 
     async def _gather(self) -> list[_Step]:
         """The first waiting step and those arriving within the queue delay.
