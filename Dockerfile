@@ -30,8 +30,8 @@
 #                                    no torch wheel (PyPI's torch is the CUDA build)
 #   --build-arg COMPILED=0           ship the server's hot modules as Python: no C compiler is
 #                                    installed from the distribution's archive to compile them
-#                                    with mypyc (the CPU images' default; the GPU image, on
-#                                    another Python, runs them as Python)
+#                                    with mypyc (by default every server image runs them
+#                                    compiled, each for its own Python)
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # onnxruntime-gpu 1.31 from PyPI links libcudart.so.13 and cuDNN 9.
@@ -123,6 +123,16 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     RNNSERVE_MODEL_REPOSITORY=/models
 
+# The server part compiled by mypyc for the GPU image's Python (Ubuntu 24.04's 3.12), as the
+# wheel stage compiles it for the CPU images' 3.11 (COMPILED=0: not built).
+FROM runtime-gpu AS wheel-gpu
+ARG WHEELS=deploy/wheels
+ARG PIP_NO_INDEX
+ARG PIP_INDEX_URL
+ARG COMPILED=1
+COPY . /src
+RUN /opt/rnnserve/install.sh compiled "/src/${WHEELS}"
+
 FROM runtime-gpu AS deps-gpu
 ARG WHEELS=deploy/wheels
 ARG PIP_NO_INDEX
@@ -139,6 +149,7 @@ RUN /opt/rnnserve/install.sh deps gpu
 FROM runtime-gpu AS server-gpu
 COPY --from=deps-gpu /opt/venv /opt/venv
 COPY --from=wheel /dist /dist
+COPY --from=wheel-gpu /dist /dist
 COPY deploy/healthcheck.py /opt/rnnserve/
 RUN /opt/rnnserve/install.sh rnnserve gpu
 ENV RNNSERVE_PROVIDERS='["CUDAExecutionProvider","CPUExecutionProvider"]'

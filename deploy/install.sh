@@ -10,12 +10,14 @@
 #   wheel WHEELS    /dist/rnnserve*.whl, one per part, built from /src, build requirements
 #                   from the wheels in WHEELS first; and, unless COMPILED=0, the server part
 #                   compiled by mypyc too (a C compiler installed from the distribution's
-#                   archive)
+#                   archive), for this stage's Python
+#   compiled WHEELS /dist holding only that compiled server part, for this stage's Python (the
+#                   GPU image's, which is not the wheel stage's); empty with COMPILED=0
 #   rnnserve EXTRAS install rnnserve[EXTRAS] from /dist into /opt/venv, which must already
 #                   hold every dependency (no index is asked)
 # From the environment (the build arguments): PIP_NO_INDEX and PIP_INDEX_URL, read by pip,
 # TORCH_INDEX_URL, the index of torch's CPU build for `deps` when /tmp/wheels has no torch, and
-# COMPILED (default 1), whether `wheel` builds the compiled server part.
+# COMPILED (default 1), whether `wheel` and `compiled` build the compiled server part.
 set -eu
 
 # Debian's and Ubuntu's bundle, extra certificates included; pip's own bundle lacks them.
@@ -72,6 +74,15 @@ sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Pyth
     rm -rf /var/lib/apt/lists/*
 }
 
+# The server part's wheel once more, its hot modules compiled by mypyc
+# (service/pyproject.toml) for this stage's Python: a Python of that version prefers it to the
+# pure wheel. Built after the pure wheel, since mypyc leaves its output beside the sources.
+compiled_wheel() {
+    compiler
+    HATCH_BUILD_HOOK_ENABLE_MYPYC=true /tmp/venv/bin/pip wheel --no-deps --wheel-dir /dist \
+        /src/service
+}
+
 case $1 in
 runtime)
     find /tmp/ca-certificates -name '*.crt' -exec cp {} /usr/local/share/ca-certificates/ \;
@@ -106,13 +117,15 @@ wheel)
         /tmp/venv/bin/pip wheel --no-deps --wheel-dir /dist "/src/$part"
     done
     if [ "${COMPILED:-1}" = 1 ]; then
-        # The server part once more, its hot modules compiled by mypyc (service/pyproject.toml),
-        # after its pure wheel (mypyc leaves its output beside the sources). A Python of this
-        # stage's version prefers it to the pure wheel; another (the GPU image's 3.12) takes
-        # the pure one.
-        compiler
-        HATCH_BUILD_HOOK_ENABLE_MYPYC=true /tmp/venv/bin/pip wheel --no-deps --wheel-dir /dist \
-            /src/service
+        compiled_wheel
+    fi
+    ;;
+compiled)
+    mkdir -p /dist  # empty with COMPILED=0: the image then takes the pure wheel
+    if [ "${COMPILED:-1}" = 1 ]; then
+        find_links "$2"
+        python3 -m venv /tmp/venv
+        compiled_wheel
     fi
     ;;
 rnnserve)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fill a local wheel folder (default deploy/wheels, the Dockerfile's WHEELS) with every wheel
 # the images install: the dependencies of rnnserve[cpu,export] at the versions
-# requirements.lock pins, and the build requirements of the parts, resolved by the Python given, which must be the images' own on the same
+# requirements.lock pins, and the build requirements of the parts (also for the GPU image's
+# Python 3.12, which compiles its own server part), resolved by the Python given, which must be the images' own on the same
 # architecture (dependencies can differ by patch release: redis needs async-timeout before
 # 3.11.3); for deploy/base-image.sh's image that is Debian bookworm's /usr/bin/python3.
 # Then the images build with no index at all:
@@ -45,6 +46,11 @@ mkdir -p "$dir"
 "$venv/bin/pip" wheel --quiet "${extra_index[@]}" --wheel-dir "$dir" \
     --constraint requirements.lock ./protos ./model ./client ./service ./export \
     '.[cpu,export]' "${build_requires[@]}"
+# The GPU image compiles the server part with its own Python (Ubuntu 24.04's 3.12): the build
+# requirements once more, as binary wheels for that Python.
+"$venv/bin/pip" download --quiet --only-binary=:all: --python-version 3.12 \
+    --platform "manylinux2014_$(uname -m)" --platform "manylinux_2_28_$(uname -m)" \
+    --dest "$dir" "${build_requires[@]}"
 rm -f "$dir"/rnnserve*.whl  # the images build their own
 if ! ls "$dir"/torch-*+cpu-*.whl >/dev/null 2>&1; then
     echo "wheels.sh: pip did not pick torch's CPU build; set TORCH_INDEX_URL" >&2

@@ -114,10 +114,28 @@ def test_the_gpu_build_is_pinned_to_the_cuda_of_its_base() -> None:
     assert "torch" not in server_requirements and "onnx>" not in server_requirements
 
 
+@pytest.mark.parametrize(
+    ("server", "wheels"), [("server-cpu", ["wheel"]), ("server-gpu", ["wheel", "wheel-gpu"])]
+)
+def test_each_server_image_gets_the_server_compiled_for_its_own_python(
+    server: str, wheels: list[str]
+) -> None:
+    # mypyc's extension modules are built for one Python: the wheel stage's, on the CPU
+    # images' base, builds them beside the pure wheels; the GPU image's Python (Ubuntu's, on
+    # the CUDA base) is another, for which wheel-gpu builds them on that base.
+    bases = dict((name, base) for base, name in stages())
+    assert "install.sh wheel " in stage("wheel") and bases["wheel"] == "runtime"
+    assert "install.sh compiled " in stage("wheel-gpu") and bases["wheel-gpu"] == "runtime-gpu"
+    assert [line for line in stage(server).splitlines() if "/dist /dist" in line] == [
+        f"COPY --from={wheel} /dist /dist" for wheel in wheels
+    ]
+
+
 def test_only_the_builder_gets_torch() -> None:
     assert "install.sh deps cpu,export" in stage("deps-builder")
     assert "COPY --from=deps-builder /opt/venv /opt/venv" in stage("builder")
-    for name in ("runtime", "deps-cpu", "wheel", "server-cpu", "deps-gpu", "server-gpu"):
+    servers = ("runtime", "deps-cpu", "wheel", "server-cpu", "wheel-gpu", "deps-gpu", "server-gpu")
+    for name in servers:
         assert "cpu,export" not in stage(name) and "torch" not in stage(name), name
 
 
