@@ -8,7 +8,8 @@
 #   carry-1 .. carry-4   onnxruntime-gpu 1.31.1 (CUDA 13, cp312), split into 58 MiB parts
 #   carry-5              its last part and SHA256SUMS; deps/: the other dependencies as
 #                        wheels for Python 3.12, manylinux x86_64, and the project's own
-#                        wheels; models/: the tiny default models the tests serve
+#                        wheels (the server part compiled by mypyc with PYTHON312, a
+#                        Python 3.12); models/: the tiny default models the tests serve
 # and checks here that the parts join into the wheel they came from (its SHA-256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,8 @@ ORT=onnxruntime-gpu==1.31.1
 PART_MIB=58
 OUT=.gpu-wheels
 PYTHON=.venv/bin/python
+# A Python 3.12 with its headers, which compiles the server part for the GPU machines' 3.12.
+PYTHON312=${PYTHON312:-python3.12}
 # The GPU machines' Python and platform; binary wheels only (nothing builds there).
 PLATFORM=(--python-version 3.12 --only-binary=:all:
           --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64
@@ -29,6 +32,10 @@ DEPS=(grpcio grpcio-health-checking grpcio-reflection protobuf numpy pydantic
       pydantic-settings prometheus-client redis starlette uvicorn httptools nvidia-ml-py
       cryptography pytest pytest-timeout)
 
+"$PYTHON312" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' || {
+    echo "gpu-wheels: set PYTHON312 to a Python 3.12 (with its headers) to compile the server" >&2
+    exit 1
+}
 rm -rf "$OUT"
 mkdir -p "$OUT/download"
 pip_download() { "$PYTHON" -m pip download --quiet --disable-pip-version-check "$@"; }
@@ -56,11 +63,19 @@ echo "gpu-wheels: $name split into $last parts, joined back: sha256 $(cut -c1-16
 echo "gpu-wheels: dependencies for Python 3.12"
 deps="$OUT/carry-$last/deps"
 pip_download "${PLATFORM[@]}" --constraint requirements.lock -d "$deps" "${DEPS[@]}"
-echo "gpu-wheels: the project's wheels, from this tree"
-"$PYTHON" -m pip wheel --quiet --no-deps -w "$deps" \
-    ./protos ./model ./client ./service ./export ./bench .
+echo "gpu-wheels: the project's wheels, from this tree, the server part compiled by mypyc"
+"$PYTHON" -m pip wheel --quiet --no-deps -w "$deps" ./protos ./model ./client ./export ./bench .
+# The server part as the GPU image ships it, compiled for the GPU machines' Python; from a copy
+# (mypyc leaves its output beside the sources).
+build=$(mktemp -d)
+cp -r service "$build/"
+HATCH_BUILD_HOOK_ENABLE_MYPYC=true "$PYTHON312" -m pip wheel --quiet --no-deps -w "$deps" \
+    "$build/service"
+rm -rf "$build"
 git rev-parse HEAD >"$deps/COMMIT"
 git status --porcelain --untracked-files=no | grep -q . && echo "(uncommitted changes)" >>"$deps/COMMIT"
+echo "(the server part compiled by mypyc for Python $("$PYTHON312" -c 'import platform
+print(platform.python_version())'))" >>"$deps/COMMIT"
 
 echo "gpu-wheels: the tiny models"
 repository=$(cd tests && ../"$PYTHON" -c 'from model_cache import cached_repository; print(cached_repository("tiny", 0))')
