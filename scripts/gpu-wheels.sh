@@ -29,7 +29,7 @@ PLATFORM=(--python-version 3.12 --only-binary=:all:
 # beyond the standard library, torch and numpy's own: the parts' dependencies (each
 # pyproject.toml) without k6, py-spy and matplotlib, which the GPU scenario does without.
 DEPS=(grpcio grpcio-health-checking grpcio-reflection protobuf numpy pydantic
-      pydantic-settings prometheus-client redis starlette uvicorn httptools nvidia-ml-py
+      pydantic-settings prometheus-client redis starlette uvicorn httptools uvloop nvidia-ml-py
       cryptography pytest pytest-timeout)
 
 "$PYTHON312" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' || {

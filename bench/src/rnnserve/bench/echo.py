@@ -13,7 +13,9 @@ graph's other input and output (every recurrent model of export/).
 
 Run as `python -m rnnserve.bench.echo --port P [--procs N] [--model M.onnx]`: with N > 1,
 N such processes share the port (grpc's SO_REUSEPORT, as `rnnserve serve --workers N`
-does), the floor of as many rnnserve workers.
+does), the floor of as many rnnserve workers. Each runs on the event loop rnnserve runs on
+by default (`--event-loop auto`: uvloop where installed; service/event_loop.py): the
+floor's loop is rnnserve's, so that the ratios measure rnnserve's own code.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import multiprocessing
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import grpc
 
 from rnnserve.bench.payloads import step_response
+from rnnserve.service.event_loop import EventLoop, loop_factory
 
 
 def handler(model_name: str) -> grpc.GenericRpcHandler:
@@ -141,8 +144,9 @@ async def serve(port: int, model_name: str, model: Path | None = None) -> None:
     await server.wait_for_termination()
 
 
-def _serve(port: int, model_name: str, model: Path | None) -> None:
-    asyncio.run(serve(port, model_name, model))
+def _serve(port: int, model_name: str, model: Path | None, event_loop: EventLoop) -> None:
+    with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
+        runner.run(serve(port, model_name, model))
 
 
 def main() -> None:
@@ -151,9 +155,13 @@ def main() -> None:
     parser.add_argument("--model-name", default="sine-lstm")
     parser.add_argument("--procs", type=int, default=1, help="processes sharing the port")
     parser.add_argument("--model", type=Path, help="the model floor of this ONNX file")
+    parser.add_argument(
+        "--event-loop", choices=get_args(EventLoop), default="auto", help="as rnnserve's"
+    )
     args = parser.parse_args()
+    serving = (args.port, args.model_name, args.model, args.event_loop)
     if args.procs == 1:
-        _serve(args.port, args.model_name, args.model)
+        _serve(*serving)
         return
     # The processes end with this one: SIGTERM or SIGINT, caught here, is passed on.
     stopping: list[int] = []
@@ -161,8 +169,7 @@ def main() -> None:
         signal.signal(signum, lambda signum, frame: stopping.append(signum))
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_serve, args=(args.port, args.model_name, args.model), daemon=True)
-        for _ in range(args.procs)
+        context.Process(target=_serve, args=serving, daemon=True) for _ in range(args.procs)
     ]
     for process in processes:
         process.start()

@@ -23,7 +23,10 @@ from typing import Any
 
 Metrics = dict[str, float]
 
-PACKAGES = ("onnxruntime", "onnxruntime-gpu", "grpcio", "protobuf", "numpy", "torch", "k6")
+# uvloop: the event loop of rnnserve and its floors where installed (service/event_loop.py).
+PACKAGES = (
+    "onnxruntime", "onnxruntime-gpu", "grpcio", "protobuf", "numpy", "uvloop", "torch", "k6"
+)  # fmt: skip
 
 
 @dataclass

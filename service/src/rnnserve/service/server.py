@@ -41,6 +41,7 @@ from rnnserve.protocol.errors import UsageError
 from rnnserve.service import metrics
 from rnnserve.service.auth import Authenticator
 from rnnserve.service.dataplane import DataPlane
+from rnnserve.service.event_loop import loop_factory, loop_name
 from rnnserve.service.grpc.frontend import GrpcFrontend
 from rnnserve.service.memory import return_large_buffers
 from rnnserve.service.nvml import register_gpu_metrics
@@ -112,6 +113,7 @@ async def serve(
         log.warning("bearer tokens over plaintext: anyone on the path can read them; serve TLS")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log.info("event loop: %s", loop_name(loop))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     tokens = authenticator.tokens
@@ -152,7 +154,7 @@ def serve_process(
     objects of every stream the shutdown closed, which with thousands of them took seconds
     past the grace period and frees nothing the system does not. A failure goes through
     the event loop's usual clean-up and is raised."""
-    with asyncio.Runner() as runner:
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
         runner.run(serve(settings, start_gate, worker))
         logging.shutdown()
         sys.stdout.flush()

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rnnserve.service.event_loop import EventLoop
 from rnnserve.service.redis_url import check_url
 
 
@@ -50,6 +51,12 @@ class Settings(BaseSettings):
     )
     grace_period_s: float = Field(
         default=30.0, ge=0, description="seconds to finish requests in flight after SIGTERM"
+    )
+    # Each process's event loop (service/event_loop.py).
+    event_loop: EventLoop = Field(
+        default="auto",
+        description="the event loop of each server process: uvloop (libuv's, in C), asyncio "
+        "(Python's own), or auto (uvloop where installed, else asyncio)",
     )
 
     # Model control, as Triton's. A server with no model loaded is never ready.
