@@ -316,3 +316,35 @@ def test_with_a_delay_a_batch_that_is_not_full_runs_once_the_delay_has_passed(
     got = started_then_stepped((short, alone), "sine-lstm", (820, 821), x, spread=True)
     assert offsets(got) == [6, 6]
     assert 2 in short.batch_sizes("sine-lstm")
+
+
+def test_with_a_delay_a_batch_runs_once_every_session_of_the_last_has_a_step_in_it(
+    planes: tuple[Plane, Plane], delayed: tuple[Plane, Plane]
+) -> None:
+    full, _ = delayed  # a minute's delay, 4 steps at most
+    _, alone = planes
+    x = np.full((1, 1, 1), 0.6)
+    started_then_stepped((full, alone), "sine-rnn", range(830, 834), x, spread=True)
+    ending = step("sine-rnn", 833, x)
+    ending.parameters["sequence_end"] = True  # runs alone: no batch waits for its session
+    as_alone((full, alone), ending)
+
+    # Three steps in three turns, of the three sessions left: the batch does not wait out
+    # its minute for a fourth (as_alone waits WAIT_S at most).
+    got = as_alone((full, alone), *(step("sine-rnn", i, x) for i in range(830, 833)), spread=True)
+
+    assert offsets(got) == [3] * 3
+    assert 3 in full.batch_sizes("sine-rnn")
+
+
+def test_with_a_delay_a_session_that_went_quiet_holds_a_batch_no_longer_than_the_delay(
+    planes: tuple[Plane, Plane], delayed: tuple[Plane, Plane]
+) -> None:
+    _, short = delayed  # a millisecond
+    _, alone = planes
+    x = np.full((1, 1, 1), -0.5)
+    started_then_stepped((short, alone), "sine-gru", (840, 841), x, spread=True)
+
+    got = as_alone((short, alone), step("sine-gru", 840, x), spread=True)  # 841 stays away
+
+    assert offsets(got) == [3]

@@ -24,10 +24,15 @@ a batch as one run of its rows.
 A batch runs in the loop's next turn, or, with `coalesce_max_delay_us`, once that delay has
 passed since its first step waited (Triton's max_queue_delay): unary calls reach their
 handlers one per turn of the loop (grpc.aio accepts one call at a time), so one turn
-gathers few of them, where a few milliseconds gather many; a step of a few clients waits
-out the delay for company that is not coming, so it pays only under many (Triton's delay
-is the same trade, chosen per deployment). A batch of `batch_max_size` steps runs at once,
-and holds no more: the steps beyond wait for the next.
+gathers few of them, where a few milliseconds gather many. A batch of `batch_max_size` steps
+runs at once, and holds no more: the steps beyond wait for the next. Nor does a batch wait
+for company that is not coming: it runs as soon as every session of the version's recent
+batches has a step in it, the sessions a client steps one after the other coming back
+after each answer. A session is expected from its first batch until its sequence ends, or
+until it has joined no batch for FORGET_DELAYS delays (at least FORGET_MIN_S): a client that
+went away, or that steps less often than that, costs a batch no more than the delay. A few
+clients' steps so run as soon as all of them are in; before any batch has run, or with a
+session that went quiet, the delay bounds the wait.
 
 Waiting costs a turn of the event loop, or the delay. Where steps come one at a time (a
 lone client), batches of one would pay it for nothing: while a version's batches average
@@ -50,6 +55,8 @@ PROBE_AFTER = 256  # steps run at once before one joins again, while batches sta
 SMALL = 2.0  # steps per batch (a moving average) under which steps run at once
 WEIGHT = 0.125  # of the newest batch in the moving average
 START = 8.0  # the average a version starts with: about 15 lone steps bring it under SMALL
+FORGET_DELAYS = 100  # a session that joined no batch for this many delays is not waited for
+FORGET_MIN_S = 0.01
 
 # A step's row and its sequence's time steps after it; None: run the step alone.
 Stepped = tuple[Result, int] | None
@@ -83,6 +90,12 @@ class Coalescing:
             self._pending[model.name, model.version] = pending
         return pending.join(model, key, (id(model), shape), prepared)
 
+    def ended(self, model: LoadedVersion, key: SessionKey) -> None:
+        """The session's sequence ends (its last step runs alone): no batch waits for it."""
+        pending = self._pending.get((model.name, model.version))
+        if pending is not None:
+            pending.ended(key)
+
 
 class _Step:
     __slots__ = ("future", "key", "model", "prepared", "shape")
@@ -109,6 +122,11 @@ class _Pending:
         self._running: set[asyncio.Future[None]] = set()
         self._average = START  # steps per batch
         self._alone = 0  # steps left to run at once
+        # With a delay: the sessions of recent batches, by when they last joined one, and
+        # those of them with a step waiting for the next.
+        self._expected: dict[SessionKey, float] = {}
+        self._here: set[SessionKey] = set()
+        self._forget_after_s = max(FORGET_MIN_S, FORGET_DELAYS * delay_s)
 
     def join(
         self, model: LoadedVersion, key: SessionKey, shape: Hashable, prepared: Prepared
@@ -128,12 +146,28 @@ class _Pending:
             self._running.add(flush)  # the loop keeps only a weak reference to a task
             flush.add_done_callback(self._running.discard)
         self._steps.append(step)
-        if len(self._steps) == self._max_steps and self._full is not None:
+        if step.key in self._expected:
+            self._here.add(step.key)
+        if self._full is not None and self._gathered_now():
             _resolve(self._full)
 
-    async def _gathered(self) -> None:
-        """Until the delay has passed since the batch's first step, or it is full."""
+    def ended(self, key: SessionKey) -> None:
+        if self._expected.pop(key, None) is None:
+            return
+        self._here.discard(key)
+        if self._full is not None and self._gathered_now():
+            _resolve(self._full)
+
+    def _gathered_now(self) -> bool:
+        """Whether the batch may run before its delay: it is full, or every session of the
+        recent batches has a step in it."""
         if len(self._steps) >= self._max_steps:
+            return True
+        return bool(self._expected) and len(self._here) >= len(self._expected)
+
+    async def _gathered(self) -> None:
+        """Until the delay has passed since the batch's first step, or it is gathered."""
+        if self._gathered_now():
             return
         loop = asyncio.get_running_loop()
         self._full = full = loop.create_future()
@@ -151,6 +185,7 @@ class _Pending:
         if self._delay_s:
             await self._gathered()
         steps, self._steps = self._steps, []
+        self._here = set()
         batches: dict[Hashable, list[_Step]] = {}
         keys: set[SessionKey] = set()
         for step in steps:
@@ -164,8 +199,22 @@ class _Pending:
         self._average += (len(keys) - self._average) * WEIGHT
         if self._average < SMALL:
             self._alone = PROBE_AFTER
+        if self._delay_s:
+            self._expect(keys)
         for batch in batches.values():
             await self._run(batch)
+
+    def _expect(self, keys: set[SessionKey]) -> None:
+        """The batch's sessions are expected in the next (a second step of one may already
+        wait there); those quiet too long are not."""
+        now = asyncio.get_running_loop().time()
+        for key in keys:
+            self._expected[key] = now
+        since = now - self._forget_after_s
+        quiet = [key for key, joined in self._expected.items() if joined < since]
+        for key in quiet:
+            del self._expected[key]
+        self._here = {step.key for step in self._steps if step.key in self._expected}
 
     async def _run(self, batch: list[_Step]) -> None:
         model = batch[0].model

@@ -71,6 +71,8 @@ class SequencePath:
             stepped = await self._together(admitted, key, prepared, threads, timer)
             if stepped is not None:
                 return stepped
+        elif sequence.end:
+            self.coalescing.ended(admitted.model, key)
         digest = b""
         if sequence.offset is not None:
             digest = request_digest(request.inputs, sequence.start, sequence.end)
