@@ -286,8 +286,8 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="microseconds a coalesced batch waits at most, from its first step, for "
-        "others to join (0: the event loop's next turn); a batch of `batch_max_size` steps "
-        "runs at once",
+        "others to join (0: the event loop's next turn); a batch of `batch_max_size` steps, "
+        "or one with a step of every session of the recent batches, runs at once",
     )
 
     # Batching steps of different sessions into one ORT run. Off by default: for small
