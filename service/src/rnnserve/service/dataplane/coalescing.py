@@ -185,7 +185,6 @@ class _Pending:
         if self._delay_s:
             await self._gathered()
         steps, self._steps = self._steps, []
-        self._here = set()
         batches: dict[Hashable, list[_Step]] = {}
         keys: set[SessionKey] = set()
         for step in steps:
