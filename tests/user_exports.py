@@ -196,6 +196,19 @@ class StepCell(nn.Module):
         return torch.tanh(h_next), h_next
 
 
+class BatchMean(nn.Module):
+    """A GRU whose output adds its batch's mean: a graph whose rows mix, as a normalisation
+    over the batch makes them (its states do not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(4, 8, batch_first=True)
+
+    def forward(self, features: torch.Tensor, state_in: torch.Tensor):  # type: ignore[no-untyped-def]
+        out, state_out = self.gru(features, state_in)
+        return out + out.mean(dim=0, keepdim=True), state_out
+
+
 class NoState(nn.Module):
     """A GRU whose state stays inside: the graph takes no state and returns none."""
 
@@ -212,6 +225,17 @@ def export_step_cell(path: Path, size: int = 6) -> None:
         StepCell(size), (torch.randn(3, size), torch.zeros(3, size)), path,
         inputs=["x", "h"], outputs=["y", "h_next"],
         dynamic_axes={name: {0: "batch"} for name in ("x", "h", "y", "h_next")},
+    )  # fmt: skip
+
+
+def export_batch_mean(path: Path) -> None:
+    """BatchMean, named and laid out as gru2."""
+    seq = {0: "batch", 1: "seq"}
+    _export(
+        BatchMean(), (torch.randn(3, 5, 4), torch.zeros(1, 3, 8)), path,
+        inputs=["features", "state_in"], outputs=["out", "state_out"],
+        dynamic_axes={"features": seq, "state_in": {1: "batch"}, "out": seq,
+                      "state_out": {1: "batch"}},
     )  # fmt: skip
 
 

@@ -1,13 +1,16 @@
-"""Steps of different sessions that arrive together run as one batch (coalesce_steps), and
-each is answered as it would be alone: the outputs (up to the last bit of a float: a row of
-a batched run is rounded as the batch's) and `sequence_offset` of a server that runs every
-step by itself, a session's steps in order, and a step that cannot go on refused alone. In
-process, with real ONNX Runtime over the tiny default models."""
+"""Steps of different sessions that arrive together run as one batch (coalesce_steps, on by
+default), and each is answered as it would be alone: the outputs, bit for bit, and
+`sequence_offset` of a server that runs every step by itself, a session's steps in order,
+and a step that cannot go on refused alone. A batch is checked against its steps run alone
+until its shape is trusted, and a model whose batches differ runs its steps alone. In
+process, with real ONNX Runtime over the tiny default models and users' exports."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ import numpy as np
 import pytest
 
 from rnnserve.service.dataplane import DataPlane
+from rnnserve.service.dataplane.coalescing import PROOF_VALUES
 from rnnserve.service.errors import InvalidArgument
 from rnnserve.service.sessions import open_store
 from rnnserve.service.settings import Settings
@@ -25,6 +29,7 @@ from rnnserve.service.types import InferRequest, InferResponse, Parameter, Tenso
 SESSIONS = 8
 WAIT_S = 30  # for a batch that must not wait out its delay of a minute
 SEQUENCE_FIRST = "lstm-seq-first"  # a user's export: x is (seq, batch, features)
+BATCH_MEAN = "batch-mean"  # a user's export whose rows mix: its output adds the batch's mean
 
 
 class Plane:
@@ -61,16 +66,26 @@ class Plane:
         (stats,) = self.plane.model_statistics(model, "1")
         return set(stats.batch_stats)
 
+    def runs(self, model: str) -> int:
+        """The ORT runs the model's version has made."""
+        (stats,) = self.plane.model_statistics(model, "1")
+        return stats.execution_count
+
 
 @pytest.fixture(scope="module")
 def repository(
     tiny_repository: Path, user_exports: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """The default models, and a user's export with its batch on axis 1 (sequence first)."""
+    """The default models, a user's export with its batch on axis 1 (sequence first), and
+    one whose rows mix."""
+    from user_exports import export_batch_mean
+
     root = tmp_path_factory.mktemp("coalescing")
     for model in tiny_repository.iterdir():
         (root / model.name).symlink_to(model)
     shutil.copytree(user_exports[SEQUENCE_FIRST][1].parent, root / SEQUENCE_FIRST / "1")
+    (root / BATCH_MEAN / "1").mkdir(parents=True)
+    export_batch_mean(root / BATCH_MEAN / "1" / "model.onnx")
     return root
 
 
@@ -90,7 +105,7 @@ def running(*settings: Settings) -> Iterator[list[Plane]]:
 
 @pytest.fixture(scope="module")
 def planes(repository: Path) -> Iterator[tuple[Plane, Plane]]:
-    """A data plane that coalesces steps and one that runs each alone."""
+    """A data plane that coalesces steps (the default) and one that runs each alone."""
     settings = (Settings(model_repository=repository, coalesce_steps=c) for c in (True, False))
     with running(*settings) as (together, alone):
         yield together, alone
@@ -172,13 +187,14 @@ def offsets(got: list[InferResponse | BaseException]) -> list[Parameter]:
 
 
 def same(got: InferResponse | BaseException, expected: InferResponse) -> None:
+    """The same answer, every float to the bit."""
     assert isinstance(got, InferResponse), got
     assert got.parameters["sequence_offset"] == expected.parameters["sequence_offset"]
     assert [t.name for t in got.outputs] == [t.name for t in expected.outputs]
     for ours, theirs in zip(got.outputs, expected.outputs, strict=True):
         assert ours.shape == theirs.shape, ours.name
         if ours.datatype == "FP32":
-            np.testing.assert_allclose(ours.data, theirs.data, rtol=0, atol=1e-6, err_msg=ours.name)
+            assert ours.data.tobytes() == theirs.data.tobytes(), ours.name
         else:
             np.testing.assert_array_equal(ours.data, theirs.data, err_msg=ours.name)
 
@@ -285,6 +301,48 @@ def test_a_users_model_with_its_batch_on_axis_1_answers_as_alone(
     assert SESSIONS in together.batch_sizes(SEQUENCE_FIRST)
 
 
+def test_a_batch_is_checked_against_its_steps_alone_until_its_shape_is_trusted(
+    planes: tuple[Plane, Plane],
+) -> None:
+    together, _ = planes
+    ids = range(900, 900 + SESSIONS)
+    x = np.full((1, 5, 1), 0.2)  # a length no other test steps
+    got = started_then_stepped(planes, "sine-gru", ids, x, spread=False)
+    values = SESSIONS * sum(output.data.size for output in got[0].outputs)  # type: ignore[union-attr]
+    costs = []
+    for _ in range(math.ceil(PROOF_VALUES / values) + 1):
+        before = together.runs("sine-gru")
+        as_alone(planes, *(step("sine-gru", i, x) for i in ids))
+        costs.append(together.runs("sine-gru") - before)
+
+    assert costs[0] == 1 + SESSIONS  # the batch's run, then each step's alone, compared
+    assert costs[-1] == 1  # trusted: one run steps every session
+
+
+def test_a_model_whose_batches_differ_from_its_steps_alone_runs_its_steps_alone(
+    planes: tuple[Plane, Plane], caplog: pytest.LogCaptureFixture
+) -> None:
+    together, _ = planes
+    ids = range(1000, 1000 + SESSIONS)
+    rng = np.random.default_rng(9)
+
+    def steps(first: bool = False) -> list[InferRequest]:
+        return [
+            step(BATCH_MEAN, i, rng.normal(0, 1, (1, 2, 4)), start=first, name="features")
+            for i in ids
+        ]
+
+    start(planes, *steps(first=True))
+    with caplog.at_level(logging.WARNING):
+        as_alone(planes, *steps())  # its batch differs: each step runs alone, as answered
+    before = together.runs(BATCH_MEAN)
+    as_alone(planes, *steps())
+
+    assert together.runs(BATCH_MEAN) - before == SESSIONS  # no batch any more
+    warned = f"model {BATCH_MEAN} version 1: a batch of {SESSIONS} steps did not answer"
+    assert warned in caplog.text
+
+
 def test_with_a_delay_steps_of_different_turns_wait_for_one_batch_that_runs_once_full(
     planes: tuple[Plane, Plane], delayed: tuple[Plane, Plane]
 ) -> None:
@@ -323,18 +381,19 @@ def test_with_a_delay_a_batch_runs_once_every_session_of_the_last_has_a_step_in_
 ) -> None:
     full, _ = delayed  # a minute's delay, 4 steps at most
     _, alone = planes
-    x = np.full((1, 1, 1), 0.6)
-    started_then_stepped((full, alone), "sine-rnn", range(830, 834), x, spread=True)
-    ending = step("sine-rnn", 833, x)
+    x = np.full((1, 1, 3), 0.6)  # one step of one row: the model is sequence first
+    started_then_stepped((full, alone), SEQUENCE_FIRST, range(830, 834), x, spread=True)
+    ending = step(SEQUENCE_FIRST, 833, x)
     ending.parameters["sequence_end"] = True  # runs alone: no batch waits for its session
     as_alone((full, alone), ending)
 
     # Three steps in three turns, of the three sessions left: the batch does not wait out
     # its minute for a fourth (as_alone waits WAIT_S at most).
-    got = as_alone((full, alone), *(step("sine-rnn", i, x) for i in range(830, 833)), spread=True)
+    sent = (step(SEQUENCE_FIRST, i, x) for i in range(830, 833))
+    got = as_alone((full, alone), *sent, spread=True)
 
     assert offsets(got) == [3] * 3
-    assert 3 in full.batch_sizes("sine-rnn")
+    assert 3 in full.batch_sizes(SEQUENCE_FIRST)
 
 
 def test_with_a_delay_a_session_that_went_quiet_holds_a_batch_no_longer_than_the_delay(

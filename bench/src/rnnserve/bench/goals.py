@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from rnnserve.bench.report import DATE, Figure, ScenarioResult
-from rnnserve.bench.streams import COALESCING, DELAYED, started_with
+from rnnserve.bench.streams import DELAYED, started_with
 
 Found = tuple[ScenarioResult, Figure] | None
 
@@ -122,27 +122,14 @@ def evaluate(results: list[ScenarioResult]) -> list[str]:
     return [
         *_unary_goals(results, "rnnserve"),
         *_unary_goals(results, DELAYED),
-        *(
-            _ratio_goal(
-                text,
-                _find(results, "streams", f"{server} ModelStreamInfer x64"),
-                _find(results, "streams", "echo ModelStreamInfer x64"),
-                "rps",
-                0.6,
-                at_most=False,
-            )
-            for server, text in (
-                (
-                    "rnnserve",
-                    "A stream per session at 64 sessions, steps/s over the streaming echo's "
-                    "messages/s at 64",
-                ),
-                (
-                    COALESCING,
-                    "The same with --coalesce-steps (the steps of different sessions that "
-                    "arrive together run as one batch)",
-                ),
-            )
+        _ratio_goal(
+            "A stream per session at 64 sessions, steps/s over the streaming echo's "
+            "messages/s at 64",
+            _find(results, "streams", "rnnserve ModelStreamInfer x64"),
+            _find(results, "streams", "echo ModelStreamInfer x64"),
+            "rps",
+            0.6,
+            at_most=False,
         ),
         _ratio_goal(
             "Multi-session ModelInfer (64 rows, 16 clients), session-steps/s over the echo "

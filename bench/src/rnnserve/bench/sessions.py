@@ -75,7 +75,7 @@ def session_server(
     options: Options,
     *,
     batching: bool = False,
-    coalesce_steps: bool = False,
+    coalesce_steps: bool = True,
     coalesce_max_delay_us: int = 0,
     workers: int = 1,
     state_store: str = "owned",

@@ -31,9 +31,9 @@ from rnnserve.bench.transport import probe_steps
 SESSIONS, QUICK_SESSIONS = (1, 16, 64), (1, 4)
 Key = tuple[str, str, int, int, bool]  # server, rpc, sessions, rows, probe
 MODEL_FLOOR = "model floor"
-COALESCING = "rnnserve --coalesce-steps"  # concurrent steps of sessions run as one batch
+ALONE = "rnnserve --no-coalesce-steps"  # every step runs by itself, none joins a batch
 DELAY_US = 2000  # a coalesced batch's wait for unary calls, which come one per loop turn
-DELAYED = f"{COALESCING} --coalesce-max-delay-us {DELAY_US}"
+DELAYED = f"rnnserve --coalesce-max-delay-us {DELAY_US}"
 
 
 def started_with(server: str) -> str:
@@ -47,7 +47,7 @@ def started_with(server: str) -> str:
 class Load:
     """One load of the scenario, on one server."""
 
-    server: str  # "echo", "model floor", "rnnserve", COALESCING or DELAYED
+    server: str  # "echo", "model floor", "rnnserve", ALONE or DELAYED
     rpc: str  # "ModelInfer" or "ModelStreamInfer"
     sessions: int  # connections (streams), one session each, or each stepping `rows`
     rows: int = 0  # > 0: multi-session requests of this many rows
@@ -79,8 +79,8 @@ def loads(quick: bool) -> list[Load]:
             every.append(Load(server, stream, clients))
         if server == "rnnserve":
             every += [Load(server, unary, clients, rows), Load(server, stream, clients, rows)]
-    every += [Load(COALESCING, unary, counts[-1])]
-    every += [Load(COALESCING, stream, count) for count in counts]
+    every += [Load(ALONE, unary, counts[-1])]
+    every += [Load(ALONE, stream, count) for count in counts]
     every += [Load(DELAYED, unary, 1, probe=True), Load(DELAYED, unary, counts[-1])]
     every.append(Load(DELAYED, unary, clients))
     return list(dict.fromkeys(every))
@@ -117,10 +117,8 @@ def run(options: Options) -> ScenarioResult:
                 )
             ),
             "rnnserve": stack.enter_context(session_server(options)),
-            COALESCING: stack.enter_context(session_server(options, coalesce_steps=True)),
-            DELAYED: stack.enter_context(
-                session_server(options, coalesce_steps=True, coalesce_max_delay_us=DELAY_US)
-            ),
+            ALONE: stack.enter_context(session_server(options, coalesce_steps=False)),
+            DELAYED: stack.enter_context(session_server(options, coalesce_max_delay_us=DELAY_US)),
         }
         for run in range(options.runs):
             for index, load in enumerate(every):
@@ -145,7 +143,7 @@ def run(options: Options) -> ScenarioResult:
                 for load, figure in figures.items()
                 if load.server == server and load.rpc == "ModelStreamInfer" and not load.rows
             ]
-            for server in ("echo", "rnnserve", COALESCING)
+            for server in ("echo", "rnnserve", ALONE)
         },
         logx=True,
     )
@@ -156,8 +154,9 @@ def run(options: Options) -> ScenarioResult:
             f"{options.model_name} in sessions on rnnserve (one worker, memory store), beside "
             "the echo floor and the model floor (the model's run alone: bench/echo.py), all "
             "running throughout; each run measures every row on each in turn. "
-            f"`{COALESCING}`: a second rnnserve whose steps of different sessions that arrive "
-            "in one turn of its event loop run as one batch (dataplane/coalescing.py); "
+            "By default rnnserve runs the steps of different sessions that arrive in one "
+            "turn of its event loop as one batch (dataplane/coalescing.py); "
+            f"`{ALONE}`: a second rnnserve that runs every step by itself; "
             f"`{DELAYED}`: a third, whose batches wait up to {DELAY_US} µs for unary calls, "
             "which reach its handlers one per turn. "
             "`ModelStreamInfer xN` rows: k6, N connections with one stream each, one "
@@ -214,7 +213,7 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
             f"One session's step p50 (probe){started_with(server)} over echo's p50",
             (server, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
         )  # fmt: skip
-    for server in ("rnnserve", COALESCING, DELAYED):
+    for server in ("rnnserve", ALONE, DELAYED):
         setting = started_with(server)
         note(
             f"One-step ModelInfer at {top} sessions{setting}, steps/s over echo's requests/s",
@@ -234,7 +233,7 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
             "rps",
         )
     for load in every:
-        if load.server in ("rnnserve", COALESCING, DELAYED) and not load.probe:
+        if load.server in ("rnnserve", ALONE, DELAYED) and not load.probe:
             echo = find.get(("echo", load.rpc, load.sessions, 0, False))
             cpu = figures[load].median.get("server_cpu_us_per_request", 0.0)
             if echo is not None and not load.rows:

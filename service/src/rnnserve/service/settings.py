@@ -270,15 +270,15 @@ class Settings(BaseSettings):
         return url
 
     # Steps of different sessions that arrive in one turn of the event loop run as one
-    # multi-session step (dataplane/coalescing.py): no thread and no waiting. Off by default:
-    # a row of a batched run may differ from the same row run alone in its last bit (ORT's
-    # RNN cell does; its LSTM and GRU did not here), and by default a sequence sent in pieces
-    # gives exactly the answers of the whole; turn it on for many concurrent streams.
+    # multi-session step (dataplane/coalescing.py): no thread and no waiting. A batch answers
+    # each step exactly as alone: the first batches of each shape are checked against their
+    # rows run alone, and a model whose batches differ in a bit (ORT's RNN cell rounds a
+    # batch's rows unlike a lone row's) runs its steps alone.
     coalesce_steps: bool = Field(
-        default=False,
+        default=True,
         description="run the steps of different sequences that arrive together (in one turn "
-        "of the event loop) as one ORT run: continuations without sequence_offset, with the "
-        "memory store and without `batching`; answers may differ in the last bit",
+        "of the event loop) as one ORT run, where that answers each as alone, bit for bit: "
+        "continuations without sequence_offset, with the memory store and without `batching`",
     )
     # Unary calls reach their handlers one per turn of the loop: a turn gathers few of them,
     # a few milliseconds many (docs/performance.md). 0 by default: a lone turn adds no delay.

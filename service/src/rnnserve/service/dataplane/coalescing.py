@@ -8,9 +8,18 @@ starts the task that runs the batch in the loop's next turn, by when the steps t
 in this one have joined. The batch is stepped as a multi-session request's steady case is
 (SessionManager.continue_rows: the sessions' turns, one gather of their states, one ORT run
 of the stacked pieces, one scatter), and each step gets its row of the outputs and its
-sequence's count. Rows of a recurrent network never mix: a row's answer is the one its
-step gets alone, as with `batching` and multi-session requests, up to the last bit of a
-float (ONNX Runtime may round a batch's rows unlike a lone row's: its RNN cell does).
+sequence's count.
+
+A batch answers each step exactly as the step alone, bit for bit, or not at all. Rows of a
+recurrent network do not mix, but ONNX Runtime may round a batch's rows unlike a lone row's
+(its RNN cell does, its LSTM and GRU did not here), and a user's graph may mix them (a
+normalisation over the batch). So the first batches of each shape and size are checked:
+each row is run again alone, from its row of the batch's state, and its outputs, states
+among them, compared bit for bit with the batch's. ONNX Runtime picks its kernels by shape,
+not by value, and a kernel that rounds a batch's rows differently does so for a quarter or
+more of their values (ORT's RNN cell here): a shape and size is trusted once its batches
+compared PROOF_VALUES values alike. A batch that differs is not used: its steps run alone,
+and so do all the version's steps after it (logged once).
 
 Nothing is decided for a step in a batch that it would not decide alone. A batch
 continue_rows cannot step (a session not live: ended, expired, unknown, its state not
@@ -43,13 +52,18 @@ to see whether company has come.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Hashable
+
+import numpy as np
 
 from rnnserve.service.repository import LoadedVersion
 from rnnserve.service.sessions import SessionKey, SessionManager
 from rnnserve.service.sessions.batcher import split_rows
-from rnnserve.service.tasks.base import Prepared, Result
+from rnnserve.service.tasks.base import Execute, Prepared, Result, Task
 from rnnserve.service.types import State
+
+log = logging.getLogger(__name__)
 
 PROBE_AFTER = 256  # steps run at once before one joins again, while batches stay small
 SMALL = 2.0  # steps per batch (a moving average) under which steps run at once
@@ -57,6 +71,7 @@ WEIGHT = 0.125  # of the newest batch in the moving average
 START = 8.0  # the average a version starts with: about 15 lone steps bring it under SMALL
 FORGET_DELAYS = 100  # a session that joined no batch for this many delays is not waited for
 FORGET_MIN_S = 0.01
+PROOF_VALUES = 1024  # a batch shape and size is trusted once this many values compared alike
 
 # A step's row and its sequence's time steps after it; None: run the step alone.
 Stepped = tuple[Result, int] | None
@@ -127,10 +142,16 @@ class _Pending:
         self._expected: dict[SessionKey, float] = {}
         self._here: set[SessionKey] = set()
         self._forget_after_s = max(FORGET_MIN_S, FORGET_DELAYS * delay_s)
+        # Values each batch shape and size compared alike with its rows run alone, until
+        # PROOF_VALUES; whether a batch differed (the version's steps then run alone).
+        self._compared: dict[tuple[Hashable, int], int] = {}
+        self._differs = False
 
     def join(
         self, model: LoadedVersion, key: SessionKey, shape: Hashable, prepared: Prepared
     ) -> asyncio.Future[Stepped] | None:
+        if self._differs:
+            return None
         if self._alone:
             self._alone -= 1
             return None
@@ -219,31 +240,85 @@ class _Pending:
         model = batch[0].model
         task = model.task
         execute = model.runtime.run_on_loop
+        proof = (batch[0].shape, len(batch))
+        compared = self._compared.get(proof, 0)
 
         async def run(state: State) -> tuple[Result, State]:
             stacked.state = state
             result = task.run(stacked, execute)
+            if compared < PROOF_VALUES:
+                pieces = [step.prepared for step in batch]
+                alike = _values_as_alone(task, pieces, state, result, execute)
+                if alike is None:
+                    raise _Differs
+                self._compared[proof] = self._compared.get(proof, 0) + alike
             return result, result.state(model.spec)
 
         try:
             stacked = task.stacked([step.prepared for step in batch])
             keys = [step.key for step in batch]
             stepped = await self._sessions.continue_rows(keys, stacked.lengths, stacked.state, run)
+        except _Differs:  # nothing stored: each step runs alone, as every later one
+            self._differs = True
+            log.warning(
+                "model %s version %s: a batch of %d steps did not answer as its steps alone, "
+                "bit for bit; its steps run alone from now on",
+                model.name, model.version, len(batch),
+            )  # fmt: skip
+            _alone(batch)
+            return
         except Exception as error:  # what each step's run would have raised alone
             for step in batch:
                 if not step.future.done():
                     step.future.set_exception(error)
             return
         if stepped is None:  # a session that is not live: each step says what became of it
-            for step in batch:
-                if not step.future.done():
-                    step.future.set_result(None)
+            _alone(batch)
             return
         result, counts = stepped
         rows = split_rows(result.outputs, [1] * len(batch), task.batch_axes)
         for row, (step, outputs) in enumerate(zip(batch, rows, strict=True)):
             if not step.future.done():
                 step.future.set_result((Result(outputs), int(counts[row])))
+
+
+def _alone(batch: list[_Step]) -> None:
+    """Each step of the batch runs alone, as if it had not joined one."""
+    for step in batch:
+        if not step.future.done():
+            step.future.set_result(None)
+
+
+class _Differs(Exception):
+    """A batch's rows are not what its steps get alone."""
+
+
+def _values_as_alone(
+    task: Task, pieces: list[Prepared], state: State, result: Result, execute: Execute
+) -> int | None:
+    """The values a batch's result holds for its pieces when each piece, run alone from
+    its row of `state` (held rows on axis 1) for every output, states among them, gets them
+    bit for bit; None when one does not."""
+    rows = split_rows(result.outputs, [1] * len(pieces), task.batch_axes)
+    values = 0
+    for row, (piece, batched) in enumerate(zip(pieces, rows, strict=True)):
+        own = {name: held[:, row : row + 1].copy() for name, held in state.items()}
+        alone = Prepared(1, piece.inputs, own, list(task.output_names), piece.lengths)
+        for name, value in task.run(alone, execute).outputs.items():
+            other = batched.get(name)
+            if other is None or not _identical(value, other):
+                return None
+            values += value.size
+    return values
+
+
+def _identical(one: np.ndarray, other: np.ndarray) -> bool:
+    """Equal in shape, type and every bit (-0.0 is not 0.0; text compares as text)."""
+    if one.shape != other.shape or one.dtype != other.dtype:
+        return False
+    if one.dtype == object:
+        return bool(np.array_equal(one, other))
+    return one.tobytes() == other.tobytes()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
