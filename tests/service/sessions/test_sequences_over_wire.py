@@ -1,8 +1,8 @@
 """Stateful sequences over the wire, against a real server: a sequence sent piece by piece
-gives the answers of the whole sequence sent at once, whichever RPC and client carry it,
-while many other sessions run on the same server (whose steps run alone, or coalesced with
-those of other sessions that arrive together: --coalesce-steps, or within a delay:
---coalesce-max-delay-us)."""
+gives the answers of the whole sequence sent at once, bit for bit, whichever RPC and client
+carry it, while many other sessions run on the same server (whose steps are coalesced with
+those of other sessions that arrive together, the default, or within a delay:
+--coalesce-max-delay-us, or run alone: --no-coalesce-steps)."""
 
 from __future__ import annotations
 
@@ -27,16 +27,15 @@ OTHER_SESSIONS = 100
 
 
 @pytest.fixture(scope="module")
-def coalescing_server(start_module_server, tiny_repository: Path):
-    """A server whose steps of different sessions that arrive together run as one batch."""
-    return start_module_server(tiny_repository, env={"RNNSERVE_COALESCE_STEPS": "true"})
+def alone_server(start_module_server, tiny_repository: Path):
+    """A server that runs every step by itself."""
+    return start_module_server(tiny_repository, env={"RNNSERVE_COALESCE_STEPS": "false"})
 
 
 @pytest.fixture(scope="module")
 def delaying_server(start_module_server, tiny_repository: Path):
     """A server whose coalesced batches wait up to 2 ms for steps of other sessions."""
-    env = {"RNNSERVE_COALESCE_STEPS": "true", "RNNSERVE_COALESCE_MAX_DELAY_US": "2000"}
-    return start_module_server(tiny_repository, env=env)
+    return start_module_server(tiny_repository, env={"RNNSERVE_COALESCE_MAX_DELAY_US": "2000"})
 
 
 @pytest.mark.parametrize("steps", ["alone", "coalesced", "delayed"])
@@ -44,7 +43,7 @@ def delaying_server(start_module_server, tiny_repository: Path):
 def test_a_long_sequence_in_random_pieces_equals_the_whole_among_100_other_sessions(
     request: pytest.FixtureRequest, client: RnnClient, tmp_path: Path, cell: str, steps: str
 ) -> None:
-    servers = {"alone": "server", "coalesced": "coalescing_server", "delayed": "delaying_server"}
+    servers = {"alone": "alone_server", "coalesced": "server", "delayed": "delaying_server"}
     server = request.getfixturevalue(servers[steps])
     model = f"sine-{cell}"
     rng = np.random.default_rng(7)
@@ -77,20 +76,20 @@ def test_a_long_sequence_in_random_pieces_equals_the_whole_among_100_other_sessi
     output, _ = triton.communicate(timeout=120)
     assert triton.returncode == 0, output.decode()
     for got in (unary, streamed, np.load(tmp_path / "out.npy")):
-        np.testing.assert_allclose(got, whole, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(got, whole)
 
 
 def test_streams_of_many_sessions_step_together_and_each_equals_its_whole(
-    coalescing_server, client: RnnClient
+    server, client: RnnClient
 ) -> None:
     model, steps = "sine-lstm", 30
     rng = np.random.default_rng(11)
     xs = [rng.normal(0, 1, steps).astype(np.float32) for _ in range(16)]
     wholes = [client.infer(model, {"x": x[None, :, None]}, ["y"])["y"].reshape(-1) for x in xs]
-    batched_before = batched_runs(coalescing_server, model)
+    batched_before = batched_runs(server, model)
 
     async def scenario() -> list[np.ndarray]:
-        sessions = AioSessions(coalescing_server.address)
+        sessions = AioSessions(server.address)
         pieces = [1] * steps  # one step a message, on a stream per session, all at once
         streams = (sessions.streamed(model, x, pieces, f"together-{i}") for i, x in enumerate(xs))
         got = await asyncio.gather(*streams)
@@ -98,8 +97,8 @@ def test_streams_of_many_sessions_step_together_and_each_equals_its_whole(
         return got
 
     for got, whole in zip(asyncio.run(scenario()), wholes, strict=True):
-        np.testing.assert_allclose(got, whole, rtol=0, atol=1e-5)
-    assert batched_runs(coalescing_server, model) > batched_before
+        np.testing.assert_array_equal(got, whole)
+    assert batched_runs(server, model) > batched_before
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["ModelInfer", "ModelStreamInfer"])

@@ -19,7 +19,9 @@ among them, compared bit for bit with the batch's. ONNX Runtime picks its kernel
 not by value, and a kernel that rounds a batch's rows differently does so for a quarter or
 more of their values (ORT's RNN cell here): a shape and size is trusted once its batches
 compared PROOF_VALUES values alike. A batch that differs is not used: its steps run alone,
-and so do all the version's steps after it (logged once).
+and so do all the version's steps after it (logged once). A version remembers PROOF_SHAPES
+shapes and sizes at most (steps of ever new lengths must not grow it without bound): a
+batch of one it could not keep is checked every time.
 
 Nothing is decided for a step in a batch that it would not decide alone. A batch
 continue_rows cannot step (a session not live: ended, expired, unknown, its state not
@@ -72,6 +74,7 @@ START = 8.0  # the average a version starts with: about 15 lone steps bring it u
 FORGET_DELAYS = 100  # a session that joined no batch for this many delays is not waited for
 FORGET_MIN_S = 0.01
 PROOF_VALUES = 1024  # a batch shape and size is trusted once this many values compared alike
+PROOF_SHAPES = 4096  # shapes and sizes a version remembers; a batch of any other is checked
 
 # A step's row and its sequence's time steps after it; None: run the step alone.
 Stepped = tuple[Result, int] | None
@@ -251,7 +254,8 @@ class _Pending:
                 alike = _values_as_alone(task, pieces, state, result, execute)
                 if alike is None:
                     raise _Differs
-                self._compared[proof] = self._compared.get(proof, 0) + alike
+                if proof in self._compared or len(self._compared) < PROOF_SHAPES:
+                    self._compared[proof] = self._compared.get(proof, 0) + alike
             return result, result.state(model.spec)
 
         try:
