@@ -56,7 +56,9 @@ def test_concurrent_sessions_share_runs_and_answer_as_if_alone(
     assert runs < SESSIONS * STEPS  # some runs carried several sessions' steps
     assert single_runs < runs
 
-    alone_server = start_server(tiny_repository, env={"RNNSERVE_BATCHING": "false"})
+    alone_server = start_server(  # nor coalescing, which the default does
+        tiny_repository, env={"RNNSERVE_BATCHING": "false", "RNNSERVE_COALESCE_STEPS": "false"}
+    )
     alone = stream_all(alone_server.address)
     runs, single_runs = batch_sizes(alone_server.metrics_url)
     assert runs == single_runs == SESSIONS * STEPS
