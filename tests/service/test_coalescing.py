@@ -339,7 +339,7 @@ def test_a_model_whose_batches_differ_from_its_steps_alone_runs_its_steps_alone(
     as_alone(planes, *steps())
 
     assert together.runs(BATCH_MEAN) - before == SESSIONS  # no batch any more
-    warned = f"model {BATCH_MEAN} version 1: a batch of {SESSIONS} steps did not answer"
+    warned = f"model {BATCH_MEAN} version 1: a batch of {SESSIONS} steps did not answer as its"
     assert warned in caplog.text
 
 

@@ -263,12 +263,13 @@ class _Pending:
             keys = [step.key for step in batch]
             stepped = await self._sessions.continue_rows(keys, stacked.lengths, stacked.state, run)
         except _Differs:  # nothing stored: each step runs alone, as every later one
-            self._differs = True
-            log.warning(
-                "model %s version %s: a batch of %d steps did not answer as its steps alone, "
-                "bit for bit; its steps run alone from now on",
-                model.name, model.version, len(batch),
-            )  # fmt: skip
+            if not self._differs:  # another batch, gathered before, may differ too
+                self._differs = True
+                log.warning(
+                    "model %s version %s: a batch of %d steps did not answer as its steps "
+                    "alone, bit for bit; its steps run alone from now on",
+                    model.name, model.version, len(batch),
+                )  # fmt: skip
             _alone(batch)
             return
         except Exception as error:  # what each step's run would have raised alone
