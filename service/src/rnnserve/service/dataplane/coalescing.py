@@ -62,7 +62,7 @@ import numpy as np
 from rnnserve.service.repository import LoadedVersion
 from rnnserve.service.sessions import SessionKey, SessionManager
 from rnnserve.service.sessions.batcher import split_rows
-from rnnserve.service.tasks.base import Execute, Prepared, Result, Task
+from rnnserve.service.tasks.base import Execute, Prepared, Result, Task, take_rows
 from rnnserve.service.types import State
 
 log = logging.getLogger(__name__)
@@ -243,6 +243,7 @@ class _Pending:
         model = batch[0].model
         task = model.task
         execute = model.runtime.run_on_loop
+        pieces = [step.prepared for step in batch]
         proof = (batch[0].shape, len(batch))
         compared = self._compared.get(proof, 0)
 
@@ -250,7 +251,6 @@ class _Pending:
             stacked.state = state
             result = task.run(stacked, execute)
             if compared < PROOF_VALUES:
-                pieces = [step.prepared for step in batch]
                 alike = _values_as_alone(task, pieces, state, result, execute)
                 if alike is None:
                     raise _Differs
@@ -259,7 +259,7 @@ class _Pending:
             return result, result.state(model.spec)
 
         try:
-            stacked = task.stacked([step.prepared for step in batch])
+            stacked = task.stacked(pieces)
             keys = [step.key for step in batch]
             stepped = await self._sessions.continue_rows(keys, stacked.lengths, stacked.state, run)
         except _Differs:  # nothing stored: each step runs alone, as every later one
@@ -307,7 +307,7 @@ def _values_as_alone(
     rows = split_rows(result.outputs, [1] * len(pieces), task.batch_axes)
     values = 0
     for row, (piece, batched) in enumerate(zip(pieces, rows, strict=True)):
-        own = {name: held[:, row : row + 1].copy() for name, held in state.items()}
+        own = take_rows(state, [row])
         alone = Prepared(1, piece.inputs, own, list(task.output_names), piece.lengths)
         for name, value in task.run(alone, execute).outputs.items():
             other = batched.get(name)
