@@ -27,7 +27,7 @@ PLATFORM=(--python-version 3.12 --only-binary=:all:
           --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 # What the server, the client, the GPU tier of the tests and `rnnserve bench --gpu` import
 # beyond the standard library, torch and numpy's own: the parts' dependencies (each
-# pyproject.toml) without k6, py-spy and matplotlib, which the GPU scenario does without.
+# pyproject.toml) without k6 and matplotlib, which the GPU scenario does without.
 DEPS=(grpcio grpcio-health-checking grpcio-reflection protobuf numpy pydantic
       pydantic-settings prometheus-client redis starlette uvicorn httptools uvloop nvidia-ml-py
       cryptography pytest pytest-timeout)

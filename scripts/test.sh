@@ -14,14 +14,17 @@ if [[ ${1:-} == --fast ]]; then
     shift
 fi
 
-# The session-store tests run a real redis-server.
-if ! command -v redis-server >/dev/null; then
+# The session-store tests run a real redis-server; the profile's test samples with perf.
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v perf >/dev/null || missing+=(linux-perf)
+if [[ ${#missing[@]} -gt 0 ]]; then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-        echo "==> installing redis-server"
+        echo "==> installing ${missing[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "redis-server is missing: install it (e.g. sudo apt-get install redis-server)" >&2
+        echo "${missing[*]} missing: install (e.g. sudo apt-get install ${missing[*]})" >&2
         exit 1
     fi
 fi

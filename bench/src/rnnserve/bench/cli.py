@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="instead of the scenarios: sample the server with py-spy under the goal loads "
+        help="instead of the scenarios: sample the server with perf under the goal loads "
         "and write profile.md",
     )
     parser.add_argument(

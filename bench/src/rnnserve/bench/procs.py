@@ -55,7 +55,7 @@ def rss_bytes(pid: int) -> int:
 
 
 def tool(name: str) -> str:
-    """A program the `bench` extra installs (k6, py-spy): from the virtualenv this Python
+    """A program the `bench` extra installs (k6): from the virtualenv this Python
     runs in, else from PATH."""
     beside = Path(sys.executable).with_name(name)
     found = str(beside) if beside.exists() else shutil.which(name)

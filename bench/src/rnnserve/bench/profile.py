@@ -1,27 +1,28 @@
-"""`rnnserve bench --profile`: where the server's time goes under the goal loads.
+"""`rnnserve bench --profile`: where the server's CPU goes under the goal loads.
 
-py-spy samples the server process while k6 drives it, as in scenarios 4 and 6 (one step
-per request from 64 sessions; multi-session requests of 64 rows from 16 clients). The
-samples are folded two ways and written to profile.md: by module, the share of samples
-whose stack passes through it (inclusive), and by function, the share of samples it was
-on top of (self). Only samples of the thread holding the GIL count (`--gil`): one Python
-process runs one such thread at a time, so they show what bounds its requests per second
-(ONNX Runtime computes without the GIL, on threads of its own). Sampling runs beside the
-server (`--nonblocking`); it does take CPU on a machine of two cores, so read shares, not
-rates.
+perf samples every thread of the server process (its event loop, grpc's poller, ONNX
+Runtime's) at RATE_HZ of CPU time while k6 drives it with the goal loads of scenario 9 (one
+step per ModelInfer from 64 sessions, a ModelStreamInfer stream per session) and of
+multi-session requests, against the server as it runs by default; the echo floor is
+sampled under the same one-step loads. Each sample counts for the native code it was in:
+the interpreter, the modules compiled with mypyc, grpc's Cython core, protobuf, ONNX
+Runtime, numpy and the kernel, each its own shared object, each function its own symbol.
+A Python-level sampler (py-spy) cannot tell them apart once the hot path is compiled: it
+shows their time on the interpreted caller. profile.md gives, for each load, the server
+CPU a request spends in each part, beside the floor's, and the functions most often on top.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
-import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rnnserve.bench import loadgen, procs, servers
+from rnnserve.bench import loadgen, servers
 from rnnserve.bench.multi_session import CLIENTS, QUICK_CLIENTS, QUICK_ROWS, ROWS
 from rnnserve.bench.options import Options
 from rnnserve.bench.payloads import rows_request_json, step_request_json
@@ -29,158 +30,190 @@ from rnnserve.bench.sessions import SERVER_SETTINGS
 from rnnserve.protocol.errors import UsageError
 
 TOP = 15
-RATE_HZ = 250
-LIBRARIES = {"grpc", "onnxruntime", "numpy", "google", "prometheus_client", "redis", "asyncio"}
-# py-spy names a frame "function (path:line)"; the path is what groups it.
-FRAME = re.compile(r"^(?P<function>.*) \((?P<path>[^()]*?)(?::\d+)?\)$")
+RATE_HZ = 997  # samples a second of CPU time: prime, so as not to beat with a periodic timer
+OTHER = "other"
+
+# A shared object's part, by what its file name starts with; the first match names it.
+PARTS = (
+    ("[kernel", "kernel"),
+    ("[vdso]", "kernel"),
+    ("compiled__mypyc", "rnnserve, compiled"),
+    ("libpython", "Python"),
+    ("python3", "Python"),
+    ("_asyncio.", "Python"),
+    ("cygrpc", "grpc"),
+    ("loop.cpython", "uvloop"),
+    ("_message.", "protobuf"),
+    ("onnxruntime", "ONNX Runtime"),
+    ("libonnxruntime", "ONNX Runtime"),
+    ("_multiarray", "numpy"),
+    ("libscipy_openblas", "numpy"),
+    ("libc.so", "C and C++ runtimes"),
+    ("libm.so", "C and C++ runtimes"),
+    ("libstdc++", "C and C++ runtimes"),
+    ("libgcc", "C and C++ runtimes"),
+    ("ld-linux", "C and C++ runtimes"),
+)
 
 
 @dataclass
 class Profile:
-    label: str
     samples: int
-    modules: list[tuple[str, float]]  # our module or library, share of samples through it
-    functions: list[tuple[str, float]]  # function, share of samples on top
+    parts: collections.Counter[str]  # samples in each part
+    functions: list[tuple[str, str, int]]  # symbol, its part, samples on top of it
     load: dict[str, float]  # what k6 measured meanwhile
 
-
-def module_of(path: str) -> str:
-    """A frame's file as a reader knows it: service/sessions/manager.py for ours, the
-    top-level package for others (py-spy names files relative to their sys.path entry)."""
-    if path.startswith("service/"):
-        return path
-    return path.split("/", 1)[0].removesuffix(".py")
+    def us_per_request(self, part: str) -> float:
+        """The server CPU a request spent in `part`."""
+        cpu_us = self.load.get("server_cpu_us_per_request", 0.0)
+        return cpu_us * self.parts[part] / max(self.samples, 1)
 
 
-def attributed(module: str) -> bool:
-    """Modules whose share says where time goes: ours, the libraries we call and the event
-    loop; not the frames every stack starts with (runpy, the CLI, threading)."""
-    return (module.startswith("service/") and module != "service/cli.py") or module in LIBRARIES
+def part_of(dso: str) -> str:
+    """The part a shared object belongs to (OTHER for those of no part named here)."""
+    return next((part for prefix, part in PARTS if dso.startswith(prefix)), OTHER)
 
 
-def fold(raw: str) -> tuple[int, collections.Counter[str], collections.Counter[str]]:
-    """Samples, samples through each module and samples on top of each function, from
-    py-spy's raw (collapsed stack) output."""
+def fold(report: str) -> tuple[int, collections.Counter[str], collections.Counter[tuple[str, str]]]:
+    """Samples, samples in each part and samples on top of each symbol with its part, from
+    `perf report --sort dso,sym -F sample,dso,sym --field-separator=<tab>` lines."""
     total = 0
-    through: collections.Counter[str] = collections.Counter()
-    on_top: collections.Counter[str] = collections.Counter()
-    for line in raw.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        frames = [m for m in map(FRAME.match, stack.split(";")) if m]
-        if not frames:
-            continue
-        total += int(count)
-        for module in {module_of(m["path"]) for m in frames}:
-            if attributed(module):
-                through[module] += int(count)
-        leaf = frames[-1]
-        on_top[f"{leaf['function']} ({leaf['path']})"] += int(count)
-    return total, through, on_top
+    parts: collections.Counter[str] = collections.Counter()
+    symbols: collections.Counter[tuple[str, str]] = collections.Counter()
+    for line in report.splitlines():
+        fields = line.split("\t")
+        if len(fields) != 3 or not fields[0].strip().isdigit():
+            continue  # perf's comments and headers
+        samples, dso, symbol = int(fields[0]), fields[1].strip(), fields[2].strip()
+        part = part_of(dso)
+        total += samples
+        parts[part] += samples
+        # "[.] name" in user space, "[k] name" in the kernel: the name is what one looks up.
+        symbols[symbol.split("] ", 1)[-1], part] += samples
+    return total, parts, symbols
 
 
-def _record(options: Options, label: str, load: loadgen.Load, pid: int) -> Profile:
-    raw = options.workdir / "profile.txt"
-    seconds = options.duration_s + load.warmup_s
-    sampler = subprocess.Popen(
-        [
-            procs.tool("py-spy"),
-            "record",
-            "--pid",
-            str(pid),
-            "--format",
-            "raw",
-            "--rate",
-            str(RATE_HZ),
-            "--duration",
-            str(int(seconds)),
-            "--gil",
-            "--nonblocking",
-            "--output",
-            str(raw),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    figures = loadgen.run(load)
-    _, error = sampler.communicate()
-    if sampler.returncode != 0 or not raw.exists():
-        raise UsageError(f"py-spy failed ({sampler.returncode}): {error.decode()[-500:]}")
-    total, through, on_top = fold(raw.read_text())
-    share = 1 / max(total, 1)
-    return Profile(
-        label,
-        total,
-        [(name, count * share) for name, count in through.most_common(TOP)],
-        [(name, count * share) for name, count in on_top.most_common(TOP)],
-        figures,
-    )
+def _perf(*args: str) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(["perf", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise UsageError(
+            "perf not found: install it (Debian: apt-get install linux-perf)"
+        ) from None
+
+
+def _finished(process: subprocess.Popen[bytes], what: str) -> bytes:
+    out, error = process.communicate()
+    if process.returncode != 0:
+        raise UsageError(f"perf {what} failed ({process.returncode}): {error.decode()[-500:]}")
+    return out
+
+
+def _record(
+    options: Options,
+    load: Callable[..., loadgen.Load],
+    server: servers.Running,
+    sequence_base: int = 1,
+) -> Profile:
+    """`load` driven against `server` while perf samples it."""
+    data = options.workdir / "perf.data"
+    driven = load(
+        target=server.target, duration_s=options.duration_s, warmup_s=options.warmup_s,
+        sessions=True, server_pid=server.pid, sequence_base=sequence_base,
+    )  # fmt: skip
+    sampler = _perf(
+        "record", "-e", "cpu-clock", "-F", str(RATE_HZ), "-p", str(server.pid),
+        "-o", str(data), "--", "sleep", f"{options.duration_s + options.warmup_s:g}",
+    )  # fmt: skip
+    figures = loadgen.run(driven)
+    _finished(sampler, "record")
+    report = _finished(
+        _perf(
+            "report", "-i", str(data), "--stdio", "--sort", "dso,sym", "-F", "sample,dso,sym",
+            "--field-separator=\t",
+        ),
+        "report",
+    )  # fmt: skip
+    total, parts, symbols = fold(report.decode(errors="replace"))
+    top = [(name, part, count) for (name, part), count in symbols.most_common(TOP)]
+    return Profile(total, parts, top, figures)
 
 
 def run(options: Options) -> Path:
     model = options.model_name
     rows, clients = (QUICK_ROWS, QUICK_CLIENTS) if options.quick else (ROWS, CLIENTS)
     sessions = 4 if options.quick else 64
-    profiles = []
-    for batching in (True, False):
-        settings = {**SERVER_SETTINGS, "batching": str(batching).lower()}
-        with servers.rnnserve(options.workdir, options.repository, settings) as server:
-            load_of = functools.partial(
-                loadgen.Load,
-                duration_s=options.duration_s,
-                warmup_s=options.warmup_s,
-                sessions=True,
-                server_pid=server.pid,
+    step = step_request_json(model)
+    one_step = f"{sessions} sessions, one step per ModelInfer"
+    streams = f"{sessions} streams, one step per message"
+    # Each load as a function of its server; the one-step loads are the floor's too.
+    loads = {
+        one_step: functools.partial(loadgen.Load, request=step, vus=sessions),
+        streams: functools.partial(loadgen.Load, request=step, vus=sessions, stream=True),
+        f"{rows} rows x {clients} clients: each ModelInfer steps {rows} sessions": (
+            functools.partial(
+                loadgen.Load, request=rows_request_json(model, rows), vus=clients, rows=rows
             )
-            loads = {
-                f"{sessions} sessions, one step per request": load_of(
-                    server.target, step_request_json(model), sessions
-                ),
-                f"{rows} rows x {clients} clients": load_of(
-                    server.target,
-                    rows_request_json(model, rows),
-                    clients,
-                    rows=rows,
-                    sequence_base=10_000_000,
-                ),
-            }
-            for name, load in loads.items():
-                label = f"{name}, batching {'on' if batching else 'off'}"
-                print(f"bench: profiling {label}", file=sys.stderr)
-                profiles.append(_record(options, label, load, server.pid))
+        ),
+    }
+    sampled: dict[str, Profile] = {}
+    floors: dict[str, Profile] = {}
+    with servers.rnnserve(options.workdir, options.repository, SERVER_SETTINGS) as server:
+        for index, (label, load) in enumerate(loads.items()):
+            print(f"bench: profiling {label}", file=sys.stderr)
+            sampled[label] = _record(options, load, server, sequence_base=1 + index * 10_000_000)
+    with servers.echo_server(options.workdir) as echo:
+        for label in (one_step, streams):
+            print(f"bench: profiling the echo floor, {label}", file=sys.stderr)
+            floors[label] = _record(options, loads[label], echo)
     page = options.out / "profile.md"
-    page.write_text(render(profiles, options.command))
+    page.write_text(
+        render({label: (sampled[label], floors.get(label)) for label in loads}, options.command)
+    )
     return page
 
 
-def render(profiles: list[Profile], command: str) -> str:
+def render(profiles: dict[str, tuple[Profile, Profile | None]], command: str) -> str:
     lines = [
-        "# Where the server's time goes",
+        "# Where the server's CPU goes",
         "",
-        f"Written by `{command}` (bench/profile.py): py-spy samples the server at "
-        f"{RATE_HZ} Hz while k6 drives it, counting only the thread that holds the GIL: "
-        "what bounds one Python process. *through* is the share of samples whose stack "
-        "passes through a module of ours or a library; *on top* the share a function was "
-        "the innermost Python frame (time in C extensions counts for the Python frame "
-        "that called them, e.g. grpc's Cython core, and so do modules compiled with mypyc).",
+        f"Written by `{command}` (bench/profile.py): perf samples every thread of the server "
+        f"(`rnnserve serve` as it runs by default) at {RATE_HZ} Hz of CPU time while k6 drives "
+        "it, and the echo floor's under the same one-step loads. Each sample counts for the "
+        "native code it was in: the interpreter (and so every module of ours not compiled), "
+        "our modules compiled with mypyc, grpc's Cython core and C core, the kernel's work for "
+        "the server's threads. A part's figure is the server CPU a request spent in it: its "
+        "share of the samples times the CPU a request cost while they were taken.",
     ]
-    for profile in profiles:
-        load = profile.load
-        steps = load.get("session_steps_per_s") or load.get("rps", 0.0)
+    for label, (profile, floor) in profiles.items():
+        lines += ["", f"## {label}", "", _measured("rnnserve", profile)]
+        if floor is not None:
+            lines.append(_measured("The echo floor", floor))
         lines += [
             "",
-            f"## {profile.label}",
-            "",
-            f"{profile.samples:,} samples; meanwhile {steps:,.0f} session-steps/s, "
-            f"p50 {load.get('p50_ms', 0.0):.2f} ms, server CPU "
-            f"{load.get('server_cpu_cores', 0.0):.2f} cores.",
-            "",
-            "| module | through | | function | on top |",
-            "|---|---|---|---|---|",
+            "| part | rnnserve, µs a request | the echo floor's |",
+            "|---|---|---|",
         ]
-        for (module, through), (function, top) in zip(
-            profile.modules, profile.functions, strict=False
-        ):
-            lines.append(f"| {module} | {through:.0%} | | `{function}` | {top:.1%} |")
+        for part, _ in profile.parts.most_common():
+            floor_us = f"{floor.us_per_request(part):,.1f}" if floor is not None else ""
+            lines.append(f"| {part} | {profile.us_per_request(part):,.1f} | {floor_us} |")
+        lines += [
+            "",
+            "| rnnserve's functions most often on top | part | samples |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| `{name}` | {part} | {count / max(profile.samples, 1):.1%} |"
+            for name, part, count in profile.functions
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _measured(server: str, profile: Profile) -> str:
+    load = profile.load
+    steps = load.get("session_steps_per_s") or load.get("rps", 0.0)
+    return (
+        f"{server}: {profile.samples:,} samples; meanwhile {steps:,.0f} session-steps/s, "
+        f"p50 {load.get('p50_ms', 0.0):.2f} ms, server CPU {load.get('server_cpu_cores', 0.0):.2f}"
+        f" cores, {load.get('server_cpu_us_per_request', 0.0):,.0f} µs a request."
+    )
