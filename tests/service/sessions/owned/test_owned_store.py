@@ -31,7 +31,10 @@ class Worker:
     """A started store and the turns its session manager would hold."""
 
     def __init__(self, url: str, namespace: str, handover_timeout_s: float = 5.0) -> None:
-        self.store = OwnedStore(url, 60.0, namespace, handover_timeout_s)
+        # Ownership is what these tests prove, not Redis's timeout (tests/faults do): a call
+        # gets 10 s, so that a test machine loaded by the others (a 1 s read timed out in CI
+        # once) does not fail them.
+        self.store = OwnedStore(url, 60.0, namespace, handover_timeout_s, timeout_s=10.0)
         self.turns = Turns()
 
     async def __aenter__(self) -> Worker:
