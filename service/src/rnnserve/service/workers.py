@@ -43,6 +43,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import struct
 import tempfile
 import time
 import uuid
@@ -52,6 +53,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
 from types import FrameType
+from typing import Any
 
 from rnnserve.service.settings import Settings
 
@@ -78,17 +80,40 @@ def serve_workers(settings: Settings, log_level: str) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+class WorkerFiles:
+    """The workers' metrics, summed from their files (prometheus_client's
+    MultiProcessCollector), read again when a file is caught half made: a worker started
+    again creates its files as it first records, and a scrape that reads one before its
+    header is in fails (struct.error) where a moment later it reads."""
+
+    TRIES = 5
+
+    def __init__(self, path: str) -> None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        # Not registered itself (registry None); no annotations in that module.
+        self._files = MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> list[Any]:
+        for _ in range(self.TRIES - 1):
+            with contextlib.suppress(struct.error):
+                return self._read()
+            time.sleep(0.01)
+        return self._read()  # a file still half made: the scrape fails, as before
+
+    def _read(self) -> list[Any]:
+        return list(self._files.collect())  # type: ignore[no-untyped-call]
+
+
 def _serve_metrics(settings: Settings, metrics_dir: str, supervisor: Supervisor) -> None:
     from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
 
     from rnnserve.service import metrics
     from rnnserve.service.nvml import register_gpu_metrics
     from rnnserve.service.sessions.redis.census import RedisCensus
 
     registry = CollectorRegistry()
-    # prometheus_client's multiprocess module has no annotations.
-    MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
+    registry.register(WorkerFiles(metrics_dir))
     # Workers share one Redis (several workers need the redis or owned store): counted once.
     census = RedisCensus(settings.redis_url, "rnnserve", settings.state_store_timeout_s)
     registry.register(metrics.SessionsActive(census))
