@@ -167,25 +167,27 @@ def test_several_workers_with_the_memory_store_are_refused(tiny_repository: Path
     assert "Traceback" not in result.stderr
 
 
-def test_a_scrape_reads_again_a_worker_file_caught_half_made(tmp_path: Path) -> None:
+def test_a_scrape_reads_again_a_worker_file_caught_half_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A worker started again creates its metrics file as it first records: a scrape that
     opens it before its header is in reads it again, rather than answer 500."""
-    import threading
+    import types
 
     from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-    from rnnserve.service.workers import WorkerFiles
+    from rnnserve.service import workers
 
     path = tmp_path / "counter_4242.db"
     path.touch()  # created, not yet written: prometheus_client cannot read it
 
-    def made() -> None:
+    def made(seconds: float) -> None:  # the worker writes its file while the scrape waits
         path.unlink()
         written = MmapedDict(str(path))
         written.write_value(mmap_key("steps", "steps_total", [], [], "steps"), 7.0, 0.0)
         written.close()
 
-    threading.Timer(0.015, made).start()
-    (metric,) = WorkerFiles(str(tmp_path)).collect()
+    monkeypatch.setattr(workers, "time", types.SimpleNamespace(sleep=made))
+    (metric,) = workers.WorkerFiles(str(tmp_path)).collect()
 
     assert [sample.value for sample in metric.samples if sample.name == "steps_total"] == [7.0]
