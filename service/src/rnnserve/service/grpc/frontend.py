@@ -3,7 +3,8 @@ turned off) on one grpc.aio server, started and stopped by the server process
 (service/server.py). The port speaks TLS when the settings name a certificate (mutual TLS
 with a client CA); the inference service admits each call with the Authenticator
 (servicer.py, service/auth.py), while health and reflection stay open. ModelInfer receives
-its message within the memory budget (receiving.py).
+its message within the memory budget (receiving.py); ModelStreamInfer reads and answers a
+stream's requests one at a time (stream_requests.py).
 
 The health service answers for the server ("" and the inference service: SERVING while
 the data plane is ready) and for each model by name (SERVING while a version of it is
@@ -22,6 +23,7 @@ from rnnserve.service.auth import Authenticator
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.grpc.receiving import ReceivedModelInfer
 from rnnserve.service.grpc.servicer import InferenceServicer
+from rnnserve.service.grpc.stream_requests import StreamRequests
 from rnnserve.service.settings import Settings
 from rnnserve.service.tls import TlsFiles
 
@@ -55,8 +57,11 @@ class GrpcFrontend:
         self._server = grpc.aio.server(options=options)
         self._serving = False
         servicer = InferenceServicer(dataplane, authenticator)
-        model_infer = ReceivedModelInfer(servicer.answering, dataplane).handler()
-        rpc.add_servicer(servicer, self._server, {"ModelInfer": model_infer})
+        own = {
+            "ModelInfer": ReceivedModelInfer(servicer.answering, dataplane).handler(),
+            "ModelStreamInfer": StreamRequests(servicer.answering, dataplane).handler(),
+        }
+        rpc.add_servicer(servicer, self._server, own)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if settings.reflection:
