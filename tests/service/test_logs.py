@@ -86,6 +86,27 @@ def test_grpc_access_line_takes_the_x_request_id_metadata(json_server) -> None:
     assert ("x-request-id", "grpc-header-1") in call.initial_metadata()
 
 
+def test_a_stream_echoes_its_x_request_id_which_names_its_requests_without_an_id(
+    json_server,
+) -> None:
+    named = build_request("sine-gru", {"x": X}, ["y"])
+    named.id = "stream-request-1"
+    unnamed = build_request("sine-gru", {"x": X}, ["y"])
+
+    call = json_server.stub.ModelStreamInfer(
+        iter([named, unnamed]), metadata=[("x-request-id", "stream-1")], timeout=30
+    )
+    replies = list(call)
+
+    assert [reply.error_message for reply in replies] == ["", ""]
+    assert [reply.infer_response.id for reply in replies] == ["stream-request-1", ""]
+    assert ("x-request-id", "stream-1") in call.initial_metadata()
+    [first] = access_lines(json_server, "stream-request-1")
+    [second] = access_lines(json_server, "stream-1")
+    assert first["rpc"] == second["rpc"] == "ModelStreamInfer"
+    assert first["code"] == second["code"] == "OK"
+
+
 def test_a_refusal_is_logged_with_its_code_and_the_version_that_would_run(json_server) -> None:
     request = build_request("sine-gru", {"x": np.zeros((0, 2, 1), np.float32)})
     request.id = "grpc-refused-1"
