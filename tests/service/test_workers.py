@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import grpc
@@ -18,12 +19,14 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from processes import alive, worker_pids
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from scrape import scrape, series
 
 from rnnserve.client.client import build_request, decode_response
 from rnnserve.client.rest import RestClient
 from rnnserve.protocol import messages as pb
 from rnnserve.protocol import rpc
+from rnnserve.service.workers import WorkerFiles
 
 PROBE_MODEL = "tagger-rnn"  # only `other_worker` sends it requests
 MAX_CONNECTIONS = 64  # new connections tried before concluding all land on one worker
@@ -172,12 +175,6 @@ def test_a_scrape_reads_again_a_worker_file_caught_half_made(
 ) -> None:
     """A worker started again creates its metrics file as it first records: a scrape that
     opens it before its header is in reads it again, rather than answer 500."""
-    import types
-
-    from prometheus_client.mmap_dict import MmapedDict, mmap_key
-
-    from rnnserve.service import workers
-
     path = tmp_path / "counter_4242.db"
     path.touch()  # created, not yet written: prometheus_client cannot read it
 
@@ -187,7 +184,7 @@ def test_a_scrape_reads_again_a_worker_file_caught_half_made(
         written.write_value(mmap_key("steps", "steps_total", [], [], "steps"), 7.0, 0.0)
         written.close()
 
-    monkeypatch.setattr(workers, "time", types.SimpleNamespace(sleep=made))
-    (metric,) = workers.WorkerFiles(str(tmp_path)).collect()
+    monkeypatch.setattr("rnnserve.service.workers.time", types.SimpleNamespace(sleep=made))
+    (metric,) = WorkerFiles(str(tmp_path)).collect()
 
     assert [sample.value for sample in metric.samples if sample.name == "steps_total"] == [7.0]

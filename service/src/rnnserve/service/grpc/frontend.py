@@ -2,7 +2,7 @@
 turned off) on one grpc.aio server, started and stopped by the server process
 (service/server.py). The port speaks TLS when the settings name a certificate (mutual TLS
 with a client CA); the inference service admits each call with the Authenticator
-(servicer.py, service/auth.py), while health and reflection stay open. ModelInfer receives
+(answering.py, service/auth.py), while health and reflection stay open. ModelInfer receives
 its message within the memory budget (receiving.py); ModelStreamInfer reads and answers a
 stream's requests one at a time (stream_requests.py).
 
