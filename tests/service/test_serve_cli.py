@@ -171,13 +171,30 @@ def test_an_unreadable_repository_is_one_line(tmp_path: Path) -> None:
     assert_one_line(serve("--model-repository", str(folder)), f"cannot read {folder}")
 
 
-def test_a_second_server_on_a_running_servers_port_does_not_start(server) -> None:
-    """gRPC would share the port (SO_REUSEPORT) and split the first server's traffic."""
+@pytest.mark.parametrize("listeners", ["1", "16"])
+def test_a_second_server_on_a_running_servers_port_does_not_start(server, listeners) -> None:
+    """gRPC would share the port (SO_REUSEPORT) and split the first server's traffic: the
+    running server's many listeners share it, and a second server of one or many does not
+    join them."""
     done = serve(
-        "--model-repository", ".", "--grpc-port", str(server.grpc_port), "--metrics-port", "0"
-    )
+        "--model-repository", ".", "--grpc-port", str(server.grpc_port), "--metrics-port", "0",
+        "--grpc-listeners", listeners,
+    )  # fmt: skip
 
     assert_one_line(done, f"--grpc-port {server.grpc_port}: cannot listen")
+
+
+def test_a_server_of_many_listeners_does_not_join_a_lone_listeners_port(
+    start_server, tiny_repository
+) -> None:
+    lone = start_server(tiny_repository, args=["--grpc-listeners", "1"])
+
+    done = serve(
+        "--model-repository", ".", "--grpc-port", str(lone.grpc_port), "--metrics-port", "0",
+        "--grpc-listeners", "16",
+    )  # fmt: skip
+
+    assert_one_line(done, f"--grpc-port {lone.grpc_port}: cannot listen")
 
 
 def test_the_start_up_line_names_the_servers_version(server) -> None:

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 # Settings fields by how their flag reads its value. Values go to Settings as typed text and
 # pydantic checks them, so the limits, types and help live in one place: settings.py.
 VALUE_FLAGS = (
-    "model_repository", "host", "grpc_port", "http_port", "metrics_port", "metrics_host",
+    "model_repository", "host", "grpc_port", "grpc_listeners", "http_port", "metrics_port",
+    "metrics_host",
     "workers", "worker_restart_limit", "worker_restart_window_s", "grace_period_s", "event_loop",
     "intra_op_threads", "inter_op_threads", "gpu_device_id", "gpu_mem_limit",
     "arena_extend_strategy", "cudnn_conv_algo_search", "instances_per_device", "device_state",
@@ -167,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_port_free(settings: Settings) -> None:
     """The gRPC and REST ports are free: bound here alone first (UsageError if one cannot
-    be), before the front ends bind them; workers share them with SO_REUSEPORT, which would
-    let them join any server listening there."""
+    be), before the front ends bind them; workers and a process's gRPC listeners share them
+    with SO_REUSEPORT, which would let them join any server listening there."""
     import socket
 
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET

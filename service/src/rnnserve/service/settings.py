@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="0.0.0.0", description="address to listen on")
     grpc_port: int = Field(default=8001, description="gRPC port")
+    # One grpc.aio server takes in one new call per turn of the event loop: many clients'
+    # calls come in one at a time, and their steps cannot run together (grpc/frontend.py).
+    grpc_listeners: int = Field(
+        default=16,
+        ge=1,
+        le=64,
+        description="grpc.aio servers in each process sharing the gRPC port: each takes in "
+        "one new call at a time, so more take in many clients' calls together",
+    )
     http_port: int = Field(default=8000, ge=0, description="HTTP/REST port (0 disables REST)")
     metrics_port: int = Field(default=8002, description="Prometheus /metrics port (0 disables it)")
     metrics_host: str = Field(
@@ -280,8 +289,9 @@ class Settings(BaseSettings):
         "of the event loop) as one ORT run, where that answers each as alone, bit for bit: "
         "continuations without sequence_offset, with the memory store and without `batching`",
     )
-    # Unary calls reach their handlers one per turn of the loop: a turn gathers few of them,
-    # a few milliseconds many (docs/performance.md). 0 by default: a lone turn adds no delay.
+    # Unary calls reach their handlers at most one per listener (`grpc_listeners`) in a
+    # turn of the loop: a turn gathers some of them, a few milliseconds more
+    # (docs/performance.md). 0 by default: a lone turn adds no delay.
     coalesce_max_delay_us: int = Field(
         default=0,
         ge=0,

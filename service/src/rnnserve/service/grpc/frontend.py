@@ -1,16 +1,18 @@
 """The gRPC front end: GRPCInferenceService, the gRPC health service and reflection (unless
-turned off) on one grpc.aio server, started and stopped by the server process
-(service/server.py). The port speaks TLS when the settings name a certificate (mutual TLS
-with a client CA); the inference service admits each call with the Authenticator
-(answering.py, service/auth.py), while health and reflection stay open. ModelInfer receives
-its message within the memory budget (receiving.py); ModelStreamInfer reads and answers a
-stream's requests one at a time (stream_requests.py).
+turned off) on grpc.aio servers sharing one port (`grpc_listeners`), started and stopped
+by the server process (service/server.py). The port speaks TLS when the settings name a
+certificate (mutual TLS with a client CA); the inference service admits each call with the
+Authenticator (answering.py, service/auth.py), while health and reflection stay open.
+ModelInfer receives its message within the memory budget (receiving.py); ModelStreamInfer
+reads and answers a stream's requests one at a time (stream_requests.py).
 
 The health service answers for the server ("" and the inference service: SERVING while
 the data plane is ready) and for each model by name (SERVING while a version of it is
 loaded), following every change of the model control."""
 
 from __future__ import annotations
+
+import asyncio
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -50,26 +52,33 @@ class GrpcFrontend:
             # while a message being received opens its own to its size.
             ("grpc.http2.bdp_probe", 0),
         ]
-        # Workers bind one port and the kernel spreads connections over them. gRPC sets
-        # SO_REUSEPORT by default: a lone server turns it off, so that a second server on its
-        # port fails to start rather than silently taking half the connections.
-        options.append(("grpc.so_reuseport", 1 if shared_port else 0))
-        self._server = grpc.aio.server(options=options)
+        # grpc.aio's server asks its core for the next call only once the last one has
+        # reached its handler: one server takes in one call per turn of the event loop,
+        # however many clients wait. Listeners are servers of this process sharing the port
+        # (SO_REUSEPORT, the kernel spreads connections over them); each takes in its own
+        # calls, so a turn takes in several, and their steps coalesce (docs/performance.md).
+        # Workers share the port too. gRPC sets SO_REUSEPORT by default: one lone listener
+        # turns it off, so that a second server on its port fails to start rather than
+        # silently take half the connections (`rnnserve serve` checks that the port is free
+        # before it binds it shared: cli.py).
+        reuse_port = shared_port or settings.grpc_listeners > 1
+        options.append(("grpc.so_reuseport", int(reuse_port)))
+        self._servers = [grpc.aio.server(options=options) for _ in range(settings.grpc_listeners)]
         self._serving = False
         servicer = InferenceServicer(dataplane, authenticator)
         own = {
             "ModelInfer": ReceivedModelInfer(servicer.answering, dataplane).handler(),
             "ModelStreamInfer": StreamRequests(servicer.answering, dataplane).handler(),
         }
-        rpc.add_servicer(servicer, self._server, own)
         self._health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        if settings.reflection:
-            reflection.enable_server_reflection(
-                [rpc.SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME],
-                self._server,
-                _reflection_pool(),
-            )
+        pool = _reflection_pool() if settings.reflection else None
+        for server in self._servers:
+            rpc.add_servicer(servicer, server, own)
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            if pool is not None:
+                reflection.enable_server_reflection(
+                    [rpc.SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME], server, pool
+                )
 
     @property
     def name(self) -> str:
@@ -79,19 +88,24 @@ class GrpcFrontend:
         """Listens (the health service says NOT_SERVING until `set_serving`); returns the
         address. UsageError when the port cannot be bound."""
         await self.set_serving(False)
-        address = f"{self._settings.host}:{self._settings.grpc_port}"
+        host, port = self._settings.host, self._settings.grpc_port
+        address = f"{host}:{port}"
         try:
-            if self._tls is None:
-                self._server.add_insecure_port(address)
-            else:
-                self._server.add_secure_port(address, self._credentials(self._tls))
+            for server in self._servers:  # port 0: the others bind the port the first got
+                port = self._bind(server, f"{host}:{port}")
         except RuntimeError:  # gRPC says only "Failed to bind"
             raise UsageError(
                 f"--grpc-port {self._settings.grpc_port}: cannot listen on {address} "
                 "(in use by another process, or not an address of this machine)"
             ) from None
-        await self._server.start()
+        for server in self._servers:
+            await server.start()
         return address
+
+    def _bind(self, server: grpc.aio.Server, address: str) -> int:
+        if self._tls is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, self._credentials(self._tls))
 
     @staticmethod
     def _credentials(tls: TlsFiles) -> grpc.ServerCredentials:
@@ -121,7 +135,7 @@ class GrpcFrontend:
     async def stop(self, grace_period_s: float) -> None:
         """Health NOT_SERVING, then RPCs in flight get the grace period to finish."""
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace_period_s)
+        await asyncio.gather(*(server.stop(grace_period_s) for server in self._servers))
 
 
 def _reflection_pool() -> descriptor_pool.DescriptorPool:
