@@ -53,3 +53,21 @@ def test_the_model_floor_answers_a_sequence_step_by_step_as_it_is_whole(
     answers = [np.frombuffer(r.raw_output_contents[0], np.float32) for r in responses]
     np.testing.assert_allclose(np.concatenate(answers), whole.ravel(), rtol=1e-5, atol=1e-6)
     assert [r.parameters["sequence_offset"].int64_param for r in responses] == [1, 2, 3, 4]
+
+
+def test_the_echo_floor_of_many_listeners_answers_every_connection_on_its_one_port(
+    tmp_path: Path,
+) -> None:
+    """Its listeners (grpc.aio servers sharing the port, as rnnserve's) each answer the
+    connections the kernel gives them: a connection of its own per channel."""
+    with servers.echo_server(tmp_path, listeners=4) as echo:
+        channels = [
+            grpc.insecure_channel(echo.target, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(16)
+        ]
+        replies = [Stub(channel).ModelInfer(_step(n, np.zeros((1, 1, 1), np.float32), True))
+                   for n, channel in enumerate(channels)]  # fmt: skip
+        for channel in channels:
+            channel.close()
+
+    assert [reply.model_name for reply in replies] == ["sine-lstm"] * 16

@@ -11,11 +11,13 @@ its own; what this floor spends beyond the echo is the model's run. Its states a
 the version's spec names (model/spec.py), zeros as the spec makes them; the data are the
 graph's other input and output (every recurrent model of export/).
 
-Run as `python -m rnnserve.bench.echo --port P [--procs N] [--model M.onnx]`: with N > 1,
-N such processes share the port (grpc's SO_REUSEPORT, as `rnnserve serve --workers N`
-does), the floor of as many rnnserve workers. Each runs on the event loop rnnserve runs on
-by default (`--event-loop auto`: uvloop where installed; service/event_loop.py): the
-floor's loop is rnnserve's, so that the ratios measure rnnserve's own code.
+Run as `python -m rnnserve.bench.echo --port P [--procs N] [--listeners L] [--model
+M.onnx]`: with N > 1, N such processes share the port (grpc's SO_REUSEPORT, as `rnnserve
+serve --workers N` does), the floor of as many rnnserve workers; with L > 1, L grpc.aio
+servers of each process share it too (as `rnnserve serve --grpc-listeners L`). Each runs
+on the event loop rnnserve runs on by default (`--event-loop auto`: uvloop where
+installed; service/event_loop.py): the floor's loop is rnnserve's, so that the ratios
+measure rnnserve's own code.
 """
 
 from __future__ import annotations
@@ -130,23 +132,26 @@ def model_handler(model_name: str, model: Path) -> grpc.GenericRpcHandler:
     )
 
 
-async def serve(port: int, model_name: str, model: Path | None = None) -> None:
+async def serve(port: int, model_name: str, model: Path | None, listeners: int) -> None:
     from grpc_health.v1 import health, health_pb2_grpc
 
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        (handler(model_name) if model is None else model_handler(model_name, model),)
-    )
+    answers = handler(model_name) if model is None else model_handler(model_name, model)
     # The standard health service (SERVING from the start): how the harness waits for it.
-    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
+    checks = health.aio.HealthServicer()
+    servers = [grpc.aio.server() for _ in range(listeners)]  # SO_REUSEPORT: gRPC's default
+    for server in servers:
+        server.add_generic_rpc_handlers((answers,))
+        health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+    await asyncio.gather(*(server.wait_for_termination() for server in servers))
 
 
-def _serve(port: int, model_name: str, model: Path | None, event_loop: EventLoop) -> None:
+def _serve(
+    port: int, model_name: str, model: Path | None, listeners: int, event_loop: EventLoop
+) -> None:
     with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
-        runner.run(serve(port, model_name, model))
+        runner.run(serve(port, model_name, model, listeners))
 
 
 def main() -> None:
@@ -154,12 +159,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model-name", default="sine-lstm")
     parser.add_argument("--procs", type=int, default=1, help="processes sharing the port")
+    parser.add_argument(
+        "--listeners", type=int, default=1, help="grpc.aio servers of each process on the port"
+    )
     parser.add_argument("--model", type=Path, help="the model floor of this ONNX file")
     parser.add_argument(
         "--event-loop", choices=get_args(EventLoop), default="auto", help="as rnnserve's"
     )
     args = parser.parse_args()
-    serving = (args.port, args.model_name, args.model, args.event_loop)
+    serving = (args.port, args.model_name, args.model, args.listeners, args.event_loop)
     if args.procs == 1:
         _serve(*serving)
         return

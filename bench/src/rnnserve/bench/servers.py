@@ -100,16 +100,21 @@ def _started(
 
 
 @contextlib.contextmanager
-def echo_server(workdir: Path, procs: int = 1, model: Path | None = None) -> Iterator[Running]:
-    """The echo floor; `procs` processes sharing its port (the floor of as many workers).
-    With `model`, the model floor of that ONNX file (bench/echo.py)."""
+def echo_server(
+    workdir: Path, procs: int = 1, model: Path | None = None, listeners: int = 1
+) -> Iterator[Running]:
+    """The echo floor; `procs` processes sharing its port (the floor of as many workers),
+    `listeners` grpc.aio servers in each (as rnnserve's `grpc_listeners`). With `model`, the
+    model floor of that ONNX file (bench/echo.py)."""
     port = free_port()
     command = [
-        sys.executable, "-m", "rnnserve.bench.echo", "--port", str(port), "--procs", str(procs)
+        sys.executable, "-m", "rnnserve.bench.echo", "--port", str(port), "--procs", str(procs),
+        "--listeners", str(listeners),
     ]  # fmt: skip
     if model is not None:
         command += ["--model", str(model)]
-    log = workdir / ("echo.log" if model is None else "model-floor.log")
+    name = "echo" if model is None else "model-floor"
+    log = workdir / (f"{name}.log" if listeners == 1 else f"{name}-{listeners}-listeners.log")
     with _started(command, f"127.0.0.1:{port}", log, {}, 30) as running:
         yield running
 

@@ -27,6 +27,7 @@ from rnnserve.bench.plots import line_plot
 from rnnserve.bench.report import Figure, Metrics, ScenarioResult, environment
 from rnnserve.bench.sessions import session_server
 from rnnserve.bench.transport import probe_steps
+from rnnserve.service.settings import Settings
 
 SESSIONS, QUICK_SESSIONS = (1, 16, 64), (1, 4)
 Key = tuple[str, str, int, int, bool]  # server, rpc, sessions, rows, probe
@@ -34,6 +35,10 @@ MODEL_FLOOR = "model floor"
 ALONE = "rnnserve --no-coalesce-steps"  # every step runs by itself, none joins a batch
 DELAY_US = 2000  # a coalesced batch's wait for unary calls, which come one per loop turn
 DELAYED = f"rnnserve --coalesce-max-delay-us {DELAY_US}"
+# The echo floor with as many grpc.aio servers on its port as rnnserve has by default: what
+# the same lever gives a server that does nothing, beside the issue's floor of one.
+LISTENERS = Settings.model_fields["grpc_listeners"].default
+ECHO_LISTENING = f"echo --listeners {LISTENERS}"
 
 
 def started_with(server: str) -> str:
@@ -47,7 +52,7 @@ def started_with(server: str) -> str:
 class Load:
     """One load of the scenario, on one server."""
 
-    server: str  # "echo", "model floor", "rnnserve", ALONE or DELAYED
+    server: str  # "echo", ECHO_LISTENING, "model floor", "rnnserve", ALONE or DELAYED
     rpc: str  # "ModelInfer" or "ModelStreamInfer"
     sessions: int  # connections (streams), one session each, or each stepping `rows`
     rows: int = 0  # > 0: multi-session requests of this many rows
@@ -70,6 +75,7 @@ def loads(quick: bool) -> list[Load]:
         Load(MODEL_FLOOR, unary, counts[-1]),
         Load(MODEL_FLOOR, unary, clients),
         Load(MODEL_FLOOR, stream, counts[-1]),
+        Load(ECHO_LISTENING, unary, counts[-1]),
     ]
     for server in ("echo", "rnnserve"):
         every.append(Load(server, unary, 1, probe=True))
@@ -110,6 +116,9 @@ def run(options: Options) -> ScenarioResult:
     with contextlib.ExitStack() as stack:
         running = {
             "echo": stack.enter_context(servers.echo_server(options.workdir)),
+            ECHO_LISTENING: stack.enter_context(
+                servers.echo_server(options.workdir, listeners=LISTENERS)
+            ),
             MODEL_FLOOR: stack.enter_context(
                 servers.echo_server(
                     options.workdir,
@@ -151,9 +160,12 @@ def run(options: Options) -> ScenarioResult:
         name="streams",
         title="9. Streams, and the one-step goals, against the echo floor in one run",
         description=(
-            f"{options.model_name} in sessions on rnnserve (one worker, memory store), beside "
-            "the echo floor and the model floor (the model's run alone: bench/echo.py), all "
-            "running throughout; each run measures every row on each in turn. "
+            f"{options.model_name} in sessions on rnnserve (one worker, memory store, "
+            f"{LISTENERS} gRPC listeners as by default), beside the echo floor and the model "
+            "floor (the model's run alone: bench/echo.py), all running throughout; each run "
+            "measures every row on each in turn. "
+            f"`{ECHO_LISTENING}`: the echo floor with as many grpc.aio servers sharing its "
+            "port as rnnserve's listeners. "
             "By default rnnserve runs the steps of different sessions that arrive in one "
             "turn of its event loop as one batch (dataplane/coalescing.py); "
             f"`{ALONE}`: a second rnnserve that runs every step by itself; "
@@ -213,11 +225,21 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
             f"One session's step p50 (probe){started_with(server)} over echo's p50",
             (server, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
         )  # fmt: skip
+    note(
+        f"The echo floor with {LISTENERS} listeners, one-step ModelInfer at {top} sessions, "
+        "requests/s over echo's (one listener)",
+        (ECHO_LISTENING, unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
+    )  # fmt: skip
     for server in ("rnnserve", ALONE, DELAYED):
         setting = started_with(server)
         note(
             f"One-step ModelInfer at {top} sessions{setting}, steps/s over echo's requests/s",
             (server, unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
+        )  # fmt: skip
+        note(
+            f"The same over the requests/s of the echo floor with {LISTENERS} listeners",
+            (server, unary, top, 0, False), (ECHO_LISTENING, unary, top, 0, False), "rps",
+            "rps",
         )  # fmt: skip
         note(
             f"Streams at {top} sessions{setting}, steps/s over the streaming echo's messages/s",
