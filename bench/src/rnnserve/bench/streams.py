@@ -33,7 +33,7 @@ SESSIONS, QUICK_SESSIONS = (1, 16, 64), (1, 4)
 Key = tuple[str, str, int, int, bool]  # server, rpc, sessions, rows, probe
 MODEL_FLOOR = "model floor"
 ALONE = "rnnserve --no-coalesce-steps"  # every step runs by itself, none joins a batch
-DELAY_US = 2000  # a coalesced batch's wait for unary calls, which come one per loop turn
+DELAY_US = 2000  # a coalesced batch's wait for unary calls, one per listener in a turn
 DELAYED = f"rnnserve --coalesce-max-delay-us {DELAY_US}"
 # The echo floor with as many grpc.aio servers on its port as rnnserve has by default: what
 # the same lever gives a server that does nothing, beside the floor of one.
@@ -170,7 +170,7 @@ def run(options: Options) -> ScenarioResult:
             "turn of its event loop as one batch (dataplane/coalescing.py); "
             f"`{ALONE}`: a second rnnserve that runs every step by itself; "
             f"`{DELAYED}`: a third, whose batches wait up to {DELAY_US} µs for unary calls, "
-            "which reach its handlers one per turn. "
+            "which reach its handlers at most one per listener in a turn. "
             "`ModelStreamInfer xN` rows: k6, N connections with one stream each, one "
             "session per stream and one step per message, the next written when the last "
             "was answered (k6 times stream messages to the millisecond only). `ModelInfer "
