@@ -90,9 +90,10 @@ class GrpcFrontend:
         await self.set_serving(False)
         host, port = self._settings.host, self._settings.grpc_port
         address = f"{host}:{port}"
+        credentials = None if self._tls is None else self._credentials(self._tls)
         try:
             for server in self._servers:  # port 0: the others bind the port the first got
-                port = self._bind(server, f"{host}:{port}")
+                port = _bind(server, f"{host}:{port}", credentials)
         except RuntimeError:  # gRPC says only "Failed to bind"
             raise UsageError(
                 f"--grpc-port {self._settings.grpc_port}: cannot listen on {address} "
@@ -101,11 +102,6 @@ class GrpcFrontend:
         for server in self._servers:
             await server.start()
         return address
-
-    def _bind(self, server: grpc.aio.Server, address: str) -> int:
-        if self._tls is None:
-            return server.add_insecure_port(address)
-        return server.add_secure_port(address, self._credentials(self._tls))
 
     @staticmethod
     def _credentials(tls: TlsFiles) -> grpc.ServerCredentials:
@@ -136,6 +132,13 @@ class GrpcFrontend:
         """Health NOT_SERVING, then RPCs in flight get the grace period to finish."""
         await self._health.enter_graceful_shutdown()
         await asyncio.gather(*(server.stop(grace_period_s) for server in self._servers))
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """The port `server` listens on: in plaintext, or TLS with `credentials`."""
+    if credentials is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, credentials)
 
 
 def _reflection_pool() -> descriptor_pool.DescriptorPool:
