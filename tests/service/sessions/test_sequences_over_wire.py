@@ -80,12 +80,17 @@ def test_a_long_sequence_in_random_pieces_equals_the_whole_among_100_other_sessi
 
 
 def test_streams_of_many_sessions_step_together_and_each_equals_its_whole(
-    server, client: RnnClient
+    start_server, tiny_repository: Path
 ) -> None:
+    """On a server of its own: on the shared one, other tests' lone steps may have taught
+    the version that its steps come alone, and it would run these alone too for a while
+    (dataplane/coalescing.py)."""
+    server = start_server(tiny_repository)
     model, steps = "sine-lstm", 30
     rng = np.random.default_rng(11)
     xs = [rng.normal(0, 1, steps).astype(np.float32) for _ in range(16)]
-    wholes = [client.infer(model, {"x": x[None, :, None]}, ["y"])["y"].reshape(-1) for x in xs]
+    with RnnClient(server.address) as client:
+        wholes = [client.infer(model, {"x": x[None, :, None]}, ["y"])["y"].reshape(-1) for x in xs]
     batched_before = batched_runs(server, model)
 
     async def scenario() -> list[np.ndarray]:
