@@ -32,13 +32,14 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from typing import NoReturn, Protocol
 
 from prometheus_client import REGISTRY
 
 from rnnserve.protocol.errors import UsageError
-from rnnserve.service import metrics
+from rnnserve.service import affinity, metrics
 from rnnserve.service.auth import Authenticator
 from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.event_loop import loop_factory, loop_name
@@ -82,15 +83,26 @@ class Frontend(Protocol):
 
 
 async def serve(
-    settings: Settings, start_gate: StartGate | None = None, worker: str | None = None
+    settings: Settings,
+    start_gate: StartGate | None = None,
+    worker: str | None = None,
+    index: int = 0,
 ) -> None:
     """Run until SIGTERM/SIGINT. Raises if the repository cannot be loaded.
 
     Without a start gate the server stands alone and also serves /metrics; with one it is
-    a worker (`worker`: its id in the owned store, named by the supervisor), and the
-    supervisor serves every worker's metrics.
+    a worker (`worker`: its id in the owned store, named by the supervisor; `index`: its
+    place among the workers, which picks its CPU under `cpu_affinity`), and the supervisor
+    serves every worker's metrics.
     """
     started = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    # Before any thread of ours starts: those started later inherit the core.
+    cpu = affinity.pin(settings.cpu_affinity, index)
+    if cpu is not None:
+        loop.set_default_executor(
+            ThreadPoolExecutor(initializer=affinity.releaser(settings.cpu_affinity))
+        )
     return_large_buffers()  # resident memory comes back after a large request
     metrics.START_TIME.set(time.time())
     tls, authenticator = load_tls(settings), Authenticator.from_settings(settings)
@@ -112,8 +124,8 @@ async def serve(
     if settings.auth_tokens and tls is None:
         log.warning("bearer tokens over plaintext: anyone on the path can read them; serve TLS")
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    log.info("event loop: %s", loop_name(loop))
+    pinned = "" if cpu is None else f", its threads on CPU {cpu}"
+    log.info("event loop: %s%s", loop_name(loop), pinned)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     tokens = authenticator.tokens
@@ -147,7 +159,10 @@ async def serve(
 
 
 def serve_process(
-    settings: Settings, start_gate: StartGate | None = None, worker: str | None = None
+    settings: Settings,
+    start_gate: StartGate | None = None,
+    worker: str | None = None,
+    index: int = 0,
 ) -> NoReturn:
     """`serve` as the life of this process, which ends as soon as the server has stopped
     (its logs flushed): the interpreter's teardown would go on to free, one by one, the
@@ -155,7 +170,7 @@ def serve_process(
     past the grace period and frees nothing the system does not. A failure goes through
     the event loop's usual clean-up and is raised."""
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        runner.run(serve(settings, start_gate, worker))
+        runner.run(serve(settings, start_gate, worker, index))
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rnnserve.service import affinity
 from rnnserve.service.event_loop import EventLoop
 from rnnserve.service.redis_url import check_url
 
@@ -47,6 +48,15 @@ class Settings(BaseSettings):
         default=1,
         ge=1,
         description="server processes sharing the port ('auto': one per core it may run on)",
+    )
+    # A step's hand-offs between grpc's threads and the event loop wake no other core when
+    # they share one (service/affinity.py). Off by default: two servers pinned alike on one
+    # machine would share a core.
+    cpu_affinity: str = Field(
+        default="none",
+        description="pin each server process's threads to one CPU: none, auto (the CPUs "
+        "the process may run on) or a list such as 0,2-5; a lone server takes the first, "
+        "worker i the i-th",
     )
     # A worker that dies is started again while the others serve: at once, then after 1, 2,
     # 4... up to 10 s while deaths follow each other.
@@ -116,6 +126,11 @@ class Settings(BaseSettings):
         if value == "auto":
             return len(os.sched_getaffinity(0))
         return value
+
+    @field_validator("cpu_affinity")
+    @classmethod
+    def _cpu_affinity(cls, value: str) -> str:
+        return affinity.parse(value)
 
     @field_validator("tls_cert", "tls_key", "tls_client_ca", "auth_tokens", mode="before")
     @classmethod

@@ -168,7 +168,7 @@ class Supervisor:
         worker_id = uuid.uuid4().hex
         process = self._context.Process(
             target=run_worker,
-            args=(self.settings, theirs, self.log_level, worker_id),
+            args=(self.settings, theirs, self.log_level, worker_id, index),
             name=f"rnnserve-worker-{index}",
         )
         process.start()
@@ -359,9 +359,12 @@ def _death(code: int | None) -> str:
     return f"exited unexpectedly with {code}"
 
 
-def run_worker(settings: Settings, gate: Connection, log_level: str, worker_id: str) -> None:
+def run_worker(
+    settings: Settings, gate: Connection, log_level: str, worker_id: str, index: int
+) -> None:
     """A worker's main function (it runs in a fresh interpreter); `worker_id` names it in
-    the owned store."""
+    the owned store, `index` is its place among the workers (a restarted worker's is the
+    dead one's)."""
     # Ctrl-C reaches the whole process group: the supervisor forwards it as SIGTERM, and
     # until the server installs its own handlers the worker must not die of it mid-import.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -374,4 +377,4 @@ def run_worker(settings: Settings, gate: Connection, log_level: str, worker_id: 
 
     from rnnserve.service.server import serve_process
 
-    serve_process(settings, start_gate=_PipeGate(gate), worker=worker_id)
+    serve_process(settings, start_gate=_PipeGate(gate), worker=worker_id, index=index)

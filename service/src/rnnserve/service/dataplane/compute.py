@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from rnnserve.service import affinity
 from rnnserve.service.device import StateDevice
 from rnnserve.service.repository import LoadedVersion
 from rnnserve.service.sessions import Batcher
@@ -35,15 +36,19 @@ class Compute:
         """`device`: where the session store keeps states (device_state), else None."""
         self.settings = settings
         self.device = device
+        # With the process pinned to a core (cpu_affinity), work off the loop runs on all
+        # the setting's CPUs, and ONNX Runtime's pools, started here by the loads, too.
+        self._release = affinity.releaser(settings.cpu_affinity)
         self._executor = ThreadPoolExecutor(
-            settings.compute_threads, thread_name_prefix="rnnserve-compute"
+            settings.compute_threads, "rnnserve-compute", self._release
         )
         # Session steps wait in these threads for their batched ORT runs, which run on the
         # compute threads: one pool waiting on the other could never deadlock, and enough
         # threads wait for a batch to fill.
         self._session_threads = ThreadPoolExecutor(
             max(settings.batch_max_size, settings.compute_threads),
-            thread_name_prefix="rnnserve-session",
+            "rnnserve-session",
+            self._release,
         )
         # (name, version) -> the version's batchers: for its sessions' steps, and for its
         # stateless requests (with the threads they wait in).
@@ -87,9 +92,7 @@ class Compute:
                         preferred_sizes=dynamic.preferred_batch_sizes,
                         concurrency=settings.compute_threads,
                     ),
-                    ThreadPoolExecutor(
-                        dynamic.max_batch_size, thread_name_prefix="rnnserve-stateless"
-                    ),
+                    ThreadPoolExecutor(dynamic.max_batch_size, "rnnserve-stateless", self._release),
                 )
 
     def _batchers(self, model: LoadedVersion, **options: Any) -> dict[str, Batcher]:

@@ -1,0 +1,89 @@
+"""Which CPUs a server process's threads run on: `cpu_affinity` (`--cpu-affinity`).
+
+A step crosses three threads of the process on its way in (grpc's event engine reads it,
+grpc.aio's poller hands it to the event loop, which answers it). Where they sit on
+different cores, each hand-off wakes another core, and at one client the wake-ups cost
+more than the step's own work (docs/performance.md, fifteenth pass). Pinned to one core,
+the hand-offs are switches on a core whose caches hold them.
+
+Pinned: every thread the process has when it pins (the main thread, which runs the event
+loop, and grpc's), and the threads they start later. Released to all the setting's CPUs:
+the threads that run work off the loop (`releaser`: the compute threads, which also load
+the models, so that ONNX Runtime's own pools start there; the loop's default executor).
+
+Values: "none" (nothing pinned), "auto" (the CPUs this process may run on, its affinity as
+a container's cpuset limits it), or a list such as "0", "2-5" or "0,2,4-6". A lone server
+runs on the first CPU of the list, worker i on the i-th (around again past its end): two
+lone servers on one machine need a list each, or they share a core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+
+NONE, AUTO = "none", "auto"
+
+
+def parse(value: str) -> str:
+    """`value` checked, as `cpus` reads it: "none", or its CPUs listed one by one ("auto"
+    read now, before anything is pinned). ValueError names the problem."""
+    value = value.strip().lower() or NONE  # RNNSERVE_CPU_AFFINITY= in a compose file
+    if value == NONE:
+        return value
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError("threads can be pinned on Linux only; use none")
+    may = sorted(os.sched_getaffinity(0))
+    listed = may if value == AUTO else _listed(value)
+    outside = sorted(set(listed) - set(may))
+    if outside:
+        names = ",".join(map(str, may))
+        raise ValueError(f"CPU {outside[0]} is not one this process may run on ({names})")
+    return ",".join(map(str, listed))
+
+
+def cpus(value: str) -> list[int] | None:
+    """The CPUs of a parsed setting, in order; None for "none"."""
+    return None if value == NONE else [int(cpu) for cpu in value.split(",")]
+
+
+def pin(value: str, index: int = 0) -> int | None:
+    """Pins every thread of this process to the CPU the `index`-th process of the setting
+    runs on (None, and nothing pinned, for "none"); the threads they start inherit it."""
+    listed = cpus(value)
+    if listed is None:
+        return None
+    cpu = listed[index % len(listed)]
+    for thread in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended since
+            os.sched_setaffinity(int(thread), {cpu})
+    return cpu
+
+
+def releaser(value: str) -> Callable[[], None] | None:
+    """An executor's thread initializer that runs the thread on all the setting's CPUs
+    (None for "none": nothing was pinned)."""
+    listed = cpus(value)
+    if listed is None:
+        return None
+    everywhere = set(listed)
+
+    def release() -> None:
+        os.sched_setaffinity(0, everywhere)
+
+    return release
+
+
+def _listed(value: str) -> list[int]:
+    """The CPUs of a list such as "0,2,4-6", in its order, each once."""
+    listed: list[int] = []
+    for part in value.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not (first.isdigit() and (not dash or last.isdigit())):
+            raise ValueError(f"{part.strip()!r} is not a CPU or a range of CPUs (such as 2-5)")
+        span = range(int(first), int(last if dash else first) + 1)
+        if not span:
+            raise ValueError(f"{part.strip()!r}: a range runs from the lower CPU to the higher")
+        listed += [cpu for cpu in span if cpu not in listed]
+    return listed
