@@ -4,12 +4,14 @@ sequence run at once, or it would be a floor for less work than rnnserve's step.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+from processes import worker_pids
 
 from rnnserve.bench import servers
 from rnnserve.protocol import messages as pb
@@ -71,3 +73,24 @@ def test_the_echo_floor_of_many_listeners_answers_every_connection_on_its_one_po
             channel.close()
 
     assert [reply.model_name for reply in replies] == ["sine-lstm"] * 16
+
+
+def test_the_pinned_echo_floor_runs_its_threads_on_the_cpu_rnnserve_would(
+    tmp_path: Path,
+) -> None:
+    """`--cpu-affinity` pins as rnnserve's does (service/affinity.py): the floor of a pinned
+    rnnserve is pinned alike, each of its processes on the CPU of a worker of its index."""
+    cpus = sorted(os.sched_getaffinity(0))
+    with servers.echo_server(tmp_path, procs=2, cpu_affinity="auto") as echo:
+        reply = Stub(grpc.insecure_channel(echo.target)).ModelInfer(
+            _step(1, np.zeros((1, 1, 1), np.float32), True)
+        )
+        pinned = [
+            os.sched_getaffinity(int(thread))
+            for pid in worker_pids(echo.pid)
+            for thread in os.listdir(f"/proc/{pid}/task")
+        ]
+
+    assert reply.model_name == "sine-lstm"
+    assert {min(cpu) for cpu in pinned} == set(cpus[:2])
+    assert all(len(cpu) == 1 for cpu in pinned)

@@ -17,7 +17,9 @@ serve --workers N` does), the floor of as many rnnserve workers; with L > 1, L g
 servers of each process share it too (as `rnnserve serve --grpc-listeners L`). Each runs
 on the event loop rnnserve runs on by default (`--event-loop auto`: uvloop where
 installed; service/event_loop.py): the floor's loop is rnnserve's, so that the ratios
-measure rnnserve's own code.
+measure rnnserve's own code. With `--cpu-affinity` (none, auto or a list, as rnnserve's
+`cpu_affinity`: service/affinity.py), process i runs its threads on the i-th CPU of the
+setting, as worker i of rnnserve does.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any, get_args
 import grpc
 
 from rnnserve.bench.payloads import step_response
+from rnnserve.service import affinity
 from rnnserve.service.event_loop import EventLoop, loop_factory
 
 
@@ -148,8 +151,15 @@ async def serve(port: int, model_name: str, model: Path | None, listeners: int) 
 
 
 def _serve(
-    port: int, model_name: str, model: Path | None, listeners: int, event_loop: EventLoop
+    port: int,
+    model_name: str,
+    model: Path | None,
+    listeners: int,
+    event_loop: EventLoop,
+    cpus: str,
+    index: int = 0,
 ) -> None:
+    affinity.pin(cpus, index)
     with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
         runner.run(serve(port, model_name, model, listeners))
 
@@ -166,8 +176,11 @@ def main() -> None:
     parser.add_argument(
         "--event-loop", choices=get_args(EventLoop), default="auto", help="as rnnserve's"
     )
+    parser.add_argument("--cpu-affinity", type=affinity.parse, default="none", help="as rnnserve's")
     args = parser.parse_args()
-    serving = (args.port, args.model_name, args.model, args.listeners, args.event_loop)
+    serving = (
+        args.port, args.model_name, args.model, args.listeners, args.event_loop, args.cpu_affinity
+    )  # fmt: skip
     if args.procs == 1:
         _serve(*serving)
         return
@@ -177,7 +190,8 @@ def main() -> None:
         signal.signal(signum, lambda signum, frame: stopping.append(signum))
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_serve, args=serving, daemon=True) for _ in range(args.procs)
+        context.Process(target=_serve, args=(*serving, index), daemon=True)
+        for index in range(args.procs)
     ]
     for process in processes:
         process.start()

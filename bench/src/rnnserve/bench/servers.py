@@ -101,20 +101,29 @@ def _started(
 
 @contextlib.contextmanager
 def echo_server(
-    workdir: Path, procs: int = 1, model: Path | None = None, listeners: int = 1
+    workdir: Path,
+    procs: int = 1,
+    model: Path | None = None,
+    listeners: int = 1,
+    cpu_affinity: str = "none",
 ) -> Iterator[Running]:
     """The echo floor; `procs` processes sharing its port (the floor of as many workers),
-    `listeners` grpc.aio servers in each (as rnnserve's `grpc_listeners`). With `model`, the
-    model floor of that ONNX file (bench/echo.py)."""
+    `listeners` grpc.aio servers in each (as rnnserve's `grpc_listeners`), their threads
+    pinned as rnnserve's `cpu_affinity` pins. With `model`, the model floor of that ONNX
+    file (bench/echo.py)."""
     port = free_port()
     command = [
         sys.executable, "-m", "rnnserve.bench.echo", "--port", str(port), "--procs", str(procs),
-        "--listeners", str(listeners),
+        "--listeners", str(listeners), "--cpu-affinity", cpu_affinity,
     ]  # fmt: skip
     if model is not None:
         command += ["--model", str(model)]
     name = "echo" if model is None else "model-floor"
-    log = workdir / (f"{name}.log" if listeners == 1 else f"{name}-{listeners}-listeners.log")
+    if listeners > 1:
+        name += f"-{listeners}-listeners"
+    if cpu_affinity != "none":
+        name += "-pinned"
+    log = workdir / f"{name}.log"
     with _started(command, f"127.0.0.1:{port}", log, {}, 30) as running:
         yield running
 

@@ -79,6 +79,7 @@ def session_server(
     coalesce_max_delay_us: int = 0,
     workers: int = 1,
     state_store: str = "owned",
+    cpu_affinity: str = "none",
 ) -> Iterator[servers.Running]:
     """rnnserve set up for sessions; several workers share their sessions through a
     redis-server of their own, with `state_store` (one worker keeps them in memory)."""
@@ -87,6 +88,7 @@ def session_server(
         "batching": str(batching).lower(),
         "coalesce_steps": str(coalesce_steps).lower(),
         "coalesce_max_delay_us": str(coalesce_max_delay_us),
+        "cpu_affinity": cpu_affinity,
     }
     with contextlib.ExitStack() as stack:
         if workers > 1:

@@ -39,6 +39,11 @@ DELAYED = f"rnnserve --coalesce-max-delay-us {DELAY_US}"
 # the same lever gives a server that does nothing, beside the issue's floor of one.
 LISTENERS = Settings.model_fields["grpc_listeners"].default
 ECHO_LISTENING = f"echo --listeners {LISTENERS}"
+# Each server's threads on one core (service/affinity.py): a step's hand-offs between
+# grpc's threads and the event loop wake no other core. The echo floor pinned the same way
+# beside it, as for the listeners.
+PINNED = "rnnserve --cpu-affinity auto"
+ECHO_PINNED = "echo --cpu-affinity auto"
 
 
 def started_with(server: str) -> str:
@@ -52,7 +57,8 @@ def started_with(server: str) -> str:
 class Load:
     """One load of the scenario, on one server."""
 
-    server: str  # "echo", ECHO_LISTENING, "model floor", "rnnserve", ALONE or DELAYED
+    server: str  # "echo", ECHO_LISTENING, ECHO_PINNED, "model floor", "rnnserve", ALONE,
+    # DELAYED or PINNED
     rpc: str  # "ModelInfer" or "ModelStreamInfer"
     sessions: int  # connections (streams), one session each, or each stepping `rows`
     rows: int = 0  # > 0: multi-session requests of this many rows
@@ -87,8 +93,12 @@ def loads(quick: bool) -> list[Load]:
             every += [Load(server, unary, clients, rows), Load(server, stream, clients, rows)]
     every += [Load(ALONE, unary, counts[-1])]
     every += [Load(ALONE, stream, count) for count in counts]
-    every += [Load(DELAYED, unary, 1, probe=True), Load(DELAYED, unary, counts[-1])]
-    every.append(Load(DELAYED, unary, clients))
+    for server in (DELAYED, PINNED):
+        every += [Load(server, unary, 1, probe=True), Load(server, unary, counts[-1])]
+        every.append(Load(server, unary, clients))
+    every.append(Load(PINNED, stream, counts[-1]))
+    every += [Load(ECHO_PINNED, unary, 1, probe=True), Load(ECHO_PINNED, unary, counts[-1])]
+    every.append(Load(ECHO_PINNED, stream, counts[-1]))
     return list(dict.fromkeys(every))
 
 
@@ -119,6 +129,9 @@ def run(options: Options) -> ScenarioResult:
             ECHO_LISTENING: stack.enter_context(
                 servers.echo_server(options.workdir, listeners=LISTENERS)
             ),
+            ECHO_PINNED: stack.enter_context(
+                servers.echo_server(options.workdir, cpu_affinity="auto")
+            ),
             MODEL_FLOOR: stack.enter_context(
                 servers.echo_server(
                     options.workdir,
@@ -128,6 +141,7 @@ def run(options: Options) -> ScenarioResult:
             "rnnserve": stack.enter_context(session_server(options)),
             ALONE: stack.enter_context(session_server(options, coalesce_steps=False)),
             DELAYED: stack.enter_context(session_server(options, coalesce_max_delay_us=DELAY_US)),
+            PINNED: stack.enter_context(session_server(options, cpu_affinity="auto")),
         }
         for run in range(options.runs):
             for index, load in enumerate(every):
@@ -170,7 +184,9 @@ def run(options: Options) -> ScenarioResult:
             "turn of its event loop as one batch (dataplane/coalescing.py); "
             f"`{ALONE}`: a second rnnserve that runs every step by itself; "
             f"`{DELAYED}`: a third, whose batches wait up to {DELAY_US} µs for unary calls, "
-            "which reach its handlers at most one per listener in a turn. "
+            "which reach its handlers at most one per listener in a turn; "
+            f"`{PINNED}`: a fourth, whose threads run on one CPU (the first it may use), "
+            f"beside `{ECHO_PINNED}`, the echo floor pinned the same way. "
             "`ModelStreamInfer xN` rows: k6, N connections with one stream each, one "
             "session per stream and one step per message, the next written when the last "
             "was answered (k6 times stream messages to the millisecond only). `ModelInfer "
@@ -220,17 +236,25 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
         "The model floor's one-session step p50 (probe) over echo's p50",
         (MODEL_FLOOR, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
     )  # fmt: skip
-    for server in ("rnnserve", DELAYED):
+    for server in ("rnnserve", DELAYED, PINNED):
         note(
             f"One session's step p50 (probe){started_with(server)} over echo's p50",
             (server, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
         )  # fmt: skip
     note(
+        f"The same{started_with(PINNED)} over the p50 of `{ECHO_PINNED}`",
+        (PINNED, unary, 1, 0, True), (ECHO_PINNED, unary, 1, 0, True), "p50_ms", "p50_ms",
+    )  # fmt: skip
+    note(
+        f"`{ECHO_PINNED}`: one session's step p50 (probe) over echo's p50",
+        (ECHO_PINNED, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
+    )  # fmt: skip
+    note(
         f"The echo floor with {LISTENERS} listeners, one-step ModelInfer at {top} sessions, "
         "requests/s over echo's (one listener)",
         (ECHO_LISTENING, unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
     )  # fmt: skip
-    for server in ("rnnserve", ALONE, DELAYED):
+    for server in ("rnnserve", ALONE, DELAYED, PINNED):
         setting = started_with(server)
         note(
             f"One-step ModelInfer at {top} sessions{setting}, steps/s over echo's requests/s",
@@ -247,6 +271,12 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
         )  # fmt: skip
     for rpc in (unary, stream):
         note(
+            f"{rpc} at {top} sessions{started_with(PINNED)}, steps/s over the "
+            f"{rpc} requests/s of `{ECHO_PINNED}`",
+            (PINNED, rpc, top, 0, False), (ECHO_PINNED, rpc, top, 0, False), "rps", "rps",
+        )  # fmt: skip
+    for rpc in (unary, stream):
+        note(
             f"Multi-session {rpc} from {clients} clients, session-steps/s over echo's "
             f"{rpc} requests/s at {clients}",
             ("rnnserve", rpc, clients, max(load.rows for load in every), False),
@@ -255,7 +285,7 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
             "rps",
         )
     for load in every:
-        if load.server in ("rnnserve", ALONE, DELAYED) and not load.probe:
+        if load.server in ("rnnserve", ALONE, DELAYED, PINNED) and not load.probe:
             echo = find.get(("echo", load.rpc, load.sessions, 0, False))
             cpu = figures[load].median.get("server_cpu_us_per_request", 0.0)
             if echo is not None and not load.rows:
