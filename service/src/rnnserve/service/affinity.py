@@ -2,9 +2,9 @@
 
 A step crosses three threads of the process on its way in (grpc's event engine reads it,
 grpc.aio's poller hands it to the event loop, which answers it). Where they sit on
-different cores, each hand-off wakes another core, and at one client the wake-ups cost
-more than the step's own work (docs/performance.md, fifteenth pass). Pinned to one core,
-the hand-offs are switches on a core whose caches hold them.
+different cores, each hand-off wakes another core. Pinned to one core, the hand-offs are
+switches on a core whose caches hold them: at one client that took a fifth off the server's
+side of a step (docs/performance.md, fifteenth pass).
 
 Pinned: every thread the process has when it pins (the main thread, which runs the event
 loop, and grpc's), and the threads they start later. Released to all the setting's CPUs:
