@@ -1,6 +1,6 @@
 """The processes of a server under test: free ports to start it on, and from /proc a
-`--workers` server's workers, whether one is alive or listening, resident memory and its
-peak."""
+`--workers` server's workers, whether one is alive or listening, the CPUs its threads
+may run on, resident memory and its peak."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ def free_port() -> int:
                 continue  # in use
         return port
     raise AssertionError(f"no free port in {_block_start}..{_block_start + BLOCK - 1}")
+
+
+def thread_cpus(pid: int) -> dict[int, set[int]]:
+    """Each thread of process `pid`, and the CPUs it may run on (`cpu_affinity`)."""
+    return {
+        int(thread): os.sched_getaffinity(int(thread)) for thread in os.listdir(f"/proc/{pid}/task")
+    }
 
 
 def worker_pids(supervisor: int) -> list[int]:

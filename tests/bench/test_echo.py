@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from processes import worker_pids
+from processes import thread_cpus, worker_pids
 
 from rnnserve.bench import servers
 from rnnserve.protocol import messages as pb
@@ -85,11 +85,7 @@ def test_the_pinned_echo_floor_runs_its_threads_on_the_cpu_rnnserve_would(
         reply = Stub(grpc.insecure_channel(echo.target)).ModelInfer(
             _step(1, np.zeros((1, 1, 1), np.float32), True)
         )
-        pinned = [
-            os.sched_getaffinity(int(thread))
-            for pid in worker_pids(echo.pid)
-            for thread in os.listdir(f"/proc/{pid}/task")
-        ]
+        pinned = [cpus for pid in worker_pids(echo.pid) for cpus in thread_cpus(pid).values()]
 
     assert reply.model_name == "sine-lstm"
     assert {min(cpu) for cpu in pinned} == set(cpus[:2])

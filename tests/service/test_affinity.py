@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from processes import worker_pids
+from processes import thread_cpus, worker_pids
 
 from rnnserve.cli import build_parser
 from rnnserve.client.client import build_request
@@ -22,13 +22,6 @@ from rnnserve.service.cli import settings_from_args
 
 CPUS = sorted(os.sched_getaffinity(0))  # what this process may run on, as the server's
 ALL = ",".join(map(str, CPUS))
-
-
-def thread_cpus(pid: int) -> dict[int, set[int]]:
-    """Each thread of process `pid`, and the CPUs it may run on."""
-    return {
-        int(thread): os.sched_getaffinity(int(thread)) for thread in os.listdir(f"/proc/{pid}/task")
-    }
 
 
 def test_none_or_an_empty_value_pins_nothing() -> None:
@@ -128,8 +121,10 @@ def test_a_pinned_server_runs_its_threads_on_one_cpu_and_its_compute_threads_on_
 
 
 def test_a_server_pins_nothing_by_default(server) -> None:
-    assert set(CPUS) in thread_cpus(server.process.pid).values()
-    assert thread_cpus(server.process.pid)[server.process.pid] == set(CPUS)
+    threads = thread_cpus(server.process.pid)
+
+    assert threads[server.process.pid] == set(CPUS)
+    assert all(cpus == set(CPUS) for cpus in threads.values()), threads
 
 
 @pytest.mark.slow
