@@ -1,6 +1,6 @@
 """The processes of a server under test: free ports to start it on, and from /proc a
 `--workers` server's workers, whether one is alive or listening, the CPUs its threads
-may run on, resident memory and its peak."""
+may run on and the CPU time one has used, resident memory and its peak."""
 
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ def thread_cpus(pid: int) -> dict[int, set[int]]:
     return {
         int(thread): os.sched_getaffinity(int(thread)) for thread in os.listdir(f"/proc/{pid}/task")
     }
+
+
+def thread_cpu_seconds(pid: int, thread: int) -> float:
+    """The CPU time (user and system) one thread of process `pid` has used."""
+    fields = Path(f"/proc/{pid}/task/{thread}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def worker_pids(supervisor: int) -> list[int]:

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 # pydantic checks them, so the limits, types and help live in one place: settings.py.
 VALUE_FLAGS = (
     "model_repository", "host", "grpc_port", "grpc_listeners", "http_port", "metrics_port",
-    "metrics_host", "workers", "cpu_affinity", "worker_restart_limit", "worker_restart_window_s",
+    "metrics_host", "workers", "cpu_affinity", "busy_poll_us", "worker_restart_limit",
+    "worker_restart_window_s",
     "grace_period_s", "event_loop",
     "intra_op_threads", "inter_op_threads", "gpu_device_id", "gpu_mem_limit",
     "arena_extend_strategy", "cudnn_conv_algo_search", "instances_per_device", "device_state",

@@ -125,7 +125,10 @@ async def serve(
         log.warning("bearer tokens over plaintext: anyone on the path can read them; serve TLS")
     stop = asyncio.Event()
     pinned = "" if cpu is None else f", its threads on CPU {cpu}"
-    log.info("event loop: %s%s", loop_name(loop), pinned)
+    polls = (
+        f", polling {settings.busy_poll_us} µs after each request" if settings.busy_poll_us else ""
+    )
+    log.info("event loop: %s%s%s", loop_name(loop), pinned, polls)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     tokens = authenticator.tokens

@@ -58,6 +58,14 @@ class Settings(BaseSettings):
         "the process may run on) or a list such as 0,2-5; a lone server takes the first, "
         "worker i the i-th",
     )
+    busy_poll_us: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="microseconds each server process's event loop keeps polling, without "
+        "sleeping, after an inference request ends, so that the next finds it awake (0: "
+        "it sleeps when idle); a core kept busy while requests keep coming",
+    )
     # A worker that dies is started again while the others serve: at once, then after 1, 2,
     # 4... up to 10 s while deaths follow each other.
     worker_restart_limit: int = Field(

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata
 from types import TracebackType
 
+from rnnserve.service.busy_poll import BusyPoll
 from rnnserve.service.dataplane import streaming
 from rnnserve.service.dataplane.admission import Admission
 from rnnserve.service.dataplane.admitted import Admitted
@@ -54,12 +55,15 @@ EXTENSIONS = [
 class _Running:
     """`DataPlane._running`'s block (a class, not a generator: entered on every request)."""
 
-    __slots__ = ("_held", "_in_flight", "_timer")
+    __slots__ = ("_busy", "_held", "_in_flight", "_timer")
 
-    def __init__(self, held: Held, in_flight: InFlight, runtime: ModelRuntime) -> None:
+    def __init__(
+        self, held: Held, in_flight: InFlight, runtime: ModelRuntime, busy: BusyPoll | None
+    ) -> None:
         self._held = held
         self._in_flight = in_flight
         self._timer = RequestTimer(runtime)
+        self._busy = busy
 
     def __enter__(self) -> RequestTimer:
         self._in_flight.__enter__()
@@ -76,6 +80,8 @@ class _Running:
         finally:
             self._in_flight.__exit__()
             self._held.__exit__()
+            if self._busy is not None:
+                self._busy.touch()
 
 
 def _package_version() -> str:
@@ -93,6 +99,7 @@ class DataPlane:
         self.settings = settings
         self.repository = Repository(settings)
         self._lifecycle = Lifecycle()
+        self._busy = BusyPoll(settings.busy_poll_us) if settings.busy_poll_us else None
         # Where the store keeps session states (device_state), None: in host memory.
         self.state_device = store.device if isinstance(store, MemoryStore) else None
         self._compute = Compute(settings, self.state_device)
@@ -290,10 +297,11 @@ class DataPlane:
     def _running(self, admitted: Admitted) -> _Running:
         """An admitted request while it runs, in the `with` block of what this returns:
         its memory held in the budget (refused here, before any work, when it may not
-        be), counted in flight by its version, timed."""
+        be), counted in flight by its version, timed; once it ends, the event loop polls
+        awake for `busy_poll_us` (service/busy_poll.py)."""
         model = admitted.model
         held = self._budget.hold(model.task.footprint(admitted.request), model.name)
-        return _Running(held, model.in_flight, model.runtime)
+        return _Running(held, model.in_flight, model.runtime, self._busy)
 
 
 def _check_repository_call(
