@@ -5,13 +5,14 @@ sequence run at once, or it would be a floor for less work than rnnserve's step.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from processes import thread_cpus, worker_pids
+from processes import thread_cpu_seconds, thread_cpus, worker_pids
 
 from rnnserve.bench import servers
 from rnnserve.protocol import messages as pb
@@ -90,3 +91,23 @@ def test_the_pinned_echo_floor_runs_its_threads_on_the_cpu_rnnserve_would(
     assert reply.model_name == "sine-lstm"
     assert {min(cpu) for cpu in pinned} == set(cpus[:2])
     assert all(len(cpu) == 1 for cpu in pinned)
+
+
+def test_the_polling_echo_floor_answers_and_its_loop_sleeps_once_requests_stop(
+    tmp_path: Path,
+) -> None:
+    """`--busy-poll-us` keeps the floor's event loop awake after each answer as rnnserve's
+    `busy_poll_us` does (service/busy_poll.py), for the window only."""
+    with servers.echo_server(tmp_path, busy_poll_us=200_000) as echo:
+        with grpc.insecure_channel(echo.target) as channel:
+            replies = [
+                Stub(channel).ModelInfer(_step(1, np.zeros((1, 1, 1), np.float32), n == 0))
+                for n in range(3)
+            ]
+        time.sleep(0.5)  # past the window
+        before = thread_cpu_seconds(echo.pid, echo.pid)
+        time.sleep(1.0)
+        idle = thread_cpu_seconds(echo.pid, echo.pid) - before
+
+    assert [reply.model_name for reply in replies] == ["sine-lstm"] * 3
+    assert idle < 0.2  # the event loop sleeps again

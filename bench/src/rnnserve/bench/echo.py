@@ -19,7 +19,8 @@ on the event loop rnnserve runs on by default (`--event-loop auto`: uvloop where
 installed; service/event_loop.py): the floor's loop is rnnserve's, so that the ratios
 measure rnnserve's own code. With `--cpu-affinity` (none, auto or a list, as rnnserve's
 `cpu_affinity`: service/affinity.py), process i runs its threads on the i-th CPU of the
-setting, as worker i of rnnserve does.
+setting, as worker i of rnnserve does. With `--busy-poll-us N` its event loop polls, awake,
+for N µs after each answer, as rnnserve's `busy_poll_us` keeps its own (service/busy_poll.py).
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ import grpc
 
 from rnnserve.bench.payloads import step_response
 from rnnserve.service import affinity
+from rnnserve.service.busy_poll import BusyPoll
 from rnnserve.service.event_loop import EventLoop, loop_factory
 
 
-def handler(model_name: str) -> grpc.GenericRpcHandler:
+def handler(model_name: str, busy: BusyPoll | None = None) -> grpc.GenericRpcHandler:
     from rnnserve.protocol import messages as pb
     from rnnserve.protocol.rpc import SERVICE_NAME
 
@@ -50,12 +52,16 @@ def handler(model_name: str) -> grpc.GenericRpcHandler:
     ).SerializeToString()
 
     async def model_infer(request: Any, context: grpc.aio.ServicerContext[Any, bytes]) -> bytes:
+        if busy is not None:
+            busy.touch()
         return unary_answer
 
     async def model_stream_infer(
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, bytes]
     ) -> AsyncIterator[bytes]:
         async for _ in requests:
+            if busy is not None:
+                busy.touch()
             yield stream_answer
 
     parse = pb.ModelInferRequest.FromString
@@ -71,7 +77,9 @@ def handler(model_name: str) -> grpc.GenericRpcHandler:
     )
 
 
-def model_handler(model_name: str, model: Path) -> grpc.GenericRpcHandler:
+def model_handler(
+    model_name: str, model: Path, busy: BusyPoll | None = None
+) -> grpc.GenericRpcHandler:
     """The model floor's ModelInfer and ModelStreamInfer (see the module's docstring)."""
     import numpy as np
     import onnxruntime as ort
@@ -109,6 +117,8 @@ def model_handler(model_name: str, model: Path) -> grpc.GenericRpcHandler:
         response.outputs.add(name=data_output, datatype="FP32", shape=outputs[0].shape)
         response.raw_output_contents.append(outputs[0].tobytes())
         response.parameters["sequence_offset"].int64_param = offset
+        if busy is not None:
+            busy.touch()
 
     async def model_infer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         response = pb.ModelInferResponse()
@@ -135,10 +145,13 @@ def model_handler(model_name: str, model: Path) -> grpc.GenericRpcHandler:
     )
 
 
-async def serve(port: int, model_name: str, model: Path | None, listeners: int) -> None:
+async def serve(
+    port: int, model_name: str, model: Path | None, listeners: int, busy_poll_us: int
+) -> None:
     from grpc_health.v1 import health, health_pb2_grpc
 
-    answers = handler(model_name) if model is None else model_handler(model_name, model)
+    busy = BusyPoll(busy_poll_us) if busy_poll_us else None
+    answers = handler(model_name, busy) if model is None else model_handler(model_name, model, busy)
     # The standard health service (SERVING from the start): how the harness waits for it.
     checks = health.aio.HealthServicer()
     servers = [grpc.aio.server() for _ in range(listeners)]  # SO_REUSEPORT: gRPC's default
@@ -157,11 +170,12 @@ def _serve(
     listeners: int,
     event_loop: EventLoop,
     cpus: str,
+    busy_poll_us: int,
     index: int = 0,
 ) -> None:
     affinity.pin(cpus, index)
     with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
-        runner.run(serve(port, model_name, model, listeners))
+        runner.run(serve(port, model_name, model, listeners, busy_poll_us))
 
 
 def main() -> None:
@@ -177,9 +191,11 @@ def main() -> None:
         "--event-loop", choices=get_args(EventLoop), default="auto", help="as rnnserve's"
     )
     parser.add_argument("--cpu-affinity", type=affinity.parse, default="none", help="as rnnserve's")
+    parser.add_argument("--busy-poll-us", type=int, default=0, help="as rnnserve's")
     args = parser.parse_args()
     serving = (
-        args.port, args.model_name, args.model, args.listeners, args.event_loop, args.cpu_affinity
+        args.port, args.model_name, args.model, args.listeners, args.event_loop, args.cpu_affinity,
+        args.busy_poll_us,
     )  # fmt: skip
     if args.procs == 1:
         _serve(*serving)

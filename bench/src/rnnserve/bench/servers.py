@@ -106,15 +106,18 @@ def echo_server(
     model: Path | None = None,
     listeners: int = 1,
     cpu_affinity: str = "none",
+    busy_poll_us: int = 0,
 ) -> Iterator[Running]:
     """The echo floor; `procs` processes sharing its port (the floor of as many workers),
     `listeners` grpc.aio servers in each (as rnnserve's `grpc_listeners`), their threads
-    pinned as rnnserve's `cpu_affinity` pins. With `model`, the model floor of that ONNX
-    file (bench/echo.py)."""
+    pinned as rnnserve's `cpu_affinity` pins, their event loops polling as its
+    `busy_poll_us` keeps its own. With `model`, the model floor of that ONNX file
+    (bench/echo.py)."""
     port = free_port()
     command = [
         sys.executable, "-m", "rnnserve.bench.echo", "--port", str(port), "--procs", str(procs),
         "--listeners", str(listeners), "--cpu-affinity", cpu_affinity,
+        "--busy-poll-us", str(busy_poll_us),
     ]  # fmt: skip
     if model is not None:
         command += ["--model", str(model)]
@@ -123,6 +126,8 @@ def echo_server(
         name += f"-{listeners}-listeners"
     if cpu_affinity != "none":
         name += "-pinned"
+    if busy_poll_us:
+        name += "-polling"
     log = workdir / f"{name}.log"
     with _started(command, f"127.0.0.1:{port}", log, {}, 30) as running:
         yield running

@@ -16,6 +16,7 @@ measures every load on each in turn: a drift of the (shared) machine weighs on a
 from __future__ import annotations
 
 import contextlib
+import itertools
 import statistics
 from dataclasses import dataclass
 
@@ -44,6 +45,12 @@ ECHO_LISTENING = f"echo --listeners {LISTENERS}"
 # beside it, as for the listeners.
 PINNED = "rnnserve --cpu-affinity auto"
 ECHO_PINNED = "echo --cpu-affinity auto"
+# Each server's event loop kept polling, awake, for 5 ms after each request
+# (service/busy_poll.py): a lone client's next request finds it running. The echo floor
+# polling the same way beside it.
+POLL_US = 5000
+POLLING = f"rnnserve --busy-poll-us {POLL_US}"
+ECHO_POLLING = f"echo --busy-poll-us {POLL_US}"
 
 
 def started_with(server: str) -> str:
@@ -57,8 +64,8 @@ def started_with(server: str) -> str:
 class Load:
     """One load of the scenario, on one server."""
 
-    server: str  # "echo", ECHO_LISTENING, ECHO_PINNED, "model floor", "rnnserve", ALONE,
-    # DELAYED or PINNED
+    server: str  # "echo", ECHO_LISTENING, ECHO_PINNED, ECHO_POLLING, "model floor",
+    # "rnnserve", ALONE, DELAYED, PINNED or POLLING
     rpc: str  # "ModelInfer" or "ModelStreamInfer"
     sessions: int  # connections (streams), one session each, or each stepping `rows`
     rows: int = 0  # > 0: multi-session requests of this many rows
@@ -93,12 +100,14 @@ def loads(quick: bool) -> list[Load]:
             every += [Load(server, unary, clients, rows), Load(server, stream, clients, rows)]
     every += [Load(ALONE, unary, counts[-1])]
     every += [Load(ALONE, stream, count) for count in counts]
-    for server in (DELAYED, PINNED):
+    for server in (DELAYED, PINNED, POLLING):
         every += [Load(server, unary, 1, probe=True), Load(server, unary, counts[-1])]
         every.append(Load(server, unary, clients))
-    every.append(Load(PINNED, stream, counts[-1]))
-    every += [Load(ECHO_PINNED, unary, 1, probe=True), Load(ECHO_PINNED, unary, counts[-1])]
-    every.append(Load(ECHO_PINNED, stream, counts[-1]))
+    for server in (PINNED, POLLING):
+        every.append(Load(server, stream, counts[-1]))
+    for server in (ECHO_PINNED, ECHO_POLLING):
+        every += [Load(server, unary, 1, probe=True), Load(server, unary, counts[-1])]
+        every.append(Load(server, stream, counts[-1]))
     return list(dict.fromkeys(every))
 
 
@@ -132,6 +141,9 @@ def run(options: Options) -> ScenarioResult:
             ECHO_PINNED: stack.enter_context(
                 servers.echo_server(options.workdir, cpu_affinity="auto")
             ),
+            ECHO_POLLING: stack.enter_context(
+                servers.echo_server(options.workdir, busy_poll_us=POLL_US)
+            ),
             MODEL_FLOOR: stack.enter_context(
                 servers.echo_server(
                     options.workdir,
@@ -142,6 +154,7 @@ def run(options: Options) -> ScenarioResult:
             ALONE: stack.enter_context(session_server(options, coalesce_steps=False)),
             DELAYED: stack.enter_context(session_server(options, coalesce_max_delay_us=DELAY_US)),
             PINNED: stack.enter_context(session_server(options, cpu_affinity="auto")),
+            POLLING: stack.enter_context(session_server(options, busy_poll_us=POLL_US)),
         }
         for run in range(options.runs):
             for index, load in enumerate(every):
@@ -186,7 +199,9 @@ def run(options: Options) -> ScenarioResult:
             f"`{DELAYED}`: a third, whose batches wait up to {DELAY_US} µs for unary calls, "
             "which reach its handlers at most one per listener in a turn; "
             f"`{PINNED}`: a fourth, whose threads run on one CPU (the first it may use), "
-            f"beside `{ECHO_PINNED}`, the echo floor pinned the same way. "
+            f"beside `{ECHO_PINNED}`, the echo floor pinned the same way; "
+            f"`{POLLING}`: a fifth, whose event loop polls, awake, for {POLL_US} µs after "
+            f"each request, beside `{ECHO_POLLING}`, the echo floor polling the same way. "
             "`ModelStreamInfer xN` rows: k6, N connections with one stream each, one "
             "session per stream and one step per message, the next written when the last "
             "was answered (k6 times stream messages to the millisecond only). `ModelInfer "
@@ -236,25 +251,27 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
         "The model floor's one-session step p50 (probe) over echo's p50",
         (MODEL_FLOOR, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
     )  # fmt: skip
-    for server in ("rnnserve", DELAYED, PINNED):
+    for server in ("rnnserve", DELAYED, PINNED, POLLING):
         note(
             f"One session's step p50 (probe){started_with(server)} over echo's p50",
             (server, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
         )  # fmt: skip
-    note(
-        f"The same{started_with(PINNED)} over the p50 of `{ECHO_PINNED}`",
-        (PINNED, unary, 1, 0, True), (ECHO_PINNED, unary, 1, 0, True), "p50_ms", "p50_ms",
-    )  # fmt: skip
-    note(
-        f"`{ECHO_PINNED}`: one session's step p50 (probe) over echo's p50",
-        (ECHO_PINNED, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
-    )  # fmt: skip
+    # Each setting's rnnserve also over the echo floor set alike (its twin).
+    for server, twin in ((PINNED, ECHO_PINNED), (POLLING, ECHO_POLLING)):
+        note(
+            f"The same{started_with(server)} over the p50 of `{twin}`",
+            (server, unary, 1, 0, True), (twin, unary, 1, 0, True), "p50_ms", "p50_ms",
+        )  # fmt: skip
+        note(
+            f"`{twin}`: one session's step p50 (probe) over echo's p50",
+            (twin, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
+        )  # fmt: skip
     note(
         f"The echo floor with {LISTENERS} listeners, one-step ModelInfer at {top} sessions, "
         "requests/s over echo's (one listener)",
         (ECHO_LISTENING, unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
     )  # fmt: skip
-    for server in ("rnnserve", ALONE, DELAYED, PINNED):
+    for server in ("rnnserve", ALONE, DELAYED, PINNED, POLLING):
         setting = started_with(server)
         note(
             f"One-step ModelInfer at {top} sessions{setting}, steps/s over echo's requests/s",
@@ -269,11 +286,13 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
             f"Streams at {top} sessions{setting}, steps/s over the streaming echo's messages/s",
             (server, stream, top, 0, False), ("echo", stream, top, 0, False), "rps", "rps",
         )  # fmt: skip
-    for rpc in (unary, stream):
+    for (server, twin), rpc in itertools.product(
+        ((PINNED, ECHO_PINNED), (POLLING, ECHO_POLLING)), (unary, stream)
+    ):
         note(
-            f"{rpc} at {top} sessions{started_with(PINNED)}, steps/s over the "
-            f"{rpc} requests/s of `{ECHO_PINNED}`",
-            (PINNED, rpc, top, 0, False), (ECHO_PINNED, rpc, top, 0, False), "rps", "rps",
+            f"{rpc} at {top} sessions{started_with(server)}, steps/s over the "
+            f"{rpc} requests/s of `{twin}`",
+            (server, rpc, top, 0, False), (twin, rpc, top, 0, False), "rps", "rps",
         )  # fmt: skip
     for rpc in (unary, stream):
         note(
@@ -285,7 +304,7 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
             "rps",
         )
     for load in every:
-        if load.server in ("rnnserve", ALONE, DELAYED, PINNED) and not load.probe:
+        if load.server in ("rnnserve", ALONE, DELAYED, PINNED, POLLING) and not load.probe:
             echo = find.get(("echo", load.rpc, load.sessions, 0, False))
             cpu = figures[load].median.get("server_cpu_us_per_request", 0.0)
             if echo is not None and not load.rows:
