@@ -5,6 +5,7 @@ another exception."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from typing import Any
 
@@ -160,6 +161,15 @@ def test_binary_data_is_read_in_place_and_must_be_accounted_for() -> None:
 def test_a_number_out_of_the_datatypes_range_is_refused(datatype: str, value: float) -> None:
     with pytest.raises(CodecError, match=f"input 'x': a value does not fit {datatype}"):
         rest.array_from_json("x", datatype, [2], [0, value])
+
+
+def test_a_large_fp32_tensor_is_checked_as_a_small_one_is() -> None:
+    """Past a few dozen values the range is checked in numpy rather than in a loop."""
+    with pytest.raises(CodecError, match="input 'x': a value does not fit FP32"):
+        rest.array_from_json("x", "FP32", [100], [0.0] * 99 + [-1e39])
+
+    read = rest.array_from_json("x", "FP32", [100], [1.0] * 97 + [math.inf, -math.inf, math.nan])
+    assert read[:97].tolist() == [1.0] * 97 and np.isinf(read[97:99]).all() and np.isnan(read[99])
 
 
 def test_numbers_at_the_edge_of_the_range_and_non_finite_ones_are_read() -> None:
