@@ -25,6 +25,7 @@ PRIVATE_DATA = Path("/var/lib/rnnserve-test-docker")
 LOCK = Path("/var/lock/rnnserve-deploy-test.lock")
 LOCK_WAIT_S = 1800  # another run of the deployment test on this machine
 START_LIMIT_S = 60
+KEEP_FREE = 30 * 2**30  # bytes of disk left free by the image and build caches
 
 
 def apt_install(*packages: str) -> None:
@@ -62,12 +63,21 @@ def docker_engine(log_dir: Path) -> Iterator[dict[str, str]]:
     pid = _start_private_daemon(env, log_dir / "dockerd.log")
     try:
         yield env
-        # Untagged images are the classic builder's cache of the stages before a target as
-        # well as earlier builds of a tag: only those a day old go, to bound the data root.
-        prune = ["docker", "image", "prune", "--force", "--filter", "until=24h"]
-        subprocess.run(prune, env=env, capture_output=True)
+        _prune(env)
     finally:
         _stop(pid)
+
+
+def _prune(env: dict[str, str]) -> None:
+    """Bounds the data root. Untagged images are the classic builder's cache of the stages
+    before a target as well as earlier builds of a tag, and compose's builds leave a build
+    cache: those a day old go. Where the disk has less than `KEEP_FREE` left (several runs
+    in a day add gigabytes each), all of them go: the next run builds its stages again."""
+    age = ["--filter", "until=24h"]
+    if shutil.disk_usage(PRIVATE_DATA).free < KEEP_FREE:
+        age = []
+    for what in ("image", "builder"):
+        subprocess.run(["docker", what, "prune", "--force", *age], env=env, capture_output=True)
 
 
 def _start_private_daemon(env: dict[str, str], log_path: Path) -> int:
