@@ -44,9 +44,10 @@ def thread_cpus(pid: int) -> dict[int, set[int]]:
     }
 
 
-def thread_cpu_seconds(pid: int, thread: int) -> float:
-    """The CPU time (user and system) one thread of process `pid` has used."""
-    fields = Path(f"/proc/{pid}/task/{thread}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """The CPU time (user and system) process `pid` has used, or one `thread` of it."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from processes import thread_cpu_seconds, thread_cpus, worker_pids
+from processes import cpu_seconds, thread_cpus, worker_pids
 
 from rnnserve.bench import servers
 from rnnserve.protocol import messages as pb
@@ -105,9 +105,9 @@ def test_the_polling_echo_floor_answers_and_its_loop_sleeps_once_requests_stop(
                 for n in range(3)
             ]
         time.sleep(0.5)  # past the window
-        before = thread_cpu_seconds(echo.pid, echo.pid)
+        before = cpu_seconds(echo.pid, echo.pid)
         time.sleep(1.0)
-        idle = thread_cpu_seconds(echo.pid, echo.pid) - before
+        idle = cpu_seconds(echo.pid, echo.pid) - before
 
     assert [reply.model_name for reply in replies] == ["sine-lstm"] * 3
     assert idle < 0.2  # the event loop sleeps again

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from processes import thread_cpu_seconds
+from processes import cpu_seconds
 
 from rnnserve.cli import build_parser
 from rnnserve.client.client import build_request
@@ -91,6 +91,6 @@ def test_a_polling_server_answers_and_goes_back_to_sleep_once_requests_stop(
     assert b"".join(p.raw_output_contents[0] for p in pieces) == whole.raw_output_contents[0]
     assert "polling 200000 µs after each request" in server.log()
     time.sleep(0.5)  # past the window
-    before = thread_cpu_seconds(pid, pid)
+    before = cpu_seconds(pid, pid)
     time.sleep(1.0)
-    assert thread_cpu_seconds(pid, pid) - before < 0.2  # the event loop sleeps again
+    assert cpu_seconds(pid, pid) - before < 0.2  # the event loop sleeps again

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from hostile_bodies import corpus
 from polling import eventually
-from processes import rss_bytes
+from processes import cpu_seconds, rss_bytes
 from scrape import scrape, series
 
 from rnnserve.client.client import RnnClient, build_request
@@ -107,11 +106,6 @@ def test_a_malformed_body_gets_400_naming_the_problem(
 
     assert (status, answer["code"]) == (400, "INVALID_ARGUMENT")
     assert words in answer["error"]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def test_twenty_thousand_inputs_cost_at_most_twice_the_cpu_they_cost_over_grpc(
