@@ -137,3 +137,43 @@ def test_each_worker_runs_on_its_own_cpu(start_server, tiny_repository, redis_ur
     workers = worker_pids(server.process.pid)
     assert sorted(min(os.sched_getaffinity(pid)) for pid in workers) == CPUS[:2]
     assert all(len(os.sched_getaffinity(pid)) == 1 for pid in workers)
+
+
+def cgroup_tree(root: Path, own: str, files: dict[str, str]) -> tuple[Path, Path]:
+    """A control-group tree as /sys/fs/cgroup holds it, and the process's /proc/self/cgroup."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (root / "self").write_text(own)
+    return root, root / "self"
+
+
+@pytest.mark.parametrize(
+    ("own", "files", "usable"),
+    [
+        ("0::/\n", {"cpu.max": "max 100000\n"}, len(CPUS)),  # v2, no quota
+        ("0::/\n", {"cpu.max": "50000 100000\n"}, min(len(CPUS), 0.5)),  # a container's
+        ("0::/pod/c1\n", {"pod/c1/cpu.max": "150000 100000\n"}, min(len(CPUS), 1.5)),  # host's
+        (
+            "4:memory:/x\n1:cpu,cpuacct:/x\n0::/\n",
+            {
+                "cpu,cpuacct/x/cpu.cfs_quota_us": "100000",
+                "cpu,cpuacct/x/cpu.cfs_period_us": "100000",
+            },
+            min(len(CPUS), 1.0),
+        ),  # v1
+        (
+            "1:cpu:/\n0::/\n",
+            {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"},
+            len(CPUS),
+        ),
+    ],
+)
+def test_usable_cpus_are_those_it_may_run_on_or_its_cpu_quota_where_lower(
+    tmp_path: Path, own: str, files: dict[str, str], usable: float
+) -> None:
+    assert affinity.usable_cpus(*cgroup_tree(tmp_path, own, files)) == usable
+
+
+def test_usable_cpus_where_no_control_group_can_be_read(tmp_path: Path) -> None:
+    assert affinity.usable_cpus(tmp_path, tmp_path / "absent") == len(CPUS)

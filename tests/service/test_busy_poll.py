@@ -1,5 +1,6 @@
-"""`busy_poll_us`: after each inference request the event loop polls, awake, for the window,
-then sleeps again; off by default."""
+"""`busy_poll_us`: after an inference request that ended within the window of the one before,
+the event loop polls, awake, for the window, then sleeps again; on by default where a core is
+to spare."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from processes import cpu_seconds
 from rnnserve.cli import build_parser
 from rnnserve.client.client import build_request
 from rnnserve.protocol.errors import UsageError
-from rnnserve.service.busy_poll import BusyPoll
+from rnnserve.service import affinity
+from rnnserve.service.busy_poll import WINDOW_US, BusyPoll
 from rnnserve.service.cli import settings_from_args
 from rnnserve.service.settings import Settings
 
@@ -27,11 +29,12 @@ async def cpu_while_sleeping(seconds: float) -> float:
     return time.thread_time() - before
 
 
-def test_the_loop_polls_awake_for_the_window_after_a_request_then_sleeps() -> None:
+def test_the_loop_polls_awake_for_the_window_after_requests_close_together_then_sleeps() -> None:
     async def scenario() -> tuple[float, float]:
         busy = BusyPoll(window_us=300_000)
 
         busy.touch()
+        busy.touch()  # within the window of the one before
         assert busy.polling
         awake = await cpu_while_sleeping(0.1)  # within the window: the loop turns, polling
         assert busy.polling
@@ -45,6 +48,23 @@ def test_the_loop_polls_awake_for_the_window_after_a_request_then_sleeps() -> No
     assert asleep < 0.02, asleep
 
 
+def test_a_lone_request_or_one_after_a_quiet_spell_leaves_the_loop_asleep() -> None:
+    """A client stepping slower than the window would find the loop asleep anyway: polling
+    for it would spend a core for nothing."""
+
+    async def scenario() -> None:
+        busy = BusyPoll(window_us=50_000)
+
+        busy.touch()  # the first
+        assert not busy.polling
+        await asyncio.sleep(0.08)
+        busy.touch()  # after longer than the window
+
+        assert not busy.polling
+
+    asyncio.run(scenario())
+
+
 def test_each_request_extends_the_window_from_its_end() -> None:
     async def scenario() -> None:
         busy = BusyPoll(window_us=100_000)
@@ -52,7 +72,7 @@ def test_each_request_extends_the_window_from_its_end() -> None:
         for _ in range(4):  # 0.24 s in all, longer than the window
             busy.touch()
             await asyncio.sleep(0.06)
-            assert busy.polling
+        assert busy.polling
         await asyncio.sleep(0.15)
 
         assert not busy.polling
@@ -60,9 +80,15 @@ def test_each_request_extends_the_window_from_its_end() -> None:
     asyncio.run(scenario())
 
 
-def test_busy_polling_is_off_by_default_and_its_flag_names_itself_when_refused() -> None:
-    assert Settings.model_fields["busy_poll_us"].default == 0
+def test_busy_polling_is_on_by_default_where_a_core_is_to_spare() -> None:
+    spare = affinity.usable_cpus() >= 2
 
+    assert Settings().busy_poll_us == (WINDOW_US if spare else 0)
+    assert Settings(busy_poll_us="auto", cpu_affinity="auto").busy_poll_us == 0  # pinned
+    assert Settings(busy_poll_us=0).busy_poll_us == 0
+
+
+def test_the_flag_names_itself_when_refused() -> None:
     with pytest.raises(UsageError, match=re.escape("--busy-poll-us")):
         settings_from_args(build_parser().parse_args(["serve", "--busy-poll-us", "-1"]))
 
@@ -94,3 +120,9 @@ def test_a_polling_server_answers_and_goes_back_to_sleep_once_requests_stop(
     before = cpu_seconds(pid, pid)
     time.sleep(1.0)
     assert cpu_seconds(pid, pid) - before < 0.2  # the event loop sleeps again
+
+
+def test_a_server_polls_by_default_where_a_core_is_to_spare(server) -> None:
+    polls = f"polling {WINDOW_US} µs after each request" in server.log()
+
+    assert polls == (affinity.usable_cpus() >= 2)

@@ -15,13 +15,17 @@ Values: "none" (nothing pinned), "auto" (the CPUs this process may run on, its a
 a container's cpuset limits it), or a list such as "0", "2-5" or "0,2,4-6". A lone server
 runs on the first CPU of the list, worker i on the i-th (around again past its end): two
 lone servers on one machine need a list each, or they share a core.
+
+`usable_cpus` says how many CPUs' worth of time a process may use: the CPUs it may run on, or
+fewer where its control group's CPU quota (a container's CPU limit) allows less.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 NONE, AUTO = "none", "auto"
 
@@ -73,6 +77,45 @@ def releaser(value: str) -> Callable[[], None] | None:
         os.sched_setaffinity(0, everywhere)
 
     return release
+
+
+def usable_cpus(
+    cgroups: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")
+) -> float:
+    """The CPUs this process may run on, or its control group's CPU quota where lower."""
+    quotas = [quota for folder, v2 in _cpu_groups(cgroups, own) for quota in _quota(folder, v2)]
+    return min([float(len(os.sched_getaffinity(0))), *quotas])
+
+
+def _cpu_groups(cgroups: Path, own: Path) -> Iterator[tuple[Path, bool]]:
+    """The folders of this process's CPU control group (v2 or not): at its own path, where the
+    host sees it, and at the root, where a container in its own cgroup namespace sees it."""
+    try:
+        lines = own.read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers and "cpu" not in controllers.split(","):
+            continue
+        root = cgroups / controllers if controllers else cgroups
+        for folder in {root, root / path.lstrip("/")}:
+            yield folder, not controllers
+
+
+def _quota(folder: Path, v2: bool) -> list[float]:
+    """The folder's CPU quota in CPUs ([] where it sets none): cgroup v2's cpu.max
+    ("200000 100000", or "max 100000" for none), v1's cpu.cfs_quota_us (-1 for none) over
+    cpu.cfs_period_us."""
+    try:
+        if v2:
+            quota, period = (folder / "cpu.max").read_text().split()
+        else:
+            quota = (folder / "cpu.cfs_quota_us").read_text().strip()
+            period = (folder / "cpu.cfs_period_us").read_text().strip()
+        return [] if quota in ("max", "-1") else [int(quota) / int(period)]
+    except (OSError, ValueError):  # no such controller here, or a file we cannot read
+        return []
 
 
 def _listed(value: str) -> list[int]:

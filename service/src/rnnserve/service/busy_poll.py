@@ -1,13 +1,22 @@
-"""Busy polling (`busy_poll_us`): after each inference request the event loop keeps polling,
-without sleeping, for a window of time, so that a client's next request finds it running.
+"""Busy polling (`busy_poll_us`): while requests come close together, the event loop keeps
+polling, without sleeping, for a window of time after each one, so that a client's next
+request finds it running.
 
 An idle event loop sleeps in epoll; grpc.aio's poller thread wakes it for each call. On a
 machine whose cores doze between a lone client's requests, that wake-up, and the cold caches
 the loop then runs through, cost a step more than the step itself (docs/performance.md).
 Polling keeps the loop's core awake while requests keep coming, as ONNX Runtime's spinning
-threads and the kernel's `busy_poll` do: a core kept busy, for latency. Once no request ended
-for a window, the loop sleeps as before. Off (0) by default: it assumes a core to spare, and a
-CPU quota (a container's limit) pays for the polling too.
+threads and the kernel's `busy_poll` do: a core kept busy, for latency.
+
+It costs a request nothing it would not pay anyway: under load the loop never sleeps, and
+polling starts only when a request ends within the window of the one before (a client that
+steps slower than the window would find the loop asleep all the same, so the loop sleeps).
+Once no request ended for a window, the loop sleeps as before.
+
+`auto`, the default, polls for `WINDOW_US` where a core is to spare: the process may use two
+CPUs at least (its affinity and its CPU quota: a container's limit, which the polling would
+spend) and its threads are not pinned to one (`cpu_affinity`), where the polling loop would
+hold up grpc's threads that bring it the next request.
 
 The loop is kept awake by a callback that schedules itself for its next turn: a turn with a
 callback ready polls its file descriptors with no timeout.
@@ -16,24 +25,43 @@ callback ready polls its file descriptors with no timeout.
 from __future__ import annotations
 
 import asyncio
+import math
+
+from rnnserve.service import affinity
+
+# Longer than a lone client's cycle (about 1 ms on two cores), short enough that a client
+# pausing between bursts costs at most this much polling.
+WINDOW_US = 2000
+
+
+def auto_window_us(cpu_affinity: str) -> int:
+    """`auto`: `WINDOW_US` where the process has a core to spare for polling, else 0 (off)."""
+    spare = cpu_affinity == affinity.NONE and affinity.usable_cpus() >= 2
+    return WINDOW_US if spare else 0
 
 
 class BusyPoll:
-    """Keeps the running event loop polling for `window_us` after each `touch`."""
+    """Keeps the running event loop polling for `window_us` after each `touch` that came
+    within `window_us` of the one before."""
 
     def __init__(self, window_us: int) -> None:
         self._window_s = window_us / 1e6
+        self._last = -math.inf  # no request yet
         self._until = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.polling = False
 
     def touch(self) -> None:
-        """A request ended, on the event loop's thread: poll for the window from now."""
+        """A request ended, on the event loop's thread: poll for the window from now, if the
+        one before ended within it."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        self._until = loop.time() + self._window_s
-        if not self.polling:
+        now = loop.time()
+        close = now - self._last < self._window_s
+        self._last = now
+        self._until = now + self._window_s
+        if close and not self.polling:
             self.polling = True
             loop.call_soon(self._poll)
 

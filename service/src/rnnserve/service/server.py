@@ -126,7 +126,10 @@ async def serve(
     stop = asyncio.Event()
     pinned = "" if cpu is None else f", its threads on CPU {cpu}"
     polls = (
-        f", polling {settings.busy_poll_us} µs after each request" if settings.busy_poll_us else ""
+        f", polling {settings.busy_poll_us} µs after each request (one that came within as "
+        "long of the one before)"
+        if settings.busy_poll_us
+        else ""
     )
     log.info("event loop: %s%s%s", loop_name(loop), pinned, polls)
     for signum in (signal.SIGTERM, signal.SIGINT):

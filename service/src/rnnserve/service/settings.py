@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rnnserve.service import affinity
+from rnnserve.service import affinity, busy_poll
 from rnnserve.service.event_loop import EventLoop
 from rnnserve.service.redis_url import check_url
 
@@ -58,13 +58,17 @@ class Settings(BaseSettings):
         "the process may run on) or a list such as 0,2-5; a lone server takes the first, "
         "worker i the i-th",
     )
+    # Off where no core is to spare for it: one CPU, a quota under two, threads pinned.
     busy_poll_us: int = Field(
-        default=0,
+        default="auto",  # an int once read (_busy_poll_us)
+        validate_default=True,
         ge=0,
         le=1_000_000,
         description="microseconds each server process's event loop keeps polling, without "
-        "sleeping, after an inference request ends, so that the next finds it awake (0: "
-        "it sleeps when idle); a core kept busy while requests keep coming",
+        "sleeping, after an inference request that ended within as long of the one before, so "
+        "that the next finds it awake (0: it sleeps when idle; auto: 2000 where the process "
+        "may use two CPUs or more and `cpu_affinity` is none, else 0); a core kept busy while "
+        "a client keeps stepping",
     )
     # A worker that dies is started again while the others serve: at once, then after 1, 2,
     # 4... up to 10 s while deaths follow each other.
@@ -139,6 +143,14 @@ class Settings(BaseSettings):
     @classmethod
     def _cpu_affinity(cls, value: str) -> str:
         return affinity.parse(value)
+
+    @field_validator("busy_poll_us", mode="before")
+    @classmethod
+    def _busy_poll_us(cls, value: object, info: ValidationInfo) -> object:
+        """`auto`: polling where the process has a core to spare (service/busy_poll.py)."""
+        if value == "auto":
+            return busy_poll.auto_window_us(info.data.get("cpu_affinity", affinity.NONE))
+        return value
 
     @field_validator("tls_cert", "tls_key", "tls_client_ca", "auth_tokens", mode="before")
     @classmethod
