@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from rnnserve.bench.report import DATE, Figure, ScenarioResult
-from rnnserve.bench.streams import DELAYED, PINNED, POLLING, started_with
+from rnnserve.bench.streams import DELAYED, PINNED, SLEEPING, started_with
 
 Found = tuple[ScenarioResult, Figure] | None
 
@@ -135,8 +135,8 @@ def evaluate(results: list[ScenarioResult]) -> list[str]:
         *_unary_goals(results, "rnnserve"),
         *_unary_goals(results, DELAYED),
         *_unary_goals(results, PINNED),
-        *_unary_goals(results, POLLING),
-        *(_stream_goal(results, server) for server in ("rnnserve", PINNED, POLLING)),
+        *_unary_goals(results, SLEEPING),
+        *(_stream_goal(results, server) for server in ("rnnserve", PINNED, SLEEPING)),
         _ratio_goal(
             "Multi-session ModelInfer (64 rows, 16 clients), session-steps/s over the echo "
             "floor's requests/s at 16",

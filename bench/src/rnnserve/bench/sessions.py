@@ -80,7 +80,7 @@ def session_server(
     workers: int = 1,
     state_store: str = "owned",
     cpu_affinity: str = "none",
-    busy_poll_us: int = 0,
+    busy_poll_us: str = "auto",
 ) -> Iterator[servers.Running]:
     """rnnserve set up for sessions; several workers share their sessions through a
     redis-server of their own, with `state_store` (one worker keeps them in memory)."""
@@ -90,7 +90,7 @@ def session_server(
         "coalesce_steps": str(coalesce_steps).lower(),
         "coalesce_max_delay_us": str(coalesce_max_delay_us),
         "cpu_affinity": cpu_affinity,
-        "busy_poll_us": str(busy_poll_us),
+        "busy_poll_us": busy_poll_us,
     }
     with contextlib.ExitStack() as stack:
         if workers > 1:

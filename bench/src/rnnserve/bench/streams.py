@@ -28,6 +28,8 @@ from rnnserve.bench.plots import line_plot
 from rnnserve.bench.report import Figure, Metrics, ScenarioResult, environment
 from rnnserve.bench.sessions import session_server
 from rnnserve.bench.transport import probe_steps
+from rnnserve.service import affinity
+from rnnserve.service.busy_poll import WINDOW_US, auto_window_us
 from rnnserve.service.settings import Settings
 
 SESSIONS, QUICK_SESSIONS = (1, 16, 64), (1, 4)
@@ -45,12 +47,12 @@ ECHO_LISTENING = f"echo --listeners {LISTENERS}"
 # beside it, as for the listeners.
 PINNED = "rnnserve --cpu-affinity auto"
 ECHO_PINNED = "echo --cpu-affinity auto"
-# Each server's event loop kept polling, awake, for 5 ms after each request
-# (service/busy_poll.py): a lone client's next request finds it running. The echo floor
-# polling the same way beside it.
-POLL_US = 5000
-POLLING = f"rnnserve --busy-poll-us {POLL_US}"
-ECHO_POLLING = f"echo --busy-poll-us {POLL_US}"
+# By default, where a core is to spare, rnnserve's event loop keeps polling, awake, for a
+# window after requests that come close together (service/busy_poll.py): a lone client's
+# next request finds it running. The echo floor polling the same way beside it, and an
+# rnnserve whose loop sleeps when idle, as the echo floor's does.
+ECHO_POLLING = f"echo --busy-poll-us {WINDOW_US}"
+SLEEPING = "rnnserve --busy-poll-us 0"
 
 
 def started_with(server: str) -> str:
@@ -65,7 +67,7 @@ class Load:
     """One load of the scenario, on one server."""
 
     server: str  # "echo", ECHO_LISTENING, ECHO_PINNED, ECHO_POLLING, "model floor",
-    # "rnnserve", ALONE, DELAYED, PINNED or POLLING
+    # "rnnserve", ALONE, DELAYED, PINNED or SLEEPING
     rpc: str  # "ModelInfer" or "ModelStreamInfer"
     sessions: int  # connections (streams), one session each, or each stepping `rows`
     rows: int = 0  # > 0: multi-session requests of this many rows
@@ -100,10 +102,10 @@ def loads(quick: bool) -> list[Load]:
             every += [Load(server, unary, clients, rows), Load(server, stream, clients, rows)]
     every += [Load(ALONE, unary, counts[-1])]
     every += [Load(ALONE, stream, count) for count in counts]
-    for server in (DELAYED, PINNED, POLLING):
+    for server in (DELAYED, PINNED, SLEEPING):
         every += [Load(server, unary, 1, probe=True), Load(server, unary, counts[-1])]
         every.append(Load(server, unary, clients))
-    for server in (PINNED, POLLING):
+    for server in (PINNED, SLEEPING):
         every.append(Load(server, stream, counts[-1]))
     for server in (ECHO_PINNED, ECHO_POLLING):
         every += [Load(server, unary, 1, probe=True), Load(server, unary, counts[-1])]
@@ -142,7 +144,7 @@ def run(options: Options) -> ScenarioResult:
                 servers.echo_server(options.workdir, cpu_affinity="auto")
             ),
             ECHO_POLLING: stack.enter_context(
-                servers.echo_server(options.workdir, busy_poll_us=POLL_US)
+                servers.echo_server(options.workdir, busy_poll_us=WINDOW_US)
             ),
             MODEL_FLOOR: stack.enter_context(
                 servers.echo_server(
@@ -154,7 +156,7 @@ def run(options: Options) -> ScenarioResult:
             ALONE: stack.enter_context(session_server(options, coalesce_steps=False)),
             DELAYED: stack.enter_context(session_server(options, coalesce_max_delay_us=DELAY_US)),
             PINNED: stack.enter_context(session_server(options, cpu_affinity="auto")),
-            POLLING: stack.enter_context(session_server(options, busy_poll_us=POLL_US)),
+            SLEEPING: stack.enter_context(session_server(options, busy_poll_us="0")),
         }
         for run in range(options.runs):
             for index, load in enumerate(every):
@@ -183,6 +185,7 @@ def run(options: Options) -> ScenarioResult:
         },
         logx=True,
     )
+    spare = "as here" if auto_window_us(affinity.NONE) else "not here: it sleeps"
     return ScenarioResult(
         name="streams",
         title="9. Streams, and the one-step goals, against the echo floor in one run",
@@ -200,8 +203,10 @@ def run(options: Options) -> ScenarioResult:
             "which reach its handlers at most one per listener in a turn; "
             f"`{PINNED}`: a fourth, whose threads run on one CPU (the first it may use), "
             f"beside `{ECHO_PINNED}`, the echo floor pinned the same way; "
-            f"`{POLLING}`: a fifth, whose event loop polls, awake, for {POLL_US} µs after "
-            f"each request, beside `{ECHO_POLLING}`, the echo floor polling the same way. "
+            "By default rnnserve's event loop polls, awake, for "
+            f"{WINDOW_US} µs after each request that came within as long of the one before, "
+            f"where a core is to spare ({spare}), beside `{ECHO_POLLING}`, the echo floor "
+            f"polling the same way; `{SLEEPING}`: a fifth, whose loop sleeps when idle. "
             "`ModelStreamInfer xN` rows: k6, N connections with one stream each, one "
             "session per stream and one step per message, the next written when the last "
             "was answered (k6 times stream messages to the millisecond only). `ModelInfer "
@@ -251,15 +256,15 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
         "The model floor's one-session step p50 (probe) over echo's p50",
         (MODEL_FLOOR, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
     )  # fmt: skip
-    for server in ("rnnserve", DELAYED, PINNED, POLLING):
+    for server in ("rnnserve", DELAYED, PINNED, SLEEPING):
         note(
             f"One session's step p50 (probe){started_with(server)} over echo's p50",
             (server, unary, 1, 0, True), ("echo", unary, 1, 0, True), "p50_ms", "p50_ms",
         )  # fmt: skip
     # Each setting's rnnserve also over the echo floor set alike (its twin).
-    for server, twin in ((PINNED, ECHO_PINNED), (POLLING, ECHO_POLLING)):
+    for server, twin in (("rnnserve", ECHO_POLLING), (PINNED, ECHO_PINNED)):
         note(
-            f"The same{started_with(server)} over the p50 of `{twin}`",
+            f"One session's step p50 (probe){started_with(server)} over the p50 of `{twin}`",
             (server, unary, 1, 0, True), (twin, unary, 1, 0, True), "p50_ms", "p50_ms",
         )  # fmt: skip
         note(
@@ -271,7 +276,7 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
         "requests/s over echo's (one listener)",
         (ECHO_LISTENING, unary, top, 0, False), ("echo", unary, top, 0, False), "rps", "rps",
     )  # fmt: skip
-    for server in ("rnnserve", ALONE, DELAYED, PINNED, POLLING):
+    for server in ("rnnserve", ALONE, DELAYED, PINNED, SLEEPING):
         setting = started_with(server)
         note(
             f"One-step ModelInfer at {top} sessions{setting}, steps/s over echo's requests/s",
@@ -287,7 +292,7 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
             (server, stream, top, 0, False), ("echo", stream, top, 0, False), "rps", "rps",
         )  # fmt: skip
     for (server, twin), rpc in itertools.product(
-        ((PINNED, ECHO_PINNED), (POLLING, ECHO_POLLING)), (unary, stream)
+        (("rnnserve", ECHO_POLLING), (PINNED, ECHO_PINNED)), (unary, stream)
     ):
         note(
             f"{rpc} at {top} sessions{started_with(server)}, steps/s over the "
@@ -304,7 +309,7 @@ def _ratios(figures: dict[Load, Figure], every: list[Load]) -> list[str]:
             "rps",
         )
     for load in every:
-        if load.server in ("rnnserve", ALONE, DELAYED, PINNED, POLLING) and not load.probe:
+        if load.server in ("rnnserve", ALONE, DELAYED, PINNED, SLEEPING) and not load.probe:
             echo = find.get(("echo", load.rpc, load.sessions, 0, False))
             cpu = figures[load].median.get("server_cpu_us_per_request", 0.0)
             if echo is not None and not load.rows:
