@@ -1,6 +1,6 @@
-"""`busy_poll_us`: after an inference request that ended within the window of the one before,
-the event loop polls, awake, for the window, then sleeps again; on by default where a core is
-to spare."""
+"""`busy_poll_us`: after an inference request that ran alone and ended within the window of the
+one before, the event loop polls, awake, for the window, then sleeps again; on by default where
+a core is to spare."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ from rnnserve.service.cli import settings_from_args
 from rnnserve.service.settings import Settings
 
 
+def request(busy: BusyPoll) -> None:
+    """A request that ran alone, from start to end."""
+    busy.begin()
+    busy.end()
+
+
 async def cpu_while_sleeping(seconds: float) -> float:
     """CPU time this thread (the event loop's) used while awaiting `seconds`."""
     before = time.thread_time()
@@ -33,8 +39,8 @@ def test_the_loop_polls_awake_for_the_window_after_requests_close_together_then_
     async def scenario() -> tuple[float, float]:
         busy = BusyPoll(window_us=300_000)
 
-        busy.touch()
-        busy.touch()  # within the window of the one before
+        request(busy)
+        request(busy)  # within the window of the one before
         assert busy.polling
         awake = await cpu_while_sleeping(0.1)  # within the window: the loop turns, polling
         assert busy.polling
@@ -55,12 +61,37 @@ def test_a_lone_request_or_one_after_a_quiet_spell_leaves_the_loop_asleep() -> N
     async def scenario() -> None:
         busy = BusyPoll(window_us=50_000)
 
-        busy.touch()  # the first
+        request(busy)  # the first
         assert not busy.polling
         await asyncio.sleep(0.08)
-        busy.touch()  # after longer than the window
+        request(busy)  # after longer than the window
 
         assert not busy.polling
+
+    asyncio.run(scenario())
+
+
+def test_requests_running_together_stop_polling_until_one_runs_alone_again() -> None:
+    """Clients in flight together keep the loop busy without polling; between their bursts
+    its core is better left to grpc's threads, which read the next requests."""
+
+    async def scenario() -> None:
+        busy = BusyPoll(window_us=300_000)
+        request(busy)
+        request(busy)
+        assert busy.polling
+
+        busy.begin()
+        busy.begin()  # beside the first
+        await asyncio.sleep(0)  # the loop's next turn
+        assert not busy.polling
+        busy.end()
+        busy.end()
+        assert not busy.polling  # neither ran alone
+
+        request(busy)  # alone again, soon after
+
+        assert busy.polling
 
     asyncio.run(scenario())
 
@@ -70,7 +101,7 @@ def test_each_request_extends_the_window_from_its_end() -> None:
         busy = BusyPoll(window_us=100_000)
 
         for _ in range(4):  # 0.24 s in all, longer than the window
-            busy.touch()
+            request(busy)
             await asyncio.sleep(0.06)
         assert busy.polling
         await asyncio.sleep(0.15)

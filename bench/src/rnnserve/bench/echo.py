@@ -41,6 +41,14 @@ from rnnserve.service.busy_poll import BusyPoll
 from rnnserve.service.event_loop import EventLoop, loop_factory
 
 
+def answered(busy: BusyPoll | None) -> None:
+    """Tells the floor's busy polling, if on, of a request answered (each runs alone: no await
+    between its start and its end)."""
+    if busy is not None:
+        busy.begin()
+        busy.end()
+
+
 def handler(model_name: str, busy: BusyPoll | None = None) -> grpc.GenericRpcHandler:
     from rnnserve.protocol import messages as pb
     from rnnserve.protocol.rpc import SERVICE_NAME
@@ -52,16 +60,14 @@ def handler(model_name: str, busy: BusyPoll | None = None) -> grpc.GenericRpcHan
     ).SerializeToString()
 
     async def model_infer(request: Any, context: grpc.aio.ServicerContext[Any, bytes]) -> bytes:
-        if busy is not None:
-            busy.touch()
+        answered(busy)
         return unary_answer
 
     async def model_stream_infer(
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, bytes]
     ) -> AsyncIterator[bytes]:
         async for _ in requests:
-            if busy is not None:
-                busy.touch()
+            answered(busy)
             yield stream_answer
 
     parse = pb.ModelInferRequest.FromString
@@ -117,8 +123,7 @@ def model_handler(
         response.outputs.add(name=data_output, datatype="FP32", shape=outputs[0].shape)
         response.raw_output_contents.append(outputs[0].tobytes())
         response.parameters["sequence_offset"].int64_param = offset
-        if busy is not None:
-            busy.touch()
+        answered(busy)
 
     async def model_infer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         response = pb.ModelInferResponse()

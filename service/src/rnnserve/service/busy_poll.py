@@ -8,10 +8,13 @@ the loop then runs through, cost a step more than the step itself (docs/performa
 Polling keeps the loop's core awake while requests keep coming, as ONNX Runtime's spinning
 threads and the kernel's `busy_poll` do: a core kept busy, for latency.
 
-It costs a request nothing it would not pay anyway: under load the loop never sleeps, and
-polling starts only when a request ends within the window of the one before (a client that
-steps slower than the window would find the loop asleep all the same, so the loop sleeps).
-Once no request ended for a window, the loop sleeps as before.
+Polling is for a client waiting alone. It starts only when a request ends within the window
+of the one before (a client that steps slower than the window would find the loop asleep all
+the same) and no other request ran beside it. Requests that overlap mean clients in flight
+together: the loop then has work coming without polling, and between bursts its core is
+better left to grpc's threads, which read the next requests, and to whatever else runs on
+the machine; polling stops until a request runs alone again. Once no request ended for a
+window, the loop sleeps as before.
 
 `auto`, the default, polls for `WINDOW_US` where a core is to spare: the process may use two
 CPUs at least (its affinity and its CPU quota: a container's limit, which the polling would
@@ -41,29 +44,42 @@ def auto_window_us(cpu_affinity: str) -> int:
 
 
 class BusyPoll:
-    """Keeps the running event loop polling for `window_us` after each `touch` that came
-    within `window_us` of the one before."""
+    """Keeps the running event loop polling for `window_us` after each request that ran alone
+    and ended within `window_us` of the one before."""
 
     def __init__(self, window_us: int) -> None:
         self._window_s = window_us / 1e6
-        self._last = -math.inf  # no request yet
+        self._last = -math.inf  # when the last request ended: none yet
         self._until = 0.0
+        self._running = 0
+        self._crowded = False  # a request ran beside another since the loop last had none
         self._loop: asyncio.AbstractEventLoop | None = None
         self.polling = False
 
-    def touch(self) -> None:
-        """A request ended, on the event loop's thread: poll for the window from now, if the
-        one before ended within it."""
+    def begin(self) -> None:
+        """A request starts running, on the event loop's thread."""
+        self._running += 1
+        if self._running > 1:
+            self._crowded = True
+            self._until = 0.0  # polling, if it was, stops at the loop's next turn
+
+    def end(self) -> None:
+        """A request ended, on the event loop's thread: poll for the window from now, if it
+        ran alone and the one before ended within the window."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
+        self._running -= 1
         now = loop.time()
-        close = now - self._last < self._window_s
+        close = now - self._last < self._window_s and not self._crowded
         self._last = now
-        self._until = now + self._window_s
-        if close and not self.polling:
-            self.polling = True
-            loop.call_soon(self._poll)
+        if self._running == 0:
+            self._crowded = False
+        if close:
+            self._until = now + self._window_s
+            if not self.polling:
+                self.polling = True
+                loop.call_soon(self._poll)
 
     def _poll(self) -> None:
         loop = self._loop

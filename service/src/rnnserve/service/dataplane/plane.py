@@ -67,6 +67,8 @@ class _Running:
 
     def __enter__(self) -> RequestTimer:
         self._in_flight.__enter__()
+        if self._busy is not None:
+            self._busy.begin()
         return self._timer
 
     def __exit__(
@@ -81,7 +83,7 @@ class _Running:
             self._in_flight.__exit__()
             self._held.__exit__()
             if self._busy is not None:
-                self._busy.touch()
+                self._busy.end()
 
 
 def _package_version() -> str:
@@ -297,8 +299,8 @@ class DataPlane:
     def _running(self, admitted: Admitted) -> _Running:
         """An admitted request while it runs, in the `with` block of what this returns:
         its memory held in the budget (refused here, before any work, when it may not
-        be), counted in flight by its version, timed; once it ends, the event loop polls
-        awake for `busy_poll_us` (service/busy_poll.py)."""
+        be), counted in flight by its version, timed, and told to the event loop's busy polling
+        (service/busy_poll.py), which polls awake after it where it ran alone."""
         model = admitted.model
         held = self._budget.hold(model.task.footprint(admitted.request), model.name)
         return _Running(held, model.in_flight, model.runtime, self._busy)
