@@ -22,10 +22,10 @@ from rnnserve.service.cli import settings_from_args
 from rnnserve.service.settings import Settings
 
 
-def request(busy: BusyPoll) -> None:
-    """A request that ran alone, from start to end."""
+def request(busy: BusyPoll, session: int | str = 7) -> None:
+    """A request of `session` that ran alone, from start to end."""
     busy.begin()
-    busy.end()
+    busy.end(session)
 
 
 async def cpu_while_sleeping(seconds: float) -> float:
@@ -85,11 +85,33 @@ def test_requests_running_together_stop_polling_until_one_runs_alone_again() -> 
         busy.begin()  # beside the first
         await asyncio.sleep(0)  # the loop's next turn
         assert not busy.polling
-        busy.end()
-        busy.end()
+        busy.end(7)
+        busy.end(7)
         assert not busy.polling  # neither ran alone
 
         request(busy)  # alone again, soon after
+
+        assert busy.polling
+
+    asyncio.run(scenario())
+
+
+def test_requests_of_other_sessions_in_between_mean_other_clients_and_stop_polling() -> None:
+    """Clients stepping sessions of their own, one request each at a time, take turns on the
+    loop: each request runs alone, but the next is another client's."""
+
+    async def scenario() -> None:
+        busy = BusyPoll(window_us=300_000)
+        request(busy, 1)
+        request(busy, 1)
+        assert busy.polling
+
+        for session in (2, 3, 1, 2, 3):
+            request(busy, session)
+        await asyncio.sleep(0)  # the loop's next turn
+        assert not busy.polling
+
+        request(busy, 3)  # the same session's again: a client alone
 
         assert busy.polling
 

@@ -43,10 +43,10 @@ from rnnserve.service.event_loop import EventLoop, loop_factory
 
 def answered(busy: BusyPoll | None) -> None:
     """Tells the floor's busy polling, if on, of a request answered (each runs alone: no await
-    between its start and its end)."""
+    between its start and its end; of one session, as the floor does not read the request's)."""
     if busy is not None:
         busy.begin()
-        busy.end()
+        busy.end(0)
 
 
 def handler(model_name: str, busy: BusyPoll | None = None) -> grpc.GenericRpcHandler:

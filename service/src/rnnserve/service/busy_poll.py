@@ -10,11 +10,13 @@ threads and the kernel's `busy_poll` do: a core kept busy, for latency.
 
 Polling is for a client waiting alone. It starts only when a request ends within the window
 of the one before (a client that steps slower than the window would find the loop asleep all
-the same) and no other request ran beside it. Requests that overlap mean clients in flight
-together: the loop then has work coming without polling, and between bursts its core is
-better left to grpc's threads, which read the next requests, and to whatever else runs on
-the machine; polling stops until a request runs alone again. Once no request ended for a
-window, the loop sleeps as before.
+the same), of the same session (requests of other sessions in between are other clients
+stepping), and no other request ran beside it. Clients in flight together keep the loop busy
+without polling, and between their bursts its core is better left to grpc's threads, which
+read the next requests, and to whatever else runs on the machine: polling stops until one
+session's requests follow each other alone again. Requests of no session (stateless ones,
+multi-session ones) count as one session. Once no request ended for a window, the loop
+sleeps as before.
 
 `auto`, the default, polls for `WINDOW_US` where a core is to spare: the process may use two
 CPUs at least (its affinity and its CPU quota: a container's limit, which the polling would
@@ -45,11 +47,12 @@ def auto_window_us(cpu_affinity: str) -> int:
 
 class BusyPoll:
     """Keeps the running event loop polling for `window_us` after each request that ran alone
-    and ended within `window_us` of the one before."""
+    and ended within `window_us` of the one before, of the same session."""
 
     def __init__(self, window_us: int) -> None:
         self._window_s = window_us / 1e6
         self._last = -math.inf  # when the last request ended: none yet
+        self._session: int | str = 0  # the session of the last request
         self._until = 0.0
         self._running = 0
         self._crowded = False  # a request ran beside another since the loop last had none
@@ -63,23 +66,24 @@ class BusyPoll:
             self._crowded = True
             self._until = 0.0  # polling, if it was, stops at the loop's next turn
 
-    def end(self) -> None:
-        """A request ended, on the event loop's thread: poll for the window from now, if it
-        ran alone and the one before ended within the window."""
+    def end(self, session: int | str) -> None:
+        """A request of `session` (0 or "": none) ended, on the event loop's thread: poll for
+        the window from now, if it ran alone and the one before, of the same session, ended
+        within the window; else stop polling at the loop's next turn."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         self._running -= 1
         now = loop.time()
-        close = now - self._last < self._window_s and not self._crowded
-        self._last = now
+        alone = not self._crowded and session == self._session
+        close = alone and now - self._last < self._window_s
+        self._last, self._session = now, session
         if self._running == 0:
             self._crowded = False
-        if close:
-            self._until = now + self._window_s
-            if not self.polling:
-                self.polling = True
-                loop.call_soon(self._poll)
+        self._until = now + self._window_s if close else 0.0
+        if close and not self.polling:
+            self.polling = True
+            loop.call_soon(self._poll)
 
     def _poll(self) -> None:
         loop = self._loop

@@ -55,15 +55,21 @@ EXTENSIONS = [
 class _Running:
     """`DataPlane._running`'s block (a class, not a generator: entered on every request)."""
 
-    __slots__ = ("_busy", "_held", "_in_flight", "_timer")
+    __slots__ = ("_busy", "_held", "_in_flight", "_session", "_timer")
 
     def __init__(
-        self, held: Held, in_flight: InFlight, runtime: ModelRuntime, busy: BusyPoll | None
+        self,
+        held: Held,
+        in_flight: InFlight,
+        runtime: ModelRuntime,
+        busy: BusyPoll | None,
+        session: int | str,
     ) -> None:
         self._held = held
         self._in_flight = in_flight
         self._timer = RequestTimer(runtime)
         self._busy = busy
+        self._session = session
 
     def __enter__(self) -> RequestTimer:
         self._in_flight.__enter__()
@@ -83,7 +89,7 @@ class _Running:
             self._in_flight.__exit__()
             self._held.__exit__()
             if self._busy is not None:
-                self._busy.end()
+                self._busy.end(self._session)
 
 
 def _package_version() -> str:
@@ -303,7 +309,8 @@ class DataPlane:
         (service/busy_poll.py), which polls awake after it where it ran alone."""
         model = admitted.model
         held = self._budget.hold(model.task.footprint(admitted.request), model.name)
-        return _Running(held, model.in_flight, model.runtime, self._busy)
+        session = admitted.sequence.sequence_id
+        return _Running(held, model.in_flight, model.runtime, self._busy, session)
 
 
 def _check_repository_call(
