@@ -16,6 +16,7 @@ folder (deploy/wheels.sh, PIP_NO_INDEX=1), so that the builds ask no index at al
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -226,6 +227,22 @@ def test_server_image_runs_the_compiled_modules(stack: Stack) -> None:
         ["docker", "run", "--rm", "--network", "host", SERVER_IMAGE, "python3", "-c", probe,
          *compiled_modules()], stack.env,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(("cpus", "polls"), [("1", False), ("2", True)])
+def test_busy_polling_is_on_by_default_only_with_two_cpus_of_a_containers_quota(
+    stack: Stack, cpus: str, polls: bool
+) -> None:
+    """`--busy-poll-us auto` reads the CPU limit from the container's control group: polling
+    under a limit of one CPU would spend the quota grpc's threads need."""
+    if polls and len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("this machine has one CPU: no container may use two")
+    probe = "from rnnserve.service.settings import Settings; print(Settings().busy_poll_us)"
+    window = run(
+        ["docker", "run", "--rm", "--network", "host", "--cpus", cpus, SERVER_IMAGE,
+         "python3", "-c", probe], stack.env,
+    )  # fmt: skip
+    assert (int(window) > 0) == polls, window
 
 
 def test_images_trust_the_extra_ca_certificates(stack: Stack) -> None:

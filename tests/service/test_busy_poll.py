@@ -168,7 +168,7 @@ def test_a_polling_server_answers_and_goes_back_to_sleep_once_requests_stop(
     ]
 
     assert b"".join(p.raw_output_contents[0] for p in pieces) == whole.raw_output_contents[0]
-    assert "polling 200000 µs after each request" in server.log()
+    assert "polling 200000 µs after a lone client's requests" in server.log()
     time.sleep(0.5)  # past the window
     before = cpu_seconds(pid, pid)
     time.sleep(1.0)
@@ -176,6 +176,6 @@ def test_a_polling_server_answers_and_goes_back_to_sleep_once_requests_stop(
 
 
 def test_a_server_polls_by_default_where_a_core_is_to_spare(server) -> None:
-    polls = f"polling {WINDOW_US} µs after each request" in server.log()
+    polls = f"polling {WINDOW_US} µs after a lone client's requests" in server.log()
 
     assert polls == (affinity.usable_cpus() >= 2)

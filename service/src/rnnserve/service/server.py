@@ -126,8 +126,7 @@ async def serve(
     stop = asyncio.Event()
     pinned = "" if cpu is None else f", its threads on CPU {cpu}"
     polls = (
-        f", polling {settings.busy_poll_us} µs after each request (one that ran alone, within "
-        "as long of the one before)"
+        f", polling {settings.busy_poll_us} µs after a lone client's requests"
         if settings.busy_poll_us
         else ""
     )

@@ -66,9 +66,9 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="microseconds each server process's event loop keeps polling, without "
         "sleeping, after an inference request that ran alone and ended within as long of the "
-        "one before, so that the next finds it awake (0: it sleeps when idle; auto: 2000 where "
-        "the process may use two CPUs or more and `cpu_affinity` is none, else 0); a core kept "
-        "busy while a lone client keeps stepping",
+        "one before of its session, so that the next finds it awake (0: it sleeps when idle; "
+        "auto: 2000 where the process may use two CPUs or more and `cpu_affinity` is none, "
+        "else 0); a core kept busy while a lone client keeps stepping",
     )
     # A worker that dies is started again while the others serve: at once, then after 1, 2,
     # 4... up to 10 s while deaths follow each other.
