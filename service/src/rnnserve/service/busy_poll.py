@@ -1,6 +1,6 @@
-"""Busy polling (`busy_poll_us`): while requests come close together, the event loop keeps
-polling, without sleeping, for a window of time after each one, so that a client's next
-request finds it running.
+"""Busy polling (`busy_poll_us`): while a lone client's requests come close together, the
+event loop keeps polling, without sleeping, for a window of time after each one, so that the
+client's next request finds it running.
 
 An idle event loop sleeps in epoll; grpc.aio's poller thread wakes it for each call. On a
 machine whose cores doze between a lone client's requests, that wake-up, and the cold caches
