@@ -48,8 +48,8 @@ ECHO_LISTENING = f"echo --listeners {LISTENERS}"
 PINNED = "rnnserve --cpu-affinity auto"
 ECHO_PINNED = "echo --cpu-affinity auto"
 # By default, where a core is to spare, rnnserve's event loop keeps polling, awake, for a
-# window after requests that come close together (service/busy_poll.py): a lone client's
-# next request finds it running. The echo floor polling the same way beside it, and an
+# window after a lone client's requests (service/busy_poll.py): its next request finds the
+# loop running. The echo floor polling the same way beside it, and an
 # rnnserve whose loop sleeps when idle, as the echo floor's does.
 ECHO_POLLING = f"echo --busy-poll-us {WINDOW_US}"
 SLEEPING = "rnnserve --busy-poll-us 0"
@@ -204,8 +204,9 @@ def run(options: Options) -> ScenarioResult:
             f"`{PINNED}`: a fourth, whose threads run on one CPU (the first it may use), "
             f"beside `{ECHO_PINNED}`, the echo floor pinned the same way; "
             "By default rnnserve's event loop polls, awake, for "
-            f"{WINDOW_US} µs after each request that came within as long of the one before, "
-            f"where a core is to spare ({spare}), beside `{ECHO_POLLING}`, the echo floor "
+            f"{WINDOW_US} µs after a lone client's requests (each that ran alone, of the "
+            "session of the one before, within the window of it), where a core is to spare "
+            f"({spare}), beside `{ECHO_POLLING}`, the echo floor "
             f"polling the same way; `{SLEEPING}`: a fifth, whose loop sleeps when idle. "
             "`ModelStreamInfer xN` rows: k6, N connections with one stream each, one "
             "session per stream and one step per message, the next written when the last "
