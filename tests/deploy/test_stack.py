@@ -230,19 +230,24 @@ def test_server_image_runs_the_compiled_modules(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize(("cpus", "polls"), [("1", False), ("2", True)])
-def test_busy_polling_is_on_by_default_only_with_two_cpus_of_a_containers_quota(
+def test_auto_polling_and_workers_follow_a_containers_cpu_quota(
     stack: Stack, cpus: str, polls: bool
 ) -> None:
-    """`--busy-poll-us auto` reads the CPU limit from the container's control group: polling
-    under a limit of one CPU would spend the quota grpc's threads need."""
+    """`--busy-poll-us auto` and `--workers auto` read the CPU limit from the container's
+    control group: polling under a limit of one CPU would spend the quota grpc's threads
+    need, and a worker per host core under a limit would be throttled together."""
     if polls and len(os.sched_getaffinity(0)) < 2:
         pytest.skip("this machine has one CPU: no container may use two")
-    probe = "from rnnserve.service.settings import Settings; print(Settings().busy_poll_us)"
-    window = run(
+    probe = (
+        "from rnnserve.service.settings import Settings; "
+        "settings = Settings(workers='auto'); print(settings.busy_poll_us, settings.workers)"
+    )
+    window, workers = run(
         ["docker", "run", "--rm", "--network", "host", "--cpus", cpus, SERVER_IMAGE,
          "python3", "-c", probe], stack.env,
-    )  # fmt: skip
+    ).split()  # fmt: skip
     assert (int(window) > 0) == polls, window
+    assert workers == cpus
 
 
 def test_images_trust_the_extra_ca_certificates(stack: Stack) -> None:

@@ -19,6 +19,7 @@ from rnnserve.client.client import build_request
 from rnnserve.protocol.errors import UsageError
 from rnnserve.service import affinity
 from rnnserve.service.cli import settings_from_args
+from rnnserve.service.settings import Settings
 
 CPUS = sorted(os.sched_getaffinity(0))  # what this process may run on, as the server's
 ALL = ",".join(map(str, CPUS))
@@ -177,3 +178,13 @@ def test_usable_cpus_are_those_it_may_run_on_or_its_cpu_quota_where_lower(
 
 def test_usable_cpus_where_no_control_group_can_be_read(tmp_path: Path) -> None:
     assert affinity.usable_cpus(tmp_path, tmp_path / "absent") == len(CPUS)
+
+
+@pytest.mark.parametrize(("usable", "workers"), [(16.0, 16), (2.0, 2), (2.5, 2), (0.5, 1)])
+def test_auto_workers_are_one_per_whole_cpu_it_may_use_and_at_least_one(
+    monkeypatch: pytest.MonkeyPatch, usable: float, workers: int
+) -> None:
+    """A container limited to two CPUs on a 16-core host starts two workers, not 16 that its
+    quota would throttle together."""
+    monkeypatch.setattr(affinity, "usable_cpus", lambda: usable)
+    assert Settings(workers="auto").workers == workers  # type: ignore[arg-type]

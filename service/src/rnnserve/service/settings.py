@@ -3,7 +3,6 @@ defaults; command-line flags of `rnnserve serve` override both."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -47,7 +46,8 @@ class Settings(BaseSettings):
     workers: int = Field(
         default=1,
         ge=1,
-        description="server processes sharing the port ('auto': one per core it may run on)",
+        description="server processes sharing the port ('auto': one per CPU it may use, by its "
+        "affinity and its CPU quota)",
     )
     # A step's hand-offs between grpc's threads and the event loop wake no other core when
     # they share one (service/affinity.py). Off by default: two servers pinned alike on one
@@ -133,10 +133,12 @@ class Settings(BaseSettings):
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, value: object) -> object:
-        """`auto`: the cores this process may run on (its CPU affinity, as a container's
-        cpuset limits it)."""
+        """`auto`: one per CPU this process may use, by its affinity (as a container's cpuset
+        limits it) and its control group's CPU quota (a container's CPU limit), whole CPUs
+        only and at least one: a worker per host core under a limit of two would be throttled
+        together."""
         if value == "auto":
-            return len(os.sched_getaffinity(0))
+            return max(1, int(affinity.usable_cpus()))
         return value
 
     @field_validator("cpu_affinity")
