@@ -42,7 +42,7 @@ class Settings(BaseSettings):
         default="", description="address /metrics listens on, e.g. a private one (default: `host`)"
     )
     # One process serves from one core (its event loop holds the GIL); `auto`, the
-    # production setting, runs one per core (docs/scaling.md).
+    # production setting, runs one per CPU it may use (docs/scaling.md).
     workers: int = Field(
         default=1,
         ge=1,
