@@ -1,11 +1,11 @@
 """Scenario 10: `--workers N` scaling against the floor of as many processes. 64 sessions of
 one step per request (k6, a connection per session, as in scenario 4) against rnnserve with
-1, 2, 4 and 8 worker processes on one port (and one per core where the machine has more),
-and against the echo floor with as many processes on one port (`echo --procs N`). Several
-workers keep their sessions with the owned state store (a redis-server of their own records
-which worker owns each); one worker keeps them in memory. `--workers auto` (one per core)
-is the production setting: the table says what each added core gives, beside what it
-gives the floor."""
+1, 2, 4 and 8 worker processes on one port (and as many as `--workers auto` starts, one per
+CPU the process may use, where that is more), and against the echo floor with as many
+processes on one port (`echo --procs N`). Several workers keep their sessions with the owned
+state store (a redis-server of their own records which worker owns each); one worker keeps
+them in memory. `--workers auto` is the production setting: the table says what each added
+core gives, beside what it gives the floor."""
 
 from __future__ import annotations
 
@@ -17,14 +17,16 @@ from rnnserve.bench.options import Options
 from rnnserve.bench.plots import line_plot
 from rnnserve.bench.report import Figure, ScenarioResult, environment
 from rnnserve.bench.sessions import session_runs, session_server
+from rnnserve.service import affinity
 
 SESSIONS, QUICK_SESSIONS = 64, 4
 
 
 def worker_counts() -> list[int]:
-    """1, 2, 4 and 8, and one per core where there are more: the issue's table, whatever
-    the machine (on fewer cores, the counts beyond them show what oversubscribing costs)."""
-    return sorted({1, 2, 4, 8, len(os.sched_getaffinity(0))})
+    """1, 2, 4 and 8, and as many as `--workers auto` starts where that is more: the issue's
+    table, whatever the machine (on fewer cores, the counts beyond them show what
+    oversubscribing costs)."""
+    return sorted({1, 2, 4, 8, affinity.whole_cpus()})
 
 
 def run(options: Options) -> ScenarioResult:

@@ -87,6 +87,12 @@ def usable_cpus(
     return min([float(len(os.sched_getaffinity(0))), *quotas])
 
 
+def whole_cpus() -> int:
+    """`usable_cpus` in whole CPUs, at least one: how many processes `--workers auto` starts,
+    each able to keep a CPU busy without the quota throttling them together."""
+    return max(1, int(usable_cpus()))
+
+
 def _cpu_groups(cgroups: Path, own: Path) -> Iterator[tuple[Path, bool]]:
     """The folders of this process's CPU control group (v2 or not): at its own path, where the
     host sees it, and at the root, where a container in its own cgroup namespace sees it."""

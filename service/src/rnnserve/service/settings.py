@@ -138,7 +138,7 @@ class Settings(BaseSettings):
         only and at least one: a worker per host core under a limit of two would be throttled
         together."""
         if value == "auto":
-            return max(1, int(affinity.usable_cpus()))
+            return affinity.whole_cpus()
         return value
 
     @field_validator("cpu_affinity")
