@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from rnnserve.service import metrics
+from rnnserve.service import heap, metrics
 from rnnserve.service.dataplane.compute import Compute
 from rnnserve.service.errors import FailedPrecondition, NotFound
 from rnnserve.service.repository import (
@@ -63,6 +63,7 @@ class ModelControl:
         self._stopping = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
         self._served: dict[tuple[str, str], str] = {}  # (name, version) -> digest, once loaded
+        self._settled = True  # no version loaded or unloaded since the heap settled
 
     async def start(self) -> None:
         """Loads the models the mode loads at start; in poll mode, starts polling."""
@@ -76,7 +77,7 @@ class ModelControl:
                     await self._list_unloaded(name)
                 else:
                     await self._sync(name, retry=True)
-        await self._changed()
+        await self._announce()
         if self.settings.model_control_mode == "poll":
             self._poller = asyncio.create_task(self._poll())
 
@@ -99,7 +100,7 @@ class ModelControl:
                     f"{await self.compute.load(self.repository.folder_names)}"
                 )
             failures = await self._sync(name, retry=True, folder=folder)
-        await self._changed()
+        await self._announce()
         if failures:
             raise FailedPrecondition(f"model '{name}' failed to load: {'; '.join(failures)}")
 
@@ -113,7 +114,7 @@ class ModelControl:
             for entry in entries.values():
                 if isinstance(entry, LoadedVersion):
                     await self._unload(entry, "unloaded")
-        await self._changed()
+        await self._announce()
 
     def _check_explicit(self, rpc: str) -> None:
         mode = self.settings.model_control_mode
@@ -128,6 +129,14 @@ class ModelControl:
             f"{rpc} needs --model-control-mode explicit; this server's is {mode}: {remedy}"
         )
 
+    async def _announce(self) -> None:
+        """After changes (or a poll that may have made none): the heap settled if versions
+        came or went (service/heap.py), then the watchers told."""
+        if not self._settled:
+            heap.settle()
+            self._settled = True
+        await self._changed()
+
     # Polling.
 
     async def _poll(self) -> None:
@@ -141,7 +150,7 @@ class ModelControl:
                     names = await self.compute.load(self.repository.folder_names)
                     for name in sorted({*names, *self.repository.names()}):
                         await self._sync(name, retry=False)
-                await self._changed()
+                await self._announce()
             except Exception:  # a scan that failed (a folder vanishing mid-read): next time
                 log.exception("polling the model repository failed")
 
@@ -233,6 +242,7 @@ class ModelControl:
         ).set(1)
         self.compute.start_batchers([loaded])
         self.repository.set(name, version, loaded)
+        self._settled = False
         log.info(
             "loaded %s version %s (%s) in %.3f s", name, version, loaded.runtime.provider, seconds
         )
@@ -240,6 +250,7 @@ class ModelControl:
 
     async def _unload(self, model: LoadedVersion, reason: str) -> None:
         self.repository.set(model.name, model.version, NotLoaded(reason))
+        self._settled = False
         if not await model.in_flight.idle(self.settings.grace_period_s):
             log.warning(
                 "unloading %s version %s with %d requests still in flight after %s s",
