@@ -287,7 +287,9 @@ class Supervisor:
             )  # fmt: skip
         except redis.RedisError as error:  # the workers' sweeps reap it once Redis answers
             return f" (its sequences could not be declared lost now: {error})"
-        return f"; the {lost} sequences it held are lost"
+        if lost == 0:  # it held none, or a worker's sweep reaped it first and logged how many
+            return "; no sequence of its was left to declare lost"
+        return f"; the sequences it held are lost: {lost}"
 
     def _restart_due(self) -> None:
         now = time.monotonic()
